@@ -19,6 +19,8 @@ import redis
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.redis_server import RedisServer
 
+pytest_plugins = ["tests.support.proxy"]
+
 
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:

@@ -1,0 +1,1 @@
+"""HTTP routers, one per concern. Nothing below the API layer imports from here."""

@@ -1,0 +1,76 @@
+"""Operator routes for personas: read, write, switch off, list versions, roll back.
+
+All need the admin key; the tenant is named by the X-Persona-Tenant header.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path
+
+from middleware.api.deps import AdminTenant, ServicesDep
+from middleware.api.schemas import PersonaPublic, PersonaPut, PersonaVersionPublic, RollbackIn
+from middleware.errors import NotFound
+from middleware.identity import USER_ID_RE
+
+router = APIRouter(prefix="/admin/users", tags=["admin"])
+UserPath = Annotated[str, Path(pattern=USER_ID_RE.pattern, description="end-user id")]
+
+
+@router.get("/{user}/persona")
+async def get_persona(user: UserPath, tenant: AdminTenant, services: ServicesDep) -> PersonaPublic:
+    persona = await services.personas.get(tenant, user)
+    if persona is None:
+        raise NotFound(f"user {user!r} has no persona")
+    return PersonaPublic.of(user, persona)
+
+
+@router.put("/{user}/persona")
+async def put_persona(
+    user: UserPath, body: PersonaPut, tenant: AdminTenant, services: ServicesDep
+) -> PersonaPublic:
+    persona = await services.personas.save(
+        tenant,
+        user,
+        body.text,
+        [e.to_pair(user) for e in body.exemplars],
+        provenance={"source": "admin"},
+    )
+    return PersonaPublic.of(user, persona)
+
+
+@router.delete("/{user}/persona")
+async def delete_persona(user: UserPath, tenant: AdminTenant, services: ServicesDep) -> dict[str, object]:
+    """Switch personalization off for the user. Stored versions stay and can be rolled back to."""
+    removed = await services.personas.clear_current(tenant, user)
+    if not removed:
+        raise NotFound(f"user {user!r} has no persona")
+    return {"user": user, "deleted": True}
+
+
+@router.get("/{user}/persona/versions")
+async def list_versions(
+    user: UserPath, tenant: AdminTenant, services: ServicesDep
+) -> list[PersonaVersionPublic]:
+    current = await services.personas.get(tenant, user)
+    current_id = current.version_id if current else None
+    return [
+        PersonaVersionPublic(
+            version=p.version,
+            version_id=p.version_id,
+            created_at=p.created_at,
+            current=p.version_id == current_id,
+            text_chars=len(p.text),
+            exemplar_count=len(p.exemplars),
+            provenance=p.provenance,
+        )
+        for p in await services.personas.list_versions(tenant, user)
+    ]
+
+
+@router.post("/{user}/persona/rollback")
+async def rollback(
+    user: UserPath, body: RollbackIn, tenant: AdminTenant, services: ServicesDep
+) -> PersonaPublic:
+    return PersonaPublic.of(user, await services.personas.rollback(tenant, user, body.version))

@@ -1,0 +1,39 @@
+"""Dependencies shared by the routers: the app's services, the calling tenant, the admin tenant."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import orjson
+from fastapi import Depends, Request
+
+from middleware.errors import InvalidJSON
+from middleware.identity import tenant_for_admin, tenant_for_app_key
+from middleware.services import Services
+
+
+def get_services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+def app_tenant(request: Request, services: ServicesDep) -> str:
+    return tenant_for_app_key(request.headers, services.settings)
+
+
+def admin_tenant(request: Request, services: ServicesDep) -> str:
+    return tenant_for_admin(request.headers, services.settings)
+
+
+AppTenant = Annotated[str, Depends(app_tenant)]
+AdminTenant = Annotated[str, Depends(admin_tenant)]
+
+
+def parse_json(raw: bytes) -> Any:
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidJSON(f"the request body is not valid JSON: {exc}") from None

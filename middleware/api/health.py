@@ -1,0 +1,33 @@
+"""Liveness, readiness and metrics."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter
+from fastapi.responses import Response
+
+from middleware.api.deps import ServicesDep
+from middleware.api.responses import JSONBytes
+from middleware.store.guard import STORE_ERRORS
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+async def readyz(services: ServicesDep) -> Response:
+    try:
+        await asyncio.wait_for(services.redis.ping(), timeout=1.0)
+    except (TimeoutError, *STORE_ERRORS):
+        return JSONBytes({"status": "unavailable", "redis": "down"}, status_code=503)
+    return JSONBytes({"status": "ok", "redis": "up"})
+
+
+@router.get("/metrics")
+async def metrics(services: ServicesDep) -> Response:
+    return Response(services.metrics.render(), media_type="text/plain; version=0.0.4")

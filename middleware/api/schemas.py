@@ -1,0 +1,68 @@
+"""Request and response bodies of the JSON API (input and output models kept apart)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from middleware.models import Message, Persona, PreferencePair
+
+
+class ExemplarIn(BaseModel):
+    """A preference pair given by an operator; the user comes from the URL."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    context: list[Message] = Field(min_length=1)
+    chosen: Message
+    rejected: Message
+    rationale: str | None = None
+
+    def to_pair(self, user: str) -> PreferencePair:
+        return PreferencePair(user_id=user, **self.model_dump())
+
+
+class PersonaPut(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    text: str = Field(min_length=1, max_length=20_000)
+    exemplars: list[ExemplarIn] = Field(default_factory=list, max_length=50)
+
+
+class RollbackIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    version: int = Field(ge=1)
+
+
+class PersonaPublic(BaseModel):
+    user: str
+    text: str
+    version: int
+    version_id: str
+    exemplars: list[dict[str, Any]]
+    provenance: dict[str, Any]
+    created_at: str
+
+    @classmethod
+    def of(cls, user: str, persona: Persona) -> PersonaPublic:
+        return cls(
+            user=user,
+            text=persona.text,
+            version=persona.version,
+            version_id=persona.version_id,
+            exemplars=[e.model_dump(mode="json", exclude_none=True) for e in persona.exemplars],
+            provenance=persona.provenance,
+            created_at=persona.created_at,
+        )
+
+
+class PersonaVersionPublic(BaseModel):
+    version: int
+    version_id: str
+    created_at: str
+    current: bool
+    text_chars: int
+    exemplar_count: int
+    provenance: dict[str, Any]

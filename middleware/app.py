@@ -1,0 +1,93 @@
+"""create_app(settings): the ASGI application. The lifespan owns Redis, the HTTP client, the queue."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from middleware import __version__
+from middleware.api import admin, chat, health
+from middleware.api.responses import JSONBytes
+from middleware.config import Settings
+from middleware.errors import PersonaError
+from middleware.limits import BodySizeLimit
+from middleware.services import Services, build_services
+
+log = logging.getLogger("middleware")
+
+
+def create_app(settings: Settings) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        services = build_services(settings)
+        app.state.services = services
+        if not settings.admin_key.get_secret_value():
+            log.warning("PERSONA_ADMIN_KEY is not set: admin routes are open (development only)")
+        try:
+            yield
+        finally:
+            await services.close()
+
+    app = FastAPI(
+        title="persona-middleware",
+        version=__version__,
+        lifespan=lifespan,
+        default_response_class=JSONBytes,
+        # No OpenTelemetry hooks on the hot path unless an operator wires them in explicitly.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
+    )
+    app.state.settings = settings
+    for module in (health, chat, admin):
+        app.include_router(module.router)
+    install_error_handlers(app)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    return app
+
+
+def services_of(app: FastAPI) -> Services:
+    services: Services = app.state.services
+    return services
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """One handler per family: our errors, schema errors, and Starlette's routing errors."""
+
+    @app.exception_handler(PersonaError)
+    async def persona_error(_: Request, exc: PersonaError) -> JSONBytes:
+        return JSONBytes(exc.to_body(), status_code=exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> JSONBytes:
+        errors = exc.errors()
+        first: dict[str, Any] = errors[0] if errors else {}
+        location = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        if first.get("type") == "json_invalid":
+            body = PersonaError(
+                f"the request body is not valid JSON: {first.get('msg', '')}",
+                error_type="invalid_request_error",
+                code="invalid_json",
+                param=None,
+            ).to_body()
+            return JSONBytes(body, status_code=400)
+        message = f"{location}: {first.get('msg', 'invalid value')}" if location else first.get("msg", "")
+        body = PersonaError(
+            message or "invalid request",
+            error_type="invalid_request_error",
+            code="validation_error",
+            param=location or None,
+        ).to_body()
+        return JSONBytes(body, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONBytes:
+        kinds = {404: "not_found_error", 405: "invalid_request_error"}
+        body = PersonaError(
+            str(exc.detail), error_type=kinds.get(exc.status_code, "api_error"), code=None
+        ).to_body()
+        return JSONBytes(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))

@@ -1,0 +1,166 @@
+"""The `persona` command: serve, worker, import, induce, eval, report, forget, export."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+app = typer.Typer(help="persona-middleware: personalization proxy for OpenAI-compatible apps.")
+log = logging.getLogger("middleware")
+
+TenantOpt = Annotated[str, typer.Option(help="tenant the user belongs to")]
+
+
+def settings() -> Any:
+    from middleware.config import Settings
+
+    return Settings()
+
+
+def configure_logging(level: str = "INFO") -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="interface to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port to listen on")] = 8080,
+    workers: Annotated[int, typer.Option(help="worker processes")] = 1,
+    log_level: Annotated[str, typer.Option(help="log level")] = "info",
+) -> None:
+    """Run the proxy (uvloop + httptools). Starts a local redis-server if none is reachable."""
+    import uvicorn
+
+    from middleware.embedded_redis import reachable, start_local_redis
+
+    configure_logging(log_level.upper())
+    cfg = settings()
+    redis_process = None
+    if not reachable(cfg.redis_url) and cfg.embedded_redis:
+        redis_process = start_local_redis(cfg.redis_url, Path(cfg.data_dir))
+        typer.echo(
+            f"No Redis at {cfg.redis_url}: started a local redis-server with data in {cfg.data_dir}/redis"
+        )
+    try:
+        uvicorn.run(
+            "middleware.asgi:app",
+            host=host,
+            port=port,
+            workers=workers,
+            loop="uvloop",
+            http="httptools",
+            access_log=False,
+            log_level=log_level,
+        )
+    finally:
+        if redis_process is not None:
+            redis_process.terminate()
+            redis_process.wait(timeout=10)
+
+
+@app.command()
+def worker() -> None:
+    """Run background jobs (persona refreshes, adapter training) from the Redis job queue."""
+    from middleware.induction.jobs import run_worker
+
+    configure_logging()
+    run_worker(settings())
+
+
+@app.command(name="import")
+def import_(
+    file: Annotated[Path, typer.Argument(help="JSONL or JSONL.gz file of preference pairs", exists=True)],
+    format: Annotated[
+        str, typer.Option(help="native | personalrewardbench | summarize-from-feedback")
+    ] = "native",
+    tenant: TenantOpt = "default",
+) -> None:
+    """Stream a preference file into users' preference logs (idempotent)."""
+    from middleware.preferences.importer import run_import
+
+    summary = asyncio.run(run_import(settings(), file, format=format, tenant=tenant))
+    typer.echo(json.dumps(summary, indent=2))
+    if summary.get("bad_lines"):
+        raise typer.Exit(code=1)
+
+
+@app.command()
+def induce(
+    user: Annotated[str, typer.Argument(help="end-user id")],
+    tenant: TenantOpt = "default",
+    model: Annotated[str | None, typer.Option(help="LLM used for induction")] = None,
+) -> None:
+    """Induce a persona for one user now, with progress output."""
+    from middleware.induction.cli_induce import run_induce
+
+    configure_logging()
+    result = asyncio.run(run_induce(settings(), tenant=tenant, user=user, model=model))
+    typer.echo(json.dumps(result, indent=2, default=str))
+
+
+@app.command(name="eval")
+def eval_(
+    data: Annotated[Path, typer.Option(help="JSONL(.gz) preference file", exists=True)],
+    scorer: Annotated[str, typer.Option(help="global | lora | judge | random | length")] = "global",
+    users: Annotated[int | None, typer.Option(help="evaluate at most N users")] = None,
+    out: Annotated[Path | None, typer.Option(help="write the JSON report here")] = None,
+    plot: Annotated[Path | None, typer.Option(help="write a PNG plot here")] = None,
+    format: Annotated[str, typer.Option(help="input format")] = "native",
+    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+) -> None:
+    """Offline evaluation: time-ordered hold-out, both orders, bootstrap CI."""
+    from middleware.evaluation.cli_eval import run_eval
+
+    run_eval(data=data, scorer=scorer, users=users, out=out, plot=plot, format=format, seed=seed)
+
+
+@app.command()
+def report(
+    evaluation_id: Annotated[str, typer.Argument(help="online evaluation run id")],
+    tenant: TenantOpt = "default",
+    out: Annotated[Path | None, typer.Option(help="write the JSON report here")] = None,
+    plot: Annotated[Path | None, typer.Option(help="write the PNG chart here")] = None,
+) -> None:
+    """Report of an online own/other/baseline evaluation run."""
+    from middleware.evaluation.online_cli import run_report
+
+    result = asyncio.run(
+        run_report(settings(), tenant=tenant, evaluation_id=evaluation_id, out=out, plot=plot)
+    )
+    typer.echo(json.dumps(result, indent=2, default=str))
+
+
+@app.command()
+def forget(
+    user: Annotated[str, typer.Argument(help="end-user id")],
+    tenant: TenantOpt = "default",
+) -> None:
+    """Delete everything stored about a user."""
+    from middleware.store.users import forget_user_cli
+
+    typer.echo(json.dumps(asyncio.run(forget_user_cli(settings(), tenant, user)), indent=2))
+
+
+@app.command()
+def export(
+    user: Annotated[str, typer.Argument(help="end-user id")],
+    tenant: TenantOpt = "default",
+) -> None:
+    """Print everything stored about a user as JSON."""
+    from middleware.store.users import export_user_cli
+
+    json.dump(asyncio.run(export_user_cli(settings(), tenant, user)), sys.stdout, indent=2, default=str)
+    sys.stdout.write("\n")
+
+
+def main() -> None:
+    app()

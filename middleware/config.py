@@ -1,0 +1,86 @@
+"""Settings: one pydantic-settings class, built once at start-up and passed in explicitly.
+
+Every field can be set from the environment with the `PERSONA_` prefix, e.g.
+`PERSONA_REDIS_URL=redis://127.0.0.1:6379/0`. Mapping fields take JSON:
+`PERSONA_API_KEYS='{"sk-app-1": "acme"}'`.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PLACEHOLDER_SECRETS = {"", "changeme", "change-me", "admin", "secret", "password"}
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PERSONA_", extra="ignore")
+
+    environment: Literal["development", "production"] = "development"
+
+    # --- Redis -----------------------------------------------------------------------------------
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_connect_timeout_s: float = 0.5
+    redis_socket_timeout_s: float = 2.0
+    redis_max_connections: int = 64
+    # Start a local redis-server (data under data_dir) when `persona serve` finds none reachable.
+    embedded_redis: bool = True
+    data_dir: str = "./data"
+
+    # --- Access ----------------------------------------------------------------------------------
+    # app key -> tenant name. An empty mapping means "development: one tenant, no key needed".
+    api_keys: dict[str, str] = Field(default_factory=dict)
+    admin_key: SecretStr = SecretStr("")
+    default_tenant: str = "default"
+
+    # --- Upstream LLM ----------------------------------------------------------------------------
+    upstream_api_base: str | None = None
+    upstream_api_key: SecretStr = SecretStr("")
+    # "auto": pass OpenAI-compatible upstreams straight through, litellm for any other provider.
+    upstream_mode: Literal["auto", "passthrough", "litellm"] = "auto"
+    # public model name -> upstream model name (e.g. {"gpt-4o": "openai/gpt-4o-2024-08-06"})
+    model_aliases: dict[str, str] = Field(default_factory=dict)
+    models: list[str] = Field(default_factory=list, description="extra names listed by /v1/models")
+    upstream_connect_timeout_s: float = 5.0
+    upstream_first_token_timeout_s: float = 60.0
+    upstream_total_timeout_s: float = 600.0
+    upstream_max_attempts: int = 3
+    upstream_retry_initial_s: float = 0.2
+    upstream_retry_max_s: float = 5.0
+    upstream_max_connections: int = 512
+
+    # --- Personalization -------------------------------------------------------------------------
+    persona_max_chars: int = 2000
+    exemplars_max: int = 3
+    exemplar_max_chars: int = 1200
+    persona_read_timeout_s: float = 0.05
+    persona_cache_size: int = 10_000
+
+    # --- Requests --------------------------------------------------------------------------------
+    max_body_bytes: int = 4 * 1024 * 1024
+
+    # --- Induction and reranking -----------------------------------------------------------------
+    induction_model: str = "gpt-4o-mini"
+    induction_max_calls: int = 200
+    induction_max_tokens: int = 400_000
+    induction_concurrency: int = 4
+    induction_min_pairs: int = 5
+    auto_refresh_after: int = 0
+    reranker: str = "judge"
+    judge_model: str | None = None
+    comparison_ttl_s: int = 24 * 3600
+
+    @model_validator(mode="after")
+    def _refuse_unsafe_production_defaults(self) -> Settings:
+        if self.environment == "production":
+            if self.admin_key.get_secret_value().lower() in PLACEHOLDER_SECRETS:
+                raise ValueError("PERSONA_ADMIN_KEY must be set to a real secret in production")
+            if not self.api_keys:
+                raise ValueError("PERSONA_API_KEYS must map at least one app key in production")
+        return self
+
+    def upstream_model(self, requested: str) -> str:
+        """The model name to send upstream for the one the client asked for."""
+        return self.model_aliases.get(requested, requested)

@@ -1,0 +1,93 @@
+"""Who is calling: app keys -> tenant, the admin key, and the end user's id.
+
+Keys are compared in constant time against every configured key (the loop never stops early) and
+are never logged.
+"""
+
+from __future__ import annotations
+
+import hmac
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from middleware.config import Settings
+from middleware.errors import AuthenticationFailed, InvalidUserId, PermissionDenied
+
+USER_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+\-]{0,127}$")
+TENANT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,63}$")
+USER_HEADER = "x-persona-user"
+TENANT_HEADER = "x-persona-tenant"
+
+
+def bearer_token(headers: Mapping[str, str]) -> str | None:
+    value = headers.get("authorization")
+    if not value:
+        return headers.get("api-key") or headers.get("x-api-key")
+    scheme, _, token = value.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+def _matches(candidate: str, secret: str) -> bool:
+    return hmac.compare_digest(candidate.encode(), secret.encode())
+
+
+def tenant_for_app_key(headers: Mapping[str, str], settings: Settings) -> str:
+    """The tenant an app key belongs to. With no keys configured, everyone is the default tenant."""
+    if not settings.api_keys:
+        return settings.default_tenant
+    token = bearer_token(headers)
+    if token is None:
+        raise AuthenticationFailed("missing API key: send 'Authorization: Bearer <app key>'")
+    found: str | None = None
+    for key, tenant in settings.api_keys.items():
+        if _matches(token, key):
+            found = tenant
+    if found is None:
+        raise AuthenticationFailed("incorrect API key provided")
+    return found
+
+
+def is_admin(headers: Mapping[str, str], settings: Settings) -> bool:
+    admin_key = settings.admin_key.get_secret_value()
+    token = bearer_token(headers)
+    if not admin_key:
+        return settings.environment == "development"
+    return token is not None and _matches(token, admin_key)
+
+
+def tenant_for_admin(headers: Mapping[str, str], settings: Settings) -> str:
+    """Admin routes: the global admin key, and the tenant named by X-Persona-Tenant."""
+    if bearer_token(headers) is None and settings.admin_key.get_secret_value():
+        raise AuthenticationFailed("missing admin key: send 'Authorization: Bearer <admin key>'")
+    if not is_admin(headers, settings):
+        raise PermissionDenied("this route needs the admin key", code="admin_key_required")
+    tenant = headers.get(TENANT_HEADER) or settings.default_tenant
+    if not TENANT_RE.match(tenant):
+        raise InvalidUserId(f"invalid tenant name in {TENANT_HEADER}", param=TENANT_HEADER)
+    return tenant
+
+
+def validate_user_id(user: Any, *, param: str = "user") -> str:
+    if not isinstance(user, str) or not USER_ID_RE.match(user):
+        raise InvalidUserId(
+            "invalid end-user id: 1-128 characters of letters, digits and . _ : @ + -, "
+            "starting with a letter or digit",
+            param=param,
+        )
+    return user
+
+
+def end_user_id(headers: Mapping[str, str], body: Mapping[str, Any]) -> str | None:
+    """The end user a chat call is for: header, then `user`, `safety_identifier`, `metadata.user_id`."""
+    header = headers.get(USER_HEADER)
+    if header:
+        return validate_user_id(header, param=USER_HEADER)
+    for field in ("user", "safety_identifier"):
+        value = body.get(field)
+        if value:
+            return validate_user_id(value, param=field)
+    metadata = body.get("metadata")
+    if isinstance(metadata, dict) and metadata.get("user_id"):
+        return validate_user_id(metadata["user_id"], param="metadata.user_id")
+    return None

@@ -1,0 +1,49 @@
+"""Prometheus metrics, one registry per app instance (so tests and several apps never collide)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.chat_requests = Counter(
+            "persona_chat_requests",
+            "Chat calls by mode and outcome",
+            ["mode", "outcome"],
+            registry=self.registry,
+        )
+        self.persona_injected = Counter(
+            "persona_injected", "Chat calls that carried a persona", registry=self.registry
+        )
+        self.persona_read_failures = Counter(
+            "persona_read_failures",
+            "Persona reads that failed or timed out (the chat went on without a persona)",
+            registry=self.registry,
+        )
+        self.upstream_retries = Counter(
+            "persona_upstream_retries", "Upstream attempts retried", registry=self.registry
+        )
+        self.client_disconnects = Counter(
+            "persona_client_disconnects", "Calls whose client went away first", registry=self.registry
+        )
+        self.store_write_failures = Counter(
+            "persona_store_write_failures",
+            "Writes refused because Redis was unavailable",
+            registry=self.registry,
+        )
+        self.rerank_fallbacks = Counter(
+            "persona_rerank_fallbacks",
+            "Rerank calls that fell back to the first candidate",
+            registry=self.registry,
+        )
+        self.overhead_seconds = Histogram(
+            "persona_overhead_seconds",
+            "Time the proxy adds before forwarding",
+            buckets=(0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.05, 0.1),
+            registry=self.registry,
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,66 @@
+"""Data shapes shared across the package: chat messages, preference pairs, personas."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field
+
+Role = Literal["system", "developer", "user", "assistant", "tool"]
+
+
+class Message(BaseModel):
+    """One chat message. Extra OpenAI fields (name, tool_calls, ...) are kept."""
+
+    model_config = ConfigDict(extra="allow")
+
+    role: Role
+    content: Any = None
+
+
+class PreferencePair(BaseModel):
+    """One preference judgement: in `context`, the user preferred `chosen` over `rejected`.
+
+    Same shape as a PersonalRewardBench row plus `rationale` (see ../shared/data/README.md).
+    """
+
+    model_config = ConfigDict(extra="ignore")
+
+    user_id: str
+    context: list[Message]
+    chosen: Message
+    rejected: Message
+    rationale: str | None = None
+    timestamp: str | None = None
+    source: str | None = None
+    item_id: str | None = None
+    id: str | None = Field(default=None, description="stable id; derived from content when absent")
+
+    def stable_id(self) -> str:
+        """An id that is the same every time the same judgement is imported (idempotent imports)."""
+        if self.id:
+            return self.id
+        payload = orjson.dumps(
+            [
+                self.user_id,
+                [m.model_dump(mode="json") for m in self.context],
+                self.chosen.model_dump(mode="json"),
+                self.rejected.model_dump(mode="json"),
+                self.item_id,
+            ],
+            option=orjson.OPT_SORT_KEYS,
+        )
+        return hashlib.sha256(payload).hexdigest()[:32]
+
+
+class Persona(BaseModel):
+    """One stored persona version: plain text plus the exemplar pairs injected with it."""
+
+    text: str
+    version: int
+    version_id: str
+    exemplars: list[PreferencePair] = Field(default_factory=list)
+    provenance: dict[str, Any] = Field(default_factory=dict)
+    created_at: str

@@ -1,0 +1,1 @@
+"""Turn a stored persona into the block placed ahead of a conversation."""

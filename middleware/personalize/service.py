@@ -1,0 +1,49 @@
+"""The persona block for one (tenant, user): one Redis GET, fail open, rendered once per version."""
+
+from __future__ import annotations
+
+import logging
+
+import orjson
+
+from middleware.config import Settings
+from middleware.metrics import Metrics
+from middleware.models import Persona
+from middleware.personalize.block import BlockCache, render_persona_block
+from middleware.store.personas import PersonaReadFailed, PersonaStore
+
+log = logging.getLogger("middleware.personalize")
+
+
+class Personalizer:
+    def __init__(self, store: PersonaStore, settings: Settings, metrics: Metrics) -> None:
+        self._store = store
+        self._settings = settings
+        self._metrics = metrics
+        self._cache = BlockCache(settings.persona_cache_size)
+
+    async def block_for(self, tenant: str, user: str) -> tuple[str, int] | None:
+        """(rendered block, version), or None when the user has no persona or Redis is sick."""
+        try:
+            blob = await self._store.read_current_blob(tenant, user)
+        except PersonaReadFailed as exc:
+            self._metrics.persona_read_failures.inc()
+            log.warning("persona read failed, continuing without persona: %s", exc)
+            return None
+        if not blob:
+            return None
+        head = orjson.loads(blob)
+        version_id, version = head["version_id"], int(head["version"])
+        block = self._cache.get(version_id)
+        if block is None:
+            block = self.render(Persona.model_validate(head))
+            self._cache.put(version_id, block)
+        return block, version
+
+    def render(self, persona: Persona) -> str:
+        return render_persona_block(
+            persona,
+            max_chars=self._settings.persona_max_chars,
+            exemplars_max=self._settings.exemplars_max,
+            exemplar_max_chars=self._settings.exemplar_max_chars,
+        )

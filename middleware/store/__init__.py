@@ -1,0 +1,1 @@
+"""Redis repositories. Nothing here imports the API layer."""

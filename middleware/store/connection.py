@@ -1,0 +1,19 @@
+"""The Redis connection pool: explicit timeouts and a bounded pool."""
+
+from __future__ import annotations
+
+from redis.asyncio import BlockingConnectionPool, Redis
+
+from middleware.config import Settings
+
+
+def create_redis(settings: Settings) -> Redis:
+    pool = BlockingConnectionPool.from_url(
+        settings.redis_url,
+        max_connections=settings.redis_max_connections,
+        timeout=settings.redis_connect_timeout_s,
+        socket_connect_timeout=settings.redis_connect_timeout_s,
+        socket_timeout=settings.redis_socket_timeout_s,
+        retry_on_timeout=False,
+    )
+    return Redis(connection_pool=pool)

@@ -1,0 +1,111 @@
+"""Every Redis key the service uses, built in one place.
+
+All of one user's keys share the hash tag `{<tenant>:<user>}` so that they live on one Redis Cluster
+slot and can be read in one round trip. Tenant names never contain ':'; user ids are validated in
+`middleware.identity` (no glob or brace characters), so the tag is unambiguous and SCAN-safe.
+
+    pm:{t:u}:persona               current persona (JSON blob, a byte-for-byte copy of one version)
+    pm:{t:u}:persona:v<N>          one persona version (JSON blob)
+    pm:{t:u}:persona:versions      sorted set of version numbers
+    pm:{t:u}:persona:seq           version counter
+    pm:{t:u}:prefs                 Stream of preference records (source of truth)
+    pm:{t:u}:prefs:ids             set of preference ids already stored (idempotent writes)
+    pm:{t:u}:comparisons:<id>      pending four-way comparison (TTL)
+    pm:{t:u}:sessions:<id>         best-only chat history of a collection session
+    pm:{t:u}:adapter:v<N>          reranker adapter weights stored beside persona version N
+    pm:{t:u}:meta                  small per-user counters (judgements since last refresh, ...)
+    pm:comparison-owner:<id>       comparison id -> "tenant:user" (TTL), to find a comparison by id
+    pm:tenant:<t>:users            set of user ids known in a tenant
+    pm:evaluations:<t>:<id>...     online evaluation runs (see evaluation_* below)
+    pm:jobs:...                    job bookkeeping owned by middleware.induction.jobs
+"""
+
+from __future__ import annotations
+
+PREFIX = "pm"
+JOB_QUEUE = "pm:jobs:queue"
+
+
+def user_tag(tenant: str, user: str) -> str:
+    return f"{PREFIX}:{{{tenant}:{user}}}"
+
+
+def user_pattern(tenant: str, user: str) -> str:
+    """SCAN pattern matching every key under one user's hash tag."""
+    return f"{user_tag(tenant, user)}:*"
+
+
+def persona_current(tenant: str, user: str) -> str:
+    return f"{user_tag(tenant, user)}:persona"
+
+
+def persona_version(tenant: str, user: str, version: int) -> str:
+    return f"{user_tag(tenant, user)}:persona:v{version}"
+
+
+def persona_versions(tenant: str, user: str) -> str:
+    return f"{user_tag(tenant, user)}:persona:versions"
+
+
+def persona_seq(tenant: str, user: str) -> str:
+    return f"{user_tag(tenant, user)}:persona:seq"
+
+
+def prefs(tenant: str, user: str) -> str:
+    return f"{user_tag(tenant, user)}:prefs"
+
+
+def pref_ids(tenant: str, user: str) -> str:
+    return f"{user_tag(tenant, user)}:prefs:ids"
+
+
+def comparison(tenant: str, user: str, comparison_id: str) -> str:
+    return f"{user_tag(tenant, user)}:comparisons:{comparison_id}"
+
+
+def comparison_owner(comparison_id: str) -> str:
+    return f"{PREFIX}:comparison-owner:{comparison_id}"
+
+
+def session(tenant: str, user: str, session_id: str) -> str:
+    return f"{user_tag(tenant, user)}:sessions:{session_id}"
+
+
+def adapter(tenant: str, user: str, version: int) -> str:
+    return f"{user_tag(tenant, user)}:adapter:v{version}"
+
+
+def user_meta(tenant: str, user: str) -> str:
+    return f"{user_tag(tenant, user)}:meta"
+
+
+def tenant_users(tenant: str) -> str:
+    return f"{PREFIX}:tenant:{tenant}:users"
+
+
+def evaluation(tenant: str, evaluation_id: str) -> str:
+    return f"{PREFIX}:evaluations:{tenant}:{evaluation_id}"
+
+
+def evaluation_trials(tenant: str, evaluation_id: str) -> str:
+    return f"{PREFIX}:evaluations:{tenant}:{evaluation_id}:trials"
+
+
+def evaluation_trial(tenant: str, evaluation_id: str, trial_id: str) -> str:
+    return f"{PREFIX}:evaluations:{tenant}:{evaluation_id}:trial:{trial_id}"
+
+
+def tenant_evaluations(tenant: str) -> str:
+    return f"{PREFIX}:evaluations:{tenant}"
+
+
+def job_lock(tenant: str, user: str) -> str:
+    return f"{user_tag(tenant, user)}:job-lock"
+
+
+def job_record(job_id: str) -> str:
+    return f"{PREFIX}:jobs:record:{job_id}"
+
+
+def tenant_job_slots(tenant: str) -> str:
+    return f"{PREFIX}:jobs:tenant-slots:{tenant}"

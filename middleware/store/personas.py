@@ -1,0 +1,111 @@
+"""Persona versions in Redis.
+
+The current persona is a byte-for-byte copy of one version blob, so the chat path needs exactly one
+GET, and a rollback restores a version exactly as it was stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from redis.asyncio import Redis
+
+from middleware.errors import NotFound
+from middleware.models import Persona, PreferencePair
+from middleware.store import keys
+from middleware.store.guard import STORE_ERRORS, fail_closed
+
+log = logging.getLogger("middleware.store")
+
+
+class PersonaReadFailed(Exception):
+    """The persona could not be read in time; the caller goes on without one (fail open)."""
+
+
+class PersonaStore:
+    def __init__(self, redis: Redis, *, read_timeout_s: float = 0.05, breaker_s: float = 0.5) -> None:
+        self._redis = redis
+        self._read_timeout_s = read_timeout_s
+        self._breaker_s = breaker_s
+        self._open_until = 0.0
+
+    # --- the hot path -----------------------------------------------------------------------------
+    async def read_current_blob(self, tenant: str, user: str) -> bytes | None:
+        """One GET, bounded in time. Raises PersonaReadFailed instead of waiting on a sick Redis.
+
+        After a failure the read is skipped for `breaker_s`, so an outage costs each chat call
+        nothing rather than a timeout.
+        """
+        if time.monotonic() < self._open_until:
+            raise PersonaReadFailed("persona store recently failed; skipping read")
+        try:
+            blob: bytes | None = await asyncio.wait_for(
+                self._redis.get(keys.persona_current(tenant, user)), self._read_timeout_s
+            )
+        except STORE_ERRORS as exc:
+            self._open_until = time.monotonic() + self._breaker_s
+            raise PersonaReadFailed(str(exc) or type(exc).__name__) from exc
+        return blob
+
+    # --- admin ------------------------------------------------------------------------------------
+    async def get(self, tenant: str, user: str) -> Persona | None:
+        blob = await fail_closed(self._redis.get(keys.persona_current(tenant, user)))
+        return Persona.model_validate_json(blob) if blob else None
+
+    async def get_version(self, tenant: str, user: str, version: int) -> Persona:
+        blob = await fail_closed(self._redis.get(keys.persona_version(tenant, user, version)))
+        if not blob:
+            raise NotFound(f"persona version {version} does not exist for this user", param="version")
+        return Persona.model_validate_json(blob)
+
+    async def list_versions(self, tenant: str, user: str) -> list[Persona]:
+        numbers = await fail_closed(self._redis.zrange(keys.persona_versions(tenant, user), 0, -1))
+        if not numbers:
+            return []
+        blobs = await fail_closed(
+            self._redis.mget([keys.persona_version(tenant, user, int(n)) for n in numbers])
+        )
+        return [Persona.model_validate_json(b) for b in blobs if b]
+
+    async def save(
+        self,
+        tenant: str,
+        user: str,
+        text: str,
+        exemplars: list[PreferencePair],
+        provenance: dict[str, Any] | None = None,
+    ) -> Persona:
+        """Store a new version and make it current in one transaction."""
+        version = int(await fail_closed(self._redis.incr(keys.persona_seq(tenant, user))))
+        persona = Persona(
+            text=text,
+            version=version,
+            version_id=uuid.uuid4().hex,
+            exemplars=exemplars,
+            provenance=provenance or {},
+            created_at=datetime.now(UTC).isoformat(),
+        )
+        blob = persona.model_dump_json().encode()
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.set(keys.persona_version(tenant, user, version), blob)
+        pipe.zadd(keys.persona_versions(tenant, user), {str(version): version})
+        pipe.set(keys.persona_current(tenant, user), blob)
+        pipe.sadd(keys.tenant_users(tenant), user)
+        await fail_closed(pipe.execute())
+        return persona
+
+    async def rollback(self, tenant: str, user: str, version: int) -> Persona:
+        blob = await fail_closed(self._redis.get(keys.persona_version(tenant, user, version)))
+        if not blob:
+            raise NotFound(f"persona version {version} does not exist for this user", param="version")
+        await fail_closed(self._redis.set(keys.persona_current(tenant, user), blob))
+        return Persona.model_validate_json(blob)
+
+    async def clear_current(self, tenant: str, user: str) -> bool:
+        """Switch personalization off for the user; stored versions stay for rollback."""
+        return bool(await fail_closed(self._redis.delete(keys.persona_current(tenant, user))))

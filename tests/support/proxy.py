@@ -1,0 +1,69 @@
+"""The proxy under test: create_app(settings) served by uvicorn in a thread, plus its settings."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from middleware.app import create_app
+from middleware.config import Settings
+from middleware.services import Services
+from tests.support.fake_upstream import FakeUpstream
+from tests.support.server_thread import ServerThread
+
+APP_KEY_A = "sk-app-tenant-a-0123456789"
+APP_KEY_B = "sk-app-tenant-b-9876543210"
+ADMIN_KEY = "sk-admin-0123456789abcdef"
+
+
+def proxy_settings(redis_url: str, upstream: FakeUpstream, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "redis_url": redis_url,
+        "upstream_api_base": upstream.base_url,
+        "upstream_api_key": "sk-upstream-secret",
+        "api_keys": {APP_KEY_A: "tenant-a", APP_KEY_B: "tenant-b"},
+        "admin_key": ADMIN_KEY,
+        "upstream_retry_initial_s": 0.01,
+        "upstream_retry_max_s": 0.05,
+        "embedded_redis": False,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+@dataclass
+class RunningProxy:
+    server: ServerThread
+    settings: Settings
+
+    @property
+    def url(self) -> str:
+        return self.server.base_url
+
+    @property
+    def v1(self) -> str:
+        return f"{self.server.base_url}/v1"
+
+    @property
+    def services(self) -> Services:
+        services: Services = self.server.app.state.services
+        return services
+
+    def admin_headers(self, tenant: str = "tenant-a") -> dict[str, str]:
+        return {"Authorization": f"Bearer {ADMIN_KEY}", "X-Persona-Tenant": tenant}
+
+
+def start_proxy(settings: Settings) -> RunningProxy:
+    return RunningProxy(ServerThread(create_app(settings)).start(), settings)
+
+
+@pytest.fixture
+def proxy(redis_url: str, fake_upstream: FakeUpstream) -> Iterator[RunningProxy]:
+    running = start_proxy(proxy_settings(redis_url, fake_upstream))
+    try:
+        yield running
+    finally:
+        running.server.stop()
