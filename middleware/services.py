@@ -12,6 +12,7 @@ from middleware.config import Settings
 from middleware.metrics import Metrics
 from middleware.personalize.service import Personalizer
 from middleware.store.personas import PersonaStore
+from middleware.store.preferences import PreferenceStore
 from middleware.upstream import UpstreamRouter
 
 
@@ -22,6 +23,7 @@ class Services:
     http: aiohttp.ClientSession
     metrics: Metrics
     personas: PersonaStore
+    preferences: PreferenceStore
     personalizer: Personalizer
     upstreams: UpstreamRouter
     # Filled by later subsystems (job queue pool, reranker registry, ...), keyed by name.
@@ -53,6 +55,7 @@ def build_services(settings: Settings) -> Services:
         http=http,
         metrics=metrics,
         personas=personas,
+        preferences=PreferenceStore(redis),
         personalizer=Personalizer(personas, settings, metrics),
         upstreams=UpstreamRouter(settings, http, metrics.upstream_retries.inc),
     )

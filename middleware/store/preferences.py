@@ -1,0 +1,106 @@
+"""The preference log: one Redis Stream per user, the source of truth for induction and training.
+
+Records are added idempotently (a set of stored ids guards the stream) in one Lua script, so a
+retried write or a re-import never stores the same judgement twice, and a batch is all-or-nothing.
+Each record has a `kind`: `pair` (one preference pair) or `judgement` (a raw best/worst judgement
+of a four-way comparison, kept beside the pairs derived from it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from redis.asyncio import Redis
+
+from middleware.models import PreferencePair
+from middleware.store import keys
+from middleware.store.guard import fail_closed
+
+# KEYS: stream, ids set, meta hash. ARGV: triples (id, kind, json). Returns 1/0 per record.
+_ADD_SCRIPT = """
+local added = {}
+local new_pairs = 0
+for i = 1, #ARGV, 3 do
+  local id, kind, data = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  if redis.call('SADD', KEYS[2], id) == 1 then
+    redis.call('XADD', KEYS[1], '*', 'id', id, 'kind', kind, 'data', data)
+    added[#added + 1] = 1
+    if kind == 'pair' then new_pairs = new_pairs + 1 end
+  else
+    added[#added + 1] = 0
+  end
+end
+if new_pairs > 0 then redis.call('HINCRBY', KEYS[3], 'pairs_since_refresh', new_pairs) end
+return added
+"""
+
+
+@dataclass(frozen=True)
+class Record:
+    id: str
+    kind: str
+    data: dict[str, Any]
+    stream_id: str
+
+    def pair(self) -> PreferencePair:
+        return PreferencePair.model_validate(self.data)
+
+
+class PreferenceStore:
+    def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+        self._add = redis.register_script(_ADD_SCRIPT)
+
+    async def add(self, tenant: str, user: str, records: list[tuple[str, str, dict[str, Any]]]) -> list[bool]:
+        """Append (id, kind, data) records; returns which ones were new. Fails closed (503)."""
+        if not records:
+            return []
+        argv: list[str | bytes] = []
+        for record_id, kind, data in records:
+            argv += [record_id, kind, orjson.dumps(data)]
+        flags = await fail_closed(
+            self._add(
+                keys=[keys.prefs(tenant, user), keys.pref_ids(tenant, user), keys.user_meta(tenant, user)],
+                args=argv,
+            )
+        )
+        await fail_closed(self._redis.sadd(keys.tenant_users(tenant), user))
+        return [bool(int(f)) for f in flags]
+
+    async def add_pairs(self, tenant: str, user: str, pairs: list[PreferencePair]) -> list[bool]:
+        records = []
+        for pair in pairs:
+            pair_id = pair.stable_id()
+            data = pair.model_copy(update={"id": pair_id, "user_id": user}).model_dump(mode="json")
+            records.append((pair_id, "pair", data))
+        return await self.add(tenant, user, records)
+
+    async def records(self, tenant: str, user: str, kind: str | None = None) -> list[Record]:
+        entries = await fail_closed(self._redis.xrange(keys.prefs(tenant, user)))
+        out = []
+        for stream_id, fields in entries:
+            record = Record(
+                id=fields[b"id"].decode(),
+                kind=fields[b"kind"].decode(),
+                data=orjson.loads(fields[b"data"]),
+                stream_id=stream_id.decode(),
+            )
+            if kind is None or record.kind == kind:
+                out.append(record)
+        return out
+
+    async def pairs(self, tenant: str, user: str) -> list[PreferencePair]:
+        """All of a user's preference pairs, oldest first (stream order)."""
+        return [r.pair() for r in await self.records(tenant, user, kind="pair")]
+
+    async def count(self, tenant: str, user: str) -> int:
+        return int(await fail_closed(self._redis.xlen(keys.prefs(tenant, user))))
+
+    async def pairs_since_refresh(self, tenant: str, user: str) -> int:
+        value = await fail_closed(self._redis.hget(keys.user_meta(tenant, user), "pairs_since_refresh"))
+        return int(value or 0)
+
+    async def reset_since_refresh(self, tenant: str, user: str) -> None:
+        await fail_closed(self._redis.hset(keys.user_meta(tenant, user), "pairs_since_refresh", 0))
