@@ -68,6 +68,22 @@ class Settings(BaseSettings):
     induction_concurrency: int = 4
     induction_min_pairs: int = 5
     auto_refresh_after: int = 0
+    induction_validation_fraction: float = 0.3
+    induction_exemplar_sets: int = 4
+    induction_seed: int = 0
+    induction_max_attempts: int = 3
+    induction_max_completion_tokens: int = 800
+
+    # --- Background jobs (arq workers) -----------------------------------------------------------
+    jobs_timeout_s: float = 900.0
+    jobs_in_progress_grace_s: float = 10.0
+    jobs_max_attempts: int = 3
+    jobs_retry_defer_s: float = 2.0
+    jobs_tenant_concurrency: int = 2
+    jobs_keep_s: int = 7 * 24 * 3600
+    worker_max_jobs: int = 8
+    worker_poll_s: float = 0.5
+    auto_refresh_poll_s: float = 60.0
     reranker: str = "judge"
     judge_model: str | None = None
     comparison_ttl_s: int = 24 * 3600
