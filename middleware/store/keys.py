@@ -11,6 +11,8 @@ slot and can be read in one round trip. Tenant names never contain ':'; user ids
     pm:{t:u}:prefs                 Stream of preference records (source of truth)
     pm:{t:u}:prefs:ids             set of preference ids already stored (idempotent writes)
     pm:{t:u}:comparisons:<id>      pending four-way comparison (TTL)
+    pm:{t:u}:comparisons:<id>:claim   short lock while a judgement of it is being written
+    pm:{t:u}:comparisons:<id>:judged  marker (TTL) that the comparison was judged: a second gets 409
     pm:{t:u}:sessions:<id>         best-only chat history of a collection session
     pm:{t:u}:adapter:v<N>          reranker adapter weights stored beside persona version N
     pm:{t:u}:meta                  small per-user counters (judgements since last refresh, ...)
@@ -61,6 +63,14 @@ def pref_ids(tenant: str, user: str) -> str:
 
 def comparison(tenant: str, user: str, comparison_id: str) -> str:
     return f"{user_tag(tenant, user)}:comparisons:{comparison_id}"
+
+
+def comparison_claim(tenant: str, user: str, comparison_id: str) -> str:
+    return f"{comparison(tenant, user, comparison_id)}:claim"
+
+
+def comparison_judged(tenant: str, user: str, comparison_id: str) -> str:
+    return f"{comparison(tenant, user, comparison_id)}:judged"
 
 
 def comparison_owner(comparison_id: str) -> str:
