@@ -54,7 +54,9 @@ _bootstrap_main() {
     return 0
   fi
   echo "bootstrap: installing the project with extras [$extras] into $venv" >&2
-  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e ".[$extras]"
+  # (the machine's pip configuration names index folders that may be absent: drop those warnings)
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e ".[$extras]" \
+    2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
   echo "$want" > "$stamp"
 }
 
