@@ -28,7 +28,8 @@ class Personalizer:
             blob = await self._store.read_current_blob(tenant, user)
         except PersonaReadFailed as exc:
             self._metrics.persona_read_failures.inc()
-            log.warning("persona read failed, continuing without persona: %s", exc)
+            if not exc.skipped:
+                log.warning("persona read failed, continuing without persona: %s", exc)
             return None
         if not blob:
             return None

@@ -24,7 +24,14 @@ log = logging.getLogger("middleware.store")
 
 
 class PersonaReadFailed(Exception):
-    """The persona could not be read in time; the caller goes on without one (fail open)."""
+    """The persona could not be read in time; the caller goes on without one (fail open).
+
+    `skipped` is true when the read was not even tried because the store failed moments ago.
+    """
+
+    def __init__(self, message: str, *, skipped: bool = False) -> None:
+        super().__init__(message)
+        self.skipped = skipped
 
 
 class PersonaStore:
@@ -42,7 +49,7 @@ class PersonaStore:
         nothing rather than a timeout.
         """
         if time.monotonic() < self._open_until:
-            raise PersonaReadFailed("persona store recently failed; skipping read")
+            raise PersonaReadFailed("persona store recently failed; read skipped", skipped=True)
         try:
             blob: bytes | None = await asyncio.wait_for(
                 self._redis.get(keys.persona_current(tenant, user)), self._read_timeout_s
