@@ -1,0 +1,147 @@
+"""Four-way comparisons: create (optionally streamed as NDJSON), judge, and read a session.
+
+    POST /v1/comparisons                   {"user", "model", "messages", "variants"?, "session_id"?,
+                                            "persona"?, "max_tokens"?, "stream"?}
+    POST /v1/comparisons/{id}/judgement    {"best", "worst", "rationale"}
+    GET  /v1/sessions/{session_id}         the session's best-only history
+
+With `"stream": true` the answer is NDJSON: a `comparison` line (id, variants), one `candidate` line
+per candidate as soon as it is ready, then `done` (the stored comparison) or `error`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Path, Request
+from fastapi.responses import Response, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from middleware.api.deps import AppTenant, ServicesDep
+from middleware.api.responses import JSONBytes
+from middleware.collection.service import ComparisonService, Prepared
+from middleware.collection.variants import Variant
+from middleware.errors import InvalidRequest, PersonaError
+from middleware.identity import USER_HEADER, validate_user_id
+from middleware.models import Message
+from middleware.upstream import ClientDisconnected, cancel_on_disconnect
+
+log = logging.getLogger("middleware.api")
+router = APIRouter(tags=["comparisons"])
+
+ID_PATTERN = r"^[A-Za-z0-9_\-]{1,64}$"
+SessionId = Annotated[str, Field(pattern=ID_PATTERN, description="client-chosen session id")]
+
+
+class ComparisonCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    user: str | None = Field(default=None, description="end-user id (or the X-Persona-User header)")
+    model: str = Field(min_length=1, max_length=200)
+    messages: list[Message] = Field(min_length=1, max_length=500)
+    variants: list[Variant] | None = Field(default=None, min_length=2, max_length=8)
+    session_id: SessionId | None = None
+    persona: bool = Field(default=True, description="inject the user's persona into every candidate")
+    max_tokens: int | None = Field(default=None, ge=1, le=65_536)
+    stream: bool = False
+
+
+class JudgementIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    best: int = Field(ge=0)
+    worst: int = Field(ge=0)
+    rationale: str = Field(default="", max_length=20_000)
+    user: str | None = None
+
+
+def caller_user(request: Request, body_user: str | None, *, required: bool) -> str | None:
+    header = request.headers.get(USER_HEADER)
+    if header:
+        return validate_user_id(header, param=USER_HEADER)
+    if body_user:
+        return validate_user_id(body_user)
+    if required:
+        raise InvalidRequest(
+            "an end-user id is required: 'user' in the body or the X-Persona-User header",
+            param="user",
+            code="missing_user",
+        )
+    return None
+
+
+@router.post("/v1/comparisons")
+async def create_comparison(
+    body: ComparisonCreate, request: Request, tenant: AppTenant, services: ServicesDep
+) -> Response:
+    user = caller_user(request, body.user, required=True)
+    assert user is not None
+    service = ComparisonService.of(services)
+    off = request.headers.get("x-persona-mode", "").strip().lower() == "off"
+    prepared = await service.prepare(
+        tenant,
+        user,
+        model=body.model,
+        messages=[m.model_dump(mode="json", exclude_none=True) for m in body.messages],
+        variants=body.variants,
+        session_id=body.session_id,
+        persona=body.persona and not off,
+        extra={"max_tokens": body.max_tokens} if body.max_tokens else {},
+    )
+    if body.stream:
+        return StreamingResponse(_ndjson(service, prepared), media_type="application/x-ndjson")
+    try:
+        result = await cancel_on_disconnect(request.receive, service.create(prepared))
+    except ClientDisconnected:
+        return Response(status_code=499)
+    return JSONBytes(result)
+
+
+def _line(event: dict[str, Any]) -> bytes:
+    return orjson.dumps(event) + b"\n"
+
+
+async def _ndjson(service: ComparisonService, prepared: Prepared) -> AsyncIterator[bytes]:
+    yield _line({"type": "comparison", **prepared.header()})
+    finished: list[dict[str, Any]] = []
+    async for candidate in service.candidates(prepared):
+        finished.append(candidate)
+        yield _line({"type": "candidate", "candidate": candidate})
+    try:
+        stored = await service.store_pending(prepared, finished)
+    except PersonaError as exc:
+        yield _line({"type": "error", **exc.to_body(), "status": exc.status_code})
+        return
+    yield _line({"type": "done", "comparison": stored})
+
+
+@router.post("/v1/comparisons/{comparison_id}/judgement")
+async def judge_comparison(
+    comparison_id: Annotated[str, Path(pattern=ID_PATTERN)],
+    body: JudgementIn,
+    request: Request,
+    tenant: AppTenant,
+    services: ServicesDep,
+) -> Response:
+    user = caller_user(request, body.user, required=False)
+    result = await ComparisonService.of(services).judge(
+        tenant, user, comparison_id, best=body.best, worst=body.worst, rationale=body.rationale
+    )
+    return JSONBytes(result, status_code=201)
+
+
+@router.get("/v1/sessions/{session_id}")
+async def get_session(
+    session_id: Annotated[str, Path(pattern=ID_PATTERN)],
+    request: Request,
+    tenant: AppTenant,
+    services: ServicesDep,
+    user: str | None = None,
+) -> Response:
+    end_user = caller_user(request, user, required=True)
+    assert end_user is not None
+    messages = await ComparisonService.of(services).store.session_messages(tenant, end_user, session_id)
+    return JSONBytes({"id": session_id, "object": "session", "user": end_user, "messages": messages})

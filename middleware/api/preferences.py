@@ -1,0 +1,49 @@
+"""POST /v1/preferences: pairwise feedback from apps, one object or a list of them.
+
+An `Idempotency-Key` header (single object) or `idempotency_key` per item makes retries safe;
+without one, identical feedback is stored once (content-derived ids). 201 when something new was
+stored, 200 when everything was already there; 503 when Redis is down (nothing is dropped silently).
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from middleware.api.comparisons import caller_user
+from middleware.api.deps import AppTenant, ServicesDep
+from middleware.api.responses import JSONBytes
+from middleware.errors import ValidationFailed
+from middleware.identity import validate_user_id
+from middleware.preferences.feedback import FeedbackIn, add_feedback, to_record
+
+router = APIRouter(tags=["preferences"])
+MAX_BATCH = 1000
+
+
+@router.post("/v1/preferences")
+async def add_preferences(
+    body: FeedbackIn | list[FeedbackIn], request: Request, tenant: AppTenant, services: ServicesDep
+) -> Response:
+    items = body if isinstance(body, list) else [body]
+    if not items:
+        raise ValidationFailed("the list of preferences is empty")
+    if len(items) > MAX_BATCH:
+        raise ValidationFailed(f"at most {MAX_BATCH} preferences per call")
+    header_key = request.headers.get("idempotency-key")
+    records = []
+    for i, item in enumerate(items):
+        # In a batch each item names its own user; the header is the fallback.
+        user = validate_user_id(item.user) if item.user else caller_user(request, None, required=True)
+        assert user is not None
+        key = item.idempotency_key
+        if key is None and header_key:
+            key = header_key if len(items) == 1 else f"{header_key}:{i}"
+        records.append((user, *to_record(item, user, key)))
+    flags = await add_feedback(services.preferences, tenant, records)
+    data = [{"id": r[1], "user": r[0], "created": f} for r, f in zip(records, flags, strict=True)]
+    created = sum(flags)
+    return JSONBytes(
+        {"object": "list", "data": data, "created": created, "duplicates": len(flags) - created},
+        status_code=201 if created else 200,
+    )

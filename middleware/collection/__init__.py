@@ -1,0 +1,1 @@
+"""Four-candidate preference collection: variants, pending comparisons, judgements, sessions."""

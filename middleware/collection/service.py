@@ -1,0 +1,290 @@
+"""Create comparisons and record judgements.
+
+A comparison: the conversation (a session's best-only history, then the new messages), rendered in
+every variant, answered concurrently, and stored as pending with a TTL. A judgement (best, worst,
+rationale) becomes ONE atomic write to the user's preference log: the raw judgement plus the derived
+pairs (best > each other, each other > worst), then the comparison is closed and, in a session,
+only the best answer is appended to its history.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from middleware.collection.candidates import generate_all
+from middleware.collection.store import Claim, ComparisonStore
+from middleware.collection.variants import DEFAULT_VARIANTS, Variant
+from middleware.errors import Conflict, NotFound, UpstreamError, ValidationFailed
+from middleware.models import Message, PreferencePair
+from middleware.personalize.block import inject_block
+from middleware.services import Services
+
+SOURCE = "comparison"
+
+
+def new_comparison_id() -> str:
+    return f"cmp_{uuid.uuid4().hex}"
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+@dataclass
+class Prepared:
+    """Everything needed to generate the candidates of one comparison."""
+
+    id: str
+    tenant: str
+    user: str
+    model: str
+    conversation: list[dict[str, Any]]  # what the user saw: history + new messages (no persona)
+    new_messages: list[dict[str, Any]]
+    session_id: str | None
+    session_len: int
+    variants: Sequence[Variant]
+    persona_version: int | None
+    upstream_messages: list[dict[str, Any]]  # the conversation with the persona block
+    extra: dict[str, Any]
+
+    def header(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": "comparison",
+            "user": self.user,
+            "model": self.model,
+            "session_id": self.session_id,
+            "persona_version": self.persona_version,
+            "variants": [v.model_dump() for v in self.variants],
+        }
+
+
+class ComparisonService:
+    def __init__(self, services: Services) -> None:
+        self._services = services
+        self.store = ComparisonStore(services.redis, ttl_s=services.settings.comparison_ttl_s)
+
+    @classmethod
+    def of(cls, services: Services) -> ComparisonService:
+        service = services.extras.get("comparisons")
+        if not isinstance(service, cls):
+            service = services.extras["comparisons"] = cls(services)
+        return service
+
+    # --- creating -----------------------------------------------------------------------------------
+    async def prepare(
+        self,
+        tenant: str,
+        user: str,
+        *,
+        model: str,
+        messages: list[dict[str, Any]],
+        variants: Sequence[Variant] | None = None,
+        session_id: str | None = None,
+        persona: bool = True,
+        extra: dict[str, Any] | None = None,
+    ) -> Prepared:
+        history: list[dict[str, Any]] = []
+        if session_id:
+            history = await self.store.session_messages(tenant, user, session_id)
+        conversation = [*history, *messages]
+        upstream_messages = conversation
+        version: int | None = None
+        if persona:
+            found = await self._services.personalizer.block_for(tenant, user)
+            if found is not None:
+                block, version = found
+                upstream_messages = inject_block(conversation, block)
+        return Prepared(
+            id=new_comparison_id(),
+            tenant=tenant,
+            user=user,
+            model=model,
+            conversation=conversation,
+            new_messages=messages,
+            session_id=session_id,
+            session_len=len(history),
+            variants=tuple(variants or DEFAULT_VARIANTS),
+            persona_version=version,
+            upstream_messages=upstream_messages,
+            extra=extra or {},
+        )
+
+    async def candidates(self, prepared: Prepared) -> AsyncIterator[dict[str, Any]]:
+        """Candidates in the order they finish; all variants run at once."""
+        upstream, model_name = self._services.upstreams.route(prepared.model)
+        async for candidate in generate_all(
+            upstream, model_name, prepared.upstream_messages, prepared.variants, prepared.extra
+        ):
+            yield candidate
+
+    async def store_pending(self, prepared: Prepared, candidates: list[dict[str, Any]]) -> dict[str, Any]:
+        """Store the finished comparison (TTL) and return its public body. All failed -> 502."""
+        candidates = sorted(candidates, key=lambda c: c["index"])
+        if not any("content" in c for c in candidates):
+            first = next((c["error"] for c in candidates if "error" in c), {})
+            raise UpstreamError(
+                f"every candidate failed; first error: {first.get('message', 'unknown')}",
+                code="all_candidates_failed",
+            )
+        created = int(time.time())
+        record = {
+            **prepared.header(),
+            "tenant": prepared.tenant,
+            "conversation": prepared.conversation,
+            "new_messages": prepared.new_messages,
+            "session_len": prepared.session_len,
+            "candidates": candidates,
+            "created": created,
+        }
+        await self.store.save(prepared.tenant, prepared.user, prepared.id, record)
+        return {
+            **prepared.header(),
+            "created": created,
+            "expires_at": created + self.store.ttl_s,
+            "candidates": candidates,
+        }
+
+    async def create(self, prepared: Prepared) -> dict[str, Any]:
+        return await self.store_pending(prepared, [c async for c in self.candidates(prepared)])
+
+    # --- judging ------------------------------------------------------------------------------------
+    async def locate(self, tenant: str, user: str | None, comparison_id: str) -> str:
+        """The owner of a comparison; another tenant's or user's comparison is simply not found."""
+        owner = await self.store.owner(comparison_id)
+        if owner is None or owner[0] != tenant or (user is not None and owner[1] != user):
+            raise NotFound(f"comparison {comparison_id!r} does not exist or has expired", param="id")
+        return owner[1]
+
+    async def judge(
+        self,
+        tenant: str,
+        user: str | None,
+        comparison_id: str,
+        *,
+        best: int,
+        worst: int,
+        rationale: str,
+    ) -> dict[str, Any]:
+        user = await self.locate(tenant, user, comparison_id)
+        if best == worst:
+            raise ValidationFailed("best and worst must be different candidates", param="worst")
+        token = uuid.uuid4().hex
+        claim = await self.store.claim(tenant, user, comparison_id, token)
+        if claim is Claim.JUDGED:
+            raise Conflict(f"comparison {comparison_id!r} has already been judged", code="already_judged")
+        if claim is Claim.BUSY:
+            raise Conflict(f"a judgement of comparison {comparison_id!r} is being recorded", code="busy")
+        if claim is Claim.MISSING:
+            raise NotFound(f"comparison {comparison_id!r} does not exist or has expired", param="id")
+        try:
+            comparison = await self.store.load(tenant, user, comparison_id)
+            if comparison is None:
+                raise NotFound(f"comparison {comparison_id!r} does not exist or has expired", param="id")
+            answered = {c["index"]: c for c in comparison["candidates"] if "content" in c}
+            for name, index in (("best", best), ("worst", worst)):
+                if index not in answered:
+                    raise ValidationFailed(
+                        f"{name}={index} is not a candidate with an answer (answered: {sorted(answered)})",
+                        param=name,
+                    )
+            records = judgement_records(comparison, best=best, worst=worst, rationale=rationale)
+            flags = await self._services.preferences.add(tenant, user, records)
+        except BaseException:
+            with contextlib.suppress(Exception):  # the claim also expires on its own
+                await self.store.release(tenant, user, comparison_id, token)
+            raise
+        judged_at = _now()
+        best_message = {"role": "assistant", "content": answered[best]["content"]}
+        appended = await self.store.finalize(
+            tenant,
+            user,
+            comparison_id,
+            token,
+            judged={"best": best, "worst": worst, "judged_at": judged_at},
+            judgement_new=flags[0],
+            session_id=comparison.get("session_id"),
+            expected_session_len=int(comparison.get("session_len", 0)),
+            append=[*comparison["new_messages"], best_message],
+        )
+        if appended < 0:
+            raise Conflict(f"comparison {comparison_id!r} was judged concurrently", code="busy")
+        return {
+            "id": comparison_id,
+            "object": "comparison.judgement",
+            "user": user,
+            "best": best,
+            "worst": worst,
+            "judged_at": judged_at,
+            "records": [
+                {"id": r[0], "kind": r[1], "created": f} for r, f in zip(records, flags, strict=True)
+            ],
+            "pairs_added": sum(1 for r, f in zip(records, flags, strict=True) if f and r[1] == "pair"),
+            "session_id": comparison.get("session_id"),
+            "session_appended": appended == 1,
+            "best_message": best_message,
+        }
+
+
+def judgement_records(
+    comparison: dict[str, Any], *, best: int, worst: int, rationale: str
+) -> list[tuple[str, str, dict[str, Any]]]:
+    """The raw judgement first, then best > each other, then each other (not worst) > worst."""
+    cid = comparison["id"]
+    user = comparison["user"]
+    answered = {c["index"]: c for c in comparison["candidates"] if "content" in c}
+    now = _now()
+    records: list[tuple[str, str, dict[str, Any]]] = [
+        (
+            f"{cid}:judgement",
+            "judgement",
+            {
+                "comparison_id": cid,
+                "user_id": user,
+                "model": comparison["model"],
+                "context": comparison["conversation"],
+                "candidates": comparison["candidates"],
+                "variants": comparison["variants"],
+                "best": best,
+                "worst": worst,
+                "rationale": rationale,
+                "session_id": comparison.get("session_id"),
+                "persona_version": comparison.get("persona_version"),
+                "created": comparison.get("created"),
+                "timestamp": now,
+                "source": SOURCE,
+            },
+        )
+    ]
+    ordered = [(best, other) for other in sorted(answered) if other != best]
+    ordered += [(other, worst) for other in sorted(answered) if other not in (best, worst)]
+    context = [Message.model_validate(m) for m in comparison["conversation"]]
+    for winner, loser in ordered:
+        pair_id = f"{cid}:{winner}>{loser}"
+        pair = PreferencePair(
+            id=pair_id,
+            user_id=user,
+            context=context,
+            chosen=Message(role="assistant", content=answered[winner]["content"]),
+            rejected=Message(role="assistant", content=answered[loser]["content"]),
+            rationale=rationale or None,
+            timestamp=now,
+            source=SOURCE,
+            item_id=cid,
+        )
+        data = pair.model_dump(mode="json")
+        data.update(
+            comparison_id=cid,
+            chosen_index=winner,
+            rejected_index=loser,
+            chosen_variant=answered[winner]["variant"],
+            rejected_variant=answered[loser]["variant"],
+        )
+        records.append((pair_id, "pair", data))
+    return records

@@ -1,0 +1,1 @@
+"""Preference intake: pairwise feedback from apps and bulk imports of preference files."""
