@@ -1,0 +1,1 @@
+"""SynthesizeMe persona induction: split, bootstrap reasoning, synthesis, exemplar selection, jobs."""

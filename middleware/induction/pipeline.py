@@ -1,0 +1,187 @@
+"""The SynthesizeMe pipeline for one user: split, bootstrap, synthesise, select, store.
+
+Nothing is written until the very end, where `PersonaStore.save` stores the new version and makes
+it current in one transaction: a run that fails, runs out of budget or is cancelled leaves the
+current persona exactly as it was.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from middleware.config import Settings
+from middleware.errors import BudgetExceeded, NotEnoughData
+from middleware.induction.bootstrap import bootstrap
+from middleware.induction.context import PROMPT_VERSION, LLMContext, Progress, report
+from middleware.induction.select import select_exemplars
+from middleware.induction.synthesize import synthesize
+from middleware.llm import CallBudget
+from middleware.models import Persona, PreferencePair
+from middleware.services import Services
+from middleware.store import keys
+from middleware.store.guard import fail_closed
+
+
+def time_order(pairs: list[PreferencePair]) -> list[PreferencePair]:
+    """Oldest first: by timestamp where every pair has one, else the log's own (arrival) order."""
+    if pairs and all(p.timestamp for p in pairs):
+        return sorted(pairs, key=lambda p: str(p.timestamp))
+    return list(pairs)
+
+
+def split(
+    pairs: list[PreferencePair], validation_fraction: float
+) -> tuple[list[PreferencePair], list[PreferencePair]]:
+    """Time-ordered split: the oldest ~70% train, the newest ~30% validate (at least one of each)."""
+    n = len(pairs)
+    n_val = int(n * validation_fraction + 1e-9)
+    n_val = min(max(n_val, 1 if n >= 2 else 0), n - 1) if n else 0
+    return pairs[: n - n_val], pairs[n - n_val :]
+
+
+@dataclass
+class Plan:
+    train: list[PreferencePair]
+    validation: list[PreferencePair]
+
+    @property
+    def minimum_calls(self) -> int:
+        """Calls a run needs at the very least: one per train pair, synthesis, the empty set."""
+        return len(self.train) + 1 + 2 * len(self.validation)
+
+
+def make_context(services: Services, model: str, budget: CallBudget) -> LLMContext:
+    s = services.settings
+    return LLMContext(
+        upstreams=services.upstreams,
+        model=model,
+        budget=budget,
+        concurrency=s.induction_concurrency,
+        max_attempts=s.induction_max_attempts,
+        max_completion_tokens=s.induction_max_completion_tokens,
+    )
+
+
+def new_budget(settings: Settings) -> CallBudget:
+    return CallBudget(settings.induction_max_calls, settings.induction_max_tokens)
+
+
+async def load_plan(services: Services, tenant: str, user: str) -> Plan:
+    settings = services.settings
+    pairs = time_order(await services.preferences.pairs(tenant, user))
+    if len(pairs) < settings.induction_min_pairs:
+        raise NotEnoughData(
+            f"not enough data: user {user!r} has {len(pairs)} preference pairs, induction needs at "
+            f"least {settings.induction_min_pairs}"
+        )
+    train, validation = split(pairs, settings.induction_validation_fraction)
+    return Plan(train, validation)
+
+
+async def already_done(services: Services, tenant: str, user: str, job_id: str | None) -> Persona | None:
+    """A retried job whose first try already stored its version (crash after the save)."""
+    if job_id is None:
+        return None
+    for persona in reversed(await services.personas.list_versions(tenant, user)):
+        if persona.provenance.get("job_id") == job_id:
+            return persona
+    return None
+
+
+async def induce(
+    services: Services,
+    tenant: str,
+    user: str,
+    *,
+    model: str | None = None,
+    job_id: str | None = None,
+    progress: Progress | None = None,
+    budget: CallBudget | None = None,
+) -> dict[str, Any]:
+    """Run the whole pipeline and store a new persona version; returns a summary of the run.
+
+    Raises NotEnoughData, BudgetExceeded, LLMOutputError or UpstreamError without storing anything.
+    """
+    settings = services.settings
+    model = model or settings.induction_model
+    started = time.perf_counter()
+    existing = await already_done(services, tenant, user, job_id)
+    if existing is not None:
+        return summary(existing, reused=True)
+
+    since_refresh = await services.preferences.pairs_since_refresh(tenant, user)
+    plan = await load_plan(services, tenant, user)
+    budget = budget or new_budget(settings)
+    if plan.minimum_calls > budget.max_calls:
+        raise BudgetExceeded(
+            f"a refresh for {len(plan.train) + len(plan.validation)} pairs needs at least "
+            f"{plan.minimum_calls} LLM calls, more than the budget of {budget.max_calls}; "
+            "nothing was changed"
+        )
+    ctx = make_context(services, model, budget)
+    await report(progress, stage="split", train=len(plan.train), validation=len(plan.validation))
+
+    traces = await bootstrap(ctx, plan.train, seed=settings.induction_seed, progress=progress)
+    kept = [t for t in traces if t.kept]
+    if not kept:
+        raise NotEnoughData(
+            "not enough data: no reasoning trace agreed with the user's own choices, so no persona "
+            "could be grounded; nothing was changed",
+            code="no_consistent_traces",
+        )
+    await report(progress, stage="synthesize", kept=len(kept), traces=len(traces))
+    text = await synthesize(ctx, kept, max_chars=settings.persona_max_chars)
+
+    selection = await select_exemplars(
+        ctx,
+        text,
+        [t.pair for t in kept],
+        plan.validation,
+        max_size=settings.exemplars_max,
+        sets=settings.induction_exemplar_sets,
+        seed=settings.induction_seed,
+        progress=progress,
+    )
+    provenance: dict[str, Any] = {
+        "source": "induction",
+        "method": "synthesizeme",
+        "job_id": job_id,
+        "model": model,
+        "prompt_template_version": PROMPT_VERSION,
+        "source_preference_ids": [p.stable_id() for p in plan.train + plan.validation],
+        "train_ids": [p.stable_id() for p in plan.train],
+        "validation_ids": [p.stable_id() for p in plan.validation],
+        "kept_trace_ids": [t.pair.stable_id() for t in kept],
+        "exemplar_ids": [p.stable_id() for p in selection.exemplars],
+        "validation_accuracy": selection.accuracy,
+        "candidate_scores": selection.scores,
+        "seed": settings.induction_seed,
+        "cost": {**ctx.usage.as_dict(), "wall_s": round(time.perf_counter() - started, 3)},
+    }
+    await report(progress, stage="store")
+    persona = await services.personas.save(tenant, user, text, selection.exemplars, provenance)
+    if since_refresh:
+        await fail_closed(
+            services.redis.hincrby(keys.user_meta(tenant, user), "pairs_since_refresh", -since_refresh)
+        )
+    return summary(persona, reused=False)
+
+
+def summary(persona: Persona, *, reused: bool) -> dict[str, Any]:
+    prov = persona.provenance
+    return {
+        "status": "complete",
+        "version": persona.version,
+        "version_id": persona.version_id,
+        "persona_chars": len(persona.text),
+        "exemplars": len(persona.exemplars),
+        "kept_traces": len(prov.get("kept_trace_ids", [])),
+        "train_pairs": len(prov.get("train_ids", [])),
+        "validation_pairs": len(prov.get("validation_ids", [])),
+        "validation_accuracy": prov.get("validation_accuracy"),
+        "model": prov.get("model"),
+        "cost": prov.get("cost"),
+        "reused": reused,
+    }
