@@ -16,6 +16,9 @@ slot and can be read in one round trip. Tenant names never contain ':'; user ids
     pm:{t:u}:sessions:<id>         best-only chat history of a collection session
     pm:{t:u}:adapter:v<N>          reranker adapter weights stored beside persona version N
     pm:{t:u}:meta                  small per-user counters (judgements since last refresh, ...)
+    pm:{t:u}:job-lock              the user's running refresh (mutual exclusion, TTL)
+    pm:{t:u}:job-pending           the user's queued/running refresh job id (deduplication)
+    pm:{t:u}:jobs                  ids of the user's jobs (deleted with their records on forget)
     pm:comparison-owner:<id>       comparison id -> "tenant:user" (TTL), to find a comparison by id
     pm:tenant:<t>:users            set of user ids known in a tenant
     pm:evaluations:<t>:<id>...     online evaluation runs (see evaluation_* below)
@@ -119,3 +122,18 @@ def job_record(job_id: str) -> str:
 
 def tenant_job_slots(tenant: str) -> str:
     return f"{PREFIX}:jobs:tenant-slots:{tenant}"
+
+
+def job_pending(tenant: str, user: str) -> str:
+    """The id of the user's queued or running persona refresh (one at a time per user)."""
+    return f"{user_tag(tenant, user)}:job-pending"
+
+
+def user_jobs(tenant: str, user: str) -> str:
+    """Set of job ids ever enqueued for the user (so forgetting the user can delete their records)."""
+    return f"{user_tag(tenant, user)}:jobs"
+
+
+def tenant_pattern_users() -> str:
+    """SCAN pattern matching every tenant's user index."""
+    return f"{PREFIX}:tenant:*:users"
