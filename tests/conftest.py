@@ -87,3 +87,13 @@ def fake_upstream(fake_upstream_server: FakeUpstream) -> Iterator[FakeUpstream]:
         yield fake_upstream_server
     finally:
         fake_upstream_server.reset()
+
+
+@pytest.fixture
+def isolated_fake_upstream() -> Iterator[FakeUpstream]:
+    """A fake upstream of this test's own (own port): nothing a previous test left in flight reaches it."""
+    fake = FakeUpstream().start()
+    try:
+        yield fake
+    finally:
+        fake.stop()

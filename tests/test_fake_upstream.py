@@ -326,3 +326,12 @@ def test_redis_restart_replays_aof_after_kill_9(redis_factory) -> None:  # type:
     assert r2.get("key:499") == b"499"
     r.close()
     r2.close()
+
+
+def test_isolated_fake_upstream_is_separate(
+    isolated_fake_upstream: FakeUpstream, fake_upstream: FakeUpstream
+) -> None:
+    assert isolated_fake_upstream.port != fake_upstream.port
+    with client_for(isolated_fake_upstream) as client:
+        client.chat.completions.create(model="m", messages=MESSAGES)  # type: ignore[arg-type]
+    assert len(isolated_fake_upstream.requests) == 1 and fake_upstream.requests == []
