@@ -96,11 +96,19 @@ async def retrying(
 ) -> T:
     """Run `attempt` until it succeeds or a non-retryable error; 429/5xx/connect errors are retried."""
 
+    try:  # the common case pays nothing for the retry machinery
+        return await attempt()
+    except Exception as exc:
+        if not _is_retryable(exc) or settings.upstream_max_attempts <= 1:
+            raise
+    on_retry()
+    await asyncio.sleep(settings.upstream_retry_initial_s)
+
     def before_sleep(_: Any) -> None:
         on_retry()
 
     async for try_ in AsyncRetrying(
-        stop=stop_after_attempt(settings.upstream_max_attempts),
+        stop=stop_after_attempt(settings.upstream_max_attempts - 1),
         wait=wait_exponential_jitter(
             multiplier=settings.upstream_retry_initial_s, max=settings.upstream_retry_max_s
         ),

@@ -12,7 +12,7 @@ from middleware.identity import tenant_for_admin, tenant_for_app_key
 from middleware.services import Services
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
     services: Services = request.app.state.services
     return services
 
@@ -20,11 +20,11 @@ def get_services(request: Request) -> Services:
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 
-def app_tenant(request: Request, services: ServicesDep) -> str:
+async def app_tenant(request: Request, services: ServicesDep) -> str:
     return tenant_for_app_key(request.headers, services.settings)
 
 
-def admin_tenant(request: Request, services: ServicesDep) -> str:
+async def admin_tenant(request: Request, services: ServicesDep) -> str:
     return tenant_for_admin(request.headers, services.settings)
 
 

@@ -1,0 +1,133 @@
+"""Processes for benchmarks: a private redis-server, the fake upstream and the proxy, on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.support.redis_server import RedisServer  # noqa: E402
+
+APP_KEY = "sk-bench-app"
+ADMIN_KEY = "sk-bench-admin"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_http(url: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(url, timeout=1.0)
+            return
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} did not come up")
+
+
+@contextmanager
+def process(args: list[str], env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    log = tempfile.TemporaryFile()
+    proc = subprocess.Popen(args, env={**os.environ, **(env or {})}, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    try:
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        if proc.returncode not in (0, -15, None):
+            log.seek(0)
+            sys.stderr.write(log.read().decode(errors="replace")[-3000:])
+
+
+@contextmanager
+def fake_upstream(delay_ms: float = 0.0) -> Iterator[str]:
+    port = free_port()
+    args = [sys.executable, "-m", "tests.support.fake_upstream", "--port", str(port)]
+    if delay_ms:
+        args += ["--delay-ms", str(delay_ms)]
+    with process(args):
+        wait_http(f"http://127.0.0.1:{port}/v1/models")
+        yield f"http://127.0.0.1:{port}/v1"
+
+
+@contextmanager
+def redis() -> Iterator[RedisServer]:
+    server = RedisServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@contextmanager
+def proxy(redis_url: str, upstream_base: str, **settings: str) -> Iterator[str]:
+    port = free_port()
+    env = {
+        "PERSONA_REDIS_URL": redis_url,
+        "PERSONA_UPSTREAM_API_BASE": upstream_base,
+        "PERSONA_API_KEYS": json.dumps({APP_KEY: "bench"}),
+        "PERSONA_ADMIN_KEY": ADMIN_KEY,
+        "PERSONA_EMBEDDED_REDIS": "false",
+        "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+        **{f"PERSONA_{k.upper()}": v for k, v in settings.items()},
+    }
+    args = [sys.executable, "-m", "middleware", "serve", "--port", str(port), "--log-level", "warning"]
+    with process(args, env):
+        wait_http(f"http://127.0.0.1:{port}/healthz")
+        yield f"http://127.0.0.1:{port}"
+
+
+def put_persona(proxy_url: str, user: str, text: str, exemplars: list[dict[str, object]] | None = None) -> None:
+    r = httpx.put(
+        f"{proxy_url}/admin/users/{user}/persona",
+        json={"text": text, "exemplars": exemplars or []},
+        headers={"Authorization": f"Bearer {ADMIN_KEY}", "X-Persona-Tenant": "bench"},
+    )
+    r.raise_for_status()
+
+
+WRK_SCRIPT = """
+wrk.method = "POST"
+wrk.body = [[%s]]
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer %s"
+"""
+
+
+def wrk(url: str, body: dict[str, object], *, connections: int, seconds: float) -> dict[str, float]:
+    """Run wrk against a chat URL; returns req/s and latency percentiles in ms."""
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write(WRK_SCRIPT % (json.dumps(body), APP_KEY))
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency", "-s", script.name, url],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    os.unlink(script.name)
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    percentiles = {}
+    for label in ("50", "99"):
+        m = re.search(rf"^\s+{label}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        value, unit = float(m.group(1)), m.group(2)  # type: ignore[union-attr]
+        percentiles[label] = value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+    return {"rps": rps, "p50_ms": percentiles["50"], "p99_ms": percentiles["99"], "non_2xx": float(errors.group(1)) if errors else 0.0}
