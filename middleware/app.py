@@ -12,7 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from middleware import __version__
-from middleware.api import admin, chat, comparisons, health, preferences
+from middleware.api import admin, chat, comparisons, health, jobs, preferences, users
 from middleware.api.responses import JSONBytes
 from middleware.config import Settings
 from middleware.errors import PersonaError
@@ -27,6 +27,9 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         services = build_services(settings)
         app.state.services = services
+        from middleware.induction.queue import JobQueue
+
+        services.extras["jobs"] = JobQueue(settings, services.redis)
         if not settings.admin_key.get_secret_value():
             log.warning("PERSONA_ADMIN_KEY is not set: admin routes are open (development only)")
         try:
@@ -43,7 +46,7 @@ def create_app(settings: Settings) -> FastAPI:
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.settings = settings
-    for module in (health, chat, admin, comparisons, preferences):
+    for module in (health, chat, admin, comparisons, preferences, users, jobs):
         app.include_router(module.router)
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)

@@ -1,0 +1,79 @@
+"""Operator routes for one user: refresh the persona (a background job), forget, export.
+
+All need the admin key; the tenant is named by X-Persona-Tenant, and a tenant only ever reaches
+its own users (every key is built from the tenant).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Path
+from pydantic import BaseModel, ConfigDict, Field
+
+from middleware.api.deps import AdminTenant, ServicesDep
+from middleware.api.responses import JSONBytes
+from middleware.errors import NotEnoughData, PersonaError
+from middleware.identity import USER_ID_RE
+from middleware.induction.queue import JobQueue
+from middleware.services import Services
+from middleware.store.users import export_user, forget_user
+
+router = APIRouter(prefix="/admin/users", tags=["admin"])
+UserPath = Annotated[str, Path(pattern=USER_ID_RE.pattern, description="end-user id")]
+
+
+class RefreshIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = Field(default=None, max_length=200, description="LLM used for induction")
+
+
+def job_queue(services: Services) -> JobQueue:
+    queue = services.extras.get("jobs")
+    if queue is None:
+        raise PersonaError("the job queue is not available", code="jobs_unavailable", status_code=503)
+    queue_: JobQueue = queue
+    return queue_
+
+
+@router.post("/{user}/persona/refresh", status_code=202)
+async def refresh(
+    user: UserPath,
+    tenant: AdminTenant,
+    services: ServicesDep,
+    body: Annotated[RefreshIn | None, Body()] = None,
+) -> JSONBytes:
+    """Queue a persona refresh; 202 with the job id (an already pending refresh is reused)."""
+    pairs = len(await services.preferences.pairs(tenant, user))
+    minimum = services.settings.induction_min_pairs
+    if pairs < minimum:
+        raise NotEnoughData(
+            f"not enough data: user {user!r} has {pairs} preference pairs, a persona needs at least "
+            f"{minimum}",
+            param="user",
+        )
+    job_id, created = await job_queue(services).enqueue_refresh(
+        tenant, user, model=body.model if body else None
+    )
+    return JSONBytes(
+        {
+            "job_id": job_id,
+            "state": "queued",
+            "deduplicated": not created,
+            "status_url": f"/admin/jobs/{job_id}",
+        },
+        status_code=202,
+    )
+
+
+@router.delete("/{user}")
+async def forget(user: UserPath, tenant: AdminTenant, services: ServicesDep) -> dict[str, Any]:
+    """Forget the user entirely: personas, versions, preferences, adapters, comparisons, jobs."""
+    return await forget_user(services.redis, tenant, user)
+
+
+@router.get("/{user}/export")
+async def export(user: UserPath, tenant: AdminTenant, services: ServicesDep) -> dict[str, Any]:
+    """Everything stored about the user."""
+    return await export_user(services.redis, tenant, user)

@@ -1,0 +1,252 @@
+"""`persona worker`: arq workers that run persona refreshes.
+
+- Acknowledged: arq keeps a job in its queue until a worker finishes it; a worker killed mid-job
+  leaves an in-progress marker that expires after `jobs_timeout_s + jobs_in_progress_grace_s`, then
+  any worker runs the job again (and `induce` notices a version the dead try already stored).
+- Retried: upstream/store failures are retried with back-off up to `jobs_max_attempts` starts;
+  bad data, budgets and malformed LLM output fail at once with a clear error.
+- Deduplicated per user at enqueue time (`JobQueue.enqueue_refresh`), and mutually exclusive per
+  user while running (`keys.job_lock`, re-entrant for the same job id after a crash).
+- Per-tenant concurrency cap (`keys.tenant_job_slots`): a job over the cap is deferred, not failed.
+- Optional automatic refresh: with `auto_refresh_after = N > 0`, a cron job enqueues a refresh for
+  every user with at least N new pairs since their last refresh.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from arq import Retry, cron
+from arq.connections import RedisSettings
+from arq.worker import Worker, func
+
+from middleware.config import Settings
+from middleware.errors import PersonaError, StoreUnavailable, UpstreamError
+from middleware.induction.pipeline import induce
+from middleware.induction.queue import REFRESH, JobQueue, now_iso
+from middleware.services import Services, build_services
+from middleware.store import keys
+
+log = logging.getLogger("middleware.jobs")
+TRANSIENT = (UpstreamError, StoreUnavailable)
+
+# KEYS[1] slots zset. ARGV: now_ms, job id, cap, expiry_ms. Expired holders (dead workers) drop out.
+_ACQUIRE_SLOT = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+if redis.call('ZSCORE', KEYS[1], ARGV[2]) or redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[3]) then
+  redis.call('ZADD', KEYS[1], ARGV[4], ARGV[2])
+  return 1
+end
+return 0
+"""
+# KEYS[1] lock. ARGV: job id, ttl_ms. Re-entrant for the same job (its earlier try died).
+_ACQUIRE_LOCK = """
+local holder = redis.call('GET', KEYS[1])
+if holder == false or holder == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+"""
+_RELEASE_LOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+class JobStopped(Exception):
+    """The job was cancelled or its user forgotten while it ran: stop without storing anything."""
+
+
+def lease_ms(settings: Settings) -> int:
+    return int((settings.jobs_timeout_s + settings.jobs_in_progress_grace_s) * 1000)
+
+
+async def refresh_persona(ctx: dict[str, Any]) -> dict[str, Any]:
+    """The arq job: one persona refresh. Its only input is the job id; the rest is in our record."""
+    job_id: str = ctx["job_id"]
+    services: Services = ctx["services"]
+    queue: JobQueue = ctx["queue"]
+    settings = services.settings
+    record = await queue.record(job_id)
+    if record is None or record.get("cancelled") or record.get("state") not in ("queued", "running"):
+        return {"status": "skipped"}
+    tenant, user = record["tenant"], record["user"]
+    redis = services.redis
+    lease = lease_ms(settings)
+
+    if not await redis.eval(_ACQUIRE_LOCK, 1, keys.job_lock(tenant, user), job_id, lease):
+        raise Retry(defer=settings.jobs_retry_defer_s)
+    slots = keys.tenant_job_slots(tenant)
+    try:
+        now = int(time.time() * 1000)
+        if not await redis.eval(
+            _ACQUIRE_SLOT, 1, slots, now, job_id, settings.jobs_tenant_concurrency, now + lease
+        ):
+            raise Retry(defer=settings.jobs_retry_defer_s)
+        try:
+            return await run_refresh(queue, services, job_id, record)
+        finally:
+            await redis.zrem(slots, job_id)
+    finally:
+        await redis.eval(_RELEASE_LOCK, 1, keys.job_lock(tenant, user), job_id)
+
+
+async def run_refresh(
+    queue: JobQueue, services: Services, job_id: str, record: dict[str, Any]
+) -> dict[str, Any]:
+    settings = services.settings
+    tenant, user = record["tenant"], record["user"]
+    attempts = int(await services.redis.hincrby(keys.job_record(job_id), "attempts", 1))
+    if attempts > settings.jobs_max_attempts:
+        return await finish(
+            queue,
+            record,
+            job_id,
+            "failed",
+            error={
+                "code": "too_many_attempts",
+                "message": f"gave up after {settings.jobs_max_attempts} attempts",
+            },
+        )
+    await queue.update(job_id, state="running", started_at=now_iso())
+    last_write = 0.0
+
+    async def progress(event: dict[str, Any]) -> None:
+        nonlocal last_write
+        current = await queue.record(job_id)
+        if current is None or current.get("cancelled"):
+            raise JobStopped()
+        final = event.get("stage") == "store" or event.get("done") == event.get("total")
+        if final or time.monotonic() - last_write > 0.2:
+            last_write = time.monotonic()
+            await queue.update(job_id, progress=event)
+
+    try:
+        result = await induce(
+            services, tenant, user, model=record.get("model") or None, job_id=job_id, progress=progress
+        )
+    except JobStopped:
+        return {"status": "cancelled"}
+    except TRANSIENT as exc:
+        if attempts < settings.jobs_max_attempts:
+            await queue.update(job_id, state="queued", error=error_of(exc))
+            raise Retry(defer=settings.jobs_retry_defer_s * attempts) from exc
+        return await finish(queue, record, job_id, "failed", error=error_of(exc))
+    except PersonaError as exc:
+        return await finish(queue, record, job_id, "failed", error=error_of(exc))
+    return await finish(queue, record, job_id, "complete", result=result)
+
+
+def error_of(exc: PersonaError) -> dict[str, Any]:
+    return {"code": exc.code, "type": exc.error_type, "message": exc.message}
+
+
+async def finish(
+    queue: JobQueue,
+    record: dict[str, Any],
+    job_id: str,
+    state: str,
+    *,
+    result: dict[str, Any] | None = None,
+    error: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    if await queue.record(job_id) is None:  # the user was forgotten meanwhile: leave no trace
+        return {"status": "skipped"}
+    await queue.update(job_id, state=state, result=result, error=error, finished_at=now_iso())
+    await queue.release_pending(record["tenant"], record["user"], job_id)
+    return {"status": state, **({"error": error} if error else {})}
+
+
+async def auto_refresh(ctx: dict[str, Any]) -> int:
+    """Enqueue refreshes for users with at least `auto_refresh_after` new pairs; returns how many."""
+    services: Services = ctx["services"]
+    queue: JobQueue = ctx["queue"]
+    return await enqueue_due_refreshes(services, queue)
+
+
+async def enqueue_due_refreshes(services: Services, queue: JobQueue) -> int:
+    threshold = services.settings.auto_refresh_after
+    if threshold <= 0:
+        return 0
+    redis = services.redis
+    enqueued = 0
+    async for index_key in redis.scan_iter(match=keys.tenant_pattern_users(), count=500):
+        tenant = index_key.decode().split(":")[2]
+        async for raw_user in redis.sscan_iter(index_key, count=500):
+            user = raw_user.decode()
+            if await maybe_auto_refresh(services, queue, tenant, user):
+                enqueued += 1
+    return enqueued
+
+
+async def maybe_auto_refresh(services: Services, queue: JobQueue, tenant: str, user: str) -> bool:
+    """Enqueue a refresh if the user has `auto_refresh_after` new pairs (callable after a write)."""
+    threshold = services.settings.auto_refresh_after
+    if threshold <= 0:
+        return False
+    if await services.preferences.pairs_since_refresh(tenant, user) < threshold:
+        return False
+    _, created = await queue.enqueue_refresh(tenant, user, reason="auto")
+    return created
+
+
+async def on_startup(ctx: dict[str, Any]) -> None:
+    settings: Settings = ctx["settings"]
+    services = build_services(settings)
+    ctx["services"] = services
+    ctx["queue"] = JobQueue(settings, services.redis)
+
+
+async def on_shutdown(ctx: dict[str, Any]) -> None:
+    services: Services | None = ctx.get("services")
+    if services is not None:
+        await services.close()
+
+
+def cron_seconds(every_s: float) -> set[int]:
+    step = max(1, min(60, int(every_s)))
+    return set(range(0, 60, step))
+
+
+def build_worker(settings: Settings, **overrides: Any) -> Worker:
+    cron_jobs = []
+    if settings.auto_refresh_after > 0:
+        cron_jobs.append(
+            cron(auto_refresh, second=cron_seconds(settings.auto_refresh_poll_s), unique=True, timeout=60)
+        )
+    options: dict[str, Any] = {
+        "functions": [
+            # Attempts are counted by us (run_refresh); arq's own limit only stops endless deferral.
+            func(refresh_persona, name=REFRESH, max_tries=1000, timeout=settings.jobs_timeout_s)
+        ],
+        "cron_jobs": cron_jobs,
+        "redis_settings": RedisSettings.from_dsn(settings.redis_url),
+        "queue_name": keys.JOB_QUEUE,
+        "health_check_key": f"{keys.JOB_QUEUE}:health-check",
+        "max_jobs": settings.worker_max_jobs,
+        "job_timeout": settings.jobs_timeout_s,
+        "keep_result": settings.jobs_keep_s,
+        "poll_delay": settings.worker_poll_s,
+        "on_startup": on_startup,
+        "on_shutdown": on_shutdown,
+        "ctx": {"settings": settings},
+        "allow_abort_jobs": True,
+    }
+    options.update(overrides)
+    worker = Worker(**options)
+    # A dead worker's job becomes runnable again this long after it started (arq adds 10 s).
+    worker.in_progress_timeout_s = settings.jobs_timeout_s + settings.jobs_in_progress_grace_s
+    return worker
+
+
+def run_worker(settings: Settings) -> None:
+    """Run a worker until SIGINT/SIGTERM (arq finishes or re-queues running jobs on the way out)."""
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    worker = build_worker(settings)
+    log.info("persona worker started (queue %s, max_jobs %d)", keys.JOB_QUEUE, settings.worker_max_jobs)
+    worker.run()

@@ -1,0 +1,181 @@
+"""The job queue as the API and CLI see it: enqueue a refresh, read a job, cancel it.
+
+Jobs run on arq (Redis-backed, acknowledged: a job leaves the queue only when a worker finishes it).
+Our own job record (`keys.job_record`) holds what an operator sees: tenant, user, state, progress,
+result, error. The arq job carries no arguments at all, only its id, so nothing arq keeps (queue
+entries, results) names the user.
+
+Deduplication: a user has at most one queued-or-running refresh (`keys.job_pending`); asking again
+returns that job's id.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from arq.connections import ArqRedis
+from arq.constants import in_progress_key_prefix, job_key_prefix, result_key_prefix, retry_key_prefix
+from arq.jobs import Job, JobStatus
+from redis.asyncio import Redis
+
+from middleware.config import Settings
+from middleware.store import keys
+from middleware.store.guard import fail_closed
+
+REFRESH = "refresh_persona"
+ACTIVE = ("queued", "running")
+JSON_FIELDS = ("progress", "result", "error")
+
+# Replace the pending job id only if it is still the stale one we looked at.
+_SWAP_PENDING = """
+local current = redis.call('GET', KEYS[1])
+if current == false or current == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  return 1
+end
+return 0
+"""
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+def arq_keys(job_id: str) -> list[str]:
+    return [
+        prefix + job_id
+        for prefix in (job_key_prefix, result_key_prefix, retry_key_prefix, in_progress_key_prefix)
+    ]
+
+
+class JobQueue:
+    def __init__(self, settings: Settings, redis: Redis) -> None:
+        self._settings = settings
+        self._redis = redis
+        # arq's client on our own (bounded, timed-out) connection pool.
+        self.arq = ArqRedis(connection_pool=redis.connection_pool, default_queue_name=keys.JOB_QUEUE)
+        self._swap = redis.register_script(_SWAP_PENDING)
+
+    async def aclose(self) -> None:
+        """The connection pool belongs to the app's Redis client, which closes it."""
+
+    # --- records ------------------------------------------------------------------------------------
+    async def record(self, job_id: str) -> dict[str, Any] | None:
+        raw = await fail_closed(self._redis.hgetall(keys.job_record(job_id)))
+        if not raw:
+            return None
+        record: dict[str, Any] = {k.decode(): v.decode() for k, v in raw.items()}
+        for name in JSON_FIELDS:
+            if name in record:
+                record[name] = orjson.loads(record[name])
+        record["attempts"] = int(record.get("attempts", 0))
+        return record
+
+    async def update(self, job_id: str, **fields: Any) -> None:
+        mapping = {
+            k: orjson.dumps(v) if k in JSON_FIELDS else str(v) for k, v in fields.items() if v is not None
+        }
+        key = keys.job_record(job_id)
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.hset(key, mapping=mapping)
+        pipe.expire(key, self._settings.jobs_keep_s)
+        await fail_closed(pipe.execute())
+
+    # --- enqueue ------------------------------------------------------------------------------------
+    async def enqueue_refresh(
+        self, tenant: str, user: str, *, model: str | None = None, reason: str = "admin"
+    ) -> tuple[str, bool]:
+        """(job id, created). An existing queued or running refresh of the user is reused."""
+        pending_key = keys.job_pending(tenant, user)
+        ttl_ms = int(self._settings.jobs_keep_s * 1000)
+        job_id = uuid.uuid4().hex
+        claimed = await fail_closed(self._redis.set(pending_key, job_id, nx=True, px=ttl_ms))
+        if not claimed:
+            current = await fail_closed(self._redis.get(pending_key))
+            if current is not None:
+                existing = current.decode()
+                if await self.is_active(existing):
+                    return existing, False
+                if not await fail_closed(self._swap(keys=[pending_key], args=[existing, job_id, ttl_ms])):
+                    latest = await fail_closed(self._redis.get(pending_key))
+                    return (latest.decode() if latest else existing), False
+            else:
+                await fail_closed(self._redis.set(pending_key, job_id, px=ttl_ms))
+        await self.update(
+            job_id,
+            id=job_id,
+            kind=REFRESH,
+            tenant=tenant,
+            user=user,
+            state="queued",
+            reason=reason,
+            model=model or "",
+            created_at=now_iso(),
+            attempts=0,
+            progress={},
+        )
+        await fail_closed(self._redis.sadd(keys.user_jobs(tenant, user), job_id))
+        await fail_closed(self.arq.enqueue_job(REFRESH, _job_id=job_id))
+        return job_id, True
+
+    async def is_active(self, job_id: str) -> bool:
+        record = await self.record(job_id)
+        if record is None or record.get("state") not in ACTIVE:
+            return False
+        status = await Job(job_id, self.arq, _queue_name=keys.JOB_QUEUE).status()
+        return status in (JobStatus.queued, JobStatus.deferred, JobStatus.in_progress)
+
+    async def release_pending(self, tenant: str, user: str, job_id: str) -> None:
+        pending_key = keys.job_pending(tenant, user)
+        current = await fail_closed(self._redis.get(pending_key))
+        if current is not None and current.decode() == job_id:
+            await fail_closed(self._redis.delete(pending_key))
+
+    # --- read / cancel ------------------------------------------------------------------------------
+    async def get(self, job_id: str) -> dict[str, Any] | None:
+        """The job record, reconciled with arq (a job arq gave up on reads as failed)."""
+        record = await self.record(job_id)
+        if record is None or record.get("state") not in ACTIVE:
+            return record
+        job = Job(job_id, self.arq, _queue_name=keys.JOB_QUEUE)
+        status = await job.status()
+        if status in (JobStatus.complete, JobStatus.not_found):
+            info = await job.result_info()
+            if info is None or not info.success:
+                problem = repr(info.result) if info is not None else "the job is gone from the queue"
+                if "CancelledError" in problem:
+                    error = {"code": "cancelled", "message": "the job was cancelled"}
+                else:
+                    error = {"code": "job_failed", "message": problem}
+                record.update(state="failed", error=error)
+                await self.update(job_id, state="failed", error=error, finished_at=now_iso())
+        return record
+
+    async def cancel(self, job_id: str) -> dict[str, Any] | None:
+        """Stop a queued or running job; the current persona is left as it was."""
+        record = await self.record(job_id)
+        if record is None or record.get("state") not in ACTIVE:
+            return record
+        error = {"code": "cancelled", "message": "the job was cancelled"}
+        await self.update(job_id, state="failed", error=error, finished_at=now_iso(), cancelled=1)
+        # Queued: it never starts. Running: the worker's next checkpoint sees the flag and stops.
+        await fail_closed(self.arq.zrem(keys.JOB_QUEUE, job_id))
+        await fail_closed(self._redis.delete(job_key_prefix + job_id))
+        await self.release_pending(record["tenant"], record["user"], job_id)
+        record.update(state="failed", error=error, cancelled="1")
+        return record
+
+    async def wait(self, job_id: str, timeout: float = 30.0, interval: float = 0.1) -> dict[str, Any] | None:
+        """Poll until the job is finished (for the CLI and tests)."""
+        import asyncio
+
+        deadline = time.monotonic() + timeout
+        while True:
+            record = await self.get(job_id)
+            if record is None or record.get("state") not in ACTIVE or time.monotonic() > deadline:
+                return record
+            await asyncio.sleep(interval)

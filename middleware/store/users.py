@@ -1,0 +1,176 @@
+"""Everything stored about one user: export it, or forget it.
+
+Forgetting deletes every key under the user's hash tag (found with SCAN, so nothing is missed by a
+stale list), the index entries that name the user (tenant user set, comparison owners), and the
+user's job records, including what the job queue keeps for those jobs.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from redis.asyncio import Redis
+
+from middleware.config import Settings
+from middleware.models import Persona
+from middleware.store import keys
+from middleware.store.guard import fail_closed
+
+ARQ_PREFIXES = ("arq:job:", "arq:result:", "arq:retry:", "arq:in-progress:")
+SCAN_COUNT = 500
+
+
+async def user_keys(redis: Redis, tenant: str, user: str) -> list[str]:
+    found: list[str] = []
+    async for key in redis.scan_iter(match=keys.user_pattern(tenant, user), count=SCAN_COUNT):
+        found.append(key.decode() if isinstance(key, bytes) else key)
+    return sorted(found)
+
+
+def _text(value: bytes | str | None) -> str | None:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+async def forget_user(redis: Redis, tenant: str, user: str) -> dict[str, Any]:
+    """Delete everything about the user; returns counts. Idempotent."""
+    tag = keys.user_tag(tenant, user)
+    job_ids = [_text(j) for j in await fail_closed(redis.smembers(keys.user_jobs(tenant, user)))]
+    found = await fail_closed(user_keys(redis, tenant, user))
+    comparison_prefix = f"{tag}:comparisons:"
+    comparison_ids = [k[len(comparison_prefix) :] for k in found if k.startswith(comparison_prefix)]
+
+    pipe = redis.pipeline(transaction=False)
+    # Queued jobs first leave the queue, so no worker starts them after this.
+    for job_id in job_ids:
+        pipe.zrem(keys.JOB_QUEUE, job_id)
+        pipe.zrem(keys.tenant_job_slots(tenant), job_id)
+        pipe.delete(keys.job_record(job_id), *(p + str(job_id) for p in ARQ_PREFIXES))
+    for comparison_id in comparison_ids:
+        pipe.delete(keys.comparison_owner(comparison_id))
+    pipe.srem(keys.tenant_users(tenant), user)
+    for start in range(0, len(found), SCAN_COUNT):
+        pipe.delete(*found[start : start + SCAN_COUNT])
+    await fail_closed(pipe.execute())
+    # Keys written while we scanned (a racing write) are caught by a second pass.
+    late = await fail_closed(user_keys(redis, tenant, user))
+    if late:
+        await fail_closed(redis.delete(*late))
+    return {
+        "tenant": tenant,
+        "user": user,
+        "deleted_keys": len(found) + len(late),
+        "deleted_jobs": len(job_ids),
+        "deleted_comparison_owners": len(comparison_ids),
+    }
+
+
+def _json_or_text(raw: bytes | None) -> Any:
+    if raw is None:
+        return None
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return raw.decode(errors="replace")
+
+
+async def export_user(redis: Redis, tenant: str, user: str) -> dict[str, Any]:
+    """Everything stored about the user, as JSON-ready data."""
+    from middleware.store.preferences import PreferenceStore
+
+    tag = keys.user_tag(tenant, user)
+    found = await fail_closed(user_keys(redis, tenant, user))
+    current_raw = await fail_closed(redis.get(keys.persona_current(tenant, user)))
+    current = Persona.model_validate_json(current_raw) if current_raw else None
+    version_keys = [k for k in found if k.startswith(f"{tag}:persona:v")]
+    versions = []
+    for raw in await fail_closed(redis.mget(version_keys)) if version_keys else []:
+        if raw:
+            versions.append(Persona.model_validate_json(raw).model_dump(mode="json"))
+    versions.sort(key=lambda v: v["version"])
+    records = await PreferenceStore(redis).records(tenant, user)
+
+    adapters, comparisons, sessions, other = [], {}, {}, []
+    for key in found:
+        rest = key[len(tag) + 1 :]
+        if rest.startswith("adapter:"):
+            kind = _text(await fail_closed(redis.type(key)))
+            size = await fail_closed(redis.strlen(key)) if kind == "string" else None
+            ttl = await fail_closed(redis.ttl(key))
+            adapters.append({"key": key, "name": rest, "type": kind, "bytes": size, "ttl_s": ttl})
+        elif rest.startswith("comparisons:"):
+            comparisons[rest.split(":", 1)[1]] = await _dump_key(redis, key)
+        elif rest.startswith("sessions:"):
+            sessions[rest.split(":", 1)[1]] = await _dump_key(redis, key)
+        elif not rest.startswith(("persona", "prefs")):
+            other.append({"key": key, "value": await _dump_key(redis, key)})
+
+    job_ids = sorted(_text(j) or "" for j in await fail_closed(redis.smembers(keys.user_jobs(tenant, user))))
+    jobs = []
+    for job_id in job_ids:
+        raw = await fail_closed(redis.hgetall(keys.job_record(job_id)))
+        if raw:
+            jobs.append({_text(k): _json_or_text(v) for k, v in raw.items()})
+    return {
+        "tenant": tenant,
+        "user": user,
+        "exported_at": datetime.now(UTC).isoformat(),
+        "known_in_tenant": bool(await fail_closed(redis.sismember(keys.tenant_users(tenant), user))),
+        "persona": current.model_dump(mode="json") if current else None,
+        "persona_versions": versions,
+        "preferences": [
+            {"id": r.id, "kind": r.kind, "stream_id": r.stream_id, "data": r.data} for r in records
+        ],
+        "adapters": adapters,
+        "comparisons": comparisons,
+        "sessions": sessions,
+        "jobs": jobs,
+        "other_keys": other,
+        "keys": found,
+    }
+
+
+async def _dump_key(redis: Redis, key: str) -> Any:
+    kind = _text(await fail_closed(redis.type(key)))
+    if kind == "string":
+        return _json_or_text(await fail_closed(redis.get(key)))
+    if kind == "hash":
+        raw = await fail_closed(redis.hgetall(key))
+        return {_text(k): _json_or_text(v) for k, v in raw.items()}
+    if kind == "set":
+        return sorted(_text(m) or "" for m in await fail_closed(redis.smembers(key)))
+    if kind == "zset":
+        return [[_text(m), s] for m, s in await fail_closed(redis.zrange(key, 0, -1, withscores=True))]
+    if kind == "list":
+        return [_json_or_text(v) for v in await fail_closed(redis.lrange(key, 0, -1))]
+    if kind == "stream":
+        entries = await fail_closed(redis.xrange(key))
+        return [
+            {"id": _text(i), "fields": {_text(k): _json_or_text(v) for k, v in f.items()}} for i, f in entries
+        ]
+    return None
+
+
+async def _with_redis(settings: Settings, work: Any) -> dict[str, Any]:
+    from middleware.store.connection import create_redis
+
+    redis = create_redis(settings)
+    try:
+        return await work(redis)
+    finally:
+        await redis.aclose()
+
+
+async def forget_user_cli(settings: Settings, tenant: str, user: str) -> dict[str, Any]:
+    from middleware.identity import validate_user_id
+
+    validate_user_id(user)
+    return await _with_redis(settings, lambda redis: forget_user(redis, tenant, user))
+
+
+async def export_user_cli(settings: Settings, tenant: str, user: str) -> dict[str, Any]:
+    from middleware.identity import validate_user_id
+
+    validate_user_id(user)
+    return await _with_redis(settings, lambda redis: export_user(redis, tenant, user))
