@@ -1,0 +1,228 @@
+"""Persona refresh jobs: admin route -> arq queue -> worker -> stored version, with dedup and caps."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from middleware.induction.jobs import enqueue_due_refreshes
+from middleware.induction.queue import JobQueue
+from middleware.store import keys
+from tests.induction_fakes import InductionResponder, make_pairs
+from tests.jobs_support import drain, job_settings
+from tests.support.fake_upstream import FakeUpstream, Reply
+from tests.support.proxy import RunningProxy, start_proxy
+
+T, U = "tenant-a", "alice"
+
+
+@pytest.fixture
+async def jproxy(redis_url: str, fake_upstream: FakeUpstream) -> AsyncIterator[RunningProxy]:
+    running = start_proxy(job_settings(redis_url, fake_upstream))
+    try:
+        yield running
+    finally:
+        running.server.stop()
+
+
+async def add_pairs(proxy: RunningProxy, user: str, n: int, tenant: str) -> None:
+    from middleware.services import build_services
+
+    services = build_services(proxy.settings)
+    try:
+        await services.preferences.add_pairs(tenant, user, make_pairs(user, n))
+    finally:
+        await services.close()
+
+
+def client(proxy: RunningProxy, tenant: str = T) -> httpx.Client:
+    return httpx.Client(base_url=proxy.url, headers=proxy.admin_headers(tenant), timeout=10)
+
+
+async def test_refresh_runs_on_worker_and_reports_progress(
+    jproxy: RunningProxy, fake_upstream: FakeUpstream
+) -> None:
+    await add_pairs(jproxy, U, 6, T)
+    fake_upstream.responder = InductionResponder()
+    with client(jproxy) as http:
+        created = http.post(f"/admin/users/{U}/persona/refresh")
+        assert created.status_code == 202
+        job_id = created.json()["job_id"]
+        assert http.get(f"/admin/jobs/{job_id}").json()["state"] == "queued"
+        await drain(jproxy.settings)
+        job = http.get(f"/admin/jobs/{job_id}").json()
+        assert job["state"] == "complete", job
+        assert job["result"]["version"] == 1 and job["attempts"] == 1
+        assert job["progress"]["stage"] in ("select", "store")
+        persona = http.get(f"/admin/users/{U}/persona").json()
+        assert persona["version"] == 1 and persona["provenance"]["job_id"] == job_id
+        assert persona["provenance"]["model"] == "fake-judge"
+
+
+async def test_refresh_is_deduplicated_per_user(jproxy: RunningProxy, fake_upstream: FakeUpstream) -> None:
+    await add_pairs(jproxy, U, 5, T)
+    await add_pairs(jproxy, "bob", 5, T)
+    fake_upstream.responder = InductionResponder()
+    with client(jproxy) as http:
+        first = http.post(f"/admin/users/{U}/persona/refresh").json()
+        second = http.post(f"/admin/users/{U}/persona/refresh", json={"model": "fake-model"}).json()
+        other = http.post("/admin/users/bob/persona/refresh").json()
+        assert second["job_id"] == first["job_id"] and second["deduplicated"] is True
+        assert other["job_id"] != first["job_id"]
+        await drain(jproxy.settings)
+        assert http.get(f"/admin/jobs/{first['job_id']}").json()["state"] == "complete"
+        versions = http.get(f"/admin/users/{U}/persona/versions").json()
+        assert [v["version"] for v in versions] == [1]
+        again = http.post(f"/admin/users/{U}/persona/refresh").json()
+        assert again["job_id"] != first["job_id"] and again["deduplicated"] is False
+
+
+async def test_not_enough_data_is_a_clear_status(jproxy: RunningProxy, fake_upstream: FakeUpstream) -> None:
+    await add_pairs(jproxy, U, 4, T)
+    with client(jproxy) as http:
+        response = http.post(f"/admin/users/{U}/persona/refresh")
+    assert response.status_code == 422
+    assert response.json()["error"]["code"] == "not_enough_data"
+    assert "at least 5" in response.json()["error"]["message"]
+    assert fake_upstream.chat_requests == []
+
+
+async def test_failed_job_keeps_current_persona(jproxy: RunningProxy, fake_upstream: FakeUpstream) -> None:
+    await add_pairs(jproxy, U, 5, T)
+    fake_upstream.responder = lambda body: Reply(content="not json at all")
+    with client(jproxy) as http:
+        put = http.put(f"/admin/users/{U}/persona", json={"text": "hand-written persona"})
+        assert put.status_code == 200
+        job_id = http.post(f"/admin/users/{U}/persona/refresh").json()["job_id"]
+        await drain(jproxy.settings)
+        job = http.get(f"/admin/jobs/{job_id}").json()
+        assert job["state"] == "failed" and job["error"]["code"] == "malformed_llm_output"
+        assert job["attempts"] == 1  # malformed output is not retried as a job
+        current = http.get(f"/admin/users/{U}/persona").json()
+        assert current["text"] == "hand-written persona" and current["version"] == 1
+
+
+async def test_transient_upstream_errors_are_retried(
+    jproxy: RunningProxy, fake_upstream: FakeUpstream
+) -> None:
+    await add_pairs(jproxy, U, 5, T)
+    responder = InductionResponder()
+    state = {"failures": 0}
+
+    def flaky(body: dict) -> object:
+        if state["failures"] < 3:  # one job attempt's worth of 503s (the upstream retries 3 times)
+            state["failures"] += 1
+            return Reply(status=503)
+        return responder(body)
+
+    fake_upstream.responder = flaky
+    with client(jproxy) as http:
+        job_id = http.post(f"/admin/users/{U}/persona/refresh").json()["job_id"]
+        await drain(jproxy.settings.model_copy(update={"induction_concurrency": 1}))
+        job = http.get(f"/admin/jobs/{job_id}").json()
+    assert job["state"] == "complete" and job["attempts"] == 2
+
+
+async def test_cancelled_job_never_changes_persona(jproxy: RunningProxy, fake_upstream: FakeUpstream) -> None:
+    await add_pairs(jproxy, U, 5, T)
+    fake_upstream.responder = InductionResponder()
+    with client(jproxy) as http:
+        http.put(f"/admin/users/{U}/persona", json={"text": "keep me"})
+        job_id = http.post(f"/admin/users/{U}/persona/refresh").json()["job_id"]
+        cancelled = http.post(f"/admin/jobs/{job_id}/cancel").json()
+        assert cancelled["state"] == "failed" and cancelled["error"]["code"] == "cancelled"
+        await drain(jproxy.settings)
+        assert http.get(f"/admin/jobs/{job_id}").json()["state"] == "failed"
+        assert http.get(f"/admin/users/{U}/persona").json()["text"] == "keep me"
+    assert fake_upstream.chat_requests == []
+
+
+async def test_running_job_cancelled_midway(jproxy: RunningProxy, fake_upstream: FakeUpstream) -> None:
+    await add_pairs(jproxy, U, 8, T)
+    responder = InductionResponder()
+    fake_upstream.responder = lambda body: Reply(json=responder(body), delay=0.15)
+    settings = jproxy.settings.model_copy(update={"induction_concurrency": 1})
+    with client(jproxy) as http:
+        http.put(f"/admin/users/{U}/persona", json={"text": "keep me"})
+        job_id = http.post(f"/admin/users/{U}/persona/refresh").json()["job_id"]
+        worker = asyncio.create_task(drain(settings))
+        assert await fake_upstream.await_for(lambda: len(fake_upstream.chat_requests) >= 2, timeout=10)
+        await asyncio.to_thread(http.post, f"/admin/jobs/{job_id}/cancel")
+        await asyncio.wait_for(worker, 20)
+        assert http.get(f"/admin/jobs/{job_id}").json()["error"]["code"] == "cancelled"
+        assert http.get(f"/admin/users/{U}/persona").json()["text"] == "keep me"
+        assert len(http.get(f"/admin/users/{U}/persona/versions").json()) == 1
+
+
+async def test_user_lock_defers_a_second_run(
+    jproxy: RunningProxy, fake_upstream: FakeUpstream, redis_url: str
+) -> None:
+    import redis.asyncio as aioredis
+
+    await add_pairs(jproxy, U, 5, T)
+    fake_upstream.responder = InductionResponder()
+    r = aioredis.Redis.from_url(redis_url)
+    # Another refresh of the same user holds the lock for 0.6 s; this one must wait, then run.
+    await r.set(keys.job_lock(T, U), "another-job", px=600)
+    with client(jproxy) as http:
+        job_id = http.post(f"/admin/users/{U}/persona/refresh").json()["job_id"]
+        started = time.monotonic()
+        await drain(jproxy.settings)
+        job = http.get(f"/admin/jobs/{job_id}").json()
+    first_call = min(req.received_at for req in fake_upstream.chat_requests)
+    assert job["state"] == "complete" and job["attempts"] == 1
+    assert time.monotonic() - started >= 0.5 and first_call > 0
+    await r.aclose()
+
+
+async def test_tenant_concurrency_cap(redis_url: str, fake_upstream: FakeUpstream) -> None:
+    proxy = start_proxy(job_settings(redis_url, fake_upstream, jobs_tenant_concurrency=1))
+    try:
+        users = ["u1", "u2", "u3"]
+        for user in users:
+            await add_pairs(proxy, user, 5, T)
+        responder = InductionResponder()
+        in_flight: dict[str, int] = {"now": 0, "max": 0}
+
+        async def slow(body: dict) -> Reply:
+            in_flight["now"] += 1
+            in_flight["max"] = max(in_flight["max"], in_flight["now"])
+            await asyncio.sleep(0.02)
+            in_flight["now"] -= 1
+            return Reply(json=responder(body))
+
+        fake_upstream.responder = slow
+        with client(proxy) as http:
+            ids = [http.post(f"/admin/users/{u}/persona/refresh").json()["job_id"] for u in users]
+            await drain(proxy.settings.model_copy(update={"induction_concurrency": 1}))
+            states = [http.get(f"/admin/jobs/{i}").json()["state"] for i in ids]
+        assert states == ["complete"] * 3
+        # One tenant slot and one call at a time per job: never two upstream calls at once.
+        assert in_flight["max"] == 1
+    finally:
+        proxy.server.stop()
+
+
+async def test_auto_refresh_after_n_new_pairs(jproxy: RunningProxy, fake_upstream: FakeUpstream) -> None:
+    from middleware.services import build_services
+
+    settings = jproxy.settings.model_copy(update={"auto_refresh_after": 5})
+    services = build_services(settings)
+    fake_upstream.responder = InductionResponder()
+    try:
+        queue = JobQueue(settings, services.redis)
+        await services.preferences.add_pairs(T, U, make_pairs(U, 4))
+        assert await enqueue_due_refreshes(services, queue) == 0
+        await services.preferences.add_pairs(T, U, make_pairs(U, 6)[4:])
+        assert await enqueue_due_refreshes(services, queue) == 1
+        assert await enqueue_due_refreshes(services, queue) == 0  # already pending
+        await drain(settings)
+        assert (await services.personas.get(T, U)) is not None
+        assert await services.preferences.pairs_since_refresh(T, U) == 0
+        assert await enqueue_due_refreshes(services, queue) == 0
+    finally:
+        await services.close()
