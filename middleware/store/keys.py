@@ -21,7 +21,8 @@ slot and can be read in one round trip. Tenant names never contain ':'; user ids
     pm:{t:u}:jobs                  ids of the user's jobs (deleted with their records on forget)
     pm:comparison-owner:<id>       comparison id -> "tenant:user" (TTL), to find a comparison by id
     pm:tenant:<t>:users            set of user ids known in a tenant
-    pm:evaluations:<t>:<id>...     online evaluation runs (see evaluation_* below)
+    pm:evaluations:<t>:<id>...     online evaluation runs (see evaluation_* below): the run, its
+                                   trial ids (list), one hash per trial, per-user trial counters
     pm:jobs:...                    job bookkeeping owned by middleware.induction.jobs
 """
 
@@ -110,6 +111,11 @@ def evaluation_trial(tenant: str, evaluation_id: str, trial_id: str) -> str:
 
 def tenant_evaluations(tenant: str) -> str:
     return f"{PREFIX}:evaluations:{tenant}"
+
+
+def evaluation_positions(tenant: str, evaluation_id: str) -> str:
+    """Hash user -> number of trials given to the user (drives the balanced answer order)."""
+    return f"{PREFIX}:evaluations:{tenant}:{evaluation_id}:positions"
 
 
 def job_lock(tenant: str, user: str) -> str:
