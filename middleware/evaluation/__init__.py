@@ -1,0 +1,1 @@
+"""Offline evaluation of scorers on per-user preference pairs (METHOD.md §4)."""
