@@ -17,6 +17,8 @@ from middleware.api.responses import JSONBytes
 from middleware.config import Settings
 from middleware.errors import PersonaError
 from middleware.limits import BodySizeLimit
+from middleware.rerank.registry import RerankerRegistry
+from middleware.rerank.resources import RerankResources
 from middleware.services import Services, build_services
 
 log = logging.getLogger("middleware")
@@ -26,6 +28,8 @@ def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         services = build_services(settings)
+        resources = RerankResources(services.upstreams, services.personas, services.redis)
+        services.extras["rerankers"] = RerankerRegistry(settings, resources).load_entry_points()
         app.state.services = services
         from middleware.induction.queue import JobQueue
 

@@ -101,7 +101,7 @@ def _assert_abort_seen(fake_upstream: FakeUpstream, gone_at: float) -> None:
 def test_client_disconnect_cancels_a_non_streaming_call(proxy: RunningProxy, fake_upstream: FakeUpstream) -> None:
     fake_upstream.script(Reply(delay=5.0))
     with pytest.raises(httpx.ReadTimeout):
-        httpx.post(f"{proxy.v1}/chat/completions", json={"model": "m", "messages": MESSAGES}, headers=AUTH, timeout=0.5)
+        httpx.post(f"{proxy.v1}/chat/completions", json={"model": "m", "messages": MESSAGES}, headers=AUTH, timeout=1.0)
     _assert_abort_seen(fake_upstream, time.monotonic())
 
 
@@ -111,7 +111,7 @@ def test_client_disconnect_before_the_first_token_cancels_a_stream(
     fake_upstream.script(Reply(delay=5.0))
     body = {"model": "m", "messages": MESSAGES, "stream": True}
     with pytest.raises(httpx.ReadTimeout):
-        httpx.post(f"{proxy.v1}/chat/completions", json=body, headers=AUTH, timeout=0.5)
+        httpx.post(f"{proxy.v1}/chat/completions", json=body, headers=AUTH, timeout=1.0)
     _assert_abort_seen(fake_upstream, time.monotonic())
 
 

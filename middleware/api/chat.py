@@ -17,6 +17,7 @@ from middleware.api.responses import JSONBytes
 from middleware.errors import ForbiddenField, InvalidRequest, ValidationFailed
 from middleware.identity import end_user_id, tenant_for_app_key
 from middleware.personalize.block import inject_block
+from middleware.rerank.mode import rerank_completion
 from middleware.services import Services
 from middleware.upstream import ClientDisconnected, cancel_on_disconnect
 
@@ -89,20 +90,21 @@ async def chat_completions(request: Request) -> Response:
     user = end_user_id(request.headers, body)
     mode = persona_mode(request)
 
+    block: str | None = None
     version: int | None = None
     if user is not None and mode != "off":
         found = await services.personalizer.block_for(tenant, user)
         if found is not None:
             block, version = found
-            body["messages"] = inject_block(body["messages"], block)
             services.metrics.persona_injected.inc()
 
     if mode == "rerank":
-        from middleware.rerank.mode import rerank_completion
-
+        # The variants move the app's instruction around, so the block goes in per candidate.
         return await rerank_completion(
-            services, request, body, tenant=tenant, user=user, version=version, started=started
+            services, request, body, tenant=tenant, user=user, block=block, version=version, started=started
         )
+    if block is not None:
+        body["messages"] = inject_block(body["messages"], block)
 
     upstream, body["model"] = services.upstreams.route(body["model"])
     overhead_ms = (time.perf_counter() - started) * 1000.0

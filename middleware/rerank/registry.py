@@ -1,0 +1,55 @@
+"""Loading rerankers from the `middleware.rerankers` entry points.
+
+A plugin is a module with `def register(registry): registry.add("name", factory)`, declared as
+
+    [project.entry-points."middleware.rerankers"]
+    myscorer = "my_package.my_module:register"
+
+Registration only records factories; a reranker is built the first time it is asked for.
+"""
+
+from __future__ import annotations
+
+import logging
+from importlib.metadata import entry_points
+from typing import Any
+
+from middleware.errors import InvalidRequest
+from middleware.rerank.hookspec import Reranker, RerankerFactory
+
+log = logging.getLogger("middleware.rerank")
+ENTRY_POINT_GROUP = "middleware.rerankers"
+
+
+class RerankerRegistry:
+    def __init__(self, settings: Any, resources: Any) -> None:
+        self._settings = settings
+        self._resources = resources
+        self._factories: dict[str, RerankerFactory] = {}
+        self._instances: dict[str, Reranker] = {}
+
+    def add(self, name: str, factory: RerankerFactory) -> None:
+        self._factories[name] = factory
+        self._instances.pop(name, None)
+
+    def names(self) -> list[str]:
+        return sorted(self._factories)
+
+    def get(self, name: str) -> Reranker:
+        if name not in self._factories:
+            raise InvalidRequest(
+                f"unknown reranker {name!r}; available: {', '.join(self.names()) or 'none'}",
+                param="reranker",
+                code="unknown_reranker",
+            )
+        if name not in self._instances:
+            self._instances[name] = self._factories[name](self._settings, self._resources)
+        return self._instances[name]
+
+    def load_entry_points(self) -> RerankerRegistry:
+        for entry_point in entry_points(group=ENTRY_POINT_GROUP):
+            try:
+                entry_point.load()(self)
+            except Exception as exc:  # a broken plugin must not take the proxy down
+                log.error("reranker plugin %s failed to register: %s", entry_point.name, exc)
+        return self

@@ -1,0 +1,32 @@
+"""What the built-in rerankers may use: the upstream router, the persona store, adapter storage."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+
+from middleware.models import Persona
+from middleware.rerank.hookspec import EndUser
+from middleware.store import keys
+from middleware.store.guard import fail_closed
+from middleware.store.personas import PersonaStore
+from middleware.upstream import UpstreamRouter
+
+
+@dataclass
+class RerankResources:
+    upstreams: UpstreamRouter
+    personas: PersonaStore
+    redis: Redis
+
+    async def persona(self, user: EndUser | None) -> Persona | None:
+        return None if user is None else await self.personas.get(user.tenant, user.id)
+
+    async def get_lora_adapter(self, user: EndUser) -> bytes | None:
+        """The adapter trained beside the user's current persona version, if any."""
+        persona = await self.persona(user)
+        if persona is None:
+            return None
+        blob: bytes | None = await fail_closed(self.redis.get(keys.adapter(user.tenant, user.id, persona.version)))
+        return blob

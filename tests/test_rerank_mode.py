@@ -1,0 +1,179 @@
+"""X-Persona-Mode: rerank — candidates sampled, scored by a registered reranker, the best returned."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from middleware.rerank.hookspec import EndUser
+from middleware.rerank.registry import RerankerRegistry
+from tests.support.fake_upstream import FakeUpstream
+from tests.support.proxy import APP_KEY_A, RunningProxy
+
+MESSAGES = [{"role": "system", "content": "Be helpful."}, {"role": "user", "content": "Name a fruit."}]
+
+
+def by_variant(body: dict[str, Any]) -> str | dict[str, Any] | None:
+    """Candidates differ by variant; judge calls (JSON schema) prefer the answer marked GOOD."""
+    if "response_format" in body:
+        prompt = body["messages"][-1]["content"]
+        a = re.search(r"<completion_a>(.*?)</completion_a>", prompt, re.S).group(1)  # type: ignore[union-attr]
+        return {"reasoning": "marked answer", "preferred": "A" if "GOOD" in a else "B"}
+    role = body["messages"][0]["role"]
+    temperature = body["temperature"]
+    texts = {
+        ("system", 1.0): "a long answer about apples and pears",
+        ("system", 0.1): "kiwi",
+        ("assistant", 1.0): "GOOD banana",
+        ("assistant", 0.1): "a medium answer: grape",
+    }
+    return texts[(role, temperature)]
+
+
+class ShortestFirst:
+    calls: list[tuple[list[str], EndUser | None]] = []
+
+    async def score(self, context: Sequence[dict[str, Any]], candidates: Sequence[str], *, user: EndUser | None) -> list[float]:
+        ShortestFirst.calls.append((list(candidates), user))
+        return [-float(len(c)) for c in candidates]
+
+
+class Broken:
+    async def score(self, context: Sequence[dict[str, Any]], candidates: Sequence[str], *, user: EndUser | None) -> list[float]:
+        raise RuntimeError("scorer down")
+
+
+def registry(proxy: RunningProxy) -> RerankerRegistry:
+    reg: RerankerRegistry = proxy.services.extras["rerankers"]
+    return reg
+
+
+def sdk(proxy: RunningProxy, reranker: str, **headers: str) -> openai.OpenAI:
+    return openai.OpenAI(
+        base_url=proxy.v1,
+        api_key=APP_KEY_A,
+        max_retries=0,
+        default_headers={"X-Persona-Mode": "rerank", "X-Persona-Reranker": reranker, **headers},
+    )
+
+
+def test_built_in_rerankers_come_from_entry_points(proxy: RunningProxy) -> None:
+    assert {"judge", "lora"} <= set(registry(proxy).names())
+
+
+def test_the_best_scored_candidate_is_returned(proxy: RunningProxy, fake_upstream: FakeUpstream) -> None:
+    registry(proxy).add("shortest", lambda settings, resources: ShortestFirst())
+    fake_upstream.responder = by_variant
+    ShortestFirst.calls.clear()
+    raw = sdk(proxy, "shortest").chat.completions.with_raw_response.create(
+        model="fake-model", messages=MESSAGES, user="alice"  # type: ignore[arg-type]
+    )
+    assert raw.parse().choices[0].message.content == "kiwi"
+    assert raw.headers["x-persona-rerank-chosen"] == "1"
+    assert len(raw.headers["x-persona-rerank-scores"].split(",")) == 4
+    candidates, user = ShortestFirst.calls[-1]
+    assert len(candidates) == 4 and user == EndUser("tenant-a", "alice")
+    sent = fake_upstream.chat_requests
+    assert len(sent) == 4
+    assert sorted((r.body["messages"][0]["role"], r.body["temperature"]) for r in sent) == sorted(
+        [("system", 1.0), ("system", 0.1), ("assistant", 1.0), ("assistant", 0.1)]
+    )
+
+
+def test_persona_block_goes_with_every_candidate(proxy: RunningProxy, fake_upstream: FakeUpstream) -> None:
+    registry(proxy).add("shortest", lambda settings, resources: ShortestFirst())
+    httpx.put(f"{proxy.url}/admin/users/alice/persona", json={"text": "Loves kiwis."}, headers=proxy.admin_headers())
+    fake_upstream.responder = by_variant
+    raw = sdk(proxy, "shortest").chat.completions.with_raw_response.create(
+        model="fake-model", messages=MESSAGES, user="alice"  # type: ignore[arg-type]
+    )
+    assert raw.headers["x-persona-version"] == "1"
+    for request in fake_upstream.chat_requests:
+        messages = request.body["messages"]
+        assert messages[0]["content"] == "Be helpful."  # the app's instruction stays first
+        assert "Loves kiwis." in messages[1]["content"] and messages[1]["role"] == "system"
+
+
+def test_judge_reranker_end_to_end(proxy: RunningProxy, fake_upstream: FakeUpstream) -> None:
+    fake_upstream.responder = by_variant
+    httpx.put(f"{proxy.url}/admin/users/alice/persona", json={"text": "Likes bananas."}, headers=proxy.admin_headers())
+    completion = sdk(proxy, "judge").chat.completions.create(
+        model="fake-model", messages=MESSAGES, user="alice"  # type: ignore[arg-type]
+    )
+    assert completion.choices[0].message.content == "GOOD banana"
+    judge_calls = [r for r in fake_upstream.chat_requests if "response_format" in r.body]
+    assert len(judge_calls) == 12  # 6 pairs, both orders
+    assert all("Likes bananas." in r.body["messages"][1]["content"] for r in judge_calls)
+
+
+def test_scorer_failure_falls_back_to_the_first_candidate(proxy: RunningProxy, fake_upstream: FakeUpstream) -> None:
+    registry(proxy).add("broken", lambda settings, resources: Broken())
+    fake_upstream.responder = by_variant
+    raw = sdk(proxy, "broken").chat.completions.with_raw_response.create(
+        model="fake-model", messages=MESSAGES  # type: ignore[arg-type]
+    )
+    assert raw.parse().choices[0].message.content == "a long answer about apples and pears"
+    assert raw.headers["x-persona-rerank-fallback"] == "true"
+    metrics = httpx.get(f"{proxy.url}/metrics").text
+    assert "persona_rerank_fallbacks_total 1.0" in metrics
+
+
+def test_rerank_streams_the_chosen_answer(proxy: RunningProxy, fake_upstream: FakeUpstream) -> None:
+    registry(proxy).add("shortest", lambda settings, resources: ShortestFirst())
+    fake_upstream.responder = by_variant
+    stream = sdk(proxy, "shortest").chat.completions.create(
+        model="fake-model", messages=MESSAGES, stream=True, stream_options={"include_usage": True}  # type: ignore[arg-type]
+    )
+    chunks = list(stream)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "kiwi"
+    assert chunks[-1].usage is not None and chunks[-1].usage.total_tokens > 0
+    assert all("stream" not in r.body for r in fake_upstream.chat_requests)
+
+
+def test_details_show_scores_and_losing_candidates(proxy: RunningProxy, fake_upstream: FakeUpstream) -> None:
+    registry(proxy).add("shortest", lambda settings, resources: ShortestFirst())
+    fake_upstream.responder = by_variant
+    response = httpx.post(
+        f"{proxy.v1}/chat/completions",
+        json={"model": "fake-model", "messages": MESSAGES},
+        headers={
+            "Authorization": f"Bearer {APP_KEY_A}",
+            "X-Persona-Mode": "rerank",
+            "X-Persona-Reranker": "shortest",
+            "X-Persona-Rerank-Details": "true",
+        },
+    )
+    details = response.json()["persona_rerank"]
+    assert details["chosen_index"] == 1
+    assert [c["content"] for c in details["candidates"]] == [
+        "a long answer about apples and pears", "kiwi", "GOOD banana", "a medium answer: grape"
+    ]
+    assert max(c["score"] for c in details["candidates"]) == details["candidates"][1]["score"]
+
+
+def test_a_failed_candidate_is_skipped(proxy: RunningProxy, fake_upstream: FakeUpstream) -> None:
+    from tests.support.fake_upstream import Reply
+
+    registry(proxy).add("shortest", lambda settings, resources: ShortestFirst())
+
+    def responder(body: dict[str, Any]) -> Any:
+        if body["temperature"] == 0.1 and body["messages"][0]["role"] == "system":
+            return Reply(status=400, error_message="bad variant")
+        return by_variant(body)
+
+    fake_upstream.responder = responder
+    completion = sdk(proxy, "shortest").chat.completions.create(model="fake-model", messages=MESSAGES)  # type: ignore[arg-type]
+    assert completion.choices[0].message.content == "GOOD banana"  # kiwi failed; next shortest
+
+
+def test_unknown_reranker_is_a_400(proxy: RunningProxy) -> None:
+    with pytest.raises(openai.BadRequestError) as err:
+        sdk(proxy, "nope").chat.completions.create(model="fake-model", messages=MESSAGES)  # type: ignore[arg-type]
+    assert err.value.body["code"] == "unknown_reranker"  # type: ignore[index]
+    assert json.dumps(err.value.body)
