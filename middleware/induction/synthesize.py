@@ -11,7 +11,7 @@ from middleware.induction.bootstrap import Trace
 from middleware.induction.context import LLMContext, request_text
 from middleware.personalize.block import clip
 
-_TAG_RE = re.compile(r"</?\s*[A-Za-z_][A-Za-z0-9_\-]*\s*>")
+_TAG_RE = re.compile(r"<\s*/?\s*[A-Za-z_!?][^<>]*>")
 _SPACE_RE = re.compile(r"[ \t]+")
 
 
