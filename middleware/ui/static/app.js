@@ -1,0 +1,219 @@
+// The collection page: sign in, four answers side by side as they arrive, best/worst + why, continue.
+"use strict";
+(() => {
+  const $ = (id) => document.getElementById(id);
+  const state = { user: null, key: "", session: null, comparison: null, best: null, worst: null, turn: [] };
+
+  function newId() {
+    return (crypto.randomUUID ? crypto.randomUUID() : String(Date.now()) + Math.random().toString(16).slice(2));
+  }
+
+  function headers() {
+    const h = { "Content-Type": "application/json", "X-Persona-User": state.user };
+    if (state.key) h.Authorization = "Bearer " + state.key;
+    return h;
+  }
+
+  function status(text, isError) {
+    $("status").textContent = text || "";
+    $("status").className = isError ? "error" : "";
+  }
+
+  async function errorText(resp) {
+    try { return (await resp.json()).error.message; } catch (e) { return resp.status + " " + resp.statusText; }
+  }
+
+  async function loadProfile() {
+    const resp = await fetch("/ui/profile", { headers: headers() });
+    if (!resp.ok) { status(await errorText(resp), true); return false; }
+    const p = await resp.json();
+    $("persona-text").textContent = p.persona ? p.persona.text : "No persona yet.";
+    $("persona-version").textContent = p.persona ? "version " + p.persona.version : "";
+    $("judgement-count").textContent = p.judgements;
+    $("record-count").textContent = p.records;
+    return true;
+  }
+
+  async function loadHistory() {
+    const resp = await fetch("/v1/sessions/" + encodeURIComponent(state.session), { headers: headers() });
+    const messages = resp.ok ? (await resp.json()).messages : [];
+    const list = $("history-list");
+    list.replaceChildren();
+    for (const m of messages) {
+      if (m.role === "system") continue;
+      const li = document.createElement("li");
+      li.className = m.role;
+      li.textContent = typeof m.content === "string" ? m.content : JSON.stringify(m.content);
+      list.appendChild(li);
+    }
+    $("history-empty").hidden = list.children.length > 0;
+    $("instruction-box").hidden = messages.length > 0;
+  }
+
+  function startSession() {
+    state.session = newId();
+    sessionStorage.setItem("persona.session", state.session);
+    resetCandidates();
+    loadHistory();
+  }
+
+  async function signIn(user, key) {
+    state.user = user; state.key = key;
+    if (!(await loadProfile())) return;
+    sessionStorage.setItem("persona.user", user);
+    sessionStorage.setItem("persona.key", key);
+    $("signin").hidden = true; $("workspace").hidden = false; $("whoami").hidden = false;
+    $("whoami-user").textContent = user;
+    state.session = sessionStorage.getItem("persona.session") || newId();
+    sessionStorage.setItem("persona.session", state.session);
+    await loadHistory();
+    status("");
+  }
+
+  function resetCandidates() {
+    $("candidates").replaceChildren();
+    $("judge-form").hidden = true;
+    $("rationale").value = "";
+    Object.assign(state, { comparison: null, best: null, worst: null });
+    updateJudgeButton();
+  }
+
+  function column(index, variant) {
+    const col = document.createElement("article");
+    col.className = "candidate pending";
+    col.dataset.index = index;
+    const h = document.createElement("h3");
+    h.textContent = "Answer " + (index + 1);
+    const v = document.createElement("div");
+    v.className = "variant";
+    v.textContent = "instruction as " + variant.instruction_role + ", temperature " + variant.temperature;
+    const body = document.createElement("div");
+    body.className = "content";
+    body.textContent = "waiting…";
+    const marks = document.createElement("div");
+    marks.className = "marks";
+    for (const kind of ["best", "worst"]) {
+      const b = document.createElement("button");
+      b.type = "button"; b.className = "mark-" + kind; b.textContent = kind === "best" ? "Best" : "Worst";
+      b.disabled = true;
+      b.addEventListener("click", () => mark(kind, index));
+      marks.appendChild(b);
+    }
+    col.append(h, v, body, marks);
+    return col;
+  }
+
+  function fill(candidate) {
+    const col = $("candidates").querySelector('[data-index="' + candidate.index + '"]');
+    if (!col) return;
+    col.classList.remove("pending");
+    const body = col.querySelector(".content");
+    if (candidate.content !== undefined) {
+      body.textContent = candidate.content;
+      col.classList.add("answered");
+      col.querySelectorAll("button").forEach((b) => { b.disabled = false; });
+    } else {
+      body.textContent = "This answer failed: " + candidate.error.message;
+      col.classList.add("failed");
+    }
+  }
+
+  function mark(kind, index) {
+    const other = kind === "best" ? "worst" : "best";
+    state[kind] = state[kind] === index ? null : index;
+    if (state[other] === state[kind]) state[other] = null;
+    for (const col of $("candidates").children) {
+      const i = Number(col.dataset.index);
+      col.classList.toggle("best", i === state.best);
+      col.classList.toggle("worst", i === state.worst);
+      col.querySelector(".mark-best").classList.toggle("on", i === state.best);
+      col.querySelector(".mark-worst").classList.toggle("on", i === state.worst);
+    }
+    updateJudgeButton();
+  }
+
+  function updateJudgeButton() {
+    $("judge-btn").disabled = !(state.comparison && state.best !== null && state.worst !== null);
+  }
+
+  function handle(event) {
+    if (event.type === "comparison") {
+      event.variants.forEach((v, i) => $("candidates").appendChild(column(i, v)));
+    } else if (event.type === "candidate") {
+      fill(event.candidate);
+    } else if (event.type === "done") {
+      state.comparison = event.comparison;
+      $("judge-form").hidden = false;
+      status("Mark the best and the worst answer.");
+      updateJudgeButton();
+    } else if (event.type === "error") {
+      status(event.error.message, true);
+    }
+  }
+
+  async function compare(ev) {
+    ev.preventDefault();
+    const prompt = $("prompt").value.trim();
+    if (!prompt) return;
+    resetCandidates();
+    const messages = [];
+    const instruction = $("instruction").value.trim();
+    if (instruction && !$("instruction-box").hidden) messages.push({ role: "system", content: instruction });
+    messages.push({ role: "user", content: prompt });
+    $("compare-btn").disabled = true;
+    status("Generating four answers…");
+    try {
+      const resp = await fetch("/v1/comparisons", {
+        method: "POST", headers: headers(),
+        body: JSON.stringify({ model: $("model").value, messages, session_id: state.session, stream: true }),
+      });
+      if (!resp.ok) { status(await errorText(resp), true); return; }
+      const reader = resp.body.getReader();
+      const decoder = new TextDecoder();
+      let buffer = "";
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buffer += decoder.decode(value, { stream: true });
+        let nl;
+        while ((nl = buffer.indexOf("\n")) >= 0) {
+          const line = buffer.slice(0, nl).trim();
+          buffer = buffer.slice(nl + 1);
+          if (line) handle(JSON.parse(line));
+        }
+      }
+    } catch (e) {
+      status("The request failed: " + e, true);
+    } finally {
+      $("compare-btn").disabled = false;
+    }
+  }
+
+  async function judge(ev) {
+    ev.preventDefault();
+    if (!state.comparison) return;
+    const body = { best: state.best, worst: state.worst, rationale: $("rationale").value.trim() };
+    $("judge-btn").disabled = true;
+    const resp = await fetch("/v1/comparisons/" + encodeURIComponent(state.comparison.id) + "/judgement", {
+      method: "POST", headers: headers(), body: JSON.stringify(body),
+    });
+    if (!resp.ok) { status(await errorText(resp), true); updateJudgeButton(); return; }
+    const result = await resp.json();
+    $("prompt").value = "";
+    resetCandidates();
+    await Promise.all([loadHistory(), loadProfile()]);
+    status("Saved: " + result.pairs_added + " preference pairs. Continue the conversation.");
+  }
+
+  $("signin-form").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    signIn($("user-id").value.trim(), $("app-key").value.trim());
+  });
+  $("signout-btn").addEventListener("click", () => { sessionStorage.clear(); location.reload(); });
+  $("new-session").addEventListener("click", startSession);
+  $("prompt-form").addEventListener("submit", compare);
+  $("judge-form").addEventListener("submit", judge);
+
+  const savedUser = sessionStorage.getItem("persona.user");
+  if (savedUser) signIn(savedUser, sessionStorage.getItem("persona.key") || "");
+})();
