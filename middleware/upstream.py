@@ -78,7 +78,7 @@ class Upstream(Protocol):
         """Open the stream (errors before the first byte raise here) and return its SSE bytes."""
 
 
-class RetryableStatus(Exception):
+class UpstreamStatus(Exception):
     def __init__(self, status: int, body: bytes) -> None:
         super().__init__(f"upstream answered {status}")
         self.status = status
@@ -86,9 +86,9 @@ class RetryableStatus(Exception):
 
 
 def _is_retryable(exc: BaseException) -> bool:
-    return isinstance(exc, RetryableStatus | aiohttp.ClientConnectionError) and not isinstance(
-        exc, aiohttp.ServerTimeoutError
-    )
+    if isinstance(exc, UpstreamStatus):
+        return exc.status in RETRYABLE_STATUS
+    return isinstance(exc, aiohttp.ClientConnectionError) and not isinstance(exc, aiohttp.ServerTimeoutError)
 
 
 async def retrying(
@@ -175,12 +175,12 @@ class PassthroughUpstream:
             if response.status in RETRYABLE_STATUS:
                 body = await response.read()
                 response.release()
-                raise RetryableStatus(response.status, body)
+                raise UpstreamStatus(response.status, body)
             return response
 
         try:
             return await retrying(self._settings, attempt, self._on_retry)
-        except RetryableStatus as exc:
+        except UpstreamStatus as exc:
             raise error_from_upstream(exc.status, exc.body) from None
         except (aiohttp.ServerTimeoutError, TimeoutError) as exc:
             raise UpstreamTimeout("the upstream did not answer in time") from exc
@@ -256,20 +256,22 @@ class LitellmUpstream:
                 raise
             except litellm.exceptions.APIConnectionError as exc:
                 raise aiohttp.ClientConnectionError(str(exc)) from exc
-            except litellm.exceptions.APIError as exc:
-                status = int(getattr(exc, "status_code", 500) or 500)
-                raise RetryableStatus(status, orjson.dumps({"error": {"message": str(exc)}})) from exc
+            except Exception as exc:
+                # litellm maps every provider error to an exception carrying the HTTP status.
+                status = getattr(exc, "status_code", None)
+                if not isinstance(status, int):
+                    raise
+                message = getattr(exc, "message", None) or str(exc)
+                raise UpstreamStatus(status, orjson.dumps({"error": {"message": message}})) from exc
 
         try:
             return await retrying(self._settings, attempt, self._on_retry)
-        except RetryableStatus as exc:
+        except UpstreamStatus as exc:
             raise error_from_upstream(exc.status, exc.body) from None
         except litellm.exceptions.Timeout as exc:
             raise UpstreamTimeout("the upstream did not answer in time") from exc
         except aiohttp.ClientConnectionError as exc:
             raise UpstreamError(f"could not reach the upstream: {exc}") from exc
-        except litellm.exceptions.BadRequestError as exc:
-            raise UpstreamError(str(exc), status_code=400, error_type="invalid_request_error") from exc
 
     async def complete(self, body: dict[str, Any]) -> bytes:
         response = await self._call(body)

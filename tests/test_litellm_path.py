@@ -1,0 +1,71 @@
+"""Models that need provider translation go through litellm; the SDK sees the same OpenAI shapes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import openai
+import pytest
+
+from tests.support.fake_upstream import FakeUpstream, Reply
+from tests.support.proxy import APP_KEY_A, RunningProxy, proxy_settings, start_proxy
+
+
+@pytest.fixture
+def litellm_proxy(redis_url: str, fake_upstream: FakeUpstream) -> Iterator[RunningProxy]:
+    running = start_proxy(proxy_settings(redis_url, fake_upstream, upstream_mode="litellm"))
+    try:
+        yield running
+    finally:
+        running.server.stop()
+
+
+def sdk(proxy: RunningProxy) -> openai.OpenAI:
+    return openai.OpenAI(base_url=proxy.v1, api_key=APP_KEY_A, max_retries=0)
+
+
+def test_completion_and_stream_through_litellm(litellm_proxy: RunningProxy, fake_upstream: FakeUpstream) -> None:
+    import httpx
+
+    httpx.put(
+        f"{litellm_proxy.url}/admin/users/alice/persona",
+        json={"text": "LITELLM-PERSONA"},
+        headers=litellm_proxy.admin_headers(),
+    )
+    completion = sdk(litellm_proxy).chat.completions.create(
+        model="openai/fake-model", messages=[{"role": "user", "content": "via litellm"}], user="alice"
+    )
+    assert completion.choices[0].message.content == "fake answer to: via litellm"
+    received = fake_upstream.chat_requests[-1]
+    assert received.body["model"] == "fake-model"
+    assert "LITELLM-PERSONA" in received.body["messages"][0]["content"]
+    assert received.headers["authorization"] == "Bearer sk-upstream-secret"
+
+    stream = sdk(litellm_proxy).chat.completions.create(
+        model="openai/fake-model", messages=[{"role": "user", "content": "streamed words"}], stream=True
+    )
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == "fake answer to: streamed words"
+
+
+def test_litellm_errors_keep_the_openai_shape(litellm_proxy: RunningProxy, fake_upstream: FakeUpstream) -> None:
+    fake_upstream.script(Reply(status=429), Reply(content="after retry"))
+    completion = sdk(litellm_proxy).chat.completions.create(
+        model="openai/fake-model", messages=[{"role": "user", "content": "q"}]
+    )
+    assert completion.choices[0].message.content == "after retry"
+    assert len(fake_upstream.chat_requests) == 2
+
+    fake_upstream.script(*[Reply(status=500, error_message="down")] * 5)
+    with pytest.raises(openai.InternalServerError) as err:
+        sdk(litellm_proxy).chat.completions.create(model="openai/fake-model", messages=[{"role": "user", "content": "q"}])
+    assert err.value.status_code == 502
+
+
+def test_provider_prefixed_models_route_to_litellm_in_auto_mode(proxy: RunningProxy) -> None:
+    router = proxy.services.upstreams
+    upstream, model = router.route("anthropic/claude-x")
+    assert type(upstream).__name__ == "LitellmUpstream" and model == "anthropic/claude-x"
+    upstream, model = router.route("openai/gpt-x")
+    assert type(upstream).__name__ == "PassthroughUpstream" and model == "gpt-x"
+    upstream, model = router.route("meta-llama/Llama-3-8B")  # vLLM-style names stay on the fast path
+    assert type(upstream).__name__ == "PassthroughUpstream" and model == "meta-llama/Llama-3-8B"
