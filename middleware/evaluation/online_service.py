@@ -1,0 +1,339 @@
+"""Online own / other / baseline evaluation runs (seed 000, METHOD.md §4): create, trial, choose, report.
+
+A run names a tenant, a set of users (each with a persona) and a model. For each prompt a user
+enters, a trial produces three answers at once (asyncio.gather): with the user's own persona, with
+the persona of another user of the run drawn at random (recorded, with its version), and with no
+persona. They are shown under the labels A, B, C in a balanced order (`online.balanced_order`); the
+mapping label -> condition is stored with the trial and never returned to the app or the user.
+
+Blindness: the three answers are returned together only once all are ready (never in the order they
+finish, which would tell the baseline apart by speed), with no latency, persona or condition data.
+A choice is "A" | "B" | "C" | "tie" | "skip" plus an optional rationale; it is recorded once (a
+second gets 409), with the condition it maps to, the time it took and the order that was shown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from middleware.errors import (
+    Conflict,
+    NotEnoughData,
+    NotFound,
+    PermissionDenied,
+    PersonaError,
+    UpstreamError,
+    ValidationFailed,
+)
+from middleware.evaluation import online
+from middleware.evaluation.online_store import EvaluationStore
+from middleware.models import Persona
+from middleware.personalize.block import inject_block
+from middleware.services import Services
+from middleware.upstream import Upstream
+
+CHOICES = ("A", "B", "C", "tie", "skip")
+_random = secrets.SystemRandom()
+
+
+def new_evaluation_id() -> str:
+    return f"ev_{uuid.uuid4().hex}"
+
+
+def new_trial_id() -> str:
+    return f"trl_{uuid.uuid4().hex}"
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+def public_run(run: dict[str, Any]) -> dict[str, Any]:
+    """The run as the admin API shows it (the order seed stays private)."""
+    return {k: v for k, v in run.items() if k != "order_seed"}
+
+
+def public_trial(trial: dict[str, Any]) -> dict[str, Any]:
+    """What the app and the user see of a trial: three labelled answers, nothing about conditions."""
+    return {
+        "id": trial["id"],
+        "object": "evaluation.trial",
+        "evaluation_id": trial["evaluation_id"],
+        "user": trial["user"],
+        "created": trial["created"],
+        "answers": [
+            {"label": label, "content": trial["answers"][condition]["content"]}
+            for label, condition in zip(online.LABELS, trial["order"], strict=True)
+        ],
+    }
+
+
+async def _answer(upstream: Upstream, body: dict[str, Any]) -> dict[str, Any]:
+    started = time.perf_counter()
+    data = orjson.loads(await upstream.complete(body))
+    try:
+        choice = data["choices"][0]
+        content = choice["message"].get("content")
+    except (KeyError, IndexError, TypeError, AttributeError):
+        content, choice = None, {}
+    if not isinstance(content, str):
+        raise UpstreamError("the upstream answer has no text content", code="no_content")
+    return {
+        "content": content,
+        "finish_reason": choice.get("finish_reason"),
+        "usage": data.get("usage"),
+        "latency_ms": round((time.perf_counter() - started) * 1000.0, 1),
+    }
+
+
+class EvaluationService:
+    def __init__(self, services: Services) -> None:
+        self._services = services
+        self.store = EvaluationStore(services.redis)
+
+    @classmethod
+    def of(cls, services: Services) -> EvaluationService:
+        service = services.extras.get("evaluations")
+        if not isinstance(service, cls):
+            service = services.extras["evaluations"] = cls(services)
+        return service
+
+    # --- runs ---------------------------------------------------------------------------------------
+    async def create_run(
+        self, tenant: str, *, users: list[str], model: str, name: str | None = None
+    ) -> dict[str, Any]:
+        distinct = list(dict.fromkeys(users))
+        if len(distinct) != len(users):
+            raise ValidationFailed("the users of a run must be distinct", param="users")
+        if len(distinct) < 2:
+            raise ValidationFailed(
+                "a run needs at least 2 users (the 'other' persona comes from another user of the run)",
+                param="users",
+            )
+        personas = await self._personas(tenant, distinct)
+        missing = [u for u in distinct if personas[u] is None]
+        if missing:
+            raise NotEnoughData(
+                f"every user of a run needs a persona; none for: {', '.join(missing)}", param="users"
+            )
+        run = {
+            "id": new_evaluation_id(),
+            "object": "evaluation",
+            "tenant": tenant,
+            "name": name,
+            "model": model,
+            "users": distinct,
+            "status": "open",
+            "persona_versions_at_creation": {u: p.version for u, p in personas.items() if p},
+            "created": int(time.time()),
+            "created_at": _now(),
+            "order_seed": secrets.token_hex(16),
+        }
+        await self.store.create_run(tenant, run)
+        return public_run(run)
+
+    async def run(self, tenant: str, evaluation_id: str) -> dict[str, Any]:
+        run = await self.store.run(tenant, evaluation_id)
+        if run is None:
+            raise NotFound(f"evaluation {evaluation_id!r} not found", param="id")
+        return run
+
+    async def status(self, tenant: str, evaluation_id: str) -> dict[str, Any]:
+        run = await self.run(tenant, evaluation_id)
+        trials = await self.store.trials(tenant, evaluation_id)
+        by_user: dict[str, dict[str, int]] = {
+            u: {"trials": 0, "chosen": 0, "ties": 0, "skips": 0} for u in run["users"]
+        }
+        for trial in trials:
+            row = by_user.setdefault(trial["user"], {"trials": 0, "chosen": 0, "ties": 0, "skips": 0})
+            row["trials"] += 1
+            choice = (trial.get("choice") or {}).get("choice")
+            if choice in ("A", "B", "C"):
+                row["chosen"] += 1
+            elif choice == "tie":
+                row["ties"] += 1
+            elif choice == "skip":
+                row["skips"] += 1
+        return {
+            **public_run(run),
+            "trials": len(trials),
+            "pending": sum(1 for t in trials if t.get("choice") is None),
+            "progress": by_user,
+        }
+
+    async def set_status(self, tenant: str, evaluation_id: str, status: str) -> dict[str, Any]:
+        run = await self.run(tenant, evaluation_id)
+        run["status"] = status
+        run[f"{status}_at"] = _now()
+        await self.store.create_run(tenant, run)
+        return public_run(run)
+
+    async def list_runs(self, tenant: str) -> list[dict[str, Any]]:
+        runs = []
+        for run_id in await self.store.run_ids(tenant):
+            run = await self.store.run(tenant, run_id)
+            if run is not None:
+                runs.append(public_run(run))
+        return runs
+
+    async def _personas(self, tenant: str, users: list[str]) -> dict[str, Persona | None]:
+        found = await asyncio.gather(*(self._services.personas.get(tenant, u) for u in users))
+        return dict(zip(users, found, strict=True))
+
+    # --- trials -------------------------------------------------------------------------------------
+    async def create_trial(
+        self,
+        tenant: str,
+        evaluation_id: str,
+        *,
+        user: str,
+        messages: list[dict[str, Any]],
+        extra: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        run = await self.run(tenant, evaluation_id)
+        if run.get("status", "open") != "open":
+            raise Conflict(f"evaluation {evaluation_id!r} is closed", code="evaluation_closed")
+        if user not in run["users"]:
+            raise PermissionDenied(
+                f"user {user!r} is not part of evaluation {evaluation_id!r}", code="user_not_in_evaluation"
+            )
+        personas = await self._personas(tenant, run["users"])
+        own = personas[user]
+        if own is None:
+            raise NotEnoughData(f"user {user!r} has no persona any more", param="user")
+        others = [u for u in run["users"] if u != user and personas[u] is not None]
+        if not others:
+            raise NotEnoughData("no other user of the run has a persona to compare with", param="user")
+        other_user = _random.choice(others)
+        other = personas[other_user]
+        assert other is not None
+
+        render = self._services.personalizer.render
+        conversations = {
+            "own": inject_block(messages, render(own)),
+            "other": inject_block(messages, render(other)),
+            "baseline": list(messages),
+        }
+        upstream, model_name = self._services.upstreams.route(run["model"])
+        results = await asyncio.gather(
+            *(
+                _answer(upstream, {**(extra or {}), "model": model_name, "messages": conversations[c]})
+                for c in online.CONDITIONS
+            ),
+            return_exceptions=True,
+        )
+        for result in results:
+            if isinstance(result, PersonaError):
+                raise result
+            if isinstance(result, BaseException):
+                raise UpstreamError(f"an answer failed: {type(result).__name__}") from result
+        answers: dict[str, dict[str, Any]] = dict(zip(online.CONDITIONS, results, strict=True))  # type: ignore[arg-type]
+        for condition, persona_user, persona in (("own", user, own), ("other", other_user, other)):
+            answers[condition].update(
+                persona_user=persona_user,
+                persona_version=persona.version,
+                persona_version_id=persona.version_id,
+            )
+        answers["baseline"].update(persona_user=None, persona_version=None, persona_version_id=None)
+
+        # The position is taken only once the answers exist, so failed trials leave no gap.
+        position = await self.store.next_position(tenant, evaluation_id, user)
+        order = online.balanced_order(run["order_seed"], user, position)
+        trial = {
+            "id": new_trial_id(),
+            "evaluation_id": evaluation_id,
+            "tenant": tenant,
+            "user": user,
+            "model": run["model"],
+            "upstream_model": model_name,
+            "messages": messages,
+            "extra": extra or {},
+            "position": position,
+            "order": list(order),
+            "other_user": other_user,
+            "answers": answers,
+            "created": time.time(),
+            "created_at": _now(),
+        }
+        await self.store.save_trial(tenant, evaluation_id, trial)
+        return public_trial(trial)
+
+    async def choose(
+        self,
+        tenant: str,
+        evaluation_id: str,
+        trial_id: str,
+        *,
+        choice: str,
+        rationale: str | None = None,
+        user: str | None = None,
+    ) -> dict[str, Any]:
+        if choice not in CHOICES:
+            raise ValidationFailed(f"choice must be one of {', '.join(CHOICES)}", param="choice")
+        trial = await self.store.trial(tenant, evaluation_id, trial_id)
+        # Another user's trial is indistinguishable from a missing one.
+        if trial is None or (user is not None and trial["user"] != user):
+            raise NotFound(f"trial {trial_id!r} not found in evaluation {evaluation_id!r}", param="trial_id")
+        if trial["choice"] is not None:
+            raise Conflict(f"trial {trial_id!r} has already been answered", code="already_chosen")
+        now = time.time()
+        condition = None
+        if choice in online.LABELS:
+            condition = trial["order"][online.LABELS.index(choice)]
+        record = {
+            "choice": choice,
+            "condition": condition,
+            "rationale": rationale or None,
+            "order": trial["order"],
+            "chosen_at": _now(),
+            "seconds_to_choose": round(now - float(trial["created"]), 3),
+        }
+        if not await self.store.record_choice(tenant, evaluation_id, trial_id, record):
+            raise Conflict(f"trial {trial_id!r} has already been answered", code="already_chosen")
+        return {
+            "id": trial_id,
+            "object": "evaluation.choice",
+            "evaluation_id": evaluation_id,
+            "user": trial["user"],
+            "choice": choice,
+            "rationale": rationale or None,
+            "chosen_at": record["chosen_at"],
+        }
+
+    # --- analysis -----------------------------------------------------------------------------------
+    async def trials(self, tenant: str, evaluation_id: str) -> list[dict[str, Any]]:
+        await self.run(tenant, evaluation_id)
+        return await self.store.trials(tenant, evaluation_id)
+
+    async def report(self, tenant: str, evaluation_id: str, *, seed: int = 0) -> dict[str, Any]:
+        run = await self.run(tenant, evaluation_id)
+        trials = await self.store.trials(tenant, evaluation_id)
+        return build_report(run, trials, seed=seed)
+
+
+def outcome_of(trial: dict[str, Any]) -> online.Outcome:
+    choice = trial.get("choice")
+    picked: str | None = None
+    if choice is not None:
+        picked = choice["condition"] if choice["choice"] in online.LABELS else choice["choice"]
+    return online.Outcome(
+        user=trial["user"], order=tuple(trial["order"]), picked=picked, other_user=trial.get("other_user")
+    )
+
+
+def build_report(run: dict[str, Any], trials: list[dict[str, Any]], *, seed: int = 0) -> dict[str, Any]:
+    stats = online.report([outcome_of(t) for t in trials], users=run["users"], seed=seed)
+    return {
+        "evaluation": {
+            k: run.get(k) for k in ("id", "name", "model", "tenant", "users", "status", "created_at")
+        },
+        "generated_at": _now(),
+        **stats,
+    }

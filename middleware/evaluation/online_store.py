@@ -1,0 +1,94 @@
+"""Online evaluation runs and their trials in Redis (keys from middleware.store.keys).
+
+    pm:evaluations:<t>                      sorted set: run ids of the tenant by creation time
+    pm:evaluations:<t>:<id>                 the run (JSON): users, model, name, order seed, ...
+    pm:evaluations:<t>:<id>:trials          list of trial ids in creation order
+    pm:evaluations:<t>:<id>:trial:<tid>     hash: `data` (JSON: answers by condition, the order shown,
+                                            persona versions, ...) and, once chosen, `choice` (JSON)
+    pm:evaluations:<t>:<id>:positions       hash: user -> trials given (drives the balanced order)
+
+The tenant is part of every key, so another tenant's run or trial is simply not found. A choice is
+written with HSETNX: the first one wins and a second is refused (409). Every operation touches one
+key or is a plain pipeline, so the layout works on Redis Cluster too.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from redis.asyncio import Redis
+
+from middleware.store import keys
+from middleware.store.guard import fail_closed
+
+LIST_BATCH = 500
+
+
+class EvaluationStore:
+    def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+
+    # --- runs ---------------------------------------------------------------------------------------
+    async def create_run(self, tenant: str, run: dict[str, Any]) -> None:
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.set(keys.evaluation(tenant, run["id"]), orjson.dumps(run))
+        pipe.zadd(keys.tenant_evaluations(tenant), {run["id"]: float(run["created"])})
+        await fail_closed(pipe.execute())
+
+    async def run(self, tenant: str, evaluation_id: str) -> dict[str, Any] | None:
+        raw = await fail_closed(self._redis.get(keys.evaluation(tenant, evaluation_id)))
+        return orjson.loads(raw) if raw else None
+
+    async def run_ids(self, tenant: str) -> list[str]:
+        raw = await fail_closed(self._redis.zrange(keys.tenant_evaluations(tenant), 0, -1))
+        return [r.decode() for r in raw]
+
+    async def next_position(self, tenant: str, evaluation_id: str, user: str) -> int:
+        """0, 1, 2, ... for the user's successive trials in this run."""
+        n = await fail_closed(self._redis.hincrby(keys.evaluation_positions(tenant, evaluation_id), user, 1))
+        return int(n) - 1
+
+    # --- trials -------------------------------------------------------------------------------------
+    async def save_trial(self, tenant: str, evaluation_id: str, trial: dict[str, Any]) -> None:
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.hset(keys.evaluation_trial(tenant, evaluation_id, trial["id"]), "data", orjson.dumps(trial))
+        pipe.rpush(keys.evaluation_trials(tenant, evaluation_id), trial["id"])
+        await fail_closed(pipe.execute())
+
+    async def trial(self, tenant: str, evaluation_id: str, trial_id: str) -> dict[str, Any] | None:
+        """The trial with its `choice` (None while unchosen), or None when there is no such trial."""
+        raw = await fail_closed(self._redis.hgetall(keys.evaluation_trial(tenant, evaluation_id, trial_id)))
+        return _trial_of(raw)
+
+    async def record_choice(
+        self, tenant: str, evaluation_id: str, trial_id: str, choice: dict[str, Any]
+    ) -> bool:
+        """Store the choice unless one is there already; True when this call stored it."""
+        key = keys.evaluation_trial(tenant, evaluation_id, trial_id)
+        return bool(await fail_closed(self._redis.hsetnx(key, "choice", orjson.dumps(choice))))
+
+    async def trial_count(self, tenant: str, evaluation_id: str) -> int:
+        return int(await fail_closed(self._redis.llen(keys.evaluation_trials(tenant, evaluation_id))))
+
+    async def trials(self, tenant: str, evaluation_id: str) -> list[dict[str, Any]]:
+        """Every trial of the run in creation order, each with its choice (or None)."""
+        ids = await fail_closed(self._redis.lrange(keys.evaluation_trials(tenant, evaluation_id), 0, -1))
+        out: list[dict[str, Any]] = []
+        for start in range(0, len(ids), LIST_BATCH):
+            pipe = self._redis.pipeline(transaction=False)
+            for trial_id in ids[start : start + LIST_BATCH]:
+                pipe.hgetall(keys.evaluation_trial(tenant, evaluation_id, trial_id.decode()))
+            for raw in await fail_closed(pipe.execute()):
+                trial = _trial_of(raw)
+                if trial is not None:
+                    out.append(trial)
+        return out
+
+
+def _trial_of(raw: dict[bytes, bytes]) -> dict[str, Any] | None:
+    if not raw or b"data" not in raw:
+        return None
+    trial: dict[str, Any] = orjson.loads(raw[b"data"])
+    trial["choice"] = orjson.loads(raw[b"choice"]) if b"choice" in raw else None
+    return trial
