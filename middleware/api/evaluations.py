@@ -10,6 +10,7 @@ Admin (admin key + X-Persona-Tenant):
     GET  /admin/evaluations/{id}/report.png       the chart
 
 App (app key; the user is `user` in the body or the X-Persona-User header):
+    GET  /v1/evaluations/{id}?user=               name, status and the user's own progress
     POST /v1/evaluations/{id}/trials              {"user", "messages"} -> {"id", "answers": [A, B, C]}
     POST /v1/evaluations/{id}/trials/{trial_id}/choice   {"choice": "A"|"B"|"C"|"tie"|"skip", "rationale"?}
 """
@@ -136,6 +137,20 @@ async def get_report_png(
 
 
 # --- app ------------------------------------------------------------------------------------------
+@app_router.get("/{evaluation_id}")
+async def member_view(
+    evaluation_id: EvaluationPath,
+    request: Request,
+    tenant: AppTenant,
+    services: ServicesDep,
+    user: str | None = None,
+) -> dict[str, Any]:
+    """For a user of the run: its name and status and the user's own progress (nothing else)."""
+    end_user = caller_user(request, user, required=True)
+    assert end_user is not None
+    return await EvaluationService.of(services).member_view(tenant, evaluation_id, end_user)
+
+
 @app_router.post("/{evaluation_id}/trials")
 async def create_trial(
     evaluation_id: EvaluationPath,

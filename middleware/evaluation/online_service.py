@@ -168,6 +168,24 @@ class EvaluationService:
             "progress": by_user,
         }
 
+    async def member_view(self, tenant: str, evaluation_id: str, user: str) -> dict[str, Any]:
+        """What a user of the run may see of it: its name, whether it is open, their own progress."""
+        run = await self.run(tenant, evaluation_id)
+        if user not in run["users"]:
+            raise PermissionDenied(
+                f"user {user!r} is not part of evaluation {evaluation_id!r}", code="user_not_in_evaluation"
+            )
+        mine = [t for t in await self.store.trials(tenant, evaluation_id) if t["user"] == user]
+        return {
+            "id": run["id"],
+            "object": "evaluation",
+            "name": run.get("name"),
+            "status": run.get("status", "open"),
+            "user": user,
+            "trials": len(mine),
+            "answered": sum(1 for t in mine if t.get("choice") is not None),
+        }
+
     async def set_status(self, tenant: str, evaluation_id: str, status: str) -> dict[str, Any]:
         run = await self.run(tenant, evaluation_id)
         run["status"] = status

@@ -1,0 +1,135 @@
+"""The /ui/evaluate page in headless Chromium: sign in to a run, ask, pick blind among A/B/C, repeat.
+
+Screenshots go to $PERSONA_TEST_ARTIFACTS/ui_evaluate/ (or test-artifacts/ui_evaluate/, git-ignored).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.support.fake_upstream import FakeUpstream
+from tests.support.proxy import APP_KEY_A, RunningProxy
+from tests.test_online_eval import create_run, give_personas, persona_responder
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+CONDITION_WORDS = ("own", "other", "baseline", "persona_user", "condition")
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium is not installed"),
+]
+
+
+def artifacts() -> Path:
+    root = Path(
+        os.environ.get("PERSONA_TEST_ARTIFACTS") or Path(__file__).resolve().parents[1] / "test-artifacts"
+    )
+    path = root / "ui_evaluate"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@pytest.fixture
+def page() -> Iterator[Any]:
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        try:
+            context = browser.new_context(viewport={"width": 1300, "height": 900})
+            yield context.new_page()
+        finally:
+            browser.close()
+
+
+def test_a_user_picks_blind_among_three_answers_and_the_choices_are_recorded(
+    proxy: RunningProxy, fake_upstream: FakeUpstream, page: Any
+) -> None:
+    fake_upstream.responder = persona_responder(delay=0.2)
+    give_personas(proxy)
+    run_id = create_run(proxy, name="Spring study")
+    trial_bodies: list[dict[str, Any]] = []
+    page.on(
+        "response",
+        lambda r: trial_bodies.append(r.json()) if r.url.endswith("/trials") and r.status == 201 else None,
+    )
+
+    page.goto(f"{proxy.url}/ui/evaluate?evaluation={run_id}")
+    assert page.input_value("#evaluation-id") == run_id
+    page.fill("#user-id", "alice")
+    page.fill("#app-key", APP_KEY_A)
+    page.click("#signin-btn")
+    page.wait_for_selector("#eval-workspace:not([hidden])")
+    assert page.inner_text("#whoami-run") == "Spring study"
+
+    # First prompt: pick the answer written for alice, with a reason.
+    page.fill("#eval-prompt", "Summarize: my cat opens the fridge.")
+    page.click("#eval-ask-btn")
+    page.wait_for_selector(".answer >> nth=2")
+    cards = page.locator(".answer")
+    assert [cards.nth(i).locator("h3").inner_text() for i in range(3)] == ["Answer A", "Answer B", "Answer C"]
+    texts = [cards.nth(i).locator(".content").inner_text() for i in range(3)]
+    assert "answer for alice" in texts and "plain answer" in texts
+    # Nothing on the page or in the DOM says which answer is which.
+    html = page.locator("#answers").inner_html().lower()
+    assert not any(word in html for word in CONDITION_WORDS), html
+    assert page.is_disabled("#choice-btn")
+    mine = "ABC"[texts.index("answer for alice")]
+    page.click(f".answer[data-label='{mine}']")
+    assert "chosen" in (page.get_attribute(f".answer[data-label='{mine}']", "class") or "")
+    page.fill("#eval-rationale", "it sounds like me")
+    page.screenshot(path=str(artifacts() / "evaluate_answers.png"), full_page=True)
+    page.click("#choice-btn")
+    page.wait_for_function("document.getElementById('answered-count').textContent === '1'")
+    assert page.locator(".answer").count() == 0
+    assert page.input_value("#eval-prompt") == ""
+
+    # Second prompt: a tie, through the buttons.
+    page.fill("#eval-prompt", "And a second one?")
+    page.click("#eval-ask-btn")
+    page.wait_for_selector(".answer >> nth=2")
+    page.click(".pick[data-choice='tie']")
+    page.click("#choice-btn")
+    page.wait_for_function("document.getElementById('answered-count').textContent === '2'")
+    page.screenshot(path=str(artifacts() / "evaluate_after.png"), full_page=True)
+
+    # The app saw only labels and texts; the store has both choices, with what they meant.
+    assert len(trial_bodies) == 2
+    assert all(set(a) == {"label", "content"} for body in trial_bodies for a in body["answers"])
+    with httpx.Client(base_url=proxy.url, headers=proxy.admin_headers(), timeout=10) as c:
+        stored = c.get(f"/admin/evaluations/{run_id}/trials").json()["data"]
+        report = c.get(f"/admin/evaluations/{run_id}/report").json()
+    choices = [(t["choice"]["choice"], t["choice"]["condition"], t["choice"]["rationale"]) for t in stored]
+    assert choices == [(mine, "own", "it sounds like me"), ("tie", None, None)]
+    alice = report["per_user"][0]
+    assert (alice["user"], alice["wins"]["own"], alice["ties"]) == ("alice", 1, 1)
+
+
+def test_signing_in_with_a_user_outside_the_run_shows_an_error(
+    proxy: RunningProxy, fake_upstream: FakeUpstream, page: Any
+) -> None:
+    give_personas(proxy, ("alice", "bob", "carol"))
+    run_id = create_run(proxy, ("alice", "bob"))
+    page.goto(f"{proxy.url}/ui/evaluate")
+    page.fill("#user-id", "carol")
+    page.fill("#app-key", APP_KEY_A)
+    page.fill("#evaluation-id", run_id)
+    page.click("#signin-btn")
+    page.wait_for_selector("#status.error")
+    assert "not part of evaluation" in page.inner_text("#status")
+    assert page.is_hidden("#eval-workspace")
