@@ -12,7 +12,18 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from middleware import __version__
-from middleware.api import admin, chat, comparisons, evaluations, health, jobs, preferences, ui, users
+from middleware.api import (
+    admin,
+    chat,
+    comparisons,
+    evaluations,
+    health,
+    jobs,
+    preferences,
+    ui,
+    ui_evaluate,
+    users,
+)
 from middleware.api.responses import JSONBytes
 from middleware.config import Settings
 from middleware.errors import PersonaError
@@ -50,7 +61,7 @@ def create_app(settings: Settings) -> FastAPI:
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.settings = settings
-    for module in (health, chat, admin, comparisons, preferences, users, jobs, ui, evaluations):
+    for module in (health, chat, admin, comparisons, preferences, users, jobs, ui, evaluations, ui_evaluate):
         app.include_router(module.router)
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
