@@ -14,6 +14,7 @@ import redis
 from middleware.store import keys
 from tests.support.fake_upstream import FakeUpstream, Reply
 from tests.support.proxy import APP_KEY_A, APP_KEY_B, RunningProxy, proxy_settings, start_proxy
+from tests.support.redis_server import RedisServer
 
 INSTRUCTION = {"role": "system", "content": "Summarize the post in one sentence."}
 PROMPT = {"role": "user", "content": "POST: my cat learned to open the fridge"}
@@ -60,6 +61,14 @@ def stream_records(redis_url: str, tenant: str, user: str) -> list[dict[str, Any
         ]
     finally:
         r.close()
+
+
+@pytest.fixture(autouse=True)
+def distinct_answers(fake_upstream: FakeUpstream) -> None:
+    """Each variant answers differently (identical answers yield no pair)."""
+    fake_upstream.responder = lambda body: Reply(
+        content=f"answer {'/'.join(m['role'] for m in body['messages'])} {body.get('temperature')}"
+    )
 
 
 def test_four_candidates_run_concurrently_in_the_variants_of_table_1(
@@ -263,3 +272,37 @@ def test_variant_count_is_bounded(proxy: RunningProxy, fake_upstream: FakeUpstre
     with client(proxy) as c:
         resp = create(c, variants=[{"instruction_role": "system", "temperature": 1.0}] * n_variants)
     assert resp.status_code == 422
+
+
+def test_identical_answers_yield_no_pair_between_them(
+    proxy: RunningProxy, fake_upstream: FakeUpstream
+) -> None:
+    fake_upstream.responder = lambda body: Reply(content="same" if body["temperature"] < 0.5 else "other")
+    with client(proxy) as c:
+        cid = create(c).json()["id"]  # answers: other, same, other, same
+        result = c.post(f"/v1/comparisons/{cid}/judgement", json={"best": 0, "worst": 1}).json()
+    # best(0) > 1, 3 (2 is identical to 0); 2 > worst(1); 3 is identical to worst.
+    assert [r["id"].split(":")[-1] for r in result["records"]] == ["judgement", "0>1", "0>3", "2>1"]
+
+
+def test_judgement_fails_closed_and_can_be_retried(
+    fresh_redis: RedisServer, fake_upstream: FakeUpstream
+) -> None:
+    running = start_proxy(proxy_settings(fresh_redis.url, fake_upstream, redis_socket_timeout_s=0.3))
+    try:
+        with client(running) as c:
+            cid = create(c).json()["id"]
+            fresh_redis.pause()
+            try:
+                down = c.post(f"/v1/comparisons/{cid}/judgement", json={"best": 0, "worst": 1})
+            finally:
+                fresh_redis.resume()
+            assert down.status_code == 503
+            assert down.json()["error"]["code"] == "store_unavailable"
+            retry = c.post(f"/v1/comparisons/{cid}/judgement", json={"best": 0, "worst": 1})
+            assert retry.status_code == 201 and retry.json()["pairs_added"] == 5
+        assert [r["kind"] for r in stream_records(fresh_redis.url, "tenant-a", "alice")].count(
+            "judgement"
+        ) == 1
+    finally:
+        running.server.stop()

@@ -10,13 +10,14 @@ import orjson
 
 from tests.support.fake_upstream import FakeUpstream, Reply
 from tests.support.proxy import RunningProxy
-from tests.test_comparisons import (
+from tests.test_comparisons import (  # distinct_answers: an autouse fixture
     DELAYS,
     INSTRUCTION,
     PROMPT,
     answer_for,
     client,
     delayed_responder,
+    distinct_answers,  # noqa: F401
     variant_of,
 )
 
@@ -74,14 +75,14 @@ def test_a_stale_comparison_in_a_session_is_judged_but_not_appended(
     proxy: RunningProxy, fake_upstream: FakeUpstream
 ) -> None:
     with client(proxy) as c:
-        body = {"user": "alice", "model": "fake-model", "messages": [PROMPT], "session_id": "s2"}
+        body = {"user": "alice", "model": "fake-model", "messages": [INSTRUCTION, PROMPT], "session_id": "s2"}
         a, b = c.post("/v1/comparisons", json=body).json(), c.post("/v1/comparisons", json=body).json()
         assert c.post(f"/v1/comparisons/{a['id']}/judgement", json={"best": 0, "worst": 1}).json()[
             "session_appended"
         ]
         stale = c.post(f"/v1/comparisons/{b['id']}/judgement", json={"best": 0, "worst": 1}).json()
         assert stale["session_appended"] is False and stale["pairs_added"] == 5
-        assert len(c.get("/v1/sessions/s2", params={"user": "alice"}).json()["messages"]) == 2
+        assert len(c.get("/v1/sessions/s2", params={"user": "alice"}).json()["messages"]) == 3
 
 
 def test_streamed_candidates_arrive_as_each_finishes(

@@ -7,10 +7,18 @@ import openai
 import pytest
 
 from middleware.sdk import AsyncPersonalizedOpenAI, Comparison, PersonalizedOpenAI
-from tests.support.fake_upstream import FakeUpstream
+from tests.support.fake_upstream import FakeUpstream, Reply
 from tests.support.proxy import ADMIN_KEY, APP_KEY_A, RunningProxy
 
 PROMPT = [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "Name a colour."}]
+
+
+@pytest.fixture(autouse=True)
+def distinct_answers(fake_upstream: FakeUpstream) -> None:
+    """Each variant answers differently (identical answers yield no pair)."""
+    fake_upstream.responder = lambda body: Reply(
+        content=f"answer {'/'.join(m['role'] for m in body['messages'])} {body.get('temperature')}"
+    )
 
 
 def sdk(proxy: RunningProxy, **kwargs: object) -> PersonalizedOpenAI:
@@ -25,7 +33,7 @@ def test_is_an_openai_client_and_personalizes_chat(proxy: RunningProxy, fake_ups
         persona = client.personas.put("Loves the colour teal.")
         assert persona.version == 1 and persona.user == "alice"
         answer = client.chat.completions.create(model="fake-model", messages=PROMPT)  # type: ignore[arg-type]
-        assert answer.choices[0].message.content == "fake answer to: Name a colour."
+        assert answer.choices[0].message.content == "answer system/system/user None"  # persona block added
     [request] = fake_upstream.chat_requests
     assert request.headers["authorization"] == "Bearer sk-upstream-secret"
     assert "Loves the colour teal." in str(request.body["messages"])

@@ -235,7 +235,10 @@ class ComparisonService:
 def judgement_records(
     comparison: dict[str, Any], *, best: int, worst: int, rationale: str
 ) -> list[tuple[str, str, dict[str, Any]]]:
-    """The raw judgement first, then best > each other, then each other (not worst) > worst."""
+    """The raw judgement first, then best > each other, then each other (not worst) > worst.
+
+    A derived pair whose two answers are the same text is left out (the raw judgement keeps all).
+    """
     cid = comparison["id"]
     user = comparison["user"]
     answered = {c["index"]: c for c in comparison["candidates"] if "content" in c}
@@ -266,6 +269,8 @@ def judgement_records(
     ordered += [(other, worst) for other in sorted(answered) if other not in (best, worst)]
     context = [Message.model_validate(m) for m in comparison["conversation"]]
     for winner, loser in ordered:
+        if answered[winner]["content"].strip() == answered[loser]["content"].strip():
+            continue  # two identical answers say nothing about a preference
         pair_id = f"{cid}:{winner}>{loser}"
         pair = PreferencePair(
             id=pair_id,
