@@ -7,6 +7,7 @@ user chooses through the API only, seeing nothing but the labels A, B, C and the
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
@@ -356,3 +357,26 @@ async def test_report_png_and_the_cli_report(
     assert out.exists() and plot.read_bytes().startswith(b"\x89PNG")
     with pytest.raises(Exception, match="not found"):
         await run_report(proxy.settings, tenant="tenant-b", evaluation_id=run_id)
+
+
+def test_persona_report_command_prints_and_writes_the_report(
+    proxy: RunningProxy, fake_upstream: FakeUpstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from middleware.cli import app
+
+    fake_upstream.responder = persona_responder()
+    give_personas(proxy)
+    run_id = create_run(proxy)
+    simulate(proxy, run_id, prefers_own, per_user=1)
+    monkeypatch.setenv("PERSONA_REDIS_URL", proxy.settings.redis_url)
+    out, plot = tmp_path / "r.json", tmp_path / "r.png"
+    result = CliRunner().invoke(
+        app, ["report", run_id, "--tenant", "tenant-a", "--out", str(out), "--plot", str(plot)]
+    )
+    assert result.exit_code == 0, result.output
+    printed = json.loads(result.output)
+    assert printed["pooled"]["wins"] == {"own": 3, "other": 0, "baseline": 0}
+    assert json.loads(out.read_text())["evaluation"]["id"] == run_id
+    assert plot.read_bytes().startswith(b"\x89PNG")
