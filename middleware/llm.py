@@ -196,8 +196,11 @@ async def structured_call(
             try:
                 return schema.model_validate_json(content), total
             except ValidationError as exc:
-                first = exc.errors()[0] if exc.errors() else {}
-                problem = f"{'.'.join(str(p) for p in first.get('loc', ()))}: {first.get('msg', exc)}"
+                errors = exc.errors()
+                problem = str(exc)
+                if errors:
+                    where = ".".join(str(p) for p in errors[0]["loc"])
+                    problem = f"{where}: {errors[0]['msg']}"
         conversation = [
             *messages,
             {

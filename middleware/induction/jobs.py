@@ -78,13 +78,19 @@ async def refresh_persona(ctx: dict[str, Any]) -> dict[str, Any]:
     redis = services.redis
     lease = lease_ms(settings)
 
-    if not await redis.eval(_ACQUIRE_LOCK, 1, keys.job_lock(tenant, user), job_id, lease):
+    if not await redis.eval(_ACQUIRE_LOCK, 1, keys.job_lock(tenant, user), job_id, str(lease)):
         raise Retry(defer=settings.jobs_retry_defer_s)
     slots = keys.tenant_job_slots(tenant)
     try:
         now = int(time.time() * 1000)
         if not await redis.eval(
-            _ACQUIRE_SLOT, 1, slots, now, job_id, settings.jobs_tenant_concurrency, now + lease
+            _ACQUIRE_SLOT,
+            1,
+            slots,
+            str(now),
+            job_id,
+            str(settings.jobs_tenant_concurrency),
+            str(now + lease),
         ):
             raise Retry(defer=settings.jobs_retry_defer_s)
         try:

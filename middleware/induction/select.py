@@ -122,7 +122,8 @@ async def select_exemplars(
         return correct
 
     flat = await run_all([score_pair(c, p) for c in candidates for p in validation])
-    scores = []
+    scores: list[dict[str, Any]] = []
+    accuracies: list[float] = []
     for i, candidate in enumerate(candidates):
         hits = sum(flat[i * len(validation) : (i + 1) * len(validation)])
         scores.append(
@@ -132,6 +133,7 @@ async def select_exemplars(
                 "accuracy": hits / len(validation),
             }
         )
+        accuracies.append(hits / len(validation))
     # Best accuracy; ties go to the smaller set (the empty set first).
-    best = max(range(len(candidates)), key=lambda i: (scores[i]["accuracy"], -len(candidates[i]), -i))
-    return Selection(exemplars=candidates[best], accuracy=scores[best]["accuracy"], scores=scores)
+    best = max(range(len(candidates)), key=lambda i: (accuracies[i], -len(candidates[i]), -i))
+    return Selection(exemplars=candidates[best], accuracy=accuracies[best], scores=scores)

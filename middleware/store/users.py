@@ -36,7 +36,7 @@ def _text(value: bytes | str | None) -> str | None:
 async def forget_user(redis: Redis, tenant: str, user: str) -> dict[str, Any]:
     """Delete everything about the user; returns counts. Idempotent."""
     tag = keys.user_tag(tenant, user)
-    job_ids = [_text(j) for j in await fail_closed(redis.smembers(keys.user_jobs(tenant, user)))]
+    job_ids = [_text(j) or "" for j in await fail_closed(redis.smembers(keys.user_jobs(tenant, user)))]
     found = await fail_closed(user_keys(redis, tenant, user))
     comparison_prefix = f"{tag}:comparisons:"
     comparison_ids = [k[len(comparison_prefix) :] for k in found if k.startswith(comparison_prefix)]
@@ -157,7 +157,8 @@ async def _with_redis(settings: Settings, work: Any) -> dict[str, Any]:
 
     redis = create_redis(settings)
     try:
-        return await work(redis)
+        result: dict[str, Any] = await work(redis)
+        return result
     finally:
         await redis.aclose()
 
