@@ -1,8 +1,8 @@
 """PersonalizedOpenAI / AsyncPersonalizedOpenAI: the official clients pointed at the proxy.
 
 Every call carries the end user as the `X-Persona-User` header, so plain `chat.completions` calls are
-personalized; `.comparisons`, `.preferences` and `.personas` reach the proxy's own routes. Errors are
-the openai package's own (`openai.NotFoundError`, `openai.ConflictError`, ...).
+personalized; `.comparisons`, `.preferences`, `.personas` and `.evaluations` reach the proxy's own
+routes. Errors are the openai package's own (`openai.NotFoundError`, `openai.ConflictError`, ...).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Any
 import openai
 
 from middleware.sdk.comparisons import AsyncComparisons, Comparisons
+from middleware.sdk.evaluations import AsyncEvaluations, Evaluations
 from middleware.sdk.personas import AsyncPersonas, Personas
 from middleware.sdk.preferences import AsyncPreferences, Preferences
 
@@ -57,6 +58,7 @@ class PersonalizedOpenAI(openai.OpenAI):
         self.comparisons = Comparisons(self)
         self.preferences = Preferences(self)
         self.personas = Personas(self)
+        self.evaluations = Evaluations(self)
 
 
 class AsyncPersonalizedOpenAI(openai.AsyncOpenAI):
@@ -84,3 +86,4 @@ class AsyncPersonalizedOpenAI(openai.AsyncOpenAI):
         self.comparisons = AsyncComparisons(self)
         self.preferences = AsyncPreferences(self)
         self.personas = AsyncPersonas(self)
+        self.evaluations = AsyncEvaluations(self)
