@@ -133,3 +133,10 @@ def test_signing_in_with_a_user_outside_the_run_shows_an_error(
     page.wait_for_selector("#status.error")
     assert "not part of evaluation" in page.inner_text("#status")
     assert page.is_hidden("#eval-workspace")
+
+
+def test_the_collection_page_links_to_the_evaluation_page(proxy: RunningProxy, page: Any) -> None:
+    page.goto(f"{proxy.url}/ui")
+    page.click("#evaluate-link")
+    page.wait_for_selector("#evaluation-id")
+    assert page.url.endswith("/ui/evaluate")
