@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ def run_eval(
     min_pairs: int = DEFAULT_MIN_PAIRS,
     train_fraction: float = 0.7,
     progress: bool = True,
+    baseline: bool = True,
     scorer_opts: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Evaluate `scorer` on `data` (per-user time-ordered hold-out); returns the report as a dict."""
@@ -35,11 +37,11 @@ def run_eval(
     if scorer in ("global", "lora"):
         opts.setdefault("num_threads", _threads())
     main = make_scorer(scorer, **opts)
-    baseline = None
+    reference = None  # the global scorer, for the per-user gain
     if isinstance(main, LoraScorer):
-        baseline = main.as_global()
-    elif scorer != "global":
-        baseline = make_scorer("global", seed=seed, num_threads=_threads())
+        reference = main.as_global()
+    elif scorer != "global" and baseline and importlib.util.find_spec("torch") is not None:
+        reference = make_scorer("global", seed=seed, num_threads=_threads())
     report = evaluate(
         pairs_by_user,
         main,
@@ -48,7 +50,7 @@ def run_eval(
         users=users,
         seed=seed,
         progress=progress,
-        baseline=baseline,
+        baseline=reference,
         scorer_name=scorer,
         data=str(data),
     )

@@ -42,7 +42,7 @@ HEAD_FORMAT = "persona-lora-head/1"
 FEATURE_VERSION = "emb+ctxprod+len/1"
 DEFAULT_ENCODER_NAME = "all-MiniLM-L6-v2"
 # Penalty weights tried per user (larger = closer to the global head); "off" is always a candidate.
-DEFAULT_STRENGTHS: tuple[float, ...] = (30.0, 3.0, 0.3)
+DEFAULT_STRENGTHS: tuple[float, ...] = (10.0, 1.0)
 
 
 class LoraUnavailable(PersonaError):
@@ -264,7 +264,8 @@ class LoraRewardModel:
         strengths: Sequence[float] = DEFAULT_STRENGTHS,
         global_epochs: int = 40,
         global_weight_decay: float = 1e-3,
-        user_steps: int = 150,
+        user_steps: int = 40,
+        cv_folds: int = 3,
         seed: int = 0,
         device: str | None = None,
         num_threads: int | None = None,
@@ -281,6 +282,7 @@ class LoraRewardModel:
         self.global_epochs = global_epochs
         self.global_weight_decay = global_weight_decay
         self.user_steps = user_steps
+        self.cv_folds = cv_folds
         self.seed = seed
         self.in_dim = 2 * self.encoder.dim + 2
         self.cache_size = max(1, cache_size)
@@ -460,18 +462,25 @@ class LoraRewardModel:
         with torch.no_grad():
             gc = self._raw_scores(xc, adapter=False)
             gr = self._raw_scores(xr, adapter=False)
-        params = self._lora_params()
-        opt = torch.optim.Adam(params, lr=1e-2)
+        named = [(n, p) for n, p in self.model.named_parameters() if "lora_" in n]
+        params = [p for _, p in named]
+        # full-batch L-BFGS: a user has tens of pairs, so a few dozen iterations converge
+        opt = torch.optim.LBFGS(params, lr=1.0, max_iter=steps, line_search_fn="strong_wolfe")
         self.model.train()
-        for _ in range(steps):
+
+        def closure() -> Any:
+            opt.zero_grad()
             sc = self.model(xc)
             sr = self.model(xr)
             bt = torch.nn.functional.softplus(-(sc - sr)).mean()
             anchor = ((sc - gc) ** 2 + (sr - gr) ** 2).mean()
-            loss = bt + strength * anchor
-            opt.zero_grad()
+            # a light ridge on lora_B keeps directions the user's pairs do not constrain at zero
+            ridge = sum((p**2).sum() for n, p in named if "lora_B" in n)
+            loss = bt + strength * anchor + 1e-2 * ridge
             loss.backward()
-            opt.step()
+            return loss
+
+        opt.step(closure)
         self.model.eval()
         return {k: v.detach().clone() for k, v in self._adapter_state().items()}
 
@@ -486,13 +495,13 @@ class LoraRewardModel:
                 margin = self.model(xc) - self.model(xr)
             return float(-torch.nn.functional.softplus(-margin).sum())
 
-    def choose_strength(self, xc: np.ndarray, xr: np.ndarray, folds: int = 5) -> tuple[float | None, dict[str, float]]:
+    def choose_strength(self, xc: np.ndarray, xr: np.ndarray, folds: int | None = None) -> tuple[float | None, dict[str, float]]:
         """Pick the anchor penalty (or None = off) by k-fold CV on the user's own train pairs."""
         torch = _torch()
         n = xc.shape[0]
         if n < 4:
             return None, {}
-        k = min(folds, n)
+        k = min(folds or self.cv_folds, n)
         order = np.random.default_rng(self.seed).permutation(n)
         fold_of = np.empty(n, dtype=int)
         fold_of[order] = np.arange(n) % k
