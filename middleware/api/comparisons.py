@@ -94,7 +94,7 @@ async def create_comparison(
     if body.stream:
         return StreamingResponse(_ndjson(service, prepared), media_type="application/x-ndjson")
     try:
-        result = await cancel_on_disconnect(request.receive, service.create(prepared))
+        result = await cancel_on_disconnect(request.receive, service.create(prepared))  # type: ignore[arg-type]
     except ClientDisconnected:
         return Response(status_code=499)
     return JSONBytes(result)

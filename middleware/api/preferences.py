@@ -42,9 +42,9 @@ async def add_preferences(
         record_id, _, data = to_record(item, user, key)
         records.append((user, record_id, data))
     flags = await add_feedback(services.preferences, tenant, records)
-    data = [{"id": r[1], "user": r[0], "created": f} for r, f in zip(records, flags, strict=True)]
+    listing = [{"id": r[1], "user": r[0], "created": f} for r, f in zip(records, flags, strict=True)]
     created = sum(flags)
     return JSONBytes(
-        {"object": "list", "data": data, "created": created, "duplicates": len(flags) - created},
+        {"object": "list", "data": listing, "created": created, "duplicates": len(flags) - created},
         status_code=201 if created else 200,
     )

@@ -128,7 +128,7 @@ class ComparisonService:
         """Store the finished comparison (TTL) and return its public body. All failed -> 502."""
         candidates = sorted(candidates, key=lambda c: c["index"])
         if not any("content" in c for c in candidates):
-            first = next((c["error"] for c in candidates if "error" in c), {})
+            first: dict[str, Any] = next((c["error"] for c in candidates if "error" in c), {})
             raise UpstreamError(
                 f"every candidate failed; first error: {first.get('message', 'unknown')}",
                 code="all_candidates_failed",

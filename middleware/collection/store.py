@@ -13,8 +13,9 @@ one script, so a comparison is judged once and a session never gets half a turn.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from enum import StrEnum
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from redis.asyncio import Redis
@@ -162,9 +163,11 @@ class ComparisonStore:
 
     # --- sessions -----------------------------------------------------------------------------------
     async def session_messages(self, tenant: str, user: str, session_id: str) -> list[dict[str, Any]]:
-        raw = await fail_closed(self._redis.lrange(keys.session(tenant, user, session_id), 0, -1))
+        pending = self._redis.lrange(keys.session(tenant, user, session_id), 0, -1)
+        raw = await fail_closed(cast(Awaitable[list[bytes]], pending))
         return [orjson.loads(m) for m in raw]
 
     async def judgement_count(self, tenant: str, user: str) -> int:
-        value = await fail_closed(self._redis.hget(keys.user_meta(tenant, user), "judgements"))
+        pending = self._redis.hget(keys.user_meta(tenant, user), "judgements")
+        value = await fail_closed(cast(Awaitable[bytes | None], pending))
         return int(value or 0)
