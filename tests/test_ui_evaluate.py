@@ -60,6 +60,8 @@ def page() -> Iterator[Any]:
 def test_a_user_picks_blind_among_three_answers_and_the_choices_are_recorded(
     proxy: RunningProxy, fake_upstream: FakeUpstream, page: Any
 ) -> None:
+    from playwright.sync_api import expect  # locator waits need no eval (the page's CSP forbids it)
+
     fake_upstream.responder = persona_responder(delay=0.2)
     give_personas(proxy)
     run_id = create_run(proxy, name="Spring study")
@@ -95,7 +97,7 @@ def test_a_user_picks_blind_among_three_answers_and_the_choices_are_recorded(
     page.fill("#eval-rationale", "it sounds like me")
     page.screenshot(path=str(artifacts() / "evaluate_answers.png"), full_page=True)
     page.click("#choice-btn")
-    page.wait_for_function("document.getElementById('answered-count').textContent === '1'")
+    expect(page.locator("#answered-count")).to_have_text("1")
     assert page.locator(".answer").count() == 0
     assert page.input_value("#eval-prompt") == ""
 
@@ -105,7 +107,7 @@ def test_a_user_picks_blind_among_three_answers_and_the_choices_are_recorded(
     page.wait_for_selector(".answer >> nth=2")
     page.click(".pick[data-choice='tie']")
     page.click("#choice-btn")
-    page.wait_for_function("document.getElementById('answered-count').textContent === '2'")
+    expect(page.locator("#answered-count")).to_have_text("2")
     page.screenshot(path=str(artifacts() / "evaluate_after.png"), full_page=True)
 
     # The app saw only labels and texts; the store has both choices, with what they meant.
