@@ -49,6 +49,9 @@ async def populate(proxy: RunningProxy, r: aioredis.Redis, tenant: str, user: st
     await r.set(keys.comparison(tenant, user, f"cmp-{user}"), b'{"candidates": []}', ex=600)
     await r.set(keys.comparison_owner(f"cmp-{user}"), f"{tenant}:{user}", ex=600)
     await r.set(keys.session(tenant, user, "s1"), b'[{"role": "user", "content": "hi"}]')
+    # an already-judged comparison leaves only its marker and its owner entry
+    await r.set(keys.comparison_judged(tenant, user, f"judged-{user}"), b"1", ex=600)
+    await r.set(keys.comparison_owner(f"judged-{user}"), f"{tenant}:{user}", ex=600)
     return job_id
 
 
@@ -79,7 +82,9 @@ async def test_forget_deletes_every_key_of_the_user(
     after = await all_keys(r)
     tag = keys.user_tag(T, U)
     assert [k for k in after if tag in k or job_id in k or (k.endswith(f"cmp-{U}") and T in k)] == []
-    assert f"cmp-{U}" not in str([k for k in after if "comparison-owner" in k and "tenant-a" in k])
+    owners = [k for k in after if "comparison-owner" in k]
+    for gone in (f"cmp-{U}", f"judged-{U}"):
+        assert keys.comparison_owner(gone) not in owners
     assert not await r.sismember(keys.tenant_users(T), U)
     assert await r.sismember(keys.tenant_users(T), "bob")
     assert await r.sismember(keys.tenant_users("tenant-b"), U)
@@ -90,7 +95,9 @@ async def test_forget_deletes_every_key_of_the_user(
             assert f"{T}:{U}" not in (await r.get(key) or b"").decode(errors="replace")
     # Everyone else's keys are untouched.
     assert [
-        k for k in before if k not in after and tag not in k and job_id not in k and "cmp-alice" not in k
+        k
+        for k in before
+        if k not in after and tag not in k and job_id not in k and not k.endswith(("cmp-alice", "judged-alice"))
     ] == []
     assert exported["persona"] is None and exported["preferences"] == [] and exported["keys"] == []
     await r.aclose()
@@ -113,7 +120,7 @@ async def test_export_returns_everything(
     assert data["adapters"] == [
         {"key": keys.adapter(T, U, 2), "name": "adapter:v2", "type": "string", "bytes": 64, "ttl_s": -1}
     ]
-    assert data["comparisons"] == {f"cmp-{U}": {"candidates": []}}
+    assert data["comparisons"] == {f"cmp-{U}": {"candidates": []}, f"judged-{U}:judged": 1}
     assert data["sessions"] == {"s1": [{"role": "user", "content": "hi"}]}
     assert [j["id"] for j in data["jobs"]] == [job_id] and data["jobs"][0]["state"] == "complete"
     assert set(data["keys"]) == {k async for k in _decoded(r.scan_iter(match=keys.user_pattern(T, U)))}

@@ -39,7 +39,10 @@ async def forget_user(redis: Redis, tenant: str, user: str) -> dict[str, Any]:
     job_ids = [_text(j) or "" for j in await fail_closed(redis.smembers(keys.user_jobs(tenant, user)))]
     found = await fail_closed(user_keys(redis, tenant, user))
     comparison_prefix = f"{tag}:comparisons:"
-    comparison_ids = [k[len(comparison_prefix) :] for k in found if k.startswith(comparison_prefix)]
+    # `…:comparisons:<id>` (pending) and `…:comparisons:<id>:<marker>` (claimed, judged) all name an id.
+    comparison_ids = sorted(
+        {k[len(comparison_prefix) :].split(":", 1)[0] for k in found if k.startswith(comparison_prefix)}
+    )
 
     pipe = redis.pipeline(transaction=False)
     # Queued jobs first leave the queue, so no worker starts them after this.
