@@ -26,6 +26,7 @@ from middleware.collection.service import ComparisonService, Prepared
 from middleware.collection.variants import Variant
 from middleware.errors import InvalidRequest, PersonaError
 from middleware.identity import USER_HEADER, validate_user_id
+from middleware.induction.triggers import refresh_if_due
 from middleware.models import Message
 from middleware.upstream import ClientDisconnected, cancel_on_disconnect
 
@@ -130,6 +131,8 @@ async def judge_comparison(
     result = await ComparisonService.of(services).judge(
         tenant, user, comparison_id, best=body.best, worst=body.worst, rationale=body.rationale
     )
+    if result["pairs_added"]:
+        await refresh_if_due(services, tenant, [result["user"]])
     return JSONBytes(result, status_code=201)
 
 

@@ -15,6 +15,7 @@ from middleware.api.deps import AppTenant, ServicesDep
 from middleware.api.responses import JSONBytes
 from middleware.errors import ValidationFailed
 from middleware.identity import validate_user_id
+from middleware.induction.triggers import refresh_if_due
 from middleware.preferences.feedback import FeedbackIn, add_feedback, to_record
 
 router = APIRouter(tags=["preferences"])
@@ -44,6 +45,8 @@ async def add_preferences(
     flags = await add_feedback(services.preferences, tenant, records)
     listing = [{"id": r[1], "user": r[0], "created": f} for r, f in zip(records, flags, strict=True)]
     created = sum(flags)
+    if created:
+        await refresh_if_due(services, tenant, [r[0] for r, f in zip(records, flags, strict=True) if f])
     return JSONBytes(
         {"object": "list", "data": listing, "created": created, "duplicates": len(flags) - created},
         status_code=201 if created else 200,
