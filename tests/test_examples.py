@@ -41,10 +41,12 @@ def test_sdk_personas(proxy: RunningProxy) -> None:
 
 
 def test_collect_preferences(proxy: RunningProxy, fake_upstream: FakeUpstream) -> None:
-    fake_upstream.responder = lambda body: f"answer at temperature {body['temperature']} to {body['messages'][-1]['content']}"
+    fake_upstream.responder = lambda body: (
+        f"answer at temperature {body['temperature']} as {body['messages'][0]['role']} to {body['messages'][-1]['content']}"
+    )
     out = run_example(
         proxy, "examples/collect_preferences.py", "--user", "u3", "--model", "fake-model",
         "--instruction", "Be brief.", "--prompt", "first", "--prompt", "second", "--auto",
     )
     assert out.count("stored the judgement and 5 preference pairs") == 2
-    assert "answer at temperature 0.1 to second" in out
+    assert "answer at temperature 0.1 as assistant to second" in out
