@@ -380,3 +380,33 @@ def test_persona_report_command_prints_and_writes_the_report(
     assert printed["pooled"]["wins"] == {"own": 3, "other": 0, "baseline": 0}
     assert json.loads(out.read_text())["evaluation"]["id"] == run_id
     assert plot.read_bytes().startswith(b"\x89PNG")
+
+
+async def test_forgetting_a_user_removes_their_trials_and_their_name_from_runs(
+    proxy: RunningProxy, fake_upstream: FakeUpstream
+) -> None:
+    from redis.asyncio import Redis
+
+    from middleware.evaluation.online_store import EvaluationStore
+
+    fake_upstream.responder = persona_responder()
+    give_personas(proxy, ("alice", "bob"))
+    run_id = create_run(proxy, ("alice", "bob"))
+    async with httpx.AsyncClient(base_url=proxy.url, headers={"Authorization": f"Bearer {APP_KEY_A}"}) as c:
+        for user in ("alice", "bob"):
+            resp = await c.post(f"/v1/evaluations/{run_id}/trials", json={"user": user, "messages": PROMPT})
+            assert resp.status_code == 201
+    redis = Redis.from_url(proxy.settings.redis_url)
+    try:
+        store = EvaluationStore(redis)
+        result = await store.forget_user("tenant-a", "bob")
+        trials = await store.trials("tenant-a", run_id)
+        run = await store.run("tenant-a", run_id)
+    finally:
+        await redis.aclose()
+    assert result == {"evaluation_trials_deleted": 1, "evaluation_trials_redacted": 1, "evaluation_runs": 1}
+    assert [t["user"] for t in trials] == ["alice"]
+    assert trials[0]["other_user"] is None and trials[0]["answers"]["other"]["persona_user"] is None
+    assert trials[0]["answers"]["other"]["persona_version_id"] is None
+    assert run is not None and run["users"] == ["alice"]
+    assert "bob" not in run["persona_versions_at_creation"]

@@ -85,6 +85,46 @@ class EvaluationStore:
                     out.append(trial)
         return out
 
+    async def forget_user(self, tenant: str, user: str) -> dict[str, int]:
+        """Remove a user from every run of the tenant: their trials are deleted, their name leaves the
+        run's user list and counters, and trials of others that used their persona as the `other`
+        answer keep the answer but no longer say whose persona it was."""
+        deleted = redacted = runs_changed = 0
+        for evaluation_id in await self.run_ids(tenant):
+            run = await self.run(tenant, evaluation_id)
+            if run is None:
+                continue
+            changed = False
+            for trial in await self.trials(tenant, evaluation_id):
+                key = keys.evaluation_trial(tenant, evaluation_id, trial["id"])
+                if trial["user"] == user:
+                    pipe = self._redis.pipeline(transaction=False)
+                    pipe.lrem(keys.evaluation_trials(tenant, evaluation_id), 0, trial["id"])
+                    pipe.delete(key)
+                    await fail_closed(pipe.execute())
+                    deleted += 1
+                    changed = True
+                elif trial.get("other_user") == user:
+                    trial.pop("choice", None)
+                    trial["other_user"] = None
+                    trial["answers"]["other"].update(persona_user=None, persona_version_id=None)
+                    trial["other_user_forgotten"] = True
+                    await fail_closed(self._redis.hset(key, "data", orjson.dumps(trial)))
+                    redacted += 1
+                    changed = True
+            if user in run.get("users", []):
+                run["users"] = [u for u in run["users"] if u != user]
+                run.get("persona_versions_at_creation", {}).pop(user, None)
+                await fail_closed(self._redis.set(keys.evaluation(tenant, evaluation_id), orjson.dumps(run)))
+                changed = True
+            await fail_closed(self._redis.hdel(keys.evaluation_positions(tenant, evaluation_id), user))
+            runs_changed += changed
+        return {
+            "evaluation_trials_deleted": deleted,
+            "evaluation_trials_redacted": redacted,
+            "evaluation_runs": runs_changed,
+        }
+
 
 def _trial_of(raw: dict[bytes, bytes]) -> dict[str, Any] | None:
     if not raw or b"data" not in raw:
