@@ -122,7 +122,8 @@ def chance_test(wins: int, decided: int, condition: str) -> dict[str, Any]:
 # multinomial draw of t*n. So both bootstraps below are exact and cost O(resamples x users).
 def _shares(picks: Sequence[str]) -> np.ndarray:
     counts = np.array([sum(1 for p in picks if p == c) for c in CONDITIONS], dtype=float)
-    return counts / counts.sum()
+    shares: np.ndarray = counts / counts.sum()
+    return shares
 
 
 def _interval(wins: np.ndarray, totals: np.ndarray, level: float) -> list[tuple[float, float]]:
@@ -188,7 +189,7 @@ def _summary(outcomes: Sequence[Outcome], ci: list[tuple[float, float]] | None) 
 
 
 def _decided(outcomes: Iterable[Outcome]) -> list[str]:
-    return [o.picked for o in outcomes if o.picked in CONDITIONS]  # type: ignore[misc]
+    return [o.picked for o in outcomes if o.picked is not None and o.picked in CONDITIONS]
 
 
 def position_balance(outcomes: Sequence[Outcome]) -> dict[str, Any]:

@@ -14,7 +14,8 @@ key or is a plain pipeline, so the layout works on Redis Cluster too.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, cast
 
 import orjson
 from redis.asyncio import Redis
@@ -23,6 +24,11 @@ from middleware.store import keys
 from middleware.store.guard import fail_closed
 
 LIST_BATCH = 500
+
+
+def _cmd(result: Any) -> Awaitable[Any]:
+    """redis-py types hash and list commands as `Awaitable[T] | T`; on the asyncio client they await."""
+    return cast(Awaitable[Any], result)
 
 
 class EvaluationStore:
@@ -46,19 +52,25 @@ class EvaluationStore:
 
     async def next_position(self, tenant: str, evaluation_id: str, user: str) -> int:
         """0, 1, 2, ... for the user's successive trials in this run."""
-        n = await fail_closed(self._redis.hincrby(keys.evaluation_positions(tenant, evaluation_id), user, 1))
+        n = await fail_closed(
+            _cmd(self._redis.hincrby(keys.evaluation_positions(tenant, evaluation_id), user, 1))
+        )
         return int(n) - 1
 
     # --- trials -------------------------------------------------------------------------------------
     async def save_trial(self, tenant: str, evaluation_id: str, trial: dict[str, Any]) -> None:
         pipe = self._redis.pipeline(transaction=False)
-        pipe.hset(keys.evaluation_trial(tenant, evaluation_id, trial["id"]), "data", orjson.dumps(trial))
+        pipe.hset(
+            keys.evaluation_trial(tenant, evaluation_id, trial["id"]), "data", orjson.dumps(trial).decode()
+        )
         pipe.rpush(keys.evaluation_trials(tenant, evaluation_id), trial["id"])
         await fail_closed(pipe.execute())
 
     async def trial(self, tenant: str, evaluation_id: str, trial_id: str) -> dict[str, Any] | None:
         """The trial with its `choice` (None while unchosen), or None when there is no such trial."""
-        raw = await fail_closed(self._redis.hgetall(keys.evaluation_trial(tenant, evaluation_id, trial_id)))
+        raw = await fail_closed(
+            _cmd(self._redis.hgetall(keys.evaluation_trial(tenant, evaluation_id, trial_id)))
+        )
         return _trial_of(raw)
 
     async def record_choice(
@@ -66,14 +78,16 @@ class EvaluationStore:
     ) -> bool:
         """Store the choice unless one is there already; True when this call stored it."""
         key = keys.evaluation_trial(tenant, evaluation_id, trial_id)
-        return bool(await fail_closed(self._redis.hsetnx(key, "choice", orjson.dumps(choice))))
+        return bool(await fail_closed(_cmd(self._redis.hsetnx(key, "choice", orjson.dumps(choice).decode()))))
 
     async def trial_count(self, tenant: str, evaluation_id: str) -> int:
-        return int(await fail_closed(self._redis.llen(keys.evaluation_trials(tenant, evaluation_id))))
+        return int(await fail_closed(_cmd(self._redis.llen(keys.evaluation_trials(tenant, evaluation_id)))))
 
     async def trials(self, tenant: str, evaluation_id: str) -> list[dict[str, Any]]:
         """Every trial of the run in creation order, each with its choice (or None)."""
-        ids = await fail_closed(self._redis.lrange(keys.evaluation_trials(tenant, evaluation_id), 0, -1))
+        ids = await fail_closed(
+            _cmd(self._redis.lrange(keys.evaluation_trials(tenant, evaluation_id), 0, -1))
+        )
         out: list[dict[str, Any]] = []
         for start in range(0, len(ids), LIST_BATCH):
             pipe = self._redis.pipeline(transaction=False)
@@ -109,7 +123,7 @@ class EvaluationStore:
                     trial["other_user"] = None
                     trial["answers"]["other"].update(persona_user=None, persona_version_id=None)
                     trial["other_user_forgotten"] = True
-                    await fail_closed(self._redis.hset(key, "data", orjson.dumps(trial)))
+                    await fail_closed(_cmd(self._redis.hset(key, "data", orjson.dumps(trial).decode())))
                     redacted += 1
                     changed = True
             if user in run.get("users", []):
@@ -117,7 +131,7 @@ class EvaluationStore:
                 run.get("persona_versions_at_creation", {}).pop(user, None)
                 await fail_closed(self._redis.set(keys.evaluation(tenant, evaluation_id), orjson.dumps(run)))
                 changed = True
-            await fail_closed(self._redis.hdel(keys.evaluation_positions(tenant, evaluation_id), user))
+            await fail_closed(_cmd(self._redis.hdel(keys.evaluation_positions(tenant, evaluation_id), user)))
             runs_changed += changed
         return {
             "evaluation_trials_deleted": deleted,
