@@ -42,7 +42,7 @@ HEAD_FORMAT = "persona-lora-head/1"
 FEATURE_VERSION = "emb+ctxprod+len/1"
 DEFAULT_ENCODER_NAME = "all-MiniLM-L6-v2"
 # Penalty weights tried per user (larger = closer to the global head); "off" is always a candidate.
-DEFAULT_STRENGTHS: tuple[float, ...] = (10.0, 1.0)
+DEFAULT_STRENGTHS: tuple[float, ...] = (3.0, 0.3, 0.03)
 
 
 class LoraUnavailable(PersonaError):
@@ -262,8 +262,8 @@ class LoraRewardModel:
         hidden: int = 64,
         rank: int = 4,
         strengths: Sequence[float] = DEFAULT_STRENGTHS,
-        global_epochs: int = 40,
-        global_weight_decay: float = 1e-3,
+        global_epochs: int = 20,
+        global_weight_decay: float = 1e-2,
         user_steps: int = 40,
         cv_folds: int = 3,
         seed: int = 0,
