@@ -145,9 +145,9 @@ def forget(
     tenant: TenantOpt = "default",
 ) -> None:
     """Delete everything stored about a user."""
-    from middleware.store.users import forget_user_cli
+    from middleware.privacy import forget_cli
 
-    typer.echo(json.dumps(asyncio.run(forget_user_cli(settings(), tenant, user)), indent=2))
+    typer.echo(json.dumps(asyncio.run(forget_cli(settings(), tenant, user)), indent=2))
 
 
 @app.command()
@@ -156,9 +156,9 @@ def export(
     tenant: TenantOpt = "default",
 ) -> None:
     """Print everything stored about a user as JSON."""
-    from middleware.store.users import export_user_cli
+    from middleware.privacy import export_cli
 
-    json.dump(asyncio.run(export_user_cli(settings(), tenant, user)), sys.stdout, indent=2, default=str)
+    json.dump(asyncio.run(export_cli(settings(), tenant, user)), sys.stdout, indent=2, default=str)
     sys.stdout.write("\n")
 
 

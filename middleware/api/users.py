@@ -16,8 +16,8 @@ from middleware.api.responses import JSONBytes
 from middleware.errors import NotEnoughData, PersonaError
 from middleware.identity import USER_ID_RE
 from middleware.induction.queue import JobQueue
+from middleware.privacy import export_everything, forget_everything
 from middleware.services import Services
-from middleware.store.users import export_user, forget_user
 
 router = APIRouter(prefix="/admin/users", tags=["admin"])
 UserPath = Annotated[str, Path(pattern=USER_ID_RE.pattern, description="end-user id")]
@@ -69,11 +69,12 @@ async def refresh(
 
 @router.delete("/{user}")
 async def forget(user: UserPath, tenant: AdminTenant, services: ServicesDep) -> dict[str, Any]:
-    """Forget the user entirely: personas, versions, preferences, adapters, comparisons, jobs."""
-    return await forget_user(services.redis, tenant, user)
+    """Forget the user entirely: personas, versions, preferences, adapters, comparisons, jobs,
+    evaluation trials."""
+    return await forget_everything(services.redis, tenant, user)
 
 
 @router.get("/{user}/export")
 async def export(user: UserPath, tenant: AdminTenant, services: ServicesDep) -> dict[str, Any]:
     """Everything stored about the user."""
-    return await export_user(services.redis, tenant, user)
+    return await export_everything(services.redis, tenant, user)

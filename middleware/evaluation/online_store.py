@@ -99,6 +99,17 @@ class EvaluationStore:
                     out.append(trial)
         return out
 
+    async def user_trials(self, tenant: str, user: str) -> list[dict[str, Any]]:
+        """Every trial of the user in every run of the tenant (for export)."""
+        found = []
+        for evaluation_id in await self.run_ids(tenant):
+            found += [
+                {"evaluation_id": evaluation_id, **t}
+                for t in await self.trials(tenant, evaluation_id)
+                if t["user"] == user
+            ]
+        return found
+
     async def forget_user(self, tenant: str, user: str) -> dict[str, int]:
         """Remove a user from every run of the tenant: their trials are deleted, their name leaves the
         run's user list and counters, and trials of others that used their persona as the `other`

@@ -13,7 +13,6 @@ from typing import Any
 import orjson
 from redis.asyncio import Redis
 
-from middleware.config import Settings
 from middleware.models import Persona
 from middleware.store import keys
 from middleware.store.guard import fail_closed
@@ -153,28 +152,3 @@ async def _dump_key(redis: Redis, key: str) -> Any:
             {"id": _text(i), "fields": {_text(k): _json_or_text(v) for k, v in f.items()}} for i, f in entries
         ]
     return None
-
-
-async def _with_redis(settings: Settings, work: Any) -> dict[str, Any]:
-    from middleware.store.connection import create_redis
-
-    redis = create_redis(settings)
-    try:
-        result: dict[str, Any] = await work(redis)
-        return result
-    finally:
-        await redis.aclose()
-
-
-async def forget_user_cli(settings: Settings, tenant: str, user: str) -> dict[str, Any]:
-    from middleware.identity import validate_user_id
-
-    validate_user_id(user)
-    return await _with_redis(settings, lambda redis: forget_user(redis, tenant, user))
-
-
-async def export_user_cli(settings: Settings, tenant: str, user: str) -> dict[str, Any]:
-    from middleware.identity import validate_user_id
-
-    validate_user_id(user)
-    return await _with_redis(settings, lambda redis: export_user(redis, tenant, user))

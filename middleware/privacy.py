@@ -1,0 +1,44 @@
+"""Forget and export one user across every part of the system that stores something about them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from redis.asyncio import Redis
+
+from middleware.config import Settings
+from middleware.evaluation.online_store import EvaluationStore
+from middleware.identity import validate_user_id
+from middleware.store.connection import create_redis
+from middleware.store.users import export_user, forget_user
+
+
+async def forget_everything(redis: Redis, tenant: str, user: str) -> dict[str, Any]:
+    """Keys under the user's hash tag, index entries, jobs, then evaluation trials naming them."""
+    result = await forget_user(redis, tenant, user)
+    result.update(await EvaluationStore(redis).forget_user(tenant, user))
+    return result
+
+
+async def export_everything(redis: Redis, tenant: str, user: str) -> dict[str, Any]:
+    data = await export_user(redis, tenant, user)
+    data["evaluation_trials"] = await EvaluationStore(redis).user_trials(tenant, user)
+    return data
+
+
+async def forget_cli(settings: Settings, tenant: str, user: str) -> dict[str, Any]:
+    validate_user_id(user)
+    redis = create_redis(settings)
+    try:
+        return await forget_everything(redis, tenant, user)
+    finally:
+        await redis.aclose()
+
+
+async def export_cli(settings: Settings, tenant: str, user: str) -> dict[str, Any]:
+    validate_user_id(user)
+    redis = create_redis(settings)
+    try:
+        return await export_everything(redis, tenant, user)
+    finally:
+        await redis.aclose()

@@ -1,0 +1,46 @@
+"""Forgetting a user reaches their evaluation trials too; exporting includes them."""
+
+from __future__ import annotations
+
+import redis
+
+from tests.support.fake_upstream import FakeUpstream
+from tests.support.proxy import RunningProxy
+from tests.test_online_eval import admin, app_client, choose, create_run, give_personas, persona_responder, trial
+
+
+def test_forget_and_export_cover_evaluation_trials(proxy: RunningProxy, fake_upstream: FakeUpstream, redis_url: str) -> None:
+    fake_upstream.responder = persona_responder()
+    give_personas(proxy)
+    run_id = create_run(proxy)
+    with app_client(proxy) as c:
+        mine = trial(c, run_id, "alice")
+        assert choose(c, run_id, mine["id"], "A", rationale="alice's secret reason").status_code in (200, 201)
+        theirs = trial(c, run_id, "bob")
+        choose(c, run_id, theirs["id"], "B")
+
+    with admin(proxy) as c:
+        exported = c.get("/admin/users/alice/export").json()
+        assert [t["id"] for t in exported["evaluation_trials"]] == [mine["id"]]
+        assert exported["evaluation_trials"][0]["choice"]["rationale"] == "alice's secret reason"
+
+        forgotten = c.delete("/admin/users/alice").json()
+        assert forgotten["evaluation_trials_deleted"] == 1
+        assert c.get("/admin/users/alice/export").json()["evaluation_trials"] == []
+        remaining = c.get(f"/admin/evaluations/{run_id}/trials").json()["data"]
+        assert [t["id"] for t in remaining] == [theirs["id"]]
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        readers = {
+            b"hash": client.hvals,
+            b"list": lambda k: client.lrange(k, 0, -1),
+            b"set": client.smembers,
+            b"zset": lambda k: client.zrange(k, 0, -1),
+            b"string": lambda k: [client.get(k) or b""],
+        }
+        for key in client.scan_iter(match="pm:evaluations:*"):
+            values = readers[client.type(key)](key)
+            assert not any(b"alice's secret reason" in v for v in values), key
+    finally:
+        client.close()
