@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any, Protocol, TypeVar
 
 import aiohttp
@@ -327,7 +327,9 @@ class ClientDisconnected(Exception):
     """The client went away before the answer was ready; the upstream call was cancelled."""
 
 
-async def cancel_on_disconnect(receive: Callable[[], Awaitable[dict[str, Any]]], work: Awaitable[T]) -> T:
+async def cancel_on_disconnect(
+    receive: Callable[[], Awaitable[MutableMapping[str, Any]]], work: Awaitable[T]
+) -> T:
     """Run `work`; if the client disconnects first, cancel it (which aborts the upstream request)."""
     task = asyncio.ensure_future(work)
 

@@ -111,21 +111,20 @@ async def chat_completions(request: Request) -> Response:
     services.metrics.overhead_seconds.observe(overhead_ms / 1000.0)
     headers = persona_headers(version, overhead_ms)
 
-    streaming = bool(body.get("stream"))
-    work = upstream.stream(body) if streaming else upstream.complete(body)
     try:
-        result = await cancel_on_disconnect(request.receive, work)
+        if body.get("stream"):
+            chunks = await cancel_on_disconnect(request.receive, upstream.stream(body))
+            services.metrics.chat_requests.labels(mode, "stream").inc()
+            return StreamingResponse(chunks, media_type="text/event-stream", headers=headers)
+        data = await cancel_on_disconnect(request.receive, upstream.complete(body))
     except ClientDisconnected:
         services.metrics.client_disconnects.inc()
         return Response(status_code=499)
     except BaseException:
         services.metrics.chat_requests.labels(mode, "error").inc()
         raise
-    if streaming:
-        services.metrics.chat_requests.labels(mode, "stream").inc()
-        return StreamingResponse(result, media_type="text/event-stream", headers=headers)
     services.metrics.chat_requests.labels(mode, "ok").inc()
-    return Response(result, media_type="application/json", headers=headers)
+    return Response(data, media_type="application/json", headers=headers)
 
 
 def persona_headers(version: int | None, overhead_ms: float) -> dict[str, str]:

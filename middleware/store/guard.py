@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Awaitable
-from typing import TypeVar
+from typing import Any, TypeVar, overload
 
 from redis.exceptions import RedisError
 
@@ -16,9 +17,16 @@ T = TypeVar("T")
 STORE_ERRORS = (RedisError, OSError, TimeoutError)
 
 
-async def fail_closed(awaitable: Awaitable[T]) -> T:
+@overload
+async def fail_closed(awaitable: Awaitable[T]) -> T: ...
+@overload
+async def fail_closed(awaitable: Awaitable[T] | T) -> T: ...
+async def fail_closed(awaitable: Any) -> Any:
+    """Await a Redis command (redis-py types its async commands as `Awaitable[T] | T`)."""
     try:
-        return await awaitable
+        if inspect.isawaitable(awaitable):
+            return await awaitable
+        return awaitable
     except STORE_ERRORS as exc:
         log.warning("store unavailable: %s", type(exc).__name__)
         raise StoreUnavailable("the store (Redis) is unavailable; nothing was changed") from exc

@@ -103,4 +103,4 @@ class PreferenceStore:
         return int(value or 0)
 
     async def reset_since_refresh(self, tenant: str, user: str) -> None:
-        await fail_closed(self._redis.hset(keys.user_meta(tenant, user), "pairs_since_refresh", 0))
+        await fail_closed(self._redis.hset(keys.user_meta(tenant, user), "pairs_since_refresh", "0"))
