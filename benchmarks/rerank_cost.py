@@ -1,0 +1,112 @@
+"""Cost of the `lora` reranker on this machine (CPU unless a GPU is present).
+
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/rerank_cost.py [--data FILE] [--runs 5] [--out FILE]
+
+Measures, as the median over `--runs` rounds:
+* score_p50_ms: p50 latency of scoring four candidates with a warm (cached) user adapter; every call
+  uses texts the encoder has not seen (candidates and context are fresh), so encoding is included;
+* score_cached_p50_ms: the same with texts already embedded (the head and adapter alone);
+* train_user_s: training one user's adapter on 50 pairs (fresh texts, encoding + strength selection);
+* adapter_bytes: bytes of one cached adapter's tensors, and the size of its serialised form.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from middleware.evaluation.data import load_pairs_by_user  # noqa: E402
+from middleware.models import Message, PreferencePair  # noqa: E402
+from middleware.rerank.lora import LoraRewardModel  # noqa: E402
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "tldr_feedback.jsonl.gz"
+
+
+def _fresh(pair: PreferencePair, tag: str) -> PreferencePair:
+    """The same pair with texts the encoder has never seen (a tag appended)."""
+    return PreferencePair(
+        user_id=pair.user_id,
+        context=[Message(role="user", content=f"{pair.context[-1].content} [{tag}]")],
+        chosen=Message(role="assistant", content=f"{pair.chosen.content} ({tag}a)"),
+        rejected=Message(role="assistant", content=f"{pair.rejected.content} ({tag}b)"),
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--calls", type=int, default=30, help="scoring calls per round")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    model = LoraRewardModel(num_threads=args.threads, cache_dir=None)
+    load_s = time.perf_counter() - started
+    by_user = load_pairs_by_user(args.data)
+    pairs = [p for ps in by_user.values() for p in ps]
+    user = max(by_user, key=lambda u: len(by_user[u]))
+    pool = by_user[user]
+    started = time.perf_counter()
+    model.train_global(pairs[:600])
+    global_s = time.perf_counter() - started
+
+    train_s, score_ms, cached_ms = [], [], []
+    for r in range(args.runs):
+        fifty = [_fresh(pool[i % len(pool)], f"r{r}t{i}") for i in range(50)]
+        t0 = time.perf_counter()
+        model.train_user(user, fifty)
+        train_s.append(time.perf_counter() - t0)
+        lat, lat_cached = [], []
+        for c in range(args.calls):
+            base = pool[c % len(pool)]
+            ctx = [Message(role="user", content=f"{base.context[-1].content} [r{r}c{c}]")]
+            cands = [f"{base.chosen.content} ({r}.{c}.{k})" for k in range(2)] + [
+                f"{base.rejected.content} ({r}.{c}.{k})" for k in range(2)
+            ]
+            t0 = time.perf_counter()
+            model.score(ctx, cands, user=user)
+            lat.append((time.perf_counter() - t0) * 1000)
+            t0 = time.perf_counter()
+            model.score(ctx, cands, user=user)
+            lat_cached.append((time.perf_counter() - t0) * 1000)
+        score_ms.append(statistics.median(lat))
+        cached_ms.append(statistics.median(lat_cached))
+
+    blob = model.train_user(user, pool[:50])
+    result = {
+        "device": model.device,
+        "threads": args.threads,
+        "runs": args.runs,
+        "encoder_load_s": round(load_s, 2),
+        "global_train_s_600_pairs": round(global_s, 2),
+        "score_p50_ms": round(statistics.median(score_ms), 1),
+        "score_p50_ms_per_run": [round(v, 1) for v in score_ms],
+        "score_cached_p50_ms": round(statistics.median(cached_ms), 2),
+        "train_user_s": round(statistics.median(train_s), 2),
+        "train_user_s_per_run": [round(v, 2) for v in train_s],
+        "adapter_bytes": model.adapter_nbytes(user),
+        "adapter_serialized_bytes": len(blob),
+        "adapter_strength": (model.adapter_metadata(user) or {}).get("strength"),
+    }
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
