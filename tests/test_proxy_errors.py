@@ -156,3 +156,17 @@ def test_delete_persona_switches_personalization_off(proxy: RunningProxy, fake_u
     sdk(proxy).chat.completions.create(model="fake-model", messages=MESSAGES, user="alice")  # type: ignore[arg-type]
     assert "DELETE-ME" not in str(fake_upstream.chat_requests[-1].body["messages"])
     assert httpx.get(url, headers=headers).status_code == 404
+
+
+def test_stored_values_beyond_64_bit_integers_still_serialize(proxy: RunningProxy) -> None:
+    url = f"{proxy.url}/admin/users/alice/persona"
+    exemplar = {
+        "context": [{"role": "user", "content": "q", "vendor_field": 2**70}],
+        "chosen": {"role": "assistant", "content": "a"},
+        "rejected": {"role": "assistant", "content": "b"},
+    }
+    put = httpx.put(url, json={"text": "t", "exemplars": [exemplar]}, headers=proxy.admin_headers())
+    assert put.status_code == 200, put.text
+    got = httpx.get(url, headers=proxy.admin_headers())
+    assert got.status_code == 200
+    assert got.json()["exemplars"][0]["context"][0]["vendor_field"] == 2**70

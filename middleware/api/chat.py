@@ -79,7 +79,37 @@ def persona_mode(request: Request) -> str:
     return mode
 
 
-@router.post("/v1/chat/completions")
+CHAT_REQUEST_SCHEMA = {
+    "type": "object",
+    "required": ["model", "messages"],
+    "properties": {
+        "model": {"type": "string", "minLength": 1},
+        "messages": {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "type": "object",
+                "required": ["role"],
+                "properties": {
+                    "role": {"type": "string", "enum": ["system", "developer", "user", "assistant", "tool"]},
+                    "content": {"type": "string"},
+                },
+            },
+        },
+        "stream": {"type": "boolean"},
+        "n": {"type": "integer", "minimum": 1, "maximum": 8},
+        "user": {"type": "string"},
+    },
+    "additionalProperties": True,
+}
+
+
+@router.post(
+    "/v1/chat/completions",
+    openapi_extra={
+        "requestBody": {"required": True, "content": {"application/json": {"schema": CHAT_REQUEST_SCHEMA}}}
+    },
+)
 async def chat_completions(request: Request) -> Response:
     # The hot path takes its services straight from app state (no dependency resolution).
     started = time.perf_counter()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import orjson
@@ -12,4 +13,8 @@ class JSONBytes(JSONResponse):
     media_type = "application/json"
 
     def render(self, content: Any) -> bytes:
-        return orjson.dumps(content, option=orjson.OPT_NON_STR_KEYS)
+        try:
+            return orjson.dumps(content, option=orjson.OPT_NON_STR_KEYS)
+        except TypeError:
+            # orjson refuses integers beyond 64 bits, which stored user data may hold.
+            return json.dumps(content, ensure_ascii=False, separators=(",", ":"), default=str).encode()
