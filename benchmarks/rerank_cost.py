@@ -23,9 +23,9 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from middleware.evaluation.data import load_pairs_by_user  # noqa: E402
-from middleware.models import Message, PreferencePair  # noqa: E402
-from middleware.rerank.lora import LoraRewardModel  # noqa: E402
+from middleware.evaluation.data import load_pairs_by_user
+from middleware.models import Message, PreferencePair
+from middleware.rerank.lora import LoraRewardModel
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "tldr_feedback.jsonl.gz"
 
@@ -41,7 +41,9 @@ def _fresh(pair: PreferencePair, tag: str) -> PreferencePair:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--calls", type=int, default=30, help="scoring calls per round")

@@ -30,7 +30,20 @@ from middleware.rerank.lora import (  # noqa: E402
     register,
 )
 
-WORDS = "river stone light paper window garden music number orange winter table cloud".split()
+WORDS = [
+    "river",
+    "stone",
+    "light",
+    "paper",
+    "window",
+    "garden",
+    "music",
+    "number",
+    "orange",
+    "winter",
+    "table",
+    "cloud",
+]
 
 
 def _sentence(rng: random.Random, n: int) -> str:
@@ -100,7 +113,9 @@ def test_adapter_bytes_round_trip_and_head_check(trained: tuple, tmp_path: Path)
     assert model.score(p.context, [p.chosen.content, p.rejected.content], user="terse") != before
     meta = model.load_user("terse", blob)
     assert meta["user"] == "terse" and meta["head_id"] == model.head_id
-    assert model.score(p.context, [p.chosen.content, p.rejected.content], user="terse") == pytest.approx(before)
+    assert model.score(p.context, [p.chosen.content, p.rejected.content], user="terse") == pytest.approx(
+        before
+    )
 
     # the head saves and loads; the adapter still fits the reloaded head
     head = model.save(tmp_path / "head.safetensors")
@@ -110,7 +125,9 @@ def test_adapter_bytes_round_trip_and_head_check(trained: tuple, tmp_path: Path)
     other.load(head)
     assert other.head_id == model.head_id
     other.load_user("terse", blob)
-    assert other.score(p.context, [p.chosen.content, p.rejected.content], user="terse") == pytest.approx(before)
+    assert other.score(p.context, [p.chosen.content, p.rejected.content], user="terse") == pytest.approx(
+        before
+    )
 
     # an adapter of another head is refused
     third = LoraRewardModel(model.encoder, global_epochs=1, seed=5)

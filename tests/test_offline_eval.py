@@ -90,7 +90,7 @@ def test_iter_pairs_reads_gz_and_reports_bad_lines(tmp_path: Path) -> None:
 def test_personalrewardbench_rows_with_plain_string_completions(tmp_path: Path) -> None:
     row = {"user_id": "u", "context": "hi", "chosen": "yes", "rejected": "no"}
     path = _write(tmp_path / "prb.jsonl", [row])
-    (_, pair), = list(iter_pairs(path, "personalrewardbench"))
+    ((_, pair),) = list(iter_pairs(path, "personalrewardbench"))
     assert isinstance(pair, PreferencePair)
     assert pair.context[0].content == "hi" and pair.chosen.content == "yes" and pair.rejected.content == "no"
 
@@ -99,14 +99,17 @@ def test_summarize_from_feedback_format(tmp_path: Path) -> None:
     row = {
         "info": {"id": "t3_abc", "post": "My post body", "title": "A title", "subreddit": "relationships"},
         "split": "train",
-        "summaries": [{"text": " first summary", "policy": "a", "note": "too long"}, {"text": " second", "policy": "b"}],
+        "summaries": [
+            {"text": " first summary", "policy": "a", "note": "too long"},
+            {"text": " second", "policy": "b"},
+        ],
         "choice": 1,
         "worker": "w42",
         "batch": "batch13",
         "extra": {"confidence": 7},
     }
     path = _write(tmp_path / "sff.jsonl", [row])
-    (_, pair), = list(iter_pairs(path, "summarize-from-feedback"))
+    ((_, pair),) = list(iter_pairs(path, "summarize-from-feedback"))
     assert isinstance(pair, PreferencePair)
     assert pair.user_id == "w42"
     assert pair.chosen.content == " second" and pair.rejected.content == " first summary"
@@ -121,7 +124,9 @@ def test_unknown_format_is_refused(tmp_path: Path) -> None:
 
 
 def test_time_split_sorts_by_timestamp_else_keeps_order() -> None:
-    pairs = [PreferencePair.model_validate(_row("u", i, "a", "b", ts=f"2024-01-{10 - i:02d}")) for i in range(10)]
+    pairs = [
+        PreferencePair.model_validate(_row("u", i, "a", "b", ts=f"2024-01-{10 - i:02d}")) for i in range(10)
+    ]
     train, test = time_split(pairs, 0.7)
     assert len(train) == 7 and len(test) == 3
     assert [p.item_id for p in test] == ["2", "1", "0"]  # the latest timestamps
@@ -208,7 +213,9 @@ def test_plot_with_global_series(tmp_path: Path) -> None:
     for r in _synthetic():
         p = PreferencePair.model_validate(r)
         pairs_by_user.setdefault(p.user_id, []).append(p)
-    report = evaluate(pairs_by_user, Oracle(), progress=False, baseline=FirstWins(), scorer_name="oracle", min_pairs=5)
+    report = evaluate(
+        pairs_by_user, Oracle(), progress=False, baseline=FirstWins(), scorer_name="oracle", min_pairs=5
+    )
     assert report.gain_ci is not None and report.gain_ci[0] <= report.gain <= report.gain_ci[1]
     path = plot_per_user(report, tmp_path / "sub" / "p.png")
     assert path.stat().st_size > 1000

@@ -114,8 +114,5 @@ def time_split(
         items = sorted(items, key=lambda p: str(p.timestamp))
     n = len(items)
     k = round(n * train_fraction)
-    if n >= 2:
-        k = min(max(k, 1), n - 1)
-    else:
-        k = n
+    k = min(max(k, 1), n - 1) if n >= 2 else n
     return items[:k], items[k:]

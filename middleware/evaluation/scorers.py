@@ -101,7 +101,9 @@ class GlobalScorer:
 class LoraScorer(GlobalScorer):
     """Global head + a per-user LoRA adapter trained (lazily, at the user's first score) on their train pairs."""
 
-    def __init__(self, model: Any = None, *, strength: float | str | None = "auto", **model_opts: Any) -> None:
+    def __init__(
+        self, model: Any = None, *, strength: float | str | None = "auto", **model_opts: Any
+    ) -> None:
         model_opts.setdefault("cache_size", 100_000)  # evaluation keeps every user's adapter
         super().__init__(model, **model_opts)
         self.strength = strength

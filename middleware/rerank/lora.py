@@ -140,7 +140,9 @@ class TextEncoder:
         try:
             from transformers import AutoModel, AutoTokenizer
         except ImportError as exc:  # pragma: no cover
-            raise LoraUnavailable("the lora reranker needs transformers: pip install 'persona-middleware[lora]'") from exc
+            raise LoraUnavailable(
+                "the lora reranker needs transformers: pip install 'persona-middleware[lora]'"
+            ) from exc
         self.path = Path(path) if path else default_encoder_path()
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.tokenizer = AutoTokenizer.from_pretrained(str(self.path), local_files_only=True)
@@ -196,7 +198,11 @@ class TextEncoder:
             iterator = tqdm(batches, desc="encode", unit="batch", leave=False)
         for batch in iterator:
             enc = self.tokenizer(
-                [t for _, t in batch], padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+                [t for _, t in batch],
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
+                return_tensors="pt",
             ).to(self.device)
             with torch.inference_mode():
                 hidden = self.model(**enc).last_hidden_state
@@ -215,7 +221,9 @@ class TextEncoder:
             return
         with self._lock:
             keys = np.array(list(self._memory.keys()))
-            vecs = np.stack(list(self._memory.values())) if self._memory else np.zeros((0, self.dim), np.float32)
+            vecs = (
+                np.stack(list(self._memory.values())) if self._memory else np.zeros((0, self.dim), np.float32)
+            )
             self._dirty = False
         self._disk_file.parent.mkdir(parents=True, exist_ok=True)
         tmp = self._disk_file.with_suffix(".tmp.npz")
@@ -340,7 +348,9 @@ class LoraRewardModel:
         return h.hexdigest()[:16]
 
     # ------------------------------------------------------------------ features
-    def features(self, contexts: Sequence[str], candidates: Sequence[str], *, progress: bool = False) -> np.ndarray:
+    def features(
+        self, contexts: Sequence[str], candidates: Sequence[str], *, progress: bool = False
+    ) -> np.ndarray:
         """Feature rows for (context_i, candidate_i) pairs of texts."""
         uniq = list(dict.fromkeys([*contexts, *candidates]))
         vecs = self.encoder.encode(uniq, progress=progress)
@@ -349,7 +359,9 @@ class LoraRewardModel:
         ex = vecs[[index[t] for t in contexts]]
         return np.concatenate([ec, ec * ex * 4.0, length_features(candidates)], axis=1).astype(np.float32)
 
-    def pair_features(self, pairs: Sequence[PreferencePair], *, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    def pair_features(
+        self, pairs: Sequence[PreferencePair], *, progress: bool = False
+    ) -> tuple[np.ndarray, np.ndarray]:
         ctx = [context_text(p.context) for p in pairs]
         chosen = [_text(p.chosen.content) for p in pairs]
         rejected = [_text(p.rejected.content) for p in pairs]
@@ -437,7 +449,9 @@ class LoraRewardModel:
         if meta.get("format") != HEAD_FORMAT or meta.get("features") != FEATURE_VERSION:
             raise ValidationFailed(f"{path} is not a {HEAD_FORMAT} head with features {FEATURE_VERSION}")
         if int(meta["in_dim"]) != self.in_dim:
-            raise ValidationFailed(f"{path} expects input size {meta['in_dim']}, this encoder gives {self.in_dim}")
+            raise ValidationFailed(
+                f"{path} expects input size {meta['in_dim']}, this encoder gives {self.in_dim}"
+            )
         with self._lock:
             self.hidden = int(meta["hidden"])
             self.rank = int(meta["rank"])
@@ -495,7 +509,9 @@ class LoraRewardModel:
                 margin = self.model(xc) - self.model(xr)
             return float(-torch.nn.functional.softplus(-margin).sum())
 
-    def choose_strength(self, xc: np.ndarray, xr: np.ndarray, folds: int | None = None) -> tuple[float | None, dict[str, float]]:
+    def choose_strength(
+        self, xc: np.ndarray, xr: np.ndarray, folds: int | None = None
+    ) -> tuple[float | None, dict[str, float]]:
         """Pick the anchor penalty (or None = off) by k-fold CV on the user's own train pairs."""
         torch = _torch()
         n = xc.shape[0]
@@ -559,7 +575,9 @@ class LoraRewardModel:
             self._cache_put(user, state, meta)
             return self._to_bytes(state, meta)
 
-    def train_user(self, user: str, pairs: Sequence[PreferencePair], *, strength: float | str | None = "auto") -> bytes:
+    def train_user(
+        self, user: str, pairs: Sequence[PreferencePair], *, strength: float | str | None = "auto"
+    ) -> bytes:
         """Train the user's adapter on their pairs; returns the adapter as bytes (and caches it)."""
         if not pairs:
             raise NotEnoughData(f"no preference pairs to train an adapter for user {user!r}")
@@ -640,7 +658,11 @@ class LoraRewardModel:
             return [float(v) for v in out.reshape(-1).cpu()]
 
     def score(
-        self, context: Sequence[Message | dict[str, Any]], candidates: Sequence[str], *, user: str | None = None
+        self,
+        context: Sequence[Message | dict[str, Any]],
+        candidates: Sequence[str],
+        *,
+        user: str | None = None,
     ) -> list[float]:
         """Reward of each candidate for `user` (global head alone when the user has no cached adapter)."""
         if not candidates:
@@ -684,7 +706,11 @@ class LoraReranker:
                 return  # stale adapter (older head): score with the global head until retrained
 
     async def score(
-        self, context: Sequence[Message | dict[str, Any]], candidates: Sequence[str], *, user: str | None = None
+        self,
+        context: Sequence[Message | dict[str, Any]],
+        candidates: Sequence[str],
+        *,
+        user: str | None = None,
     ) -> list[float]:
         await self._ensure_adapter(user)
         return await asyncio.to_thread(self.model.score, context, list(candidates), user=user)
