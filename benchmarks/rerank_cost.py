@@ -4,7 +4,10 @@
 
 Measures, as the median over `--runs` rounds:
 * score_p50_ms: p50 latency of scoring four candidates with a warm (cached) user adapter; every call
-  uses texts the encoder has not seen (candidates and context are fresh), so encoding is included;
+  uses texts the encoder has not seen (candidates and the Reddit post as context are fresh), so
+  encoding is included;
+* score_short_context_p50_ms: the same with a chat-sized prompt (the post's title line) instead of
+  the whole post as context;
 * score_cached_p50_ms: the same with texts already embedded (the head and adapter alone);
 * train_user_s: training one user's adapter on 50 pairs (fresh texts, encoding + strength selection);
 * adapter_bytes: bytes of one cached adapter's tensors, and the size of its serialised form.
@@ -65,13 +68,13 @@ def main() -> None:
     model.train_global(pairs[:600])
     global_s = time.perf_counter() - started
 
-    train_s, score_ms, cached_ms = [], [], []
+    train_s, score_ms, cached_ms, short_ms = [], [], [], []
     for r in range(args.runs):
         fifty = [_fresh(pool[i % len(pool)], f"r{r}t{i}") for i in range(50)]
         t0 = time.perf_counter()
         model.train_user(user, fifty)
         train_s.append(time.perf_counter() - t0)
-        lat, lat_cached = [], []
+        lat, lat_cached, lat_short = [], [], []
         for c in range(args.calls):
             base = pool[c % len(pool)]
             ctx = [Message(role="user", content=f"{base.context[-1].content} [r{r}c{c}]")]
@@ -84,8 +87,18 @@ def main() -> None:
             t0 = time.perf_counter()
             model.score(ctx, cands, user=user)
             lat_cached.append((time.perf_counter() - t0) * 1000)
+            # a chat-sized prompt (the post's title line) with fresh candidates
+            title = next(
+                (ln for ln in str(base.context[-1].content).splitlines() if ln.startswith("TITLE")), ""
+            )
+            short = [Message(role="user", content=f"{title} [s{r}c{c}]")]
+            fresh = [f"{t} <{r}.{c}>" for t in cands]
+            t0 = time.perf_counter()
+            model.score(short, fresh, user=user)
+            lat_short.append((time.perf_counter() - t0) * 1000)
         score_ms.append(statistics.median(lat))
         cached_ms.append(statistics.median(lat_cached))
+        short_ms.append(statistics.median(lat_short))
 
     blob = model.train_user(user, pool[:50])
     result = {
@@ -96,6 +109,7 @@ def main() -> None:
         "global_train_s_600_pairs": round(global_s, 2),
         "score_p50_ms": round(statistics.median(score_ms), 1),
         "score_p50_ms_per_run": [round(v, 1) for v in score_ms],
+        "score_short_context_p50_ms": round(statistics.median(short_ms), 1),
         "score_cached_p50_ms": round(statistics.median(cached_ms), 2),
         "train_user_s": round(statistics.median(train_s), 2),
         "train_user_s_per_run": [round(v, 2) for v in train_s],

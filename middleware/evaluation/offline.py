@@ -255,7 +255,7 @@ def plot_per_user(report: EvalReport, path: str | Path) -> Path:
     if has_global:
         ax.scatter(
             xs,
-            [r.global_accuracy for r in rows],
+            [r.global_accuracy or 0.0 for r in rows],
             s=14,
             marker="o",
             label=f"global (mean {report.global_mean_accuracy:.3f})",

@@ -95,7 +95,7 @@ class GlobalScorer:
         self.model.train_global(pairs, progress=True)
 
     def score(self, user: str, context: list[Message], candidates: list[str]) -> list[float]:
-        return self.model.score(context, candidates, user=None)
+        return list(self.model.score(context, candidates, user=None))
 
 
 class LoraScorer(GlobalScorer):
@@ -129,7 +129,7 @@ class LoraScorer(GlobalScorer):
 
     def score(self, user: str, context: list[Message], candidates: list[str]) -> list[float]:
         self._ensure(user)
-        return self.model.score(context, candidates, user=user)
+        return list(self.model.score(context, candidates, user=user))
 
 
 def default_cache_dir() -> Path:

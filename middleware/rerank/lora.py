@@ -190,7 +190,17 @@ class TextEncoder:
     def _encode_missing(self, missing: dict[str, str], progress: bool) -> None:
         torch = _torch()
         items = sorted(missing.items(), key=lambda kv: len(kv[1]))
-        batches = [items[i : i + self.batch_size] for i in range(0, len(items), self.batch_size)]
+        # length-bucketed batches: a long context is not padded together with short candidates
+        batches: list[list[tuple[str, str]]] = []
+        for item in items:
+            if (
+                batches
+                and len(batches[-1]) < self.batch_size
+                and len(item[1]) <= 2 * len(batches[-1][0][1]) + 64
+            ):
+                batches[-1].append(item)
+            else:
+                batches.append([item])
         iterator: Iterable[list[tuple[str, str]]] = batches
         if progress and len(batches) > 1:
             from tqdm import tqdm
@@ -299,6 +309,7 @@ class LoraRewardModel:
         self._loaded_user: str | None = None
         self._lock = threading.RLock()
         self.head_id: str | None = None
+        self._head_state: dict[str, Any] = {}
         self._build(init_head=True)
 
     # ------------------------------------------------------------------ model plumbing
@@ -307,7 +318,7 @@ class LoraRewardModel:
         peft = _peft()
         torch.manual_seed(self.seed)
         head = _make_head(self.in_dim, self.hidden)
-        if not init_head and hasattr(self, "_head_state"):
+        if not init_head and self._head_state:
             head.load_state_dict(self._head_state)
         config = peft.LoraConfig(
             r=self.rank, lora_alpha=self.rank, target_modules=["fc1", "lin"], lora_dropout=0.0, bias="none"
