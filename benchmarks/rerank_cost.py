@@ -54,7 +54,16 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
 
-    import torch
+    try:
+        import torch
+    except ImportError:
+        print(
+            "rerank_cost: skipped, the lora extra is not installed (pip install 'persona-middleware[lora]')"
+        )
+        return
+    if not args.data.exists():
+        print(f"rerank_cost: skipped, no pairs file at {args.data} (pass --data)")
+        return
 
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
