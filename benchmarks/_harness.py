@@ -44,19 +44,20 @@ def wait_http(url: str, timeout: float = 30.0) -> None:
 
 @contextmanager
 def process(args: list[str], env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
-    log = tempfile.TemporaryFile()
-    proc = subprocess.Popen(args, env={**os.environ, **(env or {})}, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-    try:
-        yield proc
-    finally:
-        proc.terminate()
+    with tempfile.TemporaryFile() as log:
+        env = {**os.environ, **(env or {})}
+        proc = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
         try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        if proc.returncode not in (0, -15, None):
-            log.seek(0)
-            sys.stderr.write(log.read().decode(errors="replace")[-3000:])
+            yield proc
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            if proc.returncode not in (0, -15, None):
+                log.seek(0)
+                sys.stderr.write(log.read().decode(errors="replace")[-3000:])
 
 
 @contextmanager
@@ -97,7 +98,9 @@ def proxy(redis_url: str, upstream_base: str, **settings: str) -> Iterator[str]:
         yield f"http://127.0.0.1:{port}"
 
 
-def put_persona(proxy_url: str, user: str, text: str, exemplars: list[dict[str, object]] | None = None) -> None:
+def put_persona(
+    proxy_url: str, user: str, text: str, exemplars: list[dict[str, object]] | None = None
+) -> None:
     r = httpx.put(
         f"{proxy_url}/admin/users/{user}/persona",
         json={"text": text, "exemplars": exemplars or []},
@@ -119,8 +122,19 @@ def wrk(url: str, body: dict[str, object], *, connections: int, seconds: float) 
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         script.write(WRK_SCRIPT % (json.dumps(body), APP_KEY))
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency", "-s", script.name, url],
-        capture_output=True, text=True, check=True,
+        [
+            "wrk",
+            "-t1",
+            f"-c{connections}",
+            f"-d{max(1, round(seconds))}s",
+            "--latency",
+            "-s",
+            script.name,
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     os.unlink(script.name)
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
@@ -130,4 +144,9 @@ def wrk(url: str, body: dict[str, object], *, connections: int, seconds: float) 
         m = re.search(rf"^\s+{label}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
         value, unit = float(m.group(1)), m.group(2)  # type: ignore[union-attr]
         percentiles[label] = value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
-    return {"rps": rps, "p50_ms": percentiles["50"], "p99_ms": percentiles["99"], "non_2xx": float(errors.group(1)) if errors else 0.0}
+    return {
+        "rps": rps,
+        "p50_ms": percentiles["50"],
+        "p99_ms": percentiles["99"],
+        "non_2xx": float(errors.group(1)) if errors else 0.0,
+    }

@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import _harness as h  # noqa: E402
+import _harness as h
 
 BODY = {
     "model": "fake-model",
@@ -56,15 +56,26 @@ def main() -> None:
         h.put_persona(proxy, "bench-user", PERSONA, [EXEMPLAR, EXEMPLAR])
         direct_url, proxy_url = f"{upstream}/chat/completions", f"{proxy}/v1/chat/completions"
         h.wrk(proxy_url, BODY, connections=args.connections, seconds=2)  # warm-up
-        results: dict[str, list[dict[str, float]]] = {"direct": [], "proxy": [], "direct_c1": [], "proxy_c1": []}
+        results: dict[str, list[dict[str, float]]] = {
+            "direct": [],
+            "proxy": [],
+            "direct_c1": [],
+            "proxy_c1": [],
+        }
         for _ in range(args.runs):
-            results["direct"].append(h.wrk(direct_url, BODY, connections=args.connections, seconds=args.seconds))
-            results["proxy"].append(h.wrk(proxy_url, BODY, connections=args.connections, seconds=args.seconds))
+            results["direct"].append(
+                h.wrk(direct_url, BODY, connections=args.connections, seconds=args.seconds)
+            )
+            results["proxy"].append(
+                h.wrk(proxy_url, BODY, connections=args.connections, seconds=args.seconds)
+            )
             results["direct_c1"].append(h.wrk(direct_url, BODY, connections=1, seconds=args.seconds / 2))
             results["proxy_c1"].append(h.wrk(proxy_url, BODY, connections=1, seconds=args.seconds / 2))
 
     errors = sum(r["non_2xx"] for runs in results.values() for r in runs)
-    print(f"{args.runs} runs x {args.seconds:.0f} s, wrk -t1, median of runs; non-2xx responses: {errors:.0f}")
+    print(
+        f"{args.runs} runs x {args.seconds:.0f} s, wrk -t1, median of runs; non-2xx responses: {errors:.0f}"
+    )
     print(f"{'path':<28}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}")
     for name, label in (
         ("direct", f"direct upstream, c={args.connections}"),
@@ -73,7 +84,9 @@ def main() -> None:
         ("proxy_c1", "proxy + persona, c=1"),
     ):
         runs = results[name]
-        print(f"{label:<28}{median(runs, 'rps'):>10.0f}{median(runs, 'p50_ms'):>10.3f}{median(runs, 'p99_ms'):>10.3f}")
+        print(
+            f"{label:<28}{median(runs, 'rps'):>10.0f}{median(runs, 'p50_ms'):>10.3f}{median(runs, 'p99_ms'):>10.3f}"
+        )
     added_p50 = median(results["proxy"], "p50_ms") - median(results["direct"], "p50_ms")
     added_c1 = median(results["proxy_c1"], "p50_ms") - median(results["direct_c1"], "p50_ms")
     ratio = median(results["proxy"], "rps") / median(results["direct"], "rps")

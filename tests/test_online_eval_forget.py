@@ -6,10 +6,20 @@ import redis
 
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.proxy import RunningProxy
-from tests.test_online_eval import admin, app_client, choose, create_run, give_personas, persona_responder, trial
+from tests.test_online_eval import (
+    admin,
+    app_client,
+    choose,
+    create_run,
+    give_personas,
+    persona_responder,
+    trial,
+)
 
 
-def test_forget_and_export_cover_evaluation_trials(proxy: RunningProxy, fake_upstream: FakeUpstream, redis_url: str) -> None:
+def test_forget_and_export_cover_evaluation_trials(
+    proxy: RunningProxy, fake_upstream: FakeUpstream, redis_url: str
+) -> None:
     fake_upstream.responder = persona_responder()
     give_personas(proxy)
     run_id = create_run(proxy)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 import openai
@@ -37,7 +37,7 @@ def by_variant(body: dict[str, Any]) -> str | dict[str, Any] | None:
 
 
 class ShortestFirst:
-    calls: list[tuple[list[str], EndUser | None]] = []
+    calls: ClassVar[list[tuple[list[str], EndUser | None]]] = []
 
     async def score(self, context: Sequence[dict[str, Any]], candidates: Sequence[str], *, user: EndUser | None) -> list[float]:
         ShortestFirst.calls.append((list(candidates), user))

@@ -95,7 +95,7 @@ async def create_comparison(
     if body.stream:
         return StreamingResponse(_ndjson(service, prepared), media_type="application/x-ndjson")
     try:
-        result = await cancel_on_disconnect(request.receive, service.create(prepared))  # type: ignore[arg-type]
+        result = await cancel_on_disconnect(request.receive, service.create(prepared))
     except ClientDisconnected:
         return Response(status_code=499)
     return JSONBytes(result)
