@@ -1,0 +1,3 @@
+from tests.support.fake_upstream.server import main
+
+main()

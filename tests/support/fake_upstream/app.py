@@ -1,0 +1,299 @@
+"""The raw ASGI app: routes, scripted replies, delays, streaming and client disconnects."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import inspect
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+
+from tests.support.fake_upstream.models import MODELS, RecordedRequest, Reply, Responder
+from tests.support.fake_upstream.responses import (
+    completion_id,
+    completion_json,
+    embeddings_body,
+    error_body,
+    plan_reply,
+)
+from tests.support.fake_upstream.sse import stream_events
+
+
+class _DropConnection(Exception):
+    """Raised inside the app to make uvicorn close the connection mid-response."""
+
+
+class _QuietDrops(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, _DropConnection)
+
+
+_quiet_filter_installed = False
+
+
+def _install_quiet_filter() -> None:
+    global _quiet_filter_installed
+    if not _quiet_filter_installed:
+        logging.getLogger("uvicorn.error").addFilter(_QuietDrops())
+        _quiet_filter_installed = True
+
+
+_JSON_HEADERS = [(b"content-type", b"application/json")]
+_SSE_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+]
+_MODELS_BODY = orjson.dumps(
+    {
+        "object": "list",
+        "data": [{"id": m, "object": "model", "created": 0, "owned_by": "fake"} for m in MODELS],
+    }
+)
+
+
+class FakeUpstreamApp:
+    """The raw ASGI callable. ``FakeUpstream`` wraps it with a server thread."""
+
+    def __init__(self, *, record: bool = True, default_delay: float = 0.0) -> None:
+        self.record = record
+        self.default_delay = default_delay
+        self.responder: Responder | None = None
+        self._lock = threading.Lock()
+        self._requests: list[RecordedRequest] = []
+        self._script: collections.deque[Reply] = collections.deque()
+
+    # -- state shared with the test thread ----------------------------------------------------
+    @property
+    def requests(self) -> list[RecordedRequest]:
+        with self._lock:
+            return list(self._requests)
+
+    def script(self, *replies: Reply) -> None:
+        with self._lock:
+            self._script.extend(replies)
+
+    def reset(self) -> None:
+        with self._lock:
+            self._requests.clear()
+            self._script.clear()
+        self.responder = None
+
+    def _next_scripted(self) -> Reply | None:
+        with self._lock:
+            return self._script.popleft() if self._script else None
+
+    # -- ASGI ---------------------------------------------------------------------------------
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["type"] != "http":
+            return
+
+        chunks = []
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunks.append(message.get("body", b""))
+            more = message.get("more_body", False)
+        raw = b"".join(chunks)
+        body: Any = None
+        bad_json = False
+        if raw:
+            try:
+                body = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                bad_json = True
+        rec = RecordedRequest(
+            path=scope["path"],
+            method=scope["method"],
+            headers={k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]},
+            body=body,
+            received_at=time.monotonic(),
+            query=scope.get("query_string", b"").decode("latin-1"),
+            raw_body=raw,
+        )
+        if self.record:
+            with self._lock:
+                self._requests.append(rec)
+
+        path, method = scope["path"], scope["method"]
+        if path.endswith("/chat/completions") and method == "POST":
+            if bad_json or not isinstance(body, dict):
+                await self._send_simple(send, rec, 400, error_body(400, "request body is not a JSON object"))
+                return
+            await self._chat(body, rec, receive, send)
+        elif path.endswith("/models") and method == "GET":
+            await self._send_simple(send, rec, 200, _MODELS_BODY)
+        elif path.endswith("/embeddings") and method == "POST" and isinstance(body, dict):
+            await self._send_simple(send, rec, 200, embeddings_body(body))
+        else:
+            await self._send_simple(send, rec, 404, error_body(404, f"no route {method} {path}"))
+
+    async def _send_simple(
+        self,
+        send: Any,
+        rec: RecordedRequest,
+        status: int,
+        payload: bytes,
+        extra: Sequence[tuple[bytes, bytes]] = (),
+    ) -> None:
+        rec.status = status
+        headers = [*_JSON_HEADERS, (b"content-length", str(len(payload)).encode()), *extra]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": payload})
+        rec.completed = True
+
+    async def _send_error_reply(self, send: Any, rec: RecordedRequest, reply: Reply) -> None:
+        payload = error_body(reply.status, reply.error_message, reply.error_type)
+        await self._send_simple(send, rec, reply.status, payload, _extra(reply))
+
+    async def _resolve(self, body: dict[str, Any]) -> Reply | None:
+        scripted = self._next_scripted()
+        if scripted is not None:
+            return scripted
+        responder = self.responder
+        if responder is None:
+            return None
+        result = responder(body)
+        if inspect.isawaitable(result):
+            result = await result
+        if result is None or isinstance(result, Reply):
+            return result
+        if isinstance(result, str):
+            return Reply(content=result)
+        if isinstance(result, dict | list):
+            return Reply(json=result)
+        raise TypeError(f"responder returned {type(result).__name__}")
+
+    async def _chat(self, body: dict[str, Any], rec: RecordedRequest, receive: Any, send: Any) -> None:
+        reply = await self._resolve(body)
+        delay = reply.delay if reply is not None else self.default_delay
+        chunk_delay = reply.chunk_delay if reply is not None else 0.0
+        streaming = bool(body.get("stream"))
+        if delay <= 0 and not streaming and (reply is None or not reply.fail_mid_stream):
+            # fast path: no waiting, nothing to watch
+            await self._respond_plain(body, rec, send, reply)
+            return
+
+        watch = _DisconnectWatch(rec, receive)
+        try:
+            if delay > 0 and await watch.wait(delay):
+                return
+            if reply is not None and reply.status != 200:
+                await self._send_error_reply(send, rec, reply)
+                return
+            if not streaming:
+                await self._respond_plain(body, rec, send, reply, watch)
+                return
+            plan = plan_reply(body, reply)
+            events = stream_events(body, plan, completion_id(), int(time.time()))
+            rec.status = 200
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [*_SSE_HEADERS, *_extra(plan.reply)],
+                }
+            )
+            cut = max(2, len(events) // 2) if plan.reply.fail_mid_stream else None
+            for i, event in enumerate(events):
+                if cut is not None and i >= cut:
+                    watch.finishing = True
+                    raise _DropConnection()
+                if watch.event.is_set():
+                    return
+                last = i == len(events) - 1
+                if last:
+                    watch.finishing = True
+                await send({"type": "http.response.body", "body": event, "more_body": not last})
+                if not last and chunk_delay > 0 and await watch.wait(chunk_delay):
+                    return
+                elif not last and chunk_delay <= 0:
+                    await asyncio.sleep(0)
+            rec.completed = True
+        finally:
+            watch.close()
+
+    async def _respond_plain(
+        self,
+        body: dict[str, Any],
+        rec: RecordedRequest,
+        send: Any,
+        reply: Reply | None,
+        watch: _DisconnectWatch | None = None,
+    ) -> None:
+        if reply is not None and reply.status != 200:
+            await self._send_error_reply(send, rec, reply)
+            return
+        plan = plan_reply(body, reply)
+        payload = orjson.dumps(completion_json(body, plan, completion_id(), int(time.time())))
+        if plan.reply.fail_mid_stream:
+            rec.status = 200
+            if watch is not None:
+                watch.finishing = True
+            headers = [*_JSON_HEADERS, (b"content-length", str(len(payload)).encode()), *_extra(plan.reply)]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send(
+                {"type": "http.response.body", "body": payload[: len(payload) // 2], "more_body": True}
+            )
+            raise _DropConnection()
+        if watch is not None:
+            watch.finishing = True
+        await self._send_simple(send, rec, 200, payload, _extra(plan.reply))
+
+
+def _extra(reply: Reply | None) -> list[tuple[bytes, bytes]]:
+    if reply is None or not reply.headers:
+        return []
+    return [(k.lower().encode("latin-1"), str(v).encode("latin-1")) for k, v in reply.headers.items()]
+
+
+class _DisconnectWatch:
+    """Watches ASGI ``receive()`` for ``http.disconnect`` while the app delays or streams."""
+
+    def __init__(self, rec: RecordedRequest, receive: Any) -> None:
+        self.rec = rec
+        self.receive = receive
+        self.event = asyncio.Event()
+        self.finishing = False
+        self.task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            message = await self.receive()
+            if message["type"] == "http.disconnect":
+                if not self.finishing and not self.rec.completed:
+                    self.rec.aborted_at = time.monotonic()
+                    self.rec.aborted = True
+                self.event.set()
+                return
+
+    async def wait(self, seconds: float) -> bool:
+        """Sleep ``seconds``; True if the client went away meanwhile."""
+        try:
+            await asyncio.wait_for(self.event.wait(), seconds)
+        except TimeoutError:
+            return False
+        return True
+
+    def close(self) -> None:
+        self.task.cancel()
+
+
+def make_app(*, record: bool = True, default_delay: float = 0.0) -> FakeUpstreamApp:
+    _install_quiet_filter()
+    return FakeUpstreamApp(record=record, default_delay=default_delay)
