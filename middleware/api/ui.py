@@ -7,6 +7,7 @@ GET /ui/profile         the signed-in user's persona and how many judgements the
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Request
@@ -25,6 +26,27 @@ CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; connect-src 'self'; "
     "img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
 )
+PAGE_HEADERS = {
+    "Content-Security-Policy": CSP,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+
+
+def page_response(html: str) -> HTMLResponse:
+    """A UI page: strict CSP, never cached."""
+    return HTMLResponse(html, headers=PAGE_HEADERS)
+
+
+def static_response(files: Mapping[str, str], name: str) -> Response:
+    """One of a page's static files (``files`` maps the allowed names to their media types)."""
+    media_type = files.get(name)
+    if media_type is None:
+        raise NotFound(f"no static file {name!r}")
+    return FileResponse(
+        STATIC_DIR / name, media_type=media_type, headers={"X-Content-Type-Options": "nosniff"}
+    )
 
 
 @router.get("")
@@ -38,25 +60,12 @@ async def page(services: ServicesDep) -> HTMLResponse:
         default_model=models[0] if models else settings.induction_model,
         models=models,
     )
-    return HTMLResponse(
-        html,
-        headers={
-            "Content-Security-Policy": CSP,
-            "X-Content-Type-Options": "nosniff",
-            "Referrer-Policy": "no-referrer",
-            "Cache-Control": "no-store",
-        },
-    )
+    return page_response(html)
 
 
 @router.get("/static/{name}")
 async def static(name: Annotated[str, Path(max_length=64)]) -> Response:
-    media_type = STATIC_FILES.get(name)
-    if media_type is None:
-        raise NotFound(f"no static file {name!r}")
-    return FileResponse(
-        STATIC_DIR / name, media_type=media_type, headers={"X-Content-Type-Options": "nosniff"}
-    )
+    return static_response(STATIC_FILES, name)
 
 
 @router.get("/profile")

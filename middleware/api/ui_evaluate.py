@@ -12,11 +12,10 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Path
-from fastapi.responses import FileResponse, HTMLResponse, Response
+from fastapi.responses import HTMLResponse, Response
 
-from middleware.api.ui import CSP
-from middleware.errors import NotFound
-from middleware.ui import STATIC_DIR, render_page
+from middleware.api.ui import page_response, static_response
+from middleware.ui import render_page
 
 router = APIRouter(prefix="/ui/evaluate", tags=["ui"], include_in_schema=False)
 STATIC_FILES = {"evaluate.js": "text/javascript; charset=utf-8", "evaluate.css": "text/css; charset=utf-8"}
@@ -25,22 +24,9 @@ STATIC_FILES = {"evaluate.js": "text/javascript; charset=utf-8", "evaluate.css":
 @router.get("")
 async def page() -> HTMLResponse:
     html = render_page("evaluate.html", static_prefix="/ui/static", own_static_prefix="/ui/evaluate/static")
-    return HTMLResponse(
-        html,
-        headers={
-            "Content-Security-Policy": CSP,
-            "X-Content-Type-Options": "nosniff",
-            "Referrer-Policy": "no-referrer",
-            "Cache-Control": "no-store",
-        },
-    )
+    return page_response(html)
 
 
 @router.get("/static/{name}")
 async def static(name: Annotated[str, Path(max_length=64)]) -> Response:
-    media_type = STATIC_FILES.get(name)
-    if media_type is None:
-        raise NotFound(f"no static file {name!r}")
-    return FileResponse(
-        STATIC_DIR / name, media_type=media_type, headers={"X-Content-Type-Options": "nosniff"}
-    )
+    return static_response(STATIC_FILES, name)
