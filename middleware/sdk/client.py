@@ -21,16 +21,21 @@ from middleware.sdk.preferences import AsyncPreferences, Preferences
 USER_HEADER = "X-Persona-User"
 
 
-def _headers(user: str | None, default_headers: Mapping[str, str] | None) -> dict[str, str]:
+def _proxy_options(
+    base_url: str | None, api_key: Any, user: str | None, default_headers: Mapping[str, str] | None
+) -> tuple[str | None, dict[str, Any]]:
+    """The end user, and the openai client's options that point it at the proxy as that user."""
+    user = user or (default_headers or {}).get(USER_HEADER)
     headers = dict(default_headers or {})
     if user:
         headers[USER_HEADER] = user
-    return headers
-
-
-def _api_key(api_key: Any) -> Any:
-    # A proxy in development mode needs no app key; the openai client insists on one.
-    return api_key if api_key is not None else os.environ.get("OPENAI_API_KEY") or "no-key"
+    options = {
+        "base_url": base_url or os.environ.get("PERSONA_BASE_URL"),
+        # A proxy in development mode needs no app key; the openai client insists on one.
+        "api_key": api_key if api_key is not None else os.environ.get("OPENAI_API_KEY") or "no-key",
+        "default_headers": headers,
+    }
+    return user, options
 
 
 class PersonalizedOpenAI(openai.OpenAI):
@@ -45,13 +50,8 @@ class PersonalizedOpenAI(openai.OpenAI):
         default_headers: Mapping[str, str] | None = None,
         **kwargs: Any,
     ) -> None:
-        user = user or (default_headers or {}).get(USER_HEADER)
-        super().__init__(
-            base_url=base_url or os.environ.get("PERSONA_BASE_URL"),
-            api_key=_api_key(api_key),
-            default_headers=_headers(user, default_headers),
-            **kwargs,
-        )
+        user, options = _proxy_options(base_url, api_key, user, default_headers)
+        super().__init__(**options, **kwargs)
         self.persona_user = user
         self.admin_key = admin_key
         self.tenant = tenant
@@ -73,13 +73,8 @@ class AsyncPersonalizedOpenAI(openai.AsyncOpenAI):
         default_headers: Mapping[str, str] | None = None,
         **kwargs: Any,
     ) -> None:
-        user = user or (default_headers or {}).get(USER_HEADER)
-        super().__init__(
-            base_url=base_url or os.environ.get("PERSONA_BASE_URL"),
-            api_key=_api_key(api_key),
-            default_headers=_headers(user, default_headers),
-            **kwargs,
-        )
+        user, options = _proxy_options(base_url, api_key, user, default_headers)
+        super().__init__(**options, **kwargs)
         self.persona_user = user
         self.admin_key = admin_key
         self.tenant = tenant
