@@ -1,13 +1,16 @@
-"""Helpers for job tests: a proxy with fast job settings, and an in-process arq worker run."""
+"""Helpers for job tests: a proxy with fast job settings (fixture ``jproxy``), and an in-process arq worker run."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
+
+import pytest
 
 from middleware.config import Settings
 from middleware.induction.jobs import build_worker
 from tests.support.fake_upstream import FakeUpstream
-from tests.support.proxy import proxy_settings
+from tests.support.proxy import RunningProxy, proxy_settings, start_proxy
 
 FAST_JOBS: dict[str, Any] = {
     "induction_model": "fake-judge",
@@ -20,6 +23,13 @@ FAST_JOBS: dict[str, Any] = {
 
 def job_settings(redis_url: str, upstream: FakeUpstream, **overrides: Any) -> Settings:
     return proxy_settings(redis_url, upstream, **{**FAST_JOBS, **overrides})
+
+
+@pytest.fixture
+async def jproxy(redis_url: str, fake_upstream: FakeUpstream) -> AsyncIterator[RunningProxy]:
+    """The proxy with fast job settings (its worker runs only when a test drains the queue)."""
+    with start_proxy(job_settings(redis_url, fake_upstream)) as running:
+        yield running
 
 
 async def drain(settings: Settings) -> Any:

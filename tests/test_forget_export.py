@@ -10,26 +10,16 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
-import pytest
 import redis.asyncio as aioredis
 
 from middleware.store import keys
 from tests.induction_fakes import InductionResponder, make_pairs
 from tests.jobs_support import drain, job_settings
 from tests.support.fake_upstream import FakeUpstream
-from tests.support.proxy import RunningProxy, start_proxy
+from tests.support.proxy import RunningProxy
 
 T, U = "tenant-a", "alice"
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture
-async def jproxy(redis_url: str, fake_upstream: FakeUpstream) -> AsyncIterator[RunningProxy]:
-    running = start_proxy(job_settings(redis_url, fake_upstream))
-    try:
-        yield running
-    finally:
-        running.server.stop()
 
 
 async def populate(proxy: RunningProxy, r: aioredis.Redis, tenant: str, user: str) -> str:
@@ -97,7 +87,10 @@ async def test_forget_deletes_every_key_of_the_user(
     assert [
         k
         for k in before
-        if k not in after and tag not in k and job_id not in k and not k.endswith(("cmp-alice", "judged-alice"))
+        if k not in after
+        and tag not in k
+        and job_id not in k
+        and not k.endswith(("cmp-alice", "judged-alice"))
     ] == []
     assert exported["persona"] is None and exported["preferences"] == [] and exported["keys"] == []
     await r.aclose()

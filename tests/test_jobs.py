@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 
 import httpx
-import pytest
 
 from middleware.induction.jobs import enqueue_due_refreshes
 from middleware.induction.queue import JobQueue
@@ -18,15 +16,6 @@ from tests.support.fake_upstream import FakeUpstream, Reply
 from tests.support.proxy import RunningProxy, start_proxy
 
 T, U = "tenant-a", "alice"
-
-
-@pytest.fixture
-async def jproxy(redis_url: str, fake_upstream: FakeUpstream) -> AsyncIterator[RunningProxy]:
-    running = start_proxy(job_settings(redis_url, fake_upstream))
-    try:
-        yield running
-    finally:
-        running.server.stop()
 
 
 async def add_pairs(proxy: RunningProxy, user: str, n: int, tenant: str) -> None:

@@ -13,18 +13,17 @@ from tests.support.proxy import APP_KEY_A, RunningProxy, proxy_settings, start_p
 
 @pytest.fixture
 def litellm_proxy(redis_url: str, fake_upstream: FakeUpstream) -> Iterator[RunningProxy]:
-    running = start_proxy(proxy_settings(redis_url, fake_upstream, upstream_mode="litellm"))
-    try:
+    with start_proxy(proxy_settings(redis_url, fake_upstream, upstream_mode="litellm")) as running:
         yield running
-    finally:
-        running.server.stop()
 
 
 def sdk(proxy: RunningProxy) -> openai.OpenAI:
     return openai.OpenAI(base_url=proxy.v1, api_key=APP_KEY_A, max_retries=0)
 
 
-def test_completion_and_stream_through_litellm(litellm_proxy: RunningProxy, fake_upstream: FakeUpstream) -> None:
+def test_completion_and_stream_through_litellm(
+    litellm_proxy: RunningProxy, fake_upstream: FakeUpstream
+) -> None:
     import httpx
 
     httpx.put(
@@ -44,10 +43,15 @@ def test_completion_and_stream_through_litellm(litellm_proxy: RunningProxy, fake
     stream = sdk(litellm_proxy).chat.completions.create(
         model="openai/fake-model", messages=[{"role": "user", "content": "streamed words"}], stream=True
     )
-    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == "fake answer to: streamed words"
+    assert (
+        "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+        == "fake answer to: streamed words"
+    )
 
 
-def test_litellm_errors_keep_the_openai_shape(litellm_proxy: RunningProxy, fake_upstream: FakeUpstream) -> None:
+def test_litellm_errors_keep_the_openai_shape(
+    litellm_proxy: RunningProxy, fake_upstream: FakeUpstream
+) -> None:
     fake_upstream.script(Reply(status=429), Reply(content="after retry"))
     completion = sdk(litellm_proxy).chat.completions.create(
         model="openai/fake-model", messages=[{"role": "user", "content": "q"}]
@@ -57,7 +61,9 @@ def test_litellm_errors_keep_the_openai_shape(litellm_proxy: RunningProxy, fake_
 
     fake_upstream.script(*[Reply(status=500, error_message="down")] * 5)
     with pytest.raises(openai.InternalServerError) as err:
-        sdk(litellm_proxy).chat.completions.create(model="openai/fake-model", messages=[{"role": "user", "content": "q"}])
+        sdk(litellm_proxy).chat.completions.create(
+            model="openai/fake-model", messages=[{"role": "user", "content": "q"}]
+        )
     assert err.value.status_code == 502
 
 

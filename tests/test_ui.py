@@ -5,7 +5,6 @@ Screenshots go to test-artifacts/ui/ (git-ignored).
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,20 +16,11 @@ import pytest
 import redis
 
 from middleware.store import keys
+from tests.support.browser import BROWSER_MARKS, chromium_page
 from tests.support.fake_upstream import FakeUpstream, Reply
 from tests.support.proxy import APP_KEY_A, RunningProxy, proxy_settings, start_proxy
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts" / "ui"
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 # Candidate i answers after DELAYS[i] seconds, so the columns fill one after another.
 DELAYS = {("system", 1.0): 0.1, ("system", 0.1): 0.5, ("assistant", 1.0): 0.9, ("assistant", 0.1): 1.3}
 TEXTS = {
@@ -40,10 +30,7 @@ TEXTS = {
     ("assistant", 0.1): "The post describes a domestic animal exhibiting problem-solving behaviour.",
 }
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium is not installed"),
-]
+pytestmark = BROWSER_MARKS
 
 
 def variant_of(body: dict[str, Any]) -> tuple[str, float]:
@@ -60,25 +47,16 @@ def responder(body: dict[str, Any]) -> Reply:
 
 @pytest.fixture
 def ui_proxy(redis_url: str, fake_upstream: FakeUpstream) -> Iterator[RunningProxy]:
-    running = start_proxy(proxy_settings(redis_url, fake_upstream, models=["fake-model"]))
-    try:
+    with start_proxy(proxy_settings(redis_url, fake_upstream, models=["fake-model"])) as running:
         yield running
-    finally:
-        running.server.stop()
 
 
 @pytest.fixture
 def page() -> Iterator[Any]:
-    sync_api = pytest.importorskip("playwright.sync_api")
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
-        try:
-            # The page forbids eval (CSP); Playwright's wait_for_function needs it.
-            context = browser.new_context(viewport={"width": 1400, "height": 1000}, bypass_csp=True)
-            yield context.new_page()
-        finally:
-            browser.close()
+    # The page forbids eval (CSP); Playwright's wait_for_function needs it.
+    with chromium_page(width=1400, height=1000, bypass_csp=True) as page:
+        yield page
 
 
 def records(redis_url: str, user: str) -> list[str]:

@@ -6,7 +6,6 @@ Screenshots go to $PERSONA_TEST_ARTIFACTS/ui_evaluate/ (or test-artifacts/ui_eva
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,26 +13,14 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.support.browser import BROWSER_MARKS, chromium_page
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.proxy import APP_KEY_A, RunningProxy
 from tests.test_online_eval import create_run, give_personas, persona_responder
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 CONDITION_WORDS = ("own", "other", "baseline", "persona_user", "condition")
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium is not installed"),
-]
+pytestmark = BROWSER_MARKS
 
 
 def artifacts() -> Path:
@@ -47,14 +34,8 @@ def artifacts() -> Path:
 
 @pytest.fixture
 def page() -> Iterator[Any]:
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
-        try:
-            context = browser.new_context(viewport={"width": 1300, "height": 900})
-            yield context.new_page()
-        finally:
-            browser.close()
+    with chromium_page(width=1300, height=900) as page:
+        yield page
 
 
 def test_a_user_picks_blind_among_three_answers_and_the_choices_are_recorded(

@@ -55,15 +55,19 @@ class RunningProxy:
     def admin_headers(self, tenant: str = "tenant-a") -> dict[str, str]:
         return {"Authorization": f"Bearer {ADMIN_KEY}", "X-Persona-Tenant": tenant}
 
+    def __enter__(self) -> RunningProxy:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.server.stop()
+
 
 def start_proxy(settings: Settings) -> RunningProxy:
+    """The proxy serving on a free port; ``with start_proxy(settings) as running:`` stops it after."""
     return RunningProxy(ServerThread(create_app(settings)).start(), settings)
 
 
 @pytest.fixture
 def proxy(redis_url: str, fake_upstream: FakeUpstream) -> Iterator[RunningProxy]:
-    running = start_proxy(proxy_settings(redis_url, fake_upstream))
-    try:
+    with start_proxy(proxy_settings(redis_url, fake_upstream)) as running:
         yield running
-    finally:
-        running.server.stop()
