@@ -8,7 +8,6 @@ user chooses through the API only, seeing nothing but the labels A, B, C and the
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
 import time
@@ -21,21 +20,13 @@ import pytest
 
 from middleware.evaluation.online import CHANCE
 from middleware.evaluation.online_cli import run_report
+from tests.support.artifacts import artifacts_dir
 from tests.support.fake_upstream import FakeUpstream, Reply
 from tests.support.proxy import APP_KEY_A, APP_KEY_B, RunningProxy
 
 USERS = ("alice", "bob", "carol")
 PERSONA_RE = re.compile(r"STYLE-([a-z]+)")
 PROMPT = [{"role": "user", "content": "Summarize: my cat learned to open the fridge."}]
-
-
-def artifacts() -> Path:
-    root = Path(
-        os.environ.get("PERSONA_TEST_ARTIFACTS") or Path(__file__).resolve().parents[1] / "test-artifacts"
-    )
-    path = root / "online_eval"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def persona_responder(delay: float = 0.0) -> Callable[[dict[str, Any]], Reply]:
@@ -349,7 +340,7 @@ async def test_report_png_and_the_cli_report(
     assert png.status_code == 200 and png.headers["content-type"] == "image/png"
     assert png.content.startswith(b"\x89PNG\r\n\x1a\n") and len(png.content) > 10_000
     assert also_png.content.startswith(b"\x89PNG")
-    (artifacts() / "report.png").write_bytes(png.content)
+    (artifacts_dir("online_eval") / "report.png").write_bytes(png.content)
 
     out, plot = tmp_path / "report.json", tmp_path / "chart.png"
     result = await run_report(proxy.settings, tenant="tenant-a", evaluation_id=run_id, out=out, plot=plot)

@@ -5,14 +5,13 @@ Screenshots go to $PERSONA_TEST_ARTIFACTS/ui_evaluate/ (or test-artifacts/ui_eva
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from tests.support.artifacts import artifacts_dir
 from tests.support.browser import BROWSER_MARKS, chromium_page
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.proxy import APP_KEY_A, RunningProxy
@@ -21,15 +20,6 @@ from tests.test_online_eval import create_run, give_personas, persona_responder
 CONDITION_WORDS = ("own", "other", "baseline", "persona_user", "condition")
 
 pytestmark = BROWSER_MARKS
-
-
-def artifacts() -> Path:
-    root = Path(
-        os.environ.get("PERSONA_TEST_ARTIFACTS") or Path(__file__).resolve().parents[1] / "test-artifacts"
-    )
-    path = root / "ui_evaluate"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 @pytest.fixture
@@ -76,7 +66,7 @@ def test_a_user_picks_blind_among_three_answers_and_the_choices_are_recorded(
     page.click(f".answer[data-label='{mine}']")
     assert "chosen" in (page.get_attribute(f".answer[data-label='{mine}']", "class") or "")
     page.fill("#eval-rationale", "it sounds like me")
-    page.screenshot(path=str(artifacts() / "evaluate_answers.png"), full_page=True)
+    page.screenshot(path=str(artifacts_dir("ui_evaluate") / "evaluate_answers.png"), full_page=True)
     page.click("#choice-btn")
     expect(page.locator("#answered-count")).to_have_text("1")
     assert page.locator(".answer").count() == 0
@@ -89,7 +79,7 @@ def test_a_user_picks_blind_among_three_answers_and_the_choices_are_recorded(
     page.click(".pick[data-choice='tie']")
     page.click("#choice-btn")
     expect(page.locator("#answered-count")).to_have_text("2")
-    page.screenshot(path=str(artifacts() / "evaluate_after.png"), full_page=True)
+    page.screenshot(path=str(artifacts_dir("ui_evaluate") / "evaluate_after.png"), full_page=True)
 
     # The app saw only labels and texts; the store has both choices, with what they meant.
     assert len(trial_bodies) == 2
