@@ -122,16 +122,25 @@ async def chat_completions(request: Request) -> Response:
 
     block: str | None = None
     version: int | None = None
+    version_id: str | None = None
     if user is not None and mode != "off":
-        found = await services.personalizer.block_for(tenant, user)
+        found = await services.personalizer.current(tenant, user)
         if found is not None:
-            block, version = found
+            block, version, version_id = found
             services.metrics.persona_injected.inc()
 
     if mode == "rerank":
         # The variants move the app's instruction around, so the block goes in per candidate.
         return await rerank_completion(
-            services, request, body, tenant=tenant, user=user, block=block, version=version, started=started
+            services,
+            request,
+            body,
+            tenant=tenant,
+            user=user,
+            block=block,
+            version=version,
+            version_id=version_id,
+            started=started,
         )
     if block is not None:
         body["messages"] = inject_block(body["messages"], block)

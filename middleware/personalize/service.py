@@ -24,6 +24,11 @@ class Personalizer:
 
     async def block_for(self, tenant: str, user: str) -> tuple[str, int] | None:
         """(rendered block, version), or None when the user has no persona or Redis is sick."""
+        found = await self.current(tenant, user)
+        return None if found is None else (found[0], found[1])
+
+    async def current(self, tenant: str, user: str) -> tuple[str, int, str] | None:
+        """(rendered block, version, version id), or None when the user has no persona or Redis is sick."""
         try:
             blob = await self._store.read_current_blob(tenant, user)
         except PersonaReadFailed as exc:
@@ -39,7 +44,7 @@ class Personalizer:
         if block is None:
             block = self.render(Persona.model_validate(head))
             self._cache.put(version_id, block)
-        return block, version
+        return block, version, version_id
 
     def render(self, persona: Persona) -> str:
         return render_persona_block(

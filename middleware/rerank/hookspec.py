@@ -9,10 +9,17 @@ from typing import Any, Protocol, runtime_checkable
 
 @dataclass(frozen=True)
 class EndUser:
-    """Who the candidates are scored for. `str(user)` is the end-user id."""
+    """Who the candidates are scored for. `str(user)` is the end-user id.
+
+    `persona_version` / `persona_version_id` name the persona version the request was personalised
+    with (None when the user has none or it could not be read); per-version state such as a LoRA
+    adapter is looked up and cached under them.
+    """
 
     tenant: str
     id: str
+    persona_version: int | None = None
+    persona_version_id: str | None = None
 
     def __str__(self) -> str:
         return self.id
@@ -24,6 +31,11 @@ class Reranker(Protocol):
         self, context: Sequence[dict[str, Any]], candidates: Sequence[str], *, user: EndUser | None
     ) -> list[float]:
         """One score per candidate, higher is better for this user."""
+
+
+# Optional, duck-typed: `async prepare(context, *, user) -> None`. Rerank mode calls it while the
+# candidates are being generated, so a reranker can encode the context or fetch per-user state ahead
+# of `score` (the `lora` reranker does both). A failure there is logged and ignored.
 
 
 # factory(settings, resources) -> Reranker; resources is a `middleware.rerank.resources.RerankResources`.

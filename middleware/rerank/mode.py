@@ -77,6 +77,7 @@ async def rerank_completion(
     block: str | None,
     version: int | None,
     started: float,
+    version_id: str | None = None,
 ) -> Response:
     registry = registry_of(services)
     reranker_name = request.headers.get(RERANKER_HEADER) or services.settings.reranker
@@ -84,16 +85,31 @@ async def rerank_completion(
     upstream, body["model"] = services.upstreams.route(body["model"])
     overhead_ms = (time.perf_counter() - started) * 1000.0
 
+    end_user = EndUser(tenant, user, version, version_id) if user else None
+    prepare = getattr(reranker, "prepare", None)
+
     async def work() -> tuple[list[dict[str, Any] | PersonaError], list[float] | None]:
-        results = await generate_candidates(upstream, body, block, DEFAULT_VARIANTS)
+        # A reranker may get ready (encode the context, fetch per-user state) while candidates generate.
+        prepared = (
+            asyncio.ensure_future(prepare(body["messages"], user=end_user)) if prepare is not None else None
+        )
+        try:
+            results = await generate_candidates(upstream, body, block, DEFAULT_VARIANTS)
+        except BaseException:
+            if prepared is not None:
+                prepared.cancel()
+            raise
+        if prepared is not None:
+            try:
+                await prepared
+            except Exception as exc:  # only a head start: score() does the work itself
+                log.warning("reranker %s failed to prepare: %s", reranker_name, exc)
         ok = [r for r in results if isinstance(r, dict)]
         if not ok:
             first = next(r for r in results if isinstance(r, PersonaError))
             raise first if isinstance(first, UpstreamError) else UpstreamError(str(first))
         try:
-            scores = await reranker.score(
-                body["messages"], [candidate_text(r) for r in ok], user=EndUser(tenant, user) if user else None
-            )
+            scores = await reranker.score(body["messages"], [candidate_text(r) for r in ok], user=end_user)
             if len(scores) != len(ok):
                 raise ValueError(f"reranker returned {len(scores)} scores for {len(ok)} candidates")
         except Exception as exc:  # any scorer failure: fall back, never fail the chat
@@ -147,7 +163,12 @@ def details(
             entry["content"] = result["choices"][0]["message"].get("content")
             entry["score"] = next(score_iter, None)
         candidates.append(entry)
-    return {"reranker": reranker, "chosen_index": chosen, "fallback": scores is None, "candidates": candidates}
+    return {
+        "reranker": reranker,
+        "chosen_index": chosen,
+        "fallback": scores is None,
+        "candidates": candidates,
+    }
 
 
 async def stream_completion(completion: dict[str, Any], include_usage: bool) -> AsyncIterator[bytes]:

@@ -24,9 +24,13 @@ class RerankResources:
         return None if user is None else await self.personas.get(user.tenant, user.id)
 
     async def get_lora_adapter(self, user: EndUser) -> bytes | None:
-        """The adapter trained beside the user's current persona version, if any."""
-        persona = await self.persona(user)
-        if persona is None:
-            return None
-        blob: bytes | None = await fail_closed(self.redis.get(keys.adapter(user.tenant, user.id, persona.version)))
+        """The adapter trained beside the persona version the request uses (`user.persona_version`),
+        else beside the user's current version; None when there is none."""
+        version = user.persona_version
+        if version is None:
+            persona = await self.persona(user)
+            if persona is None:
+                return None
+            version = persona.version
+        blob: bytes | None = await fail_closed(self.redis.get(keys.adapter(user.tenant, user.id, version)))
         return blob

@@ -1,0 +1,150 @@
+"""Training of the `lora` reward model: the global head (Bradley–Terry over all users' pairs) and one
+user's LoRA adapter (full-batch L-BFGS, anchored to the global head, strength chosen by k-fold CV)."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from middleware.rerank.lora.base import torch_module
+
+if TYPE_CHECKING:  # pragma: no cover
+    from middleware.rerank.lora.model import LoraRewardModel
+
+
+def train_global_head(model: LoraRewardModel, xc: np.ndarray, xr: np.ndarray) -> dict[str, float]:
+    """Fit the head (not the LoRA tensors) on feature rows of chosen/rejected answers."""
+    torch = torch_module()
+    with model.lock:
+        model.build(init_head=True)
+        net = model.model
+        generator = torch.Generator().manual_seed(model.seed)
+        tc = torch.from_numpy(xc).to(model.device)
+        tr = torch.from_numpy(xr).to(model.device)
+        params = [p for n, p in net.named_parameters() if "lora_" not in n]
+        for p in params:
+            p.requires_grad_(True)
+        opt = torch.optim.AdamW(params, lr=3e-3, weight_decay=model.global_weight_decay)
+        n = tc.shape[0]
+        batch = min(256, n)
+        steps_per_epoch = max(1, math.ceil(n / batch))
+        net.train()
+        loss_value = 0.0
+        with net.disable_adapter():
+            for _ in range(model.global_epochs):
+                perm = torch.randperm(n, generator=generator).to(model.device)
+                for s in range(steps_per_epoch):
+                    idx = perm[s * batch : (s + 1) * batch]
+                    margin = net(tc[idx]) - net(tr[idx])
+                    loss = torch.nn.functional.softplus(-margin).mean()
+                    opt.zero_grad()
+                    loss.backward()
+                    opt.step()
+                    loss_value = float(loss.detach())
+        net.eval()
+        for p in params:
+            p.requires_grad_(False)
+        model.head_ready(model.compute_head_id())
+        with torch.inference_mode(), net.disable_adapter():
+            acc = float(((net(tc) - net(tr)) > 0).float().mean())
+    return {"loss": loss_value, "train_accuracy": acc, "pairs": float(n)}
+
+
+def _global_scores(model: LoraRewardModel, x: Any) -> Any:
+    with model.model.disable_adapter():
+        return model.model(x)
+
+
+def fit_adapter(model: LoraRewardModel, xc: Any, xr: Any, strength: float, steps: int) -> dict[str, Any]:
+    """Train the LoRA params from the fixed init on (xc, xr); return the adapter state."""
+    torch = torch_module()
+    net = model.model
+    model.set_adapter_state(model.init_adapter)
+    with torch.no_grad():
+        gc = _global_scores(model, xc)
+        gr = _global_scores(model, xr)
+    named = [(n, p) for n, p in net.named_parameters() if "lora_" in n]
+    params = [p for _, p in named]
+    # full-batch L-BFGS: a user has tens of pairs, so a few dozen iterations converge
+    opt = torch.optim.LBFGS(params, lr=1.0, max_iter=steps, line_search_fn="strong_wolfe")
+    net.train()
+
+    def closure() -> Any:
+        opt.zero_grad()
+        sc = net(xc)
+        sr = net(xr)
+        bt = torch.nn.functional.softplus(-(sc - sr)).mean()
+        anchor = ((sc - gc) ** 2 + (sr - gr) ** 2).mean()
+        # a light ridge on lora_B keeps directions the user's pairs do not constrain at zero
+        ridge = sum((p**2).sum() for n, p in named if "lora_B" in n)
+        loss = bt + strength * anchor + 1e-2 * ridge
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    net.eval()
+    return {k: v.detach().clone() for k, v in model.adapter_state().items()}
+
+
+def pair_loglik(model: LoraRewardModel, xc: Any, xr: Any, state: dict[str, Any] | None) -> float:
+    torch = torch_module()
+    with torch.inference_mode():
+        if state is None:
+            margin = _global_scores(model, xc) - _global_scores(model, xr)
+        else:
+            model.set_adapter_state(state)
+            margin = model.model(xc) - model.model(xr)
+        return float(-torch.nn.functional.softplus(-margin).sum())
+
+
+def choose_strength(
+    model: LoraRewardModel, xc: np.ndarray, xr: np.ndarray, folds: int | None = None
+) -> tuple[float | None, dict[str, float]]:
+    """Pick the anchor penalty (or None = off) by k-fold CV on the user's own train pairs."""
+    torch = torch_module()
+    n = xc.shape[0]
+    if n < 4:
+        return None, {}
+    k = min(folds or model.cv_folds, n)
+    order = np.random.default_rng(model.seed).permutation(n)
+    fold_of = np.empty(n, dtype=int)
+    fold_of[order] = np.arange(n) % k
+    totals: dict[str, float] = {"off": 0.0, **{str(s): 0.0 for s in model.strengths}}
+    tc_all = torch.from_numpy(xc).to(model.device)
+    tr_all = torch.from_numpy(xr).to(model.device)
+    for f in range(k):
+        train_idx = torch.from_numpy(np.flatnonzero(fold_of != f)).to(model.device)
+        val_idx = torch.from_numpy(np.flatnonzero(fold_of == f)).to(model.device)
+        tc, tr = tc_all[train_idx], tr_all[train_idx]
+        vc, vr = tc_all[val_idx], tr_all[val_idx]
+        totals["off"] += pair_loglik(model, vc, vr, None)
+        for s in model.strengths:
+            state = fit_adapter(model, tc, tr, s, model.user_steps)
+            totals[str(s)] += pair_loglik(model, vc, vr, state)
+    best = max(totals, key=lambda name: (totals[name], name == "off"))
+    return (None if best == "off" else float(best)), {key: v / n for key, v in totals.items()}
+
+
+def train_adapter(
+    model: LoraRewardModel, xc: np.ndarray, xr: np.ndarray, strength: float | str | None
+) -> tuple[dict[str, Any], float | None, dict[str, float]]:
+    """(adapter state, chosen strength or None = off, CV log-likelihoods). Call under `model.lock`."""
+    torch = torch_module()
+    cv: dict[str, float] = {}
+    chosen: float | None
+    if strength == "auto":
+        chosen, cv = choose_strength(model, xc, xr)
+    else:
+        chosen = None if strength is None else float(strength)
+    if chosen is None:  # "off": the init adapter with lora_B zeroed scores exactly like the head
+        state = {k: v.detach().clone() for k, v in model.init_adapter.items()}
+        for key in state:
+            if "lora_B" in key:
+                state[key].zero_()
+    else:
+        tc = torch.from_numpy(xc).to(model.device)
+        tr = torch.from_numpy(xr).to(model.device)
+        state = fit_adapter(model, tc, tr, chosen, model.user_steps)
+    return state, chosen, cv
