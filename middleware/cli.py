@@ -110,17 +110,22 @@ def induce(
 @app.command(name="eval")
 def eval_(
     data: Annotated[Path, typer.Option(help="JSONL(.gz) preference file", exists=True)],
-    scorer: Annotated[str, typer.Option(help="global | lora | judge | random | length")] = "global",
+    scorer: Annotated[
+        str, typer.Option(help="global | lora | judge | judge-default | random | length")
+    ] = "global",
     users: Annotated[int | None, typer.Option(help="evaluate at most N users")] = None,
     out: Annotated[Path | None, typer.Option(help="write the JSON report here")] = None,
     plot: Annotated[Path | None, typer.Option(help="write a PNG plot here")] = None,
     format: Annotated[str, typer.Option(help="input format")] = "native",
     seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    model: Annotated[
+        str | None, typer.Option(help="LLM of the judge scorers (default: judge model, else induction model)")
+    ] = None,
 ) -> None:
     """Offline evaluation: time-ordered hold-out, both orders, bootstrap CI."""
     from middleware.evaluation.cli_eval import run_eval
 
-    run_eval(data=data, scorer=scorer, users=users, out=out, plot=plot, format=format, seed=seed)
+    run_eval(data=data, scorer=scorer, users=users, out=out, plot=plot, format=format, seed=seed, model=model)
 
 
 @app.command()

@@ -7,9 +7,14 @@ import os
 from pathlib import Path
 from typing import Any
 
+from middleware.config import Settings
 from middleware.evaluation.data import load_pairs_by_user
+from middleware.evaluation.judge_scorer import LLMJudgeScorer
 from middleware.evaluation.offline import DEFAULT_MIN_PAIRS, evaluate, plot_per_user
 from middleware.evaluation.scorers import LoraScorer, make_scorer
+
+JUDGES = ("judge", "judge-default")
+LLM_TOTALS = ("calls", "prompt_tokens", "completion_tokens", "total_tokens")
 
 
 def _threads() -> int:
@@ -30,16 +35,31 @@ def run_eval(
     progress: bool = True,
     baseline: bool = True,
     scorer_opts: dict[str, Any] | None = None,
+    model: str | None = None,
+    settings: Settings | None = None,
 ) -> dict[str, Any]:
-    """Evaluate `scorer` on `data` (per-user time-ordered hold-out); returns the report as a dict."""
+    """Evaluate `scorer` on `data` (per-user time-ordered hold-out); returns the report as a dict.
+
+    The LLM judges (`judge`, `judge-default`) use `settings` (default `Settings()`, i.e. the
+    PERSONA_* environment) and `model`; `judge` is compared with `judge-default`, the others with
+    the global scorer.
+    """
     pairs_by_user = load_pairs_by_user(data, format)
     opts: dict[str, Any] = {"seed": seed, **(scorer_opts or {})}
     if scorer in ("global", "lora"):
         opts.setdefault("num_threads", _threads())
+    if scorer in JUDGES and opts.get("judge") is None:
+        if settings is None:
+            settings = Settings()  # built once, here, from the PERSONA_* environment
+        opts.update(settings=settings, model=model or opts.get("model"))
     main = make_scorer(scorer, **opts)
-    reference = None  # the global scorer, for the per-user gain
+    reference = None  # the global scorer (the default judge for the judge), for the per-user gain
+    baseline_name = "global"
     if isinstance(main, LoraScorer):
         reference = main.as_global()
+    elif isinstance(main, LLMJudgeScorer) and main.personalized:
+        if baseline:
+            reference, baseline_name = make_scorer("judge-default", **opts), "judge-default"
     elif scorer != "global" and baseline and importlib.util.find_spec("torch") is not None:
         reference = make_scorer("global", seed=seed, num_threads=_threads())
     report = evaluate(
@@ -53,6 +73,7 @@ def run_eval(
         baseline=reference,
         scorer_name=scorer,
         data=str(data),
+        baseline_name=baseline_name,
     )
     if scorer == "global":  # the global scorer is its own baseline: gain 0 by definition
         report.global_mean_accuracy = report.mean_accuracy
@@ -67,6 +88,13 @@ def run_eval(
         report.notes["adapter_strengths"] = {s: chosen.count(s) for s in sorted(set(chosen))}
         if main.adapter_bytes:
             report.notes["adapter_bytes"] = max(main.adapter_bytes.values())
+    if isinstance(main, LLMJudgeScorer):
+        report.notes["judge"] = main.summary()
+        judges = [main, *([reference] if isinstance(reference, LLMJudgeScorer) else [])]
+        if len(judges) > 1:
+            report.notes["baseline_judge"] = judges[1].summary()
+        totals = {k: sum(j.summary()[k] for j in judges) for k in LLM_TOTALS}
+        report.notes["llm"] = {"model": main.model, **totals}
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(report.to_json())
@@ -80,8 +108,16 @@ def run_eval(
     print(line)
     if report.gain is not None and scorer != "global":
         print(
-            f"global: {report.global_mean_accuracy:.3f}; gain {report.gain:+.3f} "
+            f"{report.baseline}: {report.global_mean_accuracy:.3f}; gain {report.gain:+.3f} "
             f"[95% CI {report.gain_ci_low:+.3f}, {report.gain_ci_high:+.3f}], "
             f"{report.users_improved} users better, {report.users_worse} worse"
+        )
+    if "llm" in report.notes:
+        llm, judge = report.notes["llm"], report.notes["judge"]
+        print(
+            f"LLM {llm['model']}: {llm['calls']} calls, {llm['total_tokens']} tokens; "
+            f"{judge['users_induced']} users with an induced persona, {judge['users_fallback']} fell back "
+            f"to no persona {judge['fallback_reasons'] or ''}".rstrip()
+            + (f"; {judge['judge_errors']} judge calls failed" if judge["judge_errors"] else "")
         )
     return report.model_dump(mode="json")

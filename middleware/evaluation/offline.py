@@ -6,6 +6,10 @@ as correct only when the chosen completion scores strictly higher in both orders
 that flips with the order, is wrong). The report gives the mean of per-user accuracies with a bootstrap
 95% CI over users and, when a baseline (the global scorer) is given, each user's gain over it with the
 CI of the mean gain.
+
+A `PairwiseScorer` (an LLM judge) answers for whole pairs instead of scoring candidates: for each
+held-out pair it gives its pick with the chosen completion shown first ("A") and shown second ("B");
+the same rule applies, the pair is correct only when the picks are "A" and then "B".
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import random
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 import orjson
@@ -36,13 +40,29 @@ class Scorer(Protocol):
     def score(self, user: str, context: list[Message], candidates: list[str]) -> list[float]: ...
 
 
+@runtime_checkable
+class PairwiseScorer(Protocol):
+    """A scorer that judges whole pairs (an LLM judge), every held-out pair in both orders."""
+
+    def fit(self, train_by_user: dict[str, list[PreferencePair]]) -> None: ...
+
+    def judge_orders(
+        self, test_by_user: dict[str, list[PreferencePair]], *, progress: bool = False
+    ) -> dict[str, list[tuple[Literal["A", "B"] | None, Literal["A", "B"] | None]]]:
+        """Per user, per pair: the pick with the chosen completion as A, then as B (None: no answer)."""
+        ...
+
+
+AnyScorer = Scorer | PairwiseScorer
+
+
 class UserResult(BaseModel):
     user: str
     n_train: int
     n_test: int
     correct: int
     accuracy: float
-    global_accuracy: float | None = None
+    global_accuracy: float | None = Field(default=None, description="the baseline scorer's accuracy")
     gain: float | None = None
 
 
@@ -61,6 +81,9 @@ class EvalReport(BaseModel):
     ci_high: float
     ci: tuple[float, float]
     pooled_accuracy: float
+    baseline: str | None = Field(
+        default=None, description="the scorer the global_* fields and gains refer to"
+    )
     global_mean_accuracy: float | None = None
     global_ci: tuple[float, float] | None = None
     gain: float | None = None
@@ -145,8 +168,11 @@ def split_users(
 
 
 def _score_users(
-    scorer: Scorer, test: dict[str, list[PreferencePair]], progress: bool, label: str
+    scorer: AnyScorer, test: dict[str, list[PreferencePair]], progress: bool, label: str
 ) -> dict[str, int]:
+    if isinstance(scorer, PairwiseScorer):
+        orders = scorer.judge_orders(test, progress=progress)
+        return {user: sum(first == "A" and second == "B" for first, second in orders[user]) for user in test}
     total = sum(len(v) for v in test.values())
     bar = None
     if progress:
@@ -170,16 +196,17 @@ def _score_users(
 
 def evaluate(
     pairs_by_user: dict[str, list[PreferencePair]],
-    scorer: Scorer,
+    scorer: AnyScorer,
     *,
     train_fraction: float = 0.7,
     min_pairs: int = DEFAULT_MIN_PAIRS,
     users: int | None = None,
     seed: int = 0,
     progress: bool = True,
-    baseline: Scorer | None = None,
+    baseline: AnyScorer | None = None,
     scorer_name: str | None = None,
     data: str | None = None,
+    baseline_name: str = "global",
 ) -> EvalReport:
     """Run the offline protocol; `baseline` (usually the global scorer) gives the per-user gain."""
     started = time.perf_counter()
@@ -194,7 +221,7 @@ def evaluate(
     if baseline is not None:
         if baseline is not scorer:
             baseline.fit(train)
-        base_correct = _score_users(baseline, test, progress, "global")
+        base_correct = _score_users(baseline, test, progress, baseline_name)
 
     rows: list[UserResult] = []
     for user in sorted(test):
@@ -227,6 +254,7 @@ def evaluate(
         per_user=rows,
     )
     if base_correct is not None:
+        report.baseline = baseline_name
         gaccs = [r.global_accuracy or 0.0 for r in rows]
         gains = [r.gain or 0.0 for r in rows]
         report.global_mean_accuracy = float(np.mean(gaccs))
@@ -258,7 +286,7 @@ def plot_per_user(report: EvalReport, path: str | Path) -> Path:
             [r.global_accuracy or 0.0 for r in rows],
             s=14,
             marker="o",
-            label=f"global (mean {report.global_mean_accuracy:.3f})",
+            label=f"{report.baseline or 'global'} (mean {report.global_mean_accuracy:.3f})",
             color="#888888",
         )
     ax.scatter(
@@ -272,7 +300,11 @@ def plot_per_user(report: EvalReport, path: str | Path) -> Path:
     ax.axhline(report.mean_accuracy, color="#d62728", lw=0.8, ls="--")
     if has_global and report.global_mean_accuracy is not None:
         ax.axhline(report.global_mean_accuracy, color="#888888", lw=0.8, ls="--")
-    ax.set_xlabel("user (sorted by global accuracy)")
+    ax.set_xlabel(
+        f"user (sorted by {report.baseline or 'global'} accuracy)"
+        if has_global
+        else "user (sorted by accuracy)"
+    )
     ax.set_ylabel("held-out pairwise accuracy (both orders)")
     title = f"{report.scorer}: {report.mean_accuracy:.3f} [{report.ci_low:.3f}, {report.ci_high:.3f}], {report.n_users} users"
     if report.gain is not None and report.gain_ci is not None:

@@ -1,7 +1,10 @@
-"""Scorers for the offline protocol: random, length, global (reward head), lora (head + per-user adapter).
+"""Scorers for the offline protocol: random, length, global (reward head), lora (head + per-user adapter),
+judge (persona-informed LLM judge) and judge-default (the same judge without a persona).
 
-`make_scorer(name, **opts)` builds one. The `judge` scorer wraps an LLM judge callable supplied by the
-caller (`make_scorer("judge", judge=fn)` with `fn(user, context, candidates) -> list[float]`).
+`make_scorer(name, **opts)` builds one. `judge` and `judge-default` need the LLM settings
+(`make_scorer("judge", settings=Settings(), model=...)`, see `judge_scorer.LLMJudgeScorer`); `judge`
+can also wrap a judge callable (`make_scorer("judge", judge=fn)` with
+`fn(user, context, candidates) -> list[float]`).
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ from typing import Any
 from middleware.errors import ValidationFailed
 from middleware.models import Message, PreferencePair
 
-SCORERS = ("random", "length", "global", "lora", "judge")
+SCORERS = ("random", "length", "global", "lora", "judge", "judge-default")
+JUDGE_OPTS = ("model", "max_calls_per_user", "max_tokens_per_user", "concurrency")
 
 
 def _text(message: Message) -> str:
@@ -137,21 +141,33 @@ def default_cache_dir() -> Path:
 
 
 def make_scorer(name: str, **opts: Any) -> Any:
-    """Build a scorer by name: random | length | global | lora | judge (needs `judge=<callable>`)."""
+    """Build a scorer by name: random | length | global | lora | judge | judge-default.
+
+    The judges need `settings=<Settings>` (LLM access; optional `model`, `max_calls_per_user`,
+    `max_tokens_per_user`, `concurrency`), or for `judge` a `judge=<callable>`.
+    """
     if name == "random":
         return RandomScorer(seed=int(opts.get("seed", 0)))
     if name == "length":
         return LengthScorer()
-    if name == "judge":
-        judge = opts.get("judge")
-        if judge is None:
+    if name == "judge" and opts.get("judge") is not None:
+        return JudgeScorer(opts["judge"])
+    if name in ("judge", "judge-default"):
+        if opts.get("settings") is None:
             raise ValidationFailed(
-                "the judge scorer needs an LLM: build it with make_scorer('judge', judge=<callable>) "
-                "where callable(user, context, candidates) -> list[float] (see the judge reranker)"
+                f"the {name} scorer needs an LLM: build it with make_scorer({name!r}, settings=Settings()) "
+                "(or make_scorer('judge', judge=<callable>) where callable(user, context, candidates) "
+                "-> list[float])"
             )
-        return JudgeScorer(judge)
+        from middleware.evaluation.judge_scorer import LLMJudgeScorer
+
+        return LLMJudgeScorer(
+            opts["settings"],
+            personalized=name == "judge",
+            **{k: opts[k] for k in JUDGE_OPTS if opts.get(k) is not None},
+        )
     if name in ("global", "lora"):
-        model_opts = {k: v for k, v in opts.items() if k not in ("seed", "judge")}
+        model_opts = {k: v for k, v in opts.items() if k not in ("seed", "judge", "settings")}
         model_opts.setdefault("cache_dir", default_cache_dir())
         if "seed" in opts:
             model_opts["seed"] = int(opts["seed"])

@@ -13,15 +13,16 @@ from typing import Any
 
 from middleware.config import Settings
 from middleware.errors import BudgetExceeded, NotEnoughData
-from middleware.induction.bootstrap import bootstrap
+from middleware.induction.bootstrap import Trace, bootstrap
 from middleware.induction.context import PROMPT_VERSION, LLMContext, Progress, report
-from middleware.induction.select import select_exemplars
+from middleware.induction.select import Selection, select_exemplars
 from middleware.induction.synthesize import synthesize
 from middleware.llm import CallBudget
 from middleware.models import Persona, PreferencePair
 from middleware.services import Services
 from middleware.store import keys
 from middleware.store.guard import fail_closed
+from middleware.upstream import UpstreamRouter
 
 
 def time_order(pairs: list[PreferencePair]) -> list[PreferencePair]:
@@ -52,16 +53,19 @@ class Plan:
         return len(self.train) + 1 + 2 * len(self.validation)
 
 
-def make_context(services: Services, model: str, budget: CallBudget) -> LLMContext:
-    s = services.settings
+def llm_context(upstreams: UpstreamRouter, settings: Settings, model: str, budget: CallBudget) -> LLMContext:
     return LLMContext(
-        upstreams=services.upstreams,
+        upstreams=upstreams,
         model=model,
         budget=budget,
-        concurrency=s.induction_concurrency,
-        max_attempts=s.induction_max_attempts,
-        max_completion_tokens=s.induction_max_completion_tokens,
+        concurrency=settings.induction_concurrency,
+        max_attempts=settings.induction_max_attempts,
+        max_completion_tokens=settings.induction_max_completion_tokens,
     )
+
+
+def make_context(services: Services, model: str, budget: CallBudget) -> LLMContext:
+    return llm_context(services.upstreams, services.settings, model, budget)
 
 
 def new_budget(settings: Settings) -> CallBudget:
@@ -69,8 +73,12 @@ def new_budget(settings: Settings) -> CallBudget:
 
 
 async def load_plan(services: Services, tenant: str, user: str) -> Plan:
-    settings = services.settings
-    pairs = time_order(await services.preferences.pairs(tenant, user))
+    return plan_for(await services.preferences.pairs(tenant, user), services.settings, user)
+
+
+def plan_for(pairs: list[PreferencePair], settings: Settings, user: str) -> Plan:
+    """Time-order and split one user's pairs; NotEnoughData below `induction_min_pairs`."""
+    pairs = time_order(pairs)
     if len(pairs) < settings.induction_min_pairs:
         raise NotEnoughData(
             f"not enough data: user {user!r} has {len(pairs)} preference pairs, induction needs at "
@@ -113,37 +121,9 @@ async def induce(
 
     since_refresh = await services.preferences.pairs_since_refresh(tenant, user)
     plan = await load_plan(services, tenant, user)
-    budget = budget or new_budget(settings)
-    if plan.minimum_calls > budget.max_calls:
-        raise BudgetExceeded(
-            f"a refresh for {len(plan.train) + len(plan.validation)} pairs needs at least "
-            f"{plan.minimum_calls} LLM calls, more than the budget of {budget.max_calls}; "
-            "nothing was changed"
-        )
-    ctx = make_context(services, model, budget)
-    await report(progress, stage="split", train=len(plan.train), validation=len(plan.validation))
-
-    traces = await bootstrap(ctx, plan.train, seed=settings.induction_seed, progress=progress)
-    kept = [t for t in traces if t.kept]
-    if not kept:
-        raise NotEnoughData(
-            "not enough data: no reasoning trace agreed with the user's own choices, so no persona "
-            "could be grounded; nothing was changed",
-            code="no_consistent_traces",
-        )
-    await report(progress, stage="synthesize", kept=len(kept), traces=len(traces))
-    text = await synthesize(ctx, kept, max_chars=settings.persona_max_chars)
-
-    selection = await select_exemplars(
-        ctx,
-        text,
-        [t.pair for t in kept],
-        plan.validation,
-        max_size=settings.exemplars_max,
-        sets=settings.induction_exemplar_sets,
-        seed=settings.induction_seed,
-        progress=progress,
-    )
+    ctx = make_context(services, model, budget or new_budget(settings))
+    induced = await run_steps(ctx, plan, settings, progress=progress)
+    kept, text, selection = induced.kept, induced.text, induced.selection
     provenance: dict[str, Any] = {
         "source": "induction",
         "method": "synthesizeme",
@@ -167,6 +147,56 @@ async def induce(
             services.redis.hincrby(keys.user_meta(tenant, user), "pairs_since_refresh", -since_refresh)
         )
     return summary(persona, reused=False)
+
+
+@dataclass
+class Induced:
+    """What steps 2-4 produce for one user, before anything is stored."""
+
+    text: str
+    kept: list[Trace]
+    selection: Selection
+
+
+async def run_steps(
+    ctx: LLMContext, plan: Plan, settings: Settings, *, progress: Progress | None = None
+) -> Induced:
+    """Bootstrap, synthesise and select in memory (no store): the pure part of `induce`.
+
+    Raises BudgetExceeded when `ctx.budget` cannot afford the plan, NotEnoughData (code
+    `no_consistent_traces`) when no trace agrees with the user, LLMOutputError or UpstreamError.
+    """
+    budget = ctx.budget
+    if plan.minimum_calls > budget.max_calls:
+        raise BudgetExceeded(
+            f"a refresh for {len(plan.train) + len(plan.validation)} pairs needs at least "
+            f"{plan.minimum_calls} LLM calls, more than the budget of {budget.max_calls}; "
+            "nothing was changed"
+        )
+    await report(progress, stage="split", train=len(plan.train), validation=len(plan.validation))
+
+    traces = await bootstrap(ctx, plan.train, seed=settings.induction_seed, progress=progress)
+    kept = [t for t in traces if t.kept]
+    if not kept:
+        raise NotEnoughData(
+            "not enough data: no reasoning trace agreed with the user's own choices, so no persona "
+            "could be grounded; nothing was changed",
+            code="no_consistent_traces",
+        )
+    await report(progress, stage="synthesize", kept=len(kept), traces=len(traces))
+    text = await synthesize(ctx, kept, max_chars=settings.persona_max_chars)
+
+    selection = await select_exemplars(
+        ctx,
+        text,
+        [t.pair for t in kept],
+        plan.validation,
+        max_size=settings.exemplars_max,
+        sets=settings.induction_exemplar_sets,
+        seed=settings.induction_seed,
+        progress=progress,
+    )
+    return Induced(text=text, kept=kept, selection=selection)
 
 
 def summary(persona: Persona, *, reused: bool) -> dict[str, Any]:
