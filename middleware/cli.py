@@ -76,6 +76,23 @@ def worker() -> None:
     run_worker(settings())
 
 
+@app.command(name="train-reward-head")
+def train_reward_head(
+    data: Annotated[Path, typer.Option(help="JSONL(.gz) preference file of many users", exists=True)],
+    format: Annotated[
+        str, typer.Option(help="native | personalrewardbench | summarize-from-feedback")
+    ] = "native",
+    out: Annotated[Path | None, typer.Option(help="head file (default: PERSONA_LORA_HEAD_PATH)")] = None,
+    users: Annotated[int | None, typer.Option(help="train on at most N users")] = None,
+) -> None:
+    """Train the global reward head of the `lora` reranker on all users' pairs (needs the extra)."""
+    from middleware.rerank.lora.cli_train import run_train_head
+
+    configure_logging()
+    result = run_train_head(settings(), data=data, format=format, out=out, users=users)
+    typer.echo(json.dumps(result, indent=2))
+
+
 @app.command(name="import")
 def import_(
     file: Annotated[Path, typer.Argument(help="JSONL or JSONL.gz file of preference pairs", exists=True)],

@@ -88,6 +88,16 @@ class Settings(BaseSettings):
     judge_model: str | None = None
     comparison_ttl_s: int = 24 * 3600
 
+    # --- The `lora` reranker (optional extra `persona-middleware[lora]`) ----------------------------
+    lora_head_path: str | None = None
+    lora_encoder_path: str | None = None
+    lora_cache_size: int = 256
+    lora_device: str | None = None
+    lora_threads: int | None = None
+    lora_max_context_tokens: int | None = None
+    lora_quantize: bool = False
+    lora_train_on_refresh: bool = True
+
     @model_validator(mode="after")
     def _refuse_unsafe_production_defaults(self) -> Settings:
         if self.environment == "production":

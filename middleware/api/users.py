@@ -70,8 +70,12 @@ async def refresh(
 @router.delete("/{user}")
 async def forget(user: UserPath, tenant: AdminTenant, services: ServicesDep) -> dict[str, Any]:
     """Forget the user entirely: personas, versions, preferences, adapters, comparisons, jobs,
-    evaluation trials."""
-    return await forget_everything(services.redis, tenant, user)
+    evaluation trials; and this process's cached reranker state of the user."""
+    result = await forget_everything(services.redis, tenant, user)
+    registry = services.extras.get("rerankers")
+    if registry is not None:
+        registry.forget(tenant, user)
+    return result
 
 
 @router.get("/{user}/export")

@@ -25,6 +25,7 @@ from arq.worker import Worker, func
 
 from middleware.config import Settings
 from middleware.errors import PersonaError, StoreUnavailable, UpstreamError
+from middleware.induction.adapters import train_after_refresh
 from middleware.induction.pipeline import induce
 from middleware.induction.queue import REFRESH, JobQueue, now_iso
 from middleware.services import Services, build_services
@@ -144,6 +145,8 @@ async def run_refresh(
         return await finish(queue, record, job_id, "failed", error=error_of(exc))
     except PersonaError as exc:
         return await finish(queue, record, job_id, "failed", error=error_of(exc))
+    # The persona is stored; the user's lora adapter follows it (never fails the refresh).
+    result = {**result, **await train_after_refresh(services, tenant, user, result)}
     return await finish(queue, record, job_id, "complete", result=result)
 
 

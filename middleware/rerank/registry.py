@@ -46,6 +46,17 @@ class RerankerRegistry:
             self._instances[name] = self._factories[name](self._settings, self._resources)
         return self._instances[name]
 
+    def forget(self, tenant: str, user: str) -> None:
+        """Tell the rerankers built in this process that a user was forgotten (optional
+        `forget(tenant, user)` on a reranker: drop in-memory per-user state such as cached adapters)."""
+        for name, reranker in self._instances.items():
+            forget = getattr(reranker, "forget", None)
+            if forget is not None:
+                try:
+                    forget(tenant, user)
+                except Exception as exc:
+                    log.error("reranker %s failed to forget a user: %s", name, exc)
+
     def load_entry_points(self) -> RerankerRegistry:
         for entry_point in entry_points(group=ENTRY_POINT_GROUP):
             try:

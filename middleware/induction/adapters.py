@@ -1,0 +1,122 @@
+"""After a persona refresh, the worker trains the user's `lora` adapter and stores it beside the new
+persona version (`keys.adapter(tenant, user, version)`).
+
+The persona is already stored when this runs, so nothing here can fail the refresh: a missing extra,
+a missing head or a training error becomes a warning in the job result. The rerank path reads the
+adapter of the persona version it personalises with, so a rollback to version N uses adapter vN.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from typing import Any
+
+from middleware.services import Services
+from middleware.store import keys
+from middleware.store.guard import fail_closed
+
+log = logging.getLogger("middleware.jobs")
+MODEL_EXTRA = "lora_model"  # services.extras key of the worker's LoraRewardModel holder
+
+# KEYS[1] persona version, KEYS[2] adapter. ARGV[1] blob. Store only if the version still exists
+# (the user may have been forgotten while the adapter trained).
+_STORE_IF_VERSION = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('SET', KEYS[2], ARGV[1])
+  return 1
+end
+return 0
+"""
+
+
+class ModelHolder:
+    """One `LoraRewardModel` per worker process, built on first use; reloads a newer head file."""
+
+    def __init__(self, settings: Any) -> None:
+        self.settings = settings
+        self.model: Any = None
+        self.head_mtime: float | None = None
+        self._lock = asyncio.Lock()
+
+    async def get(self) -> Any:
+        from middleware.rerank.lora import model_from_settings
+
+        path = self.settings.lora_head_path
+        mtime = os.stat(path).st_mtime
+        async with self._lock:
+            if self.model is None:
+                # the worker trains and stores adapters; it never needs to cache them
+                self.model = await asyncio.to_thread(model_from_settings, self.settings, cache_size=1)
+                self.head_mtime = mtime
+            elif mtime != self.head_mtime:
+                await asyncio.to_thread(self.model.load, path)
+                self.head_mtime = mtime
+        return self.model
+
+
+def adapter_wanted(services: Services) -> str | None:
+    """None when the worker should train adapters, else why not (a warning for the job result)."""
+    settings = services.settings
+    if not settings.lora_train_on_refresh or not settings.lora_head_path:
+        return "off"  # the lora reranker is not set up: nothing to say
+    if not os.path.exists(settings.lora_head_path):
+        return f"the global head {settings.lora_head_path} does not exist (persona train-reward-head)"
+    from middleware.rerank.lora import extra_available
+
+    if not extra_available():
+        return "the lora extra is not installed"
+    return None
+
+
+async def train_after_refresh(
+    services: Services, tenant: str, user: str, result: dict[str, Any]
+) -> dict[str, Any]:
+    """Train and store the adapter for the persona version in `result`; returns what goes into the
+    job result: {"adapter": facts} or {"warnings": [...]} (or nothing when training is off)."""
+    why_not = adapter_wanted(services)
+    if why_not == "off":
+        return {}
+    if why_not is not None:
+        return {"warnings": [f"no lora adapter trained: {why_not}"]}
+    try:
+        return {"adapter": await train_and_store(services, tenant, user, int(result["version"]), result)}
+    except Exception as exc:  # the persona is stored; the adapter is a best effort
+        log.warning("lora adapter training failed for %s/%s: %s", tenant, user, exc)
+        return {"warnings": [f"lora adapter training failed: {type(exc).__name__}: {exc}"]}
+
+
+async def train_and_store(
+    services: Services, tenant: str, user: str, version: int, result: dict[str, Any]
+) -> dict[str, Any]:
+    holder: ModelHolder = services.extras.setdefault(MODEL_EXTRA, ModelHolder(services.settings))
+    model = await holder.get()
+    pairs = await services.preferences.pairs(tenant, user)
+    extra = {
+        "tenant": tenant,
+        "persona_version": str(version),
+        "persona_version_id": str(result.get("version_id") or ""),
+    }
+    started = time.perf_counter()
+    blob: bytes = await asyncio.to_thread(model.train_user, user, pairs, cache=False, extra=extra)
+    seconds = time.perf_counter() - started
+    script_args: list[Any] = [
+        keys.persona_version(tenant, user, version),
+        keys.adapter(tenant, user, version),
+        blob,
+    ]
+    stored = await fail_closed(services.redis.eval(_STORE_IF_VERSION, 2, *script_args))
+    from middleware.rerank.lora.model import safetensors_metadata
+
+    meta = safetensors_metadata(blob)
+    return {
+        "stored": bool(stored),
+        "key_version": version,
+        "bytes": len(blob),
+        "strength": meta.get("strength"),
+        "head_id": meta.get("head_id"),
+        "pairs": len(pairs),
+        "seconds": round(seconds, 3),
+    }
