@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import json
 import random
-import re
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,82 +20,23 @@ from middleware.evaluation.online import CHANCE
 from middleware.evaluation.online_cli import run_report
 from tests.support.artifacts import artifacts_dir
 from tests.support.fake_upstream import FakeUpstream, Reply
+from tests.support.online_eval import (
+    PROMPT,
+    USERS,
+    admin,
+    app_client,
+    choose,
+    create_run,
+    get_report,
+    give_personas,
+    persona_responder,
+    prefers_own,
+    simulate,
+    trial,
+)
 from tests.support.proxy import APP_KEY_A, APP_KEY_B, RunningProxy
 
-USERS = ("alice", "bob", "carol")
-PERSONA_RE = re.compile(r"STYLE-([a-z]+)")
-PROMPT = [{"role": "user", "content": "Summarize: my cat learned to open the fridge."}]
 
-
-def persona_responder(delay: float = 0.0) -> Callable[[dict[str, Any]], Reply]:
-    """'answer for <user>' when <user>'s persona is in the system block, else 'plain answer'."""
-
-    def respond(body: dict[str, Any]) -> Reply:
-        system = " ".join(
-            m["content"] for m in body["messages"] if m["role"] == "system" and isinstance(m["content"], str)
-        )
-        found = PERSONA_RE.search(system)
-        text = f"answer for {found.group(1)}" if found else "plain answer"
-        return Reply(content=text, delay=delay)
-
-    return respond
-
-
-def admin(proxy: RunningProxy, tenant: str = "tenant-a") -> httpx.Client:
-    return httpx.Client(base_url=proxy.url, headers=proxy.admin_headers(tenant), timeout=10)
-
-
-def app_client(proxy: RunningProxy, key: str = APP_KEY_A) -> httpx.Client:
-    return httpx.Client(base_url=proxy.url, headers={"Authorization": f"Bearer {key}"}, timeout=10)
-
-
-def give_personas(proxy: RunningProxy, users: tuple[str, ...] = USERS, tenant: str = "tenant-a") -> None:
-    with admin(proxy, tenant) as c:
-        for user in users:
-            resp = c.put(f"/admin/users/{user}/persona", json={"text": f"STYLE-{user}: likes short answers."})
-            assert resp.status_code == 200, resp.text
-
-
-def create_run(proxy: RunningProxy, users: tuple[str, ...] = USERS, **extra: Any) -> str:
-    with admin(proxy) as c:
-        resp = c.post("/admin/evaluations", json={"users": list(users), "model": "fake-model", **extra})
-    assert resp.status_code == 201, resp.text
-    return str(resp.json()["id"])
-
-
-def trial(c: httpx.Client, run_id: str, user: str) -> dict[str, Any]:
-    resp = c.post(f"/v1/evaluations/{run_id}/trials", json={"user": user, "messages": PROMPT})
-    assert resp.status_code == 201, resp.text
-    return dict(resp.json())
-
-
-def choose(c: httpx.Client, run_id: str, trial_id: str, choice: str, **extra: Any) -> httpx.Response:
-    return c.post(f"/v1/evaluations/{run_id}/trials/{trial_id}/choice", json={"choice": choice, **extra})
-
-
-def simulate(
-    proxy: RunningProxy, run_id: str, chooser: Callable[[str, list[dict[str, Any]]], str], per_user: int
-) -> None:
-    with app_client(proxy) as c:
-        for _ in range(per_user):
-            for user in USERS:
-                t = trial(c, run_id, user)
-                resp = choose(c, run_id, t["id"], chooser(user, t["answers"]), rationale="because")
-                assert resp.status_code == 201, resp.text
-
-
-def prefers_own(user: str, answers: list[dict[str, Any]]) -> str:
-    return next(a["label"] for a in answers if a["content"] == f"answer for {user}")
-
-
-def get_report(proxy: RunningProxy, run_id: str) -> dict[str, Any]:
-    with admin(proxy) as c:
-        resp = c.get(f"/admin/evaluations/{run_id}/report")
-    assert resp.status_code == 200, resp.text
-    return dict(resp.json())
-
-
-# --- full runs ------------------------------------------------------------------------------------
 def test_a_user_who_prefers_their_own_persona_shows_own_winning_above_chance(
     proxy: RunningProxy, fake_upstream: FakeUpstream
 ) -> None:

@@ -5,8 +5,7 @@ from __future__ import annotations
 import redis
 
 from tests.support.fake_upstream import FakeUpstream
-from tests.support.proxy import RunningProxy
-from tests.test_online_eval import (
+from tests.support.online_eval import (
     admin,
     app_client,
     choose,
@@ -15,6 +14,7 @@ from tests.test_online_eval import (
     persona_responder,
     trial,
 )
+from tests.support.proxy import RunningProxy
 
 
 def test_forget_and_export_cover_evaluation_trials(

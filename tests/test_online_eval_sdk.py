@@ -7,8 +7,8 @@ import pytest
 
 from middleware.sdk import AsyncPersonalizedOpenAI, PersonalizedOpenAI
 from tests.support.fake_upstream import FakeUpstream
+from tests.support.online_eval import USERS, give_personas, persona_responder
 from tests.support.proxy import ADMIN_KEY, APP_KEY_A, RunningProxy
-from tests.test_online_eval import USERS, give_personas, persona_responder
 
 
 def clients(proxy: RunningProxy, user: str | None = None) -> dict[str, object]:

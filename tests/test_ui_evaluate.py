@@ -14,8 +14,8 @@ import pytest
 from tests.support.artifacts import artifacts_dir
 from tests.support.browser import BROWSER_MARKS, chromium_page
 from tests.support.fake_upstream import FakeUpstream
+from tests.support.online_eval import create_run, give_personas, persona_responder
 from tests.support.proxy import APP_KEY_A, RunningProxy
-from tests.test_online_eval import create_run, give_personas, persona_responder
 
 CONDITION_WORDS = ("own", "other", "baseline", "persona_user", "condition")
 
