@@ -25,7 +25,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from middleware.models import Message, PreferencePair  # noqa: E402
 from middleware.rerank.lora import LoraRewardModel, TextEncoder  # noqa: E402
-from middleware.rerank.lora.model import safetensors_metadata  # noqa: E402
+from middleware.rerank.lora.storage import safetensors_metadata  # noqa: E402
 from middleware.store import keys  # noqa: E402
 from tests.induction_fakes import InductionResponder, make_pairs  # noqa: E402
 from tests.jobs_support import drain, job_settings  # noqa: E402

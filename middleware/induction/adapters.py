@@ -108,7 +108,7 @@ async def train_and_store(
         blob,
     ]
     stored = await fail_closed(services.redis.eval(_STORE_IF_VERSION, 2, *script_args))
-    from middleware.rerank.lora.model import safetensors_metadata
+    from middleware.rerank.lora.storage import safetensors_metadata
 
     meta = safetensors_metadata(blob)
     return {

@@ -3,8 +3,10 @@
 * `encoder.py`  the frozen sentence encoder (all-MiniLM-L6-v2, packaged; no hub access) and texts
 * `model.py`    `LoraRewardModel`: features, global head, adapters (bytes, bounded cache), scoring
 * `training.py` global head training (Bradley–Terry) and per-user adapter training (CV'd strength)
+* `storage.py`  the head file and adapter bytes (safetensors with metadata)
 * `cache.py`    the bounded adapter cache, keyed so a stale adapter is never served
 * `reranker.py` `LoraReranker` (the async hook), `create_lora_reranker`, `register`
+* `cli_train.py` `persona train-reward-head`
 
 Adapters are trained by the worker after each persona refresh (`middleware/induction/adapters.py`)
 and stored beside the persona version; the global head by `persona train-reward-head`.

@@ -22,15 +22,14 @@ from typing import Any
 
 import numpy as np
 
-from middleware.errors import NotEnoughData, ValidationFailed
+from middleware.errors import NotEnoughData
 from middleware.models import Message, PreferencePair
-from middleware.rerank.lora import training
+from middleware.rerank.lora import storage, training
 from middleware.rerank.lora.base import (
     ADAPTER_FORMAT,
     DEFAULT_STRENGTHS,
     FEATURE_VERSION,
     HEAD_FORMAT,
-    AdapterMismatch,
     LoraNotTrained,
     peft_module,
     torch_module,
@@ -57,12 +56,6 @@ def make_head(in_dim: int, hidden: int) -> Any:
             return (self.fc2(self.act(self.fc1(x))) + self.lin(x)).squeeze(-1)
 
     return RewardHead()
-
-
-def safetensors_metadata(blob: bytes) -> dict[str, str]:
-    header_len = int.from_bytes(blob[:8], "little")
-    header = json.loads(blob[8 : 8 + header_len])
-    return dict(header.get("__metadata__") or {})
 
 
 class LoraRewardModel:
@@ -217,12 +210,8 @@ class LoraRewardModel:
         return training.train_global_head(self, xc, xr)
 
     def save(self, path: str | Path, *, extra: dict[str, str] | None = None) -> Path:
-        """Write the global head (safetensors with its config) to `path`."""
-        from safetensors.torch import save_file
-
+        """Write the global head (safetensors with its config and the encoder's) to `path`."""
         self.require_head()
-        out = Path(path)
-        out.parent.mkdir(parents=True, exist_ok=True)
         meta = {
             **(extra or {}),
             **self.encoder.describe(),
@@ -233,32 +222,20 @@ class LoraRewardModel:
             "rank": str(self.rank),
             "features": FEATURE_VERSION,
         }
-        tmp = out.with_name(out.name + ".tmp")
-        save_file({k: v.contiguous().cpu() for k, v in self.head_state.items()}, str(tmp), metadata=meta)
-        tmp.replace(out)  # readers never see a half-written head
+        out = storage.write_head(path, self.head_state, meta)
         self.head_meta = meta
         return out
 
     def load(self, path: str | Path) -> dict[str, str]:
         """Load a global head written by `save`. Drops cached adapters (they belong to the old head)."""
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as handle:
-            meta = handle.metadata() or {}
-            state = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118
-        if meta.get("format") != HEAD_FORMAT or meta.get("features") != FEATURE_VERSION:
-            raise ValidationFailed(f"{path} is not a {HEAD_FORMAT} head with features {FEATURE_VERSION}")
-        if int(meta["in_dim"]) != self.in_dim:
-            raise ValidationFailed(
-                f"{path} expects input size {meta['in_dim']}, this encoder gives {self.in_dim}"
-            )
+        state, meta = storage.read_head(path, self.in_dim)
         with self.lock:
             self.hidden = int(meta["hidden"])
             self.rank = int(meta["rank"])
             self.head_state = state
             self.build(init_head=False)
             self.head_ready(self.compute_head_id())
-            self.head_meta = dict(meta)
+            self.head_meta = meta
         return self.head_meta
 
     # ------------------------------------------------------------------ per-user adapters
@@ -310,31 +287,14 @@ class LoraRewardModel:
                 self._cache_put(user, state, meta)
             return self.to_bytes(state, meta)
 
-    @staticmethod
-    def to_bytes(state: dict[str, Any], meta: dict[str, str]) -> bytes:
-        from safetensors.torch import save
-
-        return bytes(save({k: v.contiguous().cpu() for k, v in state.items()}, metadata=meta))
+    to_bytes = staticmethod(storage.adapter_to_bytes)
 
     def load_user(self, user: Hashable, adapter_bytes: bytes) -> dict[str, str]:
         """Put a stored adapter in the cache; refuses adapters of another head. Returns its metadata."""
-        from safetensors.torch import load
-
         self.require_head()
-        try:
-            state = load(adapter_bytes)
-            meta = safetensors_metadata(adapter_bytes)
-        except Exception as exc:
-            raise AdapterMismatch(f"adapter for user {user!r} is not readable: {exc}") from exc
-        if meta.get("format") != ADAPTER_FORMAT:
-            raise AdapterMismatch(f"adapter for user {user!r} is not a {ADAPTER_FORMAT} adapter")
-        if meta.get("head_id") != self.head_id:
-            raise AdapterMismatch(
-                f"adapter for user {user!r} was trained on head {meta.get('head_id')}, "
-                f"the loaded head is {self.head_id}"
-            )
-        if set(state) != set(self.init_adapter):
-            raise AdapterMismatch(f"adapter for user {user!r} has unexpected tensors")
+        state, meta = storage.read_adapter(
+            adapter_bytes, user=user, head_id=self.head_id, tensors=self.init_adapter
+        )
         state = {k: v.to(self.device) for k, v in state.items()}
         with self.lock:
             self._cache_put(user, state, meta)
