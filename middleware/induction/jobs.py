@@ -30,6 +30,7 @@ from middleware.induction.pipeline import induce
 from middleware.induction.queue import REFRESH, JobQueue, now_iso
 from middleware.services import Services, build_services
 from middleware.store import keys
+from middleware.store.guard import resolved
 
 log = logging.getLogger("middleware.jobs")
 TRANSIENT = (UpstreamError, StoreUnavailable)
@@ -79,19 +80,21 @@ async def refresh_persona(ctx: dict[str, Any]) -> dict[str, Any]:
     redis = services.redis
     lease = lease_ms(settings)
 
-    if not await redis.eval(_ACQUIRE_LOCK, 1, keys.job_lock(tenant, user), job_id, str(lease)):
+    if not await resolved(redis.eval(_ACQUIRE_LOCK, 1, keys.job_lock(tenant, user), job_id, str(lease))):
         raise Retry(defer=settings.jobs_retry_defer_s)
     slots = keys.tenant_job_slots(tenant)
     try:
         now = int(time.time() * 1000)
-        if not await redis.eval(
-            _ACQUIRE_SLOT,
-            1,
-            slots,
-            str(now),
-            job_id,
-            str(settings.jobs_tenant_concurrency),
-            str(now + lease),
+        if not await resolved(
+            redis.eval(
+                _ACQUIRE_SLOT,
+                1,
+                slots,
+                str(now),
+                job_id,
+                str(settings.jobs_tenant_concurrency),
+                str(now + lease),
+            )
         ):
             raise Retry(defer=settings.jobs_retry_defer_s)
         try:
@@ -99,7 +102,7 @@ async def refresh_persona(ctx: dict[str, Any]) -> dict[str, Any]:
         finally:
             await redis.zrem(slots, job_id)
     finally:
-        await redis.eval(_RELEASE_LOCK, 1, keys.job_lock(tenant, user), job_id)
+        await resolved(redis.eval(_RELEASE_LOCK, 1, keys.job_lock(tenant, user), job_id))
 
 
 async def run_refresh(
@@ -107,7 +110,7 @@ async def run_refresh(
 ) -> dict[str, Any]:
     settings = services.settings
     tenant, user = record["tenant"], record["user"]
-    attempts = int(await services.redis.hincrby(keys.job_record(job_id), "attempts", 1))
+    attempts = int(await resolved(services.redis.hincrby(keys.job_record(job_id), "attempts", 1)))
     if attempts > settings.jobs_max_attempts:
         return await finish(
             queue,

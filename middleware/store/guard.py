@@ -30,3 +30,10 @@ async def fail_closed(awaitable: Any) -> Any:
     except STORE_ERRORS as exc:
         log.warning("store unavailable: %s", type(exc).__name__)
         raise StoreUnavailable("the store (Redis) is unavailable; nothing was changed") from exc
+
+
+async def resolved(value: Awaitable[T] | T) -> T:
+    """Await a redis-py command whose type is `Awaitable[T] | T`, leaving its errors alone."""
+    if inspect.isawaitable(value):
+        return await value
+    return value
