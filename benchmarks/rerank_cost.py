@@ -1,7 +1,7 @@
 """Cost of the `lora` reranker on this machine (CPU unless a GPU is present).
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/rerank_cost.py [--data FILE] [--runs 5] [--out FILE]
-        [--quantize] [--context-tokens 128] [--backend torch|onnx|auto]
+        [--quantize] [--context-tokens 128]
 
 Measures, as the median over `--runs` rounds:
 * score_p50_ms: p50 latency of scoring four candidates with a warm (cached) user adapter; every call
@@ -15,9 +15,8 @@ Measures, as the median over `--runs` rounds:
 * train_user_s: training one user's adapter on 50 pairs (fresh texts, encoding + strength selection);
 * adapter_bytes: bytes of one cached adapter's tensors, and the size of its serialised form.
 
-`--quantize` (int8 attention layers), `--context-tokens N` (context token cap) and `--backend onnx`
-(ONNX Runtime) change the encoder; `encoder_cosine_min/mean` then compare its vectors to the fp32
-torch encoder's on 300 texts (150 contexts, 150 candidates).
+`--quantize` (int8 attention layers) and `--context-tokens N` (context token cap) change the
+encoder; `encoder_cosine_min/mean` then compare its vectors to the fp32 encoder's on 200 texts.
 """
 
 from __future__ import annotations
@@ -63,9 +62,6 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     parser.add_argument("--quantize", action="store_true", help="int8 dynamic quantization (attention)")
     parser.add_argument("--context-tokens", type=int, default=None, help="token cap on the context")
-    parser.add_argument(
-        "--backend", choices=("auto", "torch", "onnx"), default="torch", help="encoder runtime"
-    )
     args = parser.parse_args()
 
     try:
@@ -86,18 +82,17 @@ def main() -> None:
         cache_dir=None,
         quantize=args.quantize,
         context_max_length=args.context_tokens,
-        backend=args.backend,
     )
     load_s = time.perf_counter() - started
     by_user = load_pairs_by_user(args.data)
     cosine: dict[str, float] = {}
-    if args.quantize or args.context_tokens or model.encoder.backend != "torch":
+    if args.quantize or args.context_tokens:
         reference = TextEncoder(memory_cache_size=1000)
-        sample = [p for ps in by_user.values() for p in ps][:150]
+        sample = [p for ps in by_user.values() for p in ps][:100]
         texts = [context_text(p.context) for p in sample] + [str(p.chosen.content) for p in sample]
-        contexts = texts[:150]
-        ref = np.concatenate([reference.encode(contexts), reference.encode(texts[150:])])
-        got = np.concatenate([model.encoder.encode_contexts(contexts), model.encoder.encode(texts[150:])])
+        contexts = texts[:100]
+        ref = np.concatenate([reference.encode(contexts), reference.encode(texts[100:])])
+        got = np.concatenate([model.encoder.encode_contexts(contexts), model.encoder.encode(texts[100:])])
         cos = (ref * got).sum(1)
         cosine = {
             "encoder_cosine_min": round(float(cos.min()), 4),
@@ -155,7 +150,6 @@ def main() -> None:
     result = {
         "device": model.device,
         "threads": args.threads,
-        "backend": model.encoder.backend,
         "quantized": model.encoder.quantized,
         "context_tokens": model.encoder.context_max_length,
         **cosine,

@@ -96,10 +96,6 @@ class Settings(BaseSettings):
     lora_threads: int | None = None
     lora_max_context_tokens: int | None = None
     lora_quantize: bool = False
-    # encoder runtime; "auto" = ONNX Runtime when onnxruntime is installed (CPU, not quantized). Default torch:
-    # onnx measured no faster on the 2-core CPU (benchmarks/rerank_cost.py --backend onnx)
-    lora_backend: Literal["auto", "torch", "onnx"] = "torch"
-    lora_onnx_cache_dir: str | None = None
     lora_train_on_refresh: bool = True
 
     @model_validator(mode="after")

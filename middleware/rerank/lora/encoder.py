@@ -9,8 +9,6 @@ conversation context (the long part of a request) separately from candidates, an
 applies torch dynamic int8 quantization (per channel) to the Linear layers of the encoder's attention
 blocks (CPU only). Quantizing every Linear layer is faster still but moves embeddings too far (cosine
 similarity to fp32 0.92 per tensor, 0.98 per channel); the attention layers alone keep it > 0.99.
-`backend="onnx"` runs the same fp32 encoder (with pooling) in ONNX Runtime on CPU (onnx_backend.py);
-`"auto"` picks it when onnxruntime is installed, the device is the CPU and quantization is off.
 """
 
 from __future__ import annotations
@@ -26,8 +24,6 @@ import numpy as np
 
 from middleware.models import Message
 from middleware.rerank.lora.base import DEFAULT_ENCODER_NAME, INSTALL_HINT, LoraUnavailable, torch_module
-
-BACKENDS = ("auto", "torch", "onnx")
 
 
 def default_encoder_path() -> Path:
@@ -107,9 +103,6 @@ class TextEncoder:
         batch_size: int = 32,
         cache_dir: str | Path | None = None,
         memory_cache_size: int = 50_000,
-        backend: str = "torch",
-        onnx_cache_dir: str | Path | None = None,
-        num_threads: int | None = None,
     ) -> None:
         torch = torch_module()
         try:
@@ -126,18 +119,6 @@ class TextEncoder:
         if self.quantized:
             model = quantize_attention(model)
         self.model = model.to(self.device)
-        self.backend = self._resolve_backend(backend)
-        self.onnx: Any = None
-        if self.backend == "onnx":
-            from middleware.rerank.lora.onnx_backend import OnnxEncoder
-
-            self.onnx = OnnxEncoder.load_or_export(
-                self.model,
-                self.tokenizer,
-                self.path,
-                cache_dir=Path(onnx_cache_dir) if onnx_cache_dir else None,
-                threads=num_threads or 2,
-            )
         self.dim = int(self.model.config.hidden_size)
         self.max_length = max_length
         self.context_max_length = min(context_max_length or max_length, max_length)
@@ -158,22 +139,6 @@ class TextEncoder:
                 for k, v in zip(keys, vecs, strict=True):
                     self._memory[str(k)] = v
                 self._memory_size = max(self._memory_size, len(self._memory) + memory_cache_size)
-
-    def _resolve_backend(self, backend: str) -> str:
-        from middleware.rerank.lora.onnx_backend import onnx_available
-
-        if backend not in BACKENDS:
-            raise ValueError(f"unknown encoder backend {backend!r} (one of {', '.join(BACKENDS)})")
-        if backend == "torch":
-            return "torch"
-        usable = self.device == "cpu" and not self.quantized
-        if backend == "auto":
-            return "onnx" if usable and onnx_available() else "torch"
-        if not usable:
-            raise LoraUnavailable("the onnx encoder backend runs the fp32 encoder on CPU only (no quantize)")
-        if not onnx_available():
-            raise LoraUnavailable("the onnx encoder backend needs onnxruntime: pip install onnxruntime")
-        return "onnx"
 
     def describe(self) -> dict[str, str]:
         """What determines the vectors (recorded with a trained head)."""
@@ -231,16 +196,6 @@ class TextEncoder:
 
             iterator = tqdm(batches, desc="encode", unit="batch", leave=False)
         for batch in iterator:
-            if self.onnx is not None:
-                arrays = self.tokenizer(
-                    [t for _, t in batch],
-                    padding=True,
-                    truncation=True,
-                    max_length=limit,
-                    return_tensors="np",
-                )
-                self._store(batch, self.onnx(arrays))
-                continue
             enc = self.tokenizer(
                 [t for _, t in batch], padding=True, truncation=True, max_length=limit, return_tensors="pt"
             ).to(self.device)
@@ -249,13 +204,11 @@ class TextEncoder:
                 mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
                 pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
                 pooled = torch.nn.functional.normalize(pooled, dim=-1)
-            self._store(batch, pooled.float().cpu().numpy())
-
-    def _store(self, batch: Sequence[tuple[str, str]], vecs: np.ndarray) -> None:
-        with self._lock:
-            for (k, _), v in zip(batch, vecs, strict=True):
-                self._memory[k] = v
-            self._dirty = True
+            vecs = pooled.float().cpu().numpy()
+            with self._lock:
+                for (k, _), v in zip(batch, vecs, strict=True):
+                    self._memory[k] = v
+                self._dirty = True
 
     def flush(self) -> None:
         """Write the in-memory cache to the cache directory (if one was given)."""

@@ -85,8 +85,6 @@ class LoraRewardModel:
         cache_dir: str | Path | None = None,
         context_max_length: int | None = None,
         quantize: bool = False,
-        backend: str = "torch",
-        onnx_cache_dir: str | Path | None = None,
     ) -> None:
         torch = torch_module()
         if num_threads:
@@ -97,9 +95,6 @@ class LoraRewardModel:
             cache_dir=cache_dir,
             context_max_length=context_max_length,
             quantize=quantize,
-            backend=backend,
-            onnx_cache_dir=onnx_cache_dir,
-            num_threads=num_threads,
         )
         self.device = device or self.encoder.device
         self.hidden = hidden

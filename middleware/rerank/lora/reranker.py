@@ -34,8 +34,6 @@ def model_from_settings(settings: Any, **overrides: Any) -> LoraRewardModel:
         "num_threads": getattr(settings, "lora_threads", None),
         "context_max_length": getattr(settings, "lora_max_context_tokens", None),
         "quantize": bool(getattr(settings, "lora_quantize", False)),
-        "backend": getattr(settings, "lora_backend", "torch") or "torch",
-        "onnx_cache_dir": getattr(settings, "lora_onnx_cache_dir", None),
     }
     options.update(overrides)
     model = LoraRewardModel(**options)
@@ -142,7 +140,7 @@ def _mtime(path: str | None) -> float | None:
 def create_lora_reranker(settings: Any, store: Any = None) -> LoraReranker:
     """Factory for the reranker registry (`store` is the registry's RerankResources). Reads the
     optional settings `lora_encoder_path`, `lora_head_path`, `lora_cache_size`, `lora_device`,
-    `lora_threads`, `lora_max_context_tokens`, `lora_quantize`, `lora_backend`, `lora_onnx_cache_dir`."""
+    `lora_threads`, `lora_max_context_tokens`, `lora_quantize`."""
     return LoraReranker(model_from_settings(settings), store, getattr(settings, "lora_head_path", None))
 
 
