@@ -117,10 +117,20 @@ wrk.headers["Authorization"] = "Bearer %s"
 """
 
 
-def wrk(url: str, body: dict[str, object], *, connections: int, seconds: float) -> dict[str, float]:
-    """Run wrk against a chat URL; returns req/s and latency percentiles in ms."""
+def wrk(
+    url: str, body: dict[str, object], *, connections: int, seconds: float, pause_ms: float | None = None
+) -> dict[str, float]:
+    """Run wrk against a chat URL; returns req/s and latency percentiles in ms.
+
+    With `pause_ms`, each connection waits that long after every answer (wrk's `delay()` hook), which
+    paces the load below saturation; latency is still measured per request, without the pause.
+    """
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         script.write(WRK_SCRIPT % (json.dumps(body), APP_KEY))
+        if pause_ms is not None:
+            # uniform jitter around the mean keeps the connections from marching in lockstep bursts
+            mean = max(0, round(pause_ms))
+            script.write(f"function delay() return math.random(0, {2 * mean}) end\n")
     out = subprocess.run(
         [
             "wrk",
