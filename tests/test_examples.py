@@ -50,3 +50,22 @@ def test_collect_preferences(proxy: RunningProxy, fake_upstream: FakeUpstream) -
     )
     assert out.count("stored the judgement and 5 preference pairs") == 2
     assert "answer at temperature 0.1 as assistant to second" in out
+
+
+def test_online_evaluation(proxy: RunningProxy, fake_upstream: FakeUpstream, tmp_path: Path) -> None:
+    from tests.support.online_eval import give_personas, persona_responder
+
+    fake_upstream.responder = persona_responder()
+    give_personas(proxy, ("alice", "bob"))
+    plot = tmp_path / "evaluation.png"
+    out = run_example(
+        proxy, "examples/online_evaluation.py", "--tenant", "tenant-a", "--users", "alice", "bob",
+        "--model", "fake-model", "--plot", str(plot), "--auto",
+    )
+    assert out.startswith("evaluation run ")
+    assert out.count("answer A ---") == 4 and "answer for alice" in out and "plain answer" in out
+    assert "own vs baseline: p = " in out
+    wins = {line.split(":")[0].strip(): int(line.split(":")[1].split()[0]) for line in out.splitlines()
+            if line.strip().startswith(("own:", "other:", "baseline:"))}
+    assert sum(wins.values()) == 4
+    assert plot.read_bytes().startswith(b"\x89PNG")
