@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import aiohttp
 from redis.asyncio import Redis
@@ -14,6 +15,8 @@ from middleware.personalize.service import Personalizer
 from middleware.store.personas import PersonaStore
 from middleware.store.preferences import PreferenceStore
 from middleware.upstream import UpstreamRouter
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -28,6 +31,13 @@ class Services:
     upstreams: UpstreamRouter
     # Filled by later subsystems (job queue pool, reranker registry, ...), keyed by name.
     extras: dict[str, Any] = field(default_factory=dict)
+
+    def shared(self, name: str, factory: Callable[[Services], T]) -> T:
+        """The one instance of a per-app helper, made on first use and kept in `extras`."""
+        found = self.extras.get(name)
+        if found is None:
+            found = self.extras[name] = factory(self)
+        return cast(T, found)
 
     async def close(self) -> None:
         for extra in self.extras.values():

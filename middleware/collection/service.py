@@ -72,10 +72,7 @@ class ComparisonService:
 
     @classmethod
     def of(cls, services: Services) -> ComparisonService:
-        service = services.extras.get("comparisons")
-        if not isinstance(service, cls):
-            service = services.extras["comparisons"] = cls(services)
-        return service
+        return services.shared("comparisons", cls)
 
     # --- creating -----------------------------------------------------------------------------------
     async def prepare(

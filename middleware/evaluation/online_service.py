@@ -100,10 +100,7 @@ class EvaluationService:
 
     @classmethod
     def of(cls, services: Services) -> EvaluationService:
-        service = services.extras.get("evaluations")
-        if not isinstance(service, cls):
-            service = services.extras["evaluations"] = cls(services)
-        return service
+        return services.shared("evaluations", cls)
 
     # --- runs ---------------------------------------------------------------------------------------
     async def create_run(
