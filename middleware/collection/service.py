@@ -94,10 +94,10 @@ class ComparisonService:
         upstream_messages = conversation
         version: int | None = None
         if persona:
-            found = await self._services.personalizer.block_for(tenant, user)
+            found = await self._services.personalizer.current(tenant, user)
             if found is not None:
-                block, version = found
-                upstream_messages = inject_block(conversation, block)
+                version = found.version
+                upstream_messages = inject_block(conversation, found.block)
         return Prepared(
             id=new_comparison_id(),
             tenant=tenant,

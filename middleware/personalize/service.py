@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import NamedTuple
 
 import orjson
 
@@ -15,6 +16,12 @@ from middleware.store.personas import PersonaReadFailed, PersonaStore
 log = logging.getLogger("middleware.personalize")
 
 
+class ActivePersona(NamedTuple):
+    block: str
+    version: int
+    version_id: str
+
+
 class Personalizer:
     def __init__(self, store: PersonaStore, settings: Settings, metrics: Metrics) -> None:
         self._store = store
@@ -22,13 +29,8 @@ class Personalizer:
         self._metrics = metrics
         self._cache = BlockCache(settings.persona_cache_size)
 
-    async def block_for(self, tenant: str, user: str) -> tuple[str, int] | None:
-        """(rendered block, version), or None when the user has no persona or Redis is sick."""
-        found = await self.current(tenant, user)
-        return None if found is None else (found[0], found[1])
-
-    async def current(self, tenant: str, user: str) -> tuple[str, int, str] | None:
-        """(rendered block, version, version id), or None when the user has no persona or Redis is sick."""
+    async def current(self, tenant: str, user: str) -> ActivePersona | None:
+        """The user's rendered persona block, or None when they have none or Redis is sick."""
         try:
             blob = await self._store.read_current_blob(tenant, user)
         except PersonaReadFailed as exc:
@@ -44,7 +46,7 @@ class Personalizer:
         if block is None:
             block = self.render(Persona.model_validate(head))
             self._cache.put(version_id, block)
-        return block, version, version_id
+        return ActivePersona(block, version, version_id)
 
     def render(self, persona: Persona) -> str:
         return render_persona_block(
