@@ -40,17 +40,11 @@ def serve(
     """Run the proxy (uvloop + httptools). Starts a local redis-server if none is reachable."""
     import uvicorn
 
-    from middleware.embedded_redis import reachable, start_local_redis
+    from middleware.embedded_redis import redis_available
 
     configure_logging(log_level.upper())
     cfg = settings()
-    redis_process = None
-    if not reachable(cfg.redis_url) and cfg.embedded_redis:
-        redis_process = start_local_redis(cfg.redis_url, Path(cfg.data_dir))
-        typer.echo(
-            f"No Redis at {cfg.redis_url}: started a local redis-server with data in {cfg.data_dir}/redis"
-        )
-    try:
+    with redis_available(cfg.redis_url, Path(cfg.data_dir), allowed=cfg.embedded_redis):
         uvicorn.run(
             "middleware.asgi:app",
             host=host,
@@ -61,10 +55,6 @@ def serve(
             access_log=False,
             log_level=log_level,
         )
-    finally:
-        if redis_process is not None:
-            redis_process.terminate()
-            redis_process.wait(timeout=10)
 
 
 @app.command()

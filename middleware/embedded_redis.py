@@ -9,7 +9,10 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
+import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -69,3 +72,21 @@ def start_local_redis(url: str, data_dir: Path) -> subprocess.Popen[bytes]:
         time.sleep(0.05)
     process.kill()
     raise RuntimeError("redis-server did not start within 10 s")
+
+
+@contextmanager
+def redis_available(url: str, data_dir: Path, *, allowed: bool = True) -> Iterator[None]:
+    """Make sure Redis answers at `url` for the duration: start a local one if needed and allowed
+    (saying so on stderr), and stop it afterwards."""
+    process = None
+    if allowed and not reachable(url):
+        process = start_local_redis(url, data_dir)
+        print(
+            f"No Redis at {url}: started a local redis-server with data in {data_dir}/redis", file=sys.stderr
+        )
+    try:
+        yield
+    finally:
+        if process is not None:
+            process.terminate()
+            process.wait(timeout=10)

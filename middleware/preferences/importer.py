@@ -132,24 +132,19 @@ async def run_import(
     progress: bool = True,
 ) -> dict[str, Any]:
     """The `persona import` command. Starts a local redis-server (like `persona serve`) if none runs."""
-    from middleware.embedded_redis import reachable, start_local_redis
+    from middleware.embedded_redis import redis_available
     from middleware.store.connection import create_redis
 
-    local = None
-    if settings.embedded_redis and not reachable(settings.redis_url):
-        local = start_local_redis(settings.redis_url, Path(settings.data_dir))
-    redis = create_redis(settings)
-    try:
-        return await import_file(
-            PreferenceStore(redis),
-            Path(file),
-            format=format,
-            tenant=tenant,
-            batch_size=batch_size,
-            progress=progress,
-        )
-    finally:
-        await redis.aclose()
-        if local is not None:
-            local.terminate()
-            local.wait(timeout=10)
+    with redis_available(settings.redis_url, Path(settings.data_dir), allowed=settings.embedded_redis):
+        redis = create_redis(settings)
+        try:
+            return await import_file(
+                PreferenceStore(redis),
+                Path(file),
+                format=format,
+                tenant=tenant,
+                batch_size=batch_size,
+                progress=progress,
+            )
+        finally:
+            await redis.aclose()
