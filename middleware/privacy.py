@@ -9,7 +9,7 @@ from redis.asyncio import Redis
 from middleware.config import Settings
 from middleware.evaluation.online_store import EvaluationStore
 from middleware.identity import validate_user_id
-from middleware.store.connection import create_redis
+from middleware.store.connection import redis_client
 from middleware.store.users import export_user, forget_user
 
 
@@ -28,17 +28,11 @@ async def export_everything(redis: Redis, tenant: str, user: str) -> dict[str, A
 
 async def forget_cli(settings: Settings, tenant: str, user: str) -> dict[str, Any]:
     validate_user_id(user)
-    redis = create_redis(settings)
-    try:
+    async with redis_client(settings) as redis:
         return await forget_everything(redis, tenant, user)
-    finally:
-        await redis.aclose()
 
 
 async def export_cli(settings: Settings, tenant: str, user: str) -> dict[str, Any]:
     validate_user_id(user)
-    redis = create_redis(settings)
-    try:
+    async with redis_client(settings) as redis:
         return await export_everything(redis, tenant, user)
-    finally:
-        await redis.aclose()

@@ -12,7 +12,7 @@ from middleware.errors import NotFound
 from middleware.evaluation.online_plot import write_png
 from middleware.evaluation.online_service import build_report
 from middleware.evaluation.online_store import EvaluationStore
-from middleware.store.connection import create_redis
+from middleware.store.connection import redis_client
 
 
 async def run_report(
@@ -25,15 +25,12 @@ async def run_report(
     seed: int = 0,
 ) -> dict[str, Any]:
     """Build the report; write it as JSON to `out` and the chart as PNG to `plot` when given."""
-    redis = create_redis(settings)
-    try:
+    async with redis_client(settings) as redis:
         store = EvaluationStore(redis)
         run = await store.run(tenant, evaluation_id)
         if run is None:
             raise NotFound(f"evaluation {evaluation_id!r} not found in tenant {tenant!r}")
         report = build_report(run, await store.trials(tenant, evaluation_id), seed=seed)
-    finally:
-        await redis.aclose()
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))

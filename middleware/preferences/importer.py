@@ -133,11 +133,10 @@ async def run_import(
 ) -> dict[str, Any]:
     """The `persona import` command. Starts a local redis-server (like `persona serve`) if none runs."""
     from middleware.embedded_redis import redis_available
-    from middleware.store.connection import create_redis
+    from middleware.store.connection import redis_client
 
     with redis_available(settings.redis_url, Path(settings.data_dir), allowed=settings.embedded_redis):
-        redis = create_redis(settings)
-        try:
+        async with redis_client(settings) as redis:
             return await import_file(
                 PreferenceStore(redis),
                 Path(file),
@@ -146,5 +145,3 @@ async def run_import(
                 batch_size=batch_size,
                 progress=progress,
             )
-        finally:
-            await redis.aclose()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from redis.asyncio import BlockingConnectionPool, Redis
 
 from middleware.config import Settings
@@ -17,3 +20,13 @@ def create_redis(settings: Settings) -> Redis:
         retry_on_timeout=False,
     )
     return Redis(connection_pool=pool)
+
+
+@asynccontextmanager
+async def redis_client(settings: Settings) -> AsyncIterator[Redis]:
+    """A client for one command-line run, closed afterwards."""
+    redis = create_redis(settings)
+    try:
+        yield redis
+    finally:
+        await redis.aclose()
