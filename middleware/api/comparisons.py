@@ -20,12 +20,11 @@ from fastapi import APIRouter, Path, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from middleware.api.deps import AppTenant, ServicesDep
+from middleware.api.deps import AppTenant, ServicesDep, caller_user
 from middleware.api.responses import JSONBytes
 from middleware.collection.service import ComparisonService, Prepared
 from middleware.collection.variants import Variant
-from middleware.errors import InvalidRequest, PersonaError
-from middleware.identity import USER_HEADER, validate_user_id
+from middleware.errors import PersonaError
 from middleware.induction.triggers import refresh_if_due
 from middleware.models import Message
 from middleware.upstream import ClientDisconnected, cancel_on_disconnect
@@ -57,21 +56,6 @@ class JudgementIn(BaseModel):
     worst: int = Field(ge=0)
     rationale: str = Field(default="", max_length=20_000)
     user: str | None = None
-
-
-def caller_user(request: Request, body_user: str | None, *, required: bool) -> str | None:
-    header = request.headers.get(USER_HEADER)
-    if header:
-        return validate_user_id(header, param=USER_HEADER)
-    if body_user:
-        return validate_user_id(body_user)
-    if required:
-        raise InvalidRequest(
-            "an end-user id is required: 'user' in the body or the X-Persona-User header",
-            param="user",
-            code="missing_user",
-        )
-    return None
 
 
 @router.post("/v1/comparisons")

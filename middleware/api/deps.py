@@ -7,8 +7,8 @@ from typing import Annotated, Any
 import orjson
 from fastapi import Depends, Request
 
-from middleware.errors import InvalidJSON
-from middleware.identity import tenant_for_admin, tenant_for_app_key
+from middleware.errors import InvalidJSON, InvalidRequest
+from middleware.identity import USER_HEADER, tenant_for_admin, tenant_for_app_key, validate_user_id
 from middleware.services import Services
 
 
@@ -37,3 +37,19 @@ def parse_json(raw: bytes) -> Any:
         return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise InvalidJSON(f"the request body is not valid JSON: {exc}") from None
+
+
+def caller_user(request: Request, body_user: str | None, *, required: bool) -> str | None:
+    """The end user of an app-facing call: the X-Persona-User header, else the body's `user`."""
+    header = request.headers.get(USER_HEADER)
+    if header:
+        return validate_user_id(header, param=USER_HEADER)
+    if body_user:
+        return validate_user_id(body_user)
+    if required:
+        raise InvalidRequest(
+            "an end-user id is required: 'user' in the body or the X-Persona-User header",
+            param="user",
+            code="missing_user",
+        )
+    return None

@@ -24,8 +24,7 @@ from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from middleware.api.comparisons import caller_user
-from middleware.api.deps import AdminTenant, AppTenant, ServicesDep
+from middleware.api.deps import AdminTenant, AppTenant, ServicesDep, caller_user
 from middleware.api.responses import JSONBytes
 from middleware.evaluation.online_plot import render_png
 from middleware.evaluation.online_service import EvaluationService

@@ -10,8 +10,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from middleware.api.comparisons import caller_user
-from middleware.api.deps import AppTenant, ServicesDep
+from middleware.api.deps import AppTenant, ServicesDep, caller_user
 from middleware.api.responses import JSONBytes
 from middleware.errors import ValidationFailed
 from middleware.identity import validate_user_id

@@ -13,8 +13,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Request
 from fastapi.responses import FileResponse, HTMLResponse, Response
 
-from middleware.api.comparisons import caller_user
-from middleware.api.deps import AppTenant, ServicesDep
+from middleware.api.deps import AppTenant, ServicesDep, caller_user
 from middleware.api.responses import JSONBytes
 from middleware.collection.service import ComparisonService
 from middleware.errors import NotFound
