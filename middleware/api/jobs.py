@@ -6,8 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path
 
-from middleware.api.deps import AdminTenant, ServicesDep
-from middleware.api.users import job_queue
+from middleware.api.deps import AdminTenant, ServicesDep, job_queue
 from middleware.errors import NotFound
 
 router = APIRouter(prefix="/admin/jobs", tags=["admin"])

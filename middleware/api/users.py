@@ -11,13 +11,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Path
 from pydantic import BaseModel, ConfigDict, Field
 
-from middleware.api.deps import AdminTenant, ServicesDep
+from middleware.api.deps import AdminTenant, ServicesDep, job_queue
 from middleware.api.responses import JSONBytes
-from middleware.errors import NotEnoughData, PersonaError
+from middleware.errors import NotEnoughData
 from middleware.identity import USER_ID_RE
-from middleware.induction.queue import JobQueue
 from middleware.privacy import export_everything, forget_everything
-from middleware.services import Services
 
 router = APIRouter(prefix="/admin/users", tags=["admin"])
 UserPath = Annotated[str, Path(pattern=USER_ID_RE.pattern, description="end-user id")]
@@ -27,14 +25,6 @@ class RefreshIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str | None = Field(default=None, max_length=200, description="LLM used for induction")
-
-
-def job_queue(services: Services) -> JobQueue:
-    queue = services.extras.get("jobs")
-    if queue is None:
-        raise PersonaError("the job queue is not available", code="jobs_unavailable", status_code=503)
-    queue_: JobQueue = queue
-    return queue_
 
 
 @router.post("/{user}/persona/refresh", status_code=202)
