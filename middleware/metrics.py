@@ -45,5 +45,13 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.rerank_seconds = Histogram(
+            "persona_rerank_seconds",
+            "Time a reranker took to score the candidates (after they were generated)",
+            ["reranker"],
+            buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0),
+            registry=self.registry,
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

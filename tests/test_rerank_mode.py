@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections.abc import Sequence
@@ -44,6 +45,12 @@ class ShortestFirst:
         return [-float(len(c)) for c in candidates]
 
 
+class SlowShortest(ShortestFirst):
+    async def score(self, context: Sequence[dict[str, Any]], candidates: Sequence[str], *, user: EndUser | None) -> list[float]:
+        await asyncio.sleep(0.12)
+        return await super().score(context, candidates, user=user)
+
+
 class Broken:
     async def score(self, context: Sequence[dict[str, Any]], candidates: Sequence[str], *, user: EndUser | None) -> list[float]:
         raise RuntimeError("scorer down")
@@ -84,6 +91,21 @@ def test_the_best_scored_candidate_is_returned(proxy: RunningProxy, fake_upstrea
     assert sorted((r.body["messages"][0]["role"], r.body["temperature"]) for r in sent) == sorted(
         [("system", 1.0), ("system", 0.1), ("assistant", 1.0), ("assistant", 0.1)]
     )
+
+
+def test_scoring_time_is_reported(proxy: RunningProxy, fake_upstream: FakeUpstream) -> None:
+    registry(proxy).add("slow", lambda settings, resources: SlowShortest())
+    fake_upstream.responder = by_variant
+    raw = sdk(proxy, "slow").chat.completions.with_raw_response.create(
+        model="fake-model", messages=MESSAGES, user="alice"  # type: ignore[arg-type]
+    )
+    assert raw.parse().choices[0].message.content == "kiwi"
+    assert 120.0 <= float(raw.headers["x-persona-rerank-ms"]) < 2000.0
+    metrics = httpx.get(f"{proxy.url}/metrics").text
+    count = re.search(r'persona_rerank_seconds_count\{reranker="slow"\} ([0-9.]+)', metrics)
+    total = re.search(r'persona_rerank_seconds_sum\{reranker="slow"\} ([0-9.]+)', metrics)
+    assert count is not None and float(count.group(1)) == 1.0
+    assert total is not None and float(total.group(1)) >= 0.12
 
 
 def test_persona_block_goes_with_every_candidate(proxy: RunningProxy, fake_upstream: FakeUpstream) -> None:

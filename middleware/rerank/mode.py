@@ -88,7 +88,7 @@ async def rerank_completion(
     end_user = EndUser(tenant, user, version, version_id) if user else None
     prepare = getattr(reranker, "prepare", None)
 
-    async def work() -> tuple[list[dict[str, Any] | PersonaError], list[float] | None]:
+    async def work() -> tuple[list[dict[str, Any] | PersonaError], list[float] | None, float]:
         # A reranker may get ready (encode the context, fetch per-user state) while candidates generate.
         prepared = (
             asyncio.ensure_future(prepare(body["messages"], user=end_user)) if prepare is not None else None
@@ -108,6 +108,7 @@ async def rerank_completion(
         if not ok:
             first = next(r for r in results if isinstance(r, PersonaError))
             raise first if isinstance(first, UpstreamError) else UpstreamError(str(first))
+        scoring_started = time.perf_counter()
         try:
             scores = await reranker.score(body["messages"], [candidate_text(r) for r in ok], user=end_user)
             if len(scores) != len(ok):
@@ -115,11 +116,13 @@ async def rerank_completion(
         except Exception as exc:  # any scorer failure: fall back, never fail the chat
             log.warning("reranker %s failed, returning the first candidate: %s", reranker_name, exc)
             services.metrics.rerank_fallbacks.inc()
-            return results, None
-        return results, [float(s) for s in scores]
+            return results, None, time.perf_counter() - scoring_started
+        scoring_s = time.perf_counter() - scoring_started
+        services.metrics.rerank_seconds.labels(reranker_name).observe(scoring_s)
+        return results, [float(s) for s in scores], scoring_s
 
     try:
-        results, scores = await cancel_on_disconnect(request.receive, work())
+        results, scores, scoring_s = await cancel_on_disconnect(request.receive, work())
     except ClientDisconnected:
         services.metrics.client_disconnects.inc()
         return Response(status_code=499)
@@ -136,6 +139,7 @@ async def rerank_completion(
         "x-persona-reranker": reranker_name,
         "x-persona-rerank-chosen": str(chosen_index),
         "x-persona-rerank-fallback": "true" if scores is None else "false",
+        "x-persona-rerank-ms": f"{scoring_s * 1000.0:.3f}",
     }
     if scores is not None:
         headers["x-persona-rerank-scores"] = ",".join(f"{s:.4f}" for s in scores)
