@@ -121,8 +121,19 @@ async def test_worker_trains_and_stores_the_adapter_under_the_persona_version(
         job_id = http.post("/admin/users/walter/persona/refresh").json()["job_id"]
         await drain(settings)
         job = http.get(f"/admin/jobs/{job_id}").json()
+        shown = http.get("/admin/users/walter/adapter")
+        listed = http.get("/admin/users/walter/persona/versions").json()
+        missing = http.get("/admin/users/walter/adapter", params={"version": 2})
     assert job["state"] == "complete", job
     facts = job["result"]["adapter"]
+    # operators see the adapter beside its persona version
+    assert shown.status_code == 200, shown.text
+    body = shown.json()
+    assert body["user"] == "walter" and body["persona_version"] == 1 and body["bytes"] == facts["bytes"]
+    assert body["head_id"] == head[0].head_id and body["n_pairs"] == 6 and body["strength"] == facts["strength"]
+    assert body["persona_version_id"] == job["result"]["version_id"] and body["trained_at"]
+    assert [v["adapter"]["bytes"] for v in listed] == [facts["bytes"]]
+    assert missing.status_code == 404 and missing.json()["error"]["param"] == "version"
     assert facts["stored"] is True and facts["key_version"] == job["result"]["version"] == 1
     assert facts["head_id"] == head[0].head_id and facts["pairs"] == 6 and facts["bytes"] > 0
     blob = redis_sync.Redis.from_url(redis_url).get(keys.adapter(T, "walter", 1))
@@ -164,6 +175,12 @@ def test_rerank_mode_returns_the_candidate_the_users_adapter_ranks_highest(
     version = put_persona(lproxy, "terse", "Prefers short answers.")
     store.set(keys.adapter(T, "terse", version), adapter(head[0], "terse", prefers_short=True))
     put_persona(lproxy, "plain", "No adapter yet.")
+
+    with admin(lproxy) as http:
+        assert http.get("/admin/users/plain/adapter").status_code == 404  # a persona, no adapter
+        assert http.get("/admin/users/nobody/adapter").status_code == 404  # no persona
+        assert http.get("/admin/users/plain/persona/versions").json()[0]["adapter"] is None
+        assert http.get("/admin/users/terse/adapter").json()["n_pairs"] == 16
 
     content, headers = rerank(lproxy, "terse")
     assert content == SHORTEST

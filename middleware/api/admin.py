@@ -1,4 +1,5 @@
-"""Operator routes for personas: read, write, switch off, list versions, roll back.
+"""Operator routes for personas: read, write, switch off, list versions, roll back; and the `lora`
+adapter stored beside a persona version.
 
 All need the admin key; the tenant is named by the X-Persona-Tenant header.
 """
@@ -7,10 +8,17 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path
+from fastapi import APIRouter, Path, Query
 
 from middleware.api.deps import AdminTenant, ServicesDep
-from middleware.api.schemas import PersonaPublic, PersonaPut, PersonaVersionPublic, RollbackIn
+from middleware.api.schemas import (
+    AdapterOfVersion,
+    AdapterPublic,
+    PersonaPublic,
+    PersonaPut,
+    PersonaVersionPublic,
+    RollbackIn,
+)
 from middleware.errors import NotFound
 from middleware.identity import USER_ID_RE
 
@@ -55,6 +63,8 @@ async def list_versions(
 ) -> list[PersonaVersionPublic]:
     current = await services.personas.get(tenant, user)
     current_id = current.version_id if current else None
+    versions = await services.personas.list_versions(tenant, user)
+    adapters = await services.personas.adapter_facts(tenant, user, [p.version for p in versions])
     return [
         PersonaVersionPublic(
             version=p.version,
@@ -64,9 +74,29 @@ async def list_versions(
             text_chars=len(p.text),
             exemplar_count=len(p.exemplars),
             provenance=p.provenance,
+            adapter=AdapterPublic.model_validate(adapters[p.version]) if p.version in adapters else None,
         )
-        for p in await services.personas.list_versions(tenant, user)
+        for p in versions
     ]
+
+
+@router.get("/{user}/adapter")
+async def get_adapter(
+    user: UserPath,
+    tenant: AdminTenant,
+    services: ServicesDep,
+    version: Annotated[int | None, Query(ge=1, description="persona version (default: the current one)")] = None,
+) -> AdapterOfVersion:
+    """The `lora` adapter trained beside a persona version: its size, head and training facts."""
+    if version is None:
+        current = await services.personas.get(tenant, user)
+        if current is None:
+            raise NotFound(f"user {user!r} has no persona")
+        version = current.version
+    facts = (await services.personas.adapter_facts(tenant, user, [version])).get(version)
+    if facts is None:
+        raise NotFound(f"persona version {version} of user {user!r} has no lora adapter", param="version")
+    return AdapterOfVersion.model_validate({**facts, "user": user, "persona_version": version})
 
 
 @router.post("/{user}/persona/rollback")

@@ -58,6 +58,18 @@ class PersonaPublic(BaseModel):
         )
 
 
+class AdapterPublic(BaseModel):
+    """The `lora` adapter stored beside a persona version (trained by the worker after a refresh)."""
+
+    bytes: int
+    head_id: str | None = Field(None, description="the global reward head the adapter was trained on")
+    strength: str | None = Field(None, description='anchor strength chosen by cross-validation, or "off"')
+    n_pairs: int | None = Field(None, description="preference pairs it was trained on")
+    trained_at: str | None = None
+    train_seconds: float | None = None
+    persona_version_id: str | None = None
+
+
 class PersonaVersionPublic(BaseModel):
     version: int
     version_id: str
@@ -66,3 +78,9 @@ class PersonaVersionPublic(BaseModel):
     text_chars: int
     exemplar_count: int
     provenance: dict[str, Any]
+    adapter: AdapterPublic | None = Field(None, description="the lora adapter of this version, if any")
+
+
+class AdapterOfVersion(AdapterPublic):
+    user: str
+    persona_version: int

@@ -13,6 +13,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from redis.asyncio import Redis
 
 from middleware.errors import NotFound
@@ -79,6 +80,14 @@ class PersonaStore:
         )
         return [Persona.model_validate_json(b) for b in blobs if b]
 
+    async def adapter_facts(self, tenant: str, user: str, versions: list[int]) -> dict[int, dict[str, Any]]:
+        """What the `lora` adapters stored beside these persona versions say of themselves (their
+        safetensors metadata and size); versions without an adapter are left out."""
+        if not versions:
+            return {}
+        blobs = await fail_closed(self._redis.mget([keys.adapter(tenant, user, v) for v in versions]))
+        return {v: adapter_facts(blob) for v, blob in zip(versions, blobs, strict=True) if blob}
+
     async def save(
         self,
         tenant: str,
@@ -116,3 +125,16 @@ class PersonaStore:
     async def clear_current(self, tenant: str, user: str) -> bool:
         """Switch personalization off for the user; stored versions stay for rollback."""
         return bool(await fail_closed(self._redis.delete(keys.persona_current(tenant, user))))
+
+
+ADAPTER_FACTS = ("head_id", "strength", "n_pairs", "trained_at", "train_seconds", "persona_version_id")
+
+
+def adapter_facts(blob: bytes) -> dict[str, Any]:
+    """Size and self-description of an adapter blob (safetensors: 8-byte header length, JSON header)."""
+    try:
+        header_len = int.from_bytes(blob[:8], "little")
+        meta = dict(orjson.loads(blob[8 : 8 + header_len]).get("__metadata__") or {})
+    except (orjson.JSONDecodeError, AttributeError, ValueError):
+        meta = {}
+    return {"bytes": len(blob), **{k: meta.get(k) for k in ADAPTER_FACTS}}
