@@ -128,11 +128,27 @@ def eval_(
     model: Annotated[
         str | None, typer.Option(help="LLM of the judge scorers (default: judge model, else induction model)")
     ] = None,
+    quantize: Annotated[
+        str | None,
+        typer.Option(
+            help="int8 encoder of the global/lora scorers: off | attention | all (default: PERSONA_LORA_QUANTIZE)"
+        ),
+    ] = None,
 ) -> None:
     """Offline evaluation: time-ordered hold-out, both orders, bootstrap CI."""
     from middleware.evaluation.cli_eval import run_eval
 
-    run_eval(data=data, scorer=scorer, users=users, out=out, plot=plot, format=format, seed=seed, model=model)
+    run_eval(
+        data=data,
+        scorer=scorer,
+        users=users,
+        out=out,
+        plot=plot,
+        format=format,
+        seed=seed,
+        model=model,
+        quantize=quantize,
+    )
 
 
 @app.command()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PLACEHOLDER_SECRETS = {"", "changeme", "change-me", "admin", "secret", "password"}
@@ -95,8 +95,19 @@ class Settings(BaseSettings):
     lora_device: str | None = None
     lora_threads: int | None = None
     lora_max_context_tokens: int | None = None
-    lora_quantize: bool = False
+    lora_quantize: Literal["off", "attention", "all"] = "all"
     lora_train_on_refresh: bool = True
+
+    @field_validator("lora_quantize", mode="before")
+    @classmethod
+    def _quantize_booleans(cls, value: object) -> object:
+        """`true`/`false` still work: true means the attention layers only."""
+        text = str(value).strip().lower()
+        if value is True or text in ("true", "1", "yes"):
+            return "attention"
+        if value is False or text in ("false", "0", "no", ""):
+            return "off"
+        return text
 
     @model_validator(mode="after")
     def _refuse_unsafe_production_defaults(self) -> Settings:

@@ -136,3 +136,44 @@ def test_async_reranker_and_registry(trained: Trained) -> None:
 
     register(Registry())
     assert added == {"lora": create_lora_reranker}
+
+
+def test_int8_encoder_learns_the_planted_preference_and_flags_a_foreign_head(
+    trained: Trained, encoder: TextEncoder, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    int8 = TextEncoder(max_length=64, quantize="all", device="cpu")
+    assert int8.quantize == "all" and int8.describe()["quantized"] == "int8-all"
+    kinds = [type(m) for m in int8.model.modules()]
+    assert torch.nn.Linear not in kinds  # every Linear layer became a dynamic int8 one
+    assert torch.ao.nn.quantized.dynamic.Linear in kinds
+
+    model, train, test = trained
+    texts = [p.chosen.content for p in test] + [p.rejected.content for p in test]
+    cosine = (encoder.encode(texts) * int8.encode(texts)).sum(1)
+    assert cosine.mean() > 0.95 and cosine.min() > 0.85
+
+    crowd = [p for k in range(3) for p in planted_pairs(f"crowd{k}", False, 16, seed=k)]
+    quantized = LoraRewardModel(int8, seed=0, global_epochs=15)
+    quantized.train_global(crowd + train)
+    global_acc = _accuracy(quantized, test, None)
+    quantized.train_user("terse", train)
+    assert global_acc < 0.5 < _accuracy(quantized, test, "terse")
+
+    # a head trained on the fp32 encoder still loads, with a warning naming what differs
+    head = model.save(tmp_path / "fp32-head.safetensors")
+    with caplog.at_level("WARNING", logger="middleware.rerank.lora"):
+        quantized.load(head)
+    assert "another encoder set-up" in caplog.text and "int8-all" in caplog.text
+
+
+def test_quantize_setting_accepts_modes_and_booleans() -> None:
+    from pydantic import ValidationError
+
+    from middleware.config import Settings
+
+    assert Settings().lora_quantize == "all"
+    assert Settings(lora_quantize=True).lora_quantize == "attention"
+    assert Settings(lora_quantize="false").lora_quantize == "off"
+    assert Settings(lora_quantize="ATTENTION").lora_quantize == "attention"
+    with pytest.raises(ValidationError):
+        Settings(lora_quantize="fast")

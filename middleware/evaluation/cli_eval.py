@@ -11,7 +11,7 @@ from middleware.config import Settings
 from middleware.evaluation.data import load_pairs_by_user
 from middleware.evaluation.judge_scorer import LLMJudgeScorer
 from middleware.evaluation.offline import DEFAULT_MIN_PAIRS, evaluate, plot_per_user
-from middleware.evaluation.scorers import LoraScorer, make_scorer
+from middleware.evaluation.scorers import GlobalScorer, LoraScorer, make_scorer
 
 JUDGES = ("judge", "judge-default")
 LLM_TOTALS = ("calls", "prompt_tokens", "completion_tokens", "total_tokens")
@@ -19,6 +19,12 @@ LLM_TOTALS = ("calls", "prompt_tokens", "completion_tokens", "total_tokens")
 
 def _threads() -> int:
     return int(os.environ.get("PERSONA_TORCH_THREADS", "2"))
+
+
+def _quantize() -> str:
+    """The encoder the service would use: PERSONA_LORA_QUANTIZE, else the setting's default."""
+    default = str(Settings.model_fields["lora_quantize"].default)
+    return os.environ.get("PERSONA_LORA_QUANTIZE") or default
 
 
 def run_eval(
@@ -37,6 +43,7 @@ def run_eval(
     scorer_opts: dict[str, Any] | None = None,
     model: str | None = None,
     settings: Settings | None = None,
+    quantize: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate `scorer` on `data` (per-user time-ordered hold-out); returns the report as a dict.
 
@@ -48,6 +55,7 @@ def run_eval(
     opts: dict[str, Any] = {"seed": seed, **(scorer_opts or {})}
     if scorer in ("global", "lora"):
         opts.setdefault("num_threads", _threads())
+        opts.setdefault("quantize", quantize or _quantize())
     if scorer in JUDGES and opts.get("judge") is None:
         if settings is None:
             settings = Settings()  # built once, here, from the PERSONA_* environment
@@ -61,7 +69,7 @@ def run_eval(
         if baseline:
             reference, baseline_name = make_scorer("judge-default", **opts), "judge-default"
     elif scorer != "global" and baseline and importlib.util.find_spec("torch") is not None:
-        reference = make_scorer("global", seed=seed, num_threads=_threads())
+        reference = make_scorer("global", seed=seed, num_threads=_threads(), quantize=quantize or _quantize())
     report = evaluate(
         pairs_by_user,
         main,
@@ -83,6 +91,8 @@ def run_eval(
             row.gain = 0.0
         report.gain, report.gain_ci = 0.0, (0.0, 0.0)
         report.gain_ci_low, report.gain_ci_high = 0.0, 0.0
+    if isinstance(main, GlobalScorer):
+        report.notes["encoder"] = main.model.encoder.describe()
     if isinstance(main, LoraScorer):
         chosen = list(main.strengths_chosen.values())
         report.notes["adapter_strengths"] = {s: chosen.count(s) for s in sorted(set(chosen))}

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import threading
 import time
 from collections.abc import Hashable, Sequence
@@ -36,6 +37,8 @@ from middleware.rerank.lora.base import (
 )
 from middleware.rerank.lora.cache import AdapterCache, CachedAdapter
 from middleware.rerank.lora.encoder import TextEncoder, context_text, length_features, text_of
+
+log = logging.getLogger("middleware.rerank.lora")
 
 
 def make_head(in_dim: int, hidden: int) -> Any:
@@ -84,7 +87,7 @@ class LoraRewardModel:
         num_threads: int | None = None,
         cache_dir: str | Path | None = None,
         context_max_length: int | None = None,
-        quantize: bool = False,
+        quantize: bool | str = False,
     ) -> None:
         torch = torch_module()
         if num_threads:
@@ -229,6 +232,10 @@ class LoraRewardModel:
     def load(self, path: str | Path) -> dict[str, str]:
         """Load a global head written by `save`. Drops cached adapters (they belong to the old head)."""
         state, meta = storage.read_head(path, self.in_dim)
+        mine = self.encoder.describe()
+        differ = {k: (meta.get(k), v) for k, v in mine.items() if k in meta and meta[k] != v}
+        if differ:  # a head scores the features it was trained on; another encoder set-up drifts
+            log.warning("lora head %s was trained with another encoder set-up (head, here): %s", path, differ)
         with self.lock:
             self.hidden = int(meta["hidden"])
             self.rank = int(meta["rank"])

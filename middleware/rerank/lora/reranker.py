@@ -33,7 +33,7 @@ def model_from_settings(settings: Any, **overrides: Any) -> LoraRewardModel:
         "device": getattr(settings, "lora_device", None),
         "num_threads": getattr(settings, "lora_threads", None),
         "context_max_length": getattr(settings, "lora_max_context_tokens", None),
-        "quantize": bool(getattr(settings, "lora_quantize", False)),
+        "quantize": getattr(settings, "lora_quantize", "off"),
     }
     options.update(overrides)
     model = LoraRewardModel(**options)
