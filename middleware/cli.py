@@ -118,7 +118,7 @@ def induce(
 def eval_(
     data: Annotated[Path, typer.Option(help="JSONL(.gz) preference file", exists=True)],
     scorer: Annotated[
-        str, typer.Option(help="global | lora | judge | judge-default | random | length")
+        str, typer.Option(help="global | lora | lora-other | judge | judge-default | random | length")
     ] = "global",
     users: Annotated[int | None, typer.Option(help="evaluate at most N users")] = None,
     out: Annotated[Path | None, typer.Option(help="write the JSON report here")] = None,

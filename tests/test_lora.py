@@ -177,3 +177,31 @@ def test_quantize_setting_accepts_modes_and_booleans() -> None:
     assert Settings(lora_quantize="ATTENTION").lora_quantize == "attention"
     with pytest.raises(ValidationError):
         Settings(lora_quantize="fast")
+
+
+def test_lora_beats_its_other_user_control_when_tastes_differ(encoder: TextEncoder, tmp_path: Path) -> None:
+    """`persona eval --scorer lora-other` scores each user with another user's adapter: on users with
+    opposite planted tastes, the own adapter must help clearly more than the borrowed one."""
+    from middleware.evaluation.cli_eval import run_eval
+    from middleware.evaluation.scorers import LoraOtherScorer
+
+    data = tmp_path / "planted.jsonl"
+    users = {f"u{k}": k % 2 == 0 for k in range(6)}  # even users prefer short answers, odd ones long
+    data.write_text(
+        "".join(
+            p.model_dump_json() + "\n"
+            for user, short in users.items()
+            for p in planted_pairs(user, short, 14, seed=len(user) + int(user[1:]))
+        )
+    )
+    opts = {"encoder": encoder, "cache_dir": None, "global_epochs": 10}
+    own = run_eval(data, "lora", None, None, None, progress=False, min_pairs=5, scorer_opts=opts)
+    other = run_eval(data, "lora-other", None, None, None, progress=False, min_pairs=5, scorer_opts=opts)
+    assert own["gain"] > 0.2
+    assert own["gain"] > other["gain"] + 0.1
+
+    # the donors form a ring: everyone borrows from exactly one other user, nobody from themselves
+    control = LoraOtherScorer(object(), shared=True, seed=3)  # shared: fit() trains nothing
+    control.fit({f"v{k}": [planted_pairs("x", True, 1, seed=k)[0]] for k in range(7)})
+    assert sorted(control.donors) == sorted(control.donors.values()) == [f"v{k}" for k in range(7)]
+    assert all(user != donor for user, donor in control.donors.items())

@@ -53,7 +53,7 @@ def run_eval(
     """
     pairs_by_user = load_pairs_by_user(data, format)
     opts: dict[str, Any] = {"seed": seed, **(scorer_opts or {})}
-    if scorer in ("global", "lora"):
+    if scorer in ("global", "lora", "lora-other"):
         opts.setdefault("num_threads", _threads())
         opts.setdefault("quantize", quantize or _quantize())
     if scorer in JUDGES and opts.get("judge") is None:

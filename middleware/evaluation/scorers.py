@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import random
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from typing import Any
 from middleware.errors import ValidationFailed
 from middleware.models import Message, PreferencePair
 
-SCORERS = ("random", "length", "global", "lora", "judge", "judge-default")
+SCORERS = ("random", "length", "global", "lora", "lora-other", "judge", "judge-default")
 JUDGE_OPTS = ("model", "max_calls_per_user", "max_tokens_per_user", "concurrency")
 
 
@@ -136,6 +137,34 @@ class LoraScorer(GlobalScorer):
         return list(self.model.score(context, candidates, user=user))
 
 
+class LoraOtherScorer(LoraScorer):
+    """Control for `lora`: each user is scored with an adapter trained on *another* user's train pairs
+    (a seeded derangement of the evaluated users). Adapters that help their own user more than this
+    have learnt something personal; as much as this, only something about the data at large."""
+
+    def __init__(
+        self, model: Any = None, *, strength: float | str | None = "auto", **model_opts: Any
+    ) -> None:
+        self.donor_seed = int(model_opts.pop("donor_seed", model_opts.get("seed", 0)))
+        super().__init__(model, strength=strength, **model_opts)
+        self.donors: dict[str, str] = {}
+
+    def fit(self, train_by_user: dict[str, list[PreferencePair]]) -> None:
+        super().fit(train_by_user)
+        users = sorted(u for u, ps in train_by_user.items() if ps)
+        random.Random(self.donor_seed).shuffle(users)
+        # each user takes the next one's pairs in a shuffled ring: nobody gets their own
+        self.donors = {u: users[(i + 1) % len(users)] for i, u in enumerate(users)} if len(users) > 1 else {}
+
+    def _ensure(self, user: str) -> None:
+        donor = self.donors.get(user)
+        if donor is None or self.model.has_user(user):
+            return
+        blob = self.model.train_user(user, self._train[donor], strength=self.strength)
+        self.adapter_bytes[user] = len(blob)
+        self.strengths_chosen[user] = (self.model.adapter_metadata(user) or {}).get("strength", "?")
+
+
 def default_cache_dir() -> Path:
     return Path(os.environ.get("PERSONA_CACHE_DIR", "var/cache"))
 
@@ -166,12 +195,14 @@ def make_scorer(name: str, **opts: Any) -> Any:
             personalized=name == "judge",
             **{k: opts[k] for k in JUDGE_OPTS if opts.get(k) is not None},
         )
-    if name in ("global", "lora"):
+    if name in ("global", "lora", "lora-other"):
         model_opts = {k: v for k, v in opts.items() if k not in ("seed", "judge", "settings")}
         model_opts.setdefault("cache_dir", default_cache_dir())
         if "seed" in opts:
             model_opts["seed"] = int(opts["seed"])
         if name == "global":
             return GlobalScorer(model_opts.pop("model", None), **model_opts)
+        if name == "lora-other":
+            return LoraOtherScorer(model_opts.pop("model", None), **model_opts)
         return LoraScorer(model_opts.pop("model", None), **model_opts)
     raise ValidationFailed(f"unknown scorer {name!r}; expected one of {', '.join(SCORERS)}")
