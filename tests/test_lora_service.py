@@ -234,3 +234,51 @@ def test_stale_cache_is_impossible_on_another_process(
             assert http.delete("/admin/users/rita").status_code == 200
         assert put_persona(lproxy, "rita", "a new rita") == 1
         assert rerank(other, "rita")[0] == LONGEST
+
+
+async def test_operator_trains_an_adapter_without_a_new_persona(
+    redis_url: str, fake_upstream: FakeUpstream, head: tuple[LoraRewardModel, Path]
+) -> None:
+    """POST /admin/users/{user}/adapter/train: the worker trains the adapter of the current persona
+    version (even with training on refresh switched off) and no LLM is called."""
+    settings = job_settings(
+        redis_url, fake_upstream, lora_head_path=str(head[1]), lora_threads=2, lora_train_on_refresh=False
+    )
+    from middleware.services import build_services
+
+    services = build_services(settings)
+    try:
+        await services.preferences.add_pairs(T, "otto", planted_pairs("otto", True, 12, seed=3))
+    finally:
+        await services.close()
+    with start_proxy(settings) as running, admin(running) as http:
+        assert http.post("/admin/users/otto/adapter/train").status_code == 404  # no persona yet
+        version = put_persona(running, "otto", "Prefers short answers.")
+        put_persona(running, "pia", "No pairs at all.")
+        no_pairs = http.post("/admin/users/pia/adapter/train")
+        assert no_pairs.status_code == 422 and no_pairs.json()["error"]["code"] == "not_enough_data"
+        assert http.get("/admin/users/otto/adapter").status_code == 404
+
+        queued = http.post("/admin/users/otto/adapter/train")
+        assert queued.status_code == 202, queued.text
+        again = http.post("/admin/users/otto/adapter/train").json()
+        assert again["job_id"] == queued.json()["job_id"] and again["deduplicated"] is True
+        calls_before = len(fake_upstream.chat_requests)
+        await drain(settings)
+        job = http.get(f"/admin/jobs/{queued.json()['job_id']}").json()
+        shown = http.get("/admin/users/otto/adapter").json()
+        persona = http.get("/admin/users/otto/persona").json()
+    assert job["state"] == "complete" and job["kind"] == "train_adapter", job
+    assert job["result"]["version"] == version and job["result"]["adapter"]["stored"] is True
+    assert shown["persona_version"] == version and shown["n_pairs"] == 12
+    assert shown["head_id"] == head[0].head_id and shown["persona_version_id"] == persona["version_id"]
+    assert len(fake_upstream.chat_requests) == calls_before  # training needs no LLM
+    assert persona["version"] == version  # no new persona version
+
+
+def test_adapter_training_is_refused_without_a_head(proxy: RunningProxy) -> None:
+    with admin(proxy) as http:
+        response = http.post("/admin/users/someone/adapter/train")
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "lora_unavailable"
+    assert "PERSONA_LORA_HEAD_PATH" in response.json()["error"]["message"]

@@ -10,7 +10,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
 
-from middleware.api.deps import AdminTenant, ServicesDep
+from middleware.api.deps import AdminTenant, ServicesDep, job_queue
+from middleware.api.responses import JSONBytes
 from middleware.api.schemas import (
     AdapterOfVersion,
     AdapterPublic,
@@ -19,8 +20,9 @@ from middleware.api.schemas import (
     PersonaVersionPublic,
     RollbackIn,
 )
-from middleware.errors import NotFound
+from middleware.errors import NotEnoughData, NotFound, PersonaError
 from middleware.identity import USER_ID_RE
+from middleware.induction.adapters import adapter_wanted
 
 router = APIRouter(prefix="/admin/users", tags=["admin"])
 UserPath = Annotated[str, Path(pattern=USER_ID_RE.pattern, description="end-user id")]
@@ -85,7 +87,9 @@ async def get_adapter(
     user: UserPath,
     tenant: AdminTenant,
     services: ServicesDep,
-    version: Annotated[int | None, Query(ge=1, description="persona version (default: the current one)")] = None,
+    version: Annotated[
+        int | None, Query(ge=1, description="persona version (default: the current one)")
+    ] = None,
 ) -> AdapterOfVersion:
     """The `lora` adapter trained beside a persona version: its size, head and training facts."""
     if version is None:
@@ -104,3 +108,29 @@ async def rollback(
     user: UserPath, body: RollbackIn, tenant: AdminTenant, services: ServicesDep
 ) -> PersonaPublic:
     return PersonaPublic.of(user, await services.personas.rollback(tenant, user, body.version))
+
+
+@router.post("/{user}/adapter/train", status_code=202)
+async def train_adapter(user: UserPath, tenant: AdminTenant, services: ServicesDep) -> JSONBytes:
+    """Queue training of the `lora` adapter for the user's current persona version, without a new
+    persona (after `persona train-reward-head`, say); 202 with the job id. A pending refresh of the
+    user, which trains the adapter too, is reused."""
+    why_not = adapter_wanted(services, asked=True)
+    if why_not is not None:
+        raise PersonaError(
+            f"no lora adapter can be trained: {why_not}", code="lora_unavailable", status_code=503
+        )
+    if await services.personas.get(tenant, user) is None:
+        raise NotFound(f"user {user!r} has no persona; an adapter is trained beside a persona version")
+    if not await services.preferences.pairs(tenant, user):
+        raise NotEnoughData(f"user {user!r} has no preference pairs to train an adapter on", param="user")
+    job_id, created = await job_queue(services).enqueue_adapter_training(tenant, user)
+    return JSONBytes(
+        {
+            "job_id": job_id,
+            "state": "queued",
+            "deduplicated": not created,
+            "status_url": f"/admin/jobs/{job_id}",
+        },
+        status_code=202,
+    )

@@ -57,10 +57,13 @@ class ModelHolder:
         return self.model
 
 
-def adapter_wanted(services: Services) -> str | None:
-    """None when the worker should train adapters, else why not (a warning for the job result)."""
+def adapter_wanted(services: Services, *, asked: bool = False) -> str | None:
+    """None when the worker should train adapters, else why not (a warning for the job result).
+    `asked`: an operator asked for this adapter, so `lora_train_on_refresh` does not matter."""
     settings = services.settings
-    if not settings.lora_train_on_refresh or not settings.lora_head_path:
+    if not settings.lora_head_path:
+        return "off" if not asked else "no global head is configured (PERSONA_LORA_HEAD_PATH)"
+    if not settings.lora_train_on_refresh and not asked:
         return "off"  # the lora reranker is not set up: nothing to say
     if not os.path.exists(settings.lora_head_path):
         return f"the global head {settings.lora_head_path} does not exist (persona train-reward-head)"

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from arq import Retry, cron
@@ -25,9 +26,9 @@ from arq.worker import Worker, func
 
 from middleware.config import Settings
 from middleware.errors import PersonaError, StoreUnavailable, UpstreamError
-from middleware.induction.adapters import train_after_refresh
+from middleware.induction.adapters import adapter_wanted, train_after_refresh, train_and_store
 from middleware.induction.pipeline import induce
-from middleware.induction.queue import REFRESH, JobQueue, now_iso
+from middleware.induction.queue import REFRESH, TRAIN_ADAPTER, JobQueue, now_iso
 from middleware.services import Services, build_services
 from middleware.store import keys
 from middleware.store.guard import resolved
@@ -67,8 +68,21 @@ def lease_ms(settings: Settings) -> int:
     return int((settings.jobs_timeout_s + settings.jobs_in_progress_grace_s) * 1000)
 
 
+JobBody = Callable[[JobQueue, Services, str, dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
 async def refresh_persona(ctx: dict[str, Any]) -> dict[str, Any]:
     """The arq job: one persona refresh. Its only input is the job id; the rest is in our record."""
+    return await run_user_job(ctx, run_refresh)
+
+
+async def train_adapter(ctx: dict[str, Any]) -> dict[str, Any]:
+    """The arq job: train the `lora` adapter of the user's current persona version (no induction)."""
+    return await run_user_job(ctx, run_adapter_training)
+
+
+async def run_user_job(ctx: dict[str, Any], body: JobBody) -> dict[str, Any]:
+    """Run `body` for the job's user under the user's lock and one of the tenant's job slots."""
     job_id: str = ctx["job_id"]
     services: Services = ctx["services"]
     queue: JobQueue = ctx["queue"]
@@ -98,7 +112,7 @@ async def refresh_persona(ctx: dict[str, Any]) -> dict[str, Any]:
         ):
             raise Retry(defer=settings.jobs_retry_defer_s)
         try:
-            return await run_refresh(queue, services, job_id, record)
+            return await body(queue, services, job_id, record)
         finally:
             await redis.zrem(slots, job_id)
     finally:
@@ -151,6 +165,37 @@ async def run_refresh(
     # The persona is stored; the user's lora adapter follows it (never fails the refresh).
     result = {**result, **await train_after_refresh(services, tenant, user, result)}
     return await finish(queue, record, job_id, "complete", result=result)
+
+
+async def run_adapter_training(
+    queue: JobQueue, services: Services, job_id: str, record: dict[str, Any]
+) -> dict[str, Any]:
+    tenant, user = record["tenant"], record["user"]
+    attempts = int(await resolved(services.redis.hincrby(keys.job_record(job_id), "attempts", 1)))
+    await queue.update(job_id, state="running", started_at=now_iso())
+    why_not = adapter_wanted(services, asked=True)
+    if why_not is not None:
+        error = {"code": "lora_unavailable", "message": f"no lora adapter trained: {why_not}"}
+        return await finish(queue, record, job_id, "failed", error=error)
+    persona = await services.personas.get(tenant, user)
+    if persona is None:
+        error = {"code": "not_found", "message": f"user {user!r} has no persona to train an adapter beside"}
+        return await finish(queue, record, job_id, "failed", error=error)
+    result = {"version": persona.version, "version_id": persona.version_id}
+    try:
+        facts = await train_and_store(services, tenant, user, persona.version, result)
+    except TRANSIENT as exc:
+        if attempts < services.settings.jobs_max_attempts:
+            await queue.update(job_id, state="queued", error=error_of(exc))
+            raise Retry(defer=services.settings.jobs_retry_defer_s * attempts) from exc
+        return await finish(queue, record, job_id, "failed", error=error_of(exc))
+    except PersonaError as exc:
+        return await finish(queue, record, job_id, "failed", error=error_of(exc))
+    except Exception as exc:  # a training error is this job's failure, reported, not a crash
+        log.warning("lora adapter training failed for %s/%s: %s", tenant, user, exc)
+        error = {"code": "adapter_training_failed", "message": f"{type(exc).__name__}: {exc}"}
+        return await finish(queue, record, job_id, "failed", error=error)
+    return await finish(queue, record, job_id, "complete", result={**result, "adapter": facts})
 
 
 def error_of(exc: PersonaError) -> dict[str, Any]:
@@ -233,7 +278,8 @@ def build_worker(settings: Settings, **overrides: Any) -> Worker:
     options: dict[str, Any] = {
         "functions": [
             # Attempts are counted by us (run_refresh); arq's own limit only stops endless deferral.
-            func(refresh_persona, name=REFRESH, max_tries=1000, timeout=settings.jobs_timeout_s)
+            func(refresh_persona, name=REFRESH, max_tries=1000, timeout=settings.jobs_timeout_s),
+            func(train_adapter, name=TRAIN_ADAPTER, max_tries=1000, timeout=settings.jobs_timeout_s),
         ],
         "cron_jobs": cron_jobs,
         "redis_settings": RedisSettings.from_dsn(settings.redis_url),

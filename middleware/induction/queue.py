@@ -5,8 +5,9 @@ Our own job record (`keys.job_record`) holds what an operator sees: tenant, user
 result, error. The arq job carries no arguments at all, only its id, so nothing arq keeps (queue
 entries, results) names the user.
 
-Deduplication: a user has at most one queued-or-running refresh (`keys.job_pending`); asking again
-returns that job's id.
+Deduplication: a user has at most one queued-or-running job (`keys.job_pending`): asking again
+returns that job's id. A refresh trains the user's adapter too, so a pending refresh also answers a
+request for adapter training.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from middleware.store import keys
 from middleware.store.guard import fail_closed
 
 REFRESH = "refresh_persona"
+TRAIN_ADAPTER = "train_adapter"
 ACTIVE = ("queued", "running")
 JSON_FIELDS = ("progress", "result", "error")
 
@@ -89,7 +91,18 @@ class JobQueue:
     async def enqueue_refresh(
         self, tenant: str, user: str, *, model: str | None = None, reason: str = "admin"
     ) -> tuple[str, bool]:
-        """(job id, created). An existing queued or running refresh of the user is reused."""
+        """(job id, created). An existing queued or running job of the user is reused."""
+        return await self.enqueue(REFRESH, tenant, user, model=model, reason=reason)
+
+    async def enqueue_adapter_training(
+        self, tenant: str, user: str, *, reason: str = "admin"
+    ) -> tuple[str, bool]:
+        """(job id, created): train the `lora` adapter of the user's current persona version."""
+        return await self.enqueue(TRAIN_ADAPTER, tenant, user, reason=reason)
+
+    async def enqueue(
+        self, kind: str, tenant: str, user: str, *, model: str | None = None, reason: str = "admin"
+    ) -> tuple[str, bool]:
         pending_key = keys.job_pending(tenant, user)
         ttl_ms = int(self._settings.jobs_keep_s * 1000)
         job_id = uuid.uuid4().hex
@@ -108,7 +121,7 @@ class JobQueue:
         await self.update(
             job_id,
             id=job_id,
-            kind=REFRESH,
+            kind=kind,
             tenant=tenant,
             user=user,
             state="queued",
@@ -119,7 +132,7 @@ class JobQueue:
             progress={},
         )
         await fail_closed(self._redis.sadd(keys.user_jobs(tenant, user), job_id))
-        await fail_closed(self.arq.enqueue_job(REFRESH, _job_id=job_id))
+        await fail_closed(self.arq.enqueue_job(kind, _job_id=job_id))
         return job_id, True
 
     async def is_active(self, job_id: str) -> bool:
