@@ -11,7 +11,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query
 
 from middleware.api.deps import AdminTenant, ServicesDep, job_queue
-from middleware.api.responses import JSONBytes
+from middleware.api.responses import JSONBytes, job_accepted
 from middleware.api.schemas import (
     AdapterOfVersion,
     AdapterPublic,
@@ -125,12 +125,4 @@ async def train_adapter(user: UserPath, tenant: AdminTenant, services: ServicesD
     if not await services.preferences.pairs(tenant, user):
         raise NotEnoughData(f"user {user!r} has no preference pairs to train an adapter on", param="user")
     job_id, created = await job_queue(services).enqueue_adapter_training(tenant, user)
-    return JSONBytes(
-        {
-            "job_id": job_id,
-            "state": "queued",
-            "deduplicated": not created,
-            "status_url": f"/admin/jobs/{job_id}",
-        },
-        status_code=202,
-    )
+    return job_accepted(job_id, created)

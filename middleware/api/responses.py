@@ -18,3 +18,16 @@ class JSONBytes(JSONResponse):
         except TypeError:
             # orjson refuses integers beyond 64 bits, which stored user data may hold.
             return json.dumps(content, ensure_ascii=False, separators=(",", ":"), default=str).encode()
+
+
+def job_accepted(job_id: str, created: bool) -> JSONBytes:
+    """202 for a queued background job (or the pending one it was folded into)."""
+    return JSONBytes(
+        {
+            "job_id": job_id,
+            "state": "queued",
+            "deduplicated": not created,
+            "status_url": f"/admin/jobs/{job_id}",
+        },
+        status_code=202,
+    )

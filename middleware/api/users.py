@@ -12,7 +12,7 @@ from fastapi import APIRouter, Body, Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from middleware.api.deps import AdminTenant, ServicesDep, job_queue
-from middleware.api.responses import JSONBytes
+from middleware.api.responses import JSONBytes, job_accepted
 from middleware.errors import NotEnoughData
 from middleware.identity import USER_ID_RE
 from middleware.privacy import export_everything, forget_everything
@@ -46,15 +46,7 @@ async def refresh(
     job_id, created = await job_queue(services).enqueue_refresh(
         tenant, user, model=body.model if body else None
     )
-    return JSONBytes(
-        {
-            "job_id": job_id,
-            "state": "queued",
-            "deduplicated": not created,
-            "status_url": f"/admin/jobs/{job_id}",
-        },
-        status_code=202,
-    )
+    return job_accepted(job_id, created)
 
 
 @router.delete("/{user}")
