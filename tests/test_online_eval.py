@@ -8,7 +8,6 @@ user chooses through the API only, seeing nothing but the labels A, B, C and the
 from __future__ import annotations
 
 import json
-import random
 import time
 from pathlib import Path
 from typing import Any
@@ -68,23 +67,29 @@ def test_a_user_who_prefers_their_own_persona_shows_own_winning_above_chance(
     assert set(report["other_personas"]) <= set(USERS)
 
 
-def test_a_random_chooser_shows_no_significant_difference_and_keeps_ties_and_skips(
+def test_a_condition_blind_chooser_shows_no_difference_and_keeps_ties_and_skips(
     proxy: RunningProxy, fake_upstream: FakeUpstream
 ) -> None:
+    """A user who always picks whatever is shown first (then ties and skips) learns nothing about the
+    conditions: position balancing turns that into exactly equal wins."""
     fake_upstream.responder = persona_responder()
     give_personas(proxy)
     run_id = create_run(proxy)
-    rng = random.Random(20240611)
-    simulate(
-        proxy, run_id, lambda _u, _a: rng.choice(["A", "B", "C", "A", "B", "C", "tie", "skip"]), per_user=12
-    )
+    seen: dict[str, int] = {}
+
+    def first_shown_then_ties_and_skips(user: str, _answers: list[dict[str, Any]]) -> str:
+        k = seen[user] = seen.get(user, -1) + 1
+        if k < 6:  # the user's first block of six trials: every condition sits at A twice
+            return "A"
+        return "tie" if k % 2 else "skip"
+
+    simulate(proxy, run_id, first_shown_then_ties_and_skips, per_user=12)
 
     report = get_report(proxy, run_id)
     pooled = report["pooled"]
     assert pooled["trials"] == 36
-    assert pooled["ties"] > 0 and pooled["skips"] > 0
-    assert pooled["decided"] + pooled["ties"] + pooled["skips"] == 36
-    assert sum(pooled["wins"].values()) == pooled["decided"]
+    assert pooled["ties"] == 9 and pooled["skips"] == 9 and pooled["decided"] == 18
+    assert pooled["wins"] == {"own": 6, "other": 6, "baseline": 6}
     for test in ("own_vs_baseline", "own_vs_other"):
         assert pooled["tests"][test]["p_value"] > 0.05, pooled["tests"][test]
         assert pooled["tests"][test]["significant"] is False
