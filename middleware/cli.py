@@ -1,4 +1,5 @@
-"""The `persona` command: serve, worker, import, induce, eval, report, forget, export."""
+"""The `persona` command: serve, worker, import, induce, eval, report, forget, export, and the `lora`
+reranker's train-reward-head and train-adapters."""
 
 from __future__ import annotations
 
@@ -165,6 +166,37 @@ def report(
         run_report(settings(), tenant=tenant, evaluation_id=evaluation_id, out=out, plot=plot)
     )
     typer.echo(json.dumps(result, indent=2, default=str))
+
+
+@app.command(name="train-adapters")
+def train_adapters(
+    users: Annotated[
+        list[str] | None, typer.Argument(help="end-user ids (default: every user of the tenant)")
+    ] = None,
+    tenant: TenantOpt = "default",
+) -> None:
+    """Queue lora adapter training for users with a persona (the worker trains them; no LLM calls).
+    Run it after `persona train-reward-head`: adapters of the old head are no longer used."""
+    from middleware.errors import PersonaError
+    from middleware.induction.adapters import enqueue_adapter_training
+    from middleware.induction.queue import JobQueue
+    from middleware.services import build_services
+
+    async def run() -> dict[str, Any]:
+        services = build_services(settings())
+        try:
+            queue = JobQueue(services.settings, services.redis)
+            return await enqueue_adapter_training(services, queue, tenant, users or None)
+        finally:
+            await services.close()
+
+    configure_logging()
+    try:
+        result = asyncio.run(run())
+    except PersonaError as exc:
+        typer.echo(f"persona train-adapters: {exc.message}", err=True)
+        raise typer.Exit(code=1) from exc
+    typer.echo(json.dumps(result, indent=2))
 
 
 @app.command()

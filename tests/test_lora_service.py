@@ -130,7 +130,9 @@ async def test_worker_trains_and_stores_the_adapter_under_the_persona_version(
     assert shown.status_code == 200, shown.text
     body = shown.json()
     assert body["user"] == "walter" and body["persona_version"] == 1 and body["bytes"] == facts["bytes"]
-    assert body["head_id"] == head[0].head_id and body["n_pairs"] == 6 and body["strength"] == facts["strength"]
+    assert (
+        body["head_id"] == head[0].head_id and body["n_pairs"] == 6 and body["strength"] == facts["strength"]
+    )
     assert body["persona_version_id"] == job["result"]["version_id"] and body["trained_at"]
     assert [v["adapter"]["bytes"] for v in listed] == [facts["bytes"]]
     assert missing.status_code == 404 and missing.json()["error"]["param"] == "version"
@@ -282,3 +284,51 @@ def test_adapter_training_is_refused_without_a_head(proxy: RunningProxy) -> None
     assert response.status_code == 503
     assert response.json()["error"]["code"] == "lora_unavailable"
     assert "PERSONA_LORA_HEAD_PATH" in response.json()["error"]["message"]
+
+
+async def test_cli_queues_adapter_training_for_every_user_with_a_persona(
+    redis_url: str,
+    fake_upstream: FakeUpstream,
+    head: tuple[LoraRewardModel, Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`persona train-adapters --tenant T` (after a new head): one job per user with a persona and
+    preferences; the worker stores each adapter beside that user's current persona version."""
+    import asyncio
+    import json
+
+    from typer.testing import CliRunner
+
+    from middleware.cli import app as cli_app
+    from middleware.services import build_services
+
+    settings = job_settings(redis_url, fake_upstream, lora_head_path=str(head[1]), lora_threads=2)
+    services = build_services(settings)
+    try:
+        for user in ("ann", "bob", "dee"):
+            await services.preferences.add_pairs(T, user, planted_pairs(user, user == "ann", 8, seed=5))
+        versions = {
+            u: (await services.personas.save(T, u, f"{u}'s persona", [])).version
+            for u in ("ann", "bob", "cy")
+        }
+    finally:
+        await services.close()
+    monkeypatch.setenv("PERSONA_REDIS_URL", redis_url)
+    monkeypatch.setenv("PERSONA_EMBEDDED_REDIS", "false")
+    monkeypatch.setenv("PERSONA_LORA_HEAD_PATH", str(head[1]))
+
+    result = await asyncio.to_thread(CliRunner().invoke, cli_app, ["train-adapters", "--tenant", T])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["queued"] == 2 and sorted(summary["jobs"]) == ["ann", "bob"]
+    assert summary["no_persona"] == ["dee"] and summary["no_preferences"] == ["cy"]
+    await drain(settings)
+    store = redis_sync.Redis.from_url(redis_url)
+    for user in ("ann", "bob"):
+        blob = store.get(keys.adapter(T, user, versions[user]))
+        assert isinstance(blob, bytes) and safetensors_metadata(blob)["n_pairs"] == "8"
+    assert store.get(keys.adapter(T, "cy", versions["cy"])) is None
+
+    monkeypatch.setenv("PERSONA_LORA_HEAD_PATH", "")
+    refused = await asyncio.to_thread(CliRunner().invoke, cli_app, ["train-adapters", "ann", "--tenant", T])
+    assert refused.exit_code == 1 and "PERSONA_LORA_HEAD_PATH" in refused.stderr

@@ -20,9 +20,9 @@ from middleware.api.schemas import (
     PersonaVersionPublic,
     RollbackIn,
 )
-from middleware.errors import NotEnoughData, NotFound, PersonaError
+from middleware.errors import NotEnoughData, NotFound
 from middleware.identity import USER_ID_RE
-from middleware.induction.adapters import adapter_wanted
+from middleware.induction.adapters import enqueue_adapter_training
 
 router = APIRouter(prefix="/admin/users", tags=["admin"])
 UserPath = Annotated[str, Path(pattern=USER_ID_RE.pattern, description="end-user id")]
@@ -115,14 +115,9 @@ async def train_adapter(user: UserPath, tenant: AdminTenant, services: ServicesD
     """Queue training of the `lora` adapter for the user's current persona version, without a new
     persona (after `persona train-reward-head`, say); 202 with the job id. A pending refresh of the
     user, which trains the adapter too, is reused."""
-    why_not = adapter_wanted(services, asked=True)
-    if why_not is not None:
-        raise PersonaError(
-            f"no lora adapter can be trained: {why_not}", code="lora_unavailable", status_code=503
-        )
-    if await services.personas.get(tenant, user) is None:
+    outcome = await enqueue_adapter_training(services, job_queue(services), tenant, [user])
+    if outcome["no_persona"]:
         raise NotFound(f"user {user!r} has no persona; an adapter is trained beside a persona version")
-    if not await services.preferences.pairs(tenant, user):
+    if outcome["no_preferences"]:
         raise NotEnoughData(f"user {user!r} has no preference pairs to train an adapter on", param="user")
-    job_id, created = await job_queue(services).enqueue_adapter_training(tenant, user)
-    return job_accepted(job_id, created)
+    return job_accepted(outcome["jobs"][user], created=outcome["queued"] == 1)

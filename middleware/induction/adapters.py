@@ -14,6 +14,8 @@ import os
 import time
 from typing import Any
 
+from middleware.errors import PersonaError
+from middleware.induction.queue import JobQueue
 from middleware.services import Services
 from middleware.store import keys
 from middleware.store.guard import fail_closed
@@ -123,3 +125,37 @@ async def train_and_store(
         "pairs": len(pairs),
         "seconds": round(seconds, 3),
     }
+
+
+async def enqueue_adapter_training(
+    services: Services, queue: JobQueue, tenant: str, users: list[str] | None = None
+) -> dict[str, Any]:
+    """Queue adapter training for the given users, or every user of the tenant, who has a persona and
+    preference pairs (after `persona train-reward-head`, every stored adapter belongs to the old head).
+    Returns counts and the job ids."""
+    why_not = adapter_wanted(services, asked=True)
+    if why_not is not None:
+        raise PersonaError(
+            f"no lora adapter can be trained: {why_not}", code="lora_unavailable", status_code=503
+        )
+    if users is None:
+        members = await fail_closed(services.redis.smembers(keys.tenant_users(tenant)))
+        users = sorted(m.decode() for m in members)
+    summary: dict[str, Any] = {
+        "tenant": tenant,
+        "queued": 0,
+        "deduplicated": 0,
+        "no_persona": [],
+        "no_preferences": [],
+    }
+    jobs: dict[str, str] = {}
+    for user in users:
+        if await services.personas.get(tenant, user) is None:
+            summary["no_persona"].append(user)
+        elif not await services.preferences.count(tenant, user):
+            summary["no_preferences"].append(user)
+        else:
+            job_id, created = await queue.enqueue_adapter_training(tenant, user, reason="bulk")
+            summary["queued" if created else "deduplicated"] += 1
+            jobs[user] = job_id
+    return {**summary, "jobs": jobs}
