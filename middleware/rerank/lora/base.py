@@ -8,7 +8,10 @@ from middleware.errors import PersonaError, ValidationFailed
 
 ADAPTER_FORMAT = "persona-lora/1"
 HEAD_FORMAT = "persona-lora-head/1"
-FEATURE_VERSION = "emb+ctxprod+len/1"
+FEATURE_VERSION = "emb+ctxprod+len20/2"
+# Length is two of 770 features. Scaled up, weight decay lets the head use it (held-out accuracy of the
+# global head on tldr_feedback's inner validation split: 0.613 -> 0.664; ukp_convarg_dev unchanged).
+LENGTH_FEATURE_WEIGHT = 20.0
 DEFAULT_ENCODER_NAME = "all-MiniLM-L6-v2"
 # Penalty weights tried per user (larger = closer to the global head); "off" is always a candidate.
 DEFAULT_STRENGTHS: tuple[float, ...] = (3.0, 0.3, 0.03)

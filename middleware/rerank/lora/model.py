@@ -1,7 +1,7 @@
 """`LoraRewardModel`: a global Bradley–Terry reward head on frozen embeddings, plus per-user LoRA
 adapters (peft) on that head, serialised to bytes and held in a bounded cache.
 
-* Features of a candidate c in context x: [e(c), e(c) * e(x), length features].
+* Features of a candidate c in context x: [e(c), 4 e(c) * e(x), 20 x length features].
 * Global head (an MLP plus a linear skip) trained on all users' pairs with the Bradley–Terry loss:
   P(chosen > rejected) = sigmoid(r(chosen) - r(rejected)). See `training.py`.
 * Per-user adapter: a LoRA adapter on the head's layers trained on that user's pairs, anchored to the
@@ -31,6 +31,7 @@ from middleware.rerank.lora.base import (
     DEFAULT_STRENGTHS,
     FEATURE_VERSION,
     HEAD_FORMAT,
+    LENGTH_FEATURE_WEIGHT,
     LoraNotTrained,
     peft_module,
     torch_module,
@@ -78,7 +79,7 @@ class LoraRewardModel:
         hidden: int = 64,
         rank: int = 4,
         strengths: Sequence[float] = DEFAULT_STRENGTHS,
-        global_epochs: int = 20,
+        global_epochs: int = 10,
         global_weight_decay: float = 1e-2,
         user_steps: int = 40,
         cv_folds: int = 3,
@@ -184,7 +185,8 @@ class LoraRewardModel:
         ic = {t: i for i, t in enumerate(uniq_cand)}
         ec = vc[[ic[t] for t in candidates]]
         ex = vx[[ix[t] for t in contexts]]
-        return np.concatenate([ec, ec * ex * 4.0, length_features(candidates)], axis=1).astype(np.float32)
+        lengths = length_features(candidates) * LENGTH_FEATURE_WEIGHT
+        return np.concatenate([ec, ec * ex * 4.0, lengths], axis=1).astype(np.float32)
 
     def pair_features(
         self, pairs: Sequence[PreferencePair], *, progress: bool = False
