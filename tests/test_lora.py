@@ -205,3 +205,20 @@ def test_lora_beats_its_other_user_control_when_tastes_differ(encoder: TextEncod
     control.fit({f"v{k}": [planted_pairs("x", True, 1, seed=k)[0]] for k in range(7)})
     assert sorted(control.donors) == sorted(control.donors.values()) == [f"v{k}" for k in range(7)]
     assert all(user != donor for user, donor in control.donors.items())
+
+
+def test_int8_falls_back_to_fp32_where_no_quantized_engine_runs(
+    encoder: TextEncoder, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import middleware.rerank.lora.encoder as encoder_module
+
+    def no_engine(model: object, mode: str) -> object:
+        raise RuntimeError("Didn't find engine for operation quantized::linear_prepack NoQEngine")
+
+    monkeypatch.setattr(encoder_module, "quantize_linear", no_engine)
+    with caplog.at_level("WARNING", logger="middleware.rerank.lora"):
+        fallback = TextEncoder(max_length=64, quantize="all", device="cpu")
+    assert fallback.quantize == "off" and fallback.describe()["quantized"] == "no"
+    assert "int8 encoder unavailable" in caplog.text and "NoQEngine" in caplog.text
+    texts = ["a short answer", "a somewhat longer answer about rivers"]
+    assert (fallback.encode(texts) * encoder.encode(texts)).sum(1).min() > 0.999  # the fp32 encoder

@@ -19,6 +19,7 @@ torch dynamic int8 quantization (per output channel) to the encoder's Linear lay
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
@@ -29,6 +30,8 @@ import numpy as np
 
 from middleware.models import Message
 from middleware.rerank.lora.base import DEFAULT_ENCODER_NAME, INSTALL_HINT, LoraUnavailable, torch_module
+
+log = logging.getLogger("middleware.rerank.lora")
 
 
 def default_encoder_path() -> Path:
@@ -140,9 +143,9 @@ class TextEncoder:
             p.requires_grad_(False)
         mode = quantize_mode(quantize)
         self.quantize = mode if self.device == "cpu" else "off"  # dynamic int8 kernels are CPU-only
+        if self.quantize != "off":
+            model, self.quantize = self._quantized(model, self.quantize)
         self.quantized = self.quantize != "off"
-        if self.quantized:
-            model = quantize_linear(model, self.quantize)
         self.model = model.to(self.device)
         self.dim = int(self.model.config.hidden_size)
         self.max_length = max_length
@@ -164,6 +167,18 @@ class TextEncoder:
                 for k, v in zip(keys, vecs, strict=True):
                     self._memory[str(k)] = v
                 self._memory_size = max(self._memory_size, len(self._memory) + memory_cache_size)
+
+    def _quantized(self, model: Any, mode: str) -> tuple[Any, str]:
+        """The model with int8 Linear layers and a test forward pass, or the fp32 model and "off" (with
+        a warning) where this CPU or build has no quantized engine."""
+        try:
+            quantized = quantize_linear(model, mode)
+            with torch_module().inference_mode():
+                quantized(**self.tokenizer(["int8 check"], return_tensors="pt"))
+            return quantized, mode
+        except Exception as exc:
+            log.warning("int8 encoder unavailable here (%s: %s); using fp32", type(exc).__name__, exc)
+            return model, "off"
 
     def describe(self) -> dict[str, str]:
         """What determines the vectors (recorded with a trained head)."""
