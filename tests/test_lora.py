@@ -222,3 +222,21 @@ def test_int8_falls_back_to_fp32_where_no_quantized_engine_runs(
     assert "int8 encoder unavailable" in caplog.text and "NoQEngine" in caplog.text
     texts = ["a short answer", "a somewhat longer answer about rivers"]
     assert (fallback.encode(texts) * encoder.encode(texts)).sum(1).min() > 0.999  # the fp32 encoder
+
+
+def test_an_early_candidate_is_encoded_before_scoring(trained: Trained, monkeypatch: pytest.MonkeyPatch) -> None:
+    model, _, test = trained
+    reranker = LoraReranker(model)
+    context = [m.model_dump() for m in test[0].context]
+    early = f"{test[0].chosen.content} (arrived early)"
+    asyncio.run(reranker.prepare(context, user=None))
+    asyncio.run(reranker.prepare_candidate(early, user="terse"))
+
+    def nothing_left_to_encode(*args: object) -> None:
+        raise AssertionError("score() had to encode a prepared text again")
+
+    monkeypatch.setattr(model.encoder, "_encode_missing", nothing_left_to_encode)
+    [score] = asyncio.run(reranker.score(context, [early], user="terse"))
+    assert isinstance(score, float)
+    with pytest.raises(AssertionError, match="encode a prepared text"):
+        asyncio.run(reranker.score(context, ["a candidate nobody prepared"], user="terse"))

@@ -14,7 +14,7 @@ import pytest
 
 from middleware.rerank.hookspec import EndUser
 from middleware.rerank.registry import RerankerRegistry
-from tests.support.fake_upstream import FakeUpstream
+from tests.support.fake_upstream import FakeUpstream, Reply
 from tests.support.proxy import APP_KEY_A, RunningProxy
 
 MESSAGES = [{"role": "system", "content": "Be helpful."}, {"role": "user", "content": "Name a fruit."}]
@@ -48,6 +48,21 @@ class ShortestFirst:
 class SlowShortest(ShortestFirst):
     async def score(self, context: Sequence[dict[str, Any]], candidates: Sequence[str], *, user: EndUser | None) -> list[float]:
         await asyncio.sleep(0.12)
+        return await super().score(context, candidates, user=user)
+
+
+class EarlyBird(ShortestFirst):
+    """Records the candidates handed over early (prepare_candidate) and when scoring starts."""
+
+    events: ClassVar[list[tuple[str, str]]] = []
+
+    async def prepare_candidate(self, text: str, *, user: EndUser | None) -> None:
+        EarlyBird.events.append(("prepared", text))
+        if text == "kiwi":
+            raise RuntimeError("a failing head start must not matter")
+
+    async def score(self, context: Sequence[dict[str, Any]], candidates: Sequence[str], *, user: EndUser | None) -> list[float]:
+        EarlyBird.events.append(("score", ",".join(candidates)))
         return await super().score(context, candidates, user=user)
 
 
@@ -106,6 +121,30 @@ def test_scoring_time_is_reported(proxy: RunningProxy, fake_upstream: FakeUpstre
     total = re.search(r'persona_rerank_seconds_sum\{reranker="slow"\} ([0-9.]+)', metrics)
     assert count is not None and float(count.group(1)) == 1.0
     assert total is not None and float(total.group(1)) >= 0.12
+
+
+def test_candidates_that_arrive_early_are_handed_to_the_reranker_before_scoring(
+    proxy: RunningProxy, fake_upstream: FakeUpstream
+) -> None:
+    registry(proxy).add("early", lambda settings, resources: EarlyBird())
+    delays = {"kiwi": 0.05, "GOOD banana": 0.25, "a medium answer: grape": 0.45}  # apples and pears: 0.65
+
+    def staggered(body: dict[str, Any]) -> Reply:
+        text = str(by_variant(body))
+        return Reply(content=text, delay=delays.get(text, 0.65))
+
+    fake_upstream.responder = staggered
+    EarlyBird.events.clear()
+    raw = sdk(proxy, "early").chat.completions.with_raw_response.create(
+        model="fake-model", messages=MESSAGES, user="alice"  # type: ignore[arg-type]
+    )
+    assert raw.parse().choices[0].message.content == "kiwi"  # a failed head start changes nothing
+    assert EarlyBird.events[:3] == [
+        ("prepared", "kiwi"),
+        ("prepared", "GOOD banana"),
+        ("prepared", "a medium answer: grape"),
+    ]  # in the order they arrived; the last one is left to score()
+    assert EarlyBird.events[3][0] == "score" and len(EarlyBird.events) == 4
 
 
 def test_persona_block_goes_with_every_candidate(proxy: RunningProxy, fake_upstream: FakeUpstream) -> None:

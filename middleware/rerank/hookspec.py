@@ -36,6 +36,9 @@ class Reranker(Protocol):
 # Optional, duck-typed: `async prepare(context, *, user) -> None`. Rerank mode calls it while the
 # candidates are being generated, so a reranker can encode the context or fetch per-user state ahead
 # of `score` (the `lora` reranker does both). A failure there is logged and ignored.
+# Also optional: `async prepare_candidate(text, *, user) -> None`, called with each candidate that
+# arrives while others are still being generated (the `lora` reranker encodes it), so that `score`
+# has only the last one left to do. A failure there is logged and ignored too.
 
 
 # factory(settings, resources) -> Reranker; resources is a `middleware.rerank.resources.RerankResources`.

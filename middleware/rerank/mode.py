@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
 from typing import Any
 
 import orjson
@@ -39,11 +40,32 @@ def registry_of(services: Services) -> RerankerRegistry:
 
 
 async def generate_candidates(
-    upstream: Upstream, body: dict[str, Any], block: str | None, variants: tuple[Variant, ...]
+    upstream: Upstream,
+    body: dict[str, Any],
+    block: str | None,
+    variants: tuple[Variant, ...],
+    on_candidate: Callable[[str], Awaitable[None]] | None = None,
 ) -> list[dict[str, Any] | PersonaError]:
+    """Every variant's completion (or its error), generated concurrently. `on_candidate(text)` runs
+    for each candidate that arrives while others are still being generated (the last one does not
+    wait for it), so a reranker can get ready for scoring in the meantime."""
     base = {k: v for k, v in body.items() if k not in VARIANT_OWNED_FIELDS}
+    pending = len(variants)
 
     async def one(variant: Variant) -> dict[str, Any] | PersonaError:
+        nonlocal pending
+        try:
+            result = await generate(variant)
+        finally:
+            pending -= 1
+        if on_candidate is not None and pending > 0 and isinstance(result, dict):
+            try:
+                await on_candidate(candidate_text(result))
+            except Exception as exc:  # only a head start: scoring does the work itself
+                log.warning("a reranker failed to prepare a candidate: %s", exc)
+        return result
+
+    async def generate(variant: Variant) -> dict[str, Any] | PersonaError:
         messages = body["messages"]
         if block is not None:  # after the app's instruction, wherever the variant puts that
             instruction, rest = split_instruction(messages)
@@ -87,6 +109,8 @@ async def rerank_completion(
 
     end_user = EndUser(tenant, user, version, version_id) if user else None
     prepare = getattr(reranker, "prepare", None)
+    prepare_candidate = getattr(reranker, "prepare_candidate", None)
+    on_candidate = partial(prepare_candidate, user=end_user) if prepare_candidate is not None else None
 
     async def work() -> tuple[list[dict[str, Any] | PersonaError], list[float] | None, float]:
         # A reranker may get ready (encode the context, fetch per-user state) while candidates generate.
@@ -94,7 +118,7 @@ async def rerank_completion(
             asyncio.ensure_future(prepare(body["messages"], user=end_user)) if prepare is not None else None
         )
         try:
-            results = await generate_candidates(upstream, body, block, DEFAULT_VARIANTS)
+            results = await generate_candidates(upstream, body, block, DEFAULT_VARIANTS, on_candidate)
         except BaseException:
             if prepared is not None:
                 prepared.cancel()

@@ -111,6 +111,10 @@ class LoraReranker:
             self._ensure_adapter(user), asyncio.to_thread(self.model.prepare_context, context)
         )
 
+    async def prepare_candidate(self, text: str, *, user: EndUser | str | None) -> None:
+        """Encode a candidate that arrived early (the encoder caches it for `score`)."""
+        await asyncio.to_thread(self.model.encoder.encode, [text])
+
     async def score(
         self,
         context: Sequence[Message | dict[str, Any]],
