@@ -1,4 +1,4 @@
-"""Run the benchmarks: `python -m benchmarks [proxy|induction|rerank ...]` (all by default).
+"""Run the benchmarks: `python -m benchmarks [proxy|induction|rerank|rerank-mode ...]` (all by default).
 
 Each benchmark is its own script and prints its own figures; arguments after `--` go to each.
 """
@@ -10,7 +10,12 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = {"proxy": "proxy_overhead.py", "induction": "induction_cost.py", "rerank": "rerank_cost.py"}
+SCRIPTS = {
+    "proxy": "proxy_overhead.py",
+    "induction": "induction_cost.py",
+    "rerank": "rerank_cost.py",
+    "rerank-mode": "rerank_mode.py",
+}
 
 
 def main(argv: list[str]) -> int:
