@@ -115,12 +115,12 @@ def test_scoring_time_is_reported(proxy: RunningProxy, fake_upstream: FakeUpstre
         model="fake-model", messages=MESSAGES, user="alice"  # type: ignore[arg-type]
     )
     assert raw.parse().choices[0].message.content == "kiwi"
-    assert 120.0 <= float(raw.headers["x-persona-rerank-ms"]) < 2000.0
+    assert 110.0 <= float(raw.headers["x-persona-rerank-ms"]) < 2000.0  # asyncio may wake ~1 ms early
     metrics = httpx.get(f"{proxy.url}/metrics").text
     count = re.search(r'persona_rerank_seconds_count\{reranker="slow"\} ([0-9.]+)', metrics)
     total = re.search(r'persona_rerank_seconds_sum\{reranker="slow"\} ([0-9.]+)', metrics)
     assert count is not None and float(count.group(1)) == 1.0
-    assert total is not None and float(total.group(1)) >= 0.12
+    assert total is not None and float(total.group(1)) >= 0.11
 
 
 def test_candidates_that_arrive_early_are_handed_to_the_reranker_before_scoring(
