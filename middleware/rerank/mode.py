@@ -47,8 +47,8 @@ async def generate_candidates(
     on_candidate: Callable[[str], Awaitable[None]] | None = None,
 ) -> list[dict[str, Any] | PersonaError]:
     """Every variant's completion (or its error), generated concurrently. `on_candidate(text)` runs
-    for each candidate that arrives while others are still being generated (the last one does not
-    wait for it), so a reranker can get ready for scoring in the meantime."""
+    for each candidate that arrives while others are still being generated (not for the last one,
+    which is left to the scorer), so a reranker can get ready for scoring in the meantime."""
     base = {k: v for k, v in body.items() if k not in VARIANT_OWNED_FIELDS}
     pending = len(variants)
 
