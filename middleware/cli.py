@@ -19,6 +19,9 @@ app = typer.Typer(help="persona-middleware: personalization proxy for OpenAI-com
 log = logging.getLogger("middleware")
 
 TenantOpt = Annotated[str, typer.Option(help="tenant the user belongs to")]
+FormatOpt = Annotated[
+    str, typer.Option(help="file format: native | personalrewardbench | summarize-from-feedback")
+]
 
 
 def settings() -> Any:
@@ -70,9 +73,7 @@ def worker() -> None:
 @app.command(name="train-reward-head")
 def train_reward_head(
     data: Annotated[Path, typer.Option(help="JSONL(.gz) preference file of many users", exists=True)],
-    format: Annotated[
-        str, typer.Option(help="native | personalrewardbench | summarize-from-feedback")
-    ] = "native",
+    format: FormatOpt = "native",
     out: Annotated[Path | None, typer.Option(help="head file (default: PERSONA_LORA_HEAD_PATH)")] = None,
     users: Annotated[int | None, typer.Option(help="train on at most N users")] = None,
 ) -> None:
@@ -87,9 +88,7 @@ def train_reward_head(
 @app.command(name="import")
 def import_(
     file: Annotated[Path, typer.Argument(help="JSONL or JSONL.gz file of preference pairs", exists=True)],
-    format: Annotated[
-        str, typer.Option(help="native | personalrewardbench | summarize-from-feedback")
-    ] = "native",
+    format: FormatOpt = "native",
     tenant: TenantOpt = "default",
 ) -> None:
     """Stream a preference file into users' preference logs (idempotent)."""
@@ -124,7 +123,7 @@ def eval_(
     users: Annotated[int | None, typer.Option(help="evaluate at most N users")] = None,
     out: Annotated[Path | None, typer.Option(help="write the JSON report here")] = None,
     plot: Annotated[Path | None, typer.Option(help="write a PNG plot here")] = None,
-    format: Annotated[str, typer.Option(help="input format")] = "native",
+    format: FormatOpt = "native",
     seed: Annotated[int, typer.Option(help="random seed")] = 0,
     model: Annotated[
         str | None, typer.Option(help="LLM of the judge scorers (default: judge model, else induction model)")
