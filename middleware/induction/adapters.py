@@ -19,6 +19,7 @@ from middleware.induction.queue import JobQueue
 from middleware.services import Services
 from middleware.store import keys
 from middleware.store.guard import fail_closed
+from middleware.store.personas import safetensors_metadata
 
 log = logging.getLogger("middleware.jobs")
 MODEL_EXTRA = "lora_model"  # services.extras key of the worker's LoraRewardModel holder
@@ -113,8 +114,6 @@ async def train_and_store(
         blob,
     ]
     stored = await fail_closed(services.redis.eval(_STORE_IF_VERSION, 2, *script_args))
-    from middleware.rerank.lora.storage import safetensors_metadata
-
     meta = safetensors_metadata(blob)
     return {
         "stored": bool(stored),

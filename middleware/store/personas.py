@@ -130,11 +130,16 @@ class PersonaStore:
 ADAPTER_FACTS = ("head_id", "strength", "n_pairs", "trained_at", "train_seconds", "persona_version_id")
 
 
+def safetensors_metadata(blob: bytes) -> dict[str, str]:
+    """The `__metadata__` of a safetensors blob (8-byte little-endian header length, JSON header)."""
+    header_len = int.from_bytes(blob[:8], "little")
+    return dict(orjson.loads(blob[8 : 8 + header_len]).get("__metadata__") or {})
+
+
 def adapter_facts(blob: bytes) -> dict[str, Any]:
-    """Size and self-description of an adapter blob (safetensors: 8-byte header length, JSON header)."""
+    """Size and self-description of an adapter blob (unreadable metadata: size alone)."""
     try:
-        header_len = int.from_bytes(blob[:8], "little")
-        meta = dict(orjson.loads(blob[8 : 8 + header_len]).get("__metadata__") or {})
+        meta = safetensors_metadata(blob)
     except (orjson.JSONDecodeError, AttributeError, ValueError):
         meta = {}
     return {"bytes": len(blob), **{k: meta.get(k) for k in ADAPTER_FACTS}}

@@ -3,19 +3,13 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Hashable, Iterable
 from pathlib import Path
 from typing import Any
 
 from middleware.errors import ValidationFailed
 from middleware.rerank.lora.base import ADAPTER_FORMAT, FEATURE_VERSION, HEAD_FORMAT, AdapterMismatch
-
-
-def safetensors_metadata(blob: bytes) -> dict[str, str]:
-    header_len = int.from_bytes(blob[:8], "little")
-    header = json.loads(blob[8 : 8 + header_len])
-    return dict(header.get("__metadata__") or {})
+from middleware.store.personas import safetensors_metadata
 
 
 def write_head(path: str | Path, state: dict[str, Any], meta: dict[str, str]) -> Path:
