@@ -15,6 +15,30 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 PLACEHOLDER_SECRETS = {"", "changeme", "change-me", "admin", "secret", "password"}
 
 
+QUANTIZE_MODES = ("off", "attention", "all")
+
+
+def quantize_mode(value: bool | str | None) -> str:
+    """Normalise an int8 setting of the `lora` encoder: off | attention | all (true means "attention")."""
+    if value is None or value is False:
+        return "off"
+    if value is True:
+        return "attention"
+    mode = str(value).strip().lower()
+    booleans = {
+        "true": "attention",
+        "1": "attention",
+        "yes": "attention",
+        "false": "off",
+        "0": "off",
+        "no": "off",
+    }
+    mode = booleans.get(mode, mode) or "off"
+    if mode not in QUANTIZE_MODES:
+        raise ValueError(f"quantize must be one of {', '.join(QUANTIZE_MODES)}, not {value!r}")
+    return mode
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PERSONA_", extra="ignore")
 
@@ -100,14 +124,9 @@ class Settings(BaseSettings):
 
     @field_validator("lora_quantize", mode="before")
     @classmethod
-    def _quantize_booleans(cls, value: object) -> object:
+    def _quantize_booleans(cls, value: bool | str | None) -> str:
         """`true`/`false` still work: true means the attention layers only."""
-        text = str(value).strip().lower()
-        if value is True or text in ("true", "1", "yes"):
-            return "attention"
-        if value is False or text in ("false", "0", "no", ""):
-            return "off"
-        return text
+        return quantize_mode(value)
 
     @model_validator(mode="after")
     def _refuse_unsafe_production_defaults(self) -> Settings:

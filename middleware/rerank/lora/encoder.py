@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from middleware.config import quantize_mode
 from middleware.models import Message
 from middleware.rerank.lora.base import DEFAULT_ENCODER_NAME, INSTALL_HINT, LoraUnavailable, torch_module
 
@@ -74,24 +75,6 @@ def length_features(texts: Sequence[str]) -> np.ndarray:
     chars = np.array([len(t) for t in texts], dtype=np.float32)
     words = np.array([len(t.split()) for t in texts], dtype=np.float32)
     return np.stack([np.log1p(chars) / 6.0 - 0.8, np.log1p(words) / 4.5 - 0.8], axis=1).astype(np.float32)
-
-
-QUANTIZE_MODES = ("off", "attention", "all")
-
-
-def quantize_mode(value: bool | str | None) -> str:
-    """Normalise a quantization setting: off | attention | all (true means "attention")."""
-    if value is None or value is False:
-        return "off"
-    if value is True:
-        return "attention"
-    mode = str(value).strip().lower()
-    mode = {"true": "attention", "1": "attention", "yes": "attention", "false": "off", "0": "off", "no": "off"}.get(
-        mode, mode
-    )
-    if mode not in QUANTIZE_MODES:
-        raise ValueError(f"quantize must be one of {', '.join(QUANTIZE_MODES)}, not {value!r}")
-    return mode
 
 
 def quantize_linear(model: Any, mode: str = "attention") -> Any:
