@@ -95,10 +95,6 @@ class ComparisonStore:
         raw = await fail_closed(self._redis.get(keys.comparison(tenant, user, comparison_id)))
         return orjson.loads(raw) if raw else None
 
-    async def judged(self, tenant: str, user: str, comparison_id: str) -> dict[str, Any] | None:
-        raw = await fail_closed(self._redis.get(keys.comparison_judged(tenant, user, comparison_id)))
-        return orjson.loads(raw) if raw else None
-
     async def claim(self, tenant: str, user: str, comparison_id: str, token: str) -> Claim:
         result = await fail_closed(
             self._claim(

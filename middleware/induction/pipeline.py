@@ -20,8 +20,6 @@ from middleware.induction.synthesize import synthesize
 from middleware.llm import CallBudget
 from middleware.models import Persona, PreferencePair
 from middleware.services import Services
-from middleware.store import keys
-from middleware.store.guard import fail_closed
 from middleware.upstream import UpstreamRouter
 
 
@@ -143,9 +141,7 @@ async def induce(
     await report(progress, stage="store")
     persona = await services.personas.save(tenant, user, text, selection.exemplars, provenance)
     if since_refresh:
-        await fail_closed(
-            services.redis.hincrby(keys.user_meta(tenant, user), "pairs_since_refresh", -since_refresh)
-        )
+        await services.preferences.consume_since_refresh(tenant, user, since_refresh)
     return summary(persona, reused=False)
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 from arq.connections import ArqRedis
-from arq.constants import in_progress_key_prefix, job_key_prefix, result_key_prefix, retry_key_prefix
+from arq.constants import job_key_prefix
 from arq.jobs import Job, JobStatus
 from redis.asyncio import Redis
 
@@ -45,13 +45,6 @@ return 0
 
 def now_iso() -> str:
     return datetime.now(UTC).isoformat()
-
-
-def arq_keys(job_id: str) -> list[str]:
-    return [
-        prefix + job_id
-        for prefix in (job_key_prefix, result_key_prefix, retry_key_prefix, in_progress_key_prefix)
-    ]
 
 
 class JobQueue:

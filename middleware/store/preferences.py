@@ -102,5 +102,6 @@ class PreferenceStore:
         value = await fail_closed(self._redis.hget(keys.user_meta(tenant, user), "pairs_since_refresh"))
         return int(value or 0)
 
-    async def reset_since_refresh(self, tenant: str, user: str) -> None:
-        await fail_closed(self._redis.hset(keys.user_meta(tenant, user), "pairs_since_refresh", "0"))
+    async def consume_since_refresh(self, tenant: str, user: str, n: int) -> None:
+        """A refresh used `n` new pairs: take them off the count (pairs added meanwhile stay on it)."""
+        await fail_closed(self._redis.hincrby(keys.user_meta(tenant, user), "pairs_since_refresh", -n))
