@@ -22,6 +22,7 @@ from redis.asyncio import Redis
 
 from middleware.store import keys
 from middleware.store.guard import fail_closed
+from middleware.store.scripts import DELETE_IF_EQUAL
 
 CLAIM_TTL_MS = 30_000
 
@@ -30,11 +31,6 @@ if redis.call('EXISTS', KEYS[2]) == 1 then return 'judged' end
 if redis.call('EXISTS', KEYS[1]) == 0 then return 'missing' end
 if redis.call('SET', KEYS[3], ARGV[2], 'NX', 'PX', ARGV[1]) then return 'ok' end
 return 'busy'
-"""
-
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
 """
 
 # KEYS: comparison, judged, claim, session, meta.
@@ -69,7 +65,7 @@ class ComparisonStore:
         self._redis = redis
         self._ttl_s = ttl_s
         self._claim = redis.register_script(_CLAIM)
-        self._release = redis.register_script(_RELEASE)
+        self._release = redis.register_script(DELETE_IF_EQUAL)
         self._finalize = redis.register_script(_FINALIZE)
 
     @property

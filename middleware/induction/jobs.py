@@ -32,6 +32,7 @@ from middleware.induction.queue import REFRESH, TRAIN_ADAPTER, JobQueue, now_iso
 from middleware.services import Services, build_services
 from middleware.store import keys
 from middleware.store.guard import resolved
+from middleware.store.scripts import DELETE_IF_EQUAL
 
 log = logging.getLogger("middleware.jobs")
 TRANSIENT = (UpstreamError, StoreUnavailable)
@@ -52,10 +53,6 @@ if holder == false or holder == ARGV[1] then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
   return 1
 end
-return 0
-"""
-_RELEASE_LOCK = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
 
@@ -116,7 +113,7 @@ async def run_user_job(ctx: dict[str, Any], body: JobBody) -> dict[str, Any]:
         finally:
             await redis.zrem(slots, job_id)
     finally:
-        await resolved(redis.eval(_RELEASE_LOCK, 1, keys.job_lock(tenant, user), job_id))
+        await resolved(redis.eval(DELETE_IF_EQUAL, 1, keys.job_lock(tenant, user), job_id))
 
 
 async def run_refresh(

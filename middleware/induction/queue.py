@@ -26,6 +26,7 @@ from redis.asyncio import Redis
 from middleware.config import Settings
 from middleware.store import keys
 from middleware.store.guard import fail_closed
+from middleware.store.scripts import DELETE_IF_EQUAL
 
 REFRESH = "refresh_persona"
 TRAIN_ADAPTER = "train_adapter"
@@ -54,6 +55,7 @@ class JobQueue:
         # arq's client on our own (bounded, timed-out) connection pool.
         self.arq = ArqRedis(connection_pool=redis.connection_pool, default_queue_name=keys.JOB_QUEUE)
         self._swap = redis.register_script(_SWAP_PENDING)
+        self._release = redis.register_script(DELETE_IF_EQUAL)
 
     async def aclose(self) -> None:
         """The connection pool belongs to the app's Redis client, which closes it."""
@@ -136,10 +138,8 @@ class JobQueue:
         return status in (JobStatus.queued, JobStatus.deferred, JobStatus.in_progress)
 
     async def release_pending(self, tenant: str, user: str, job_id: str) -> None:
-        pending_key = keys.job_pending(tenant, user)
-        current = await fail_closed(self._redis.get(pending_key))
-        if current is not None and current.decode() == job_id:
-            await fail_closed(self._redis.delete(pending_key))
+        """Drop the user's pending-job mark if it is still this job's (one atomic step)."""
+        await fail_closed(self._release(keys=[keys.job_pending(tenant, user)], args=[job_id]))
 
     # --- read / cancel ------------------------------------------------------------------------------
     async def get(self, job_id: str) -> dict[str, Any] | None:
