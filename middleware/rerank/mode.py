@@ -19,7 +19,7 @@ import orjson
 from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
 
-from middleware.collection.variants import DEFAULT_VARIANTS, Variant, apply_variant, split_instruction
+from middleware.collection.variants import DEFAULT_VARIANTS, Variant, apply_variant
 from middleware.errors import PersonaError, UpstreamError
 from middleware.personalize.block import inject_block
 from middleware.rerank.hookspec import EndUser
@@ -50,6 +50,8 @@ async def generate_candidates(
     for each candidate that arrives while others are still being generated (not for the last one,
     which is left to the scorer), so a reranker can get ready for scoring in the meantime."""
     base = {k: v for k, v in body.items() if k not in VARIANT_OWNED_FIELDS}
+    # after the app's instructions (apply_variant then moves the first one where the variant puts it)
+    personalised = inject_block(body["messages"], block) if block is not None else body["messages"]
     pending = len(variants)
 
     async def one(variant: Variant) -> dict[str, Any] | PersonaError:
@@ -66,11 +68,7 @@ async def generate_candidates(
         return result
 
     async def generate(variant: Variant) -> dict[str, Any] | PersonaError:
-        messages = body["messages"]
-        if block is not None:  # after the app's instruction, wherever the variant puts that
-            instruction, rest = split_instruction(messages)
-            messages = [*([instruction] if instruction else []), *inject_block(rest, block)]
-        messages = apply_variant(messages, variant)
+        messages = apply_variant(personalised, variant)
         try:
             raw = await upstream.complete({**base, "messages": messages, "temperature": variant.temperature})
         except PersonaError as exc:
