@@ -27,6 +27,7 @@ from pydantic import BaseModel, Field
 from middleware.errors import NotEnoughData
 from middleware.evaluation.data import time_split
 from middleware.models import Message, PreferencePair
+from middleware.rerank.lora.encoder import text_of
 
 DEFAULT_MIN_PAIRS = 10
 
@@ -129,12 +130,7 @@ def _judge_pair(scorer: Scorer, pair: PreferencePair) -> bool:
 
 
 def _text(message: Message) -> str:
-    content = message.content
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):  # OpenAI content parts
-        return "".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
-    return "" if content is None else str(content)
+    return text_of(message.content)
 
 
 def split_users(

@@ -124,10 +124,15 @@ class LoraScorer(GlobalScorer):
         """The same global head without adapters (shares the fitted model; its fit is a no-op)."""
         return GlobalScorer(self.model, shared=True)
 
+    def pairs_for(self, user: str) -> list[PreferencePair] | None:
+        """The train pairs `user`'s adapter learns from (their own)."""
+        return self._train.get(user)
+
     def _ensure(self, user: str) -> None:
-        if self.model.has_user(user) or not self._train.get(user):
+        pairs = self.pairs_for(user)
+        if self.model.has_user(user) or not pairs:
             return
-        blob = self.model.train_user(user, self._train[user], strength=self.strength)
+        blob = self.model.train_user(user, pairs, strength=self.strength)
         self.adapter_bytes[user] = len(blob)
         meta = self.model.adapter_metadata(user) or {}
         self.strengths_chosen[user] = meta.get("strength", "?")
@@ -156,13 +161,10 @@ class LoraOtherScorer(LoraScorer):
         # each user takes the next one's pairs in a shuffled ring: nobody gets their own
         self.donors = {u: users[(i + 1) % len(users)] for i, u in enumerate(users)} if len(users) > 1 else {}
 
-    def _ensure(self, user: str) -> None:
+    def pairs_for(self, user: str) -> list[PreferencePair] | None:
+        """Another user's train pairs (the next one in the ring)."""
         donor = self.donors.get(user)
-        if donor is None or self.model.has_user(user):
-            return
-        blob = self.model.train_user(user, self._train[donor], strength=self.strength)
-        self.adapter_bytes[user] = len(blob)
-        self.strengths_chosen[user] = (self.model.adapter_metadata(user) or {}).get("strength", "?")
+        return None if donor is None else self._train.get(donor)
 
 
 def default_cache_dir() -> Path:
