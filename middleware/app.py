@@ -31,7 +31,7 @@ from middleware.errors import PersonaError
 from middleware.limits import BodySizeLimit
 from middleware.rerank.registry import RerankerRegistry
 from middleware.rerank.resources import RerankResources
-from middleware.services import Services, build_services
+from middleware.services import build_services
 
 log = logging.getLogger("middleware")
 
@@ -70,10 +70,6 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     return app
 
-
-def services_of(app: FastAPI) -> Services:
-    services: Services = app.state.services
-    return services
 
 
 def install_error_handlers(app: FastAPI) -> None:

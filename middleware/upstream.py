@@ -297,7 +297,6 @@ class UpstreamRouter:
         self, settings: Settings, session: aiohttp.ClientSession, on_retry: Callable[[], None]
     ) -> None:
         self._settings = settings
-        self._session = session
         self._on_retry = on_retry
         self._passthrough = (
             PassthroughUpstream(settings, session, on_retry) if settings.upstream_api_base else None
@@ -320,6 +319,7 @@ class UpstreamRouter:
 
 
 def monotonic_ms(start: float) -> float:
+    """Milliseconds since `start` (a time.perf_counter() reading)."""
     return (time.perf_counter() - start) * 1000.0
 
 

@@ -19,7 +19,7 @@ from middleware.identity import end_user_id, tenant_for_app_key
 from middleware.personalize.block import inject_block
 from middleware.rerank.mode import rerank_completion
 from middleware.services import Services
-from middleware.upstream import ClientDisconnected, cancel_on_disconnect
+from middleware.upstream import ClientDisconnected, cancel_on_disconnect, monotonic_ms
 
 router = APIRouter(tags=["chat"])
 
@@ -146,7 +146,7 @@ async def chat_completions(request: Request) -> Response:
         body["messages"] = inject_block(body["messages"], block)
 
     upstream, body["model"] = services.upstreams.route(body["model"])
-    overhead_ms = (time.perf_counter() - started) * 1000.0
+    overhead_ms = monotonic_ms(started)
     services.metrics.overhead_seconds.observe(overhead_ms / 1000.0)
     headers = persona_headers(version, overhead_ms)
 

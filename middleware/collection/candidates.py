@@ -12,7 +12,7 @@ import orjson
 
 from middleware.collection.variants import Variant, apply_variant
 from middleware.errors import PersonaError
-from middleware.upstream import Upstream
+from middleware.upstream import Upstream, monotonic_ms
 
 log = logging.getLogger("middleware.collection")
 
@@ -56,7 +56,7 @@ async def generate_one(
     except Exception as exc:
         log.warning("comparison candidate %d failed: %s", index, exc)
         out["error"] = _error_of(exc)
-    out["latency_ms"] = round((time.perf_counter() - started) * 1000.0, 1)
+    out["latency_ms"] = round(monotonic_ms(started), 1)
     return out
 
 

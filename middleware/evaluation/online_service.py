@@ -37,7 +37,7 @@ from middleware.evaluation.online_store import EvaluationStore
 from middleware.models import Persona
 from middleware.personalize.block import inject_block
 from middleware.services import Services
-from middleware.upstream import Upstream
+from middleware.upstream import Upstream, monotonic_ms
 
 CHOICES = ("A", "B", "C", "tie", "skip")
 _random = secrets.SystemRandom()
@@ -89,7 +89,7 @@ async def _answer(upstream: Upstream, body: dict[str, Any]) -> dict[str, Any]:
         "content": content,
         "finish_reason": choice.get("finish_reason"),
         "usage": data.get("usage"),
-        "latency_ms": round((time.perf_counter() - started) * 1000.0, 1),
+        "latency_ms": round(monotonic_ms(started), 1),
     }
 
 

@@ -80,9 +80,6 @@ class EvaluationStore:
         key = keys.evaluation_trial(tenant, evaluation_id, trial_id)
         return bool(await fail_closed(_cmd(self._redis.hsetnx(key, "choice", orjson.dumps(choice).decode()))))
 
-    async def trial_count(self, tenant: str, evaluation_id: str) -> int:
-        return int(await fail_closed(_cmd(self._redis.llen(keys.evaluation_trials(tenant, evaluation_id)))))
-
     async def trials(self, tenant: str, evaluation_id: str) -> list[dict[str, Any]]:
         """Every trial of the run in creation order, each with its choice (or None)."""
         ids = await fail_closed(

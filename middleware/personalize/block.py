@@ -15,7 +15,6 @@ from middleware.models import Message, Persona
 from middleware.prompts import render
 
 TEMPLATE = "persona_block.j2"
-TEMPLATE_VERSION = "persona_block/1"
 _DELIMITER_RE = re.compile(r"</?\s*user_preferences\s*>", re.IGNORECASE)
 _INSTRUCTION_ROLES = ("system", "developer")
 

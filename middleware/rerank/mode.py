@@ -25,7 +25,7 @@ from middleware.personalize.block import inject_block
 from middleware.rerank.hookspec import EndUser
 from middleware.rerank.registry import RerankerRegistry
 from middleware.services import Services
-from middleware.upstream import ClientDisconnected, Upstream, cancel_on_disconnect
+from middleware.upstream import ClientDisconnected, Upstream, cancel_on_disconnect, monotonic_ms
 
 log = logging.getLogger("middleware.rerank")
 RERANKER_HEADER = "x-persona-reranker"
@@ -103,7 +103,7 @@ async def rerank_completion(
     reranker_name = request.headers.get(RERANKER_HEADER) or services.settings.reranker
     reranker = registry.get(reranker_name)
     upstream, body["model"] = services.upstreams.route(body["model"])
-    overhead_ms = (time.perf_counter() - started) * 1000.0
+    overhead_ms = monotonic_ms(started)
 
     end_user = EndUser(tenant, user, version, version_id) if user else None
     prepare = getattr(reranker, "prepare", None)

@@ -65,12 +65,6 @@ class PersonaStore:
         blob = await fail_closed(self._redis.get(keys.persona_current(tenant, user)))
         return Persona.model_validate_json(blob) if blob else None
 
-    async def get_version(self, tenant: str, user: str, version: int) -> Persona:
-        blob = await fail_closed(self._redis.get(keys.persona_version(tenant, user, version)))
-        if not blob:
-            raise NotFound(f"persona version {version} does not exist for this user", param="version")
-        return Persona.model_validate_json(blob)
-
     async def list_versions(self, tenant: str, user: str) -> list[Persona]:
         numbers = await fail_closed(self._redis.zrange(keys.persona_versions(tenant, user), 0, -1))
         if not numbers:

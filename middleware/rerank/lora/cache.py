@@ -66,5 +66,3 @@ class AdapterCache:
     def keys(self) -> list[Hashable]:
         return list(self._items)
 
-    def nbytes(self) -> int:
-        return sum(item.nbytes for item in self._items.values())

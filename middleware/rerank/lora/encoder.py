@@ -128,7 +128,6 @@ class TextEncoder:
         self.quantize = mode if self.device == "cpu" else "off"  # dynamic int8 kernels are CPU-only
         if self.quantize != "off":
             model, self.quantize = self._quantized(model, self.quantize)
-        self.quantized = self.quantize != "off"
         self.model = model.to(self.device)
         self.dim = int(self.model.config.hidden_size)
         self.max_length = max_length
