@@ -97,7 +97,7 @@ async def train_after_refresh(
 async def train_and_store(
     services: Services, tenant: str, user: str, version: int, result: dict[str, Any]
 ) -> dict[str, Any]:
-    holder: ModelHolder = services.extras.setdefault(MODEL_EXTRA, ModelHolder(services.settings))
+    holder = services.shared(MODEL_EXTRA, lambda s: ModelHolder(s.settings))
     model = await holder.get()
     pairs = await services.preferences.pairs(tenant, user)
     extra = {

@@ -152,13 +152,8 @@ async def run_refresh(
         )
     except JobStopped:
         return {"status": "cancelled"}
-    except TRANSIENT as exc:
-        if attempts < settings.jobs_max_attempts:
-            await queue.update(job_id, state="queued", error=error_of(exc))
-            raise Retry(defer=settings.jobs_retry_defer_s * attempts) from exc
-        return await finish(queue, record, job_id, "failed", error=error_of(exc))
     except PersonaError as exc:
-        return await finish(queue, record, job_id, "failed", error=error_of(exc))
+        return await retry_or_fail(queue, record, job_id, exc, attempts, settings)
     # The persona is stored; the user's lora adapter follows it (never fails the refresh).
     result = {**result, **await train_after_refresh(services, tenant, user, result)}
     return await finish(queue, record, job_id, "complete", result=result)
@@ -181,18 +176,24 @@ async def run_adapter_training(
     result = {"version": persona.version, "version_id": persona.version_id}
     try:
         facts = await train_and_store(services, tenant, user, persona.version, result)
-    except TRANSIENT as exc:
-        if attempts < services.settings.jobs_max_attempts:
-            await queue.update(job_id, state="queued", error=error_of(exc))
-            raise Retry(defer=services.settings.jobs_retry_defer_s * attempts) from exc
-        return await finish(queue, record, job_id, "failed", error=error_of(exc))
     except PersonaError as exc:
-        return await finish(queue, record, job_id, "failed", error=error_of(exc))
+        return await retry_or_fail(queue, record, job_id, exc, attempts, services.settings)
     except Exception as exc:  # a training error is this job's failure, reported, not a crash
         log.warning("lora adapter training failed for %s/%s: %s", tenant, user, exc)
         error = {"code": "adapter_training_failed", "message": f"{type(exc).__name__}: {exc}"}
         return await finish(queue, record, job_id, "failed", error=error)
     return await finish(queue, record, job_id, "complete", result={**result, "adapter": facts})
+
+
+async def retry_or_fail(
+    queue: JobQueue, record: dict[str, Any], job_id: str, exc: PersonaError, attempts: int, settings: Settings
+) -> dict[str, Any]:
+    """A transient failure (upstream, store) goes back on the queue while attempts remain; any other
+    failure, or the last attempt's, fails the job."""
+    if isinstance(exc, TRANSIENT) and attempts < settings.jobs_max_attempts:
+        await queue.update(job_id, state="queued", error=error_of(exc))
+        raise Retry(defer=settings.jobs_retry_defer_s * attempts) from exc
+    return await finish(queue, record, job_id, "failed", error=error_of(exc))
 
 
 def error_of(exc: PersonaError) -> dict[str, Any]:
