@@ -27,7 +27,7 @@ from middleware.api import (
 )
 from middleware.api.responses import JSONBytes
 from middleware.config import Settings
-from middleware.errors import PersonaError
+from middleware.errors import InvalidJSON, PersonaError, ValidationFailed
 from middleware.limits import BodySizeLimit
 from middleware.rerank.registry import RerankerRegistry
 from middleware.rerank.resources import RerankResources
@@ -71,7 +71,6 @@ def create_app(settings: Settings) -> FastAPI:
     return app
 
 
-
 def install_error_handlers(app: FastAPI) -> None:
     """One handler per family: our errors, schema errors, and Starlette's routing errors."""
 
@@ -85,21 +84,11 @@ def install_error_handlers(app: FastAPI) -> None:
         first: dict[str, Any] = errors[0] if errors else {}
         location = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
         if first.get("type") == "json_invalid":
-            body = PersonaError(
-                f"the request body is not valid JSON: {first.get('msg', '')}",
-                error_type="invalid_request_error",
-                code="invalid_json",
-                param=None,
-            ).to_body()
-            return JSONBytes(body, status_code=400)
+            invalid = InvalidJSON(f"the request body is not valid JSON: {first.get('msg', '')}")
+            return JSONBytes(invalid.to_body(), status_code=invalid.status_code)
         message = f"{location}: {first.get('msg', 'invalid value')}" if location else first.get("msg", "")
-        body = PersonaError(
-            message or "invalid request",
-            error_type="invalid_request_error",
-            code="validation_error",
-            param=location or None,
-        ).to_body()
-        return JSONBytes(body, status_code=422)
+        failed = ValidationFailed(message or "invalid request", param=location or None)
+        return JSONBytes(failed.to_body(), status_code=failed.status_code)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONBytes:

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Query
 
-from middleware.api.deps import AdminTenant, ServicesDep, job_queue
+from middleware.api.deps import AdminTenant, ServicesDep, UserPath, job_queue
 from middleware.api.responses import JSONBytes, job_accepted
 from middleware.api.schemas import (
     AdapterOfVersion,
@@ -21,11 +21,9 @@ from middleware.api.schemas import (
     RollbackIn,
 )
 from middleware.errors import NotEnoughData, NotFound
-from middleware.identity import USER_ID_RE
 from middleware.induction.adapters import enqueue_adapter_training
 
 router = APIRouter(prefix="/admin/users", tags=["admin"])
-UserPath = Annotated[str, Path(pattern=USER_ID_RE.pattern, description="end-user id")]
 
 
 @router.get("/{user}/persona")

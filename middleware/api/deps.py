@@ -5,12 +5,20 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import orjson
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Request
 
 from middleware.errors import InvalidJSON, InvalidRequest, PersonaError
-from middleware.identity import USER_HEADER, tenant_for_admin, tenant_for_app_key, validate_user_id
+from middleware.identity import (
+    USER_HEADER,
+    USER_ID_RE,
+    tenant_for_admin,
+    tenant_for_app_key,
+    validate_user_id,
+)
 from middleware.induction.queue import JobQueue
 from middleware.services import Services
+
+UserPath = Annotated[str, Path(pattern=USER_ID_RE.pattern, description="end-user id")]
 
 
 async def get_services(request: Request) -> Services:

@@ -8,17 +8,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Path
+from fastapi import APIRouter, Body
 from pydantic import BaseModel, ConfigDict, Field
 
-from middleware.api.deps import AdminTenant, ServicesDep, job_queue
+from middleware.api.deps import AdminTenant, ServicesDep, UserPath, job_queue
 from middleware.api.responses import JSONBytes, job_accepted
 from middleware.errors import NotEnoughData
-from middleware.identity import USER_ID_RE
 from middleware.privacy import export_everything, forget_everything
 
 router = APIRouter(prefix="/admin/users", tags=["admin"])
-UserPath = Annotated[str, Path(pattern=USER_ID_RE.pattern, description="end-user id")]
 
 
 class RefreshIn(BaseModel):

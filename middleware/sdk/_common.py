@@ -8,6 +8,8 @@ from urllib.parse import quote
 
 Message = Mapping[str, Any]
 Content = str | Message
+# Writes to the proxy are not idempotent: the SDK's automatic retries stay off for them.
+NO_RETRY: dict[str, Any] = {"max_retries": 0}
 
 
 class PersonaClient(Protocol):

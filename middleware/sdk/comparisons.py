@@ -7,11 +7,10 @@ from typing import Any
 
 import httpx
 
-from middleware.sdk._common import PersonaClient, compact, require_user
+from middleware.sdk._common import NO_RETRY, PersonaClient, compact, require_user
 from middleware.sdk.types import Comparison, Judgement
 
 # A judgement is not retried by the client: a 409 means it was already recorded.
-_NO_RETRY: dict[str, Any] = {"max_retries": 0}
 
 
 def _create_body(
@@ -61,7 +60,7 @@ class Comparisons:
             f"/comparisons/{comparison_id}/judgement",
             body={"best": best, "worst": worst, "rationale": rationale},
             cast_to=httpx.Response,
-            options=_NO_RETRY,
+            options=NO_RETRY,
         )
         return Judgement.model_validate(response.json())
 
@@ -90,6 +89,6 @@ class AsyncComparisons:
             f"/comparisons/{comparison_id}/judgement",
             body={"best": best, "worst": worst, "rationale": rationale},
             cast_to=httpx.Response,
-            options=_NO_RETRY,
+            options=NO_RETRY,
         )
         return Judgement.model_validate(response.json())

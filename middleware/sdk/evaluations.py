@@ -19,11 +19,10 @@ from urllib.parse import quote
 import httpx
 from pydantic import BaseModel, ConfigDict
 
-from middleware.sdk._common import PersonaClient, admin_options, compact, require_user, root_url
+from middleware.sdk._common import NO_RETRY, PersonaClient, admin_options, compact, require_user, root_url
 
 Choice = Literal["A", "B", "C", "tie", "skip"]
 # A choice is not retried by the client: a 409 means it was already recorded.
-_NO_RETRY: dict[str, Any] = {"max_retries": 0}
 
 
 class TrialAnswer(BaseModel):
@@ -54,11 +53,11 @@ class EvaluationChoice(BaseModel):
 
 def _user_options(body: dict[str, Any]) -> dict[str, Any]:
     """The user named for this call wins over the client's default X-Persona-User header."""
-    return {**_NO_RETRY, "headers": {"X-Persona-User": body["user"]}}
+    return {**NO_RETRY, "headers": {"X-Persona-User": body["user"]}}
 
 
 def _choice_options(user: str | None) -> dict[str, Any]:
-    return {**_NO_RETRY, "headers": {"X-Persona-User": user}} if user else _NO_RETRY
+    return {**NO_RETRY, "headers": {"X-Persona-User": user}} if user else NO_RETRY
 
 
 def _run_path(evaluation_id: str, suffix: str = "") -> str:
