@@ -103,7 +103,8 @@ def test_streamed_candidates_arrive_as_each_finishes(
     assert types == ["comparison", "candidate", "candidate", "candidate", "candidate", "done"]
     candidates = [(t, e["candidate"]) for t, e in arrivals if e["type"] == "candidate"]
     assert [c["index"] for _, c in candidates] == [0, 1, 2, 3]  # finish order = delay order
-    assert candidates[0][0] < 0.6  # the fastest shows long before the slowest is done
+    # the fastest (0.3 s) shows long before the slowest (0.9 s) is done: streamed, not buffered
+    assert candidates[-1][0] - candidates[0][0] >= 0.4
     assert candidates[-1][0] >= 0.9
     done = arrivals[-1][1]["comparison"]
     assert done["id"] == arrivals[0][1]["id"]

@@ -57,12 +57,12 @@ def test_upstream_4xx_is_returned_as_is_without_retry(proxy: RunningProxy, fake_
 def test_first_token_timeout_is_504(redis_url: str, fake_upstream: FakeUpstream) -> None:
     running = start_proxy(proxy_settings(redis_url, fake_upstream, upstream_first_token_timeout_s=0.3))
     try:
-        fake_upstream.script(Reply(delay=2.0))
+        fake_upstream.script(Reply(delay=5.0))
         started = time.monotonic()
         with pytest.raises(openai.APIStatusError) as err:
             sdk(running).chat.completions.create(model="fake-model", messages=MESSAGES)  # type: ignore[arg-type]
         assert err.value.status_code == 504
-        assert time.monotonic() - started < 1.5
+        assert time.monotonic() - started < 3.0  # gave up at the first-token timeout, not the reply
     finally:
         running.server.stop()
 
