@@ -37,6 +37,10 @@ _bootstrap_main() {
   fi
 
   # --- virtual environment ----------------------------------------------------------------
+  if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+    echo "bootstrap: $python is missing or older than 3.11 (set PYTHON=python3.11 or newer)" >&2
+    return 1
+  fi
   if [[ ! -x "$venv/bin/python" ]]; then
     echo "bootstrap: creating $venv" >&2
     "$python" -m venv "$venv"
@@ -81,6 +85,10 @@ _apt_install() {
   fi
   local sudo=""
   if [[ $(id -u) -ne 0 ]]; then
+    if ! command -v sudo >/dev/null 2>&1; then
+      echo "bootstrap: run as root, or install first: apt-get install $*" >&2
+      return 1
+    fi
     sudo="sudo"
   fi
   echo "bootstrap: apt-get install $*" >&2
