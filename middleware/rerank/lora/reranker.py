@@ -67,7 +67,7 @@ class LoraReranker:
         self._head_mtime = _mtime(head_path)
         self._head_checked = time.monotonic()
 
-    def _maybe_reload_head(self) -> None:
+    async def _maybe_reload_head(self) -> None:
         """Pick up a head retrained by `persona train-reward-head` (checked every HEAD_CHECK_S)."""
         if not self.head_path or time.monotonic() - self._head_checked < HEAD_CHECK_S:
             return
@@ -75,7 +75,7 @@ class LoraReranker:
         mtime = _mtime(self.head_path)
         if mtime is not None and mtime != self._head_mtime:
             try:
-                self.model.load(self.head_path)
+                await asyncio.to_thread(self.model.load, self.head_path)  # torch work: off the loop
                 self._head_mtime = mtime
                 log.info("lora reranker: loaded global head %s", self.model.head_id)
             except Exception as exc:
@@ -94,7 +94,7 @@ class LoraReranker:
         if not blob:
             return
         try:
-            meta = self.model.load_user(key, blob)
+            meta = await asyncio.to_thread(self.model.load_user, key, blob)
         except AdapterMismatch as exc:
             log.info("lora reranker: stored adapter not used (%s); scoring with the global head", exc)
             return
@@ -106,7 +106,7 @@ class LoraReranker:
     async def prepare(
         self, context: Sequence[Message | dict[str, Any]], *, user: EndUser | str | None
     ) -> None:
-        self._maybe_reload_head()
+        await self._maybe_reload_head()
         await asyncio.gather(
             self._ensure_adapter(user), asyncio.to_thread(self.model.prepare_context, context)
         )
@@ -122,7 +122,7 @@ class LoraReranker:
         *,
         user: EndUser | str | None = None,
     ) -> list[float]:
-        self._maybe_reload_head()
+        await self._maybe_reload_head()
         await self._ensure_adapter(user)
         key = adapter_key(user)
         return await asyncio.to_thread(self.model.score, context, list(candidates), user=key)
