@@ -238,3 +238,34 @@ def test_unknown_reranker_is_a_400(proxy: RunningProxy) -> None:
         sdk(proxy, "nope").chat.completions.create(model="fake-model", messages=MESSAGES)  # type: ignore[arg-type]
     assert err.value.body["code"] == "unknown_reranker"  # type: ignore[index]
     assert json.dumps(err.value.body)
+
+
+async def test_a_slow_reranker_build_runs_once_and_off_the_event_loop() -> None:
+    import threading
+    import time as clock
+
+    builds: list[tuple[int, float, float]] = []
+
+    def slow_factory(settings: Any, resources: Any) -> ShortestFirst:
+        started = clock.monotonic()
+        clock.sleep(0.3)  # loading a model
+        builds.append((threading.get_ident(), started, clock.monotonic()))
+        return ShortestFirst()
+
+    registry = RerankerRegistry(settings=None, resources=None)
+    registry.add("slow", slow_factory)
+    ticks: list[float] = []
+
+    async def ticker() -> None:
+        for _ in range(20):
+            await asyncio.sleep(0.01)
+            ticks.append(clock.monotonic())
+
+    first, second, _ = await asyncio.gather(registry.aget("slow"), registry.aget("slow"), ticker())
+    assert first is second and len(builds) == 1
+    thread, began, ended = builds[0]
+    assert thread != threading.get_ident()  # built in a worker thread
+    assert sum(began < t < ended for t in ticks) >= 5  # the loop kept running during the build
+    assert await registry.aget("slow") is first
+    with pytest.raises(Exception, match="unknown reranker"):
+        await registry.aget("missing")

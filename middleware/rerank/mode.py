@@ -101,7 +101,7 @@ async def rerank_completion(
 ) -> Response:
     registry = registry_of(services)
     reranker_name = request.headers.get(RERANKER_HEADER) or services.settings.reranker
-    reranker = registry.get(reranker_name)
+    reranker = await registry.aget(reranker_name)
     upstream, body["model"] = services.upstreams.route(body["model"])
     overhead_ms = monotonic_ms(started)
 

@@ -10,6 +10,7 @@ Registration only records factories; a reranker is built the first time it is as
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from importlib.metadata import entry_points
 from typing import Any
@@ -27,6 +28,7 @@ class RerankerRegistry:
         self._resources = resources
         self._factories: dict[str, RerankerFactory] = {}
         self._instances: dict[str, Reranker] = {}
+        self._building: dict[str, asyncio.Lock] = {}
 
     def add(self, name: str, factory: RerankerFactory) -> None:
         self._factories[name] = factory
@@ -36,15 +38,30 @@ class RerankerRegistry:
         return sorted(self._factories)
 
     def get(self, name: str) -> Reranker:
+        self._require(name)
+        if name not in self._instances:
+            self._instances[name] = self._factories[name](self._settings, self._resources)
+        return self._instances[name]
+
+    async def aget(self, name: str) -> Reranker:
+        """Like `get`, for the event loop: a reranker's first build (the `lora` one loads torch and
+        its encoder, for seconds) runs in a thread, once, while other requests go on."""
+        self._require(name)
+        if name in self._instances:
+            return self._instances[name]
+        async with self._building.setdefault(name, asyncio.Lock()):
+            if name not in self._instances:
+                factory = self._factories[name]
+                self._instances[name] = await asyncio.to_thread(factory, self._settings, self._resources)
+        return self._instances[name]
+
+    def _require(self, name: str) -> None:
         if name not in self._factories:
             raise InvalidRequest(
                 f"unknown reranker {name!r}; available: {', '.join(self.names()) or 'none'}",
                 param="reranker",
                 code="unknown_reranker",
             )
-        if name not in self._instances:
-            self._instances[name] = self._factories[name](self._settings, self._resources)
-        return self._instances[name]
 
     def forget(self, tenant: str, user: str) -> None:
         """Tell the rerankers built in this process that a user was forgotten (optional
