@@ -33,7 +33,7 @@ async def refresh(
     body: Annotated[RefreshIn | None, Body()] = None,
 ) -> JSONBytes:
     """Queue a persona refresh; 202 with the job id (an already pending refresh is reused)."""
-    pairs = len(await services.preferences.pairs(tenant, user))
+    pairs = await services.preferences.pair_count(tenant, user)
     minimum = services.settings.induction_min_pairs
     if pairs < minimum:
         raise NotEnoughData(

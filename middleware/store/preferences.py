@@ -91,6 +91,11 @@ class PreferenceStore:
                 out.append(record)
         return out
 
+    async def pair_count(self, tenant: str, user: str) -> int:
+        """How many of the user's records are pairs (their data is not decoded)."""
+        entries = await fail_closed(self._redis.xrange(keys.prefs(tenant, user)))
+        return sum(1 for _, fields in entries if fields[b"kind"] == b"pair")
+
     async def pairs(self, tenant: str, user: str) -> list[PreferencePair]:
         """All of a user's preference pairs, oldest first (stream order)."""
         return [r.pair() for r in await self.records(tenant, user, kind="pair")]
