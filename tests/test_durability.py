@@ -13,7 +13,7 @@ from tests.support.proxy import APP_KEY_A, proxy_settings, start_proxy
 from tests.support.redis_server import RedisServer
 
 
-def test_kill_9_loses_at_most_the_last_second_of_writes(
+def test_kill_9_loses_only_the_last_seconds_of_writes(
     redis_factory: Callable[..., RedisServer], fake_upstream: FakeUpstream
 ) -> None:
     server = redis_factory(appendonly=True)  # appendonly yes, appendfsync everysec
@@ -21,7 +21,7 @@ def test_kill_9_loses_at_most_the_last_second_of_writes(
     acknowledged: list[tuple[str, float]] = []
     try:
         with httpx.Client(headers={"Authorization": f"Bearer {APP_KEY_A}"}) as http:
-            deadline = time.monotonic() + 2.5
+            deadline = time.monotonic() + 5.0  # writes older than the 2.5 s bound below must exist
             n = 0
             while time.monotonic() < deadline:
                 n += 1
@@ -47,6 +47,8 @@ def test_kill_9_loses_at_most_the_last_second_of_writes(
         client.close()
     missing = [(record_id, killed_at - at) for record_id, at in acknowledged if record_id not in stored]
     assert len(acknowledged) > 50
-    # everysec: only writes acknowledged in the last ~1 s (plus scheduling slack) may be gone
-    assert all(age < 1.5 for _, age in missing), missing[:3]
-    assert len(stored) >= len([a for a in acknowledged if killed_at - a[1] >= 1.5])
+    # everysec: about the last second of writes may be gone; when an fsync is slow, Redis lets the
+    # write buffer wait up to 2 s more before it blocks, so a busy disk can lose up to ~2 s
+    assert all(age < 2.5 for _, age in missing), missing[:3]
+    old_enough = [a for a in acknowledged if killed_at - a[1] >= 2.5]
+    assert len(old_enough) > 50 and all(record_id in stored for record_id, _ in old_enough)
