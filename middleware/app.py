@@ -28,6 +28,7 @@ from middleware.api import (
 from middleware.api.responses import JSONBytes
 from middleware.config import Settings
 from middleware.errors import InvalidJSON, PersonaError, ValidationFailed
+from middleware.induction.queue import JobQueue
 from middleware.limits import BodySizeLimit
 from middleware.rerank.registry import RerankerRegistry
 from middleware.rerank.resources import RerankResources
@@ -43,13 +44,11 @@ def create_app(settings: Settings) -> FastAPI:
         resources = RerankResources(services.upstreams, services.personas, services.redis)
         services.extras["rerankers"] = RerankerRegistry(settings, resources).load_entry_points()
         app.state.services = services
-        # Long-lived start-up objects leave the collector's young generations: fewer, shorter pauses.
-        gc.freeze()
-        from middleware.induction.queue import JobQueue
-
         services.extras["jobs"] = JobQueue(settings, services.redis)
         if not settings.admin_key.get_secret_value():
             log.warning("PERSONA_ADMIN_KEY is not set: admin routes are open (development only)")
+        # Long-lived start-up objects leave the collector's young generations: fewer, shorter pauses.
+        gc.freeze()
         try:
             yield
         finally:

@@ -137,6 +137,10 @@ class Settings(BaseSettings):
                 raise ValueError("PERSONA_API_KEYS must map at least one app key in production")
         return self
 
+    def public_models(self) -> list[str]:
+        """The model names clients may ask for: configured models, then aliases, each once."""
+        return list(dict.fromkeys([*self.models, *self.model_aliases]))
+
     def upstream_model(self, requested: str) -> str:
         """The model name to send upstream for the one the client asked for."""
         return self.model_aliases.get(requested, requested)

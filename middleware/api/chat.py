@@ -176,7 +176,7 @@ def persona_headers(version: int | None, overhead_ms: float) -> dict[str, str]:
 @router.get("/v1/models")
 async def list_models(request: Request, services: ServicesDep) -> Response:
     tenant_for_app_key(request.headers, services.settings)
-    names = list(dict.fromkeys([*services.settings.models, *services.settings.model_aliases]))
+    names = services.settings.public_models()
     return JSONBytes(
         {
             "object": "list",

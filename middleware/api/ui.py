@@ -52,7 +52,7 @@ def static_response(files: Mapping[str, str], name: str) -> Response:
 @router.get("/")
 async def page(services: ServicesDep) -> HTMLResponse:
     settings = services.settings
-    models = list(dict.fromkeys([*settings.models, *settings.model_aliases]))
+    models = settings.public_models()
     html = render_page(
         "collect.html",
         static_prefix="/ui/static",
