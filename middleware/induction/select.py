@@ -20,11 +20,10 @@ from middleware.induction.context import (
     Progress,
     ab_values,
     report,
-    request_text,
     run_all,
 )
 from middleware.models import PreferencePair
-from middleware.personalize.block import clip, message_text
+from middleware.personalize.block import exemplar_view
 
 EXEMPLAR_MAX_CHARS = 800
 
@@ -34,14 +33,6 @@ class JudgeVerdict(BaseModel):
     preferred: Literal["A", "B"]
 
 
-def exemplar_view(pair: PreferencePair) -> dict[str, str]:
-    return {
-        "request": clip(request_text(pair), EXEMPLAR_MAX_CHARS),
-        "chosen": clip(message_text(pair.chosen), EXEMPLAR_MAX_CHARS),
-        "rejected": clip(message_text(pair.rejected), EXEMPLAR_MAX_CHARS),
-    }
-
-
 async def judge(
     ctx: LLMContext,
     persona: str,
@@ -49,7 +40,7 @@ async def judge(
     values: dict[str, Any],
 ) -> Literal["A", "B"]:
     """The persona-informed judge's pick for one A/B presentation (`values` from `ab_values`)."""
-    full = {**values, "persona": persona, "exemplars": [exemplar_view(p) for p in exemplars]}
+    full = {**values, "persona": persona, "exemplars": [exemplar_view(p, EXEMPLAR_MAX_CHARS) for p in exemplars]}
     verdict = await ctx.call("induction_judge", full, JudgeVerdict)
     return verdict.preferred
 

@@ -11,7 +11,7 @@ import re
 from collections import OrderedDict
 from typing import Any
 
-from middleware.models import Message, Persona
+from middleware.models import Message, Persona, PreferencePair
 from middleware.prompts import render
 
 TEMPLATE = "persona_block.j2"
@@ -36,19 +36,20 @@ def message_text(message: Message | dict[str, Any]) -> str:
     return ""
 
 
+def exemplar_view(pair: PreferencePair, max_chars: int) -> dict[str, str]:
+    """What a prompt shows of an exemplar: the last request, the chosen and the rejected answer."""
+    users = [m for m in pair.context if m.role == "user"]
+    return {
+        "request": clip(message_text(users[-1]) if users else "", max_chars),
+        "chosen": clip(message_text(pair.chosen), max_chars),
+        "rejected": clip(message_text(pair.rejected), max_chars),
+    }
+
+
 def render_persona_block(
     persona: Persona, *, max_chars: int, exemplars_max: int, exemplar_max_chars: int
 ) -> str:
-    exemplars = []
-    for pair in persona.exemplars[:exemplars_max]:
-        users = [m for m in pair.context if m.role == "user"]
-        exemplars.append(
-            {
-                "request": clip(message_text(users[-1]) if users else "", exemplar_max_chars),
-                "chosen": clip(message_text(pair.chosen), exemplar_max_chars),
-                "rejected": clip(message_text(pair.rejected), exemplar_max_chars),
-            }
-        )
+    exemplars = [exemplar_view(pair, exemplar_max_chars) for pair in persona.exemplars[:exemplars_max]]
     return render(TEMPLATE, persona_text=clip(persona.text, max_chars), exemplars=exemplars)
 
 

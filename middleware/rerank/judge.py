@@ -12,10 +12,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from middleware.induction.context import conversation_view
-from middleware.induction.select import JudgeVerdict, exemplar_view
+from middleware.induction.select import EXEMPLAR_MAX_CHARS, JudgeVerdict
 from middleware.llm import CallBudget, structured_call
 from middleware.models import Message
-from middleware.personalize.block import clip
+from middleware.personalize.block import clip, exemplar_view
 from middleware.prompts import render
 from middleware.rerank.hookspec import EndUser
 from middleware.rerank.resources import RerankResources
@@ -42,7 +42,7 @@ class JudgeReranker:
         persona = await self._resources.persona(user)
         base = {
             "persona": persona.text if persona else "",
-            "exemplars": [exemplar_view(p) for p in persona.exemplars] if persona else [],
+            "exemplars": [exemplar_view(p, EXEMPLAR_MAX_CHARS) for p in persona.exemplars] if persona else [],
             "conversation": conversation_view([Message.model_validate(m) for m in context]),
         }
         orders = [(i, j) for i, j in itertools.permutations(range(n), 2)]
