@@ -138,8 +138,7 @@ async def run_refresh(
 
     async def progress(event: dict[str, Any]) -> None:
         nonlocal last_write
-        current = await queue.record(job_id)
-        if current is None or current.get("cancelled"):
+        if await queue.stopped(job_id):
             raise JobStopped()
         final = event.get("stage") == "store" or event.get("done") == event.get("total")
         if final or time.monotonic() - last_write > 0.2:

@@ -72,6 +72,13 @@ class JobQueue:
         record["attempts"] = int(record.get("attempts", 0))
         return record
 
+    async def stopped(self, job_id: str) -> bool:
+        """Was the job cancelled, or its record deleted (the user forgotten)? One HMGET."""
+        found_id, cancelled = await fail_closed(
+            self._redis.hmget(keys.job_record(job_id), ["id", "cancelled"])
+        )
+        return found_id is None or bool(cancelled)
+
     async def update(self, job_id: str, **fields: Any) -> None:
         mapping = {
             k: orjson.dumps(v) if k in JSON_FIELDS else str(v) for k, v in fields.items() if v is not None
