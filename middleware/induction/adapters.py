@@ -148,10 +148,16 @@ async def enqueue_adapter_training(
         "no_preferences": [],
     }
     jobs: dict[str, str] = {}
+    # one round trip for every user's two facts: a current persona, and stored preferences
+    pipe = services.redis.pipeline(transaction=False)
     for user in users:
-        if await services.personas.get(tenant, user) is None:
+        pipe.exists(keys.persona_current(tenant, user))
+        pipe.xlen(keys.prefs(tenant, user))
+    facts = await fail_closed(pipe.execute())
+    for user, has_persona, n_records in zip(users, facts[::2], facts[1::2], strict=True):
+        if not has_persona:
             summary["no_persona"].append(user)
-        elif not await services.preferences.count(tenant, user):
+        elif not n_records:
             summary["no_preferences"].append(user)
         else:
             job_id, created = await queue.enqueue_adapter_training(tenant, user, reason="bulk")
