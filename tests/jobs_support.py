@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
 
 from middleware.config import Settings
 from middleware.induction.jobs import build_worker
+from middleware.services import Services, build_services
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.proxy import RunningProxy, proxy_settings, start_proxy
 
@@ -40,3 +42,13 @@ async def drain(settings: Settings) -> Any:
     finally:
         await worker.close()
     return worker
+
+
+@asynccontextmanager
+async def store_services(settings: Settings) -> AsyncIterator[Services]:
+    """The stores behind `settings`, for a test to write what it needs (closed afterwards)."""
+    services = build_services(settings)
+    try:
+        yield services
+    finally:
+        await services.close()

@@ -11,7 +11,7 @@ from middleware.induction.jobs import enqueue_due_refreshes
 from middleware.induction.queue import JobQueue
 from middleware.store import keys
 from tests.induction_fakes import InductionResponder, make_pairs
-from tests.jobs_support import drain, job_settings
+from tests.jobs_support import drain, job_settings, store_services
 from tests.support.fake_upstream import FakeUpstream, Reply
 from tests.support.proxy import RunningProxy, start_proxy
 
@@ -19,13 +19,8 @@ T, U = "tenant-a", "alice"
 
 
 async def add_pairs(proxy: RunningProxy, user: str, n: int, tenant: str) -> None:
-    from middleware.services import build_services
-
-    services = build_services(proxy.settings)
-    try:
+    async with store_services(proxy.settings) as services:
         await services.preferences.add_pairs(tenant, user, make_pairs(user, n))
-    finally:
-        await services.close()
 
 
 def client(proxy: RunningProxy, tenant: str = T) -> httpx.Client:

@@ -26,7 +26,7 @@ from middleware.rerank.lora import LoraRewardModel, TextEncoder  # noqa: E402
 from middleware.store import keys  # noqa: E402
 from middleware.store.personas import safetensors_metadata  # noqa: E402
 from tests.induction_fakes import InductionResponder, make_pairs  # noqa: E402
-from tests.jobs_support import drain, job_settings  # noqa: E402
+from tests.jobs_support import drain, job_settings, store_services  # noqa: E402
 from tests.support.fake_upstream import FakeUpstream  # noqa: E402
 from tests.support.planted import planted_pairs  # noqa: E402
 from tests.support.proxy import APP_KEY_A, RunningProxy, proxy_settings, start_proxy  # noqa: E402
@@ -109,13 +109,8 @@ async def test_worker_trains_and_stores_the_adapter_under_the_persona_version(
     redis_url: str, fake_upstream: FakeUpstream, head: tuple[LoraRewardModel, Path]
 ) -> None:
     settings = job_settings(redis_url, fake_upstream, lora_head_path=str(head[1]), lora_threads=2)
-    from middleware.services import build_services
-
-    services = build_services(settings)
-    try:
+    async with store_services(settings) as services:
         await services.preferences.add_pairs(T, "walter", make_pairs("walter", 6))
-    finally:
-        await services.close()
     fake_upstream.responder = InductionResponder()
     with start_proxy(settings) as running, admin(running) as http:
         job_id = http.post("/admin/users/walter/persona/refresh").json()["job_id"]
@@ -150,13 +145,8 @@ async def test_adapter_failure_is_a_warning_not_a_failed_refresh(
     bad_head = tmp_path / "head.safetensors"
     bad_head.write_bytes(b"not a head")
     settings = job_settings(redis_url, fake_upstream, lora_head_path=str(bad_head))
-    from middleware.services import build_services
-
-    services = build_services(settings)
-    try:
+    async with store_services(settings) as services:
         await services.preferences.add_pairs(T, "wanda", make_pairs("wanda", 6))
-    finally:
-        await services.close()
     fake_upstream.responder = InductionResponder()
     with start_proxy(settings) as running, admin(running) as http:
         job_id = http.post("/admin/users/wanda/persona/refresh").json()["job_id"]
@@ -246,13 +236,8 @@ async def test_operator_trains_an_adapter_without_a_new_persona(
     settings = job_settings(
         redis_url, fake_upstream, lora_head_path=str(head[1]), lora_threads=2, lora_train_on_refresh=False
     )
-    from middleware.services import build_services
-
-    services = build_services(settings)
-    try:
+    async with store_services(settings) as services:
         await services.preferences.add_pairs(T, "otto", planted_pairs("otto", True, 12, seed=3))
-    finally:
-        await services.close()
     with start_proxy(settings) as running, admin(running) as http:
         assert http.post("/admin/users/otto/adapter/train").status_code == 404  # no persona yet
         version = put_persona(running, "otto", "Prefers short answers.")
@@ -300,19 +285,14 @@ async def test_cli_queues_adapter_training_for_every_user_with_a_persona(
     from typer.testing import CliRunner
 
     from middleware.cli import app as cli_app
-    from middleware.services import build_services
-
     settings = job_settings(redis_url, fake_upstream, lora_head_path=str(head[1]), lora_threads=2)
-    services = build_services(settings)
-    try:
+    async with store_services(settings) as services:
         for user in ("ann", "bob", "dee"):
             await services.preferences.add_pairs(T, user, planted_pairs(user, user == "ann", 8, seed=5))
         versions = {
             u: (await services.personas.save(T, u, f"{u}'s persona", [])).version
             for u in ("ann", "bob", "cy")
         }
-    finally:
-        await services.close()
     monkeypatch.setenv("PERSONA_REDIS_URL", redis_url)
     monkeypatch.setenv("PERSONA_EMBEDDED_REDIS", "false")
     monkeypatch.setenv("PERSONA_LORA_HEAD_PATH", str(head[1]))
