@@ -8,13 +8,10 @@ import redis
 
 from middleware.store import keys
 from tests.support.proxy import APP_KEY_A, RunningProxy
+from tests.support.proxy import admin_client as admin
 
 U = "alice"
 TRICKY = 'Prefers métrique units 🌍,\n\ttabs\tand "quotes" \\ backslashes  '
-
-
-def admin(proxy: RunningProxy, tenant: str = "tenant-a") -> httpx.Client:
-    return httpx.Client(base_url=proxy.url, headers=proxy.admin_headers(tenant), timeout=10)
 
 
 def test_rollback_restores_a_version_byte_for_byte(proxy: RunningProxy, redis_url: str) -> None:

@@ -13,7 +13,8 @@ import redis
 
 from middleware.store import keys
 from tests.support.fake_upstream import FakeUpstream, Reply
-from tests.support.proxy import APP_KEY_A, APP_KEY_B, RunningProxy, proxy_settings, start_proxy
+from tests.support.proxy import APP_KEY_B, RunningProxy, proxy_settings, start_proxy
+from tests.support.proxy import app_client as client
 from tests.support.redis_server import RedisServer
 
 INSTRUCTION = {"role": "system", "content": "Summarize the post in one sentence."}
@@ -41,10 +42,6 @@ def delayed_responder(delays: dict[tuple[str, float], float], fail: set[tuple[st
         return Reply(content=answer_for(variant), delay=delays.get(variant, 0.0))
 
     return respond
-
-
-def client(proxy: RunningProxy, key: str = APP_KEY_A) -> httpx.Client:
-    return httpx.Client(base_url=proxy.url, headers={"Authorization": f"Bearer {key}"}, timeout=10)
 
 
 def create(c: httpx.Client, user: str = "alice", **extra: Any) -> httpx.Response:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import time
 
-import httpx
-
 from middleware.induction.jobs import enqueue_due_refreshes
 from middleware.induction.queue import JobQueue
 from middleware.store import keys
@@ -14,6 +12,7 @@ from tests.induction_fakes import InductionResponder, make_pairs
 from tests.jobs_support import drain, job_settings, store_services
 from tests.support.fake_upstream import FakeUpstream, Reply
 from tests.support.proxy import RunningProxy, start_proxy
+from tests.support.proxy import admin_client as client
 
 T, U = "tenant-a", "alice"
 
@@ -21,10 +20,6 @@ T, U = "tenant-a", "alice"
 async def add_pairs(proxy: RunningProxy, user: str, n: int, tenant: str) -> None:
     async with store_services(proxy.settings) as services:
         await services.preferences.add_pairs(tenant, user, make_pairs(user, n))
-
-
-def client(proxy: RunningProxy, tenant: str = T) -> httpx.Client:
-    return httpx.Client(base_url=proxy.url, headers=proxy.admin_headers(tenant), timeout=10)
 
 
 async def test_refresh_runs_on_worker_and_reports_progress(

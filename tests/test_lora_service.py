@@ -30,6 +30,7 @@ from tests.jobs_support import drain, job_settings, store_services  # noqa: E402
 from tests.support.fake_upstream import FakeUpstream  # noqa: E402
 from tests.support.planted import planted_pairs  # noqa: E402
 from tests.support.proxy import APP_KEY_A, RunningProxy, proxy_settings, start_proxy  # noqa: E402
+from tests.support.proxy import admin_client as admin  # noqa: E402
 
 T = "tenant-a"
 ANSWERS = {  # one candidate per variant (instruction role, temperature), of very different lengths
@@ -99,10 +100,6 @@ def put_persona(proxy: RunningProxy, user: str, text: str) -> int:
         response = http.put(f"/admin/users/{user}/persona", json={"text": text, "exemplars": []})
         assert response.status_code == 200, response.text
         return int(response.json()["version"])
-
-
-def admin(proxy: RunningProxy) -> httpx.Client:
-    return httpx.Client(base_url=proxy.url, headers=proxy.admin_headers(T), timeout=10)
 
 
 async def test_worker_trains_and_stores_the_adapter_under_the_persona_version(

@@ -10,7 +10,8 @@ import redis
 
 from middleware.store import keys
 from tests.support.fake_upstream import FakeUpstream
-from tests.support.proxy import APP_KEY_A, APP_KEY_B, RunningProxy, proxy_settings, start_proxy
+from tests.support.proxy import APP_KEY_B, RunningProxy, proxy_settings, start_proxy
+from tests.support.proxy import app_client as client
 from tests.support.redis_server import RedisServer
 
 
@@ -22,10 +23,6 @@ def feedback(i: int = 0, **extra: Any) -> dict[str, Any]:
         "rejected": {"role": "assistant", "content": f"bad answer {i}"},
         **extra,
     }
-
-
-def client(proxy: RunningProxy, key: str = APP_KEY_A) -> httpx.Client:
-    return httpx.Client(base_url=proxy.url, headers={"Authorization": f"Bearer {key}"}, timeout=10)
 
 
 def stored(redis_url: str, tenant: str, user: str) -> list[dict[str, Any]]:

@@ -9,7 +9,8 @@ from typing import Any
 import httpx
 
 from tests.support.fake_upstream import Reply
-from tests.support.proxy import APP_KEY_A, RunningProxy
+from tests.support.proxy import RunningProxy, app_client
+from tests.support.proxy import admin_client as admin
 
 USERS = ("alice", "bob", "carol")
 PERSONA_RE = re.compile(r"STYLE-([a-z]+)")
@@ -28,14 +29,6 @@ def persona_responder(delay: float = 0.0) -> Callable[[dict[str, Any]], Reply]:
         return Reply(content=text, delay=delay)
 
     return respond
-
-
-def admin(proxy: RunningProxy, tenant: str = "tenant-a") -> httpx.Client:
-    return httpx.Client(base_url=proxy.url, headers=proxy.admin_headers(tenant), timeout=10)
-
-
-def app_client(proxy: RunningProxy, key: str = APP_KEY_A) -> httpx.Client:
-    return httpx.Client(base_url=proxy.url, headers={"Authorization": f"Bearer {key}"}, timeout=10)
 
 
 def give_personas(proxy: RunningProxy, users: tuple[str, ...] = USERS, tenant: str = "tenant-a") -> None:

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
 import pytest
 
 from middleware.app import create_app
@@ -60,6 +61,16 @@ class RunningProxy:
 
     def __exit__(self, *exc_info: object) -> None:
         self.server.stop()
+
+
+def admin_client(proxy: RunningProxy, tenant: str = "tenant-a") -> httpx.Client:
+    """An HTTP client with the admin key, speaking for `tenant`."""
+    return httpx.Client(base_url=proxy.url, headers=proxy.admin_headers(tenant), timeout=10)
+
+
+def app_client(proxy: RunningProxy, key: str = APP_KEY_A) -> httpx.Client:
+    """An HTTP client with an app key."""
+    return httpx.Client(base_url=proxy.url, headers={"Authorization": f"Bearer {key}"}, timeout=10)
 
 
 def start_proxy(settings: Settings) -> RunningProxy:
