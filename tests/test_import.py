@@ -7,15 +7,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
-import redis
 from typer.testing import CliRunner
 
 from middleware.cli import app as cli_app
 from middleware.config import Settings
 from middleware.preferences.importer import run_import
-from middleware.store import keys
+from tests.support.stored import stored_records as stream
 
 SHARED_TLDR = Path(__file__).resolve().parents[2] / "shared" / "data" / "tldr_feedback.jsonl.gz"
 
@@ -43,14 +41,6 @@ def write_jsonl(path: Path, lines: list[str]) -> Path:
 
 def settings_for(redis_url: str) -> Settings:
     return Settings(redis_url=redis_url, embedded_redis=False)
-
-
-def stream(redis_url: str, tenant: str, user: str) -> list[dict[str, Any]]:
-    r = redis.Redis.from_url(redis_url)
-    try:
-        return [orjson.loads(f[b"data"]) for _, f in r.xrange(keys.prefs(tenant, user))]
-    finally:
-        r.close()
 
 
 @pytest.mark.parametrize("suffix", [".jsonl", ".jsonl.gz"])

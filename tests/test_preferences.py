@@ -5,14 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
-import orjson
-import redis
 
-from middleware.store import keys
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.proxy import APP_KEY_B, RunningProxy, proxy_settings, start_proxy
 from tests.support.proxy import app_client as client
 from tests.support.redis_server import RedisServer
+from tests.support.stored import stored_records as stored
 
 
 def feedback(i: int = 0, **extra: Any) -> dict[str, Any]:
@@ -23,14 +21,6 @@ def feedback(i: int = 0, **extra: Any) -> dict[str, Any]:
         "rejected": {"role": "assistant", "content": f"bad answer {i}"},
         **extra,
     }
-
-
-def stored(redis_url: str, tenant: str, user: str) -> list[dict[str, Any]]:
-    r = redis.Redis.from_url(redis_url)
-    try:
-        return [orjson.loads(f[b"data"]) for _, f in r.xrange(keys.prefs(tenant, user))]
-    finally:
-        r.close()
 
 
 def test_single_feedback_is_stored_once(proxy: RunningProxy) -> None:
