@@ -40,7 +40,8 @@ def quantize_mode(value: bool | str | None) -> str:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="PERSONA_", extra="ignore")
+    # Frozen: one value built at start-up; whoever holds it reads the same settings as everyone else.
+    model_config = SettingsConfigDict(env_prefix="PERSONA_", extra="ignore", frozen=True)
 
     environment: Literal["development", "production"] = "development"
 
@@ -80,6 +81,8 @@ class Settings(BaseSettings):
     exemplars_max: int = 3
     exemplar_max_chars: int = 1200
     persona_read_timeout_s: float = 0.05
+    # After a failed persona read, chat calls skip the read (no persona) this long.
+    persona_read_breaker_s: float = 0.5
     persona_cache_size: int = 10_000
 
     # --- Requests --------------------------------------------------------------------------------
@@ -121,6 +124,10 @@ class Settings(BaseSettings):
     lora_max_context_tokens: int | None = None
     lora_quantize: Literal["off", "attention", "all"] = "all"
     lora_train_on_refresh: bool = True
+
+    # --- Offline evaluation (`persona eval`) ------------------------------------------------------
+    torch_threads: int = 2  # CPU threads of the global/lora scorers
+    cache_dir: str = "var/cache"  # the scorers' cache of encoded texts
 
     @field_validator("lora_quantize", mode="before")
     @classmethod

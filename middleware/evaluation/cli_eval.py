@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import os
 from pathlib import Path
 from typing import Any
 
@@ -15,16 +14,6 @@ from middleware.evaluation.scorers import GlobalScorer, LoraScorer, make_scorer
 
 JUDGES = ("judge", "judge-default")
 LLM_TOTALS = ("calls", "prompt_tokens", "completion_tokens", "total_tokens")
-
-
-def _threads() -> int:
-    return int(os.environ.get("PERSONA_TORCH_THREADS", "2"))
-
-
-def _quantize() -> str:
-    """The encoder the service would use: PERSONA_LORA_QUANTIZE, else the setting's default."""
-    default = str(Settings.model_fields["lora_quantize"].default)
-    return os.environ.get("PERSONA_LORA_QUANTIZE") or default
 
 
 def run_eval(
@@ -47,18 +36,24 @@ def run_eval(
 ) -> dict[str, Any]:
     """Evaluate `scorer` on `data` (per-user time-ordered hold-out); returns the report as a dict.
 
-    The LLM judges (`judge`, `judge-default`) use `settings` (default `Settings()`, i.e. the
-    PERSONA_* environment) and `model`; `judge` is compared with `judge-default`, the others with
-    the global scorer.
+    `settings` (default `Settings()`, i.e. the PERSONA_* environment) give the LLM of the judges
+    (`judge`, `judge-default`, with `model`) and the threads, encoder quantization and cache of the
+    global/lora scorers (`quantize` overrides `lora_quantize`); `judge` is compared with
+    `judge-default`, the others with the global scorer.
     """
+    if settings is None:
+        settings = Settings()  # built once, here, from the PERSONA_* environment
+    quantize = quantize or settings.lora_quantize
+    encoder_opts: dict[str, Any] = {
+        "num_threads": settings.torch_threads,
+        "quantize": quantize,
+        "cache_dir": Path(settings.cache_dir),
+    }
     pairs_by_user = load_pairs_by_user(data, format)
     opts: dict[str, Any] = {"seed": seed, **(scorer_opts or {})}
     if scorer in ("global", "lora", "lora-other"):
-        opts.setdefault("num_threads", _threads())
-        opts.setdefault("quantize", quantize or _quantize())
+        opts = {**encoder_opts, **opts}
     if scorer in JUDGES and opts.get("judge") is None:
-        if settings is None:
-            settings = Settings()  # built once, here, from the PERSONA_* environment
         opts.update(settings=settings, model=model or opts.get("model"))
     main = make_scorer(scorer, **opts)
     reference = None  # the global scorer (the default judge for the judge), for the per-user gain
@@ -69,7 +64,7 @@ def run_eval(
         if baseline:
             reference, baseline_name = make_scorer("judge-default", **opts), "judge-default"
     elif scorer != "global" and baseline and importlib.util.find_spec("torch") is not None:
-        reference = make_scorer("global", seed=seed, num_threads=_threads(), quantize=quantize or _quantize())
+        reference = make_scorer("global", seed=seed, **encoder_opts)
     report = evaluate(
         pairs_by_user,
         main,

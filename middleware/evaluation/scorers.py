@@ -10,7 +10,6 @@ can also wrap a judge callable (`make_scorer("judge", judge=fn)` with
 from __future__ import annotations
 
 import hashlib
-import os
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -168,7 +167,10 @@ class LoraOtherScorer(LoraScorer):
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("PERSONA_CACHE_DIR", "var/cache"))
+    """The `cache_dir` setting's default (`persona eval` passes the configured one)."""
+    from middleware.config import Settings
+
+    return Path(str(Settings.model_fields["cache_dir"].default))
 
 
 def make_scorer(name: str, **opts: Any) -> Any:
