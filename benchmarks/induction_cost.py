@@ -25,7 +25,6 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 from middleware.config import Settings  # noqa: E402
-from middleware.induction.pipeline import induce  # noqa: E402
 from middleware.services import build_services  # noqa: E402
 from tests.induction_fakes import InductionResponder, make_pairs  # noqa: E402
 from tests.support.fake_upstream import FakeUpstream, Reply  # noqa: E402
@@ -46,7 +45,7 @@ async def one_refresh(
     try:
         await services.preferences.add_pairs("bench", user, make_pairs(user, pairs))
         started = time.perf_counter()
-        result = await induce(services, "bench", user)
+        result = await services.induction.induce("bench", user)
         wall = time.perf_counter() - started
         await services.redis.delete(
             *[k async for k in services.redis.scan_iter(match=f"pm:{{bench:{user}}}:*")]

@@ -116,7 +116,7 @@ def main() -> None:
             user_pairs = by_user[max(by_user, key=lambda u: len(by_user[u]))][:50]
             blob = head.train_user(USER, user_pairs, cache=False)
             redis_sync.Redis.from_url(redis_server.url).set(keys.adapter(TENANT, USER, version), blob)
-            registry = proxy.services.extras["rerankers"]
+            registry = proxy.services.rerankers
             lora = registry.get("lora")
             registry.add("lora-context-only", lambda _settings, _resources: ContextOnly(lora))
 

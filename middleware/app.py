@@ -1,4 +1,4 @@
-"""create_app(settings): the ASGI application. The lifespan owns Redis, the HTTP client, the queue."""
+"""create_app(settings): the ASGI application. The lifespan builds and closes its `Services`."""
 
 from __future__ import annotations
 
@@ -28,10 +28,7 @@ from middleware.api import (
 from middleware.api.responses import JSONBytes
 from middleware.config import Settings
 from middleware.errors import InvalidJSON, PersonaError, ValidationFailed
-from middleware.induction.queue import JobQueue
 from middleware.limits import BodySizeLimit
-from middleware.rerank.registry import RerankerRegistry
-from middleware.rerank.resources import RerankResources
 from middleware.services import build_services
 
 log = logging.getLogger("middleware")
@@ -41,10 +38,7 @@ def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         services = build_services(settings)
-        resources = RerankResources(services.upstreams, services.personas, services.redis)
-        services.extras["rerankers"] = RerankerRegistry(settings, resources).load_entry_points()
         app.state.services = services
-        services.extras["jobs"] = JobQueue(settings, services.redis)
         if not settings.admin_key.get_secret_value():
             log.warning("PERSONA_ADMIN_KEY is not set: admin routes are open (development only)")
         # Long-lived start-up objects leave the collector's young generations: fewer, shorter pauses.

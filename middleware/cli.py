@@ -91,10 +91,14 @@ def import_(
     format: FormatOpt = "native",
     tenant: TenantOpt = "default",
 ) -> None:
-    """Stream a preference file into users' preference logs (idempotent)."""
+    """Stream a preference file into users' preference logs (idempotent). Starts a local
+    redis-server (like `persona serve`) if none runs."""
+    from middleware.embedded_redis import redis_available
     from middleware.preferences.importer import run_import
 
-    summary = asyncio.run(run_import(settings(), file, format=format, tenant=tenant))
+    cfg = settings()
+    with redis_available(cfg.redis_url, Path(cfg.data_dir), allowed=cfg.embedded_redis):
+        summary = asyncio.run(run_import(cfg, file, format=format, tenant=tenant))
     typer.echo(json.dumps(summary, indent=2))
     if summary.get("bad_lines"):
         raise typer.Exit(code=1)
@@ -178,14 +182,14 @@ def train_adapters(
     Run it after `persona train-reward-head`: adapters of the old head are no longer used."""
     from middleware.errors import PersonaError
     from middleware.induction.adapters import enqueue_adapter_training
-    from middleware.induction.queue import JobQueue
     from middleware.services import build_services
 
     async def run() -> dict[str, Any]:
         services = build_services(settings())
         try:
-            queue = JobQueue(services.settings, services.redis)
-            return await enqueue_adapter_training(services, queue, tenant, users or None)
+            return await enqueue_adapter_training(
+                services.settings, services.users, services.jobs, tenant, users or None
+            )
         finally:
             await services.close()
 

@@ -7,9 +7,9 @@ from typing import Any
 from redis.asyncio import Redis
 
 from middleware.config import Settings
-from middleware.evaluation.online_store import EvaluationStore
 from middleware.identity import validate_user_id
 from middleware.store.connection import redis_client
+from middleware.store.evaluations import EvaluationStore
 from middleware.store.users import export_user, forget_user
 
 

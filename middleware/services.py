@@ -1,25 +1,36 @@
-"""The long-lived objects one app instance owns, built in the lifespan and handed to routes."""
+"""The long-lived objects one app (or worker) instance owns: each a typed field, built once in
+`build_services` (the app's lifespan, the worker's start-up, a CLI command) and closed with it.
+
+Routes and worker entry points read what they need from here and hand each function only the
+collaborators it uses.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, TypeVar, cast
+from dataclasses import dataclass
 
 import aiohttp
 from redis.asyncio import Redis
 
+from middleware.collection.service import ComparisonService
 from middleware.config import Settings
+from middleware.evaluation.online_service import EvaluationService
+from middleware.induction.adapters import AdapterTrainer
+from middleware.induction.pipeline import Induction
+from middleware.induction.queue import JobQueue
 from middleware.metrics import Metrics
 from middleware.personalize.service import Personalizer
+from middleware.rerank.registry import RerankerRegistry
+from middleware.rerank.resources import RerankResources
+from middleware.store.comparisons import ComparisonStore
+from middleware.store.evaluations import EvaluationStore
 from middleware.store.personas import PersonaStore
 from middleware.store.preferences import PreferenceStore
+from middleware.store.users import UserIndex
 from middleware.upstream import UpstreamRouter
 
-T = TypeVar("T")
 
-
-@dataclass
+@dataclass(frozen=True)
 class Services:
     settings: Settings
     redis: Redis
@@ -27,25 +38,17 @@ class Services:
     metrics: Metrics
     personas: PersonaStore
     preferences: PreferenceStore
+    users: UserIndex
     personalizer: Personalizer
     upstreams: UpstreamRouter
-    # Filled by later subsystems (job queue pool, reranker registry, ...), keyed by name.
-    extras: dict[str, Any] = field(default_factory=dict)
-
-    def shared(self, name: str, factory: Callable[[Services], T]) -> T:
-        """The one instance of a per-app helper, made on first use and kept in `extras`."""
-        found = self.extras.get(name)
-        if found is None:
-            found = self.extras[name] = factory(self)
-        return cast(T, found)
+    jobs: JobQueue
+    rerankers: RerankerRegistry
+    comparisons: ComparisonService
+    evaluations: EvaluationService
+    induction: Induction
+    adapters: AdapterTrainer
 
     async def close(self) -> None:
-        for extra in self.extras.values():
-            closer = getattr(extra, "aclose", None) or getattr(extra, "close", None)
-            if closer is not None:
-                result = closer()
-                if hasattr(result, "__await__"):
-                    await result
         await self.http.close()
         await self.redis.aclose()
 
@@ -58,14 +61,29 @@ def build_services(settings: Settings) -> Services:
     http = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=settings.upstream_max_connections, ttl_dns_cache=300),
     )
-    personas = PersonaStore(redis, read_timeout_s=settings.persona_read_timeout_s)
+    personas = PersonaStore(
+        redis, read_timeout_s=settings.persona_read_timeout_s, breaker_s=settings.persona_read_breaker_s
+    )
+    preferences = PreferenceStore(redis)
+    personalizer = Personalizer(personas, settings, metrics)
+    upstreams = UpstreamRouter(settings, http, metrics.upstream_retries.inc)
+    rerankers = RerankerRegistry(settings, RerankResources(upstreams, personas)).load_entry_points()
     return Services(
         settings=settings,
         redis=redis,
         http=http,
         metrics=metrics,
         personas=personas,
-        preferences=PreferenceStore(redis),
-        personalizer=Personalizer(personas, settings, metrics),
-        upstreams=UpstreamRouter(settings, http, metrics.upstream_retries.inc),
+        preferences=preferences,
+        users=UserIndex(redis),
+        personalizer=personalizer,
+        upstreams=upstreams,
+        jobs=JobQueue(settings, redis),
+        rerankers=rerankers,
+        comparisons=ComparisonService(
+            ComparisonStore(redis, ttl_s=settings.comparison_ttl_s), personalizer, upstreams, preferences
+        ),
+        evaluations=EvaluationService(EvaluationStore(redis), personas, personalizer, upstreams),
+        induction=Induction(settings, upstreams, personas, preferences),
+        adapters=AdapterTrainer(settings, personas, preferences),
     )

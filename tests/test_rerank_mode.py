@@ -72,8 +72,7 @@ class Broken:
 
 
 def registry(proxy: RunningProxy) -> RerankerRegistry:
-    reg: RerankerRegistry = proxy.services.extras["rerankers"]
-    return reg
+    return proxy.services.rerankers
 
 
 def sdk(proxy: RunningProxy, reranker: str, **headers: str) -> openai.OpenAI:

@@ -10,7 +10,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from middleware.api.deps import AdminTenant, ServicesDep, UserPath, job_queue
+from middleware.adapter_format import adapter_facts
+from middleware.api.deps import AdminTenant, ServicesDep, UserPath
 from middleware.api.responses import JSONBytes, job_accepted
 from middleware.api.schemas import (
     AdapterOfVersion,
@@ -64,7 +65,8 @@ async def list_versions(
     current = await services.personas.get(tenant, user)
     current_id = current.version_id if current else None
     versions = await services.personas.list_versions(tenant, user)
-    adapters = await services.personas.adapter_facts(tenant, user, [p.version for p in versions])
+    blobs = await services.personas.adapters(tenant, user, [p.version for p in versions])
+    adapters = {version: adapter_facts(blob) for version, blob in blobs.items()}
     return [
         PersonaVersionPublic(
             version=p.version,
@@ -95,9 +97,10 @@ async def get_adapter(
         if current is None:
             raise NotFound(f"user {user!r} has no persona")
         version = current.version
-    facts = (await services.personas.adapter_facts(tenant, user, [version])).get(version)
-    if facts is None:
+    blob = (await services.personas.adapters(tenant, user, [version])).get(version)
+    if blob is None:
         raise NotFound(f"persona version {version} of user {user!r} has no lora adapter", param="version")
+    facts = adapter_facts(blob)
     return AdapterOfVersion.model_validate({**facts, "user": user, "persona_version": version})
 
 
@@ -113,7 +116,9 @@ async def train_adapter(user: UserPath, tenant: AdminTenant, services: ServicesD
     """Queue training of the `lora` adapter for the user's current persona version, without a new
     persona (after `persona train-reward-head`, say); 202 with the job id. A pending refresh of the
     user, which trains the adapter too, is reused."""
-    outcome = await enqueue_adapter_training(services, job_queue(services), tenant, [user])
+    outcome = await enqueue_adapter_training(
+        services.settings, services.users, services.jobs, tenant, [user]
+    )
     if outcome["no_persona"]:
         raise NotFound(f"user {user!r} has no persona; an adapter is trained beside a persona version")
     if outcome["no_preferences"]:

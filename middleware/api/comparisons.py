@@ -64,7 +64,7 @@ async def create_comparison(
 ) -> Response:
     user = caller_user(request, body.user, required=True)
     assert user is not None
-    service = ComparisonService.of(services)
+    service = services.comparisons
     off = request.headers.get("x-persona-mode", "").strip().lower() == "off"
     prepared = await service.prepare(
         tenant,
@@ -112,11 +112,11 @@ async def judge_comparison(
     services: ServicesDep,
 ) -> Response:
     user = caller_user(request, body.user, required=False)
-    result = await ComparisonService.of(services).judge(
+    result = await services.comparisons.judge(
         tenant, user, comparison_id, best=body.best, worst=body.worst, rationale=body.rationale
     )
     if result["pairs_added"]:
-        await refresh_if_due(services, tenant, [result["user"]])
+        await refresh_if_due(services.settings, services.preferences, services.jobs, tenant, [result["user"]])
     return JSONBytes(result, status_code=201)
 
 
@@ -130,5 +130,5 @@ async def get_session(
 ) -> Response:
     end_user = caller_user(request, user, required=True)
     assert end_user is not None
-    messages = await ComparisonService.of(services).store.session_messages(tenant, end_user, session_id)
+    messages = await services.comparisons.store.session_messages(tenant, end_user, session_id)
     return JSONBytes({"id": session_id, "object": "session", "user": end_user, "messages": messages})

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 import orjson
 from fastapi import Depends, Path, Request
 
-from middleware.errors import InvalidJSON, InvalidRequest, PersonaError
+from middleware.errors import InvalidJSON, InvalidRequest
 from middleware.identity import (
     USER_HEADER,
     USER_ID_RE,
@@ -15,7 +15,6 @@ from middleware.identity import (
     tenant_for_app_key,
     validate_user_id,
 )
-from middleware.induction.queue import JobQueue
 from middleware.services import Services
 
 UserPath = Annotated[str, Path(pattern=USER_ID_RE.pattern, description="end-user id")]
@@ -62,12 +61,3 @@ def caller_user(request: Request, body_user: str | None, *, required: bool) -> s
             code="missing_user",
         )
     return None
-
-
-def job_queue(services: Services) -> JobQueue:
-    """The background job queue, or a clear 503 when this app runs without one."""
-    queue = services.extras.get("jobs")
-    if queue is None:
-        raise PersonaError("the job queue is not available", code="jobs_unavailable", status_code=503)
-    queue_: JobQueue = queue
-    return queue_

@@ -27,7 +27,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from middleware.api.deps import AdminTenant, AppTenant, ServicesDep, caller_user
 from middleware.api.responses import JSONBytes
 from middleware.evaluation.online_plot import render_png
-from middleware.evaluation.online_service import EvaluationService
 from middleware.identity import validate_user_id
 from middleware.models import Message
 
@@ -68,7 +67,7 @@ class ChoiceIn(BaseModel):
 @admin_router.post("")
 async def create_evaluation(body: EvaluationCreate, tenant: AdminTenant, services: ServicesDep) -> Response:
     users = [validate_user_id(u, param="users") for u in body.users]
-    run = await EvaluationService.of(services).create_run(
+    run = await services.evaluations.create_run(
         tenant, users=users, model=body.model, name=body.name
     )
     return JSONBytes(run, status_code=201)
@@ -76,35 +75,35 @@ async def create_evaluation(body: EvaluationCreate, tenant: AdminTenant, service
 
 @admin_router.get("")
 async def list_evaluations(tenant: AdminTenant, services: ServicesDep) -> dict[str, Any]:
-    return {"object": "list", "data": await EvaluationService.of(services).list_runs(tenant)}
+    return {"object": "list", "data": await services.evaluations.list_runs(tenant)}
 
 
 @admin_router.get("/{evaluation_id}")
 async def get_evaluation(
     evaluation_id: EvaluationPath, tenant: AdminTenant, services: ServicesDep
 ) -> dict[str, Any]:
-    return await EvaluationService.of(services).status(tenant, evaluation_id)
+    return await services.evaluations.status(tenant, evaluation_id)
 
 
 @admin_router.post("/{evaluation_id}/close")
 async def close_evaluation(
     evaluation_id: EvaluationPath, tenant: AdminTenant, services: ServicesDep
 ) -> dict[str, Any]:
-    return await EvaluationService.of(services).set_status(tenant, evaluation_id, "closed")
+    return await services.evaluations.set_status(tenant, evaluation_id, "closed")
 
 
 @admin_router.post("/{evaluation_id}/reopen")
 async def reopen_evaluation(
     evaluation_id: EvaluationPath, tenant: AdminTenant, services: ServicesDep
 ) -> dict[str, Any]:
-    return await EvaluationService.of(services).set_status(tenant, evaluation_id, "open")
+    return await services.evaluations.set_status(tenant, evaluation_id, "open")
 
 
 @admin_router.get("/{evaluation_id}/trials")
 async def list_trials(
     evaluation_id: EvaluationPath, tenant: AdminTenant, services: ServicesDep
 ) -> dict[str, Any]:
-    trials = await EvaluationService.of(services).trials(tenant, evaluation_id)
+    trials = await services.evaluations.trials(tenant, evaluation_id)
     return {"object": "list", "evaluation_id": evaluation_id, "data": trials}
 
 
@@ -121,7 +120,7 @@ async def get_report(
     format: Annotated[Literal["json", "png"], Query()] = "json",
     seed: Annotated[int, Query(ge=0)] = 0,
 ) -> Response:
-    report = await EvaluationService.of(services).report(tenant, evaluation_id, seed=seed)
+    report = await services.evaluations.report(tenant, evaluation_id, seed=seed)
     return await _png(report) if format == "png" else JSONBytes(report)
 
 
@@ -132,7 +131,7 @@ async def get_report_png(
     services: ServicesDep,
     seed: Annotated[int, Query(ge=0)] = 0,
 ) -> Response:
-    return await _png(await EvaluationService.of(services).report(tenant, evaluation_id, seed=seed))
+    return await _png(await services.evaluations.report(tenant, evaluation_id, seed=seed))
 
 
 # --- app ------------------------------------------------------------------------------------------
@@ -147,7 +146,7 @@ async def member_view(
     """For a user of the run: its name and status and the user's own progress (nothing else)."""
     end_user = caller_user(request, user, required=True)
     assert end_user is not None
-    return await EvaluationService.of(services).member_view(tenant, evaluation_id, end_user)
+    return await services.evaluations.member_view(tenant, evaluation_id, end_user)
 
 
 @app_router.post("/{evaluation_id}/trials")
@@ -163,7 +162,7 @@ async def create_trial(
     extra = {
         k: v for k, v in (("max_tokens", body.max_tokens), ("temperature", body.temperature)) if v is not None
     }
-    trial = await EvaluationService.of(services).create_trial(
+    trial = await services.evaluations.create_trial(
         tenant,
         evaluation_id,
         user=user,
@@ -183,7 +182,7 @@ async def choose(
     services: ServicesDep,
 ) -> Response:
     user = caller_user(request, body.user, required=False)
-    result = await EvaluationService.of(services).choose(
+    result = await services.evaluations.choose(
         tenant, evaluation_id, trial_id, choice=body.choice, rationale=body.rationale, user=user
     )
     return JSONBytes(result, status_code=201)

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from fastapi import APIRouter
 from fastapi.responses import Response
 
 from middleware.api.deps import ServicesDep
 from middleware.api.responses import JSONBytes
-from middleware.store.guard import STORE_ERRORS
+from middleware.store.connection import reachable
 
 router = APIRouter(tags=["health"])
 
@@ -21,9 +19,7 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz")
 async def readyz(services: ServicesDep) -> Response:
-    try:
-        await asyncio.wait_for(services.redis.ping(), timeout=1.0)
-    except (TimeoutError, *STORE_ERRORS):
+    if not await reachable(services.redis, timeout_s=1.0):
         return JSONBytes({"status": "unavailable", "redis": "down"}, status_code=503)
     return JSONBytes({"status": "ok", "redis": "up"})
 

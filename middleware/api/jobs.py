@@ -6,8 +6,9 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path
 
-from middleware.api.deps import AdminTenant, ServicesDep, job_queue
+from middleware.api.deps import AdminTenant, ServicesDep
 from middleware.errors import NotFound
+from middleware.induction.queue import JobQueue
 
 router = APIRouter(prefix="/admin/jobs", tags=["admin"])
 JobPath = Annotated[str, Path(pattern=r"^[0-9a-f]{32}$", description="job id")]
@@ -32,8 +33,8 @@ def public(record: dict[str, Any]) -> dict[str, Any]:
     return {k: record.get(k) for k in PUBLIC}
 
 
-async def tenant_job(job_id: str, tenant: str, services: Any) -> dict[str, Any]:
-    record = await job_queue(services).get(job_id)
+async def tenant_job(job_id: str, tenant: str, jobs: JobQueue) -> dict[str, Any]:
+    record = await jobs.get(job_id)
     # Another tenant's job is indistinguishable from a missing one.
     if record is None or record.get("tenant") != tenant:
         raise NotFound(f"job {job_id!r} not found")
@@ -42,14 +43,14 @@ async def tenant_job(job_id: str, tenant: str, services: Any) -> dict[str, Any]:
 
 @router.get("/{job_id}")
 async def get_job(job_id: JobPath, tenant: AdminTenant, services: ServicesDep) -> dict[str, Any]:
-    return public(await tenant_job(job_id, tenant, services))
+    return public(await tenant_job(job_id, tenant, services.jobs))
 
 
 @router.post("/{job_id}/cancel")
 async def cancel_job(job_id: JobPath, tenant: AdminTenant, services: ServicesDep) -> dict[str, Any]:
     """Cancel a queued or running job; the current persona stays as it is."""
-    await tenant_job(job_id, tenant, services)
-    record = await job_queue(services).cancel(job_id)
+    await tenant_job(job_id, tenant, services.jobs)
+    record = await services.jobs.cancel(job_id)
     if record is None:
         raise NotFound(f"job {job_id!r} not found")
     return public(record)

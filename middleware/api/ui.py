@@ -15,7 +15,6 @@ from fastapi.responses import FileResponse, HTMLResponse, Response
 
 from middleware.api.deps import AppTenant, ServicesDep, caller_user
 from middleware.api.responses import JSONBytes
-from middleware.collection.service import ComparisonService
 from middleware.errors import NotFound
 from middleware.ui import STATIC_DIR, STATIC_FILES, render_page
 
@@ -72,7 +71,7 @@ async def profile(request: Request, tenant: AppTenant, services: ServicesDep) ->
     user = caller_user(request, None, required=True)
     assert user is not None
     persona = await services.personas.get(tenant, user)
-    store = ComparisonService.of(services).store
+    store = services.comparisons.store
     return JSONBytes(
         {
             "user": user,

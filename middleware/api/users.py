@@ -11,7 +11,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body
 from pydantic import BaseModel, ConfigDict, Field
 
-from middleware.api.deps import AdminTenant, ServicesDep, UserPath, job_queue
+from middleware.api.deps import AdminTenant, ServicesDep, UserPath
 from middleware.api.responses import JSONBytes, job_accepted
 from middleware.errors import NotEnoughData
 from middleware.privacy import export_everything, forget_everything
@@ -41,7 +41,7 @@ async def refresh(
             f"{minimum}",
             param="user",
         )
-    job_id, created = await job_queue(services).enqueue_refresh(
+    job_id, created = await services.jobs.enqueue_refresh(
         tenant, user, model=body.model if body else None
     )
     return job_accepted(job_id, created)
@@ -52,9 +52,7 @@ async def forget(user: UserPath, tenant: AdminTenant, services: ServicesDep) -> 
     """Forget the user entirely: personas, versions, preferences, adapters, comparisons, jobs,
     evaluation trials; and this process's cached reranker state of the user."""
     result = await forget_everything(services.redis, tenant, user)
-    registry = services.extras.get("rerankers")
-    if registry is not None:
-        registry.forget(tenant, user)
+    services.rerankers.forget(tenant, user)
     return result
 
 

@@ -18,12 +18,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from middleware.collection.candidates import generate_all
-from middleware.collection.store import Claim, ComparisonStore
 from middleware.collection.variants import DEFAULT_VARIANTS, Variant
 from middleware.errors import Conflict, NotFound, UpstreamError, ValidationFailed
 from middleware.models import Message, PreferencePair
 from middleware.personalize.block import inject_block
-from middleware.services import Services
+from middleware.personalize.service import Personalizer
+from middleware.store.comparisons import Claim, ComparisonStore
+from middleware.store.preferences import PreferenceStore
+from middleware.upstream import UpstreamRouter
 
 SOURCE = "comparison"
 
@@ -66,13 +68,17 @@ class Prepared:
 
 
 class ComparisonService:
-    def __init__(self, services: Services) -> None:
-        self._services = services
-        self.store = ComparisonStore(services.redis, ttl_s=services.settings.comparison_ttl_s)
-
-    @classmethod
-    def of(cls, services: Services) -> ComparisonService:
-        return services.shared("comparisons", cls)
+    def __init__(
+        self,
+        store: ComparisonStore,
+        personalizer: Personalizer,
+        upstreams: UpstreamRouter,
+        preferences: PreferenceStore,
+    ) -> None:
+        self.store = store
+        self._personalizer = personalizer
+        self._upstreams = upstreams
+        self._preferences = preferences
 
     # --- creating -----------------------------------------------------------------------------------
     async def prepare(
@@ -94,7 +100,7 @@ class ComparisonService:
         upstream_messages = conversation
         version: int | None = None
         if persona:
-            found = await self._services.personalizer.current(tenant, user)
+            found = await self._personalizer.current(tenant, user)
             if found is not None:
                 version = found.version
                 upstream_messages = inject_block(conversation, found.block)
@@ -115,7 +121,7 @@ class ComparisonService:
 
     async def candidates(self, prepared: Prepared) -> AsyncIterator[dict[str, Any]]:
         """Candidates in the order they finish; all variants run at once."""
-        upstream, model_name = self._services.upstreams.route(prepared.model)
+        upstream, model_name = self._upstreams.route(prepared.model)
         async for candidate in generate_all(
             upstream, model_name, prepared.upstream_messages, prepared.variants, prepared.extra
         ):
@@ -192,7 +198,7 @@ class ComparisonService:
                         param=name,
                     )
             records = judgement_records(comparison, best=best, worst=worst, rationale=rationale)
-            flags = await self._services.preferences.add(tenant, user, records)
+            flags = await self._preferences.add(tenant, user, records)
         except BaseException:
             with contextlib.suppress(Exception):  # the claim also expires on its own
                 await self.store.release(tenant, user, comparison_id, token)

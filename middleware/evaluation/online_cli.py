@@ -11,8 +11,8 @@ from middleware.config import Settings
 from middleware.errors import NotFound
 from middleware.evaluation.online_plot import write_png
 from middleware.evaluation.online_service import build_report
-from middleware.evaluation.online_store import EvaluationStore
 from middleware.store.connection import redis_client
+from middleware.store.evaluations import EvaluationStore
 
 
 async def run_report(

@@ -33,11 +33,12 @@ from middleware.errors import (
     ValidationFailed,
 )
 from middleware.evaluation import online
-from middleware.evaluation.online_store import EvaluationStore
 from middleware.models import Persona
 from middleware.personalize.block import inject_block
-from middleware.services import Services
-from middleware.upstream import Upstream, monotonic_ms
+from middleware.personalize.service import Personalizer
+from middleware.store.evaluations import EvaluationStore
+from middleware.store.personas import PersonaStore
+from middleware.upstream import Upstream, UpstreamRouter, monotonic_ms
 
 CHOICES = ("A", "B", "C", "tie", "skip")
 _random = secrets.SystemRandom()
@@ -94,13 +95,17 @@ async def _answer(upstream: Upstream, body: dict[str, Any]) -> dict[str, Any]:
 
 
 class EvaluationService:
-    def __init__(self, services: Services) -> None:
-        self._services = services
-        self.store = EvaluationStore(services.redis)
-
-    @classmethod
-    def of(cls, services: Services) -> EvaluationService:
-        return services.shared("evaluations", cls)
+    def __init__(
+        self,
+        store: EvaluationStore,
+        personas: PersonaStore,
+        personalizer: Personalizer,
+        upstreams: UpstreamRouter,
+    ) -> None:
+        self.store = store
+        self._persona_store = personas
+        self._personalizer = personalizer
+        self._upstreams = upstreams
 
     # --- runs ---------------------------------------------------------------------------------------
     async def create_run(
@@ -199,7 +204,7 @@ class EvaluationService:
         return runs
 
     async def _personas(self, tenant: str, users: list[str]) -> dict[str, Persona | None]:
-        found = await asyncio.gather(*(self._services.personas.get(tenant, u) for u in users))
+        found = await asyncio.gather(*(self._persona_store.get(tenant, u) for u in users))
         return dict(zip(users, found, strict=True))
 
     # --- trials -------------------------------------------------------------------------------------
@@ -230,13 +235,13 @@ class EvaluationService:
         other = personas[other_user]
         assert other is not None
 
-        render = self._services.personalizer.render
+        render = self._personalizer.render
         conversations = {
             "own": inject_block(messages, render(own)),
             "other": inject_block(messages, render(other)),
             "baseline": list(messages),
         }
-        upstream, model_name = self._services.upstreams.route(run["model"])
+        upstream, model_name = self._upstreams.route(run["model"])
         results = await asyncio.gather(
             *(
                 _answer(upstream, {**(extra or {}), "model": model_name, "messages": conversations[c]})

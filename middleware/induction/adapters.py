@@ -14,31 +14,21 @@ import os
 import time
 from typing import Any
 
+from middleware.adapter_format import safetensors_metadata
+from middleware.config import Settings
 from middleware.errors import PersonaError
 from middleware.induction.queue import JobQueue
-from middleware.services import Services
-from middleware.store import keys
-from middleware.store.guard import fail_closed
-from middleware.store.personas import safetensors_metadata
+from middleware.store.personas import PersonaStore
+from middleware.store.preferences import PreferenceStore
+from middleware.store.users import UserIndex
 
 log = logging.getLogger("middleware.jobs")
-MODEL_EXTRA = "lora_model"  # services.extras key of the worker's LoraRewardModel holder
-
-# KEYS[1] persona version, KEYS[2] adapter. ARGV[1] blob. Store only if the version still exists
-# (the user may have been forgotten while the adapter trained).
-_STORE_IF_VERSION = """
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  redis.call('SET', KEYS[2], ARGV[1])
-  return 1
-end
-return 0
-"""
 
 
 class ModelHolder:
     """One `LoraRewardModel` per worker process, built on first use; reloads a newer head file."""
 
-    def __init__(self, settings: Any) -> None:
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.model: Any = None
         self.head_mtime: float | None = None
@@ -48,6 +38,7 @@ class ModelHolder:
         from middleware.rerank.lora import model_from_settings
 
         path = self.settings.lora_head_path
+        assert path is not None  # adapter_wanted said yes
         mtime = os.stat(path).st_mtime
         async with self._lock:
             if self.model is None:
@@ -60,10 +51,9 @@ class ModelHolder:
         return self.model
 
 
-def adapter_wanted(services: Services, *, asked: bool = False) -> str | None:
+def adapter_wanted(settings: Settings, *, asked: bool = False) -> str | None:
     """None when the worker should train adapters, else why not (a warning for the job result).
     `asked`: an operator asked for this adapter, so `lora_train_on_refresh` does not matter."""
-    settings = services.settings
     if not settings.lora_head_path:
         return "off" if not asked else "no global head is configured (PERSONA_LORA_HEAD_PATH)"
     if not settings.lora_train_on_refresh and not asked:
@@ -77,69 +67,69 @@ def adapter_wanted(services: Services, *, asked: bool = False) -> str | None:
     return None
 
 
-async def train_after_refresh(
-    services: Services, tenant: str, user: str, result: dict[str, Any]
-) -> dict[str, Any]:
-    """Train and store the adapter for the persona version in `result`; returns what goes into the
-    job result: {"adapter": facts} or {"warnings": [...]} (or nothing when training is off)."""
-    why_not = adapter_wanted(services)
-    if why_not == "off":
-        return {}
-    if why_not is not None:
-        return {"warnings": [f"no lora adapter trained: {why_not}"]}
-    try:
-        return {"adapter": await train_and_store(services, tenant, user, int(result["version"]), result)}
-    except Exception as exc:  # the persona is stored; the adapter is a best effort
-        log.warning("lora adapter training failed for %s/%s: %s", tenant, user, exc)
-        return {"warnings": [f"lora adapter training failed: {type(exc).__name__}: {exc}"]}
+class AdapterTrainer:
+    """Trains users' adapters and stores each beside its persona version (the worker's; the model is
+    built on first use, once per process)."""
 
+    def __init__(self, settings: Settings, personas: PersonaStore, preferences: PreferenceStore) -> None:
+        self.settings = settings
+        self._personas = personas
+        self._preferences = preferences
+        self._model = ModelHolder(settings)
 
-async def train_and_store(
-    services: Services, tenant: str, user: str, version: int, result: dict[str, Any]
-) -> dict[str, Any]:
-    holder = services.shared(MODEL_EXTRA, lambda s: ModelHolder(s.settings))
-    model = await holder.get()
-    pairs = await services.preferences.pairs(tenant, user)
-    extra = {
-        "tenant": tenant,
-        "persona_version": str(version),
-        "persona_version_id": str(result.get("version_id") or ""),
-    }
-    started = time.perf_counter()
-    blob: bytes = await asyncio.to_thread(model.train_user, user, pairs, cache=False, extra=extra)
-    seconds = time.perf_counter() - started
-    script_args: list[Any] = [
-        keys.persona_version(tenant, user, version),
-        keys.adapter(tenant, user, version),
-        blob,
-    ]
-    stored = await fail_closed(services.redis.eval(_STORE_IF_VERSION, 2, *script_args))
-    meta = safetensors_metadata(blob)
-    return {
-        "stored": bool(stored),
-        "key_version": version,
-        "bytes": len(blob),
-        "strength": meta.get("strength"),
-        "head_id": meta.get("head_id"),
-        "pairs": len(pairs),
-        "seconds": round(seconds, 3),
-    }
+    async def after_refresh(self, tenant: str, user: str, result: dict[str, Any]) -> dict[str, Any]:
+        """Train and store the adapter for the persona version in `result`; returns what goes into the
+        job result: {"adapter": facts} or {"warnings": [...]} (or nothing when training is off)."""
+        why_not = adapter_wanted(self.settings)
+        if why_not == "off":
+            return {}
+        if why_not is not None:
+            return {"warnings": [f"no lora adapter trained: {why_not}"]}
+        try:
+            return {"adapter": await self.train_and_store(tenant, user, int(result["version"]), result)}
+        except Exception as exc:  # the persona is stored; the adapter is a best effort
+            log.warning("lora adapter training failed for %s/%s: %s", tenant, user, exc)
+            return {"warnings": [f"lora adapter training failed: {type(exc).__name__}: {exc}"]}
+
+    async def train_and_store(
+        self, tenant: str, user: str, version: int, result: dict[str, Any]
+    ) -> dict[str, Any]:
+        model = await self._model.get()
+        pairs = await self._preferences.pairs(tenant, user)
+        extra = {
+            "tenant": tenant,
+            "persona_version": str(version),
+            "persona_version_id": str(result.get("version_id") or ""),
+        }
+        started = time.perf_counter()
+        blob: bytes = await asyncio.to_thread(model.train_user, user, pairs, cache=False, extra=extra)
+        seconds = time.perf_counter() - started
+        stored = await self._personas.save_adapter(tenant, user, version, blob)
+        meta = safetensors_metadata(blob)
+        return {
+            "stored": stored,
+            "key_version": version,
+            "bytes": len(blob),
+            "strength": meta.get("strength"),
+            "head_id": meta.get("head_id"),
+            "pairs": len(pairs),
+            "seconds": round(seconds, 3),
+        }
 
 
 async def enqueue_adapter_training(
-    services: Services, queue: JobQueue, tenant: str, users: list[str] | None = None
+    settings: Settings, users_index: UserIndex, queue: JobQueue, tenant: str, users: list[str] | None = None
 ) -> dict[str, Any]:
     """Queue adapter training for the given users, or every user of the tenant, who has a persona and
     preference pairs (after `persona train-reward-head`, every stored adapter belongs to the old head).
     Returns counts and the job ids."""
-    why_not = adapter_wanted(services, asked=True)
+    why_not = adapter_wanted(settings, asked=True)
     if why_not is not None:
         raise PersonaError(
             f"no lora adapter can be trained: {why_not}", code="lora_unavailable", status_code=503
         )
     if users is None:
-        members = await fail_closed(services.redis.smembers(keys.tenant_users(tenant)))
-        users = sorted(m.decode() for m in members)
+        users = await users_index.members(tenant)
     summary: dict[str, Any] = {
         "tenant": tenant,
         "queued": 0,
@@ -148,13 +138,9 @@ async def enqueue_adapter_training(
         "no_preferences": [],
     }
     jobs: dict[str, str] = {}
-    # one round trip for every user's two facts: a current persona, and stored preferences
-    pipe = services.redis.pipeline(transaction=False)
-    for user in users:
-        pipe.exists(keys.persona_current(tenant, user))
-        pipe.xlen(keys.prefs(tenant, user))
-    facts = await fail_closed(pipe.execute())
-    for user, has_persona, n_records in zip(users, facts[::2], facts[1::2], strict=True):
+    for user, (has_persona, n_records) in zip(
+        users, await users_index.persona_and_preferences(tenant, users), strict=True
+    ):
         if not has_persona:
             summary["no_persona"].append(user)
         elif not n_records:

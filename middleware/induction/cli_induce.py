@@ -8,7 +8,6 @@ from typing import Any
 from middleware.config import Settings
 from middleware.errors import NotEnoughData, PersonaError
 from middleware.identity import validate_user_id
-from middleware.induction.pipeline import induce
 from middleware.services import build_services
 
 
@@ -28,7 +27,7 @@ async def run_induce(
     validate_user_id(user)
     services = build_services(settings)
     try:
-        return await induce(services, tenant, user, model=model, progress=print_progress)
+        return await services.induction.induce(tenant, user, model=model, progress=print_progress)
     except NotEnoughData as exc:
         return {"status": "not_enough_data", "code": exc.code, "message": exc.message}
     except PersonaError as exc:

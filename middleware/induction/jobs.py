@@ -18,6 +18,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 from arq import Retry, cron
@@ -26,36 +27,17 @@ from arq.worker import Worker, func
 
 from middleware.config import Settings
 from middleware.errors import PersonaError, StoreUnavailable, UpstreamError
-from middleware.induction.adapters import adapter_wanted, train_after_refresh, train_and_store
-from middleware.induction.pipeline import induce
+from middleware.induction.adapters import AdapterTrainer, adapter_wanted
+from middleware.induction.pipeline import Induction
 from middleware.induction.queue import REFRESH, TRAIN_ADAPTER, JobQueue, now_iso
 from middleware.services import Services, build_services
 from middleware.store import keys
-from middleware.store.guard import resolved
-from middleware.store.scripts import DELETE_IF_EQUAL
+from middleware.store.personas import PersonaStore
+from middleware.store.preferences import PreferenceStore
+from middleware.store.users import UserIndex
 
 log = logging.getLogger("middleware.jobs")
 TRANSIENT = (UpstreamError, StoreUnavailable)
-
-# KEYS[1] slots zset. ARGV: now_ms, job id, cap, expiry_ms. Expired holders (dead workers) drop out.
-_ACQUIRE_SLOT = """
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
-if redis.call('ZSCORE', KEYS[1], ARGV[2]) or redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[3]) then
-  redis.call('ZADD', KEYS[1], ARGV[4], ARGV[2])
-  return 1
-end
-return 0
-"""
-# KEYS[1] lock. ARGV: job id, ttl_ms. Re-entrant for the same job (its earlier try died).
-_ACQUIRE_LOCK = """
-local holder = redis.call('GET', KEYS[1])
-if holder == false or holder == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
-end
-return 0
-"""
-
 
 class JobStopped(Exception):
     """The job was cancelled or its user forgotten while it ran: stop without storing anything."""
@@ -65,63 +47,57 @@ def lease_ms(settings: Settings) -> int:
     return int((settings.jobs_timeout_s + settings.jobs_in_progress_grace_s) * 1000)
 
 
-JobBody = Callable[[JobQueue, Services, str, dict[str, Any]], Awaitable[dict[str, Any]]]
+JobBody = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
+"""A job's work: (job id, job record) -> result."""
 
 
+# --- the arq jobs: the worker's entry points, which hand each step only what it uses ----------------
 async def refresh_persona(ctx: dict[str, Any]) -> dict[str, Any]:
     """The arq job: one persona refresh. Its only input is the job id; the rest is in our record."""
-    return await run_user_job(ctx, run_refresh)
+    services: Services = ctx["services"]
+    body = partial(run_refresh, services.jobs, services.settings, services.induction, services.adapters)
+    return await run_user_job(services.jobs, services.settings, ctx["job_id"], body)
 
 
 async def train_adapter(ctx: dict[str, Any]) -> dict[str, Any]:
     """The arq job: train the `lora` adapter of the user's current persona version (no induction)."""
-    return await run_user_job(ctx, run_adapter_training)
-
-
-async def run_user_job(ctx: dict[str, Any], body: JobBody) -> dict[str, Any]:
-    """Run `body` for the job's user under the user's lock and one of the tenant's job slots."""
-    job_id: str = ctx["job_id"]
     services: Services = ctx["services"]
-    queue: JobQueue = ctx["queue"]
-    settings = services.settings
+    body = partial(run_adapter_training, services.jobs, services.settings, services.personas, services.adapters)
+    return await run_user_job(services.jobs, services.settings, ctx["job_id"], body)
+
+
+async def run_user_job(queue: JobQueue, settings: Settings, job_id: str, body: JobBody) -> dict[str, Any]:
+    """Run `body` for the job's user under the user's lock and one of the tenant's job slots."""
     record = await queue.record(job_id)
     if record is None or record.get("cancelled") or record.get("state") not in ("queued", "running"):
         return {"status": "skipped"}
     tenant, user = record["tenant"], record["user"]
-    redis = services.redis
     lease = lease_ms(settings)
+    jobs = queue.store
 
-    if not await resolved(redis.eval(_ACQUIRE_LOCK, 1, keys.job_lock(tenant, user), job_id, str(lease))):
+    if not await jobs.acquire_lock(tenant, user, job_id, lease):
         raise Retry(defer=settings.jobs_retry_defer_s)
-    slots = keys.tenant_job_slots(tenant)
     try:
-        now = int(time.time() * 1000)
-        if not await resolved(
-            redis.eval(
-                _ACQUIRE_SLOT,
-                1,
-                slots,
-                str(now),
-                job_id,
-                str(settings.jobs_tenant_concurrency),
-                str(now + lease),
-            )
-        ):
+        if not await jobs.acquire_slot(tenant, job_id, settings.jobs_tenant_concurrency, lease):
             raise Retry(defer=settings.jobs_retry_defer_s)
         try:
-            return await body(queue, services, job_id, record)
+            return await body(job_id, record)
         finally:
-            await redis.zrem(slots, job_id)
+            await jobs.release_slot(tenant, job_id)
     finally:
-        await resolved(redis.eval(DELETE_IF_EQUAL, 1, keys.job_lock(tenant, user), job_id))
+        await jobs.release_lock(tenant, user, job_id)
 
 
 async def run_refresh(
-    queue: JobQueue, services: Services, job_id: str, record: dict[str, Any]
+    queue: JobQueue,
+    settings: Settings,
+    induction: Induction,
+    adapters: AdapterTrainer,
+    job_id: str,
+    record: dict[str, Any],
 ) -> dict[str, Any]:
-    settings = services.settings
     tenant, user = record["tenant"], record["user"]
-    attempts = int(await resolved(services.redis.hincrby(keys.job_record(job_id), "attempts", 1)))
+    attempts = await queue.store.count_attempt(job_id)
     if attempts > settings.jobs_max_attempts:
         return await finish(
             queue,
@@ -146,37 +122,42 @@ async def run_refresh(
             await queue.update(job_id, progress=event)
 
     try:
-        result = await induce(
-            services, tenant, user, model=record.get("model") or None, job_id=job_id, progress=progress
+        result = await induction.induce(
+            tenant, user, model=record.get("model") or None, job_id=job_id, progress=progress
         )
     except JobStopped:
         return {"status": "cancelled"}
     except PersonaError as exc:
         return await retry_or_fail(queue, record, job_id, exc, attempts, settings)
     # The persona is stored; the user's lora adapter follows it (never fails the refresh).
-    result = {**result, **await train_after_refresh(services, tenant, user, result)}
+    result = {**result, **await adapters.after_refresh(tenant, user, result)}
     return await finish(queue, record, job_id, "complete", result=result)
 
 
 async def run_adapter_training(
-    queue: JobQueue, services: Services, job_id: str, record: dict[str, Any]
+    queue: JobQueue,
+    settings: Settings,
+    personas: PersonaStore,
+    adapters: AdapterTrainer,
+    job_id: str,
+    record: dict[str, Any],
 ) -> dict[str, Any]:
     tenant, user = record["tenant"], record["user"]
-    attempts = int(await resolved(services.redis.hincrby(keys.job_record(job_id), "attempts", 1)))
+    attempts = await queue.store.count_attempt(job_id)
     await queue.update(job_id, state="running", started_at=now_iso())
-    why_not = adapter_wanted(services, asked=True)
+    why_not = adapter_wanted(settings, asked=True)
     if why_not is not None:
         error = {"code": "lora_unavailable", "message": f"no lora adapter trained: {why_not}"}
         return await finish(queue, record, job_id, "failed", error=error)
-    persona = await services.personas.get(tenant, user)
+    persona = await personas.get(tenant, user)
     if persona is None:
         error = {"code": "not_found", "message": f"user {user!r} has no persona to train an adapter beside"}
         return await finish(queue, record, job_id, "failed", error=error)
     result = {"version": persona.version, "version_id": persona.version_id}
     try:
-        facts = await train_and_store(services, tenant, user, persona.version, result)
+        facts = await adapters.train_and_store(tenant, user, persona.version, result)
     except PersonaError as exc:
-        return await retry_or_fail(queue, record, job_id, exc, attempts, services.settings)
+        return await retry_or_fail(queue, record, job_id, exc, attempts, settings)
     except Exception as exc:  # a training error is this job's failure, reported, not a crash
         log.warning("lora adapter training failed for %s/%s: %s", tenant, user, exc)
         error = {"code": "adapter_training_failed", "message": f"{type(exc).__name__}: {exc}"}
@@ -218,31 +199,29 @@ async def finish(
 async def auto_refresh(ctx: dict[str, Any]) -> int:
     """Enqueue refreshes for users with at least `auto_refresh_after` new pairs; returns how many."""
     services: Services = ctx["services"]
-    queue: JobQueue = ctx["queue"]
-    return await enqueue_due_refreshes(services, queue)
+    return await enqueue_due_refreshes(services.settings, services.users, services.preferences, services.jobs)
 
 
-async def enqueue_due_refreshes(services: Services, queue: JobQueue) -> int:
-    threshold = services.settings.auto_refresh_after
-    if threshold <= 0:
+async def enqueue_due_refreshes(
+    settings: Settings, users: UserIndex, preferences: PreferenceStore, queue: JobQueue
+) -> int:
+    if settings.auto_refresh_after <= 0:
         return 0
-    redis = services.redis
     enqueued = 0
-    async for index_key in redis.scan_iter(match=keys.tenant_pattern_users(), count=500):
-        tenant = index_key.decode().split(":")[2]
-        async for raw_user in redis.sscan_iter(index_key, count=500):
-            user = raw_user.decode()
-            if await maybe_auto_refresh(services, queue, tenant, user):
-                enqueued += 1
+    async for tenant, user in users.all_users():
+        if await maybe_auto_refresh(settings, preferences, queue, tenant, user):
+            enqueued += 1
     return enqueued
 
 
-async def maybe_auto_refresh(services: Services, queue: JobQueue, tenant: str, user: str) -> bool:
+async def maybe_auto_refresh(
+    settings: Settings, preferences: PreferenceStore, queue: JobQueue, tenant: str, user: str
+) -> bool:
     """Enqueue a refresh if the user has `auto_refresh_after` new pairs (callable after a write)."""
-    threshold = services.settings.auto_refresh_after
+    threshold = settings.auto_refresh_after
     if threshold <= 0:
         return False
-    if await services.preferences.pairs_since_refresh(tenant, user) < threshold:
+    if await preferences.pairs_since_refresh(tenant, user) < threshold:
         return False
     _, created = await queue.enqueue_refresh(tenant, user, reason="auto")
     return created
@@ -252,7 +231,6 @@ async def on_startup(ctx: dict[str, Any]) -> None:
     settings: Settings = ctx["settings"]
     services = build_services(settings)
     ctx["services"] = services
-    ctx["queue"] = JobQueue(settings, services.redis)
 
 
 async def on_shutdown(ctx: dict[str, Any]) -> None:

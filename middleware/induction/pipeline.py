@@ -19,7 +19,8 @@ from middleware.induction.select import Selection, select_exemplars
 from middleware.induction.synthesize import synthesize
 from middleware.llm import CallBudget
 from middleware.models import Persona, PreferencePair
-from middleware.services import Services
+from middleware.store.personas import PersonaStore
+from middleware.store.preferences import PreferenceStore
 from middleware.upstream import UpstreamRouter
 
 
@@ -62,16 +63,8 @@ def llm_context(upstreams: UpstreamRouter, settings: Settings, model: str, budge
     )
 
 
-def make_context(services: Services, model: str, budget: CallBudget) -> LLMContext:
-    return llm_context(services.upstreams, services.settings, model, budget)
-
-
 def new_budget(settings: Settings) -> CallBudget:
     return CallBudget(settings.induction_max_calls, settings.induction_max_tokens)
-
-
-async def load_plan(services: Services, tenant: str, user: str) -> Plan:
-    return plan_for(await services.preferences.pairs(tenant, user), services.settings, user)
 
 
 def plan_for(pairs: list[PreferencePair], settings: Settings, user: str) -> Plan:
@@ -86,63 +79,75 @@ def plan_for(pairs: list[PreferencePair], settings: Settings, user: str) -> Plan
     return Plan(train, validation)
 
 
-async def already_done(services: Services, tenant: str, user: str, job_id: str | None) -> Persona | None:
-    """A retried job whose first try already stored its version (crash after the save)."""
-    if job_id is None:
+@dataclass(frozen=True)
+class Induction:
+    """The whole pipeline for one user at a time: reads the user's pairs, calls the LLM, stores the
+    new persona version."""
+
+    settings: Settings
+    upstreams: UpstreamRouter
+    personas: PersonaStore
+    preferences: PreferenceStore
+
+    async def load_plan(self, tenant: str, user: str) -> Plan:
+        return plan_for(await self.preferences.pairs(tenant, user), self.settings, user)
+
+    async def already_done(self, tenant: str, user: str, job_id: str | None) -> Persona | None:
+        """A retried job whose first try already stored its version (crash after the save)."""
+        if job_id is None:
+            return None
+        for persona in reversed(await self.personas.list_versions(tenant, user)):
+            if persona.provenance.get("job_id") == job_id:
+                return persona
         return None
-    for persona in reversed(await services.personas.list_versions(tenant, user)):
-        if persona.provenance.get("job_id") == job_id:
-            return persona
-    return None
 
+    async def induce(
+        self,
+        tenant: str,
+        user: str,
+        *,
+        model: str | None = None,
+        job_id: str | None = None,
+        progress: Progress | None = None,
+        budget: CallBudget | None = None,
+    ) -> dict[str, Any]:
+        """Run the whole pipeline and store a new persona version; returns a summary of the run.
 
-async def induce(
-    services: Services,
-    tenant: str,
-    user: str,
-    *,
-    model: str | None = None,
-    job_id: str | None = None,
-    progress: Progress | None = None,
-    budget: CallBudget | None = None,
-) -> dict[str, Any]:
-    """Run the whole pipeline and store a new persona version; returns a summary of the run.
+        Raises NotEnoughData, BudgetExceeded, LLMOutputError or UpstreamError without storing anything.
+        """
+        settings = self.settings
+        model = model or settings.induction_model
+        started = time.perf_counter()
+        existing = await self.already_done(tenant, user, job_id)
+        if existing is not None:
+            return summary(existing, reused=True)
 
-    Raises NotEnoughData, BudgetExceeded, LLMOutputError or UpstreamError without storing anything.
-    """
-    settings = services.settings
-    model = model or settings.induction_model
-    started = time.perf_counter()
-    existing = await already_done(services, tenant, user, job_id)
-    if existing is not None:
-        return summary(existing, reused=True)
-
-    since_refresh = await services.preferences.pairs_since_refresh(tenant, user)
-    plan = await load_plan(services, tenant, user)
-    ctx = make_context(services, model, budget or new_budget(settings))
-    induced = await run_steps(ctx, plan, settings, progress=progress)
-    kept, text, selection = induced.kept, induced.text, induced.selection
-    provenance: dict[str, Any] = {
-        "source": "induction",
-        "method": "synthesizeme",
-        "job_id": job_id,
-        "model": model,
-        "prompt_template_version": PROMPT_VERSION,
-        "source_preference_ids": [p.stable_id() for p in plan.train + plan.validation],
-        "train_ids": [p.stable_id() for p in plan.train],
-        "validation_ids": [p.stable_id() for p in plan.validation],
-        "kept_trace_ids": [t.pair.stable_id() for t in kept],
-        "exemplar_ids": [p.stable_id() for p in selection.exemplars],
-        "validation_accuracy": selection.accuracy,
-        "candidate_scores": selection.scores,
-        "seed": settings.induction_seed,
-        "cost": {**ctx.usage.as_dict(), "wall_s": round(time.perf_counter() - started, 3)},
-    }
-    await report(progress, stage="store")
-    persona = await services.personas.save(tenant, user, text, selection.exemplars, provenance)
-    if since_refresh:
-        await services.preferences.consume_since_refresh(tenant, user, since_refresh)
-    return summary(persona, reused=False)
+        since_refresh = await self.preferences.pairs_since_refresh(tenant, user)
+        plan = await self.load_plan(tenant, user)
+        ctx = llm_context(self.upstreams, settings, model, budget or new_budget(settings))
+        induced = await run_steps(ctx, plan, settings, progress=progress)
+        kept, text, selection = induced.kept, induced.text, induced.selection
+        provenance: dict[str, Any] = {
+            "source": "induction",
+            "method": "synthesizeme",
+            "job_id": job_id,
+            "model": model,
+            "prompt_template_version": PROMPT_VERSION,
+            "source_preference_ids": [p.stable_id() for p in plan.train + plan.validation],
+            "train_ids": [p.stable_id() for p in plan.train],
+            "validation_ids": [p.stable_id() for p in plan.validation],
+            "kept_trace_ids": [t.pair.stable_id() for t in kept],
+            "exemplar_ids": [p.stable_id() for p in selection.exemplars],
+            "validation_accuracy": selection.accuracy,
+            "candidate_scores": selection.scores,
+            "seed": settings.induction_seed,
+            "cost": {**ctx.usage.as_dict(), "wall_s": round(time.perf_counter() - started, 3)},
+        }
+        await report(progress, stage="store")
+        persona = await self.personas.save(tenant, user, text, selection.exemplars, provenance)
+        if since_refresh:
+            await self.preferences.consume_since_refresh(tenant, user, since_refresh)
+        return summary(persona, reused=False)
 
 
 @dataclass

@@ -17,31 +17,18 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
 from arq.connections import ArqRedis
-from arq.constants import job_key_prefix
 from arq.jobs import Job, JobStatus
 from redis.asyncio import Redis
 
 from middleware.config import Settings
 from middleware.store import keys
 from middleware.store.guard import fail_closed
-from middleware.store.scripts import DELETE_IF_EQUAL
+from middleware.store.jobs import JobStore
 
 REFRESH = "refresh_persona"
 TRAIN_ADAPTER = "train_adapter"
 ACTIVE = ("queued", "running")
-JSON_FIELDS = ("progress", "result", "error")
-
-# Replace the pending job id only if it is still the stale one we looked at.
-_SWAP_PENDING = """
-local current = redis.call('GET', KEYS[1])
-if current == false or current == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-  return 1
-end
-return 0
-"""
 
 
 def now_iso() -> str:
@@ -50,44 +37,20 @@ def now_iso() -> str:
 
 class JobQueue:
     def __init__(self, settings: Settings, redis: Redis) -> None:
-        self._settings = settings
-        self._redis = redis
+        self.store = JobStore(redis, keep_s=settings.jobs_keep_s)
         # arq's client on our own (bounded, timed-out) connection pool.
         self.arq = ArqRedis(connection_pool=redis.connection_pool, default_queue_name=keys.JOB_QUEUE)
-        self._swap = redis.register_script(_SWAP_PENDING)
-        self._release = redis.register_script(DELETE_IF_EQUAL)
-
-    async def aclose(self) -> None:
-        """The connection pool belongs to the app's Redis client, which closes it."""
 
     # --- records ------------------------------------------------------------------------------------
     async def record(self, job_id: str) -> dict[str, Any] | None:
-        raw = await fail_closed(self._redis.hgetall(keys.job_record(job_id)))
-        if not raw:
-            return None
-        record: dict[str, Any] = {k.decode(): v.decode() for k, v in raw.items()}
-        for name in JSON_FIELDS:
-            if name in record:
-                record[name] = orjson.loads(record[name])
-        record["attempts"] = int(record.get("attempts", 0))
-        return record
+        return await self.store.record(job_id)
 
     async def stopped(self, job_id: str) -> bool:
         """Was the job cancelled, or its record deleted (the user forgotten)? One HMGET."""
-        found_id, cancelled = await fail_closed(
-            self._redis.hmget(keys.job_record(job_id), ["id", "cancelled"])
-        )
-        return found_id is None or bool(cancelled)
+        return await self.store.stopped(job_id)
 
     async def update(self, job_id: str, **fields: Any) -> None:
-        mapping = {
-            k: orjson.dumps(v) if k in JSON_FIELDS else str(v) for k, v in fields.items() if v is not None
-        }
-        key = keys.job_record(job_id)
-        pipe = self._redis.pipeline(transaction=True)
-        pipe.hset(key, mapping=mapping)
-        pipe.expire(key, self._settings.jobs_keep_s)
-        await fail_closed(pipe.execute())
+        await self.store.update(job_id, **fields)
 
     # --- enqueue ------------------------------------------------------------------------------------
     async def enqueue_refresh(
@@ -105,21 +68,14 @@ class JobQueue:
     async def enqueue(
         self, kind: str, tenant: str, user: str, *, model: str | None = None, reason: str = "admin"
     ) -> tuple[str, bool]:
-        pending_key = keys.job_pending(tenant, user)
-        ttl_ms = int(self._settings.jobs_keep_s * 1000)
         job_id = uuid.uuid4().hex
-        claimed = await fail_closed(self._redis.set(pending_key, job_id, nx=True, px=ttl_ms))
-        if not claimed:
-            current = await fail_closed(self._redis.get(pending_key))
-            if current is not None:
-                existing = current.decode()
-                if await self.is_active(existing):
-                    return existing, False
-                if not await fail_closed(self._swap(keys=[pending_key], args=[existing, job_id, ttl_ms])):
-                    latest = await fail_closed(self._redis.get(pending_key))
-                    return (latest.decode() if latest else existing), False
-            else:
-                await fail_closed(self._redis.set(pending_key, job_id, px=ttl_ms))
+        if not await self.store.claim_pending(tenant, user, job_id):
+            existing = await self.store.pending(tenant, user)
+            if existing is not None and await self.is_active(existing):
+                return existing, False
+            if not await self.store.replace_pending(tenant, user, existing, job_id):
+                latest = await self.store.pending(tenant, user)
+                return (latest or existing or job_id), False
         await self.update(
             job_id,
             id=job_id,
@@ -133,7 +89,7 @@ class JobQueue:
             attempts=0,
             progress={},
         )
-        await fail_closed(self._redis.sadd(keys.user_jobs(tenant, user), job_id))
+        await self.store.add_user_job(tenant, user, job_id)
         await fail_closed(self.arq.enqueue_job(kind, _job_id=job_id))
         return job_id, True
 
@@ -146,7 +102,7 @@ class JobQueue:
 
     async def release_pending(self, tenant: str, user: str, job_id: str) -> None:
         """Drop the user's pending-job mark if it is still this job's (one atomic step)."""
-        await fail_closed(self._release(keys=[keys.job_pending(tenant, user)], args=[job_id]))
+        await self.store.release_pending(tenant, user, job_id)
 
     # --- read / cancel ------------------------------------------------------------------------------
     async def get(self, job_id: str) -> dict[str, Any] | None:
@@ -176,8 +132,7 @@ class JobQueue:
         error = {"code": "cancelled", "message": "the job was cancelled"}
         await self.update(job_id, state="failed", error=error, finished_at=now_iso(), cancelled=1)
         # Queued: it never starts. Running: the worker's next checkpoint sees the flag and stops.
-        await fail_closed(self.arq.zrem(keys.JOB_QUEUE, job_id))
-        await fail_closed(self._redis.delete(job_key_prefix + job_id))
+        await self.store.drop_queued(job_id)
         await self.release_pending(record["tenant"], record["user"], job_id)
         record.update(state="failed", error=error, cancelled="1")
         return record

@@ -131,17 +131,16 @@ async def run_import(
     batch_size: int = 2000,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """The `persona import` command. Starts a local redis-server (like `persona serve`) if none runs."""
-    from middleware.embedded_redis import redis_available
+    """Import a file into the Redis named by the settings (the command line starts a local one
+    first where the settings allow it, see `middleware.cli`)."""
     from middleware.store.connection import redis_client
 
-    with redis_available(settings.redis_url, Path(settings.data_dir), allowed=settings.embedded_redis):
-        async with redis_client(settings) as redis:
-            return await import_file(
-                PreferenceStore(redis),
-                Path(file),
-                format=format,
-                tenant=tenant,
-                batch_size=batch_size,
-                progress=progress,
-            )
+    async with redis_client(settings) as redis:
+        return await import_file(
+            PreferenceStore(redis),
+            Path(file),
+            format=format,
+            tenant=tenant,
+            batch_size=batch_size,
+            progress=progress,
+        )

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from middleware.config import Settings
+    from middleware.rerank.resources import RerankResources
 
 
 @dataclass(frozen=True)
@@ -41,5 +45,5 @@ class Reranker(Protocol):
 # has only the last one left to do. A failure there is logged and ignored too.
 
 
-# factory(settings, resources) -> Reranker; resources is a `middleware.rerank.resources.RerankResources`.
-RerankerFactory = Callable[[Any, Any], Reranker]
+# factory(settings, resources) -> Reranker, called once per process, the first time it is asked for.
+RerankerFactory = Callable[["Settings", "RerankResources"], Reranker]

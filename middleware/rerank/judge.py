@@ -9,8 +9,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from middleware.config import Settings
 from middleware.induction.context import conversation_view
 from middleware.induction.select import EXEMPLAR_MAX_CHARS, JudgeVerdict
 from middleware.llm import CallBudget, structured_call
@@ -19,6 +20,9 @@ from middleware.personalize.block import clip, exemplar_view
 from middleware.prompts import render
 from middleware.rerank.hookspec import EndUser
 from middleware.rerank.resources import RerankResources
+
+if TYPE_CHECKING:
+    from middleware.rerank.registry import RerankerRegistry
 
 TEMPLATE = "induction_judge"
 CANDIDATE_MAX_CHARS = 4000
@@ -76,10 +80,10 @@ class JudgeReranker:
         return [w / comparisons for w in wins]
 
 
-def create_judge_reranker(settings: Any, resources: RerankResources) -> JudgeReranker:
+def create_judge_reranker(settings: Settings, resources: RerankResources) -> JudgeReranker:
     return JudgeReranker(resources, model=settings.judge_model or settings.induction_model)
 
 
-def register(registry: Any) -> None:
+def register(registry: RerankerRegistry) -> None:
     """Entry point of `middleware.rerankers`."""
     registry.add("judge", create_judge_reranker)

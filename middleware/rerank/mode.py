@@ -23,7 +23,6 @@ from middleware.collection.variants import DEFAULT_VARIANTS, Variant, apply_vari
 from middleware.errors import PersonaError, UpstreamError
 from middleware.personalize.block import inject_block
 from middleware.rerank.hookspec import EndUser
-from middleware.rerank.registry import RerankerRegistry
 from middleware.services import Services
 from middleware.upstream import ClientDisconnected, Upstream, cancel_on_disconnect, monotonic_ms
 
@@ -32,11 +31,6 @@ RERANKER_HEADER = "x-persona-reranker"
 DETAILS_HEADER = "x-persona-rerank-details"
 # Sampling controls the variants set themselves, and streaming, which happens after selection.
 VARIANT_OWNED_FIELDS = ("stream", "stream_options", "n", "temperature")
-
-
-def registry_of(services: Services) -> RerankerRegistry:
-    registry: RerankerRegistry = services.extras["rerankers"]
-    return registry
 
 
 async def generate_candidates(
@@ -99,9 +93,8 @@ async def rerank_completion(
     started: float,
     version_id: str | None = None,
 ) -> Response:
-    registry = registry_of(services)
     reranker_name = request.headers.get(RERANKER_HEADER) or services.settings.reranker
-    reranker = await registry.aget(reranker_name)
+    reranker = await services.rerankers.aget(reranker_name)
     upstream, body["model"] = services.upstreams.route(body["model"])
     overhead_ms = monotonic_ms(started)
 

@@ -13,17 +13,18 @@ from __future__ import annotations
 import asyncio
 import logging
 from importlib.metadata import entry_points
-from typing import Any
 
+from middleware.config import Settings
 from middleware.errors import InvalidRequest
 from middleware.rerank.hookspec import Reranker, RerankerFactory
+from middleware.rerank.resources import RerankResources
 
 log = logging.getLogger("middleware.rerank")
 ENTRY_POINT_GROUP = "middleware.rerankers"
 
 
 class RerankerRegistry:
-    def __init__(self, settings: Any, resources: Any) -> None:
+    def __init__(self, settings: Settings, resources: RerankResources) -> None:
         self._settings = settings
         self._resources = resources
         self._factories: dict[str, RerankerFactory] = {}

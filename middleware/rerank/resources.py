@@ -1,24 +1,19 @@
-"""What the built-in rerankers may use: the upstream router, the persona store, adapter storage."""
+"""What the built-in rerankers may use: the upstream router and the persona store (adapters)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from redis.asyncio import Redis
-
 from middleware.models import Persona
 from middleware.rerank.hookspec import EndUser
-from middleware.store import keys
-from middleware.store.guard import fail_closed
 from middleware.store.personas import PersonaStore
 from middleware.upstream import UpstreamRouter
 
 
-@dataclass
+@dataclass(frozen=True)
 class RerankResources:
     upstreams: UpstreamRouter
     personas: PersonaStore
-    redis: Redis
 
     async def persona(self, user: EndUser | None) -> Persona | None:
         return None if user is None else await self.personas.get(user.tenant, user.id)
@@ -28,9 +23,8 @@ class RerankResources:
         else beside the user's current version; None when there is none."""
         version = user.persona_version
         if version is None:
-            persona = await self.persona(user)
+            persona = await self.personas.get(user.tenant, user.id)
             if persona is None:
                 return None
             version = persona.version
-        blob: bytes | None = await fail_closed(self.redis.get(keys.adapter(user.tenant, user.id, version)))
-        return blob
+        return await self.personas.adapter(user.tenant, user.id, version)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from redis.asyncio import BlockingConnectionPool, Redis
 
 from middleware.config import Settings
+from middleware.store.guard import STORE_ERRORS
 
 
 def create_redis(settings: Settings) -> Redis:
@@ -20,6 +22,15 @@ def create_redis(settings: Settings) -> Redis:
         retry_on_timeout=False,
     )
     return Redis(connection_pool=pool)
+
+
+async def reachable(redis: Redis, timeout_s: float = 1.0) -> bool:
+    """Does Redis answer a PING within `timeout_s`?"""
+    try:
+        await asyncio.wait_for(redis.ping(), timeout=timeout_s)
+    except (TimeoutError, *STORE_ERRORS):
+        return False
+    return True
 
 
 @asynccontextmanager

@@ -13,7 +13,6 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
 from redis.asyncio import Redis
 
 from middleware.errors import NotFound
@@ -33,6 +32,17 @@ class PersonaReadFailed(Exception):
     def __init__(self, message: str, *, skipped: bool = False) -> None:
         super().__init__(message)
         self.skipped = skipped
+
+
+# KEYS[1] persona version, KEYS[2] adapter. ARGV[1] blob. Store only if the version still exists
+# (the user may have been forgotten while the adapter trained).
+_STORE_IF_VERSION = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('SET', KEYS[2], ARGV[1])
+  return 1
+end
+return 0
+"""
 
 
 class PersonaStore:
@@ -65,6 +75,10 @@ class PersonaStore:
         blob = await fail_closed(self._redis.get(keys.persona_current(tenant, user)))
         return Persona.model_validate_json(blob) if blob else None
 
+    async def version(self, tenant: str, user: str, version: int) -> Persona | None:
+        blob = await fail_closed(self._redis.get(keys.persona_version(tenant, user, version)))
+        return Persona.model_validate_json(blob) if blob else None
+
     async def list_versions(self, tenant: str, user: str) -> list[Persona]:
         numbers = await fail_closed(self._redis.zrange(keys.persona_versions(tenant, user), 0, -1))
         if not numbers:
@@ -74,13 +88,27 @@ class PersonaStore:
         )
         return [Persona.model_validate_json(b) for b in blobs if b]
 
-    async def adapter_facts(self, tenant: str, user: str, versions: list[int]) -> dict[int, dict[str, Any]]:
-        """What the `lora` adapters stored beside these persona versions say of themselves (their
-        safetensors metadata and size); versions without an adapter are left out."""
+    async def adapters(self, tenant: str, user: str, versions: list[int]) -> dict[int, bytes]:
+        """The `lora` adapter blobs stored beside these persona versions, as stored (one MGET);
+        versions without an adapter are left out."""
         if not versions:
             return {}
         blobs = await fail_closed(self._redis.mget([keys.adapter(tenant, user, v) for v in versions]))
-        return {v: adapter_facts(blob) for v, blob in zip(versions, blobs, strict=True) if blob}
+        return {v: blob for v, blob in zip(versions, blobs, strict=True) if blob}
+
+    async def save_adapter(self, tenant: str, user: str, version: int, blob: bytes) -> bool:
+        """Store an adapter blob beside persona version `version`, if that version still exists."""
+        script_args: list[Any] = [
+            keys.persona_version(tenant, user, version),
+            keys.adapter(tenant, user, version),
+            blob,
+        ]
+        return bool(await fail_closed(self._redis.eval(_STORE_IF_VERSION, 2, *script_args)))
+
+    async def adapter(self, tenant: str, user: str, version: int) -> bytes | None:
+        """The adapter blob stored beside persona version `version`, as stored."""
+        blob: bytes | None = await fail_closed(self._redis.get(keys.adapter(tenant, user, version)))
+        return blob
 
     async def save(
         self,
@@ -120,20 +148,3 @@ class PersonaStore:
         """Switch personalization off for the user; stored versions stay for rollback."""
         return bool(await fail_closed(self._redis.delete(keys.persona_current(tenant, user))))
 
-
-ADAPTER_FACTS = ("head_id", "strength", "n_pairs", "trained_at", "train_seconds", "persona_version_id")
-
-
-def safetensors_metadata(blob: bytes) -> dict[str, str]:
-    """The `__metadata__` of a safetensors blob (8-byte little-endian header length, JSON header)."""
-    header_len = int.from_bytes(blob[:8], "little")
-    return dict(orjson.loads(blob[8 : 8 + header_len]).get("__metadata__") or {})
-
-
-def adapter_facts(blob: bytes) -> dict[str, Any]:
-    """Size and self-description of an adapter blob (unreadable metadata: size alone)."""
-    try:
-        meta = safetensors_metadata(blob)
-    except (orjson.JSONDecodeError, AttributeError, ValueError):
-        meta = {}
-    return {"bytes": len(blob), **{k: meta.get(k) for k in ADAPTER_FACTS}}

@@ -7,18 +7,49 @@ user's job records, including what the job queue keeps for those jobs.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+from arq.constants import in_progress_key_prefix, job_key_prefix, result_key_prefix, retry_key_prefix
 from redis.asyncio import Redis
 
 from middleware.models import Persona
 from middleware.store import keys
 from middleware.store.guard import fail_closed
 
-ARQ_PREFIXES = ("arq:job:", "arq:result:", "arq:retry:", "arq:in-progress:")
+# What the job queue library keeps per job id, named by the library itself.
+QUEUE_KEY_PREFIXES = (job_key_prefix, result_key_prefix, retry_key_prefix, in_progress_key_prefix)
 SCAN_COUNT = 500
+
+
+class UserIndex:
+    """Which users a tenant knows, and what is stored for them."""
+
+    def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+
+    async def members(self, tenant: str) -> list[str]:
+        """Every user id known in the tenant, sorted."""
+        found = await fail_closed(self._redis.smembers(keys.tenant_users(tenant)))
+        return sorted(_text(m) or "" for m in found)
+
+    async def persona_and_preferences(self, tenant: str, users: list[str]) -> list[tuple[bool, int]]:
+        """For each user, (has a current persona, number of preference records): one round trip."""
+        pipe = self._redis.pipeline(transaction=False)
+        for user in users:
+            pipe.exists(keys.persona_current(tenant, user))
+            pipe.xlen(keys.prefs(tenant, user))
+        facts = await fail_closed(pipe.execute())
+        return [(bool(p), int(n)) for p, n in zip(facts[::2], facts[1::2], strict=True)]
+
+    async def all_users(self) -> AsyncIterator[tuple[str, str]]:
+        """(tenant, user) of every user of every tenant (SCAN, so safe on a large store)."""
+        async for index_key in self._redis.scan_iter(match=keys.tenant_pattern_users(), count=SCAN_COUNT):
+            tenant = _text(index_key).split(":")[2]  # type: ignore[union-attr]
+            async for raw_user in self._redis.sscan_iter(index_key, count=SCAN_COUNT):
+                yield tenant, _text(raw_user) or ""
 
 
 async def user_keys(redis: Redis, tenant: str, user: str) -> list[str]:
@@ -48,7 +79,7 @@ async def forget_user(redis: Redis, tenant: str, user: str) -> dict[str, Any]:
     for job_id in job_ids:
         pipe.zrem(keys.JOB_QUEUE, job_id)
         pipe.zrem(keys.tenant_job_slots(tenant), job_id)
-        pipe.delete(keys.job_record(job_id), *(p + str(job_id) for p in ARQ_PREFIXES))
+        pipe.delete(keys.job_record(job_id), *(p + str(job_id) for p in QUEUE_KEY_PREFIXES))
     for comparison_id in comparison_ids:
         pipe.delete(keys.comparison_owner(comparison_id))
     pipe.srem(keys.tenant_users(tenant), user)

@@ -14,12 +14,17 @@ import os
 import time
 from collections.abc import Hashable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from middleware.models import Message
 from middleware.rerank.hookspec import EndUser
 from middleware.rerank.lora.base import AdapterMismatch
 from middleware.rerank.lora.model import LoraRewardModel
+
+if TYPE_CHECKING:
+    from middleware.config import Settings
+    from middleware.rerank.registry import RerankerRegistry
+    from middleware.rerank.resources import RerankResources
 
 log = logging.getLogger("middleware.rerank.lora")
 HEAD_CHECK_S = 10.0  # how often the head file is checked for a newer one
@@ -141,13 +146,13 @@ def _mtime(path: str | None) -> float | None:
         return None
 
 
-def create_lora_reranker(settings: Any, store: Any = None) -> LoraReranker:
+def create_lora_reranker(settings: Settings, store: RerankResources | None = None) -> LoraReranker:
     """Factory for the reranker registry (`store` is the registry's RerankResources). Reads the
     optional settings `lora_encoder_path`, `lora_head_path`, `lora_cache_size`, `lora_device`,
     `lora_threads`, `lora_max_context_tokens`, `lora_quantize`."""
     return LoraReranker(model_from_settings(settings), store, getattr(settings, "lora_head_path", None))
 
 
-def register(registry: Any) -> None:
+def register(registry: RerankerRegistry) -> None:
     """Entry point of `middleware.rerankers`: adds the `lora` factory to the registry."""
     registry.add("lora", create_lora_reranker)

@@ -7,9 +7,9 @@ from collections.abc import Hashable, Iterable
 from pathlib import Path
 from typing import Any
 
+from middleware.adapter_format import safetensors_metadata
 from middleware.errors import ValidationFailed
 from middleware.rerank.lora.base import ADAPTER_FORMAT, FEATURE_VERSION, HEAD_FORMAT, AdapterMismatch
-from middleware.store.personas import safetensors_metadata
 
 
 def write_head(path: str | Path, state: dict[str, Any], meta: dict[str, str]) -> Path:
