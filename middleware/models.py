@@ -56,11 +56,14 @@ class PreferencePair(BaseModel):
 
 
 class Persona(BaseModel):
-    """One stored persona version: plain text plus the exemplar pairs injected with it."""
+    """One stored persona version: plain text plus the exemplar pairs injected with it.
 
-    text: str
+    The version fields come first, so a stored blob names its version in its first bytes (the chat
+    path reads them without decoding the rest, `middleware.personalize.service`)."""
+
     version: int
     version_id: str
+    text: str
     exemplars: list[PreferencePair] = Field(default_factory=list)
     provenance: dict[str, Any] = Field(default_factory=dict)
     created_at: str

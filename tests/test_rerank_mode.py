@@ -172,6 +172,32 @@ def test_judge_reranker_end_to_end(proxy: RunningProxy, fake_upstream: FakeUpstr
     assert all("Likes bananas." in r.body["messages"][1]["content"] for r in judge_calls)
 
 
+def test_judge_scores_with_the_persona_version_that_was_injected(
+    proxy: RunningProxy, fake_upstream: FakeUpstream
+) -> None:
+    """A new persona version stored while the candidates are generated does not reach the judge."""
+    admin = httpx.Client(base_url=proxy.url, headers=proxy.admin_headers(), timeout=10)
+    admin.put("/admin/users/alice/persona", json={"text": "Likes bananas."}).raise_for_status()
+    replaced: list[int] = []
+
+    def replace_persona_midway(body: dict[str, Any]) -> str | dict[str, Any] | None:
+        if "response_format" not in body and not replaced:
+            reply = admin.put("/admin/users/alice/persona", json={"text": "Hates bananas."})
+            replaced.append(reply.json()["version"])
+        return by_variant(body)
+
+    fake_upstream.responder = replace_persona_midway
+    raw = sdk(proxy, "judge").chat.completions.with_raw_response.create(
+        model="fake-model", messages=MESSAGES, user="alice"  # type: ignore[arg-type]
+    )
+    assert raw.headers["x-persona-version"] == "1" and replaced == [2]
+    judge_calls = [r for r in fake_upstream.chat_requests if "response_format" in r.body]
+    assert len(judge_calls) == 12
+    prompts = [r.body["messages"][1]["content"] for r in judge_calls]
+    assert all("Likes bananas." in p and "Hates bananas." not in p for p in prompts)
+    assert raw.parse().choices[0].message.content == "GOOD banana"
+
+
 def test_scorer_failure_falls_back_to_the_first_candidate(proxy: RunningProxy, fake_upstream: FakeUpstream) -> None:
     registry(proxy).add("broken", lambda settings, resources: Broken())
     fake_upstream.responder = by_variant

@@ -17,6 +17,7 @@ from middleware.api.responses import JSONBytes
 from middleware.errors import ForbiddenField, InvalidRequest, ValidationFailed
 from middleware.identity import end_user_id, tenant_for_app_key
 from middleware.personalize.block import inject_block
+from middleware.personalize.service import ActivePersona
 from middleware.rerank.mode import rerank_completion
 from middleware.services import Services
 from middleware.upstream import ClientDisconnected, cancel_on_disconnect, monotonic_ms
@@ -120,35 +121,24 @@ async def chat_completions(request: Request) -> Response:
     user = end_user_id(request.headers, body)
     mode = persona_mode(request)
 
-    block: str | None = None
-    version: int | None = None
-    version_id: str | None = None
+    active: ActivePersona | None = None
     if user is not None and mode != "off":
-        found = await services.personalizer.current(tenant, user)
-        if found is not None:
-            block, version, version_id = found
+        active = await services.personalizer.current(tenant, user)
+        if active is not None:
             services.metrics.persona_injected.inc()
 
     if mode == "rerank":
         # The variants move the app's instruction around, so the block goes in per candidate.
         return await rerank_completion(
-            services,
-            request,
-            body,
-            tenant=tenant,
-            user=user,
-            block=block,
-            version=version,
-            version_id=version_id,
-            started=started,
+            services, request, body, tenant=tenant, user=user, active=active, started=started
         )
-    if block is not None:
-        body["messages"] = inject_block(body["messages"], block)
+    if active is not None:
+        body["messages"] = inject_block(body["messages"], active.block)
 
     upstream, body["model"] = services.upstreams.route(body["model"])
     overhead_ms = monotonic_ms(started)
     services.metrics.overhead_seconds.observe(overhead_ms / 1000.0)
-    headers = persona_headers(version, overhead_ms)
+    headers = persona_headers(active.version if active is not None else None, overhead_ms)
 
     try:
         if body.get("stream"):

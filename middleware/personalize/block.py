@@ -8,7 +8,6 @@ app's instructions keep precedence. Rationales are never injected.
 from __future__ import annotations
 
 import re
-from collections import OrderedDict
 from typing import Any
 
 from middleware.models import Message, Persona, PreferencePair
@@ -60,22 +59,3 @@ def inject_block(messages: list[dict[str, Any]], block: str) -> list[dict[str, A
         position += 1
     return [*messages[:position], {"role": "system", "content": block}, *messages[position:]]
 
-
-class BlockCache:
-    """Rendered blocks by persona version id: templates render once per version, not per request."""
-
-    def __init__(self, size: int) -> None:
-        self._size = size
-        self._blocks: OrderedDict[str, str] = OrderedDict()
-
-    def get(self, version_id: str) -> str | None:
-        block = self._blocks.get(version_id)
-        if block is not None:
-            self._blocks.move_to_end(version_id)
-        return block
-
-    def put(self, version_id: str, block: str) -> None:
-        self._blocks[version_id] = block
-        self._blocks.move_to_end(version_id)
-        while len(self._blocks) > self._size:
-            self._blocks.popitem(last=False)

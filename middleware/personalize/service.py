@@ -1,8 +1,17 @@
-"""The persona block for one (tenant, user): one Redis GET, fail open, rendered once per version."""
+"""The persona of one (tenant, user) on the chat path: one Redis GET, fail open, decoded and rendered
+once per persona version.
+
+The current-persona blob is written by `PersonaStore.save` as `{"version":N,"version_id":"...",
+"text":...}`: the version id is read from those first bytes without decoding the rest (text,
+exemplars, provenance id lists), and the decoded persona with its rendered block is cached by
+version id. A blob in an older field order is parsed to find its version id instead.
+"""
 
 from __future__ import annotations
 
 import logging
+import re
+from collections import OrderedDict
 from typing import NamedTuple
 
 import orjson
@@ -10,16 +19,35 @@ import orjson
 from middleware.config import Settings
 from middleware.metrics import Metrics
 from middleware.models import Persona
-from middleware.personalize.block import BlockCache, render_persona_block
+from middleware.personalize.block import render_persona_block
 from middleware.store.personas import PersonaReadFailed, PersonaStore
 
 log = logging.getLogger("middleware.personalize")
 
+# The head of a stored persona blob (`Persona` dumps its version fields first).
+_HEAD_RE = re.compile(rb'\{"version":\d+,"version_id":"([0-9A-Za-z_-]{1,64})"')
+
 
 class ActivePersona(NamedTuple):
+    """The persona version a request is personalised with: the block injected, and the persona it
+    was rendered from (text and exemplars; the provenance is not kept on the chat path)."""
+
     block: str
     version: int
     version_id: str
+    persona: Persona
+
+
+def version_id_of(blob: bytes) -> str | None:
+    """The version id at the head of a stored persona blob (None if the blob has another shape)."""
+    head = _HEAD_RE.match(blob)
+    if head is not None:
+        return head.group(1).decode()
+    try:
+        found = orjson.loads(blob).get("version_id")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    return found if isinstance(found, str) else None
 
 
 class Personalizer:
@@ -27,10 +55,11 @@ class Personalizer:
         self._store = store
         self._settings = settings
         self._metrics = metrics
-        self._cache = BlockCache(settings.persona_cache_size)
+        self._cache: OrderedDict[str, ActivePersona] = OrderedDict()
 
     async def current(self, tenant: str, user: str) -> ActivePersona | None:
-        """The user's rendered persona block, or None when they have none or Redis is sick."""
+        """The user's persona version with its rendered block, or None when they have none or Redis
+        is sick."""
         try:
             blob = await self._store.read_current_blob(tenant, user)
         except PersonaReadFailed as exc:
@@ -40,13 +69,18 @@ class Personalizer:
             return None
         if not blob:
             return None
-        head = orjson.loads(blob)
-        version_id, version = head["version_id"], int(head["version"])
-        block = self._cache.get(version_id)
-        if block is None:
-            block = self.render(Persona.model_validate(head))
-            self._cache.put(version_id, block)
-        return ActivePersona(block, version, version_id)
+        version_id = version_id_of(blob)  # a few bytes, not the whole blob
+        found = self._cache.get(version_id) if version_id is not None else None
+        if found is not None:
+            self._cache.move_to_end(found.version_id)
+            return found
+        persona = Persona.model_validate_json(blob)
+        persona = persona.model_copy(update={"provenance": {}})
+        active = ActivePersona(self.render(persona), persona.version, persona.version_id, persona)
+        self._cache[persona.version_id] = active
+        while len(self._cache) > self._settings.persona_cache_size:
+            self._cache.popitem(last=False)
+        return active
 
     def render(self, persona: Persona) -> str:
         return render_persona_block(

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from middleware.models import Persona
 
 if TYPE_CHECKING:
     from middleware.config import Settings
@@ -17,13 +19,14 @@ class EndUser:
 
     `persona_version` / `persona_version_id` name the persona version the request was personalised
     with (None when the user has none or it could not be read); per-version state such as a LoRA
-    adapter is looked up and cached under them.
+    adapter is looked up and cached under them. `persona` is that version itself, as injected.
     """
 
     tenant: str
     id: str
     persona_version: int | None = None
     persona_version_id: str | None = None
+    persona: Persona | None = field(default=None, compare=False, repr=False)
 
     def __str__(self) -> str:
         return self.id

@@ -43,7 +43,7 @@ class JudgeReranker:
         n = len(candidates)
         if n < 2:
             return [1.0] * n
-        persona = await self._resources.persona(user)
+        persona = await self._resources.persona(user)  # the version the request was given
         base = {
             "persona": persona.text if persona else "",
             "exemplars": [exemplar_view(p, EXEMPLAR_MAX_CHARS) for p in persona.exemplars] if persona else [],

@@ -22,6 +22,7 @@ from fastapi.responses import Response, StreamingResponse
 from middleware.collection.variants import DEFAULT_VARIANTS, Variant, apply_variant
 from middleware.errors import PersonaError, UpstreamError
 from middleware.personalize.block import inject_block
+from middleware.personalize.service import ActivePersona
 from middleware.rerank.hookspec import EndUser
 from middleware.services import Services
 from middleware.upstream import ClientDisconnected, Upstream, cancel_on_disconnect, monotonic_ms
@@ -88,17 +89,23 @@ async def rerank_completion(
     *,
     tenant: str,
     user: str | None,
-    block: str | None,
-    version: int | None,
+    active: ActivePersona | None,
     started: float,
-    version_id: str | None = None,
 ) -> Response:
     reranker_name = request.headers.get(RERANKER_HEADER) or services.settings.reranker
     reranker = await services.rerankers.aget(reranker_name)
+    block = active.block if active is not None else None
+    version = active.version if active is not None else None
     upstream, body["model"] = services.upstreams.route(body["model"])
     overhead_ms = monotonic_ms(started)
 
-    end_user = EndUser(tenant, user, version, version_id) if user else None
+    end_user = (
+        EndUser(tenant, user, active.version, active.version_id, active.persona)
+        if user and active is not None
+        else EndUser(tenant, user)
+        if user
+        else None
+    )
     prepare = getattr(reranker, "prepare", None)
     prepare_candidate = getattr(reranker, "prepare_candidate", None)
     on_candidate = partial(prepare_candidate, user=end_user) if prepare_candidate is not None else None

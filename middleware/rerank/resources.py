@@ -16,7 +16,14 @@ class RerankResources:
     personas: PersonaStore
 
     async def persona(self, user: EndUser | None) -> Persona | None:
-        return None if user is None else await self.personas.get(user.tenant, user.id)
+        """The persona version the request was personalised with (None: it had none)."""
+        if user is None:
+            return None
+        if user.persona is not None:
+            return user.persona
+        if user.persona_version is None:
+            return None
+        return await self.personas.version(user.tenant, user.id, user.persona_version)
 
     async def get_lora_adapter(self, user: EndUser) -> bytes | None:
         """The adapter trained beside the persona version the request uses (`user.persona_version`),
