@@ -23,7 +23,7 @@ slot and can be read in one round trip. Tenant names never contain ':'; user ids
     pm:tenant:<t>:users            set of user ids known in a tenant
     pm:evaluations:<t>:<id>...     online evaluation runs (see evaluation_* below): the run, its
                                    trial ids (list), one hash per trial, per-user trial counters
-    pm:jobs:...                    job bookkeeping owned by middleware.induction.jobs
+    pm:jobs:...                    job records and tenant slots (middleware.store.jobs)
 """
 
 from __future__ import annotations
