@@ -1,20 +1,21 @@
 """POST /v1/chat/completions and GET /v1/models: the drop-in OpenAI-compatible surface.
 
-The body is parsed once, only `messages` (and `model`, for aliases) is touched, and the upstream's
-answer goes back as bytes, streamed chunk by chunk when the client asked for a stream.
+The body is checked against the published schema (`chat_schema`) and parsed once; only `messages`
+(and `model`, for aliases) is touched, and the upstream's answer goes back as bytes, streamed chunk by
+chunk when the client asked for a stream.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 
+from middleware.api.chat_schema import CHAT_REQUEST_SCHEMA, validate_chat_body
 from middleware.api.deps import ServicesDep, parse_json
 from middleware.api.responses import JSONBytes
-from middleware.errors import ForbiddenField, InvalidRequest, ValidationFailed
+from middleware.errors import InvalidRequest
 from middleware.identity import end_user_id, tenant_for_app_key
 from middleware.personalize.block import inject_block
 from middleware.rerank.mode import rerank_completion
@@ -25,83 +26,11 @@ router = APIRouter(tags=["chat"])
 
 MODES = ("inject", "off", "rerank")
 MODE_HEADER = "x-persona-mode"
-# Fields that would let a client choose where the proxy sends its credentials, or swap them.
-FORBIDDEN_FIELDS = frozenset(
-    {
-        "api_base",
-        "base_url",
-        "api_key",
-        "api_version",
-        "api_type",
-        "organization",
-        "custom_llm_provider",
-        "extra_headers",
-        "headers",
-        "litellm_params",
-        "proxy",
-        "aws_access_key_id",
-        "aws_secret_access_key",
-        "aws_session_token",
-        "aws_region_name",
-        "vertex_credentials",
-        "vertex_project",
-        "azure_ad_token",
-        "mock_response",
-        "user_config",
-    }
-)
-
-
-def validate_chat_body(body: Any) -> dict[str, Any]:
-    if not isinstance(body, dict):
-        raise ValidationFailed("the request body must be a JSON object")
-    forbidden = sorted(FORBIDDEN_FIELDS.intersection(body))
-    if forbidden:
-        raise ForbiddenField(
-            f"field {forbidden[0]!r} is not allowed: the proxy decides where requests go",
-            param=forbidden[0],
-        )
-    if not isinstance(body.get("model"), str) or not body["model"]:
-        raise ValidationFailed("'model' is required and must be a string", param="model")
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise ValidationFailed("'messages' must be a non-empty array", param="messages")
-    for i, message in enumerate(messages):
-        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
-            raise ValidationFailed(f"messages[{i}] must be an object with a 'role'", param=f"messages[{i}]")
-    return body
-
-
 def persona_mode(request: Request) -> str:
     mode = request.headers.get(MODE_HEADER, "inject").strip().lower() or "inject"
     if mode not in MODES:
         raise InvalidRequest(f"{MODE_HEADER} must be one of {', '.join(MODES)}", param=MODE_HEADER)
     return mode
-
-
-CHAT_REQUEST_SCHEMA = {
-    "type": "object",
-    "required": ["model", "messages"],
-    "properties": {
-        "model": {"type": "string", "minLength": 1},
-        "messages": {
-            "type": "array",
-            "minItems": 1,
-            "items": {
-                "type": "object",
-                "required": ["role"],
-                "properties": {
-                    "role": {"type": "string", "enum": ["system", "developer", "user", "assistant", "tool"]},
-                    "content": {"type": "string"},
-                },
-            },
-        },
-        "stream": {"type": "boolean"},
-        "n": {"type": "integer", "minimum": 1, "maximum": 8},
-        "user": {"type": "string"},
-    },
-    "additionalProperties": True,
-}
 
 
 @router.post(
