@@ -24,6 +24,7 @@ import orjson
 from pydantic import BaseModel, ValidationError
 
 from middleware.errors import BudgetExceeded, LLMOutputError
+from middleware.personalize.block import message_text
 from middleware.upstream import UpstreamRouter
 
 M = TypeVar("M", bound=BaseModel)
@@ -125,7 +126,7 @@ def response_format(model: type[BaseModel]) -> dict[str, Any]:
 
 
 def estimate_tokens(messages: list[dict[str, Any]]) -> int:
-    chars = sum(len(str(m.get("content") or "")) for m in messages)
+    chars = sum(len(message_text(m)) for m in messages)
     return chars // CHARS_PER_TOKEN + 4 * len(messages)
 
 

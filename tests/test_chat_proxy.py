@@ -10,6 +10,7 @@ import openai
 import pytest
 
 from tests.support.fake_upstream import FakeUpstream, Reply
+from tests.support.metrics import sample
 from tests.support.proxy import APP_KEY_A, RunningProxy
 
 PERSONA = {
@@ -55,7 +56,11 @@ def test_persona_is_placed_after_the_app_system_prompt(proxy: RunningProxy, fake
     assert "sorted(xs)" in sent[1]["content"]
     assert sent[2:] == app_messages[1:]
     assert raw.headers["x-persona-version"] == "1"
-    assert float(raw.headers["x-persona-overhead-ms"]) >= 0
+    # The header is the overhead the metric recorded for this one call (ms vs s, 3 decimals).
+    overhead_ms = float(raw.headers["x-persona-overhead-ms"])
+    assert sample(proxy.url, "persona_overhead_seconds_count") == 1.0
+    assert sample(proxy.url, "persona_overhead_seconds_sum") * 1000.0 == pytest.approx(overhead_ms, abs=0.001)
+    assert sample(proxy.url, "persona_chat_requests_total", mode="inject", outcome="ok") == 1.0
     assert completion.choices[0].message.content == "fake answer to: hello"
 
 

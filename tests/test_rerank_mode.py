@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 from collections.abc import Sequence
 from typing import Any, ClassVar
@@ -15,6 +14,7 @@ import pytest
 from middleware.rerank.hookspec import EndUser
 from middleware.rerank.registry import RerankerRegistry
 from tests.support.fake_upstream import FakeUpstream, Reply
+from tests.support.metrics import sample
 from tests.support.proxy import APP_KEY_A, RunningProxy
 
 MESSAGES = [{"role": "system", "content": "Be helpful."}, {"role": "user", "content": "Name a fruit."}]
@@ -258,11 +258,32 @@ def test_a_failed_candidate_is_skipped(proxy: RunningProxy, fake_upstream: FakeU
     assert completion.choices[0].message.content == "GOOD banana"  # kiwi failed; next shortest
 
 
-def test_unknown_reranker_is_a_400(proxy: RunningProxy) -> None:
+def test_unknown_reranker_is_a_400(proxy: RunningProxy, fake_upstream: FakeUpstream) -> None:
     with pytest.raises(openai.BadRequestError) as err:
         sdk(proxy, "nope").chat.completions.create(model="fake-model", messages=MESSAGES)  # type: ignore[arg-type]
     assert err.value.body["code"] == "unknown_reranker"  # type: ignore[index]
-    assert json.dumps(err.value.body)
+    assert "'nope'" in err.value.body["message"] and "judge" in err.value.body["message"]  # type: ignore[index]
+    assert fake_upstream.chat_requests == []  # refused before any candidate was generated
+
+
+def test_rerank_answers_with_the_chat_headers_and_metrics(proxy: RunningProxy, fake_upstream: FakeUpstream) -> None:
+    """Rerank goes through the same answer path as a plain chat: persona headers, overhead, outcome."""
+    registry(proxy).add("shortest", lambda settings, resources: ShortestFirst())
+    fake_upstream.responder = by_variant
+    raw = sdk(proxy, "shortest").chat.completions.with_raw_response.create(
+        model="fake-model", messages=MESSAGES, user="alice"  # type: ignore[arg-type]
+    )
+    assert raw.headers["x-persona-version"] == "none" and raw.headers["x-persona-reranker"] == "shortest"
+    overhead_ms = float(raw.headers["x-persona-overhead-ms"])
+    assert sample(proxy.url, "persona_overhead_seconds_count") == 1.0
+    assert sample(proxy.url, "persona_overhead_seconds_sum") * 1000.0 == pytest.approx(overhead_ms, abs=0.001)
+    assert sample(proxy.url, "persona_chat_requests_total", mode="rerank", outcome="ok") == 1.0
+
+    fake_upstream.responder = lambda body: Reply(status=400, error_message="every variant refused")
+    with pytest.raises(openai.BadRequestError):
+        sdk(proxy, "shortest").chat.completions.create(model="fake-model", messages=MESSAGES)  # type: ignore[arg-type]
+    assert sample(proxy.url, "persona_chat_requests_total", mode="rerank", outcome="error") == 1.0
+    assert sample(proxy.url, "persona_overhead_seconds_count") == 2.0
 
 
 async def test_a_slow_reranker_build_runs_once_and_off_the_event_loop() -> None:

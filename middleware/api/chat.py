@@ -1,7 +1,9 @@
 """POST /v1/chat/completions and GET /v1/models: the drop-in OpenAI-compatible surface.
 
-The body is parsed once, only `messages` (and `model`, for aliases) is touched, and the upstream's
-answer goes back as bytes, streamed chunk by chunk when the client asked for a stream.
+The body is checked against the published schema (`chat_schema`) and parsed once; only `messages`
+(and `model`, for aliases) is touched, and the upstream's answer goes back as bytes, streamed chunk by
+chunk when the client asked for a stream. `X-Persona-Mode: rerank` answers with the best of the
+candidate variants instead (`rerank.mode`). Headers, metrics and disconnects: `chatlike.answer`.
 """
 
 from __future__ import annotations
@@ -9,68 +11,29 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import orjson
 from fastapi import APIRouter, Request
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import Response
 
+from middleware.api.chat_schema import CHAT_REQUEST_SCHEMA, validate_chat_body
+from middleware.api.chatlike import Answer, answer
 from middleware.api.deps import ServicesDep, parse_json
 from middleware.api.responses import JSONBytes
-from middleware.errors import ForbiddenField, InvalidRequest, ValidationFailed
+from middleware.api.sse import completion_events
+from middleware.errors import InvalidRequest
 from middleware.identity import end_user_id, tenant_for_app_key
-from middleware.personalize.block import inject_block
+from middleware.personalize.block import place_persona
 from middleware.personalize.service import ActivePersona
-from middleware.rerank.mode import rerank_completion
+from middleware.rerank.hookspec import EndUser
+from middleware.rerank.mode import Reranked, rerank
 from middleware.services import Services
-from middleware.upstream import ClientDisconnected, cancel_on_disconnect, monotonic_ms
 
 router = APIRouter(tags=["chat"])
 
 MODES = ("inject", "off", "rerank")
 MODE_HEADER = "x-persona-mode"
-# Fields that would let a client choose where the proxy sends its credentials, or swap them.
-FORBIDDEN_FIELDS = frozenset(
-    {
-        "api_base",
-        "base_url",
-        "api_key",
-        "api_version",
-        "api_type",
-        "organization",
-        "custom_llm_provider",
-        "extra_headers",
-        "headers",
-        "litellm_params",
-        "proxy",
-        "aws_access_key_id",
-        "aws_secret_access_key",
-        "aws_session_token",
-        "aws_region_name",
-        "vertex_credentials",
-        "vertex_project",
-        "azure_ad_token",
-        "mock_response",
-        "user_config",
-    }
-)
-
-
-def validate_chat_body(body: Any) -> dict[str, Any]:
-    if not isinstance(body, dict):
-        raise ValidationFailed("the request body must be a JSON object")
-    forbidden = sorted(FORBIDDEN_FIELDS.intersection(body))
-    if forbidden:
-        raise ForbiddenField(
-            f"field {forbidden[0]!r} is not allowed: the proxy decides where requests go",
-            param=forbidden[0],
-        )
-    if not isinstance(body.get("model"), str) or not body["model"]:
-        raise ValidationFailed("'model' is required and must be a string", param="model")
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise ValidationFailed("'messages' must be a non-empty array", param="messages")
-    for i, message in enumerate(messages):
-        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
-            raise ValidationFailed(f"messages[{i}] must be an object with a 'role'", param=f"messages[{i}]")
-    return body
+RERANKER_HEADER = "x-persona-reranker"
+DETAILS_HEADER = "x-persona-rerank-details"
 
 
 def persona_mode(request: Request) -> str:
@@ -78,31 +41,6 @@ def persona_mode(request: Request) -> str:
     if mode not in MODES:
         raise InvalidRequest(f"{MODE_HEADER} must be one of {', '.join(MODES)}", param=MODE_HEADER)
     return mode
-
-
-CHAT_REQUEST_SCHEMA = {
-    "type": "object",
-    "required": ["model", "messages"],
-    "properties": {
-        "model": {"type": "string", "minLength": 1},
-        "messages": {
-            "type": "array",
-            "minItems": 1,
-            "items": {
-                "type": "object",
-                "required": ["role"],
-                "properties": {
-                    "role": {"type": "string", "enum": ["system", "developer", "user", "assistant", "tool"]},
-                    "content": {"type": "string"},
-                },
-            },
-        },
-        "stream": {"type": "boolean"},
-        "n": {"type": "integer", "minimum": 1, "maximum": 8},
-        "user": {"type": "string"},
-    },
-    "additionalProperties": True,
-}
 
 
 @router.post(
@@ -121,46 +59,63 @@ async def chat_completions(request: Request) -> Response:
     user = end_user_id(request.headers, body)
     mode = persona_mode(request)
 
-    active: ActivePersona | None = None
+    found: ActivePersona | None = None
     if user is not None and mode != "off":
-        active = await services.personalizer.current(tenant, user)
-        if active is not None:
+        found = await services.personalizer.current(tenant, user)
+        if found is not None:
             services.metrics.persona_injected.inc()
+    version = found.version if found is not None else None
 
     if mode == "rerank":
-        # The variants move the app's instruction around, so the block goes in per candidate.
-        return await rerank_completion(
-            services, request, body, tenant=tenant, user=user, active=active, started=started
+        reranker_name = request.headers.get(RERANKER_HEADER) or settings.reranker
+        reranker = await services.rerankers.aget(reranker_name)
+        upstream, body["model"] = services.upstreams.route(body["model"])
+        end_user = (
+            EndUser(tenant, user, found.version, found.version_id, found.persona)
+            if user and found is not None
+            else EndUser(tenant, user)
+            if user
+            else None
         )
-    if active is not None:
-        body["messages"] = inject_block(body["messages"], active.block)
+        block = found.block if found is not None else None
+        show_details = request.headers.get(DETAILS_HEADER, "").lower() in ("1", "true", "yes")
 
+        async def reranked() -> Answer:
+            result = await rerank(
+                reranker, reranker_name, upstream, body, block=block, end_user=end_user, metrics=services.metrics
+            )
+            return reranked_answer(result, body, details=show_details)
+
+        return await answer(
+            request, services.metrics, reranked(), mode=mode, persona_version=version, started=started
+        )
+
+    if found is not None:
+        body["messages"] = place_persona(body["messages"], found.block)
     upstream, body["model"] = services.upstreams.route(body["model"])
-    overhead_ms = monotonic_ms(started)
-    services.metrics.overhead_seconds.observe(overhead_ms / 1000.0)
-    headers = persona_headers(active.version if active is not None else None, overhead_ms)
-
-    try:
-        if body.get("stream"):
-            chunks = await cancel_on_disconnect(request.receive, upstream.stream(body))
-            services.metrics.chat_requests.labels(mode, "stream").inc()
-            return StreamingResponse(chunks, media_type="text/event-stream", headers=headers)
-        data = await cancel_on_disconnect(request.receive, upstream.complete(body))
-    except ClientDisconnected:
-        services.metrics.client_disconnects.inc()
-        return Response(status_code=499)
-    except BaseException:
-        services.metrics.chat_requests.labels(mode, "error").inc()
-        raise
-    services.metrics.chat_requests.labels(mode, "ok").inc()
-    return Response(data, media_type="application/json", headers=headers)
+    forward = upstream.stream(body) if body.get("stream") else upstream.complete(body)
+    return await answer(request, services.metrics, forward, mode=mode, persona_version=version, started=started)
 
 
-def persona_headers(version: int | None, overhead_ms: float) -> dict[str, str]:
-    return {
-        "x-persona-version": str(version) if version is not None else "none",
-        "x-persona-overhead-ms": f"{overhead_ms:.3f}",
+def reranked_answer(result: Reranked, body: dict[str, Any], *, details: bool) -> Answer:
+    """The rerank winner as an ordinary chat.completion (or its SSE stream), with the rerank headers."""
+    chosen = result.chosen.completion
+    assert chosen is not None
+    headers = {
+        RERANKER_HEADER: result.reranker,
+        "x-persona-rerank-chosen": str(result.chosen.index),
+        "x-persona-rerank-fallback": "true" if result.fallback else "false",
+        "x-persona-rerank-ms": f"{result.scoring_ms:.3f}",
     }
+    if result.scores is not None:
+        headers["x-persona-rerank-scores"] = ",".join(f"{s:.4f}" for s in result.scores)
+    shown = {"persona_rerank": result.details()} if details else {}
+    outcome = "fallback" if result.fallback else "ok"
+    if body.get("stream"):
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        events = completion_events(chosen, include_usage=include_usage, extra=shown)
+        return Answer(events, headers, outcome)
+    return Answer(orjson.dumps({**chosen, **shown}), headers, outcome)
 
 
 @router.get("/v1/models")

@@ -22,8 +22,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from middleware.api.deps import AppTenant, ServicesDep, caller_user
 from middleware.api.responses import JSONBytes
+from middleware.candidates.generate import Candidate
+from middleware.candidates.variants import Variant
 from middleware.collection.service import ComparisonService, Prepared
-from middleware.collection.variants import Variant
 from middleware.errors import PersonaError
 from middleware.induction.triggers import refresh_if_due
 from middleware.models import Message
@@ -91,10 +92,10 @@ def _line(event: dict[str, Any]) -> bytes:
 
 async def _ndjson(service: ComparisonService, prepared: Prepared) -> AsyncIterator[bytes]:
     yield _line({"type": "comparison", **prepared.header()})
-    finished: list[dict[str, Any]] = []
+    finished: list[Candidate] = []
     async for candidate in service.candidates(prepared):
         finished.append(candidate)
-        yield _line({"type": "candidate", "candidate": candidate})
+        yield _line({"type": "candidate", "candidate": candidate.to_dict()})
     try:
         stored = await service.store_pending(prepared, finished)
     except PersonaError as exc:

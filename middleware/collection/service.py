@@ -17,11 +17,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from middleware.collection.candidates import generate_all
-from middleware.collection.variants import DEFAULT_VARIANTS, Variant
+from middleware.candidates.generate import Candidate, generate
+from middleware.candidates.variants import DEFAULT_VARIANTS, Variant, plans
 from middleware.errors import Conflict, NotFound, UpstreamError, ValidationFailed
 from middleware.models import Message, PreferencePair
-from middleware.personalize.block import inject_block
 from middleware.personalize.service import Personalizer
 from middleware.store.comparisons import Claim, ComparisonStore
 from middleware.store.preferences import PreferenceStore
@@ -52,7 +51,7 @@ class Prepared:
     session_len: int
     variants: Sequence[Variant]
     persona_version: int | None
-    upstream_messages: list[dict[str, Any]]  # the conversation with the persona block
+    block: str | None  # the persona block every candidate carries
     extra: dict[str, Any]
 
     def header(self) -> dict[str, Any]:
@@ -97,13 +96,12 @@ class ComparisonService:
         if session_id:
             history = await self.store.session_messages(tenant, user, session_id)
         conversation = [*history, *messages]
-        upstream_messages = conversation
         version: int | None = None
+        block: str | None = None
         if persona:
             found = await self._personalizer.current(tenant, user)
             if found is not None:
-                version = found.version
-                upstream_messages = inject_block(conversation, found.block)
+                version, block = found.version, found.block
         return Prepared(
             id=new_comparison_id(),
             tenant=tenant,
@@ -115,27 +113,32 @@ class ComparisonService:
             session_len=len(history),
             variants=tuple(variants or DEFAULT_VARIANTS),
             persona_version=version,
-            upstream_messages=upstream_messages,
+            block=block,
             extra=extra or {},
         )
 
-    async def candidates(self, prepared: Prepared) -> AsyncIterator[dict[str, Any]]:
+    async def candidates(self, prepared: Prepared) -> AsyncIterator[Candidate]:
         """Candidates in the order they finish; all variants run at once."""
         upstream, model_name = self._upstreams.route(prepared.model)
-        async for candidate in generate_all(
-            upstream, model_name, prepared.upstream_messages, prepared.variants, prepared.extra
+        async for candidate in generate(
+            upstream,
+            {**prepared.extra, "model": model_name},
+            prepared.conversation,
+            plans(prepared.variants, prepared.block),
+            require_text=True,
         ):
             yield candidate
 
-    async def store_pending(self, prepared: Prepared, candidates: list[dict[str, Any]]) -> dict[str, Any]:
+    async def store_pending(self, prepared: Prepared, finished: list[Candidate]) -> dict[str, Any]:
         """Store the finished comparison (TTL) and return its public body. All failed -> 502."""
-        candidates = sorted(candidates, key=lambda c: c["index"])
-        if not any("content" in c for c in candidates):
-            first: dict[str, Any] = next((c["error"] for c in candidates if "error" in c), {})
+        finished = sorted(finished, key=lambda c: c.index)
+        if not any(c.ok for c in finished):
+            first = next((c.error for c in finished if c.error is not None), None)
             raise UpstreamError(
-                f"every candidate failed; first error: {first.get('message', 'unknown')}",
+                f"every candidate failed; first error: {first.message if first else 'unknown'}",
                 code="all_candidates_failed",
             )
+        candidates = [c.to_dict() for c in finished]
         created = int(time.time())
         record = {
             **prepared.header(),

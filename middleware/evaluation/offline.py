@@ -27,7 +27,7 @@ from pydantic import BaseModel, Field
 from middleware.errors import NotEnoughData
 from middleware.evaluation.data import time_split
 from middleware.models import Message, PreferencePair
-from middleware.rerank.lora.encoder import text_of
+from middleware.personalize.block import message_text
 
 DEFAULT_MIN_PAIRS = 10
 
@@ -122,15 +122,11 @@ def bootstrap_ci(
 
 def _judge_pair(scorer: Scorer, pair: PreferencePair) -> bool:
     """True when `chosen` wins strictly in both orders."""
-    chosen = _text(pair.chosen)
-    rejected = _text(pair.rejected)
+    chosen = message_text(pair.chosen)
+    rejected = message_text(pair.rejected)
     first = scorer.score(pair.user_id, pair.context, [chosen, rejected])
     second = scorer.score(pair.user_id, pair.context, [rejected, chosen])
     return bool(first[0] > first[1] and second[1] > second[0])
-
-
-def _text(message: Message) -> str:
-    return text_of(message.content)
 
 
 def split_users(

@@ -21,24 +21,21 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
-
+from middleware.candidates.generate import Candidate, generate_all
+from middleware.candidates.variants import Plan
 from middleware.errors import (
     Conflict,
     NotEnoughData,
     NotFound,
     PermissionDenied,
-    PersonaError,
-    UpstreamError,
     ValidationFailed,
 )
 from middleware.evaluation import online
 from middleware.models import Persona
-from middleware.personalize.block import inject_block
 from middleware.personalize.service import Personalizer
 from middleware.store.evaluations import EvaluationStore
 from middleware.store.personas import PersonaStore
-from middleware.upstream import Upstream, UpstreamRouter, monotonic_ms
+from middleware.upstream import UpstreamRouter
 
 CHOICES = ("A", "B", "C", "tie", "skip")
 _random = secrets.SystemRandom()
@@ -61,6 +58,12 @@ def public_run(run: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in run.items() if k != "order_seed"}
 
 
+def _answer(candidate: Candidate) -> dict[str, Any]:
+    """A trial's answer as stored: its text, how it finished, its usage and latency."""
+    shown = candidate.to_dict()
+    return {k: shown[k] for k in ("content", "finish_reason", "usage", "latency_ms")}
+
+
 def public_trial(trial: dict[str, Any]) -> dict[str, Any]:
     """What the app and the user see of a trial: three labelled answers, nothing about conditions."""
     return {
@@ -73,24 +76,6 @@ def public_trial(trial: dict[str, Any]) -> dict[str, Any]:
             {"label": label, "content": trial["answers"][condition]["content"]}
             for label, condition in zip(online.LABELS, trial["order"], strict=True)
         ],
-    }
-
-
-async def _answer(upstream: Upstream, body: dict[str, Any]) -> dict[str, Any]:
-    started = time.perf_counter()
-    data = orjson.loads(await upstream.complete(body))
-    try:
-        choice = data["choices"][0]
-        content = choice["message"].get("content")
-    except (KeyError, IndexError, TypeError, AttributeError):
-        content, choice = None, {}
-    if not isinstance(content, str):
-        raise UpstreamError("the upstream answer has no text content", code="no_content")
-    return {
-        "content": content,
-        "finish_reason": choice.get("finish_reason"),
-        "usage": data.get("usage"),
-        "latency_ms": round(monotonic_ms(started), 1),
     }
 
 
@@ -236,25 +221,21 @@ class EvaluationService:
         assert other is not None
 
         render = self._personalizer.render
-        conversations = {
-            "own": inject_block(messages, render(own)),
-            "other": inject_block(messages, render(other)),
-            "baseline": list(messages),
-        }
+        blocks = {"own": render(own), "other": render(other), "baseline": None}
         upstream, model_name = self._upstreams.route(run["model"])
-        results = await asyncio.gather(
-            *(
-                _answer(upstream, {**(extra or {}), "model": model_name, "messages": conversations[c]})
-                for c in online.CONDITIONS
-            ),
-            return_exceptions=True,
+        candidates = await generate_all(
+            upstream,
+            {**(extra or {}), "model": model_name},
+            messages,
+            [Plan(block=blocks[condition]) for condition in online.CONDITIONS],
+            require_text=True,
         )
-        for result in results:
-            if isinstance(result, PersonaError):
-                raise result
-            if isinstance(result, BaseException):
-                raise UpstreamError(f"an answer failed: {type(result).__name__}") from result
-        answers: dict[str, dict[str, Any]] = dict(zip(online.CONDITIONS, results, strict=True))  # type: ignore[arg-type]
+        for candidate in candidates:
+            if candidate.error is not None:
+                raise candidate.error
+        answers = {
+            condition: _answer(candidate) for condition, candidate in zip(online.CONDITIONS, candidates, strict=True)
+        }
         for condition, persona_user, persona in (("own", user, own), ("other", other_user, other)):
             answers[condition].update(
                 persona_user=persona_user,

@@ -17,14 +17,10 @@ from typing import Any
 
 from middleware.errors import ValidationFailed
 from middleware.models import Message, PreferencePair
+from middleware.personalize.block import message_text
 
 SCORERS = ("random", "length", "global", "lora", "lora-other", "judge", "judge-default")
 JUDGE_OPTS = ("model", "max_calls_per_user", "max_tokens_per_user", "concurrency")
-
-
-def _text(message: Message) -> str:
-    content = message.content
-    return content if isinstance(content, str) else "" if content is None else str(content)
 
 
 class RandomScorer:
@@ -54,7 +50,7 @@ class LengthScorer:
         longer = shorter = 0
         for pairs in train_by_user.values():
             for p in pairs:
-                a, b = len(_text(p.chosen)), len(_text(p.rejected))
+                a, b = len(message_text(p.chosen)), len(message_text(p.rejected))
                 longer += a > b
                 shorter += a < b
         self.sign = 1.0 if longer >= shorter else -1.0

@@ -52,10 +52,28 @@ def render_persona_block(
     return render(TEMPLATE, persona_text=clip(persona.text, max_chars), exemplars=exemplars)
 
 
-def inject_block(messages: list[dict[str, Any]], block: str) -> list[dict[str, Any]]:
-    """Insert the block as a system message right after the app's leading instructions."""
+def split_instructions(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(the app's instructions, the rest): the instructions are the conversation's leading system and
+    developer messages. This is the one definition every flow uses."""
     position = 0
     while position < len(messages) and messages[position].get("role") in _INSTRUCTION_ROLES:
         position += 1
-    return [*messages[:position], {"role": "system", "content": block}, *messages[position:]]
+    return list(messages[:position]), list(messages[position:])
+
+
+def place_persona(
+    messages: list[dict[str, Any]], block: str | None, *, instructions_as: str | None = None
+) -> list[dict[str, Any]]:
+    """The conversation as sent upstream, for every flow (chat, comparisons, rerank, evaluations).
+
+    The app's instructions come first: as the app sent them, or each re-roled to `instructions_as`
+    when a candidate variant moves them (e.g. to "assistant"). The persona block follows them as a
+    system message of its own, so the app's instructions keep precedence and the block is never sent
+    under another role, whatever the variant and whether or not the app sent instructions.
+    """
+    instructions, rest = split_instructions(messages)
+    if instructions_as is not None:
+        instructions = [{**message, "role": instructions_as} for message in instructions]
+    persona = [{"role": "system", "content": block}] if block is not None else []
+    return [*instructions, *persona, *rest]
 

@@ -1,9 +1,9 @@
-"""`X-Persona-Mode: rerank`: sample the candidate variants, score them for the user, return the best.
+"""Rerank mode: sample the candidate variants, score them for the user, keep the best.
 
-The candidates are the four variants of the collection flow (METHOD.md §1) generated concurrently,
-each carrying the user's persona block. The winner goes back as an ordinary chat.completion (or,
-with `stream: true`, as an ordinary SSE stream once chosen). A scorer failure falls back to the first
-candidate that succeeded and is counted in metrics.
+The candidates are the four variants of the collection flow (METHOD.md §1) generated concurrently by
+the one candidate generator, each carrying the user's persona block. A scorer failure falls back to
+the first candidate that succeeded and is counted in metrics. The result is a `Reranked`; the chat
+route turns it into the HTTP answer.
 """
 
 from __future__ import annotations
@@ -11,216 +11,123 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from functools import partial
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
-import orjson
-from fastapi import Request
-from fastapi.responses import Response, StreamingResponse
-
-from middleware.collection.variants import DEFAULT_VARIANTS, Variant, apply_variant
-from middleware.errors import PersonaError, UpstreamError
-from middleware.personalize.block import inject_block
-from middleware.personalize.service import ActivePersona
-from middleware.rerank.hookspec import EndUser
-from middleware.services import Services
-from middleware.upstream import ClientDisconnected, Upstream, cancel_on_disconnect, monotonic_ms
+from middleware.candidates.generate import Candidate, generate_all
+from middleware.candidates.variants import DEFAULT_VARIANTS, plans
+from middleware.errors import UpstreamError
+from middleware.metrics import Metrics
+from middleware.rerank.hookspec import EndUser, Reranker
+from middleware.upstream import Upstream
 
 log = logging.getLogger("middleware.rerank")
-RERANKER_HEADER = "x-persona-reranker"
-DETAILS_HEADER = "x-persona-rerank-details"
-# Sampling controls the variants set themselves, and streaming, which happens after selection.
-VARIANT_OWNED_FIELDS = ("stream", "stream_options", "n", "temperature")
 
 
-async def generate_candidates(
+@dataclass(frozen=True)
+class Reranked:
+    """The outcome of one rerank: every candidate, the scores of those that answered, the winner."""
+
+    reranker: str
+    candidates: list[Candidate]  # one per variant, in variant order
+    scores: list[float] | None  # one per candidate that answered; None when scoring failed
+    chosen: Candidate
+    scoring_ms: float
+
+    @property
+    def fallback(self) -> bool:
+        return self.scores is None
+
+    def details(self) -> dict[str, Any]:
+        """Every candidate with its score (or its error), for a client that asked to see them."""
+        score_iter = iter(self.scores or [])
+        shown = []
+        for candidate in self.candidates:
+            entry = candidate.to_dict()
+            entry.pop("finish_reason", None)
+            entry.pop("usage", None)
+            entry.pop("latency_ms", None)
+            if candidate.ok:
+                entry["score"] = next(score_iter, None)
+            shown.append(entry)
+        return {
+            "reranker": self.reranker,
+            "chosen_index": self.chosen.index,
+            "fallback": self.fallback,
+            "candidates": shown,
+        }
+
+
+async def rerank(
+    reranker: Reranker,
+    reranker_name: str,
     upstream: Upstream,
-    body: dict[str, Any],
-    block: str | None,
-    variants: tuple[Variant, ...],
-    on_candidate: Callable[[str], Awaitable[None]] | None = None,
-) -> list[dict[str, Any] | PersonaError]:
-    """Every variant's completion (or its error), generated concurrently. `on_candidate(text)` runs
-    for each candidate that arrives while others are still being generated (not for the last one,
-    which is left to the scorer), so a reranker can get ready for scoring in the meantime."""
-    base = {k: v for k, v in body.items() if k not in VARIANT_OWNED_FIELDS}
-    # after the app's instructions (apply_variant then moves the first one where the variant puts it)
-    personalised = inject_block(body["messages"], block) if block is not None else body["messages"]
-    pending = len(variants)
-
-    async def one(variant: Variant) -> dict[str, Any] | PersonaError:
-        nonlocal pending
-        try:
-            result = await generate(variant)
-        finally:
-            pending -= 1
-        if on_candidate is not None and pending > 0 and isinstance(result, dict):
-            try:
-                await on_candidate(candidate_text(result))
-            except Exception as exc:  # only a head start: scoring does the work itself
-                log.warning("a reranker failed to prepare a candidate: %s", exc)
-        return result
-
-    async def generate(variant: Variant) -> dict[str, Any] | PersonaError:
-        messages = apply_variant(personalised, variant)
-        try:
-            raw = await upstream.complete({**base, "messages": messages, "temperature": variant.temperature})
-        except PersonaError as exc:
-            return exc
-        completion: dict[str, Any] = orjson.loads(raw)
-        return completion
-
-    return list(await asyncio.gather(*(one(v) for v in variants)))
-
-
-def candidate_text(completion: dict[str, Any]) -> str:
-    message = completion["choices"][0]["message"]
-    content = message.get("content")
-    if isinstance(content, str) and content:
-        return content
-    return orjson.dumps(message.get("tool_calls") or []).decode()
-
-
-async def rerank_completion(
-    services: Services,
-    request: Request,
-    body: dict[str, Any],
+    request: dict[str, Any],
     *,
-    tenant: str,
-    user: str | None,
-    active: ActivePersona | None,
-    started: float,
-) -> Response:
-    reranker_name = request.headers.get(RERANKER_HEADER) or services.settings.reranker
-    reranker = await services.rerankers.aget(reranker_name)
-    block = active.block if active is not None else None
-    version = active.version if active is not None else None
-    upstream, body["model"] = services.upstreams.route(body["model"])
-    overhead_ms = monotonic_ms(started)
+    block: str | None,
+    end_user: EndUser | None,
+    metrics: Metrics,
+) -> Reranked:
+    """Generate every variant of `request` (its model already the upstream's name), score, choose.
 
-    end_user = (
-        EndUser(tenant, user, active.version, active.version_id, active.persona)
-        if user and active is not None
-        else EndUser(tenant, user)
-        if user
-        else None
-    )
+    A reranker may get ready while the candidates generate: `prepare(context, user=)` with the
+    conversation, `prepare_candidate(text, user=)` with each candidate that arrives early.
+    """
+    context = request["messages"]
     prepare = getattr(reranker, "prepare", None)
     prepare_candidate = getattr(reranker, "prepare_candidate", None)
-    on_candidate = partial(prepare_candidate, user=end_user) if prepare_candidate is not None else None
+    on_early: Callable[[Candidate], Awaitable[None]] | None = None
+    if prepare_candidate is not None:
 
-    async def work() -> tuple[list[dict[str, Any] | PersonaError], list[float] | None, float]:
-        # A reranker may get ready (encode the context, fetch per-user state) while candidates generate.
-        prepared = (
-            asyncio.ensure_future(prepare(body["messages"], user=end_user)) if prepare is not None else None
-        )
-        try:
-            results = await generate_candidates(upstream, body, block, DEFAULT_VARIANTS, on_candidate)
-        except BaseException:
-            if prepared is not None:
-                prepared.cancel()
-            raise
-        if prepared is not None:
-            try:
-                await prepared
-            except Exception as exc:  # only a head start: score() does the work itself
-                log.warning("reranker %s failed to prepare: %s", reranker_name, exc)
-        ok = [r for r in results if isinstance(r, dict)]
-        if not ok:
-            first = next(r for r in results if isinstance(r, PersonaError))
-            raise first if isinstance(first, UpstreamError) else UpstreamError(str(first))
-        scoring_started = time.perf_counter()
-        try:
-            scores = await reranker.score(body["messages"], [candidate_text(r) for r in ok], user=end_user)
-            if len(scores) != len(ok):
-                raise ValueError(f"reranker returned {len(scores)} scores for {len(ok)} candidates")
-        except Exception as exc:  # any scorer failure: fall back, never fail the chat
-            log.warning("reranker %s failed, returning the first candidate: %s", reranker_name, exc)
-            services.metrics.rerank_fallbacks.inc()
-            return results, None, time.perf_counter() - scoring_started
-        scoring_s = time.perf_counter() - scoring_started
-        services.metrics.rerank_seconds.labels(reranker_name).observe(scoring_s)
-        return results, [float(s) for s in scores], scoring_s
+        async def on_early(candidate: Candidate) -> None:
+            await prepare_candidate(candidate.text, user=end_user)
 
+    prepared = asyncio.ensure_future(prepare(context, user=end_user)) if prepare is not None else None
     try:
-        results, scores, scoring_s = await cancel_on_disconnect(request.receive, work())
-    except ClientDisconnected:
-        services.metrics.client_disconnects.inc()
-        return Response(status_code=499)
-
-    ok_indexes = [i for i, r in enumerate(results) if isinstance(r, dict)]
-    winner_pos = 0 if scores is None else max(range(len(scores)), key=lambda k: scores[k])
-    chosen_index = ok_indexes[winner_pos]
-    chosen: dict[str, Any] = results[chosen_index]  # type: ignore[assignment]
-    services.metrics.chat_requests.labels("rerank", "fallback" if scores is None else "ok").inc()
-
-    headers = {
-        "x-persona-version": str(version) if version is not None else "none",
-        "x-persona-overhead-ms": f"{overhead_ms:.3f}",
-        "x-persona-reranker": reranker_name,
-        "x-persona-rerank-chosen": str(chosen_index),
-        "x-persona-rerank-fallback": "true" if scores is None else "false",
-        "x-persona-rerank-ms": f"{scoring_s * 1000.0:.3f}",
-    }
-    if scores is not None:
-        headers["x-persona-rerank-scores"] = ",".join(f"{s:.4f}" for s in scores)
-    if request.headers.get(DETAILS_HEADER, "").lower() in ("1", "true", "yes"):
-        chosen = {**chosen, "persona_rerank": details(results, scores, chosen_index, reranker_name)}
-
-    if body.get("stream"):
-        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        return StreamingResponse(
-            stream_completion(chosen, include_usage), media_type="text/event-stream", headers=headers
+        candidates = await generate_all(
+            upstream,
+            {k: v for k, v in request.items() if k != "messages"},
+            context,
+            plans(DEFAULT_VARIANTS, block),
+            on_early=on_early,
         )
-    return Response(orjson.dumps(chosen), media_type="application/json", headers=headers)
+    except BaseException:
+        if prepared is not None:
+            prepared.cancel()
+        raise
+    if prepared is not None:
+        try:
+            await prepared
+        except Exception as exc:  # only a head start: score() does the work itself
+            log.warning("reranker %s failed to prepare: %s", reranker_name, exc)
+    answered = [c for c in candidates if c.ok]
+    if not answered:
+        first = next(c.error for c in candidates if c.error is not None)
+        raise first if isinstance(first, UpstreamError) else UpstreamError(str(first))
+    scores, scoring_ms = await _score(reranker, reranker_name, context, answered, end_user, metrics)
+    winner = 0 if scores is None else max(range(len(scores)), key=lambda k: scores[k])
+    return Reranked(reranker_name, candidates, scores, answered[winner], scoring_ms)
 
 
-def details(
-    results: list[dict[str, Any] | PersonaError], scores: list[float] | None, chosen: int, reranker: str
-) -> dict[str, Any]:
-    score_iter = iter(scores or [])
-    candidates = []
-    for index, (variant, result) in enumerate(zip(DEFAULT_VARIANTS, results, strict=True)):
-        entry: dict[str, Any] = {"index": index, "variant": variant.model_dump()}
-        if isinstance(result, PersonaError):
-            entry["error"] = result.to_body()["error"]
-        else:
-            entry["content"] = result["choices"][0]["message"].get("content")
-            entry["score"] = next(score_iter, None)
-        candidates.append(entry)
-    return {
-        "reranker": reranker,
-        "chosen_index": chosen,
-        "fallback": scores is None,
-        "candidates": candidates,
-    }
-
-
-async def stream_completion(completion: dict[str, Any], include_usage: bool) -> AsyncIterator[bytes]:
-    """Frame a finished chat.completion as OpenAI's SSE chunks."""
-    head = {
-        "id": completion.get("id", "chatcmpl-rerank"),
-        "object": "chat.completion.chunk",
-        "created": completion.get("created", int(time.time())),
-        "model": completion.get("model", ""),
-    }
-
-    def event(choices: list[dict[str, Any]], **extra: Any) -> bytes:
-        return b"data: " + orjson.dumps({**head, "choices": choices, **extra}) + b"\n\n"
-
-    choice = completion["choices"][0]
-    message = choice["message"]
-    yield event([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
-    content = message.get("content") or ""
-    for start in range(0, len(content), 64):
-        yield event([{"index": 0, "delta": {"content": content[start : start + 64]}, "finish_reason": None}])
-    for position, call in enumerate(message.get("tool_calls") or []):
-        delta = {"tool_calls": [{"index": position, **call}]}
-        yield event([{"index": 0, "delta": delta, "finish_reason": None}])
-    yield event([{"index": 0, "delta": {}, "finish_reason": choice.get("finish_reason") or "stop"}])
-    if include_usage and completion.get("usage"):
-        yield event([], usage=completion["usage"])
-    if "persona_rerank" in completion:
-        yield event([], persona_rerank=completion["persona_rerank"])
-    yield b"data: [DONE]\n\n"
+async def _score(
+    reranker: Reranker,
+    name: str,
+    context: list[dict[str, Any]],
+    answered: list[Candidate],
+    end_user: EndUser | None,
+    metrics: Metrics,
+) -> tuple[list[float] | None, float]:
+    """(one score per answered candidate or None after a scorer failure, the milliseconds it took)."""
+    started = time.perf_counter()
+    try:
+        scores = await reranker.score(context, [c.text for c in answered], user=end_user)
+        if len(scores) != len(answered):
+            raise ValueError(f"reranker returned {len(scores)} scores for {len(answered)} candidates")
+    except Exception as exc:  # any scorer failure: fall back, never fail the chat
+        log.warning("reranker %s failed, returning the first candidate: %s", name, exc)
+        metrics.rerank_fallbacks.inc()
+        return None, (time.perf_counter() - started) * 1000.0
+    elapsed = time.perf_counter() - started
+    metrics.rerank_seconds.labels(name).observe(elapsed)
+    return [float(s) for s in scores], elapsed * 1000.0

@@ -30,6 +30,7 @@ import numpy as np
 
 from middleware.config import quantize_mode
 from middleware.models import Message
+from middleware.personalize.block import message_text
 from middleware.rerank.lora.base import DEFAULT_ENCODER_NAME, INSTALL_HINT, LoraUnavailable, torch_module
 
 log = logging.getLogger("middleware.rerank.lora")
@@ -50,23 +51,13 @@ def default_encoder_path() -> Path:
     return path
 
 
-def text_of(content: Any) -> str:
-    """The plain text of a message content (string, list of parts, or None)."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
-    return "" if content is None else str(content)
-
-
 def context_text(context: Sequence[Message | dict[str, Any]]) -> str:
     """The text the encoder sees for a conversation: its last user turns, most recent last."""
     parts: list[str] = []
     for message in context:
         role = message.get("role") if isinstance(message, dict) else message.role
-        content = message.get("content") if isinstance(message, dict) else message.content
         if role in ("user", "system", "developer"):
-            parts.append(text_of(content))
+            parts.append(message_text(message))
     return "\n".join(parts[-2:])
 
 

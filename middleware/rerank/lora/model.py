@@ -25,6 +25,7 @@ import numpy as np
 
 from middleware.errors import NotEnoughData
 from middleware.models import Message, PreferencePair
+from middleware.personalize.block import message_text
 from middleware.rerank.lora import storage, training
 from middleware.rerank.lora.base import (
     ADAPTER_FORMAT,
@@ -37,7 +38,7 @@ from middleware.rerank.lora.base import (
     torch_module,
 )
 from middleware.rerank.lora.cache import AdapterCache, CachedAdapter
-from middleware.rerank.lora.encoder import TextEncoder, context_text, length_features, text_of
+from middleware.rerank.lora.encoder import TextEncoder, context_text, length_features
 
 log = logging.getLogger("middleware.rerank.lora")
 
@@ -192,8 +193,8 @@ class LoraRewardModel:
         self, pairs: Sequence[PreferencePair], *, progress: bool = False
     ) -> tuple[np.ndarray, np.ndarray]:
         ctx = [context_text(p.context) for p in pairs]
-        chosen = [text_of(p.chosen.content) for p in pairs]
-        rejected = [text_of(p.rejected.content) for p in pairs]
+        chosen = [message_text(p.chosen) for p in pairs]
+        rejected = [message_text(p.rejected) for p in pairs]
         both = self.features(ctx + ctx, chosen + rejected, progress=progress)
         return both[: len(pairs)], both[len(pairs) :]
 
