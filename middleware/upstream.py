@@ -4,7 +4,7 @@ Two paths behind one interface:
 - `PassthroughUpstream`: OpenAI-compatible upstreams get the request body as JSON bytes over a pooled
   aiohttp session and the answer back as bytes, unchanged, never buffered when streaming.
   (Measured: litellm costs ~4 ms CPU per call and httpx was ~6x slower than aiohttp under
-  concurrency; see docs/PERFORMANCE.md.)
+  concurrency; see docs/ARCHITECTURE.md, "Performance of the hot path".)
 - `LitellmUpstream`: any other provider, translated by litellm.
 
 Both retry 429/5xx/connection errors before the first byte (one tenacity loop, `retrying`), with

@@ -1,4 +1,4 @@
-"""The candidate variants of a four-way comparison (METHOD.md §1, seed 000's Table 1).
+"""The candidate variants of a four-way comparison (docs/METHOD.md §1).
 
 The app's instruction is the leading system message of the conversation, if any. A variant says
 where that instruction goes (kept as a system message, or moved to an assistant message placed

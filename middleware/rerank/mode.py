@@ -1,6 +1,6 @@
 """`X-Persona-Mode: rerank`: sample the candidate variants, score them for the user, return the best.
 
-The candidates are the four variants of the collection flow (METHOD.md §1) generated concurrently,
+The candidates are the four variants of the collection flow (docs/METHOD.md §1) generated concurrently,
 each carrying the user's persona block. The winner goes back as an ordinary chat.completion (or,
 with `stream: true`, as an ordinary SSE stream once chosen). A scorer failure falls back to the first
 candidate that succeeded and is counted in metrics.

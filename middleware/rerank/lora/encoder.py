@@ -13,7 +13,7 @@ torch dynamic int8 quantization (per output channel) to the encoder's Linear lay
 * "all": every Linear layer; about 3x faster on CPU, embeddings at about 0.98 mean cosine to fp32.
   The reward head must then be trained on the same encoder (the head file records the mode; a
   mismatch is logged when a head is loaded). Held-out accuracy with a head trained this way matched
-  fp32 on both development sets (see the closing notes of the reranking work).
+  fp32 on both development sets (docs/METHOD.md §3).
 """
 
 from __future__ import annotations
