@@ -213,7 +213,14 @@ def test_expired_comparison_is_404(redis_url: str, fake_upstream: FakeUpstream) 
     try:
         with client(running) as c:
             cid = create(c).json()["id"]
-            time.sleep(1.6)
+            store = redis.Redis.from_url(redis_url)
+            pending = [keys.comparison("tenant-a", "alice", cid), keys.comparison_owner(cid)]
+            assert all(0 < store.pttl(key) <= 1000 for key in pending)  # the TTL of the setting
+            deadline = time.monotonic() + 10
+            while store.exists(*pending) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert store.exists(*pending) == 0, "the pending comparison never expired"
+            store.close()
             resp = c.post(f"/v1/comparisons/{cid}/judgement", json={"best": 0, "worst": 1})
         assert resp.status_code == 404
         assert "expired" in resp.json()["error"]["message"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from typing import Literal
 
 import httpx
@@ -312,12 +313,30 @@ def test_redis_pause_resume_and_kill(fresh_redis: RedisServer) -> None:
     r2.close()
 
 
+def wait_until(condition: Callable[[], bool], timeout: float, interval: float = 0.02) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(interval)
+    return True
+
+
+def aof_holds(server: RedisServer, client: redis.Redis, needle: bytes) -> bool:
+    """Redis has nothing left to write or fsync, and its append-only files hold `needle`."""
+    info = client.info("persistence")
+    if info["aof_buffer_length"] or info["aof_pending_bio_fsync"]:
+        return False
+    return any(needle in path.read_bytes() for path in server.dir.rglob("*.aof"))
+
+
 def test_redis_restart_replays_aof_after_kill_9(redis_factory) -> None:  # type: ignore[no-untyped-def]
     server: RedisServer = redis_factory(appendonly=True)
     port = server.port
     r = redis.Redis.from_url(server.url)
     r.mset({f"key:{i}": i for i in range(500)})
-    time.sleep(1.3)  # appendfsync everysec
+    # Wait for the write to reach the append-only file (not for a fixed second of `everysec`).
+    assert wait_until(lambda: aof_holds(server, r, b"key:499"), timeout=10), "the AOF never got the write"
     server.kill()
     server.restart()
     assert server.port == port

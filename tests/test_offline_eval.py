@@ -162,13 +162,17 @@ def test_min_pairs_skips_and_counts_users() -> None:
     assert report.n_users == 2
 
 
-def test_bootstrap_ci_contains_mean() -> None:
-    values = [0.2, 0.9, 0.5, 0.7, 0.4, 0.65, 0.8]
-    low, high = bootstrap_ci(values, n=500, seed=1)
-    mean = sum(values) / len(values)
-    assert low <= mean <= high and low < high
+def test_bootstrap_ci_has_the_width_of_the_sampling_distribution() -> None:
+    # 100 values of 0 or 1: the mean of a resample is Binomial(100, p) / 100, so the 95% percentile
+    # interval is about p ± 1.96 * sqrt(p (1 - p) / 100).
+    half = [0.0] * 50 + [1.0] * 50
+    low, high = bootstrap_ci(half, n=4000, seed=1)
+    assert 0.38 <= low <= 0.42 and 0.58 <= high <= 0.62
+    skewed = [1.0] * 90 + [0.0] * 10
+    low, high = bootstrap_ci(skewed, n=4000, seed=1)
+    assert 0.83 <= low <= 0.86 and 0.95 <= high <= 0.97
+    assert bootstrap_ci(skewed, n=4000, seed=1) == (low, high)  # seeded
     assert bootstrap_ci([0.5]) == (0.5, 0.5)
-    assert bootstrap_ci(values, n=500, seed=1) == (low, high)  # seeded
 
 
 def test_length_scorer_learns_direction() -> None:
@@ -186,11 +190,25 @@ def test_random_scorer_is_order_independent() -> None:
     assert a == b[::-1]
 
 
-def test_judge_scorer_needs_a_callable() -> None:
+def test_judge_scorer_needs_a_callable_and_is_asked_in_both_orders() -> None:
     with pytest.raises(Exception, match="needs an LLM"):
         make_scorer("judge")
-    judge = make_scorer("judge", judge=lambda user, context, cands: [float(len(c)) for c in cands])
-    assert judge.score("u", [], ["ab", "a"]) == [2.0, 1.0]
+    asked: list[tuple[str, str, list[str]]] = []
+
+    def prefers_longer(user: str, context: list[Message], candidates: list[str]) -> list[float]:
+        asked.append((user, str(context[-1].content), list(candidates)))
+        return [float(len(c)) for c in candidates]
+
+    judge = make_scorer("judge", judge=prefers_longer)
+    longer_wins = [PreferencePair.model_validate(_row("u", i, "a longer answer", "short")) for i in range(10)]
+    shorter_wins = [PreferencePair.model_validate(_row("v", i, "short", "a longer answer")) for i in range(10)]
+    report = evaluate({"u": longer_wins, "v": shorter_wins}, judge, progress=False, min_pairs=5)
+    assert {u.user: u.accuracy for u in report.per_user} == {"u": 1.0, "v": 0.0}
+    # Each held-out pair of "u" (the latest 3 of 10) was put to the judge in both orders.
+    held_out = {f"question {i}" for i in (7, 8, 9)}
+    assert sorted(c for user, q, c in asked if user == "u" and q in held_out) == sorted(
+        [["a longer answer", "short"], ["short", "a longer answer"]] * 3
+    )
 
 
 def test_run_eval_writes_report_and_png(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
