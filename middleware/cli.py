@@ -51,9 +51,15 @@ def masked_url(url: str) -> str:
 
 def log_setup(cfg: Any) -> None:
     """Say which Redis and which upstream this server uses (and what to set when there is none)."""
+    from middleware.rerank.lora.base import extra_available
     from middleware.upstream import UPSTREAM_SETTINGS_HINT
 
     log.info("Redis: %s", masked_url(cfg.redis_url))
+    if cfg.lora_wanted() and not extra_available():
+        log.warning(
+            "The settings use the lora reranker but its extra is not installed: "
+            "pip install 'persona-middleware[lora]' (scripts/serve.sh installs it for these settings)"
+        )
     aliases = ", ".join(f"{public} -> {upstream}" for public, upstream in cfg.model_aliases.items()) or "none"
     key = "with" if cfg.upstream_api_key.get_secret_value() else "without"
     if cfg.upstream_api_base:
@@ -72,7 +78,8 @@ def log_setup(cfg: Any) -> None:
         )
         return
     log.warning(
-        "No upstream LLM configured: %s. Until then chat calls answer 503 upstream_not_configured.",
+        "No upstream LLM configured: %s. Until then, calls to models without a provider prefix answer "
+        "503 upstream_not_configured.",
         UPSTREAM_SETTINGS_HINT,
     )
 
