@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import gzip
 import json
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,7 +17,7 @@ from middleware.evaluation.scorers import make_scorer
 from middleware.models import Message, PreferencePair
 
 
-def _row(user: str, i: int, chosen: str, rejected: str, ts: str | None = None) -> dict:
+def _row(user: str, i: int, chosen: str, rejected: str, ts: str | None = None) -> dict[str, Any]:
     return {
         "user_id": user,
         "context": [{"role": "user", "content": f"question {i}"}],
@@ -28,7 +30,7 @@ def _row(user: str, i: int, chosen: str, rejected: str, ts: str | None = None) -
     }
 
 
-def _write(path: Path, rows: list[dict], extra_lines: list[str] = ()) -> Path:
+def _write(path: Path, rows: list[dict[str, Any]], extra_lines: Sequence[str] = ()) -> Path:
     lines = [json.dumps(r) for r in rows] + list(extra_lines)
     text = "\n".join(lines) + "\n"
     if path.suffix == ".gz":
@@ -39,7 +41,7 @@ def _write(path: Path, rows: list[dict], extra_lines: list[str] = ()) -> Path:
     return path
 
 
-def _synthetic(n_users: int = 4, n_pairs: int = 12) -> list[dict]:
+def _synthetic(n_users: int = 4, n_pairs: int = 12) -> list[dict[str, Any]]:
     rows = []
     for u in range(n_users):
         for i in range(n_pairs):
@@ -51,7 +53,7 @@ def _synthetic(n_users: int = 4, n_pairs: int = 12) -> list[dict]:
 
 
 class Constant:
-    def fit(self, train_by_user: dict) -> None:
+    def fit(self, train_by_user: dict[str, list[PreferencePair]]) -> None:
         return None
 
     def score(self, user: str, context: list[Message], candidates: list[str]) -> list[float]:
@@ -61,7 +63,7 @@ class Constant:
 class FirstWins:
     """Order-dependent: always prefers whatever is shown first."""
 
-    def fit(self, train_by_user: dict) -> None:
+    def fit(self, train_by_user: dict[str, list[PreferencePair]]) -> None:
         return None
 
     def score(self, user: str, context: list[Message], candidates: list[str]) -> list[float]:
@@ -69,7 +71,7 @@ class FirstWins:
 
 
 class Oracle:
-    def fit(self, train_by_user: dict) -> None:
+    def fit(self, train_by_user: dict[str, list[PreferencePair]]) -> None:
         return None
 
     def score(self, user: str, context: list[Message], candidates: list[str]) -> list[float]:
@@ -83,7 +85,7 @@ def test_iter_pairs_reads_gz_and_reports_bad_lines(tmp_path: Path) -> None:
     assert [n for n, _ in items] == [1, 2, 3, 4, 5]
     assert all(isinstance(p, PreferencePair) for _, p in items[:3])
     assert isinstance(items[3][1], Exception) and isinstance(items[4][1], Exception)
-    assert items[0][1].chosen.content == "good answer 0"
+    assert isinstance(items[0][1], PreferencePair) and items[0][1].chosen.content == "good answer 0"
     assert set(load_pairs_by_user(path)) == {"user0"}
 
 
@@ -136,7 +138,7 @@ def test_time_split_sorts_by_timestamp_else_keeps_order() -> None:
 
 
 def test_constant_order_dependent_and_oracle_scorers() -> None:
-    pairs_by_user = {}
+    pairs_by_user: dict[str, list[PreferencePair]] = {}
     for r in _synthetic():
         p = PreferencePair.model_validate(r)
         pairs_by_user.setdefault(p.user_id, []).append(p)
@@ -152,7 +154,7 @@ def test_constant_order_dependent_and_oracle_scorers() -> None:
 
 def test_min_pairs_skips_and_counts_users() -> None:
     rows = _synthetic(3, 12) + [_row("tiny", i, "good x", "bad x") for i in range(3)]
-    pairs_by_user: dict = {}
+    pairs_by_user: dict[str, list[PreferencePair]] = {}
     for r in rows:
         p = PreferencePair.model_validate(r)
         pairs_by_user.setdefault(p.user_id, []).append(p)
@@ -227,14 +229,15 @@ def test_run_eval_writes_report_and_png(tmp_path: Path, capsys: pytest.CaptureFi
 
 
 def test_plot_with_global_series(tmp_path: Path) -> None:
-    pairs_by_user: dict = {}
+    pairs_by_user: dict[str, list[PreferencePair]] = {}
     for r in _synthetic():
         p = PreferencePair.model_validate(r)
         pairs_by_user.setdefault(p.user_id, []).append(p)
     report = evaluate(
         pairs_by_user, Oracle(), progress=False, baseline=FirstWins(), scorer_name="oracle", min_pairs=5
     )
-    assert report.gain_ci is not None and report.gain_ci[0] <= report.gain <= report.gain_ci[1]
+    assert report.gain is not None and report.gain_ci is not None
+    assert report.gain_ci[0] <= report.gain <= report.gain_ci[1]
     path = plot_per_user(report, tmp_path / "sub" / "p.png")
     assert path.stat().st_size > 1000
     parsed = json.loads(report.to_json())

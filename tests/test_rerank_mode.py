@@ -11,13 +11,14 @@ from typing import Any, ClassVar
 import httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from middleware.rerank.hookspec import EndUser
 from middleware.rerank.registry import RerankerRegistry
 from tests.support.fake_upstream import FakeUpstream, Reply
 from tests.support.proxy import APP_KEY_A, RunningProxy
 
-MESSAGES = [{"role": "system", "content": "Be helpful."}, {"role": "user", "content": "Name a fruit."}]
+MESSAGES: list[ChatCompletionMessageParam] = [{"role": "system", "content": "Be helpful."}, {"role": "user", "content": "Name a fruit."}]
 
 
 def by_variant(body: dict[str, Any]) -> str | dict[str, Any] | None:
@@ -94,7 +95,7 @@ def test_the_best_scored_candidate_is_returned(proxy: RunningProxy, fake_upstrea
     fake_upstream.responder = by_variant
     ShortestFirst.calls.clear()
     raw = sdk(proxy, "shortest").chat.completions.with_raw_response.create(
-        model="fake-model", messages=MESSAGES, user="alice"  # type: ignore[arg-type]
+        model="fake-model", messages=MESSAGES, user="alice"
     )
     assert raw.parse().choices[0].message.content == "kiwi"
     assert raw.headers["x-persona-rerank-chosen"] == "1"
@@ -112,7 +113,7 @@ def test_scoring_time_is_reported(proxy: RunningProxy, fake_upstream: FakeUpstre
     registry(proxy).add("slow", lambda settings, resources: SlowShortest())
     fake_upstream.responder = by_variant
     raw = sdk(proxy, "slow").chat.completions.with_raw_response.create(
-        model="fake-model", messages=MESSAGES, user="alice"  # type: ignore[arg-type]
+        model="fake-model", messages=MESSAGES, user="alice"
     )
     assert raw.parse().choices[0].message.content == "kiwi"
     assert 110.0 <= float(raw.headers["x-persona-rerank-ms"]) < 2000.0  # asyncio may wake ~1 ms early
@@ -136,7 +137,7 @@ def test_candidates_that_arrive_early_are_handed_to_the_reranker_before_scoring(
     fake_upstream.responder = staggered
     EarlyBird.events.clear()
     raw = sdk(proxy, "early").chat.completions.with_raw_response.create(
-        model="fake-model", messages=MESSAGES, user="alice"  # type: ignore[arg-type]
+        model="fake-model", messages=MESSAGES, user="alice"
     )
     assert raw.parse().choices[0].message.content == "kiwi"  # a failed head start changes nothing
     assert EarlyBird.events[:3] == [
@@ -152,7 +153,7 @@ def test_persona_block_goes_with_every_candidate(proxy: RunningProxy, fake_upstr
     httpx.put(f"{proxy.url}/admin/users/alice/persona", json={"text": "Loves kiwis."}, headers=proxy.admin_headers())
     fake_upstream.responder = by_variant
     raw = sdk(proxy, "shortest").chat.completions.with_raw_response.create(
-        model="fake-model", messages=MESSAGES, user="alice"  # type: ignore[arg-type]
+        model="fake-model", messages=MESSAGES, user="alice"
     )
     assert raw.headers["x-persona-version"] == "1"
     for request in fake_upstream.chat_requests:
@@ -165,7 +166,7 @@ def test_judge_reranker_end_to_end(proxy: RunningProxy, fake_upstream: FakeUpstr
     fake_upstream.responder = by_variant
     httpx.put(f"{proxy.url}/admin/users/alice/persona", json={"text": "Likes bananas."}, headers=proxy.admin_headers())
     completion = sdk(proxy, "judge").chat.completions.create(
-        model="fake-model", messages=MESSAGES, user="alice"  # type: ignore[arg-type]
+        model="fake-model", messages=MESSAGES, user="alice"
     )
     assert completion.choices[0].message.content == "GOOD banana"
     judge_calls = [r for r in fake_upstream.chat_requests if "response_format" in r.body]
@@ -177,7 +178,7 @@ def test_scorer_failure_falls_back_to_the_first_candidate(proxy: RunningProxy, f
     registry(proxy).add("broken", lambda settings, resources: Broken())
     fake_upstream.responder = by_variant
     raw = sdk(proxy, "broken").chat.completions.with_raw_response.create(
-        model="fake-model", messages=MESSAGES  # type: ignore[arg-type]
+        model="fake-model", messages=MESSAGES
     )
     assert raw.parse().choices[0].message.content == "a long answer about apples and pears"
     assert raw.headers["x-persona-rerank-fallback"] == "true"
@@ -189,7 +190,7 @@ def test_rerank_streams_the_chosen_answer(proxy: RunningProxy, fake_upstream: Fa
     registry(proxy).add("shortest", lambda settings, resources: ShortestFirst())
     fake_upstream.responder = by_variant
     stream = sdk(proxy, "shortest").chat.completions.create(
-        model="fake-model", messages=MESSAGES, stream=True, stream_options={"include_usage": True}  # type: ignore[arg-type]
+        model="fake-model", messages=MESSAGES, stream=True, stream_options={"include_usage": True}
     )
     chunks = list(stream)
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "kiwi"
@@ -229,13 +230,13 @@ def test_a_failed_candidate_is_skipped(proxy: RunningProxy, fake_upstream: FakeU
         return by_variant(body)
 
     fake_upstream.responder = responder
-    completion = sdk(proxy, "shortest").chat.completions.create(model="fake-model", messages=MESSAGES)  # type: ignore[arg-type]
+    completion = sdk(proxy, "shortest").chat.completions.create(model="fake-model", messages=MESSAGES)
     assert completion.choices[0].message.content == "GOOD banana"  # kiwi failed; next shortest
 
 
 def test_unknown_reranker_is_a_400(proxy: RunningProxy) -> None:
     with pytest.raises(openai.BadRequestError) as err:
-        sdk(proxy, "nope").chat.completions.create(model="fake-model", messages=MESSAGES)  # type: ignore[arg-type]
+        sdk(proxy, "nope").chat.completions.create(model="fake-model", messages=MESSAGES)
     assert err.value.body["code"] == "unknown_reranker"  # type: ignore[index]
     assert json.dumps(err.value.body)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import httpx
 import openai
 import pytest
@@ -21,10 +23,10 @@ def distinct_answers(fake_upstream: FakeUpstream) -> None:
     )
 
 
-def sdk(proxy: RunningProxy, **kwargs: object) -> PersonalizedOpenAI:
+def sdk(proxy: RunningProxy, **kwargs: Any) -> PersonalizedOpenAI:
     return PersonalizedOpenAI(
         base_url=proxy.v1, api_key=APP_KEY_A, user="alice", admin_key=ADMIN_KEY, tenant="tenant-a", **kwargs
-    )  # type: ignore[arg-type]
+    )
 
 
 def test_is_an_openai_client_and_personalizes_chat(proxy: RunningProxy, fake_upstream: FakeUpstream) -> None:
