@@ -10,7 +10,9 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY middleware ./middleware
 COPY prompts ./prompts
-RUN pip install --no-cache-dir . && useradd --system --uid 10001 persona
+COPY sdk ./sdk
+# The server depends on its client distribution (sdk/), built from the same tree.
+RUN pip install --no-cache-dir ./sdk . && useradd --system --uid 10001 persona
 USER persona
 
 EXPOSE 8080

@@ -12,6 +12,7 @@ test:
 lint: bootstrap
 	.venv/bin/ruff check middleware tests scripts benchmarks examples
 	.venv/bin/mypy
+	.venv/bin/lint-imports
 
 bench:
 	bash scripts/bench.sh $(ARGS)

@@ -1,4 +1,4 @@
-"""Run seed 000's blind own / other / baseline evaluation for a few users, from the SDK.
+"""Run the blind own / other / baseline evaluation for a few users, from the SDK.
 
 The operator creates a run; each user then gets three answers labelled A/B/C for a prompt (their own
 persona, another user's persona, no persona, in a balanced hidden order) and picks one; the report

@@ -10,6 +10,7 @@ import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import typer
 
@@ -34,6 +35,55 @@ def configure_logging(level: str = "INFO") -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
+def masked_url(url: str) -> str:
+    """The URL with any password (in the user part or a `password=` query field) shown as ***."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if parts.password is not None:
+        userinfo, _, host = netloc.rpartition("@")
+        netloc = f"{userinfo.split(':', 1)[0]}:***@{host}"
+    query = urlencode(
+        [(k, "***" if k.lower() == "password" else v) for k, v in parse_qsl(parts.query, keep_blank_values=True)],
+        safe="*",
+    )
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+def log_setup(cfg: Any) -> None:
+    """Say which Redis and which upstream this server uses (and what to set when there is none)."""
+    from middleware.rerank.lora.base import extra_available
+    from middleware.upstream import UPSTREAM_SETTINGS_HINT
+
+    log.info("Redis: %s", masked_url(cfg.redis_url))
+    if cfg.lora_wanted() and not extra_available():
+        log.warning(
+            "The settings use the lora reranker but its extra is not installed: "
+            "pip install 'persona-middleware[lora]' (scripts/serve.sh installs it for these settings)"
+        )
+    aliases = ", ".join(f"{public} -> {upstream}" for public, upstream in cfg.model_aliases.items()) or "none"
+    key = "with" if cfg.upstream_api_key.get_secret_value() else "without"
+    if cfg.upstream_api_base:
+        log.info(
+            "Upstream: %s (%s, %s PERSONA_UPSTREAM_API_KEY); model aliases: %s",
+            masked_url(cfg.upstream_api_base), cfg.upstream_mode, key, aliases,
+        )
+        return
+    provider_keys = sorted(
+        name for name in os.environ if name.endswith("_API_KEY") and not name.startswith("PERSONA_")
+    )
+    if cfg.upstream_api_key.get_secret_value() or provider_keys:
+        log.info(
+            "Upstream: litellm, the provider named by each model (%s); model aliases: %s",
+            "PERSONA_UPSTREAM_API_KEY" if key == "with" else ", ".join(provider_keys), aliases,
+        )
+        return
+    log.warning(
+        "No upstream LLM configured: %s. Until then, calls to models without a provider prefix answer "
+        "503 upstream_not_configured.",
+        UPSTREAM_SETTINGS_HINT,
+    )
+
+
 @app.command()
 def serve(
     host: Annotated[str, typer.Option(help="interface to listen on")] = "127.0.0.1",
@@ -48,6 +98,7 @@ def serve(
 
     configure_logging(log_level.upper())
     cfg = settings()
+    log_setup(cfg)
     with redis_available(cfg.redis_url, Path(cfg.data_dir), allowed=cfg.embedded_redis):
         uvicorn.run(
             "middleware.asgi:app",

@@ -148,6 +148,11 @@ class Settings(BaseSettings):
         """The model names clients may ask for: configured models, then aliases, each once."""
         return list(dict.fromkeys([*self.models, *self.model_aliases]))
 
+    def lora_wanted(self) -> bool:
+        """Whether this server uses the `lora` reranker (its default reranker, or a head to load), so
+        needs the `lora` extra (torch); `scripts/bootstrap.sh` installs the extra only then."""
+        return self.reranker == "lora" or bool(self.lora_head_path)
+
     def upstream_model(self, requested: str) -> str:
         """The model name to send upstream for the one the client asked for."""
         return self.model_aliases.get(requested, requested)

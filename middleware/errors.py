@@ -13,6 +13,7 @@
      ├── ValidationFailed             422 invalid_request_error
      ├── NotEnoughData                422 invalid_request_error
      ├── StoreUnavailable             503 service_unavailable  (writes fail closed)
+     ├── UpstreamNotConfigured        503 service_unavailable  (no LLM configured; not retried)
      ├── BudgetExceeded               500 api_error            (induction stopped cleanly)
      ├── LLMOutputError               502 upstream_error       (malformed structured output)
      └── UpstreamError                502 upstream_error (or the upstream's own 4xx/429 status)
@@ -24,6 +25,8 @@ A single handler in `app.py` turns any of them into the OpenAI error shape
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 
@@ -31,6 +34,8 @@ class PersonaError(Exception):
     status_code: int = 500
     error_type: str = "api_error"
     code: str | None = None
+    # Extra response headers (the handler in app.py sends them with the error body).
+    headers: Mapping[str, str] = MappingProxyType({})
 
     def __init__(
         self,
@@ -130,6 +135,16 @@ class StoreUnavailable(PersonaError):
     status_code = 503
     error_type = "service_unavailable"
     code = "store_unavailable"
+
+
+class UpstreamNotConfigured(PersonaError):
+    """No LLM to send the call to: the message names the settings to set. Clients are told not to
+    retry (`x-should-retry: false`, honoured by the official OpenAI and Anthropic SDKs)."""
+
+    status_code = 503
+    error_type = "service_unavailable"
+    code = "upstream_not_configured"
+    headers = MappingProxyType({"x-should-retry": "false"})
 
 
 class BudgetExceeded(PersonaError):

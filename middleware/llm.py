@@ -24,7 +24,7 @@ import orjson
 from pydantic import BaseModel, ValidationError
 
 from middleware.errors import BudgetExceeded, LLMOutputError
-from middleware.personalize.block import message_text
+from middleware.models import message_text
 from middleware.upstream import UpstreamRouter
 
 M = TypeVar("M", bound=BaseModel)

@@ -67,3 +67,15 @@ class Persona(BaseModel):
     exemplars: list[PreferencePair] = Field(default_factory=list)
     provenance: dict[str, Any] = Field(default_factory=dict)
     created_at: str
+
+
+def message_text(message: Message | dict[str, Any]) -> str:
+    """The plain text of a message whose content may be a string or a list of parts."""
+    content = message.content if isinstance(message, Message) else message.get("content")
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(
+            str(part.get("text", "")) for part in content if isinstance(part, dict) and "text" in part
+        )
+    return ""

@@ -4,7 +4,7 @@ Two paths behind one interface:
 - `PassthroughUpstream`: OpenAI-compatible upstreams get the request body as JSON bytes over a pooled
   aiohttp session and the answer back as bytes, unchanged, never buffered when streaming.
   (Measured: litellm costs ~4 ms CPU per call and httpx was ~6x slower than aiohttp under
-  concurrency; see docs/PERFORMANCE.md.)
+  concurrency; see docs/ARCHITECTURE.md, "Performance of the hot path".)
 - `LitellmUpstream`: any other provider, translated by litellm.
 
 Both retry 429/5xx/connection errors before the first byte (one tenacity loop, `retrying`), with
@@ -30,7 +30,7 @@ from tenacity import (
 )
 
 from middleware.config import Settings
-from middleware.errors import UpstreamError, UpstreamTimeout
+from middleware.errors import UpstreamError, UpstreamNotConfigured, UpstreamTimeout
 
 RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
 # Provider prefixes that need litellm's translation even when an OpenAI-compatible base is set.
@@ -68,6 +68,12 @@ LITELLM_PROVIDERS = frozenset(
     }
 )
 T = TypeVar("T")
+# What to set when no upstream is configured (start-up warning and the chat error say the same).
+UPSTREAM_SETTINGS_HINT = (
+    "set PERSONA_UPSTREAM_API_BASE (an OpenAI-compatible base URL, e.g. https://api.openai.com/v1) and "
+    "PERSONA_UPSTREAM_API_KEY, or the variables of a litellm provider (e.g. OPENAI_API_KEY, or "
+    "ANTHROPIC_API_KEY with models named anthropic/...)"
+)
 
 
 class Upstream(Protocol):
@@ -273,6 +279,17 @@ class LitellmUpstream:
         except aiohttp.ClientConnectionError as exc:
             raise UpstreamError(f"could not reach the upstream: {exc}") from exc
 
+    def missing_settings(self, model: str) -> list[str] | None:
+        """For a model without a provider prefix and no upstream base or key in the settings: None when
+        litellm can reach it (its provider's variables are set), else the variables it lacks (empty
+        when litellm cannot even tell the provider)."""
+        try:
+            self._litellm.get_llm_provider(model)
+        except Exception:
+            return []
+        missing = self._litellm.validate_environment(model=model).get("missing_keys") or []
+        return [str(key) for key in missing] or None
+
     async def complete(self, body: dict[str, Any]) -> bytes:
         response = await self._call(body)
         return orjson.dumps(response.model_dump(exclude_none=True))
@@ -315,7 +332,23 @@ class UpstreamRouter:
         wants_litellm = mode == "litellm" or (mode == "auto" and bool(rest) and provider in LITELLM_PROVIDERS)
         if self._passthrough is not None and not wants_litellm:
             return self._passthrough, rest if provider == "openai" and rest else model
+        if not rest:
+            self._require_configured(model)
         return self.litellm(), model
+
+    def _require_configured(self, model: str) -> None:
+        """A bare model name (no provider prefix) with neither an upstream base nor a key in the settings
+        goes to litellm, which needs its provider's variables: without them, say what to set instead of
+        passing on the provider library's error."""
+        if self._settings.upstream_api_base or self._settings.upstream_api_key.get_secret_value():
+            return
+        missing = self.litellm().missing_settings(model)
+        if missing is not None:
+            looked_for = f"; litellm looked for {', '.join(missing)}" if missing else ""
+            raise UpstreamNotConfigured(
+                f"no upstream LLM is configured for model {model!r}: {UPSTREAM_SETTINGS_HINT}{looked_for}",
+                param="model",
+            )
 
 
 def monotonic_ms(start: float) -> float:

@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
 # Prepare this checkout: system packages (Debian), .venv, the project installed in it.
 # Idempotent and quiet when there is nothing to do.
-#   bash scripts/bootstrap.sh          # for serving
-#   bash scripts/bootstrap.sh --test   # also what the test suite needs (Debian chromium)
+#   bash scripts/bootstrap.sh          # for serving: no test tools, and torch (the `lora` extra) only
+#                                      # when the settings in the environment use the lora reranker
+#   bash scripts/bootstrap.sh --test   # everything: the `dev` and `lora` extras, Debian chromium
+#   --check-site-packages              # run scripts/check_site_packages.sh before any interpreter of
+#                                      # an existing venv starts, and again right after installing
 # Environment: PYTHON (default python3), VENV (default .venv).
 set -euo pipefail
 
 _bootstrap_main() {
-  local test_mode=0 arg
+  local test_mode=0 check=0 arg
   for arg in "$@"; do
     case "$arg" in
       --test) test_mode=1 ;;
+      --check-site-packages) check=1 ;;
       *) echo "bootstrap.sh: unknown argument: $arg" >&2; return 2 ;;
     esac
   done
@@ -41,27 +45,88 @@ _bootstrap_main() {
     echo "bootstrap: $python is missing or older than 3.11 (set PYTHON=python3.11 or newer)" >&2
     return 1
   fi
+  # With --check-site-packages, no interpreter of the venv starts before its site-packages passed the
+  # checks: right after it is created (before pip runs in it), and right after every install.
   if [[ ! -x "$venv/bin/python" ]]; then
     echo "bootstrap: creating $venv" >&2
     "$python" -m venv "$venv"
+    _check "$check" "$venv"
     "$venv/bin/python" -m pip install --quiet --upgrade pip
   fi
+  _check "$check" "$venv"
 
-  local extras="dev"
-  if grep -Eq '^[[:space:]]*lora[[:space:]]*=' pyproject.toml; then
-    extras="dev,lora"
+  # Extras: the tests need everything; serving needs `lora` (torch) only if its settings use it.
+  local digest stamp="$venv/.bootstrap-stamp" installed="" fresh=1 want
+  digest="$(cat pyproject.toml sdk/pyproject.toml | sha256sum | cut -d' ' -f1)"
+  if [[ -f "$stamp" ]] && [[ "$(head -n1 "$stamp")" == "$digest" ]] && "$venv/bin/python" -c "import middleware" 2>/dev/null; then
+    installed="$(sed -n 's/^extras=//p' "$stamp")"
+    fresh=0
   fi
-  local stamp="$venv/.bootstrap-stamp"
-  local want
-  want="$( (cat pyproject.toml; echo "extras=$extras") | sha256sum | cut -d' ' -f1)"
-  if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]] && "$venv/bin/python" -c "import middleware" 2>/dev/null; then
-    return 0
+  if [[ $test_mode -eq 1 ]]; then
+    want="dev,lora"
+  else
+    if [[ $fresh -eq 1 ]]; then
+      _install "$venv" "$digest" ""
+      _check "$check" "$venv"
+      fresh=0
+    fi
+    want=""
+    if _lora_wanted "$venv"; then
+      want="lora"
+    fi
   fi
-  echo "bootstrap: installing the project with extras [$extras] into $venv" >&2
+  local missing
+  missing="$(_missing_extras "$want" "$installed")"
+  if [[ $fresh -eq 1 || -n "$missing" ]]; then
+    _install "$venv" "$digest" "$(_join_extras "$installed" "$missing")"
+    _check "$check" "$venv"
+  fi
+}
+
+_check() {
+  if [[ $1 -eq 1 ]]; then
+    bash scripts/check_site_packages.sh "$2"
+  fi
+}
+
+# pip install the project (editable) and its SDK distribution with the given extras; record them.
+_install() {
+  local venv="$1" digest="$2" extras="$3" target="."
+  if [[ -n "$extras" ]]; then
+    target=".[$extras]"
+  fi
+  echo "bootstrap: installing the project${extras:+ with extras [$extras]} into $venv" >&2
   # (the machine's pip configuration names index folders that may be absent: drop those warnings)
-  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e ".[$extras]" \
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e "$target" ./sdk \
     2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
-  echo "$want" > "$stamp"
+  printf '%s\nextras=%s\n' "$digest" "$extras" > "$venv/.bootstrap-stamp"
+}
+
+# Whether the settings `persona serve` will read (the environment) use the lora reranker.
+_lora_wanted() {
+  "$1/bin/python" -c 'from middleware.config import Settings; raise SystemExit(not Settings().lora_wanted())' \
+    2>/dev/null
+}
+
+# The extras of $1 (comma-separated) that are not in $2.
+_missing_extras() {
+  local e out=()
+  local -a wanted
+  IFS=, read -r -a wanted <<< "$1"
+  for e in "${wanted[@]}"; do
+    if [[ -n "$e" && ",$2," != *",$e,"* ]]; then
+      out+=("$e")
+    fi
+  done
+  (IFS=,; echo "${out[*]}")
+}
+
+_join_extras() {
+  if [[ -n "$1" && -n "$2" ]]; then
+    echo "$1,$2"
+  else
+    echo "$1$2"
+  fi
 }
 
 _have_redis_server() {

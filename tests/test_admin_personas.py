@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import httpx
 import pytest
 import redis
@@ -101,7 +103,7 @@ def test_jobs_are_tenant_scoped_and_admin_only(proxy: RunningProxy) -> None:
         assert anonymous.get(f"/admin/users/{U}/export").status_code == 401
 
 
-def _add(proxy: RunningProxy, pairs: list) -> None:
+def _add(proxy: RunningProxy, pairs: list[Any]) -> None:
     import asyncio
 
     from middleware.services import build_services

@@ -30,7 +30,7 @@ async def test_the_nth_pair_enqueues_a_refresh(redis_url: str, fake_upstream: Fa
             assert http.post("/preferences", json=[pair(n) for n in range(4)]).status_code == 201
             assert r.get(keys.job_pending("tenant-a", "carol")) is None
             assert http.post("/preferences", json=pair(4)).status_code == 201
-            job_id = r.get(keys.job_pending("tenant-a", "carol"))
+            job_id: bytes | None = r.get(keys.job_pending("tenant-a", "carol"))  # type: ignore[assignment]
             assert job_id is not None
             # a duplicate write adds nothing and enqueues nothing new
             assert http.post("/preferences", json=pair(4)).status_code == 200

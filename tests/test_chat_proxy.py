@@ -8,6 +8,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletionFunctionToolParam, ChatCompletionMessageParam
 
 from tests.support.fake_upstream import FakeUpstream, Reply
 from tests.support.metrics import sample
@@ -29,7 +30,8 @@ def give_persona(proxy: RunningProxy, user: str, tenant: str = "tenant-a", text:
     body = dict(PERSONA, text=text or PERSONA["text"])
     response = httpx.put(f"{proxy.url}/admin/users/{user}/persona", json=body, headers=proxy.admin_headers(tenant))
     assert response.status_code == 200, response.text
-    return response.json()
+    persona: dict[str, Any] = response.json()
+    return persona
 
 
 def client(proxy: RunningProxy, **kwargs: Any) -> openai.OpenAI:
@@ -42,7 +44,7 @@ def persona_blocks(messages: list[dict[str, Any]]) -> list[str]:
 
 def test_persona_is_placed_after_the_app_system_prompt(proxy: RunningProxy, fake_upstream: FakeUpstream) -> None:
     give_persona(proxy, "alice")
-    app_messages = [
+    app_messages: list[ChatCompletionMessageParam] = [
         {"role": "system", "content": "You are the ACME assistant."},
         {"role": "user", "content": "hello"},
     ]
@@ -94,7 +96,7 @@ def test_unknown_fields_pass_through_with_a_persona(proxy: RunningProxy, fake_up
 
 def test_mode_off_disables_personalization(proxy: RunningProxy, fake_upstream: FakeUpstream) -> None:
     give_persona(proxy, "alice")
-    messages = [{"role": "user", "content": "hi"}]
+    messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
     raw = client(proxy).chat.completions.with_raw_response.create(
         model="fake-model", messages=messages, user="alice", extra_headers={"X-Persona-Mode": "off"}
     )
@@ -179,7 +181,7 @@ def test_streaming_through_the_sdk(proxy: RunningProxy) -> None:
     assert text == "fake answer to: abc def"
 
 
-TOOLS = [
+TOOLS: list[ChatCompletionFunctionToolParam] = [
     {
         "type": "function",
         "function": {
@@ -195,10 +197,12 @@ def test_tools_and_tool_choice(proxy: RunningProxy, fake_upstream: FakeUpstream)
     completion = client(proxy).chat.completions.create(
         model="fake-model",
         messages=[{"role": "user", "content": "weather in Paris?"}],
-        tools=TOOLS,  # type: ignore[arg-type]
+        tools=TOOLS,
         tool_choice="auto",
     )
-    call = completion.choices[0].message.tool_calls[0]  # type: ignore[index]
+    assert completion.choices[0].message.tool_calls is not None
+    call = completion.choices[0].message.tool_calls[0]
+    assert call.type == "function"
     assert call.function.name == "get_weather" and json.loads(call.function.arguments) == {"city": "Paris"}
     received = fake_upstream.chat_requests[-1].body
     assert received["tools"] == TOOLS and received["tool_choice"] == "auto"
@@ -209,7 +213,7 @@ def test_streamed_tool_call_deltas(proxy: RunningProxy, fake_upstream: FakeUpstr
     stream = client(proxy).chat.completions.create(
         model="fake-model",
         messages=[{"role": "user", "content": "weather?"}],
-        tools=TOOLS,  # type: ignore[arg-type]
+        tools=TOOLS,
         stream=True,
     )
     name, arguments, finish = "", "", None

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 import httpx
@@ -32,7 +34,9 @@ def answer_for(variant: tuple[str, float]) -> str:
     return f"answer {variant[0]} {variant[1]}"
 
 
-def delayed_responder(delays: dict[tuple[str, float], float], fail: set[tuple[str, float]] = frozenset()):  # type: ignore[assignment]
+def delayed_responder(
+    delays: dict[tuple[str, float], float], fail: AbstractSet[tuple[str, float]] = frozenset()
+) -> Callable[[dict[str, Any]], Reply]:
     def respond(body: dict[str, Any]) -> Reply:
         variant = variant_of(body)
         if variant in fail:
@@ -54,7 +58,7 @@ def stream_records(redis_url: str, tenant: str, user: str) -> list[dict[str, Any
     try:
         return [
             {"id": f[b"id"].decode(), "kind": f[b"kind"].decode(), "data": orjson.loads(f[b"data"])}
-            for _, f in r.xrange(keys.prefs(tenant, user))
+            for _, f in r.xrange(keys.prefs(tenant, user))  # type: ignore[union-attr]
         ]
     finally:
         r.close()
@@ -213,7 +217,14 @@ def test_expired_comparison_is_404(redis_url: str, fake_upstream: FakeUpstream) 
     try:
         with client(running) as c:
             cid = create(c).json()["id"]
-            time.sleep(1.6)
+            store = redis.Redis.from_url(redis_url)
+            pending = [keys.comparison("tenant-a", "alice", cid), keys.comparison_owner(cid)]
+            assert all(0 < int(store.pttl(key)) <= 1000 for key in pending)  # type: ignore[arg-type]
+            deadline = time.monotonic() + 10
+            while store.exists(*pending) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert store.exists(*pending) == 0, "the pending comparison never expired"
+            store.close()
             resp = c.post(f"/v1/comparisons/{cid}/judgement", json={"best": 0, "worst": 1})
         assert resp.status_code == 404
         assert "expired" in resp.json()["error"]["message"]

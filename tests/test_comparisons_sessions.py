@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -10,19 +11,19 @@ import orjson
 
 from tests.support.fake_upstream import FakeUpstream, Reply
 from tests.support.proxy import RunningProxy
+from tests.support.proxy import app_client as client
 from tests.test_comparisons import (  # distinct_answers: an autouse fixture
     DELAYS,
     INSTRUCTION,
     PROMPT,
     answer_for,
-    client,
     delayed_responder,
     distinct_answers,  # noqa: F401
     variant_of,
 )
 
 
-def counting_responder():  # type: ignore[no-untyped-def]
+def counting_responder() -> Callable[[dict[str, Any]], Reply]:
     calls = {"n": 0}
 
     def respond(body: dict[str, Any]) -> Reply:

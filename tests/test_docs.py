@@ -1,7 +1,8 @@
-"""The README documents every setting (and nothing that is not one) and the two set-up commands CI runs."""
+"""The README documents every setting and the two set-up commands CI runs; docs/ is what code cites."""
 
 from __future__ import annotations
 
+import inspect
 import re
 from pathlib import Path
 
@@ -44,3 +45,57 @@ def test_ci_runs_the_readme_test_command() -> None:
     ci = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
     steps = [line for line in ci if line and not line.startswith("#")]
     assert steps[-1] == "bash scripts/test.sh"
+
+
+# A path to a Markdown file as code and docs cite it: `docs/METHOD.md`, `README.md`, `sdk/README.md`.
+MD_PATH = re.compile(r"(?<![\w/.-])((?:[\w-]+/)*[\w-]+\.md)\b")
+SECTION = re.compile(r"docs/METHOD\.md §(\d+)")
+CITING = ("middleware", "tests", "benchmarks", "examples", "scripts", "sdk", "docs")
+
+
+def _cited_in(path: Path) -> list[tuple[str, str]]:
+    text = path.read_text(errors="replace")
+    return [(str(path.relative_to(ROOT)), m) for m in MD_PATH.findall(text) + SECTION.findall(text)]
+
+
+def test_every_markdown_file_cited_exists_in_the_repository() -> None:
+    files = [ROOT / "README.md", ROOT / "CONTRIBUTING.md", ROOT / "pyproject.toml"]
+    for folder in CITING:
+        files += [p for p in (ROOT / folder).rglob("*") if p.suffix in {".py", ".md", ".toml", ".sh", ".j2"}]
+    files = [p for p in files if p != Path(__file__).resolve()]  # this file names files to find them
+    cited = [(where, target) for path in files for where, target in _cited_in(path) if target.endswith(".md")]
+    assert any(target == "docs/ARCHITECTURE.md" for _, target in cited)
+    missing = [(where, target) for where, target in cited if not (ROOT / target).is_file()]
+    assert missing == []
+
+
+def test_every_method_section_cited_exists() -> None:
+    headings = set(re.findall(r"^## (\d+)\. ", (ROOT / "docs" / "METHOD.md").read_text(), re.MULTILINE))
+    cited = {
+        (where, number)
+        for folder in ("middleware", "examples", "benchmarks")
+        for path in (ROOT / folder).rglob("*.py")
+        for where, number in _cited_in(path)
+        if number.isdigit()
+    }
+    assert cited, "docstrings cite docs/METHOD.md sections"
+    assert sorted((where, n) for where, n in cited if n not in headings) == []
+
+
+def test_the_redis_key_map_matches_store_keys() -> None:
+    """docs/ARCHITECTURE.md lists every key builder of store/keys.py with the key it builds."""
+    from middleware.store import keys
+
+    doc = (ROOT / "docs" / "ARCHITECTURE.md").read_text()
+    rows = []
+    for name, builder in inspect.getmembers(keys, inspect.isfunction):
+        if builder.__module__ != keys.__name__:
+            continue
+        params = list(inspect.signature(builder).parameters)
+        key = builder(*[f"<{p}>" for p in params])
+        rows.append(f"| `{name}({', '.join(params)})` | `{key}` |")
+    assert len(rows) >= 20
+    missing = [row for row in rows if row not in doc]
+    assert missing == [], "add these rows to the key map of docs/ARCHITECTURE.md:\n" + "\n".join(missing)
+    documented = re.findall(r"^\| `(\w+)\(", doc.split("## Redis key map", 1)[1], re.MULTILINE)
+    assert sorted(documented) == sorted(row.split("`")[1].split("(")[0] for row in rows)

@@ -42,7 +42,7 @@ def test_kill_9_loses_only_the_last_seconds_of_writes(
     server.restart()
     client = redis.Redis.from_url(server.url)
     try:
-        stored = {fields[b"id"].decode() for _, fields in client.xrange("pm:{tenant-a:durable}:prefs")}
+        stored = {fields[b"id"].decode() for _, fields in client.xrange("pm:{tenant-a:durable}:prefs")}  # type: ignore[union-attr]
     finally:
         client.close()
     missing = [(record_id, killed_at - at) for record_id, at in acknowledged if record_id not in stored]

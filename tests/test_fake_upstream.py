@@ -4,23 +4,25 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Literal
+from collections.abc import Callable
+from typing import Any, Literal
 
 import httpx
 import jsonschema
 import openai
 import pytest
 import redis
+from openai.types.chat import ChatCompletionFunctionToolParam, ChatCompletionMessageParam
 from pydantic import BaseModel, Field
 
 from tests.support.fake_upstream import FakeUpstream, Reply, schema_instance
 from tests.support.redis_server import RedisServer
 
-MESSAGES = [
+MESSAGES: list[ChatCompletionMessageParam] = [
     {"role": "system", "content": "be brief"},
     {"role": "user", "content": "what is the capital of France?"},
 ]
-WEATHER_TOOL = {
+WEATHER_TOOL: ChatCompletionFunctionToolParam = {
     "type": "function",
     "function": {
         "name": "get_weather",
@@ -38,7 +40,7 @@ def client_for(fake: FakeUpstream, **kwargs: object) -> openai.OpenAI:
 
 def test_plain_completion_has_openai_shape_and_records_request(fake_upstream: FakeUpstream) -> None:
     with client_for(fake_upstream) as client:
-        resp = client.chat.completions.create(model="fake-model", messages=MESSAGES)  # type: ignore[arg-type]
+        resp = client.chat.completions.create(model="fake-model", messages=MESSAGES)
     assert resp.object == "chat.completion"
     assert resp.id.startswith("chatcmpl-")
     assert resp.model == "fake-model"
@@ -57,7 +59,7 @@ def test_plain_completion_has_openai_shape_and_records_request(fake_upstream: Fa
 
 def test_n_choices(fake_upstream: FakeUpstream) -> None:
     with client_for(fake_upstream) as client:
-        resp = client.chat.completions.create(model="m", messages=MESSAGES, n=3)  # type: ignore[arg-type]
+        resp = client.chat.completions.create(model="m", messages=MESSAGES, n=3)
     assert [c.index for c in resp.choices] == [0, 1, 2]
     contents = [c.message.content for c in resp.choices]
     assert len(set(contents)) == 3
@@ -69,7 +71,7 @@ def test_script_then_responder_then_default(fake_upstream: FakeUpstream) -> None
     with client_for(fake_upstream) as client:
 
         def ask() -> str | None:
-            resp = client.chat.completions.create(model="m", messages=MESSAGES)  # type: ignore[arg-type]
+            resp = client.chat.completions.create(model="m", messages=MESSAGES)
             return resp.choices[0].message.content
 
         assert ask() == "first"
@@ -114,7 +116,7 @@ def test_stream_through_sdk(fake_upstream: FakeUpstream) -> None:
     with client_for(fake_upstream) as client:
         stream = client.chat.completions.create(
             model="m",
-            messages=MESSAGES,  # type: ignore[arg-type]
+            messages=MESSAGES,
             stream=True,
             stream_options={"include_usage": True},
         )
@@ -126,7 +128,7 @@ def test_stream_through_sdk(fake_upstream: FakeUpstream) -> None:
 def test_fail_mid_stream_drops_connection(fake_upstream: FakeUpstream) -> None:
     fake_upstream.script(Reply(content="a b c d e f g h", fail_mid_stream=True))
     with client_for(fake_upstream) as client:
-        stream = client.chat.completions.create(model="m", messages=MESSAGES, stream=True)  # type: ignore[arg-type]
+        stream = client.chat.completions.create(model="m", messages=MESSAGES, stream=True)
         got: list[str] = []
         with pytest.raises((httpx.HTTPError, openai.APIError)):
             for chunk in stream:
@@ -158,7 +160,7 @@ def test_json_schema_output_is_valid(fake_upstream: FakeUpstream) -> None:
     with client_for(fake_upstream) as client:
         resp = client.chat.completions.create(
             model="m",
-            messages=MESSAGES,  # type: ignore[arg-type]
+            messages=MESSAGES,
             response_format={"type": "json_schema", "json_schema": {"name": "person", "schema": schema}},
         )
     data = json.loads(resp.choices[0].message.content or "")
@@ -168,11 +170,11 @@ def test_json_schema_output_is_valid(fake_upstream: FakeUpstream) -> None:
 
 def test_json_schema_uses_responder_dict(fake_upstream: FakeUpstream) -> None:
     fake_upstream.responder = lambda body: {"answer": 42}
-    schema = {"type": "object", "properties": {"answer": {"type": "integer"}}, "required": ["answer"]}
+    schema: dict[str, object] = {"type": "object", "properties": {"answer": {"type": "integer"}}, "required": ["answer"]}
     with client_for(fake_upstream) as client:
         resp = client.chat.completions.create(
             model="m",
-            messages=MESSAGES,  # type: ignore[arg-type]
+            messages=MESSAGES,
             response_format={"type": "json_schema", "json_schema": {"name": "a", "schema": schema}},
         )
     assert json.loads(resp.choices[0].message.content or "") == {"answer": 42}
@@ -198,15 +200,16 @@ def test_tool_calls_plain(fake_upstream: FakeUpstream) -> None:
         resp = client.chat.completions.create(
             model="m",
             messages=MESSAGES,
-            tools=[WEATHER_TOOL],  # type: ignore[arg-type,list-item]
+            tools=[WEATHER_TOOL],
         )
     choice = resp.choices[0]
     assert choice.finish_reason == "tool_calls"
     assert choice.message.tool_calls is not None
     [call] = choice.message.tool_calls
     assert call.id.startswith("call_") and call.type == "function"
-    assert call.function.name == "get_weather"  # type: ignore[union-attr]
-    assert json.loads(call.function.arguments) == {"city": "Paris"}  # type: ignore[union-attr]
+    assert call.type == "function"  # (narrows the union of tool call types)
+    assert call.function.name == "get_weather"
+    assert json.loads(call.function.arguments) == {"city": "Paris"}
 
 
 def test_tool_calls_streamed(fake_upstream: FakeUpstream) -> None:
@@ -217,7 +220,7 @@ def test_tool_calls_streamed(fake_upstream: FakeUpstream) -> None:
             model="m",
             messages=MESSAGES,
             tools=[WEATHER_TOOL],
-            stream=True,  # type: ignore[arg-type,list-item]
+            stream=True,
         )
         chunks = [c for c in stream if c.choices]
     deltas = [tc for c in chunks for tc in (c.choices[0].delta.tool_calls or [])]
@@ -238,13 +241,13 @@ def test_tool_calls_streamed(fake_upstream: FakeUpstream) -> None:
 def test_injected_429_is_rate_limit_error(fake_upstream: FakeUpstream) -> None:
     fake_upstream.script(Reply(status=429, error_message="slow down"))
     with client_for(fake_upstream) as client, pytest.raises(openai.RateLimitError) as info:
-        client.chat.completions.create(model="m", messages=MESSAGES)  # type: ignore[arg-type]
+        client.chat.completions.create(model="m", messages=MESSAGES)
     assert info.value.status_code == 429
     body = info.value.body
     assert isinstance(body, dict) and body["message"] == "slow down" and body["param"] is None
     # the next call falls back to the default answer: exactly two upstream calls in all
     with client_for(fake_upstream) as client:
-        client.chat.completions.create(model="m", messages=MESSAGES)  # type: ignore[arg-type]
+        client.chat.completions.create(model="m", messages=MESSAGES)
     assert len(fake_upstream.chat_requests) == 2
 
 
@@ -258,7 +261,7 @@ def test_error_body_shape_raw(fake_upstream: FakeUpstream) -> None:
 def test_abort_during_delay_is_seen(fake_upstream: FakeUpstream) -> None:
     fake_upstream.script(Reply(content="late", delay=2.0))
     with client_for(fake_upstream, timeout=0.3) as client, pytest.raises(openai.APITimeoutError):
-        client.chat.completions.create(model="m", messages=MESSAGES)  # type: ignore[arg-type]
+        client.chat.completions.create(model="m", messages=MESSAGES)
     gave_up = time.monotonic()
     [rec] = fake_upstream.requests
     assert fake_upstream.wait_for(lambda: rec.aborted, timeout=1.0)
@@ -272,7 +275,7 @@ async def test_abort_mid_stream_is_seen(fake_upstream: FakeUpstream) -> None:
         stream = await client.chat.completions.create(
             model="m",
             messages=MESSAGES,
-            stream=True,  # type: ignore[arg-type]
+            stream=True,
         )
         async for _ in stream:
             break
@@ -312,12 +315,30 @@ def test_redis_pause_resume_and_kill(fresh_redis: RedisServer) -> None:
     r2.close()
 
 
+def wait_until(condition: Callable[[], bool], timeout: float, interval: float = 0.02) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(interval)
+    return True
+
+
+def aof_holds(server: RedisServer, client: redis.Redis, needle: bytes) -> bool:
+    """Redis has nothing left to write or fsync, and its append-only files hold `needle`."""
+    info: dict[str, Any] = client.info("persistence")  # type: ignore[assignment]
+    if info["aof_buffer_length"] or info["aof_pending_bio_fsync"]:
+        return False
+    return any(needle in path.read_bytes() for path in server.dir.rglob("*.aof"))
+
+
 def test_redis_restart_replays_aof_after_kill_9(redis_factory) -> None:  # type: ignore[no-untyped-def]
     server: RedisServer = redis_factory(appendonly=True)
     port = server.port
     r = redis.Redis.from_url(server.url)
     r.mset({f"key:{i}": i for i in range(500)})
-    time.sleep(1.3)  # appendfsync everysec
+    # Wait for the write to reach the append-only file (not for a fixed second of `everysec`).
+    assert wait_until(lambda: aof_holds(server, r, b"key:499"), timeout=10), "the AOF never got the write"
     server.kill()
     server.restart()
     assert server.port == port
@@ -333,5 +354,5 @@ def test_isolated_fake_upstream_is_separate(
 ) -> None:
     assert isolated_fake_upstream.port != fake_upstream.port
     with client_for(isolated_fake_upstream) as client:
-        client.chat.completions.create(model="m", messages=MESSAGES)  # type: ignore[arg-type]
+        client.chat.completions.create(model="m", messages=MESSAGES)
     assert len(isolated_fake_upstream.requests) == 1 and fake_upstream.requests == []

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import redis.asyncio as aioredis
@@ -33,7 +34,7 @@ async def populate(proxy: RunningProxy, r: aioredis.Redis, tenant: str, user: st
     finally:
         await services.close()
     with httpx.Client(base_url=proxy.url, headers=proxy.admin_headers(tenant)) as http:
-        job_id = http.post(f"/admin/users/{user}/persona/refresh").json()["job_id"]
+        job_id: str = http.post(f"/admin/users/{user}/persona/refresh").json()["job_id"]
     await drain(proxy.settings)
     await r.set(keys.adapter(tenant, user, 2), b"\x00" * 64)
     await r.set(keys.comparison(tenant, user, f"cmp-{user}"), b'{"candidates": []}', ex=600)
@@ -138,7 +139,7 @@ async def test_cli_export_and_forget(redis_url: str, fake_upstream: FakeUpstream
         await services.close()
     env = {**os.environ, "PERSONA_REDIS_URL": redis_url}
 
-    def cli(*args: str) -> dict:
+    def cli(*args: str) -> dict[str, Any]:
         done = subprocess.run(
             [sys.executable, "-m", "middleware", *args, "--tenant", T],
             cwd=ROOT,
@@ -147,7 +148,8 @@ async def test_cli_export_and_forget(redis_url: str, fake_upstream: FakeUpstream
             timeout=60,
             check=True,
         )
-        return json.loads(done.stdout)
+        result: dict[str, Any] = json.loads(done.stdout)
+        return result
 
     exported = cli("export", U)
     assert exported["persona"]["text"] == "cli persona" and len(exported["preferences"]) == 3

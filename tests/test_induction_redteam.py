@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import httpx
 import openai
@@ -31,7 +32,7 @@ def gullible_responder() -> InductionResponder:
     responder = InductionResponder(persona=lambda requests, data: data)
     plain = responder.__call__
 
-    def call(body: dict) -> dict | None:
+    def call(body: dict[str, Any]) -> dict[str, Any] | None:
         answer = plain(body)
         data = str(body["messages"][1]["content"])
         note = re.search(r"<person_note>\n(.*?)\n</person_note>", data, re.S)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 from middleware.induction.jobs import enqueue_due_refreshes
 from middleware.store import keys
@@ -91,7 +92,7 @@ async def test_transient_upstream_errors_are_retried(
     responder = InductionResponder()
     state = {"failures": 0}
 
-    def flaky(body: dict) -> object:
+    def flaky(body: dict[str, Any]) -> Reply | dict[str, Any] | None:
         if state["failures"] < 3:  # one job attempt's worth of 503s (the upstream retries 3 times)
             state["failures"] += 1
             return Reply(status=503)
@@ -167,7 +168,7 @@ async def test_tenant_concurrency_cap(redis_url: str, fake_upstream: FakeUpstrea
         responder = InductionResponder()
         in_flight: dict[str, int] = {"now": 0, "max": 0}
 
-        async def slow(body: dict) -> Reply:
+        async def slow(body: dict[str, Any]) -> Reply:
             in_flight["now"] += 1
             in_flight["max"] = max(in_flight["max"], in_flight["now"])
             await asyncio.sleep(0.02)

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import openai
 import pytest
 
+from middleware.upstream import LitellmUpstream
 from tests.support.fake_upstream import FakeUpstream, Reply
 from tests.support.proxy import APP_KEY_A, RunningProxy, proxy_settings, start_proxy
 
@@ -67,11 +68,14 @@ def test_litellm_errors_keep_the_openai_shape(
     assert err.value.status_code == 502
 
 
-def test_provider_prefixed_models_route_to_litellm_in_auto_mode(proxy: RunningProxy) -> None:
-    router = proxy.services.upstreams
-    upstream, model = router.route("anthropic/claude-x")
-    assert type(upstream).__name__ == "LitellmUpstream" and model == "anthropic/claude-x"
-    upstream, model = router.route("openai/gpt-x")
-    assert type(upstream).__name__ == "PassthroughUpstream" and model == "gpt-x"
-    upstream, model = router.route("meta-llama/Llama-3-8B")  # vLLM-style names stay on the fast path
-    assert type(upstream).__name__ == "PassthroughUpstream" and model == "meta-llama/Llama-3-8B"
+def test_provider_prefixed_models_route_to_litellm_in_auto_mode(
+    proxy: RunningProxy, fake_upstream: FakeUpstream
+) -> None:
+    upstream, model = proxy.services.upstreams.route("anthropic/claude-x")
+    assert isinstance(upstream, LitellmUpstream) and model == "anthropic/claude-x"
+    # The others take the pass-through path: aiohttp's request reaches the upstream, the model named as
+    # the upstream knows it (litellm's would come from the openai client, with its own user agent).
+    for requested in ("openai/gpt-x", "meta-llama/Llama-3-8B"):  # vLLM-style names stay on the fast path
+        sdk(proxy).chat.completions.create(model=requested, messages=[{"role": "user", "content": "q"}])
+    seen = [(r.body["model"], "aiohttp" in r.headers["user-agent"]) for r in fake_upstream.chat_requests]
+    assert seen == [("gpt-x", True), ("meta-llama/Llama-3-8B", True)]

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import gzip
 import json
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,7 +17,7 @@ from middleware.evaluation.scorers import make_scorer
 from middleware.models import Message, PreferencePair
 
 
-def _row(user: str, i: int, chosen: str, rejected: str, ts: str | None = None) -> dict:
+def _row(user: str, i: int, chosen: str, rejected: str, ts: str | None = None) -> dict[str, Any]:
     return {
         "user_id": user,
         "context": [{"role": "user", "content": f"question {i}"}],
@@ -28,7 +30,7 @@ def _row(user: str, i: int, chosen: str, rejected: str, ts: str | None = None) -
     }
 
 
-def _write(path: Path, rows: list[dict], extra_lines: list[str] = ()) -> Path:
+def _write(path: Path, rows: list[dict[str, Any]], extra_lines: Sequence[str] = ()) -> Path:
     lines = [json.dumps(r) for r in rows] + list(extra_lines)
     text = "\n".join(lines) + "\n"
     if path.suffix == ".gz":
@@ -39,7 +41,7 @@ def _write(path: Path, rows: list[dict], extra_lines: list[str] = ()) -> Path:
     return path
 
 
-def _synthetic(n_users: int = 4, n_pairs: int = 12) -> list[dict]:
+def _synthetic(n_users: int = 4, n_pairs: int = 12) -> list[dict[str, Any]]:
     rows = []
     for u in range(n_users):
         for i in range(n_pairs):
@@ -51,7 +53,7 @@ def _synthetic(n_users: int = 4, n_pairs: int = 12) -> list[dict]:
 
 
 class Constant:
-    def fit(self, train_by_user: dict) -> None:
+    def fit(self, train_by_user: dict[str, list[PreferencePair]]) -> None:
         return None
 
     def score(self, user: str, context: list[Message], candidates: list[str]) -> list[float]:
@@ -61,7 +63,7 @@ class Constant:
 class FirstWins:
     """Order-dependent: always prefers whatever is shown first."""
 
-    def fit(self, train_by_user: dict) -> None:
+    def fit(self, train_by_user: dict[str, list[PreferencePair]]) -> None:
         return None
 
     def score(self, user: str, context: list[Message], candidates: list[str]) -> list[float]:
@@ -69,7 +71,7 @@ class FirstWins:
 
 
 class Oracle:
-    def fit(self, train_by_user: dict) -> None:
+    def fit(self, train_by_user: dict[str, list[PreferencePair]]) -> None:
         return None
 
     def score(self, user: str, context: list[Message], candidates: list[str]) -> list[float]:
@@ -83,7 +85,7 @@ def test_iter_pairs_reads_gz_and_reports_bad_lines(tmp_path: Path) -> None:
     assert [n for n, _ in items] == [1, 2, 3, 4, 5]
     assert all(isinstance(p, PreferencePair) for _, p in items[:3])
     assert isinstance(items[3][1], Exception) and isinstance(items[4][1], Exception)
-    assert items[0][1].chosen.content == "good answer 0"
+    assert isinstance(items[0][1], PreferencePair) and items[0][1].chosen.content == "good answer 0"
     assert set(load_pairs_by_user(path)) == {"user0"}
 
 
@@ -136,7 +138,7 @@ def test_time_split_sorts_by_timestamp_else_keeps_order() -> None:
 
 
 def test_constant_order_dependent_and_oracle_scorers() -> None:
-    pairs_by_user = {}
+    pairs_by_user: dict[str, list[PreferencePair]] = {}
     for r in _synthetic():
         p = PreferencePair.model_validate(r)
         pairs_by_user.setdefault(p.user_id, []).append(p)
@@ -152,7 +154,7 @@ def test_constant_order_dependent_and_oracle_scorers() -> None:
 
 def test_min_pairs_skips_and_counts_users() -> None:
     rows = _synthetic(3, 12) + [_row("tiny", i, "good x", "bad x") for i in range(3)]
-    pairs_by_user: dict = {}
+    pairs_by_user: dict[str, list[PreferencePair]] = {}
     for r in rows:
         p = PreferencePair.model_validate(r)
         pairs_by_user.setdefault(p.user_id, []).append(p)
@@ -162,13 +164,17 @@ def test_min_pairs_skips_and_counts_users() -> None:
     assert report.n_users == 2
 
 
-def test_bootstrap_ci_contains_mean() -> None:
-    values = [0.2, 0.9, 0.5, 0.7, 0.4, 0.65, 0.8]
-    low, high = bootstrap_ci(values, n=500, seed=1)
-    mean = sum(values) / len(values)
-    assert low <= mean <= high and low < high
+def test_bootstrap_ci_has_the_width_of_the_sampling_distribution() -> None:
+    # 100 values of 0 or 1: the mean of a resample is Binomial(100, p) / 100, so the 95% percentile
+    # interval is about p ± 1.96 * sqrt(p (1 - p) / 100).
+    half = [0.0] * 50 + [1.0] * 50
+    low, high = bootstrap_ci(half, n=4000, seed=1)
+    assert 0.38 <= low <= 0.42 and 0.58 <= high <= 0.62
+    skewed = [1.0] * 90 + [0.0] * 10
+    low, high = bootstrap_ci(skewed, n=4000, seed=1)
+    assert 0.83 <= low <= 0.86 and 0.95 <= high <= 0.97
+    assert bootstrap_ci(skewed, n=4000, seed=1) == (low, high)  # seeded
     assert bootstrap_ci([0.5]) == (0.5, 0.5)
-    assert bootstrap_ci(values, n=500, seed=1) == (low, high)  # seeded
 
 
 def test_length_scorer_learns_direction() -> None:
@@ -186,11 +192,25 @@ def test_random_scorer_is_order_independent() -> None:
     assert a == b[::-1]
 
 
-def test_judge_scorer_needs_a_callable() -> None:
+def test_judge_scorer_needs_a_callable_and_is_asked_in_both_orders() -> None:
     with pytest.raises(Exception, match="needs an LLM"):
         make_scorer("judge")
-    judge = make_scorer("judge", judge=lambda user, context, cands: [float(len(c)) for c in cands])
-    assert judge.score("u", [], ["ab", "a"]) == [2.0, 1.0]
+    asked: list[tuple[str, str, list[str]]] = []
+
+    def prefers_longer(user: str, context: list[Message], candidates: list[str]) -> list[float]:
+        asked.append((user, str(context[-1].content), list(candidates)))
+        return [float(len(c)) for c in candidates]
+
+    judge = make_scorer("judge", judge=prefers_longer)
+    longer_wins = [PreferencePair.model_validate(_row("u", i, "a longer answer", "short")) for i in range(10)]
+    shorter_wins = [PreferencePair.model_validate(_row("v", i, "short", "a longer answer")) for i in range(10)]
+    report = evaluate({"u": longer_wins, "v": shorter_wins}, judge, progress=False, min_pairs=5)
+    assert {u.user: u.accuracy for u in report.per_user} == {"u": 1.0, "v": 0.0}
+    # Each held-out pair of "u" (the latest 3 of 10) was put to the judge in both orders.
+    held_out = {f"question {i}" for i in (7, 8, 9)}
+    assert sorted(c for user, q, c in asked if user == "u" and q in held_out) == sorted(
+        [["a longer answer", "short"], ["short", "a longer answer"]] * 3
+    )
 
 
 def test_run_eval_writes_report_and_png(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -209,14 +229,15 @@ def test_run_eval_writes_report_and_png(tmp_path: Path, capsys: pytest.CaptureFi
 
 
 def test_plot_with_global_series(tmp_path: Path) -> None:
-    pairs_by_user: dict = {}
+    pairs_by_user: dict[str, list[PreferencePair]] = {}
     for r in _synthetic():
         p = PreferencePair.model_validate(r)
         pairs_by_user.setdefault(p.user_id, []).append(p)
     report = evaluate(
         pairs_by_user, Oracle(), progress=False, baseline=FirstWins(), scorer_name="oracle", min_pairs=5
     )
-    assert report.gain_ci is not None and report.gain_ci[0] <= report.gain <= report.gain_ci[1]
+    assert report.gain is not None and report.gain_ci is not None
+    assert report.gain_ci[0] <= report.gain <= report.gain_ci[1]
     path = plot_per_user(report, tmp_path / "sub" / "p.png")
     assert path.stat().st_size > 1000
     parsed = json.loads(report.to_json())

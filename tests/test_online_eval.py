@@ -22,8 +22,6 @@ from tests.support.fake_upstream import FakeUpstream, Reply
 from tests.support.online_eval import (
     PROMPT,
     USERS,
-    admin,
-    app_client,
     choose,
     create_run,
     get_report,
@@ -33,7 +31,8 @@ from tests.support.online_eval import (
     simulate,
     trial,
 )
-from tests.support.proxy import APP_KEY_A, APP_KEY_B, RunningProxy
+from tests.support.proxy import APP_KEY_A, APP_KEY_B, RunningProxy, app_client
+from tests.support.proxy import admin_client as admin
 
 
 def test_a_user_who_prefers_their_own_persona_shows_own_winning_above_chance(

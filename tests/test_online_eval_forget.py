@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import redis
 
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.online_eval import (
-    admin,
-    app_client,
     choose,
     create_run,
     give_personas,
     persona_responder,
     trial,
 )
-from tests.support.proxy import RunningProxy
+from tests.support.proxy import RunningProxy, app_client
+from tests.support.proxy import admin_client as admin
 
 
 def test_forget_and_export_cover_evaluation_trials(
@@ -42,7 +44,7 @@ def test_forget_and_export_cover_evaluation_trials(
 
     client = redis.Redis.from_url(redis_url)
     try:
-        readers = {
+        readers: dict[bytes, Callable[[Any], Any]] = {
             b"hash": client.hvals,
             b"list": lambda k: client.lrange(k, 0, -1),
             b"set": client.smembers,
@@ -50,7 +52,7 @@ def test_forget_and_export_cover_evaluation_trials(
             b"string": lambda k: [client.get(k) or b""],
         }
         for key in client.scan_iter(match="pm:evaluations:*"):
-            values = readers[client.type(key)](key)
+            values = readers[client.type(key)](key)  # type: ignore[index]
             assert not any(b"alice's secret reason" in v for v in values), key
     finally:
         client.close()

@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from middleware.rerank.hookspec import EndUser
 from middleware.rerank.registry import RerankerRegistry
@@ -17,7 +18,7 @@ from tests.support.fake_upstream import FakeUpstream, Reply
 from tests.support.metrics import sample
 from tests.support.proxy import APP_KEY_A, RunningProxy
 
-MESSAGES = [{"role": "system", "content": "Be helpful."}, {"role": "user", "content": "Name a fruit."}]
+MESSAGES: list[ChatCompletionMessageParam] = [{"role": "system", "content": "Be helpful."}, {"role": "user", "content": "Name a fruit."}]
 
 
 def by_variant(body: dict[str, Any]) -> str | dict[str, Any] | None:
@@ -93,7 +94,7 @@ def test_the_best_scored_candidate_is_returned(proxy: RunningProxy, fake_upstrea
     fake_upstream.responder = by_variant
     ShortestFirst.calls.clear()
     raw = sdk(proxy, "shortest").chat.completions.with_raw_response.create(
-        model="fake-model", messages=MESSAGES, user="alice"  # type: ignore[arg-type]
+        model="fake-model", messages=MESSAGES, user="alice"
     )
     assert raw.parse().choices[0].message.content == "kiwi"
     assert raw.headers["x-persona-rerank-chosen"] == "1"
@@ -111,7 +112,7 @@ def test_scoring_time_is_reported(proxy: RunningProxy, fake_upstream: FakeUpstre
     registry(proxy).add("slow", lambda settings, resources: SlowShortest())
     fake_upstream.responder = by_variant
     raw = sdk(proxy, "slow").chat.completions.with_raw_response.create(
-        model="fake-model", messages=MESSAGES, user="alice"  # type: ignore[arg-type]
+        model="fake-model", messages=MESSAGES, user="alice"
     )
     assert raw.parse().choices[0].message.content == "kiwi"
     assert 110.0 <= float(raw.headers["x-persona-rerank-ms"]) < 2000.0  # asyncio may wake ~1 ms early
@@ -135,7 +136,7 @@ def test_candidates_that_arrive_early_are_handed_to_the_reranker_before_scoring(
     fake_upstream.responder = staggered
     EarlyBird.events.clear()
     raw = sdk(proxy, "early").chat.completions.with_raw_response.create(
-        model="fake-model", messages=MESSAGES, user="alice"  # type: ignore[arg-type]
+        model="fake-model", messages=MESSAGES, user="alice"
     )
     assert raw.parse().choices[0].message.content == "kiwi"  # a failed head start changes nothing
     assert EarlyBird.events[:3] == [
@@ -151,7 +152,7 @@ def test_persona_block_goes_with_every_candidate(proxy: RunningProxy, fake_upstr
     httpx.put(f"{proxy.url}/admin/users/alice/persona", json={"text": "Loves kiwis."}, headers=proxy.admin_headers())
     fake_upstream.responder = by_variant
     raw = sdk(proxy, "shortest").chat.completions.with_raw_response.create(
-        model="fake-model", messages=MESSAGES, user="alice"  # type: ignore[arg-type]
+        model="fake-model", messages=MESSAGES, user="alice"
     )
     assert raw.headers["x-persona-version"] == "1"
     for request in fake_upstream.chat_requests:
@@ -164,7 +165,7 @@ def test_judge_reranker_end_to_end(proxy: RunningProxy, fake_upstream: FakeUpstr
     fake_upstream.responder = by_variant
     httpx.put(f"{proxy.url}/admin/users/alice/persona", json={"text": "Likes bananas."}, headers=proxy.admin_headers())
     completion = sdk(proxy, "judge").chat.completions.create(
-        model="fake-model", messages=MESSAGES, user="alice"  # type: ignore[arg-type]
+        model="fake-model", messages=MESSAGES, user="alice"
     )
     assert completion.choices[0].message.content == "GOOD banana"
     judge_calls = [r for r in fake_upstream.chat_requests if "response_format" in r.body]
@@ -188,7 +189,7 @@ def test_judge_scores_with_the_persona_version_that_was_injected(
 
     fake_upstream.responder = replace_persona_midway
     raw = sdk(proxy, "judge").chat.completions.with_raw_response.create(
-        model="fake-model", messages=MESSAGES, user="alice"  # type: ignore[arg-type]
+        model="fake-model", messages=MESSAGES, user="alice"
     )
     assert raw.headers["x-persona-version"] == "1" and replaced == [2]
     judge_calls = [r for r in fake_upstream.chat_requests if "response_format" in r.body]
@@ -202,7 +203,7 @@ def test_scorer_failure_falls_back_to_the_first_candidate(proxy: RunningProxy, f
     registry(proxy).add("broken", lambda settings, resources: Broken())
     fake_upstream.responder = by_variant
     raw = sdk(proxy, "broken").chat.completions.with_raw_response.create(
-        model="fake-model", messages=MESSAGES  # type: ignore[arg-type]
+        model="fake-model", messages=MESSAGES
     )
     assert raw.parse().choices[0].message.content == "a long answer about apples and pears"
     assert raw.headers["x-persona-rerank-fallback"] == "true"
@@ -214,7 +215,7 @@ def test_rerank_streams_the_chosen_answer(proxy: RunningProxy, fake_upstream: Fa
     registry(proxy).add("shortest", lambda settings, resources: ShortestFirst())
     fake_upstream.responder = by_variant
     stream = sdk(proxy, "shortest").chat.completions.create(
-        model="fake-model", messages=MESSAGES, stream=True, stream_options={"include_usage": True}  # type: ignore[arg-type]
+        model="fake-model", messages=MESSAGES, stream=True, stream_options={"include_usage": True}
     )
     chunks = list(stream)
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "kiwi"
@@ -254,13 +255,13 @@ def test_a_failed_candidate_is_skipped(proxy: RunningProxy, fake_upstream: FakeU
         return by_variant(body)
 
     fake_upstream.responder = responder
-    completion = sdk(proxy, "shortest").chat.completions.create(model="fake-model", messages=MESSAGES)  # type: ignore[arg-type]
+    completion = sdk(proxy, "shortest").chat.completions.create(model="fake-model", messages=MESSAGES)
     assert completion.choices[0].message.content == "GOOD banana"  # kiwi failed; next shortest
 
 
 def test_unknown_reranker_is_a_400(proxy: RunningProxy, fake_upstream: FakeUpstream) -> None:
     with pytest.raises(openai.BadRequestError) as err:
-        sdk(proxy, "nope").chat.completions.create(model="fake-model", messages=MESSAGES)  # type: ignore[arg-type]
+        sdk(proxy, "nope").chat.completions.create(model="fake-model", messages=MESSAGES)
     assert err.value.body["code"] == "unknown_reranker"  # type: ignore[index]
     assert "'nope'" in err.value.body["message"] and "judge" in err.value.body["message"]  # type: ignore[index]
     assert fake_upstream.chat_requests == []  # refused before any candidate was generated
@@ -271,7 +272,7 @@ def test_rerank_answers_with_the_chat_headers_and_metrics(proxy: RunningProxy, f
     registry(proxy).add("shortest", lambda settings, resources: ShortestFirst())
     fake_upstream.responder = by_variant
     raw = sdk(proxy, "shortest").chat.completions.with_raw_response.create(
-        model="fake-model", messages=MESSAGES, user="alice"  # type: ignore[arg-type]
+        model="fake-model", messages=MESSAGES, user="alice"
     )
     assert raw.headers["x-persona-version"] == "none" and raw.headers["x-persona-reranker"] == "shortest"
     overhead_ms = float(raw.headers["x-persona-overhead-ms"])
@@ -281,7 +282,7 @@ def test_rerank_answers_with_the_chat_headers_and_metrics(proxy: RunningProxy, f
 
     fake_upstream.responder = lambda body: Reply(status=400, error_message="every variant refused")
     with pytest.raises(openai.BadRequestError):
-        sdk(proxy, "shortest").chat.completions.create(model="fake-model", messages=MESSAGES)  # type: ignore[arg-type]
+        sdk(proxy, "shortest").chat.completions.create(model="fake-model", messages=MESSAGES)
     assert sample(proxy.url, "persona_chat_requests_total", mode="rerank", outcome="error") == 1.0
     assert sample(proxy.url, "persona_overhead_seconds_count") == 2.0
 
@@ -298,7 +299,7 @@ async def test_a_slow_reranker_build_runs_once_and_off_the_event_loop() -> None:
         builds.append((threading.get_ident(), started, clock.monotonic()))
         return ShortestFirst()
 
-    registry = RerankerRegistry(settings=None, resources=None)
+    registry = RerankerRegistry(settings=cast(Any, None), resources=cast(Any, None))
     registry.add("slow", slow_factory)
     ticks: list[float] = []
 

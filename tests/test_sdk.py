@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import httpx
 import openai
 import pytest
@@ -21,15 +23,17 @@ def distinct_answers(fake_upstream: FakeUpstream) -> None:
     )
 
 
-def sdk(proxy: RunningProxy, **kwargs: object) -> PersonalizedOpenAI:
+def sdk(proxy: RunningProxy, **kwargs: Any) -> PersonalizedOpenAI:
     return PersonalizedOpenAI(
         base_url=proxy.v1, api_key=APP_KEY_A, user="alice", admin_key=ADMIN_KEY, tenant="tenant-a", **kwargs
-    )  # type: ignore[arg-type]
+    )
 
 
 def test_is_an_openai_client_and_personalizes_chat(proxy: RunningProxy, fake_upstream: FakeUpstream) -> None:
     with sdk(proxy) as client:
-        assert isinstance(client, openai.OpenAI)
+        # The proxy's errors come back as the openai package's own exceptions.
+        with pytest.raises(openai.NotFoundError):
+            client.personas.get()
         persona = client.personas.put("Loves the colour teal.")
         assert persona.version == 1 and persona.user == "alice"
         answer = client.chat.completions.create(model="fake-model", messages=PROMPT)  # type: ignore[arg-type]
@@ -139,7 +143,8 @@ async def test_async_client(proxy: RunningProxy, fake_upstream: FakeUpstream) ->
     async with AsyncPersonalizedOpenAI(
         base_url=proxy.v1, api_key=APP_KEY_A, user="erin", admin_key=ADMIN_KEY, tenant="tenant-a"
     ) as client:
-        assert isinstance(client, openai.AsyncOpenAI)
+        with pytest.raises(openai.NotFoundError):
+            await client.personas.get()
         await client.personas.put("Likes lists.")
         comparison = await client.comparisons.create(model="fake-model", messages=PROMPT)
         assert comparison.user == "erin" and comparison.persona_version == 1

@@ -61,7 +61,7 @@ def page() -> Iterator[Any]:
 def records(redis_url: str, user: str) -> list[str]:
     r = redis.Redis.from_url(redis_url)
     try:
-        return [f[b"kind"].decode() for _, f in r.xrange(keys.prefs("tenant-a", user))]
+        return [f[b"kind"].decode() for _, f in r.xrange(keys.prefs("tenant-a", user))]  # type: ignore[union-attr]
     finally:
         r.close()
 
@@ -149,7 +149,7 @@ def test_collect_best_and_worst_and_continue_with_the_best(
     stored = records(ui_proxy.settings.redis_url, "mina")
     assert stored.count("judgement") == 2 and stored.count("pair") == 10
     r = redis.Redis.from_url(ui_proxy.settings.redis_url)
-    last = orjson.loads(r.xrange(keys.prefs("tenant-a", "mina"))[6][1][b"data"])
+    last = orjson.loads(r.xrange(keys.prefs("tenant-a", "mina"))[6][1][b"data"])  # type: ignore[index]
     r.close()
     assert (last["best"], last["worst"], last["rationale"]) == (1, 3, "Short.")
 

@@ -1,4 +1,4 @@
-"""The variants a candidate is generated in (METHOD.md §1, seed 000's Table 1).
+"""The variants a candidate is generated in (docs/METHOD.md §1).
 
 A `Variant` says where the app's instructions go (kept as the app sent them, or moved into assistant
 messages) and the sampling temperature. A `Plan` is one candidate to generate: a variant (or none:

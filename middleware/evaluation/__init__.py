@@ -1,1 +1,1 @@
-"""Offline evaluation of scorers on per-user preference pairs (METHOD.md §4)."""
+"""Offline evaluation of scorers on per-user preference pairs (docs/METHOD.md §4)."""

@@ -1,4 +1,4 @@
-"""The offline protocol (METHOD.md §4, PersonalRewardBench style).
+"""The offline protocol (docs/METHOD.md §4, PersonalRewardBench style).
 
 For each user with at least `min_pairs` pairs, the latest ~30% are held out (`time_split`). The scorer
 is fitted on the train parts only, then asked about every held-out pair in both orders; a pair counts
@@ -26,8 +26,7 @@ from pydantic import BaseModel, Field
 
 from middleware.errors import NotEnoughData
 from middleware.evaluation.data import time_split
-from middleware.models import Message, PreferencePair
-from middleware.personalize.block import message_text
+from middleware.models import Message, PreferencePair, message_text
 
 DEFAULT_MIN_PAIRS = 10
 

@@ -1,4 +1,4 @@
-"""Statistics of an online own / other / baseline evaluation (METHOD.md §4, seed 000's Figure 4).
+"""Statistics of an online own / other / baseline evaluation (docs/METHOD.md §4).
 
 Input: one `Outcome` per trial (the user, the answer order shown, and what the user picked). Output:
 a JSON-ready report with, per user and pooled,

@@ -1,4 +1,4 @@
-"""The chart of an online evaluation report, after seed 000's Figure 4.
+"""The chart of an online evaluation report (docs/METHOD.md §4): win rates with their CIs.
 
 Left (a): per user, grouped bars of the own / other / baseline win rates with bootstrap 95% CIs.
 Right (b): the same pooled over users. A dashed line marks chance (1/3); ties, skips and pending

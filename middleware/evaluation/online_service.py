@@ -1,4 +1,4 @@
-"""Online own / other / baseline evaluation runs (seed 000, METHOD.md §4): create, trial, choose, report.
+"""Online own / other / baseline evaluation runs (docs/METHOD.md §4): create, trial, choose, report.
 
 A run names a tenant, a set of users (each with a persona) and a model. For each prompt a user
 enters, a trial produces three answers at once (asyncio.gather): with the user's own persona, with

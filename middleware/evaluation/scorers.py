@@ -16,8 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from middleware.errors import ValidationFailed
-from middleware.models import Message, PreferencePair
-from middleware.personalize.block import message_text
+from middleware.models import Message, PreferencePair, message_text
 
 SCORERS = ("random", "length", "global", "lora", "lora-other", "judge", "judge-default")
 JUDGE_OPTS = ("model", "max_calls_per_user", "max_tokens_per_user", "concurrency")

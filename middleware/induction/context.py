@@ -11,8 +11,8 @@ from typing import Any, TypeVar
 from pydantic import BaseModel
 
 from middleware.llm import CallBudget, Usage, structured_call
-from middleware.models import Message, PreferencePair
-from middleware.personalize.block import clip, message_text
+from middleware.models import Message, PreferencePair, message_text
+from middleware.personalize.block import clip
 from middleware.prompts import render
 from middleware.upstream import UpstreamRouter
 

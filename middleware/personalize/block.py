@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from middleware.models import Message, Persona, PreferencePair
+from middleware.models import Persona, PreferencePair, message_text
 from middleware.prompts import render
 
 TEMPLATE = "persona_block.j2"
@@ -21,18 +21,6 @@ _INSTRUCTION_ROLES = ("system", "developer")
 def clip(text: str, limit: int) -> str:
     text = _DELIMITER_RE.sub("", text).strip()
     return text if len(text) <= limit else text[: max(0, limit - 1)].rstrip() + "…"
-
-
-def message_text(message: Message | dict[str, Any]) -> str:
-    """The plain text of a message whose content may be a string or a list of parts."""
-    content = message.content if isinstance(message, Message) else message.get("content")
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return " ".join(
-            str(part.get("text", "")) for part in content if isinstance(part, dict) and "text" in part
-        )
-    return ""
 
 
 def exemplar_view(pair: PreferencePair, max_chars: int) -> dict[str, str]:

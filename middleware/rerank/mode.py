@@ -1,6 +1,6 @@
 """Rerank mode: sample the candidate variants, score them for the user, keep the best.
 
-The candidates are the four variants of the collection flow (METHOD.md §1) generated concurrently by
+The candidates are the four variants of the collection flow (docs/METHOD.md §1) generated concurrently by
 the one candidate generator, each carrying the user's persona block. A scorer failure falls back to
 the first candidate that succeeded and is counted in metrics. The result is a `Reranked`; the chat
 route turns it into the HTTP answer.

@@ -67,7 +67,7 @@ def simulate(
 
 
 def prefers_own(user: str, answers: list[dict[str, Any]]) -> str:
-    return next(a["label"] for a in answers if a["content"] == f"answer for {user}")
+    return str(next(a["label"] for a in answers if a["content"] == f"answer for {user}"))
 
 
 def get_report(proxy: RunningProxy, run_id: str) -> dict[str, Any]:

@@ -13,7 +13,7 @@ torch dynamic int8 quantization (per output channel) to the encoder's Linear lay
 * "all": every Linear layer; about 3x faster on CPU, embeddings at about 0.98 mean cosine to fp32.
   The reward head must then be trained on the same encoder (the head file records the mode; a
   mismatch is logged when a head is loaded). Held-out accuracy with a head trained this way matched
-  fp32 on both development sets (see the closing notes of the reranking work).
+  fp32 on both development sets (docs/METHOD.md §3).
 """
 
 from __future__ import annotations
@@ -29,8 +29,7 @@ from typing import Any
 import numpy as np
 
 from middleware.config import quantize_mode
-from middleware.models import Message
-from middleware.personalize.block import message_text
+from middleware.models import Message, message_text
 from middleware.rerank.lora.base import DEFAULT_ENCODER_NAME, INSTALL_HINT, LoraUnavailable, torch_module
 
 log = logging.getLogger("middleware.rerank.lora")

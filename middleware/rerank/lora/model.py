@@ -24,8 +24,7 @@ from typing import Any
 import numpy as np
 
 from middleware.errors import NotEnoughData
-from middleware.models import Message, PreferencePair
-from middleware.personalize.block import message_text
+from middleware.models import Message, PreferencePair, message_text
 from middleware.rerank.lora import storage, training
 from middleware.rerank.lora.base import (
     ADAPTER_FORMAT,
