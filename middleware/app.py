@@ -29,7 +29,7 @@ from middleware.api.responses import JSONBytes
 from middleware.config import Settings
 from middleware.errors import InvalidJSON, PersonaError, ValidationFailed
 from middleware.induction.queue import JobQueue
-from middleware.limits import BodySizeLimit
+from middleware.limits import BodyGuard
 from middleware.rerank.registry import RerankerRegistry
 from middleware.rerank.resources import RerankResources
 from middleware.services import build_services
@@ -66,8 +66,16 @@ def create_app(settings: Settings) -> FastAPI:
     for module in (health, chat, admin, comparisons, preferences, users, jobs, ui, evaluations, ui_evaluate):
         app.include_router(module.router)
     install_error_handlers(app)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyGuard, max_bytes=settings.max_body_bytes)
     return app
+
+
+_HTTP_ERRORS = {
+    400: ("invalid_request_error", "invalid_body"),
+    404: ("not_found_error", "not_found"),
+    405: ("invalid_request_error", "method_not_allowed"),
+    413: ("invalid_request_error", "payload_too_large"),
+}
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -89,10 +97,16 @@ def install_error_handlers(app: FastAPI) -> None:
         failed = ValidationFailed(message or "invalid request", param=location or None)
         return JSONBytes(failed.to_body(), status_code=failed.status_code)
 
+    @app.exception_handler(Exception)
+    async def unexpected_error(_: Request, exc: Exception) -> JSONBytes:
+        log.error("unhandled error", exc_info=exc)
+        body = PersonaError("internal error", code="internal_error").to_body()
+        return JSONBytes(body, status_code=500)
+
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONBytes:
-        kinds = {404: "not_found_error", 405: "invalid_request_error"}
-        body = PersonaError(
-            str(exc.detail), error_type=kinds.get(exc.status_code, "api_error"), code=None
-        ).to_body()
+        error_type, code = _HTTP_ERRORS.get(exc.status_code, ("invalid_request_error", "invalid_request"))
+        if exc.status_code >= 500:
+            error_type, code = "api_error", "internal_error"
+        body = PersonaError(str(exc.detail), error_type=error_type, code=code).to_body()
         return JSONBytes(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
