@@ -25,6 +25,7 @@ from middleware.api import (
     ui_evaluate,
     users,
 )
+from middleware.api.docs import install_docs, openapi_url
 from middleware.api.responses import JSONBytes
 from middleware.config import Settings
 from middleware.errors import InvalidJSON, PersonaError, ValidationFailed
@@ -61,10 +62,16 @@ def create_app(settings: Settings) -> FastAPI:
         default_response_class=JSONBytes,
         # No OpenTelemetry hooks on the hot path unless an operator wires them in explicitly.
         telemetry={"tracing": False, "metrics": False, "logs": False},
+        # A path with a trailing slash is a 404, never a redirect built from the Host header.
+        redirect_slashes=False,
+        docs_url=None,  # /docs and /redoc are served by install_docs, with local assets
+        redoc_url=None,
+        openapi_url=openapi_url(settings),
     )
     app.state.settings = settings
     for module in (health, chat, admin, comparisons, preferences, users, jobs, ui, evaluations, ui_evaluate):
         app.include_router(module.router)
+    install_docs(app, settings)
     install_error_handlers(app)
     app.add_middleware(BodyGuard, max_bytes=settings.max_body_bytes)
     return app
