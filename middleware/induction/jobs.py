@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from arq import Retry, cron
-from arq.connections import RedisSettings
+from arq.connections import ArqRedis
 from arq.worker import Worker, func
 
 from middleware.config import Settings
@@ -29,8 +29,10 @@ from middleware.errors import PersonaError, StoreUnavailable, UpstreamError
 from middleware.induction.adapters import adapter_wanted, train_after_refresh, train_and_store
 from middleware.induction.pipeline import induce
 from middleware.induction.queue import REFRESH, TRAIN_ADAPTER, JobQueue, now_iso
+from middleware.induction.resilient import REDIS_DOWN, ResilientWorker, supervise
 from middleware.services import Services, build_services
 from middleware.store import keys
+from middleware.store.connection import create_redis
 from middleware.store.guard import resolved
 from middleware.store.scripts import DELETE_IF_EQUAL
 
@@ -79,6 +81,16 @@ async def train_adapter(ctx: dict[str, Any]) -> dict[str, Any]:
 
 
 async def run_user_job(ctx: dict[str, Any], body: JobBody) -> dict[str, Any]:
+    """Run `body` for the job's user; a Redis outage it could not record puts the job back on the
+    queue (if Redis is still away, arq's in-progress marker expires and the job runs again)."""
+    try:
+        return await run_locked(ctx, body)
+    except REDIS_DOWN as exc:
+        log.warning("job %s interrupted by a Redis outage (%s): queued again", ctx["job_id"], type(exc).__name__)
+        raise Retry(defer=ctx["services"].settings.jobs_retry_defer_s) from exc
+
+
+async def run_locked(ctx: dict[str, Any], body: JobBody) -> dict[str, Any]:
     """Run `body` for the job's user under the user's lock and one of the tenant's job slots."""
     job_id: str = ctx["job_id"]
     services: Services = ctx["services"]
@@ -279,7 +291,8 @@ def build_worker(settings: Settings, **overrides: Any) -> Worker:
             func(train_adapter, name=TRAIN_ADAPTER, max_tries=1000, timeout=settings.jobs_timeout_s),
         ],
         "cron_jobs": cron_jobs,
-        "redis_settings": RedisSettings.from_dsn(settings.redis_url),
+        # The service's own pool: connect and socket timeouts, so a paused Redis cannot hang the worker.
+        "redis_pool": ArqRedis(connection_pool=create_redis(settings).connection_pool),
         "queue_name": keys.JOB_QUEUE,
         "health_check_key": f"{keys.JOB_QUEUE}:health-check",
         "max_jobs": settings.worker_max_jobs,
@@ -292,16 +305,14 @@ def build_worker(settings: Settings, **overrides: Any) -> Worker:
         "allow_abort_jobs": True,
     }
     options.update(overrides)
-    worker = Worker(**options)
+    worker = ResilientWorker(**options)
     # A dead worker's job becomes runnable again this long after it started (arq adds 10 s).
     worker.in_progress_timeout_s = settings.jobs_timeout_s + settings.jobs_in_progress_grace_s
     return worker
 
 
 def run_worker(settings: Settings) -> None:
-    """Run a worker until SIGINT/SIGTERM (arq finishes or re-queues running jobs on the way out)."""
-    loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
-    worker = build_worker(settings)
+    """Run a worker until SIGINT/SIGTERM (arq finishes or re-queues running jobs on the way out);
+    Redis outages are waited out (`middleware.induction.resilient`)."""
     log.info("persona worker started (queue %s, max_jobs %d)", keys.JOB_QUEUE, settings.worker_max_jobs)
-    worker.run()
+    asyncio.run(supervise(lambda: build_worker(settings)))
