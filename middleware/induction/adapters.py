@@ -12,16 +12,18 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from middleware.errors import PersonaError
-from middleware.induction.queue import JobQueue
+from middleware.induction.queue import JobCancelled, JobQueue
 from middleware.services import Services
 from middleware.store import keys
 from middleware.store.guard import fail_closed
 from middleware.store.personas import safetensors_metadata
 
 log = logging.getLogger("middleware.jobs")
+STOP_CHECK_S = 0.5  # how often a running training looks for a cancel
 MODEL_EXTRA = "lora_model"  # services.extras key of the worker's LoraRewardModel holder
 
 # KEYS[1] persona version, KEYS[2] adapter. ARGV[1] blob. Store only if the version still exists
@@ -95,8 +97,17 @@ async def train_after_refresh(
 
 
 async def train_and_store(
-    services: Services, tenant: str, user: str, version: int, result: dict[str, Any]
+    services: Services,
+    tenant: str,
+    user: str,
+    version: int,
+    result: dict[str, Any],
+    *,
+    stopped: Callable[[], Awaitable[bool]] | None = None,
 ) -> dict[str, Any]:
+    """Train the adapter (in a thread) and store it beside persona `version`. With `stopped`, a stop
+    seen while training or before storing raises `JobCancelled` at once and nothing is stored (the
+    training thread runs to its end in the background; its result is dropped)."""
     holder = services.shared(MODEL_EXTRA, lambda s: ModelHolder(s.settings))
     model = await holder.get()
     pairs = await services.preferences.pairs(tenant, user)
@@ -106,8 +117,16 @@ async def train_and_store(
         "persona_version_id": str(result.get("version_id") or ""),
     }
     started = time.perf_counter()
-    blob: bytes = await asyncio.to_thread(model.train_user, user, pairs, cache=False, extra=extra)
+    training = asyncio.ensure_future(asyncio.to_thread(model.train_user, user, pairs, cache=False, extra=extra))
+    while stopped is not None and not training.done():
+        await asyncio.wait([training], timeout=STOP_CHECK_S)
+        if await stopped():
+            training.add_done_callback(lambda task: task.cancelled() or task.exception())
+            raise JobCancelled()
+    blob: bytes = await training
     seconds = time.perf_counter() - started
+    if stopped is not None and await stopped():
+        raise JobCancelled()
     script_args: list[Any] = [
         keys.persona_version(tenant, user, version),
         keys.adapter(tenant, user, version),

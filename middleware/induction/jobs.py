@@ -28,7 +28,7 @@ from middleware.config import Settings
 from middleware.errors import PersonaError, StoreUnavailable, UpstreamError
 from middleware.induction.adapters import adapter_wanted, train_after_refresh, train_and_store
 from middleware.induction.pipeline import induce
-from middleware.induction.queue import REFRESH, TRAIN_ADAPTER, JobQueue, now_iso
+from middleware.induction.queue import REFRESH, TRAIN_ADAPTER, JobCancelled, JobQueue, now_iso
 from middleware.induction.resilient import REDIS_DOWN, ResilientWorker, supervise
 from middleware.services import Services, build_services
 from middleware.store import keys
@@ -57,10 +57,6 @@ if holder == false or holder == ARGV[1] then
 end
 return 0
 """
-
-
-class JobStopped(Exception):
-    """The job was cancelled or its user forgotten while it ran: stop without storing anything."""
 
 
 def lease_ms(settings: Settings) -> int:
@@ -151,7 +147,7 @@ async def run_refresh(
     async def progress(event: dict[str, Any]) -> None:
         nonlocal last_write
         if await queue.stopped(job_id):
-            raise JobStopped()
+            raise JobCancelled()
         final = event.get("stage") == "store" or event.get("done") == event.get("total")
         if final or time.monotonic() - last_write > 0.2:
             last_write = time.monotonic()
@@ -161,7 +157,7 @@ async def run_refresh(
         result = await induce(
             services, tenant, user, model=record.get("model") or None, job_id=job_id, progress=progress
         )
-    except JobStopped:
+    except JobCancelled:
         return {"status": "cancelled"}
     except PersonaError as exc:
         return await retry_or_fail(queue, record, job_id, exc, attempts, settings)
@@ -186,7 +182,11 @@ async def run_adapter_training(
         return await finish(queue, record, job_id, "failed", error=error)
     result = {"version": persona.version, "version_id": persona.version_id}
     try:
-        facts = await train_and_store(services, tenant, user, persona.version, result)
+        facts = await train_and_store(
+            services, tenant, user, persona.version, result, stopped=lambda: queue.stopped(job_id)
+        )
+    except JobCancelled:
+        return {"status": "cancelled"}
     except PersonaError as exc:
         return await retry_or_fail(queue, record, job_id, exc, attempts, services.settings)
     except Exception as exc:  # a training error is this job's failure, reported, not a crash
@@ -220,9 +220,14 @@ async def finish(
     result: dict[str, Any] | None = None,
     error: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    if await queue.record(job_id) is None:  # the user was forgotten meanwhile: leave no trace
+    current = await queue.record(job_id)
+    if current is None:  # the user was forgotten meanwhile: leave no trace
         return {"status": "skipped"}
-    await queue.update(job_id, state=state, result=result, error=error, finished_at=now_iso())
+    if current.get("cancelled"):  # cancelled while it ran: the cancel's record stands
+        return {"status": "cancelled"}
+    # A success clears the error an earlier attempt left behind.
+    clear = () if error else ("error",)
+    await queue.update(job_id, state=state, result=result, error=error, finished_at=now_iso(), clear=clear)
     await queue.release_pending(record["tenant"], record["user"], job_id)
     return {"status": state, **({"error": error} if error else {})}
 

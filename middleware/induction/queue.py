@@ -12,6 +12,7 @@ request for adapter training.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from datetime import UTC, datetime
@@ -42,6 +43,13 @@ if current == false or current == ARGV[1] then
 end
 return 0
 """
+
+
+class JobCancelled(Exception):
+    """The job was cancelled or its user forgotten while it ran: it stops without storing anything."""
+
+
+CANCELLED_ERROR = {"code": "cancelled", "message": "the job was cancelled"}
 
 
 def now_iso() -> str:
@@ -79,12 +87,15 @@ class JobQueue:
         )
         return found_id is None or bool(cancelled)
 
-    async def update(self, job_id: str, **fields: Any) -> None:
+    async def update(self, job_id: str, *, clear: tuple[str, ...] = (), **fields: Any) -> None:
+        """Set `fields` (None values are skipped) and remove the fields named in `clear`, in one step."""
         mapping = {
             k: orjson.dumps(v) if k in JSON_FIELDS else str(v) for k, v in fields.items() if v is not None
         }
         key = keys.job_record(job_id)
         pipe = self._redis.pipeline(transaction=True)
+        if clear:
+            pipe.hdel(key, *clear)
         pipe.hset(key, mapping=mapping)
         pipe.expire(key, self._settings.jobs_keep_s)
         await fail_closed(pipe.execute())
@@ -159,10 +170,11 @@ class JobQueue:
         if status in (JobStatus.complete, JobStatus.not_found):
             info = await job.result_info()
             if info is None or not info.success:
-                problem = repr(info.result) if info is not None else "the job is gone from the queue"
-                if "CancelledError" in problem:
-                    error = {"code": "cancelled", "message": "the job was cancelled"}
+                outcome = info.result if info is not None else None
+                if isinstance(outcome, (asyncio.CancelledError, JobCancelled)):
+                    error = dict(CANCELLED_ERROR)
                 else:
+                    problem = repr(outcome) if info is not None else "the job is gone from the queue"
                     error = {"code": "job_failed", "message": problem}
                 record.update(state="failed", error=error)
                 await self.update(job_id, state="failed", error=error, finished_at=now_iso())
@@ -173,7 +185,7 @@ class JobQueue:
         record = await self.record(job_id)
         if record is None or record.get("state") not in ACTIVE:
             return record
-        error = {"code": "cancelled", "message": "the job was cancelled"}
+        error = dict(CANCELLED_ERROR)
         await self.update(job_id, state="failed", error=error, finished_at=now_iso(), cancelled=1)
         # Queued: it never starts. Running: the worker's next checkpoint sees the flag and stops.
         await fail_closed(self.arq.zrem(keys.JOB_QUEUE, job_id))
@@ -184,8 +196,6 @@ class JobQueue:
 
     async def wait(self, job_id: str, timeout: float = 30.0, interval: float = 0.1) -> dict[str, Any] | None:
         """Poll until the job is finished (for the CLI and tests)."""
-        import asyncio
-
         deadline = time.monotonic() + timeout
         while True:
             record = await self.get(job_id)
