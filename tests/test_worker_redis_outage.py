@@ -72,7 +72,7 @@ async def test_worker_survives_a_redis_restart_and_a_pause(
         server.pause()
         paused_at = time.monotonic()
         try:
-            # Noticed once a command passes the 2 s socket timeout (later on a loaded machine).
+            # Noticed once a command passes the socket timeout (later on a loaded machine).
             assert await until(lambda: logged("Redis unreachable") > outages, timeout=10), log.read_text()[-2000:]
             await asyncio.sleep(max(0.0, 5 - (time.monotonic() - paused_at)))  # a pause of at least 5 s
         finally:
