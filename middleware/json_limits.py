@@ -4,8 +4,8 @@ JSON nested deeper than `MAX_DEPTH` or holding an integer outside the signed 64-
 with a 400 before any route runs (and before anything is stored), so no later parse, validation,
 serialization or read of a stored record can fail on it. Bodies are parsed once with orjson (which
 also refuses invalid UTF-8, lone surrogates, NaN and infinities); the exact depth walk and integer
-scan only run when the raw bytes make them possible (more than `MAX_DEPTH` brackets, a run of 19
-digits), so an ordinary request pays one C-speed parse.
+scan only run when the raw bytes make them possible (more than `MAX_DEPTH` brackets, 19 digits),
+so an ordinary request pays one C-speed parse and two byte counts.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from middleware.errors import InvalidJSON, InvalidRequest
 MAX_DEPTH = 64
 INT_MIN, INT_MAX = -(2**63), 2**63 - 1
 _LONG_DIGITS = re.compile(rb"\d{19}")
+_DIGITS = b"0123456789"
 
 
 class JSONTooDeep(InvalidRequest):
@@ -49,7 +50,8 @@ def check_body(raw: bytes, *, max_depth: int = MAX_DEPTH) -> None:
         raise InvalidJSON(f"the request body is not valid JSON: {exc}") from None
     if raw.count(b"[") + raw.count(b"{") > max_depth:
         check_value(value, max_depth=max_depth)
-    if _LONG_DIGITS.search(raw):
+    # Counting digits (one C pass) is far cheaper than the regex, which runs only when 19 could be in a row.
+    if len(raw) - len(raw.translate(None, _DIGITS)) >= 19 and _LONG_DIGITS.search(raw):
         # orjson reads integers beyond 64 bits as floats: the exact check reads every integer literal.
         json.loads(raw, parse_int=_checked_int)
 
