@@ -10,11 +10,16 @@ from typing import Any
 import httpx
 
 from tests.support.fake_upstream import FakeUpstream
-from tests.support.proxy import app_client, proxy_settings, start_proxy
+from tests.support.proxy import admin_client, app_client, proxy_settings, start_proxy
 from tests.support.redis_server import RedisServer
 from tests.support.stored import stored_records
 
 WRITES = 8
+EXEMPLAR = {
+    "context": [{"role": "user", "content": "How do I sort a list?"}],
+    "chosen": {"role": "assistant", "content": "sorted(xs)"},
+    "rejected": {"role": "assistant", "content": "There are many ways..."},
+}
 
 
 def feedback(i: int) -> dict[str, Any]:
@@ -60,3 +65,24 @@ def test_timed_out_writes_are_honest_and_retries_store_each_once(
     assert sorted(contents) == sorted(f"good answer {i}" for i in range(-1, WRITES))  # each exactly once
     ids = [r.json()["data"][0]["id"] for r in retried]
     assert len(set(ids)) == WRITES and all(ids.count(i) == 1 for i in ids)
+
+
+def test_a_persona_put_retried_after_a_503_adds_one_version(
+    fresh_redis: RedisServer, fake_upstream: FakeUpstream
+) -> None:
+    settings = proxy_settings(fresh_redis.url, fake_upstream, redis_socket_timeout_s=0.5)
+    body = {"text": "Prefers short answers.", "exemplars": [EXEMPLAR]}
+    with start_proxy(settings) as proxy, admin_client(proxy) as admin:
+        assert admin.put("/admin/users/alice/persona", json={"text": "first"}).json()["version"] == 1
+        fresh_redis.pause()
+        try:
+            stalled = admin.put("/admin/users/alice/persona", json=body)
+        finally:
+            fresh_redis.resume()
+        assert stalled.status_code == 503 and "may or may not" in stalled.json()["error"]["message"]
+        retried = admin.put("/admin/users/alice/persona", json=body)
+        again = admin.put("/admin/users/alice/persona", json=body)  # as if the first retry had timed out
+        versions = admin.get("/admin/users/alice/persona/versions").json()
+    assert retried.status_code == again.status_code == 200
+    assert retried.json()["version"] == again.json()["version"] == 2
+    assert [v["version"] for v in versions] == [1, 2]
