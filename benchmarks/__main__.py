@@ -1,4 +1,4 @@
-"""Run the benchmarks: `python -m benchmarks [proxy|induction|rerank|rerank-mode ...]` (all by default).
+"""Run the benchmarks: `python -m benchmarks [proxy|induction|rerank|rerank-mode|chaos ...]` (all by default).
 
 Each benchmark is its own script and prints its own figures; arguments after `--` go to each.
 """
@@ -15,6 +15,7 @@ SCRIPTS = {
     "induction": "induction_cost.py",
     "rerank": "rerank_cost.py",
     "rerank-mode": "rerank_mode.py",
+    "chaos": "chaos.py",
 }
 
 

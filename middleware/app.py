@@ -25,10 +25,11 @@ from middleware.api import (
     ui_evaluate,
     users,
 )
+from middleware.api.docs import install_docs, openapi_url
 from middleware.api.responses import JSONBytes
 from middleware.config import Settings
 from middleware.errors import InvalidJSON, PersonaError, ValidationFailed
-from middleware.limits import BodySizeLimit
+from middleware.limits import BodyGuard
 from middleware.services import build_services
 
 log = logging.getLogger("middleware")
@@ -55,13 +56,27 @@ def create_app(settings: Settings) -> FastAPI:
         default_response_class=JSONBytes,
         # No OpenTelemetry hooks on the hot path unless an operator wires them in explicitly.
         telemetry={"tracing": False, "metrics": False, "logs": False},
+        # A path with a trailing slash is a 404, never a redirect built from the Host header.
+        redirect_slashes=False,
+        docs_url=None,  # /docs and /redoc are served by install_docs, with local assets
+        redoc_url=None,
+        openapi_url=openapi_url(settings),
     )
     app.state.settings = settings
     for module in (health, chat, admin, comparisons, preferences, users, jobs, ui, evaluations, ui_evaluate):
         app.include_router(module.router)
+    install_docs(app, settings)
     install_error_handlers(app)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyGuard, max_bytes=settings.max_body_bytes)
     return app
+
+
+_HTTP_ERRORS = {
+    400: ("invalid_request_error", "invalid_body"),
+    404: ("not_found_error", "not_found"),
+    405: ("invalid_request_error", "method_not_allowed"),
+    413: ("invalid_request_error", "payload_too_large"),
+}
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -83,10 +98,16 @@ def install_error_handlers(app: FastAPI) -> None:
         failed = ValidationFailed(message or "invalid request", param=location or None)
         return JSONBytes(failed.to_body(), status_code=failed.status_code)
 
+    @app.exception_handler(Exception)
+    async def unexpected_error(_: Request, exc: Exception) -> JSONBytes:
+        log.error("unhandled error", exc_info=exc)
+        body = PersonaError("internal error", code="internal_error").to_body()
+        return JSONBytes(body, status_code=500)
+
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONBytes:
-        kinds = {404: "not_found_error", 405: "invalid_request_error"}
-        body = PersonaError(
-            str(exc.detail), error_type=kinds.get(exc.status_code, "api_error"), code=None
-        ).to_body()
+        error_type, code = _HTTP_ERRORS.get(exc.status_code, ("invalid_request_error", "invalid_request"))
+        if exc.status_code >= 500:
+            error_type, code = "api_error", "internal_error"
+        body = PersonaError(str(exc.detail), error_type=error_type, code=code).to_body()
         return JSONBytes(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))

@@ -48,7 +48,7 @@ class Settings(BaseSettings):
     # --- Redis -----------------------------------------------------------------------------------
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_connect_timeout_s: float = 0.5
-    redis_socket_timeout_s: float = 2.0
+    redis_socket_timeout_s: float = 1.0
     redis_max_connections: int = 64
     # Start a local redis-server (data under data_dir) when `persona serve` finds none reachable.
     embedded_redis: bool = True

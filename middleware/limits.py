@@ -1,7 +1,12 @@
-"""Pure ASGI middleware that refuses request bodies over the size limit with 413.
+"""Pure ASGI middleware that checks every request body before any route runs.
 
-Declared lengths are refused before the body is read; undeclared (chunked) bodies are counted as they
-arrive and refused as soon as they pass the limit.
+- Over the size limit: 413, whether the length is declared (refused before reading) or the body is
+  chunked (counted as it arrives, refused as soon as it passes the limit).
+- Not UTF-8, not JSON, nested deeper than the JSON depth limit or holding an integer beyond 64 bits:
+  400 (`middleware.json_limits`). Every route that takes a body speaks JSON; multipart bodies are
+  passed through unchecked for routes that would take files.
+The body is read once here and replayed to the app; later `receive` calls (the client's disconnect)
+go straight to the server.
 """
 
 from __future__ import annotations
@@ -10,56 +15,88 @@ from typing import Any
 
 import orjson
 
-from middleware.errors import PayloadTooLarge
+from middleware.errors import PayloadTooLarge, PersonaError
+from middleware.json_limits import MAX_DEPTH, check_body
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
 
 
-class BodySizeLimit:
-    def __init__(self, app: Any, max_bytes: int) -> None:
+class BodyGuard:
+    def __init__(self, app: Any, max_bytes: int, max_depth: int = MAX_DEPTH) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.max_depth = max_depth
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        declared: int | None = None
+        chunked, json_body = False, True
         for name, value in scope["headers"]:
             if name == b"content-length":
                 try:
                     declared = int(value)
                 except ValueError:
                     declared = 0
-                if declared > self.max_bytes:
-                    await self._refuse(send)
-                    return
+            elif name == b"transfer-encoding":
+                chunked = b"chunked" in value.lower()
+            elif name == b"content-type":
+                json_body = not value.lower().startswith(b"multipart/")
+        if declared is None and not chunked:  # no body at all
+            await self.app(scope, receive, send)
+            return
+        if declared is not None and declared > self.max_bytes:
+            await _refuse(send, PayloadTooLarge(self._too_large()))
+            return
+        chunks: list[bytes] = []
         received = 0
-
-        async def counting_receive() -> Message:
-            nonlocal received
+        more = True
+        while more:
             message: Message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise PayloadTooLarge(self._message())
+            if message["type"] != "http.request":  # the client went away
+                return
+            chunk = message.get("body", b"")
+            received += len(chunk)
+            if received > self.max_bytes:
+                await _refuse(send, PayloadTooLarge(self._too_large()))
+                return
+            chunks.append(chunk)
+            more = bool(message.get("more_body", False))
+        body = b"".join(chunks)
+        if body and json_body:
+            try:
+                check_body(body, max_depth=self.max_depth)
+            except PersonaError as error:
+                await _refuse(send, error)
+                return
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            message: Message = await receive()
             return message
 
-        await self.app(scope, counting_receive, send)
+        await self.app(scope, replay, send)
 
-    def _message(self) -> str:
+    def _too_large(self) -> str:
         return f"request body larger than {self.max_bytes} bytes"
 
-    async def _refuse(self, send: Any) -> None:
-        body = orjson.dumps(PayloadTooLarge(self._message()).to_body())
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+
+async def _refuse(send: Any, error: PersonaError) -> None:
+    body = orjson.dumps(error.to_body())
+    await send(
+        {
+            "type": "http.response.start",
+            "status": error.status_code,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

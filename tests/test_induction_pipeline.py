@@ -68,7 +68,7 @@ async def test_pipeline_keeps_matching_traces_and_stores_version(
     assert prov["kept_trace_ids"] == [ids[f"chosen answer to Q{i}"] for i in (0, 2, 3, 5, 6)]
     assert prov["validation_ids"] == [ids[f"chosen answer to Q{i}"] for i in (7, 8, 9)]
     assert sorted(prov["source_preference_ids"]) == sorted(ids.values())
-    assert prov["model"] == "fake-judge" and prov["prompt_template_version"] == "induction/1"
+    assert prov["model"] == "fake-judge" and prov["prompt_template_version"] == "induction/2"
     # The empty set scores 1/3 (only Q7), any non-empty set 3/3: a non-empty set wins.
     assert prov["candidate_scores"][0] == {"exemplar_ids": [], "correct": 1, "accuracy": 1 / 3}
     assert prov["validation_accuracy"] == 1.0

@@ -158,7 +158,7 @@ def test_delete_persona_switches_personalization_off(proxy: RunningProxy, fake_u
     assert httpx.get(url, headers=headers).status_code == 404
 
 
-def test_stored_values_beyond_64_bit_integers_still_serialize(proxy: RunningProxy) -> None:
+def test_values_beyond_64_bit_integers_are_refused_before_anything_is_stored(proxy: RunningProxy) -> None:
     url = f"{proxy.url}/admin/users/alice/persona"
     exemplar = {
         "context": [{"role": "user", "content": "q", "vendor_field": 2**70}],
@@ -166,7 +166,6 @@ def test_stored_values_beyond_64_bit_integers_still_serialize(proxy: RunningProx
         "rejected": {"role": "assistant", "content": "b"},
     }
     put = httpx.put(url, json={"text": "t", "exemplars": [exemplar]}, headers=proxy.admin_headers())
-    assert put.status_code == 200, put.text
-    got = httpx.get(url, headers=proxy.admin_headers())
-    assert got.status_code == 200
-    assert got.json()["exemplars"][0]["context"][0]["vendor_field"] == 2**70
+    assert_openai_shape(put, 400)
+    assert put.json()["error"]["code"] == "integer_out_of_range"
+    assert httpx.get(url, headers=proxy.admin_headers()).status_code == 404

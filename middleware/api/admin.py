@@ -23,6 +23,7 @@ from middleware.api.schemas import (
 )
 from middleware.errors import NotEnoughData, NotFound
 from middleware.induction.adapters import enqueue_adapter_training
+from middleware.models import PreferencePair
 
 router = APIRouter(prefix="/admin/users", tags=["admin"])
 
@@ -39,14 +40,18 @@ async def get_persona(user: UserPath, tenant: AdminTenant, services: ServicesDep
 async def put_persona(
     user: UserPath, body: PersonaPut, tenant: AdminTenant, services: ServicesDep
 ) -> PersonaPublic:
-    persona = await services.personas.save(
-        tenant,
-        user,
-        body.text,
-        [e.to_pair(user) for e in body.exemplars],
-        provenance={"source": "admin"},
-    )
+    """Store a new persona version; the same text and exemplars as the current version are that
+    version (so a retry after a 503 adds no second version)."""
+    exemplars = [e.to_pair(user) for e in body.exemplars]
+    current = await services.personas.get(tenant, user)
+    if current is not None and current.text == body.text and _shown(current.exemplars) == _shown(exemplars):
+        return PersonaPublic.of(user, current)
+    persona = await services.personas.save(tenant, user, body.text, exemplars, provenance={"source": "admin"})
     return PersonaPublic.of(user, persona)
+
+
+def _shown(pairs: list[PreferencePair]) -> list[dict[str, object]]:
+    return [p.model_dump(mode="json", include={"context", "chosen", "rejected", "rationale"}) for p in pairs]
 
 
 @router.delete("/{user}/persona")

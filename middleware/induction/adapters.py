@@ -12,17 +12,19 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from middleware.adapter_format import safetensors_metadata
 from middleware.config import Settings
 from middleware.errors import PersonaError
-from middleware.induction.queue import JobQueue
+from middleware.induction.queue import JobCancelled, JobQueue
 from middleware.store.personas import PersonaStore
 from middleware.store.preferences import PreferenceStore
 from middleware.store.users import UserIndex
 
 log = logging.getLogger("middleware.jobs")
+STOP_CHECK_S = 0.5  # how often a running training looks for a cancel
 
 
 class ModelHolder:
@@ -92,8 +94,17 @@ class AdapterTrainer:
             return {"warnings": [f"lora adapter training failed: {type(exc).__name__}: {exc}"]}
 
     async def train_and_store(
-        self, tenant: str, user: str, version: int, result: dict[str, Any]
+        self,
+        tenant: str,
+        user: str,
+        version: int,
+        result: dict[str, Any],
+        *,
+        stopped: Callable[[], Awaitable[bool]] | None = None,
     ) -> dict[str, Any]:
+        """Train the adapter (in a thread) and store it beside persona `version`. With `stopped`, a stop
+        seen while training or before storing raises `JobCancelled` at once and nothing is stored (the
+        training thread runs to its end in the background; its result is dropped)."""
         model = await self._model.get()
         pairs = await self._preferences.pairs(tenant, user)
         extra = {
@@ -102,8 +113,18 @@ class AdapterTrainer:
             "persona_version_id": str(result.get("version_id") or ""),
         }
         started = time.perf_counter()
-        blob: bytes = await asyncio.to_thread(model.train_user, user, pairs, cache=False, extra=extra)
+        training = asyncio.ensure_future(
+            asyncio.to_thread(model.train_user, user, pairs, cache=False, extra=extra)
+        )
+        while stopped is not None and not training.done():
+            await asyncio.wait([training], timeout=STOP_CHECK_S)
+            if await stopped():
+                training.add_done_callback(lambda task: task.cancelled() or task.exception())
+                raise JobCancelled()
+        blob: bytes = await training
         seconds = time.perf_counter() - started
+        if stopped is not None and await stopped():
+            raise JobCancelled()
         stored = await self._personas.save_adapter(tenant, user, version, blob)
         meta = safetensors_metadata(blob)
         return {

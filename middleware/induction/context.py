@@ -16,7 +16,7 @@ from middleware.personalize.block import clip
 from middleware.prompts import render
 from middleware.upstream import UpstreamRouter
 
-PROMPT_VERSION = "induction/1"
+PROMPT_VERSION = "induction/2"
 # The app's own instructions are not the user's preferences: induction never sees them.
 SHOWN_ROLES = ("user", "assistant")
 TURN_MAX_CHARS = 2000

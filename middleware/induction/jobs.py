@@ -22,16 +22,18 @@ from functools import partial
 from typing import Any
 
 from arq import Retry, cron
-from arq.connections import RedisSettings
+from arq.connections import ArqRedis
 from arq.worker import Worker, func
 
 from middleware.config import Settings
 from middleware.errors import PersonaError, StoreUnavailable, UpstreamError
 from middleware.induction.adapters import AdapterTrainer, adapter_wanted
 from middleware.induction.pipeline import Induction
-from middleware.induction.queue import REFRESH, TRAIN_ADAPTER, JobQueue, now_iso
+from middleware.induction.queue import REFRESH, TRAIN_ADAPTER, JobCancelled, JobQueue, now_iso
+from middleware.induction.resilient import REDIS_DOWN, ResilientWorker, supervise
 from middleware.services import Services, build_services
 from middleware.store import keys
+from middleware.store.connection import create_redis
 from middleware.store.personas import PersonaStore
 from middleware.store.preferences import PreferenceStore
 from middleware.store.users import UserIndex
@@ -39,8 +41,6 @@ from middleware.store.users import UserIndex
 log = logging.getLogger("middleware.jobs")
 TRANSIENT = (UpstreamError, StoreUnavailable)
 
-class JobStopped(Exception):
-    """The job was cancelled or its user forgotten while it ran: stop without storing anything."""
 
 
 def lease_ms(settings: Settings) -> int:
@@ -67,6 +67,16 @@ async def train_adapter(ctx: dict[str, Any]) -> dict[str, Any]:
 
 
 async def run_user_job(queue: JobQueue, settings: Settings, job_id: str, body: JobBody) -> dict[str, Any]:
+    """Run `body` for the job's user; a Redis outage it could not record puts the job back on the
+    queue (if Redis is still away, arq's in-progress marker expires and the job runs again)."""
+    try:
+        return await run_locked(queue, settings, job_id, body)
+    except REDIS_DOWN as exc:
+        log.warning("job %s interrupted by a Redis outage (%s): queued again", job_id, type(exc).__name__)
+        raise Retry(defer=settings.jobs_retry_defer_s) from exc
+
+
+async def run_locked(queue: JobQueue, settings: Settings, job_id: str, body: JobBody) -> dict[str, Any]:
     """Run `body` for the job's user under the user's lock and one of the tenant's job slots."""
     record = await queue.record(job_id)
     if record is None or record.get("cancelled") or record.get("state") not in ("queued", "running"):
@@ -115,7 +125,7 @@ async def run_refresh(
     async def progress(event: dict[str, Any]) -> None:
         nonlocal last_write
         if await queue.stopped(job_id):
-            raise JobStopped()
+            raise JobCancelled()
         final = event.get("stage") == "store" or event.get("done") == event.get("total")
         if final or time.monotonic() - last_write > 0.2:
             last_write = time.monotonic()
@@ -125,7 +135,7 @@ async def run_refresh(
         result = await induction.induce(
             tenant, user, model=record.get("model") or None, job_id=job_id, progress=progress
         )
-    except JobStopped:
+    except JobCancelled:
         return {"status": "cancelled"}
     except PersonaError as exc:
         return await retry_or_fail(queue, record, job_id, exc, attempts, settings)
@@ -155,7 +165,11 @@ async def run_adapter_training(
         return await finish(queue, record, job_id, "failed", error=error)
     result = {"version": persona.version, "version_id": persona.version_id}
     try:
-        facts = await adapters.train_and_store(tenant, user, persona.version, result)
+        facts = await adapters.train_and_store(
+            tenant, user, persona.version, result, stopped=lambda: queue.stopped(job_id)
+        )
+    except JobCancelled:
+        return {"status": "cancelled"}
     except PersonaError as exc:
         return await retry_or_fail(queue, record, job_id, exc, attempts, settings)
     except Exception as exc:  # a training error is this job's failure, reported, not a crash
@@ -189,9 +203,14 @@ async def finish(
     result: dict[str, Any] | None = None,
     error: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    if await queue.record(job_id) is None:  # the user was forgotten meanwhile: leave no trace
+    current = await queue.record(job_id)
+    if current is None:  # the user was forgotten meanwhile: leave no trace
         return {"status": "skipped"}
-    await queue.update(job_id, state=state, result=result, error=error, finished_at=now_iso())
+    if current.get("cancelled"):  # cancelled while it ran: the cancel's record stands
+        return {"status": "cancelled"}
+    # A success clears the error an earlier attempt left behind.
+    clear = () if error else ("error",)
+    await queue.update(job_id, state=state, result=result, error=error, finished_at=now_iso(), clear=clear)
     await queue.release_pending(record["tenant"], record["user"], job_id)
     return {"status": state, **({"error": error} if error else {})}
 
@@ -257,7 +276,8 @@ def build_worker(settings: Settings, **overrides: Any) -> Worker:
             func(train_adapter, name=TRAIN_ADAPTER, max_tries=1000, timeout=settings.jobs_timeout_s),
         ],
         "cron_jobs": cron_jobs,
-        "redis_settings": RedisSettings.from_dsn(settings.redis_url),
+        # The service's own pool: connect and socket timeouts, so a paused Redis cannot hang the worker.
+        "redis_pool": ArqRedis(connection_pool=create_redis(settings).connection_pool),
         "queue_name": keys.JOB_QUEUE,
         "health_check_key": f"{keys.JOB_QUEUE}:health-check",
         "max_jobs": settings.worker_max_jobs,
@@ -270,16 +290,14 @@ def build_worker(settings: Settings, **overrides: Any) -> Worker:
         "allow_abort_jobs": True,
     }
     options.update(overrides)
-    worker = Worker(**options)
+    worker = ResilientWorker(**options)
     # A dead worker's job becomes runnable again this long after it started (arq adds 10 s).
     worker.in_progress_timeout_s = settings.jobs_timeout_s + settings.jobs_in_progress_grace_s
     return worker
 
 
 def run_worker(settings: Settings) -> None:
-    """Run a worker until SIGINT/SIGTERM (arq finishes or re-queues running jobs on the way out)."""
-    loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
-    worker = build_worker(settings)
+    """Run a worker until SIGINT/SIGTERM (arq finishes or re-queues running jobs on the way out);
+    Redis outages are waited out (`middleware.induction.resilient`)."""
     log.info("persona worker started (queue %s, max_jobs %d)", keys.JOB_QUEUE, settings.worker_max_jobs)
-    worker.run()
+    asyncio.run(supervise(lambda: build_worker(settings)))

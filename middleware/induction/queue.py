@@ -12,6 +12,7 @@ request for adapter training.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from datetime import UTC, datetime
@@ -29,6 +30,13 @@ from middleware.store.jobs import JobStore
 REFRESH = "refresh_persona"
 TRAIN_ADAPTER = "train_adapter"
 ACTIVE = ("queued", "running")
+
+
+class JobCancelled(Exception):
+    """The job was cancelled or its user forgotten while it ran: it stops without storing anything."""
+
+
+CANCELLED_ERROR = {"code": "cancelled", "message": "the job was cancelled"}
 
 
 def now_iso() -> str:
@@ -49,8 +57,9 @@ class JobQueue:
         """Was the job cancelled, or its record deleted (the user forgotten)? One HMGET."""
         return await self.store.stopped(job_id)
 
-    async def update(self, job_id: str, **fields: Any) -> None:
-        await self.store.update(job_id, **fields)
+    async def update(self, job_id: str, *, clear: tuple[str, ...] = (), **fields: Any) -> None:
+        """Set `fields` (None values are skipped) and remove the fields named in `clear`, in one step."""
+        await self.store.update(job_id, clear=clear, **fields)
 
     # --- enqueue ------------------------------------------------------------------------------------
     async def enqueue_refresh(
@@ -115,10 +124,11 @@ class JobQueue:
         if status in (JobStatus.complete, JobStatus.not_found):
             info = await job.result_info()
             if info is None or not info.success:
-                problem = repr(info.result) if info is not None else "the job is gone from the queue"
-                if "CancelledError" in problem:
-                    error = {"code": "cancelled", "message": "the job was cancelled"}
+                outcome = info.result if info is not None else None
+                if isinstance(outcome, (asyncio.CancelledError, JobCancelled)):
+                    error = dict(CANCELLED_ERROR)
                 else:
+                    problem = repr(outcome) if info is not None else "the job is gone from the queue"
                     error = {"code": "job_failed", "message": problem}
                 record.update(state="failed", error=error)
                 await self.update(job_id, state="failed", error=error, finished_at=now_iso())
@@ -129,7 +139,7 @@ class JobQueue:
         record = await self.record(job_id)
         if record is None or record.get("state") not in ACTIVE:
             return record
-        error = {"code": "cancelled", "message": "the job was cancelled"}
+        error = dict(CANCELLED_ERROR)
         await self.update(job_id, state="failed", error=error, finished_at=now_iso(), cancelled=1)
         # Queued: it never starts. Running: the worker's next checkpoint sees the flag and stops.
         await self.store.drop_queued(job_id)
@@ -139,8 +149,6 @@ class JobQueue:
 
     async def wait(self, job_id: str, timeout: float = 30.0, interval: float = 0.1) -> dict[str, Any] | None:
         """Poll until the job is finished (for the CLI and tests)."""
-        import asyncio
-
         deadline = time.monotonic() + timeout
         while True:
             record = await self.get(job_id)

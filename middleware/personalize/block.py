@@ -1,26 +1,35 @@
 """Render the persona block and place it in a conversation.
 
-Persona and exemplar text is user-derived data: it is length-capped, stripped of anything that could
-close or fake the delimiting block, and placed after the app's own system/developer messages so the
-app's instructions keep precedence. Rationales are never injected.
+Persona and exemplar text is user-derived data: it is length-capped, escaped by the template
+environment so that nothing in it can close or fake the delimiting block (`middleware.prompts`), and
+placed after the app's own system/developer messages so the app's instructions keep precedence.
+Rationales are never injected.
 """
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from middleware.models import Persona, PreferencePair, message_text
-from middleware.prompts import render
+from middleware.prompts import escaped_length, render
 
 TEMPLATE = "persona_block.j2"
-_DELIMITER_RE = re.compile(r"</?\s*user_preferences\s*>", re.IGNORECASE)
 _INSTRUCTION_ROLES = ("system", "developer")
 
 
 def clip(text: str, limit: int) -> str:
-    text = _DELIMITER_RE.sub("", text).strip()
-    return text if len(text) <= limit else text[: max(0, limit - 1)].rstrip() + "…"
+    """`text` cut so that, once escaped for a prompt, it is at most `limit` characters long."""
+    text = text.strip()
+    if escaped_length(text) <= limit:
+        return text
+    low, high = 0, min(len(text), max(0, limit - 1))  # the longest prefix that fits, plus "…"
+    while low < high:
+        middle = (low + high + 1) // 2
+        if escaped_length(text[:middle]) <= limit - 1:
+            low = middle
+        else:
+            high = middle - 1
+    return text[:low].rstrip() + "…"
 
 
 def exemplar_view(pair: PreferencePair, max_chars: int) -> dict[str, str]:

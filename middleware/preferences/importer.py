@@ -20,6 +20,7 @@ from middleware.config import Settings
 from middleware.errors import ValidationFailed
 from middleware.evaluation.data import FORMATS, iter_pairs
 from middleware.identity import TENANT_RE, validate_user_id
+from middleware.json_limits import check_value
 from middleware.models import PreferencePair
 from middleware.store.preferences import PreferenceStore
 
@@ -32,7 +33,9 @@ Record = tuple[str, str, dict[str, Any]]
 def to_record(pair: PreferencePair) -> Record:
     validate_user_id(pair.user_id, param="user_id")
     pair_id = pair.stable_id()
-    return pair_id, "pair", pair.model_copy(update={"id": pair_id}).model_dump(mode="json")
+    record = pair.model_copy(update={"id": pair_id}).model_dump(mode="json")
+    check_value(record)  # the limits every stored record keeps (depth, 64-bit integers)
+    return pair_id, "pair", record
 
 
 class Importer:

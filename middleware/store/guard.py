@@ -15,6 +15,11 @@ log = logging.getLogger("middleware.store")
 T = TypeVar("T")
 
 STORE_ERRORS = (RedisError, OSError, TimeoutError)
+# A command that timed out may still have been applied: say so, and say what makes a retry safe.
+UNAVAILABLE = (
+    "the store (Redis) did not answer in time: a write may or may not have been stored; retrying the "
+    "same request is safe (with the same Idempotency-Key, or the same comparison, nothing is stored twice)"
+)
 
 
 @overload
@@ -29,7 +34,7 @@ async def fail_closed(awaitable: Any) -> Any:
         return awaitable
     except STORE_ERRORS as exc:
         log.warning("store unavailable: %s", type(exc).__name__)
-        raise StoreUnavailable("the store (Redis) is unavailable; nothing was changed") from exc
+        raise StoreUnavailable(UNAVAILABLE) from exc
 
 
 async def resolved(value: Awaitable[T] | T) -> T:

@@ -79,12 +79,15 @@ class JobStore:
         )
         return found_id is None or bool(cancelled)
 
-    async def update(self, job_id: str, **fields: Any) -> None:
+    async def update(self, job_id: str, *, clear: tuple[str, ...] = (), **fields: Any) -> None:
+        """Set `fields` (None values are skipped) and remove the fields named in `clear`, in one step."""
         mapping = {
             k: orjson.dumps(v) if k in JSON_FIELDS else str(v) for k, v in fields.items() if v is not None
         }
         key = keys.job_record(job_id)
         pipe = self._redis.pipeline(transaction=True)
+        if clear:
+            pipe.hdel(key, *clear)
         pipe.hset(key, mapping=mapping)
         pipe.expire(key, self._keep_s)
         await fail_closed(pipe.execute())

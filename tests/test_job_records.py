@@ -1,0 +1,112 @@
+"""Job records tell the truth: a retry's success clears the earlier error, a cancelled adapter training
+stays cancelled and stores nothing, and a cancel is recognised by the exception's type."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Any
+
+import pytest
+from arq.constants import job_key_prefix, result_key_prefix
+from arq.jobs import serialize_result
+
+from middleware.induction import jobs
+from middleware.induction.adapters import ModelHolder
+from middleware.induction.queue import REFRESH, JobCancelled, JobQueue
+from middleware.store import keys
+from tests.induction_fakes import InductionResponder, make_pairs
+from tests.jobs_support import drain, job_settings, store_services
+from tests.support.fake_upstream import FakeUpstream, Reply
+from tests.support.proxy import RunningProxy
+from tests.support.proxy import admin_client as client
+
+T, U = "tenant-a", "alice"
+
+
+async def test_a_successful_retry_clears_the_earlier_error(jproxy: RunningProxy, fake_upstream: FakeUpstream) -> None:
+    async with store_services(jproxy.settings) as services:
+        await services.preferences.add_pairs(T, U, make_pairs(U, 5))
+    responder = InductionResponder()
+    failures = {"left": 3}  # one attempt's worth of 503s (the upstream call is tried 3 times)
+
+    def flaky(body: dict[str, Any]) -> Reply | str | dict[str, Any] | None:
+        if failures["left"]:
+            failures["left"] -= 1
+            return Reply(status=503)
+        return responder(body)
+
+    fake_upstream.responder = flaky
+    with client(jproxy) as http:
+        job_id = http.post(f"/admin/users/{U}/persona/refresh").json()["job_id"]
+        await drain(jproxy.settings.model_copy(update={"induction_concurrency": 1}))
+        job = http.get(f"/admin/jobs/{job_id}").json()
+    assert job["state"] == "complete" and job["attempts"] == 2
+    assert job["error"] is None, job
+
+
+async def test_a_cancelled_adapter_training_stops_and_stores_no_adapter(
+    jproxy: RunningProxy, fake_upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    started, release = threading.Event(), threading.Event()
+
+    class SlowModel:
+        """A training that runs until released (the real one is minutes of CPU on a big history)."""
+
+        def train_user(self, user: str, pairs: list[Any], **_: Any) -> bytes:
+            started.set()
+            release.wait(30)
+            return b"an adapter that must never be stored"
+
+    async def model(_: ModelHolder) -> SlowModel:
+        return SlowModel()
+
+    monkeypatch.setattr(ModelHolder, "get", model)
+    monkeypatch.setattr(jobs, "adapter_wanted", lambda services, asked=False: None)
+    async with store_services(jproxy.settings) as services:
+        await services.preferences.add_pairs(T, U, make_pairs(U, 5))
+    try:
+        with client(jproxy) as http:
+            assert http.put(f"/admin/users/{U}/persona", json={"text": "Likes short answers."}).status_code == 200
+            async with store_services(jproxy.settings) as services:  # as the admin route queues it
+                job_id, _ = await JobQueue(jproxy.settings, services.redis).enqueue_adapter_training(T, U)
+            worker = asyncio.create_task(drain(jproxy.settings))
+            assert await asyncio.to_thread(started.wait, 20)
+            await asyncio.to_thread(http.post, f"/admin/jobs/{job_id}/cancel")
+            cancelled_at = time.monotonic()
+            await asyncio.wait_for(worker, 10)  # the job returns while the training thread still runs
+            assert not release.is_set() and time.monotonic() - cancelled_at < 5
+            job = http.get(f"/admin/jobs/{job_id}").json()
+            assert job["state"] == "failed" and job["error"]["code"] == "cancelled", job
+            assert http.get(f"/admin/users/{U}/adapter").status_code == 404
+    finally:
+        release.set()
+    async with store_services(jproxy.settings) as services:
+        assert await services.redis.exists(keys.adapter(T, U, 1)) == 0
+        assert (await JobQueue(jproxy.settings, services.redis).get(job_id) or {})["state"] == "failed"
+
+
+@pytest.mark.parametrize(
+    ("outcome", "code"),
+    [
+        (asyncio.CancelledError(), "cancelled"),
+        (JobCancelled(), "cancelled"),
+        (RuntimeError("a CancelledError was mentioned, nothing was cancelled"), "job_failed"),
+    ],
+)
+async def test_a_cancel_is_recognised_by_type_not_by_text(
+    redis_url: str, fake_upstream: FakeUpstream, outcome: BaseException, code: str
+) -> None:
+    settings = job_settings(redis_url, fake_upstream)
+    async with store_services(settings) as services:
+        queue = JobQueue(settings, services.redis)
+        job_id, _ = await queue.enqueue_refresh(T, U)
+        # How an arq worker leaves a job that ended with `outcome`: off the queue, with a result.
+        await services.redis.zrem(keys.JOB_QUEUE, job_id)
+        await services.redis.delete(job_key_prefix + job_id)
+        result = serialize_result(REFRESH, (), {}, 1, 0, False, outcome, 0, 1, job_id, keys.JOB_QUEUE, job_id)
+        assert result is not None
+        await services.redis.set(result_key_prefix + job_id, result)
+        record = await queue.get(job_id)
+    assert record is not None and record["state"] == "failed" and record["error"]["code"] == code
