@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar
 
 import httpx
@@ -15,7 +15,7 @@ import pytest
 from middleware.rerank.hookspec import EndUser
 from middleware.rerank.registry import RerankerRegistry
 from tests.support.fake_upstream import FakeUpstream, Reply
-from tests.support.proxy import APP_KEY_A, RunningProxy
+from tests.support.proxy import APP_KEY_A, RunningProxy, proxy_settings, start_proxy
 
 MESSAGES = [{"role": "system", "content": "Be helpful."}, {"role": "user", "content": "Name a fruit."}]
 
@@ -69,6 +69,16 @@ class EarlyBird(ShortestFirst):
 class Broken:
     async def score(self, context: Sequence[dict[str, Any]], candidates: Sequence[str], *, user: EndUser | None) -> list[float]:
         raise RuntimeError("scorer down")
+
+
+# The test rerankers registered below, enabled like any operator-chosen reranker.
+ENABLED = ["judge", "shortest", "slow", "early", "broken", "unregistered"]
+
+
+@pytest.fixture
+def proxy(redis_url: str, fake_upstream: FakeUpstream) -> Iterator[RunningProxy]:
+    with start_proxy(proxy_settings(redis_url, fake_upstream, rerankers_enabled=ENABLED)) as running:
+        yield running
 
 
 def registry(proxy: RunningProxy) -> RerankerRegistry:
@@ -233,9 +243,18 @@ def test_a_failed_candidate_is_skipped(proxy: RunningProxy, fake_upstream: FakeU
     assert completion.choices[0].message.content == "GOOD banana"  # kiwi failed; next shortest
 
 
-def test_unknown_reranker_is_a_400(proxy: RunningProxy) -> None:
+def test_a_reranker_not_enabled_is_a_400(proxy: RunningProxy) -> None:
+    for name in ("nope", "lora"):
+        with pytest.raises(openai.BadRequestError) as err:
+            sdk(proxy, name).chat.completions.create(model="fake-model", messages=MESSAGES)  # type: ignore[arg-type]
+        assert err.value.body["code"] == "reranker_not_enabled"  # type: ignore[index]
+        assert err.value.body["param"] == "x-persona-reranker"  # type: ignore[index]
+    assert "lora" not in registry(proxy)._instances  # nothing was built
+
+
+def test_an_enabled_reranker_that_no_plugin_registers_is_a_400(proxy: RunningProxy) -> None:
     with pytest.raises(openai.BadRequestError) as err:
-        sdk(proxy, "nope").chat.completions.create(model="fake-model", messages=MESSAGES)  # type: ignore[arg-type]
+        sdk(proxy, "unregistered").chat.completions.create(model="fake-model", messages=MESSAGES)  # type: ignore[arg-type]
     assert err.value.body["code"] == "unknown_reranker"  # type: ignore[index]
     assert json.dumps(err.value.body)
 

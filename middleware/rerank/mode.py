@@ -23,7 +23,7 @@ from middleware.collection.variants import DEFAULT_VARIANTS, Variant, apply_vari
 from middleware.errors import PersonaError, UpstreamError
 from middleware.personalize.block import inject_block
 from middleware.rerank.hookspec import EndUser
-from middleware.rerank.registry import RerankerRegistry
+from middleware.rerank.registry import RerankerRegistry, require_enabled
 from middleware.services import Services
 from middleware.upstream import ClientDisconnected, Upstream, cancel_on_disconnect, monotonic_ms
 
@@ -100,7 +100,9 @@ async def rerank_completion(
     version_id: str | None = None,
 ) -> Response:
     registry = registry_of(services)
-    reranker_name = request.headers.get(RERANKER_HEADER) or services.settings.reranker
+    reranker_name = require_enabled(
+        services.settings, request.headers.get(RERANKER_HEADER) or services.settings.reranker
+    )
     reranker = await registry.aget(reranker_name)
     upstream, body["model"] = services.upstreams.route(body["model"])
     overhead_ms = monotonic_ms(started)
