@@ -75,7 +75,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(PersonaError)
     async def persona_error(_: Request, exc: PersonaError) -> JSONBytes:
-        return JSONBytes(exc.to_body(), status_code=exc.status_code)
+        return JSONBytes(exc.to_body(), status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONBytes:

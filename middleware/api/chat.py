@@ -14,9 +14,11 @@ from fastapi.responses import Response, StreamingResponse
 
 from middleware.api.deps import ServicesDep, parse_json
 from middleware.api.responses import JSONBytes
+from middleware.collection.variants import DEFAULT_VARIANTS
 from middleware.errors import ForbiddenField, InvalidRequest, ValidationFailed
 from middleware.identity import end_user_id, tenant_for_app_key
 from middleware.personalize.block import inject_block
+from middleware.quotas.service import Lease, Quotas
 from middleware.rerank.mode import rerank_completion
 from middleware.services import Services
 from middleware.upstream import ClientDisconnected, cancel_on_disconnect, monotonic_ms
@@ -119,7 +121,27 @@ async def chat_completions(request: Request) -> Response:
     body = validate_chat_body(parse_json(await request.body()))
     user = end_user_id(request.headers, body)
     mode = persona_mode(request)
+    quotas = Quotas.of(services)
+    quotas.check_body(tenant, body)
+    # a rerank makes one upstream call per variant
+    lease = await quotas.admit(tenant, user, len(DEFAULT_VARIANTS) if mode == "rerank" else 1)
+    try:
+        return await _forward(services, request, body, tenant, user, mode, lease, started)
+    except BaseException:
+        await lease.release()
+        raise
 
+
+async def _forward(
+    services: Services,
+    request: Request,
+    body: dict[str, Any],
+    tenant: str,
+    user: str | None,
+    mode: str,
+    lease: Lease,
+    started: float,
+) -> Response:
     block: str | None = None
     version: int | None = None
     version_id: str | None = None
@@ -131,7 +153,7 @@ async def chat_completions(request: Request) -> Response:
 
     if mode == "rerank":
         # The variants move the app's instruction around, so the block goes in per candidate.
-        return await rerank_completion(
+        response = await rerank_completion(
             services,
             request,
             body,
@@ -142,6 +164,8 @@ async def chat_completions(request: Request) -> Response:
             version_id=version_id,
             started=started,
         )
+        await lease.release()
+        return response
     if block is not None:
         body["messages"] = inject_block(body["messages"], block)
 
@@ -153,16 +177,21 @@ async def chat_completions(request: Request) -> Response:
     try:
         if body.get("stream"):
             chunks = await cancel_on_disconnect(request.receive, upstream.stream(body))
+            if lease.active:
+                chunks = lease.guard_stream(chunks)
             services.metrics.chat_requests.labels(mode, "stream").inc()
             return StreamingResponse(chunks, media_type="text/event-stream", headers=headers)
         data = await cancel_on_disconnect(request.receive, upstream.complete(body))
     except ClientDisconnected:
         services.metrics.client_disconnects.inc()
+        await lease.release()
         return Response(status_code=499)
     except BaseException:
         services.metrics.chat_requests.labels(mode, "error").inc()
         raise
     services.metrics.chat_requests.labels(mode, "ok").inc()
+    if lease.active:
+        await lease.settle(data)
     return Response(data, media_type="application/json", headers=headers)
 
 

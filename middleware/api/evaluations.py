@@ -26,10 +26,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from middleware.api.deps import AdminTenant, AppTenant, ServicesDep, caller_user
 from middleware.api.responses import JSONBytes
+from middleware.evaluation.online import CONDITIONS
 from middleware.evaluation.online_plot import render_png
 from middleware.evaluation.online_service import EvaluationService
 from middleware.identity import validate_user_id
 from middleware.models import Message
+from middleware.quotas.service import Quotas
 
 admin_router = APIRouter(prefix="/admin/evaluations", tags=["evaluations"])
 app_router = APIRouter(prefix="/v1/evaluations", tags=["evaluations"])
@@ -163,13 +165,19 @@ async def create_trial(
     extra = {
         k: v for k, v in (("max_tokens", body.max_tokens), ("temperature", body.temperature)) if v is not None
     }
-    trial = await EvaluationService.of(services).create_trial(
-        tenant,
-        evaluation_id,
-        user=user,
-        messages=[m.model_dump(mode="json", exclude_none=True) for m in body.messages],
-        extra=extra,
-    )
+    quotas = Quotas.of(services)
+    quotas.check_body(tenant, extra)
+    lease = await quotas.admit(tenant, user, len(CONDITIONS))  # one upstream call per condition
+    try:
+        trial = await EvaluationService.of(services).create_trial(
+            tenant,
+            evaluation_id,
+            user=user,
+            messages=[m.model_dump(mode="json", exclude_none=True) for m in body.messages],
+            extra=extra,
+        )
+    finally:
+        await lease.release()
     return JSONBytes(trial, status_code=201)
 
 

@@ -22,6 +22,7 @@ from fastapi.responses import Response, StreamingResponse
 from middleware.collection.variants import DEFAULT_VARIANTS, Variant, apply_variant
 from middleware.errors import PersonaError, UpstreamError
 from middleware.personalize.block import inject_block
+from middleware.quotas.service import Quotas
 from middleware.rerank.hookspec import EndUser
 from middleware.rerank.registry import RerankerRegistry, require_enabled
 from middleware.services import Services
@@ -129,6 +130,7 @@ async def rerank_completion(
             except Exception as exc:  # only a head start: score() does the work itself
                 log.warning("reranker %s failed to prepare: %s", reranker_name, exc)
         ok = [r for r in results if isinstance(r, dict)]
+        await Quotas.of(services).add_usage(tenant, *(r.get("usage") for r in ok))
         if not ok:
             first = next(r for r in results if isinstance(r, PersonaError))
             raise first if isinstance(first, UpstreamError) else UpstreamError(str(first))
