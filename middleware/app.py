@@ -23,6 +23,7 @@ from middleware.api import (
     preferences,
     ui,
     ui_evaluate,
+    user_tokens,
     users,
 )
 from middleware.api.responses import JSONBytes
@@ -65,6 +66,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.settings = settings
     for module in (health, chat, admin, comparisons, preferences, users, jobs, ui, evaluations, ui_evaluate):
         app.include_router(module.router)
+    app.include_router(user_tokens.router)
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     return app

@@ -16,12 +16,13 @@ from middleware.api.deps import ServicesDep, parse_json
 from middleware.api.responses import JSONBytes
 from middleware.collection.variants import DEFAULT_VARIANTS
 from middleware.errors import ForbiddenField, InvalidRequest, ValidationFailed
-from middleware.identity import end_user_id, tenant_for_app_key
+from middleware.identity import app_caller, bind_user, end_user_id, tenant_for_app_key
 from middleware.personalize.block import inject_block
 from middleware.quotas.service import Lease, Quotas
 from middleware.rerank.mode import rerank_completion
 from middleware.services import Services
 from middleware.upstream import ClientDisconnected, cancel_on_disconnect, monotonic_ms
+from middleware.user_tokens import UserTokens
 
 router = APIRouter(tags=["chat"])
 
@@ -117,9 +118,11 @@ async def chat_completions(request: Request) -> Response:
     started = time.perf_counter()
     services: Services = request.app.state.services
     settings = services.settings
-    tenant = tenant_for_app_key(request.headers, settings)
+    tenant, token_user = app_caller(request.headers, settings, UserTokens.of(services))
     body = validate_chat_body(parse_json(await request.body()))
     user = end_user_id(request.headers, body)
+    if token_user is not None:  # a user token acts for its own user only
+        user = bind_user(token_user, user)
     mode = persona_mode(request)
     quotas = Quotas.of(services)
     quotas.check_body(tenant, body)
