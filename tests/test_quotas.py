@@ -7,7 +7,7 @@ import asyncio
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
@@ -20,6 +20,7 @@ from middleware.quotas.usage import tokens_in_body, tokens_in_sse, tokens_used
 from middleware.store.ratelimits import RateLimitStore
 from tests.support.fake_upstream import FakeUpstream, Reply
 from tests.support.proxy import APP_KEY_A, APP_KEY_B, RunningProxy, proxy_settings, start_proxy
+from tests.support.redis_server import RedisServer
 
 MESSAGES = [{"role": "user", "content": "hello there"}]
 
@@ -296,3 +297,31 @@ def test_comparisons_count_one_call_per_variant(limited: RunningProxy) -> None:
     assert comparison(limited).status_code == 200  # 4 variants
     assert_429(comparison(limited), "requests_per_minute")
     assert chat(limited).status_code == 200
+
+
+@pytest.mark.parametrize("limited", [{"default": {"requests_per_minute": 2}}], indirect=True)
+def test_the_persona_read_and_the_quota_share_one_round_trip(
+    limited: RunningProxy, fake_upstream: FakeUpstream
+) -> None:
+    httpx.put(
+        f"{limited.url}/admin/users/u1/persona", json={"text": "Likes haiku."}, headers=limited.admin_headers()
+    ).raise_for_status()
+    first = chat(limited, "u1")
+    assert first.status_code == 200 and first.headers["x-persona-version"] == "1"
+    assert "Likes haiku." in str(fake_upstream.chat_requests[-1].messages)
+    assert chat(limited, "u1", headers={"X-Persona-Mode": "off"}).status_code == 200  # counted without a read
+    assert_429(chat(limited, "u1"), "requests_per_minute")
+
+
+def test_quotas_fail_open_when_redis_is_down(
+    redis_factory: Callable[..., RedisServer], fake_upstream: FakeUpstream
+) -> None:
+    server = redis_factory()
+    limits = {"default": {"requests_per_minute": 1, "concurrency": 1}}
+    with start_proxy(proxy_settings(server.url, fake_upstream, limits=limits)) as limited:
+        assert chat(limited, "u1").status_code == 200
+        assert_429(chat(limited, "u1"), "requests_per_minute")
+        server.kill()
+        assert [chat(limited, "u1").status_code for _ in range(3)] == [200, 200, 200]
+        text = httpx.get(f"{limited.url}/metrics", timeout=5).text
+    assert re.search(r"persona_quota_store_failures_total ([1-9][0-9.]*)", text)

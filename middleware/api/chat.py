@@ -18,6 +18,7 @@ from middleware.collection.variants import DEFAULT_VARIANTS
 from middleware.errors import ForbiddenField, InvalidRequest, ValidationFailed
 from middleware.identity import app_caller, bind_user, end_user_id, tenant_for_app_key
 from middleware.personalize.block import inject_block
+from middleware.personalize.service import ActivePersona
 from middleware.quotas.service import Lease, Quotas
 from middleware.rerank.mode import rerank_completion
 from middleware.services import Services
@@ -126,10 +127,15 @@ async def chat_completions(request: Request) -> Response:
     mode = persona_mode(request)
     quotas = Quotas.of(services)
     quotas.check_body(tenant, body)
-    # a rerank makes one upstream call per variant
-    lease = await quotas.admit(tenant, user, len(DEFAULT_VARIANTS) if mode == "rerank" else 1)
+    cost = len(DEFAULT_VARIANTS) if mode == "rerank" else 1  # a rerank: one upstream call per variant
+    found: ActivePersona | None = None
+    if user is not None and mode != "off":
+        # the quota check rides in the persona read's round trip
+        lease, found = await quotas.admit_and_personalize(tenant, user, cost, services.personalizer)
+    else:
+        lease = await quotas.admit(tenant, user, cost)
     try:
-        return await _forward(services, request, body, tenant, user, mode, lease, started)
+        return await _forward(services, request, body, tenant, user, mode, lease, found, started)
     except BaseException:
         await lease.release()
         raise
@@ -143,16 +149,15 @@ async def _forward(
     user: str | None,
     mode: str,
     lease: Lease,
+    found: ActivePersona | None,
     started: float,
 ) -> Response:
     block: str | None = None
     version: int | None = None
     version_id: str | None = None
-    if user is not None and mode != "off":
-        found = await services.personalizer.current(tenant, user)
-        if found is not None:
-            block, version, version_id = found
-            services.metrics.persona_injected.inc()
+    if found is not None:
+        block, version, version_id = found
+        services.metrics.persona_injected.inc()
 
     if mode == "rerank":
         # The variants move the app's instruction around, so the block goes in per candidate.

@@ -10,6 +10,7 @@ persona reads) and is counted in metrics.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
@@ -21,6 +22,7 @@ from redis.asyncio import Redis
 from middleware.config import Settings
 from middleware.errors import InvalidRequest, RateLimited
 from middleware.metrics import Metrics
+from middleware.personalize.service import ActivePersona, Personalizer
 from middleware.quotas.policy import LimitsTable, TenantLimits
 from middleware.quotas.usage import tokens_in_body, tokens_in_sse, tokens_used
 from middleware.store.guard import STORE_ERRORS
@@ -126,11 +128,9 @@ class Quotas:
         raise InvalidRequest(message, param=param, code="limit_exceeded")
 
     # --- rates (429) ------------------------------------------------------------------------------
-    async def admit(self, tenant: str, user: str | None, cost: int = 1) -> Lease:
-        """Count `cost` upstream calls against the tenant's (and user's) limits, or raise 429."""
-        limits = self.limits(tenant)
-        if not limits.metered:
-            return Lease(self, tenant, None)
+    def _call(
+        self, tenant: str, user: str | None, cost: int, limits: TenantLimits
+    ) -> tuple[tuple[list[str], list[Any]], str]:
         lease = os.urandom(8).hex() if limits.concurrency is not None else ""
         day, ms_to_day_end = utc_day(time.time())
         call = self.store.admit_call(
@@ -146,15 +146,47 @@ class Quotas:
             day=day,
             ms_to_day_end=ms_to_day_end,
         )
+        return call, lease
+
+    async def admit(self, tenant: str, user: str | None, cost: int = 1) -> Lease:
+        """Count `cost` upstream calls against the tenant's (and user's) limits, or raise 429."""
+        limits = self.limits(tenant)
+        if not limits.metered:
+            return Lease(self, tenant, None)
+        call, lease = self._call(tenant, user, cost, limits)
         try:
             reason, wait_ms = await self.store.admit(call)
         except STORE_ERRORS as exc:
-            self._metrics.quota_store_failures.inc()
-            log.warning("quota check skipped, the store failed: %s", type(exc).__name__)
+            self._skipped(exc)
             return Lease(self, tenant, None)
         if reason:
             self.refuse(tenant, REASONS[reason], wait_ms / 1000.0)
         return Lease(self, tenant, lease or None)
+
+    async def admit_and_personalize(
+        self, tenant: str, user: str, cost: int, personalizer: Personalizer
+    ) -> tuple[Lease, ActivePersona | None]:
+        """The chat path: admission and the persona read in one round trip (one pipeline), bounded
+        by the persona read timeout; a failure lets the call through without a persona."""
+        limits = self.limits(tenant)
+        if not limits.metered:
+            return Lease(self, tenant, None), await personalizer.current(tenant, user)
+        call, lease = self._call(tenant, user, cost, limits)
+        try:
+            reason, wait_ms, blob = await asyncio.wait_for(
+                self.store.admit_and_read_persona(call, tenant, user), personalizer.read_timeout_s
+            )
+        except STORE_ERRORS as exc:
+            self._skipped(exc)
+            personalizer.read_failed(exc)
+            return Lease(self, tenant, None), None
+        if reason:
+            self.refuse(tenant, REASONS[reason], wait_ms / 1000.0)
+        return Lease(self, tenant, lease or None), personalizer.from_blob(blob)
+
+    def _skipped(self, exc: BaseException) -> None:
+        self._metrics.quota_store_failures.inc()
+        log.warning("quota check skipped, the store failed: %s", type(exc).__name__)
 
     def refuse(self, tenant: str, reason: str, retry_after_s: float) -> None:
         self._metrics.quota_refusals.labels(tenant, reason).inc()

@@ -128,11 +128,13 @@ class RateLimitStore:
         reason, wait_ms = await self._admit(keys=call[0], args=call[1])
         return int(reason), int(wait_ms)
 
-    async def admit_and_get(self, call: tuple[list[str], list[Any]], key: str) -> tuple[int, int, bytes | None]:
-        """One round trip: the admission and a GET (the persona read of the chat path)."""
+    async def admit_and_read_persona(
+        self, call: tuple[list[str], list[Any]], tenant: str, user: str
+    ) -> tuple[int, int, bytes | None]:
+        """One round trip: the admission and the user's current-persona GET (the chat path)."""
         pipe = self._redis.pipeline(transaction=False)
         await self._admit(keys=call[0], args=call[1], client=pipe)
-        pipe.get(key)
+        pipe.get(keys.persona_current(tenant, user))
         (reason, wait_ms), blob = await pipe.execute()
         return int(reason), int(wait_ms), blob
 
