@@ -23,6 +23,9 @@ from tests.support.proxy import APP_KEY_A, APP_KEY_B, RunningProxy, proxy_settin
 from tests.support.redis_server import RedisServer
 
 MESSAGES = [{"role": "user", "content": "hello there"}]
+# The quota check shares the persona read's time bound and fails open past it; a loaded test machine
+# must not turn a slow check into an admitted call.
+SLOW_OK = {"persona_read_timeout_s": 2.0}
 
 
 def chat(proxy: RunningProxy, user: str = "u1", key: str = APP_KEY_A, **extra: Any) -> httpx.Response:
@@ -47,7 +50,7 @@ def assert_429(response: httpx.Response, code: str, *, most_s: int = 60) -> int:
 @pytest.fixture
 def limited(request: pytest.FixtureRequest, redis_url: str, fake_upstream: FakeUpstream) -> Iterator[RunningProxy]:
     limits = request.param if hasattr(request, "param") else {}
-    with start_proxy(proxy_settings(redis_url, fake_upstream, limits=limits)) as running:
+    with start_proxy(proxy_settings(redis_url, fake_upstream, limits=limits, **SLOW_OK)) as running:
         yield running
 
 
@@ -149,7 +152,7 @@ def test_a_rerank_counts_one_call_per_variant(limited: RunningProxy, fake_upstre
 
 
 def test_two_proxies_on_one_redis_share_the_limit(redis_url: str, fake_upstream: FakeUpstream) -> None:
-    settings = proxy_settings(redis_url, fake_upstream, limits={"default": {"requests_per_minute": 4}})
+    settings = proxy_settings(redis_url, fake_upstream, limits={"default": {"requests_per_minute": 4}}, **SLOW_OK)
     with start_proxy(settings) as first, start_proxy(settings) as second:
         statuses = [chat(p, f"u{i}").status_code for i, p in enumerate([first, second] * 2)]
         assert statuses == [200, 200, 200, 200]
@@ -318,10 +321,34 @@ def test_quotas_fail_open_when_redis_is_down(
 ) -> None:
     server = redis_factory()
     limits = {"default": {"requests_per_minute": 1, "concurrency": 1}}
-    with start_proxy(proxy_settings(server.url, fake_upstream, limits=limits)) as limited:
+    with start_proxy(proxy_settings(server.url, fake_upstream, limits=limits, **SLOW_OK)) as limited:
         assert chat(limited, "u1").status_code == 200
         assert_429(chat(limited, "u1"), "requests_per_minute")
         server.kill()
         assert [chat(limited, "u1").status_code for _ in range(3)] == [200, 200, 200]
         text = httpx.get(f"{limited.url}/metrics", timeout=5).text
     assert re.search(r"persona_quota_store_failures_total ([1-9][0-9.]*)", text)
+
+
+async def test_induction_calls_count_against_the_tenant(redis_url: str, fake_upstream: FakeUpstream) -> None:
+    from middleware.induction.pipeline import induce
+    from middleware.services import build_services
+    from tests.induction_fakes import InductionResponder, make_pairs
+
+    limits = {"default": {"requests_per_minute": 1000, "tokens_per_day": 10**9}}
+    services = build_services(
+        proxy_settings(redis_url, fake_upstream, induction_model="fake-judge", limits=limits)
+    )
+    try:
+        await services.preferences.add_pairs("tenant-a", "alice", make_pairs("alice", 10))
+        fake_upstream.responder = InductionResponder()
+        await induce(services, "tenant-a", "alice")
+        calls = len(fake_upstream.chat_requests)
+        assert calls > 5
+        client = redis.Redis.from_url(redis_url)
+        day = time.strftime("%Y%m%d", time.gmtime())
+        assert client.llen("pm:{limits:tenant-a}:rpm") == calls
+        assert int(client.get(f"pm:{{limits:tenant-a}}:tokens:{day}") or 0) > 0
+        client.close()
+    finally:
+        await services.close()

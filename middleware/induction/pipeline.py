@@ -19,6 +19,7 @@ from middleware.induction.select import Selection, select_exemplars
 from middleware.induction.synthesize import synthesize
 from middleware.llm import CallBudget
 from middleware.models import Persona, PreferencePair
+from middleware.quotas.service import Quotas
 from middleware.services import Services
 from middleware.upstream import UpstreamRouter
 
@@ -120,7 +121,10 @@ async def induce(
     since_refresh = await services.preferences.pairs_since_refresh(tenant, user)
     plan = await load_plan(services, tenant, user)
     ctx = make_context(services, model, budget or new_budget(settings))
-    induced = await run_steps(ctx, plan, settings, progress=progress)
+    try:
+        induced = await run_steps(ctx, plan, settings, progress=progress)
+    finally:  # the calls count against the tenant's quotas, whether the run succeeded or not
+        await Quotas.of(services).record_job(tenant, ctx.usage.calls, ctx.usage.total_tokens)
     kept, text, selection = induced.kept, induced.text, induced.selection
     provenance: dict[str, Any] = {
         "source": "induction",

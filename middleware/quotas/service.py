@@ -221,6 +221,18 @@ class Quotas:
         if self.counts_tokens(tenant):
             await self.add_tokens(tenant, sum(tokens_used(u) for u in usages))
 
+    # --- background jobs ---------------------------------------------------------------------------
+    async def record_job(self, tenant: str, calls: int, tokens: int) -> None:
+        """A job's LLM calls and tokens, counted against the tenant's window and day once made (a job
+        is not refused; the app's next requests are)."""
+        rpm = self.limits(tenant).requests_per_minute
+        if rpm is not None and calls > 0:
+            try:
+                await self.store.record_calls(tenant, calls, rpm=rpm)
+            except STORE_ERRORS as exc:
+                self._skipped(exc)
+        await self.add_tokens(tenant, tokens)
+
     # --- pending comparisons (429) ----------------------------------------------------------------
     async def reserve_comparison(self, tenant: str, user: str, comparison_id: str, ttl_s: int) -> None:
         limit = self.limits(tenant).max_pending_comparisons

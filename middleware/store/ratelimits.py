@@ -68,6 +68,18 @@ record(KEYS[2], urpm)
 return {0, 0}
 """
 
+# KEYS: tenant log. ARGV: calls, rpm, window ms. Records calls already made (background jobs) without
+# refusing them, so they count against the app's next requests.
+RECORD = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local limit = tonumber(ARGV[2])
+for i = 1, math.min(tonumber(ARGV[1]), limit) do redis.call('LPUSH', KEYS[1], now) end
+redis.call('LTRIM', KEYS[1], 0, limit - 1)
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3]))
+return 0
+"""
+
 # KEYS: the user's pending set. ARGV: max, comparison id, ttl ms. Returns 0 when reserved, else the ms
 # until the oldest pending comparison expires.
 RESERVE_PENDING = """
@@ -89,6 +101,7 @@ class RateLimitStore:
         self._redis = redis
         self._admit: AsyncScript = redis.register_script(ADMIT)
         self._reserve: AsyncScript = redis.register_script(RESERVE_PENDING)
+        self._record: AsyncScript = redis.register_script(RECORD)
 
     @staticmethod
     def admit_call(
@@ -137,6 +150,9 @@ class RateLimitStore:
         pipe.get(keys.persona_current(tenant, user))
         (reason, wait_ms), blob = await pipe.execute()
         return int(reason), int(wait_ms), blob
+
+    async def record_calls(self, tenant: str, calls: int, *, rpm: int, window_ms: int = WINDOW_MS) -> None:
+        await self._record(keys=[keys.rate_log(tenant)], args=[calls, rpm, window_ms])
 
     async def release(self, tenant: str, lease: str) -> None:
         await resolved(self._redis.zrem(keys.in_flight(tenant), lease))
