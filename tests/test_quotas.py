@@ -309,6 +309,7 @@ def test_the_persona_read_and_the_quota_share_one_round_trip(
     httpx.put(
         f"{limited.url}/admin/users/u1/persona", json={"text": "Likes haiku."}, headers=limited.admin_headers()
     ).raise_for_status()
+    sync_redis(limited).script_flush()  # e.g. Redis restarted: the script is loaded again on demand
     first = chat(limited, "u1")
     assert first.status_code == 200 and first.headers["x-persona-version"] == "1"
     assert "Likes haiku." in str(fake_upstream.chat_requests[-1].messages)

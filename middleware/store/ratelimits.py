@@ -15,6 +15,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError
 
 from middleware.store import keys
 from middleware.store.guard import resolved
@@ -145,11 +146,21 @@ class RateLimitStore:
         self, call: tuple[list[str], list[Any]], tenant: str, user: str
     ) -> tuple[int, int, bytes | None]:
         """One round trip: the admission and the user's current-persona GET (the chat path)."""
-        pipe = self._redis.pipeline(transaction=False)
-        await self._admit(keys=call[0], args=call[1], client=pipe)
-        pipe.get(keys.persona_current(tenant, user))
-        (reason, wait_ms), blob = await pipe.execute()
-        return int(reason), int(wait_ms), blob
+        # EVALSHA straight into the pipeline: redis-py's pipelined Script checks SCRIPT EXISTS first,
+        # one more round trip on every call. The script is loaded once, when Redis says it lacks it.
+        for attempt in (1, 2):
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.evalsha(self._admit.sha, len(call[0]), *call[0], *call[1])
+            pipe.get(keys.persona_current(tenant, user))
+            try:
+                (reason, wait_ms), blob = await pipe.execute()
+            except NoScriptError:
+                if attempt == 2:
+                    raise
+                await resolved(self._redis.script_load(ADMIT))
+                continue
+            return int(reason), int(wait_ms), blob
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def record_calls(self, tenant: str, calls: int, *, rpm: int, window_ms: int = WINDOW_MS) -> None:
         await self._record(keys=[keys.rate_log(tenant)], args=[calls, rpm, window_ms])
