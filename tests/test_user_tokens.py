@@ -88,6 +88,7 @@ def test_a_user_token_acts_for_its_user_on_the_end_user_routes(tproxy: RunningPr
     # the chat routes: the SDK with the token as its key; the persona lookup uses the token's user
     sdk = openai.OpenAI(base_url=tproxy.v1, api_key=token, max_retries=0)
     sdk.chat.completions.create(model="fake-model", messages=MESSAGES)  # type: ignore[arg-type]
+    assert sdk.models.with_raw_response.list().http_response.status_code == 200  # 401 would raise
     assert fake_upstream.chat_requests[-1].headers["authorization"] == "Bearer sk-upstream-secret"
 
 

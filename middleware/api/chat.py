@@ -16,7 +16,7 @@ from middleware.api.deps import ServicesDep, parse_json
 from middleware.api.responses import JSONBytes
 from middleware.collection.variants import DEFAULT_VARIANTS
 from middleware.errors import ForbiddenField, InvalidRequest, ValidationFailed
-from middleware.identity import app_caller, bind_user, end_user_id, tenant_for_app_key
+from middleware.identity import app_caller, bind_user, end_user_id
 from middleware.personalize.block import inject_block
 from middleware.personalize.service import ActivePersona
 from middleware.quotas.service import Lease, Quotas
@@ -212,7 +212,7 @@ def persona_headers(version: int | None, overhead_ms: float) -> dict[str, str]:
 
 @router.get("/v1/models")
 async def list_models(request: Request, services: ServicesDep) -> Response:
-    tenant_for_app_key(request.headers, services.settings)
+    app_caller(request.headers, services.settings, UserTokens.of(services))
     names = services.settings.public_models()
     return JSONBytes(
         {
