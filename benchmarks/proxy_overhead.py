@@ -5,6 +5,10 @@ worker (separate process), wrk as the load generator. Each configuration runs se
 alternating, and the median is reported.
 
     .venv/bin/python benchmarks/proxy_overhead.py [--runs 5] [--seconds 6] [--connections 16]
+    .venv/bin/python benchmarks/proxy_overhead.py --limits [--runs 5] [--seconds 6]
+
+`--limits` measures what quotas cost instead: the same proxy with PERSONA_LIMITS unset and with every
+rate limit on (high enough never to refuse), at c=1, alternating; target <= 0.1 ms p50 added.
 
 Targets (issue): >= 1,000 req/s through the proxy with persona injection at concurrency 16, and
 p50 added latency <= 2 ms. Three views of latency are printed: saturated at c=16 (queueing
@@ -15,9 +19,12 @@ dominates: by Little's law p50 ~ 16 / throughput), paced at about 1,000 req/s ov
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 from pathlib import Path
+
+import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -47,13 +54,70 @@ def median(runs: list[dict[str, float]], key: str) -> float:
     return statistics.median(r[key] for r in runs)
 
 
+# Every metered limit on, none ever reached in a benchmark run.
+LIMITS_ON = {
+    "default": {
+        "requests_per_minute": 10_000_000,
+        "user_requests_per_minute": 10_000_000,
+        "concurrency": 10_000,
+        "tokens_per_day": 10**15,
+    }
+}
+
+
+def limits_cost(runs: int, seconds: float) -> None:
+    with (
+        h.redis() as redis,
+        h.fake_upstream() as upstream,
+        h.proxy(redis.url, upstream) as off,
+        h.proxy(redis.url, upstream, limits=json.dumps(LIMITS_ON)) as on,
+    ):
+        h.put_persona(off, "bench-user", PERSONA, [EXEMPLAR, EXEMPLAR])
+        urls = {"limits off": f"{off}/v1/chat/completions", "limits on": f"{on}/v1/chat/completions"}
+        for url in urls.values():
+            h.wrk(url, BODY, connections=1, seconds=2)  # warm-up
+        results: dict[str, list[dict[str, float]]] = {name: [] for name in urls}
+        overhead: dict[str, list[float]] = {name: [] for name in urls}
+        for _ in range(runs):
+            for name, url in urls.items():
+                results[name].append(h.wrk(url, BODY, connections=1, seconds=seconds))
+                overhead[name] += reported_overhead(url, 300)
+    errors = sum(r["non_2xx"] for rs in results.values() for r in rs)
+    print(f"{runs} runs x {seconds:.0f} s at c=1, wrk -t1, median of runs; non-2xx responses: {errors:.0f}")
+    print(f"{'path':<28}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}")
+    for name, rs in results.items():
+        print(f"{'proxy + persona, ' + name:<28}{median(rs, 'rps'):>10.0f}{median(rs, 'p50_ms'):>10.3f}{median(rs, 'p99_ms'):>10.3f}")
+    added = median(results["limits on"], "p50_ms") - median(results["limits off"], "p50_ms")
+    print(f"added p50 with limits on, c=1 (wrk): {added:.3f} ms ({'met' if added <= 0.1 else 'NOT met'}: <= 0.1 ms)")
+    # The proxy's own measure of the time before forwarding (x-persona-overhead-ms), which holds the
+    # quota check and persona read round trip and none of the client's or upstream's time.
+    own = {name: statistics.median(values) for name, values in overhead.items()}
+    added_own = own["limits on"] - own["limits off"]
+    print(
+        f"x-persona-overhead-ms p50, c=1: limits off {own['limits off']:.3f} ms, on {own['limits on']:.3f} ms, "
+        f"added {added_own:.3f} ms ({'met' if added_own <= 0.1 else 'NOT met'}: <= 0.1 ms)"
+    )
+
+
+def reported_overhead(url: str, count: int) -> list[float]:
+    """x-persona-overhead-ms of `count` sequential calls."""
+    with httpx.Client(headers={"Authorization": f"Bearer {h.APP_KEY}"}, timeout=10) as client:
+        return [
+            float(client.post(url, json=BODY).headers["x-persona-overhead-ms"]) for _ in range(count)
+        ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=6.0)
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--paced-rate", type=float, default=1000.0, help="req/s offered in the paced run")
+    parser.add_argument("--limits", action="store_true", help="measure the cost of quotas (c=1)")
     args = parser.parse_args()
+    if args.limits:
+        limits_cost(args.runs, args.seconds)
+        return
 
     with h.redis() as redis, h.fake_upstream() as upstream, h.proxy(redis.url, upstream) as proxy:
         h.put_persona(proxy, "bench-user", PERSONA, [EXEMPLAR, EXEMPLAR])

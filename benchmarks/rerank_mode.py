@@ -105,7 +105,13 @@ def main() -> None:
         head.train_global(pairs[:600])
         head_path = head.save(Path(tmp) / "head.safetensors")
         upstream.responder = responder
-        settings = proxy_settings(redis_server.url, upstream, lora_head_path=str(head_path), lora_threads=2)
+        settings = proxy_settings(
+            redis_server.url,
+            upstream,
+            lora_head_path=str(head_path),
+            lora_threads=2,
+            rerankers_enabled=["lora", "lora-context-only"],
+        )
         with start_proxy(settings) as proxy:
             admin = {"Authorization": f"Bearer {ADMIN_KEY}", "X-Persona-Tenant": TENANT}
             version = httpx.put(

@@ -23,6 +23,7 @@ from middleware.api import (
     preferences,
     ui,
     ui_evaluate,
+    user_tokens,
     users,
 )
 from middleware.api.docs import install_docs, openapi_url
@@ -66,6 +67,7 @@ def create_app(settings: Settings) -> FastAPI:
     for module in (health, chat, admin, comparisons, preferences, users, jobs, ui, evaluations, ui_evaluate):
         app.include_router(module.router)
     install_docs(app, settings)
+    app.include_router(user_tokens.router)
     install_error_handlers(app)
     app.add_middleware(BodyGuard, max_bytes=settings.max_body_bytes)
     return app

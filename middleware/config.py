@@ -12,6 +12,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from middleware.quotas.policy import LimitsConfig
+
 PLACEHOLDER_SECRETS = {"", "changeme", "change-me", "admin", "secret", "password"}
 
 
@@ -87,6 +89,15 @@ class Settings(BaseSettings):
 
     # --- Requests --------------------------------------------------------------------------------
     max_body_bytes: int = 4 * 1024 * 1024
+
+    # --- Quotas and end-user tokens (README "Security") ---------------------------------------------
+    # {"default": {...}, "tenants": {"<tenant>": {...}}}; unset: no rate limits, default caps only.
+    limits: LimitsConfig | None = None
+    # Rerankers `X-Persona-Reranker` may name; `lora` (loads torch) must be listed explicitly.
+    rerankers_enabled: list[str] = Field(default_factory=lambda: ["judge"])
+    # Signing keys of end-user tokens: a JSON list of secrets or a map kid -> secret. The first signs,
+    # all verify (rotation). Unset: a per-process key in development; minting refused in production.
+    user_token_keys: list[SecretStr] | dict[str, SecretStr] = Field(default_factory=list)
 
     # --- Induction and reranking -----------------------------------------------------------------
     induction_model: str = "gpt-4o-mini"

@@ -10,6 +10,7 @@
      ├── NotFound                     404 not_found_error
      ├── Conflict                     409 conflict_error
      ├── PayloadTooLarge              413 invalid_request_error
+     ├── RateLimited                  429 rate_limit_error     (quotas; carries retry-after)
      ├── ValidationFailed             422 invalid_request_error
      ├── NotEnoughData                422 invalid_request_error
      ├── StoreUnavailable             503 service_unavailable  (writes fail closed)
@@ -117,6 +118,19 @@ class PayloadTooLarge(PersonaError):
     status_code = 413
     error_type = "invalid_request_error"
     code = "payload_too_large"
+
+
+class RateLimited(PersonaError):
+    """A quota refused the call; `headers` carries `retry-after` (whole seconds, at least 1)."""
+
+    status_code = 429
+    error_type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, retry_after_s: float, code: str | None = None) -> None:
+        super().__init__(message, code=code)
+        self.retry_after_s = max(1, int(-(-retry_after_s // 1)))
+        self.headers = {"retry-after": str(self.retry_after_s)}
 
 
 class ValidationFailed(PersonaError):

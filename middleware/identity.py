@@ -13,6 +13,7 @@ from typing import Any
 
 from middleware.config import Settings
 from middleware.errors import AuthenticationFailed, InvalidUserId, PermissionDenied
+from middleware.user_tokens import UserTokens, looks_like_user_token
 
 USER_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+\-]{0,127}$")
 TENANT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,63}$")
@@ -58,6 +59,7 @@ def is_admin(headers: Mapping[str, str], settings: Settings) -> bool:
 
 def tenant_for_admin(headers: Mapping[str, str], settings: Settings) -> str:
     """Admin routes: the global admin key, and the tenant named by X-Persona-Tenant."""
+    refuse_user_token(headers)
     if bearer_token(headers) is None and settings.admin_key.get_secret_value():
         raise AuthenticationFailed("missing admin key: send 'Authorization: Bearer <admin key>'")
     if not is_admin(headers, settings):
@@ -91,3 +93,34 @@ def end_user_id(headers: Mapping[str, str], body: Mapping[str, Any]) -> str | No
     if isinstance(metadata, dict) and metadata.get("user_id"):
         return validate_user_id(metadata["user_id"], param="metadata.user_id")
     return None
+
+
+# --- end-user tokens (middleware/user_tokens.py) ----------------------------------------------------
+def app_caller(
+    headers: Mapping[str, str], settings: Settings, tokens: UserTokens
+) -> tuple[str, str | None]:
+    """The tenant of an app-facing call, and the end user a user token binds it to (None with an app
+    key). A bearer that is a JWT is only ever checked as a user token, never as an app key."""
+    token = bearer_token(headers)
+    if token is not None and looks_like_user_token(token):
+        claims = tokens.verify(token)
+        return claims.tenant, claims.user
+    return tenant_for_app_key(headers, settings), None
+
+
+def bind_user(token_user: str | None, named: str | None, *, param: str = "user") -> str | None:
+    """The user a call acts for: with a user token, its user, and naming anyone else is a 403."""
+    if token_user is None:
+        return named
+    if named is not None and named != token_user:
+        raise PermissionDenied(
+            "a user token acts for its own user only", param=param, code="user_token_mismatch"
+        )
+    return token_user
+
+
+def refuse_user_token(headers: Mapping[str, str]) -> None:
+    """Routes for the app backend or operators only (admin, minting tokens) refuse user tokens."""
+    token = bearer_token(headers)
+    if token is not None and looks_like_user_token(token):
+        raise PermissionDenied("user tokens cannot call this route", code="user_token_not_allowed")

@@ -38,6 +38,17 @@ class Metrics:
             "Rerank calls that fell back to the first candidate",
             registry=self.registry,
         )
+        self.quota_refusals = Counter(
+            "persona_quota_refusals",
+            "Calls refused by a quota (429) or a cap (400), by tenant and the limit that refused",
+            ["tenant", "reason"],
+            registry=self.registry,
+        )
+        self.quota_store_failures = Counter(
+            "persona_quota_store_failures",
+            "Quota checks skipped because Redis failed (the call went on: quotas fail open)",
+            registry=self.registry,
+        )
         self.overhead_seconds = Histogram(
             "persona_overhead_seconds",
             "Time the proxy adds before forwarding",

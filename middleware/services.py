@@ -20,6 +20,7 @@ from middleware.induction.pipeline import Induction
 from middleware.induction.queue import JobQueue
 from middleware.metrics import Metrics
 from middleware.personalize.service import Personalizer
+from middleware.quotas.service import Quotas
 from middleware.rerank.registry import RerankerRegistry
 from middleware.rerank.resources import RerankResources
 from middleware.store.comparisons import ComparisonStore
@@ -28,6 +29,7 @@ from middleware.store.personas import PersonaStore
 from middleware.store.preferences import PreferenceStore
 from middleware.store.users import UserIndex
 from middleware.upstream import UpstreamRouter
+from middleware.user_tokens import UserTokens
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,8 @@ class Services:
     users: UserIndex
     personalizer: Personalizer
     upstreams: UpstreamRouter
+    quotas: Quotas
+    user_tokens: UserTokens
     jobs: JobQueue
     rerankers: RerankerRegistry
     comparisons: ComparisonService
@@ -67,6 +71,7 @@ def build_services(settings: Settings) -> Services:
     preferences = PreferenceStore(redis)
     personalizer = Personalizer(personas, settings, metrics)
     upstreams = UpstreamRouter(settings, http, metrics.upstream_retries.inc)
+    quotas = Quotas(settings, redis, metrics)
     rerankers = RerankerRegistry(settings, RerankResources(upstreams, personas)).load_entry_points()
     return Services(
         settings=settings,
@@ -78,12 +83,14 @@ def build_services(settings: Settings) -> Services:
         users=UserIndex(redis),
         personalizer=personalizer,
         upstreams=upstreams,
+        quotas=quotas,
+        user_tokens=UserTokens(settings),
         jobs=JobQueue(settings, redis),
         rerankers=rerankers,
         comparisons=ComparisonService(
             ComparisonStore(redis, ttl_s=settings.comparison_ttl_s), personalizer, upstreams, preferences
         ),
         evaluations=EvaluationService(EvaluationStore(redis), personas, personalizer, upstreams),
-        induction=Induction(settings, upstreams, personas, preferences),
+        induction=Induction(settings, upstreams, personas, preferences, quotas),
         adapters=AdapterTrainer(settings, personas, preferences),
     )

@@ -78,7 +78,9 @@ def adapter(model: LoraRewardModel, user: str, prefers_short: bool) -> bytes:
 def lproxy(
     redis_url: str, fake_upstream: FakeUpstream, head: tuple[LoraRewardModel, Path]
 ) -> Iterator[RunningProxy]:
-    settings = proxy_settings(redis_url, fake_upstream, lora_head_path=str(head[1]), lora_threads=2)
+    settings = proxy_settings(
+        redis_url, fake_upstream, lora_head_path=str(head[1]), lora_threads=2, rerankers_enabled=["judge", "lora"]
+    )
     with start_proxy(settings) as running:
         yield running
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar, cast
 
 import httpx
@@ -16,7 +16,7 @@ from middleware.rerank.hookspec import EndUser
 from middleware.rerank.registry import RerankerRegistry
 from tests.support.fake_upstream import FakeUpstream, Reply
 from tests.support.metrics import sample
-from tests.support.proxy import APP_KEY_A, RunningProxy
+from tests.support.proxy import APP_KEY_A, RunningProxy, proxy_settings, start_proxy
 
 MESSAGES: list[ChatCompletionMessageParam] = [{"role": "system", "content": "Be helpful."}, {"role": "user", "content": "Name a fruit."}]
 
@@ -70,6 +70,16 @@ class EarlyBird(ShortestFirst):
 class Broken:
     async def score(self, context: Sequence[dict[str, Any]], candidates: Sequence[str], *, user: EndUser | None) -> list[float]:
         raise RuntimeError("scorer down")
+
+
+# The test rerankers registered below, enabled like any operator-chosen reranker.
+ENABLED = ["judge", "shortest", "slow", "early", "broken", "unregistered"]
+
+
+@pytest.fixture
+def proxy(redis_url: str, fake_upstream: FakeUpstream) -> Iterator[RunningProxy]:
+    with start_proxy(proxy_settings(redis_url, fake_upstream, rerankers_enabled=ENABLED)) as running:
+        yield running
 
 
 def registry(proxy: RunningProxy) -> RerankerRegistry:

@@ -18,7 +18,7 @@ from middleware.store import keys
 from tests.support.artifacts import artifacts_dir
 from tests.support.browser import BROWSER_MARKS, chromium_page
 from tests.support.fake_upstream import FakeUpstream, Reply
-from tests.support.proxy import APP_KEY_A, RunningProxy, proxy_settings, start_proxy
+from tests.support.proxy import APP_KEY_A, RunningProxy, proxy_settings, start_proxy, user_token
 
 ARTIFACTS = artifacts_dir("ui")
 # Candidate i answers after DELAYS[i] seconds, so the columns fill one after another.
@@ -66,11 +66,9 @@ def records(redis_url: str, user: str) -> list[str]:
         r.close()
 
 
-def sign_in(page: Any, proxy: RunningProxy, user: str, key: str = APP_KEY_A) -> None:
-    page.goto(f"{proxy.url}/ui")
-    page.fill("#user-id", user)
-    page.fill("#app-key", key)
-    page.click("#signin-btn")
+def sign_in(page: Any, proxy: RunningProxy, user: str) -> None:
+    """The app's backend mints a token and sends the user to /ui#token=... (never the app key)."""
+    page.goto(f"{proxy.url}/ui#token={user_token(proxy, user)}")
 
 
 def test_collect_best_and_worst_and_continue_with_the_best(
@@ -154,8 +152,26 @@ def test_collect_best_and_worst_and_continue_with_the_best(
     assert (last["best"], last["worst"], last["rationale"]) == (1, 3, "Short.")
 
 
-def test_a_wrong_app_key_is_reported_on_sign_in(ui_proxy: RunningProxy, page: Any) -> None:
-    sign_in(page, ui_proxy, "mina", key="sk-wrong")
+def test_the_token_leaves_the_url_and_survives_a_reload(ui_proxy: RunningProxy, page: Any) -> None:
+    sign_in(page, ui_proxy, "mina")
+    page.wait_for_selector("#workspace:not([hidden])")
+    assert page.text_content("#whoami-user") == "mina"
+    assert "token" not in page.url  # not left in the address bar or history
+    page.reload()
+    page.wait_for_selector("#workspace:not([hidden])")
+    assert page.text_content("#whoami-user") == "mina"
+
+
+def test_a_bad_token_or_the_app_key_cannot_sign_in(ui_proxy: RunningProxy, page: Any) -> None:
+    token = user_token(ui_proxy, "mina")
+    page.goto(f"{ui_proxy.url}/ui")
+    page.fill("#user-token", token[:-4] + "AAAA")  # tampered
+    page.click("#signin-btn")
     page.wait_for_selector("#status.error")
-    assert "incorrect API key" in (page.text_content("#status") or "")
+    assert "invalid user token" in (page.text_content("#status") or "")
     assert page.locator("#workspace").is_hidden()
+    page.fill("#user-token", APP_KEY_A)  # the app key names no user: the page cannot act with it
+    page.click("#signin-btn")
+    page.wait_for_function("() => !document.getElementById('status').textContent.includes('invalid user')")
+    assert page.locator("#workspace").is_hidden()
+    assert "end-user id is required" in (page.text_content("#status") or "")

@@ -15,7 +15,7 @@ from tests.support.artifacts import artifacts_dir
 from tests.support.browser import BROWSER_MARKS, chromium_page
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.online_eval import create_run, give_personas, persona_responder
-from tests.support.proxy import APP_KEY_A, RunningProxy
+from tests.support.proxy import RunningProxy, user_token
 
 CONDITION_WORDS = ("own", "other", "baseline", "persona_user", "condition")
 
@@ -42,11 +42,9 @@ def test_a_user_picks_blind_among_three_answers_and_the_choices_are_recorded(
         lambda r: trial_bodies.append(r.json()) if r.url.endswith("/trials") and r.status == 201 else None,
     )
 
-    page.goto(f"{proxy.url}/ui/evaluate?evaluation={run_id}")
+    # the app's backend hands over a token for alice: no app key in the browser
+    page.goto(f"{proxy.url}/ui/evaluate?evaluation={run_id}#token={user_token(proxy, 'alice')}")
     assert page.input_value("#evaluation-id") == run_id
-    page.fill("#user-id", "alice")
-    page.fill("#app-key", APP_KEY_A)
-    page.click("#signin-btn")
     page.wait_for_selector("#eval-workspace:not([hidden])")
     assert page.inner_text("#whoami-run") == "Spring study"
 
@@ -99,8 +97,7 @@ def test_signing_in_with_a_user_outside_the_run_shows_an_error(
     give_personas(proxy, ("alice", "bob", "carol"))
     run_id = create_run(proxy, ("alice", "bob"))
     page.goto(f"{proxy.url}/ui/evaluate")
-    page.fill("#user-id", "carol")
-    page.fill("#app-key", APP_KEY_A)
+    page.fill("#user-token", user_token(proxy, "carol"))
     page.fill("#evaluation-id", run_id)
     page.click("#signin-btn")
     page.wait_for_selector("#status.error")

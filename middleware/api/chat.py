@@ -20,12 +20,14 @@ from middleware.api.chatlike import Answer, answer
 from middleware.api.deps import ServicesDep, parse_json
 from middleware.api.responses import JSONBytes
 from middleware.api.sse import completion_events
+from middleware.candidates.variants import DEFAULT_VARIANTS
 from middleware.errors import InvalidRequest
-from middleware.identity import end_user_id, tenant_for_app_key
+from middleware.identity import app_caller, bind_user, end_user_id
 from middleware.personalize.block import place_persona
 from middleware.personalize.service import ActivePersona
 from middleware.rerank.hookspec import EndUser
 from middleware.rerank.mode import Reranked, rerank
+from middleware.rerank.registry import require_enabled
 from middleware.services import Services
 
 router = APIRouter(tags=["chat"])
@@ -54,21 +56,32 @@ async def chat_completions(request: Request) -> Response:
     started = time.perf_counter()
     services: Services = request.app.state.services
     settings = services.settings
-    tenant = tenant_for_app_key(request.headers, settings)
+    tenant, token_user = app_caller(request.headers, settings, services.user_tokens)
     body = validate_chat_body(parse_json(await request.body()))
     user = end_user_id(request.headers, body)
+    if token_user is not None:  # a user token acts for its own user only
+        user = bind_user(token_user, user)
     mode = persona_mode(request)
-
+    quotas = services.quotas
+    quotas.check_body(tenant, body)
+    cost = len(DEFAULT_VARIANTS) if mode == "rerank" else 1  # a rerank: one upstream call per variant
     found: ActivePersona | None = None
     if user is not None and mode != "off":
-        found = await services.personalizer.current(tenant, user)
+        # the quota check rides in the persona read's round trip
+        lease, found = await quotas.admit_and_personalize(tenant, user, cost, services.personalizer)
         if found is not None:
             services.metrics.persona_injected.inc()
+    else:
+        lease = await quotas.admit(tenant, user, cost)
     version = found.version if found is not None else None
 
     if mode == "rerank":
-        reranker_name = request.headers.get(RERANKER_HEADER) or settings.reranker
-        reranker = await services.rerankers.aget(reranker_name)
+        try:
+            reranker_name = require_enabled(settings, request.headers.get(RERANKER_HEADER) or settings.reranker)
+            reranker = await services.rerankers.aget(reranker_name)
+        except BaseException:
+            await lease.release()
+            raise
         upstream, body["model"] = services.upstreams.route(body["model"])
         end_user = (
             EndUser(tenant, user, found.version, found.version_id, found.persona)
@@ -84,17 +97,23 @@ async def chat_completions(request: Request) -> Response:
             result = await rerank(
                 reranker, reranker_name, upstream, body, block=block, end_user=end_user, metrics=services.metrics
             )
+            await quotas.add_usage(tenant, *(c.completion.get("usage") for c in result.candidates if c.completion))
             return reranked_answer(result, body, details=show_details)
 
-        return await answer(
-            request, services.metrics, reranked(), mode=mode, persona_version=version, started=started
-        )
+        try:
+            return await answer(
+                request, services.metrics, reranked(), mode=mode, persona_version=version, started=started
+            )
+        finally:
+            await lease.release()
 
     if found is not None:
         body["messages"] = place_persona(body["messages"], found.block)
     upstream, body["model"] = services.upstreams.route(body["model"])
     forward = upstream.stream(body) if body.get("stream") else upstream.complete(body)
-    return await answer(request, services.metrics, forward, mode=mode, persona_version=version, started=started)
+    return await answer(
+        request, services.metrics, forward, mode=mode, persona_version=version, started=started, lease=lease
+    )
 
 
 def reranked_answer(result: Reranked, body: dict[str, Any], *, details: bool) -> Answer:
@@ -120,7 +139,7 @@ def reranked_answer(result: Reranked, body: dict[str, Any], *, details: bool) ->
 
 @router.get("/v1/models")
 async def list_models(request: Request, services: ServicesDep) -> Response:
-    tenant_for_app_key(request.headers, services.settings)
+    app_caller(request.headers, services.settings, services.user_tokens)
     names = services.settings.public_models()
     return JSONBytes(
         {

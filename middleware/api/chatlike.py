@@ -22,6 +22,7 @@ from fastapi.responses import Response, StreamingResponse
 
 from middleware.errors import PersonaError
 from middleware.metrics import Metrics
+from middleware.quotas.service import Lease
 from middleware.upstream import ClientDisconnected, cancel_on_disconnect, monotonic_ms
 
 VERSION_HEADER = "x-persona-version"
@@ -67,8 +68,12 @@ async def answer(
     persona_version: int | None,
     started: float,
     framing: Framing = OPENAI_CHAT,
+    lease: Lease | None = None,
 ) -> Response:
-    """Run `work` (not yet started; `started` is the call's perf_counter() at arrival) and answer."""
+    """Run `work` (not yet started; `started` is the call's perf_counter() at arrival) and answer.
+
+    With a quota `lease`, the answer's tokens are counted (a stream's as it passes) and the lease is
+    released when the answer is complete or the call failed."""
     overhead_ms = monotonic_ms(started)
     metrics.overhead_seconds.observe(overhead_ms / 1000.0)
     headers = persona_headers(persona_version, overhead_ms)
@@ -76,14 +81,20 @@ async def answer(
         result = await cancel_on_disconnect(request.receive, work)
     except ClientDisconnected:
         metrics.client_disconnects.inc()
+        if lease is not None:
+            await lease.release()
         return Response(status_code=CLIENT_CLOSED_REQUEST)
     except PersonaError as exc:
         metrics.chat_requests.labels(mode, "error").inc()
+        if lease is not None:
+            await lease.release()
         if framing.error_response is None:
             raise
         return framing.error_response(exc)
     except BaseException:
         metrics.chat_requests.labels(mode, "error").inc()
+        if lease is not None:
+            await lease.release()
         raise
     if not isinstance(result, Answer):
         result = Answer(result)
@@ -92,5 +103,10 @@ async def answer(
     if result.headers:
         headers.update(result.headers)
     if isinstance(result.body, bytes):
+        if lease is not None and lease.active:
+            await lease.settle(result.body)
         return Response(result.body, media_type=framing.media_type, headers=headers)
-    return StreamingResponse(result.body, media_type=framing.stream_media_type, headers=headers)
+    body = result.body
+    if lease is not None and lease.active:
+        body = lease.guard_stream(body)
+    return StreamingResponse(body, media_type=framing.stream_media_type, headers=headers)

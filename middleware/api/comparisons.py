@@ -28,6 +28,7 @@ from middleware.collection.service import ComparisonService, Prepared
 from middleware.errors import PersonaError
 from middleware.induction.triggers import refresh_if_due
 from middleware.models import Message
+from middleware.quotas.service import Lease, Quotas
 from middleware.upstream import ClientDisconnected, cancel_on_disconnect
 
 log = logging.getLogger("middleware.api")
@@ -77,12 +78,23 @@ async def create_comparison(
         persona=body.persona and not off,
         extra={"max_tokens": body.max_tokens} if body.max_tokens else {},
     )
+    quotas = services.quotas
+    quotas.check_body(tenant, {"max_tokens": body.max_tokens})
+    lease = await quotas.admit_comparison(
+        tenant, user, prepared.id, variants=len(prepared.variants), ttl_s=services.settings.comparison_ttl_s
+    )
     if body.stream:
-        return StreamingResponse(_ndjson(service, prepared), media_type="application/x-ndjson")
+        return StreamingResponse(_ndjson(service, prepared, quotas, lease), media_type="application/x-ndjson")
     try:
         result = await cancel_on_disconnect(request.receive, service.create(prepared))
-    except ClientDisconnected:
-        return Response(status_code=499)
+    except BaseException as exc:
+        await quotas.drop_comparison(tenant, user, prepared.id)
+        if isinstance(exc, ClientDisconnected):
+            return Response(status_code=499)
+        raise
+    finally:
+        await lease.release()
+    await quotas.add_usage(tenant, *(c.get("usage") for c in result["candidates"]))
     return JSONBytes(result)
 
 
@@ -90,18 +102,27 @@ def _line(event: dict[str, Any]) -> bytes:
     return orjson.dumps(event) + b"\n"
 
 
-async def _ndjson(service: ComparisonService, prepared: Prepared) -> AsyncIterator[bytes]:
-    yield _line({"type": "comparison", **prepared.header()})
+async def _ndjson(
+    service: ComparisonService, prepared: Prepared, quotas: Quotas, lease: Lease
+) -> AsyncIterator[bytes]:
+    stored: dict[str, Any] | None = None
     finished: list[Candidate] = []
-    async for candidate in service.candidates(prepared):
-        finished.append(candidate)
-        yield _line({"type": "candidate", "candidate": candidate.to_dict()})
     try:
-        stored = await service.store_pending(prepared, finished)
-    except PersonaError as exc:
-        yield _line({"type": "error", **exc.to_body(), "status": exc.status_code})
-        return
-    yield _line({"type": "done", "comparison": stored})
+        yield _line({"type": "comparison", **prepared.header()})
+        async for candidate in service.candidates(prepared):
+            finished.append(candidate)
+            yield _line({"type": "candidate", "candidate": candidate.to_dict()})
+        try:
+            stored = await service.store_pending(prepared, finished)
+        except PersonaError as exc:
+            yield _line({"type": "error", **exc.to_body(), "status": exc.status_code})
+            return
+        yield _line({"type": "done", "comparison": stored})
+    finally:
+        await lease.release()
+        if stored is None:
+            await quotas.drop_comparison(prepared.tenant, prepared.user, prepared.id)
+        await quotas.add_usage(prepared.tenant, *(c.completion.get("usage") for c in finished if c.completion))
 
 
 @router.post("/v1/comparisons/{comparison_id}/judgement")
@@ -116,6 +137,7 @@ async def judge_comparison(
     result = await services.comparisons.judge(
         tenant, user, comparison_id, best=body.best, worst=body.worst, rationale=body.rationale
     )
+    await services.quotas.drop_comparison(tenant, result["user"], comparison_id)
     if result["pairs_added"]:
         await refresh_if_due(services.settings, services.preferences, services.jobs, tenant, [result["user"]])
     return JSONBytes(result, status_code=201)

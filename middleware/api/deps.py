@@ -11,8 +11,9 @@ from middleware.errors import InvalidJSON, InvalidRequest
 from middleware.identity import (
     USER_HEADER,
     USER_ID_RE,
+    app_caller,
+    bind_user,
     tenant_for_admin,
-    tenant_for_app_key,
     validate_user_id,
 )
 from middleware.services import Services
@@ -29,7 +30,19 @@ ServicesDep = Annotated[Services, Depends(get_services)]
 
 
 async def app_tenant(request: Request, services: ServicesDep) -> str:
-    return tenant_for_app_key(request.headers, services.settings)
+    """The app key's tenant, or a user token's: then the call is bound to the token's user (a user
+    in the path, the X-Persona-User header or the body that names anyone else is a 403)."""
+    tenant, token_user = app_caller(request.headers, services.settings, services.user_tokens)
+    if token_user is not None:
+        request.state.token_user = token_user
+        bind_user(token_user, request.path_params.get("user"))
+    return tenant
+
+
+def token_user(request: Request) -> str | None:
+    """The user a user token binds this call to (None for an app key)."""
+    user: str | None = getattr(request.state, "token_user", None)
+    return user
 
 
 async def admin_tenant(request: Request, services: ServicesDep) -> str:
@@ -49,6 +62,10 @@ def parse_json(raw: bytes) -> Any:
 
 def caller_user(request: Request, body_user: str | None, *, required: bool) -> str | None:
     """The end user of an app-facing call: the X-Persona-User header, else the body's `user`."""
+    bound = token_user(request)
+    if bound is not None:
+        bind_user(bound, request.headers.get(USER_HEADER), param=USER_HEADER)
+        return bind_user(bound, body_user)
     header = request.headers.get(USER_HEADER)
     if header:
         return validate_user_id(header, param=USER_HEADER)

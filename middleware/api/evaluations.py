@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from middleware.api.deps import AdminTenant, AppTenant, ServicesDep, caller_user
 from middleware.api.responses import JSONBytes
+from middleware.evaluation.online import CONDITIONS
 from middleware.evaluation.online_plot import render_png
 from middleware.identity import validate_user_id
 from middleware.models import Message
@@ -162,13 +163,19 @@ async def create_trial(
     extra = {
         k: v for k, v in (("max_tokens", body.max_tokens), ("temperature", body.temperature)) if v is not None
     }
-    trial = await services.evaluations.create_trial(
-        tenant,
-        evaluation_id,
-        user=user,
-        messages=[m.model_dump(mode="json", exclude_none=True) for m in body.messages],
-        extra=extra,
-    )
+    quotas = services.quotas
+    quotas.check_body(tenant, extra)
+    lease = await quotas.admit(tenant, user, len(CONDITIONS))  # one upstream call per condition
+    try:
+        trial = await services.evaluations.create_trial(
+            tenant,
+            evaluation_id,
+            user=user,
+            messages=[m.model_dump(mode="json", exclude_none=True) for m in body.messages],
+            extra=extra,
+        )
+    finally:
+        await lease.release()
     return JSONBytes(trial, status_code=201)
 
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from middleware.api.deps import AppTenant, ServicesDep, caller_user
+from middleware.api.deps import AppTenant, ServicesDep, caller_user, token_user
 from middleware.api.responses import JSONBytes
 from middleware.errors import ValidationFailed
-from middleware.identity import validate_user_id
+from middleware.identity import bind_user, validate_user_id
 from middleware.induction.triggers import refresh_if_due
 from middleware.preferences.feedback import FeedbackIn, add_feedback, to_record
 
@@ -34,7 +34,11 @@ async def add_preferences(
     records = []
     for i, item in enumerate(items):
         # In a batch each item names its own user; the header is the fallback.
-        user = validate_user_id(item.user) if item.user else caller_user(request, None, required=True)
+        user = (
+            bind_user(token_user(request), validate_user_id(item.user))
+            if item.user
+            else caller_user(request, None, required=True)
+        )
         assert user is not None
         key = item.idempotency_key
         if key is None and header_key:

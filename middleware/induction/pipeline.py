@@ -19,6 +19,7 @@ from middleware.induction.select import Selection, select_exemplars
 from middleware.induction.synthesize import synthesize
 from middleware.llm import CallBudget
 from middleware.models import Persona, PreferencePair
+from middleware.quotas.service import Quotas
 from middleware.store.personas import PersonaStore
 from middleware.store.preferences import PreferenceStore
 from middleware.upstream import UpstreamRouter
@@ -88,6 +89,7 @@ class Induction:
     upstreams: UpstreamRouter
     personas: PersonaStore
     preferences: PreferenceStore
+    quotas: Quotas
 
     async def load_plan(self, tenant: str, user: str) -> Plan:
         return plan_for(await self.preferences.pairs(tenant, user), self.settings, user)
@@ -125,7 +127,10 @@ class Induction:
         since_refresh = await self.preferences.pairs_since_refresh(tenant, user)
         plan = await self.load_plan(tenant, user)
         ctx = llm_context(self.upstreams, settings, model, budget or new_budget(settings))
-        induced = await run_steps(ctx, plan, settings, progress=progress)
+        try:
+            induced = await run_steps(ctx, plan, settings, progress=progress)
+        finally:  # the calls count against the tenant's quotas, whether the run succeeded or not
+            await self.quotas.record_job(tenant, ctx.usage.calls, ctx.usage.total_tokens)
         kept, text, selection = induced.kept, induced.text, induced.selection
         provenance: dict[str, Any] = {
             "source": "induction",

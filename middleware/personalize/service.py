@@ -67,6 +67,11 @@ class Personalizer:
             if not exc.skipped:
                 log.warning("persona read failed, continuing without persona: %s", exc)
             return None
+        return self.from_blob(blob)
+
+    def from_blob(self, blob: bytes | None) -> ActivePersona | None:
+        """The rendered block of a current-persona blob read elsewhere (e.g. in one pipeline with the
+        quota check), or None."""
         if not blob:
             return None
         version_id = version_id_of(blob)  # a few bytes, not the whole blob
@@ -81,6 +86,15 @@ class Personalizer:
         while len(self._cache) > self._settings.persona_cache_size:
             self._cache.popitem(last=False)
         return active
+
+    def read_failed(self, exc: BaseException) -> None:
+        """Count a persona read that failed outside `current` (the chat goes on without a persona)."""
+        self._metrics.persona_read_failures.inc()
+        log.warning("persona read failed, continuing without persona: %s", type(exc).__name__)
+
+    @property
+    def read_timeout_s(self) -> float:
+        return self._settings.persona_read_timeout_s
 
     def render(self, persona: Persona) -> str:
         return render_persona_block(

@@ -23,6 +23,19 @@ log = logging.getLogger("middleware.rerank")
 ENTRY_POINT_GROUP = "middleware.rerankers"
 
 
+def require_enabled(settings: Settings, name: str) -> str:
+    """A reranker a request may name: one the operator enabled (`PERSONA_RERANKERS_ENABLED`, or the
+    default `PERSONA_RERANKER`). Anything else is refused before anything is built or imported."""
+    enabled = [*settings.rerankers_enabled, settings.reranker]
+    if name not in enabled:
+        raise InvalidRequest(
+            f"reranker {name!r} is not enabled; enabled: {', '.join(dict.fromkeys(enabled))}",
+            param="x-persona-reranker",
+            code="reranker_not_enabled",
+        )
+    return name
+
+
 class RerankerRegistry:
     def __init__(self, settings: Settings, resources: RerankResources) -> None:
         self._settings = settings

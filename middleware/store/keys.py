@@ -143,3 +143,33 @@ def user_jobs(tenant: str, user: str) -> str:
 def tenant_pattern_users() -> str:
     """SCAN pattern matching every tenant's user index."""
     return f"{PREFIX}:tenant:*:users"
+
+
+# --- quotas (middleware/quotas): one hash tag per tenant, so one script sees all of a tenant's keys --
+def _limits_tag(tenant: str) -> str:
+    return f"{PREFIX}:{{limits:{tenant}}}"
+
+
+def rate_log(tenant: str) -> str:
+    """List of the tenant's recent upstream-call times in ms, newest first (a moving-window log)."""
+    return f"{_limits_tag(tenant)}:rpm"
+
+
+def user_rate_log(tenant: str, user: str) -> str:
+    """The same per end user (only times, no content; it expires a minute after the last call)."""
+    return f"{_limits_tag(tenant)}:user:{user}:rpm"
+
+
+def in_flight(tenant: str) -> str:
+    """Sorted set of the tenant's in-flight request leases, scored by the time each lease expires."""
+    return f"{_limits_tag(tenant)}:inflight"
+
+
+def tokens_day(tenant: str, day: str) -> str:
+    """Tokens the tenant used on one UTC day (YYYYMMDD), from the upstream's `usage`."""
+    return f"{_limits_tag(tenant)}:tokens:{day}"
+
+
+def pending_comparisons(tenant: str, user: str) -> str:
+    """Sorted set of the user's pending comparison ids, scored by the time each one expires."""
+    return f"{user_tag(tenant, user)}:comparisons:pending"

@@ -73,6 +73,19 @@ def app_client(proxy: RunningProxy, key: str = APP_KEY_A) -> httpx.Client:
     return httpx.Client(base_url=proxy.url, headers={"Authorization": f"Bearer {key}"}, timeout=10)
 
 
+def user_token(proxy: RunningProxy, user: str, key: str = APP_KEY_A, ttl_s: int = 900) -> str:
+    """An end-user token for `user`, minted with an app key (what an app backend does)."""
+    minted = httpx.post(
+        f"{proxy.url}/v1/user-tokens",
+        headers={"Authorization": f"Bearer {key}"},
+        json={"user": user, "ttl_s": ttl_s},
+        timeout=10,
+    )
+    minted.raise_for_status()
+    token: str = minted.json()["token"]
+    return token
+
+
 def start_proxy(settings: Settings) -> RunningProxy:
     """The proxy serving on a free port; ``with start_proxy(settings) as running:`` stops it after."""
     return RunningProxy(ServerThread(create_app(settings)).start(), settings)

@@ -2,16 +2,23 @@
 "use strict";
 (() => {
   const $ = (id) => document.getElementById(id);
-  const state = { user: null, key: "", session: null, comparison: null, best: null, worst: null, turn: [] };
+  const state = { user: null, token: "", session: null, comparison: null, best: null, worst: null, turn: [] };
 
   function newId() {
     return (crypto.randomUUID ? crypto.randomUUID() : String(Date.now()) + Math.random().toString(16).slice(2));
   }
 
+  // The page signs in with an end-user token minted by the app's backend (POST /v1/user-tokens) and
+  // handed over as /ui#token=<token> (or ?token=); it is kept in sessionStorage and taken out of the URL.
+  function tokenFromUrl() {
+    const found = new URLSearchParams(location.hash.slice(1)).get("token")
+      || new URLSearchParams(location.search).get("token");
+    if (found) history.replaceState(null, "", location.pathname);
+    return found;
+  }
+
   function headers() {
-    const h = { "Content-Type": "application/json", "X-Persona-User": state.user };
-    if (state.key) h.Authorization = "Bearer " + state.key;
-    return h;
+    return { "Content-Type": "application/json", Authorization: "Bearer " + state.token };
   }
 
   function status(text, isError) {
@@ -57,13 +64,15 @@
     loadHistory();
   }
 
-  async function signIn(user, key) {
-    state.user = user; state.key = key;
-    if (!(await loadProfile())) return;
-    sessionStorage.setItem("persona.user", user);
-    sessionStorage.setItem("persona.key", key);
+  async function signIn(token) {
+    state.token = token;
+    const resp = await fetch("/ui/profile", { headers: headers() });
+    if (!resp.ok) { status(await errorText(resp), true); sessionStorage.removeItem("persona.token"); return; }
+    state.user = (await resp.json()).user;
+    await loadProfile();
+    sessionStorage.setItem("persona.token", token);
     $("signin").hidden = true; $("workspace").hidden = false; $("whoami").hidden = false;
-    $("whoami-user").textContent = user;
+    $("whoami-user").textContent = state.user;
     state.session = sessionStorage.getItem("persona.session") || newId();
     sessionStorage.setItem("persona.session", state.session);
     await loadHistory();
@@ -207,13 +216,13 @@
 
   $("signin-form").addEventListener("submit", (ev) => {
     ev.preventDefault();
-    signIn($("user-id").value.trim(), $("app-key").value.trim());
+    signIn($("user-token").value.trim());
   });
   $("signout-btn").addEventListener("click", () => { sessionStorage.clear(); location.reload(); });
   $("new-session").addEventListener("click", startSession);
   $("prompt-form").addEventListener("submit", compare);
   $("judge-form").addEventListener("submit", judge);
 
-  const savedUser = sessionStorage.getItem("persona.user");
-  if (savedUser) signIn(savedUser, sessionStorage.getItem("persona.key") || "");
+  const token = tokenFromUrl() || sessionStorage.getItem("persona.token");
+  if (token) signIn(token);
 })();

@@ -3,12 +3,24 @@
 "use strict";
 (() => {
   const $ = (id) => document.getElementById(id);
-  const state = { user: null, key: "", evaluation: null, trial: null, choice: null, answered: 0 };
+  const state = { user: null, token: "", evaluation: null, trial: null, choice: null, answered: 0 };
+
+  // Signed in with an end-user token from the app's backend: /ui/evaluate?evaluation=<id>#token=<token>
+  // (or ?token=), or the token the collection page kept in sessionStorage. Never the app key.
+  function tokenFromUrl() {
+    const found = new URLSearchParams(location.hash.slice(1)).get("token")
+      || new URLSearchParams(location.search).get("token");
+    if (found) {
+      const params = new URLSearchParams(location.search);
+      params.delete("token");
+      const query = params.toString();
+      history.replaceState(null, "", location.pathname + (query ? "?" + query : ""));
+    }
+    return found;
+  }
 
   function headers() {
-    const h = { "Content-Type": "application/json", "X-Persona-User": state.user };
-    if (state.key) h.Authorization = "Bearer " + state.key;
-    return h;
+    return { "Content-Type": "application/json", Authorization: "Bearer " + state.token };
   }
 
   function status(text, isError) {
@@ -24,13 +36,14 @@
     return "/v1/evaluations/" + encodeURIComponent(state.evaluation) + (suffix || "");
   }
 
-  async function signIn(user, key, evaluation) {
-    Object.assign(state, { user, key, evaluation });
-    const resp = await fetch(runUrl("?user=" + encodeURIComponent(user)), { headers: headers() });
+  async function signIn(token, evaluation) {
+    Object.assign(state, { token, evaluation });
+    const resp = await fetch(runUrl(), { headers: headers() });
     if (!resp.ok) { status(await errorText(resp), true); return; }
     const run = await resp.json();
-    sessionStorage.setItem("persona.eval.user", user);
-    sessionStorage.setItem("persona.eval.key", key);
+    const user = run.user;
+    state.user = user;
+    sessionStorage.setItem("persona.token", token);
     sessionStorage.setItem("persona.eval.run", evaluation);
     state.answered = run.answered;
     $("answered-count").textContent = String(run.answered);
@@ -42,8 +55,8 @@
   }
 
   function signOut() {
-    for (const k of ["persona.eval.user", "persona.eval.key", "persona.eval.run"]) sessionStorage.removeItem(k);
-    Object.assign(state, { user: null, key: "", evaluation: null });
+    for (const k of ["persona.token", "persona.eval.run"]) sessionStorage.removeItem(k);
+    Object.assign(state, { user: null, token: "", evaluation: null });
     resetTrial();
     $("signin").hidden = false; $("eval-workspace").hidden = true; $("whoami").hidden = true;
   }
@@ -139,7 +152,7 @@
 
   $("signin-form").addEventListener("submit", (event) => {
     event.preventDefault();
-    signIn($("user-id").value.trim(), $("app-key").value.trim(), $("evaluation-id").value.trim());
+    signIn($("user-token").value.trim(), $("evaluation-id").value.trim());
   });
   $("signout-btn").addEventListener("click", signOut);
   $("eval-prompt-form").addEventListener("submit", ask);
@@ -148,9 +161,8 @@
 
   const fromUrl = new URLSearchParams(location.search).get("evaluation");
   if (fromUrl) $("evaluation-id").value = fromUrl;
-  const saved = sessionStorage.getItem("persona.eval.user");
-  const savedRun = sessionStorage.getItem("persona.eval.run");
-  if (saved && savedRun && (!fromUrl || fromUrl === savedRun)) {
-    signIn(saved, sessionStorage.getItem("persona.eval.key") || "", savedRun);
-  }
+  const token = tokenFromUrl() || sessionStorage.getItem("persona.token");
+  if (token) $("user-token").value = token;
+  const run = fromUrl || sessionStorage.getItem("persona.eval.run");
+  if (token && run) signIn(token, run);
 })();

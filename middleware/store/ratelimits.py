@@ -1,0 +1,190 @@
+"""Quota counters in Redis: one atomic script admits a request against every limit at once.
+
+Why a script of our own rather than the `limits` library: `limits` (its moving window is the same
+list-of-timestamps log used here) takes one round trip per limit and cannot check several limits
+atomically, so a request refused by the per-user limit would still have used up the tenant's. It also
+stamps entries with each process's own clock. Here one EVALSHA checks the tenant's and the user's
+moving windows, the tenant's in-flight leases and its tokens of the day, records the call only when
+all of them allow it, and reads the clock from Redis (`TIME`), so every proxy process agrees. It is
+sent in the same pipeline as the persona read, so metering costs no extra round trip.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError
+
+from middleware.store import keys
+from middleware.store.guard import resolved
+
+WINDOW_MS = 60_000
+# Reasons, in the order the script returns them.
+REASONS = ("", "requests_per_minute", "user_requests_per_minute", "concurrency", "tokens_per_day")
+
+# KEYS: tenant log, user log, in-flight set, tokens of the day.
+# ARGV: cost, rpm, user rpm, concurrency, lease token, lease ms, tokens per day, ms to the day's end,
+# window ms (60000; "requests per minute" counts calls in the window before now, newest first).
+# A limit of 0 is "none". Returns {0, 0} when admitted, else {reason, retry after in ms}.
+ADMIT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local cost = tonumber(ARGV[1])
+local window = tonumber(ARGV[9])
+local tokens = tonumber(ARGV[7])
+if tokens > 0 then
+  local used = tonumber(redis.call('GET', KEYS[4]) or '0')
+  if used >= tokens then return {4, tonumber(ARGV[8])} end
+end
+local function wait(key, limit)
+  if limit <= 0 then return 0 end
+  if cost > limit then return window end
+  local entry = redis.call('LINDEX', key, limit - cost)
+  if entry and tonumber(entry) > now - window then return tonumber(entry) + window - now end
+  return 0
+end
+local rpm, urpm = tonumber(ARGV[2]), tonumber(ARGV[3])
+local w = wait(KEYS[1], rpm)
+if w > 0 then return {1, w} end
+w = wait(KEYS[2], urpm)
+if w > 0 then return {2, w} end
+local concurrency = tonumber(ARGV[4])
+if concurrency > 0 then
+  local lease = tonumber(ARGV[6])
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+  if redis.call('ZCARD', KEYS[3]) >= concurrency then return {3, 1000} end
+  redis.call('ZADD', KEYS[3], now + lease, ARGV[5])
+  redis.call('PEXPIRE', KEYS[3], lease)
+end
+local function record(key, limit)
+  if limit <= 0 then return end
+  for i = 1, cost do redis.call('LPUSH', key, now) end
+  redis.call('LTRIM', key, 0, limit - 1)
+  redis.call('PEXPIRE', key, window)
+end
+record(KEYS[1], rpm)
+record(KEYS[2], urpm)
+return {0, 0}
+"""
+
+# KEYS: tenant log. ARGV: calls, rpm, window ms. Records calls already made (background jobs) without
+# refusing them, so they count against the app's next requests.
+RECORD = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local limit = tonumber(ARGV[2])
+for i = 1, math.min(tonumber(ARGV[1]), limit) do redis.call('LPUSH', KEYS[1], now) end
+redis.call('LTRIM', KEYS[1], 0, limit - 1)
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3]))
+return 0
+"""
+
+# KEYS: the user's pending set. ARGV: max, comparison id, ttl ms. Returns 0 when reserved, else the ms
+# until the oldest pending comparison expires.
+RESERVE_PENDING = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then
+  local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+  return math.max(1, tonumber(oldest[2]) - now)
+end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[2])
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3]))
+return 0
+"""
+
+
+class RateLimitStore:
+    def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+        self._admit: AsyncScript = redis.register_script(ADMIT)
+        self._reserve: AsyncScript = redis.register_script(RESERVE_PENDING)
+        self._record: AsyncScript = redis.register_script(RECORD)
+
+    @staticmethod
+    def admit_call(
+        tenant: str,
+        user: str | None,
+        *,
+        cost: int,
+        rpm: int,
+        user_rpm: int,
+        concurrency: int,
+        lease: str,
+        lease_ms: int,
+        tokens_per_day: int,
+        day: str,
+        ms_to_day_end: int,
+        window_ms: int = WINDOW_MS,
+    ) -> tuple[list[str], list[Any]]:
+        """The keys and arguments of one admission (for `admit`, or a pipeline built elsewhere)."""
+        user_key = keys.user_rate_log(tenant, user) if user is not None else keys.rate_log(tenant)
+        return (
+            [keys.rate_log(tenant), user_key, keys.in_flight(tenant), keys.tokens_day(tenant, day)],
+            [
+                cost,
+                rpm,
+                user_rpm if user is not None else 0,
+                concurrency,
+                lease,
+                lease_ms,
+                tokens_per_day,
+                ms_to_day_end,
+                window_ms,
+            ],
+        )
+
+    async def admit(self, call: tuple[list[str], list[Any]]) -> tuple[int, int]:
+        """(reason index, retry after ms); (0, 0) when admitted. Store errors propagate."""
+        reason, wait_ms = await self._admit(keys=call[0], args=call[1])
+        return int(reason), int(wait_ms)
+
+    async def admit_and_read_persona(
+        self, call: tuple[list[str], list[Any]], tenant: str, user: str
+    ) -> tuple[int, int, bytes | None]:
+        """One round trip: the admission and the user's current-persona GET (the chat path)."""
+        # EVALSHA straight into the pipeline: redis-py's pipelined Script checks SCRIPT EXISTS first,
+        # one more round trip on every call. The script is loaded once, when Redis says it lacks it.
+        for attempt in (1, 2):
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.evalsha(self._admit.sha, len(call[0]), *call[0], *call[1])
+            pipe.get(keys.persona_current(tenant, user))
+            try:
+                (reason, wait_ms), blob = await pipe.execute()
+            except NoScriptError:
+                if attempt == 2:
+                    raise
+                await resolved(self._redis.script_load(ADMIT))
+                continue
+            return int(reason), int(wait_ms), blob
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def record_calls(self, tenant: str, calls: int, *, rpm: int, window_ms: int = WINDOW_MS) -> None:
+        await self._record(keys=[keys.rate_log(tenant)], args=[calls, rpm, window_ms])
+
+    async def release(self, tenant: str, lease: str) -> None:
+        await resolved(self._redis.zrem(keys.in_flight(tenant), lease))
+
+    async def add_tokens(self, tenant: str, day: str, tokens: int) -> None:
+        key = keys.tokens_day(tenant, day)
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.incrby(key, tokens)
+        pipe.expire(key, 2 * 86400)
+        await pipe.execute()
+
+    async def tokens_used(self, tenant: str, day: str) -> int:
+        value = await resolved(self._redis.get(keys.tokens_day(tenant, day)))
+        return int(value or 0)
+
+    async def reserve_pending(self, tenant: str, user: str, comparison_id: str, *, limit: int, ttl_s: int) -> int:
+        """Reserve a pending-comparison slot: 0, or the ms until one frees up."""
+        wait_ms = await self._reserve(
+            keys=[keys.pending_comparisons(tenant, user)], args=[limit, comparison_id, ttl_s * 1000]
+        )
+        return int(wait_ms)
+
+    async def drop_pending(self, tenant: str, user: str, comparison_id: str) -> None:
+        await resolved(self._redis.zrem(keys.pending_comparisons(tenant, user), comparison_id))

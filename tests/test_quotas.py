@@ -1,0 +1,354 @@
+"""Quotas (PERSONA_LIMITS): each limit refuses with a 429 (caps with a 400), the moving window holds
+at most R calls in any window, entries merge field by field, and proxies sharing a Redis share them."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, cast
+
+import httpx
+import pytest
+import redis
+from redis.asyncio import Redis
+
+from middleware.quotas.policy import LimitsConfig
+from middleware.quotas.usage import tokens_in_body, tokens_in_sse, tokens_used
+from middleware.store.ratelimits import RateLimitStore
+from tests.support.fake_upstream import FakeUpstream, Reply
+from tests.support.proxy import APP_KEY_A, APP_KEY_B, RunningProxy, proxy_settings, start_proxy
+from tests.support.redis_server import RedisServer
+
+MESSAGES = [{"role": "user", "content": "hello there"}]
+# The quota check shares the persona read's time bound and fails open past it; a loaded test machine
+# must not turn a slow check into an admitted call.
+SLOW_OK = {"persona_read_timeout_s": 2.0}
+
+
+def chat(proxy: RunningProxy, user: str = "u1", key: str = APP_KEY_A, **extra: Any) -> httpx.Response:
+    return httpx.post(
+        f"{proxy.v1}/chat/completions",
+        headers={"Authorization": f"Bearer {key}", **extra.pop("headers", {})},
+        json={"model": "fake-model", "messages": MESSAGES, "user": user, **extra},
+        timeout=10,
+    )
+
+
+def assert_429(response: httpx.Response, code: str, *, most_s: int = 60) -> int:
+    assert response.status_code == 429, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["type"] == "rate_limit_error" and error["code"] == code
+    retry_after = int(response.headers["retry-after"])
+    assert 1 <= retry_after <= most_s
+    return retry_after
+
+
+@pytest.fixture
+def limited(request: pytest.FixtureRequest, redis_url: str, fake_upstream: FakeUpstream) -> Iterator[RunningProxy]:
+    limits = request.param if hasattr(request, "param") else {}
+    with start_proxy(proxy_settings(redis_url, fake_upstream, limits=limits, **SLOW_OK)) as running:
+        yield running
+
+
+def refusals(proxy: RunningProxy, tenant: str, reason: str) -> float:
+    text = httpx.get(f"{proxy.url}/metrics", timeout=5).text
+    found = re.search(
+        rf'persona_quota_refusals_total\{{reason="{reason}",tenant="{tenant}"\}} ([0-9.]+)', text
+    )
+    return float(found.group(1)) if found else 0.0
+
+
+@pytest.mark.parametrize("limited", [{"default": {"requests_per_minute": 3}}], indirect=True)
+def test_requests_per_minute_refuses_the_call_after_r(limited: RunningProxy, fake_upstream: FakeUpstream) -> None:
+    assert [chat(limited, f"u{i}").status_code for i in range(3)] == [200, 200, 200]
+    assert_429(chat(limited, "u9"), "requests_per_minute")
+    assert len(fake_upstream.requests) == 3  # the refused call never went upstream
+    assert chat(limited, "u1", key=APP_KEY_B).status_code == 200  # another tenant has its own window
+    assert refusals(limited, "tenant-a", "requests_per_minute") == 1
+
+
+@pytest.mark.parametrize(
+    "limited",
+    [{"default": {"requests_per_minute": 5}, "tenants": {"tenant-b": {"user_requests_per_minute": 2}}}],
+    indirect=True,
+)
+def test_a_tenant_entry_overrides_the_default_field_by_field(limited: RunningProxy) -> None:
+    # tenant-b keeps the default 5 per minute and adds 2 per user
+    assert [chat(limited, "alice", key=APP_KEY_B).status_code for _ in range(2)] == [200, 200]
+    assert_429(chat(limited, "alice", key=APP_KEY_B), "user_requests_per_minute")
+    assert [chat(limited, "bob", key=APP_KEY_B).status_code for _ in range(2)] == [200, 200]
+    assert chat(limited, "carol", key=APP_KEY_B).status_code == 200  # the tenant's 5th (refusals don't count)
+    assert_429(chat(limited, "carol", key=APP_KEY_B), "requests_per_minute")
+    # tenant-a: no per-user limit
+    assert [chat(limited, "alice").status_code for _ in range(5)] == [200] * 5
+
+
+def test_limits_merge_field_by_field() -> None:
+    config = LimitsConfig.model_validate(
+        {
+            "default": {"requests_per_minute": 10, "max_n": 2, "tokens_per_day": 1000},
+            "tenants": {"acme": {"requests_per_minute": 50, "max_variants": 3}},
+        }
+    )
+    acme, other = config.for_tenant("acme"), config.for_tenant("other")
+    assert (acme.requests_per_minute, acme.max_n, acme.tokens_per_day, acme.max_variants) == (50, 2, 1000, 3)
+    assert (other.requests_per_minute, other.max_n, other.max_variants) == (10, 2, 8)
+    unset = LimitsConfig().for_tenant("x")
+    assert (unset.max_n, unset.max_variants, unset.max_pending_comparisons) == (8, 8, 100)
+    assert not unset.metered and unset.requests_per_minute is None
+    with pytest.raises(ValueError):
+        LimitsConfig.model_validate({"default": {"requests_per_minute": 0}})
+    with pytest.raises(ValueError):
+        LimitsConfig.model_validate({"default": {"request_per_minute": 5}})  # a typo is refused
+
+
+async def test_moving_window_never_lets_more_than_r_through_in_any_window(redis_url: str) -> None:
+    """The property behind requests_per_minute, with a 1 s window to keep the test short: for every
+    admitted call k, the call R places later was admitted at least one window after k was sent. A
+    fixed window would let 2R through around its boundary."""
+    redis = Redis.from_url(redis_url)
+    store = RateLimitStore(redis)
+    limit, window_ms = 4, 1000
+    admitted: list[tuple[float, float]] = []
+    refused = 0
+    try:
+        deadline = time.monotonic() + 3.2
+        while time.monotonic() < deadline:
+            sent = time.monotonic()
+            reason, wait_ms = await store.admit(
+                store.admit_call(
+                    "t", None, cost=1, rpm=limit, user_rpm=0, concurrency=0, lease="", lease_ms=0,
+                    tokens_per_day=0, day="d", ms_to_day_end=1, window_ms=window_ms,
+                )
+            )
+            if reason == 0:
+                admitted.append((sent, time.monotonic()))
+            else:
+                refused += 1
+                assert 0 < wait_ms <= window_ms
+            await asyncio.sleep(0.003)
+    finally:
+        await redis.aclose()
+    assert refused > 0
+    assert len(admitted) >= 3 * limit  # it kept admitting as the window moved
+    for k in range(len(admitted) - limit):
+        assert admitted[k + limit][1] - admitted[k][0] >= window_ms / 1000.0 - 0.002
+
+
+@pytest.mark.parametrize("limited", [{"default": {"requests_per_minute": 5}}], indirect=True)
+def test_a_rerank_counts_one_call_per_variant(limited: RunningProxy, fake_upstream: FakeUpstream) -> None:
+    headers = {"X-Persona-Mode": "rerank"}
+    fake_upstream.responder = lambda body: (
+        {"reasoning": "r", "preferred": "A"} if "response_format" in body else "an answer"
+    )
+    assert chat(limited, headers=headers).status_code == 200  # 4 candidate calls
+    assert_429(chat(limited, headers=headers), "requests_per_minute")  # 4 more would make 8
+    assert chat(limited).status_code == 200  # one plain call still fits (5)
+    assert_429(chat(limited), "requests_per_minute")
+
+
+def test_two_proxies_on_one_redis_share_the_limit(redis_url: str, fake_upstream: FakeUpstream) -> None:
+    settings = proxy_settings(redis_url, fake_upstream, limits={"default": {"requests_per_minute": 4}}, **SLOW_OK)
+    with start_proxy(settings) as first, start_proxy(settings) as second:
+        statuses = [chat(p, f"u{i}").status_code for i, p in enumerate([first, second] * 2)]
+        assert statuses == [200, 200, 200, 200]
+        assert_429(chat(first), "requests_per_minute")
+        assert_429(chat(second), "requests_per_minute")
+    assert len(fake_upstream.requests) == 4
+
+
+@pytest.mark.parametrize("limited", [{"default": {"concurrency": 1}}], indirect=True)
+def test_concurrency_limits_calls_in_flight(limited: RunningProxy, fake_upstream: FakeUpstream) -> None:
+    fake_upstream.script(Reply(content="slow", delay=1.5))
+    first: list[httpx.Response] = []
+    holder = threading.Thread(target=lambda: first.append(chat(limited, "u1")))
+    holder.start()
+    deadline = time.monotonic() + 5
+    while not fake_upstream.requests and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert fake_upstream.requests, "the first call never reached the upstream"
+    assert_429(chat(limited, "u2"), "concurrency")
+    holder.join(10)
+    assert first[0].status_code == 200
+    assert chat(limited, "u2").status_code == 200  # the slot was given back
+    # a stream holds its slot until it ends, then gives it back
+    fake_upstream.script(Reply(content="one two three four five six", chunk_delay=0.2))
+    with httpx.stream(
+        "POST", f"{limited.v1}/chat/completions", headers={"Authorization": f"Bearer {APP_KEY_A}"},
+        json={"model": "fake-model", "messages": MESSAGES, "stream": True}, timeout=10,
+    ) as streamed:
+        assert streamed.status_code == 200
+        assert_429(chat(limited, "u3"), "concurrency")
+        streamed.read()
+    deadline = time.monotonic() + 3
+    while (status := chat(limited, "u3").status_code) == 429 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert status == 200
+
+
+@pytest.mark.parametrize("limited", [{"default": {"tokens_per_day": 30}}], indirect=True)
+def test_tokens_per_day_counts_the_upstreams_usage(limited: RunningProxy, fake_upstream: FakeUpstream) -> None:
+    fake_upstream.script(Reply(content="word " * 40))
+    first = chat(limited)
+    assert first.status_code == 200
+    used = first.json()["usage"]["total_tokens"]
+    assert used >= 30
+    assert_429(chat(limited), "tokens_per_day", most_s=86_400)
+    assert chat(limited, key=APP_KEY_B).status_code == 200
+    day = time.strftime("%Y%m%d", time.gmtime())
+    assert int(cast(Any, sync_redis(limited).get(f"pm:{{limits:tenant-a}}:tokens:{day}")) or 0) == used
+
+
+@pytest.mark.parametrize("limited", [{"default": {"tokens_per_day": 1000}}], indirect=True)
+def test_streamed_usage_is_counted(limited: RunningProxy) -> None:
+    day = time.strftime("%Y%m%d", time.gmtime())
+    with httpx.stream(
+        "POST", f"{limited.v1}/chat/completions", headers={"Authorization": f"Bearer {APP_KEY_A}"},
+        json={"model": "fake-model", "messages": MESSAGES, "stream": True,
+              "stream_options": {"include_usage": True}},
+        timeout=10,
+    ) as streamed:
+        body = streamed.read()
+    reported = tokens_in_sse(body)
+    assert reported > 0
+    deadline = time.monotonic() + 3
+    used = 0
+    while time.monotonic() < deadline:
+        used = int(cast(Any, sync_redis(limited).get(f"pm:{{limits:tenant-a}}:tokens:{day}")) or 0)
+        if used:
+            break
+        time.sleep(0.02)
+    assert used == reported
+
+
+def sync_redis(proxy: RunningProxy) -> redis.Redis:
+    return redis.Redis.from_url(proxy.settings.redis_url)
+
+
+def test_usage_is_counted_in_both_apis_shapes() -> None:
+    assert tokens_used({"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}) == 15
+    assert tokens_used({"input_tokens": 7, "output_tokens": 3}) == 10
+    assert tokens_used({"input_tokens": 7, "output_tokens": 3, "cache_read_input_tokens": 2}) == 12
+    assert tokens_used({"total_tokens": 9}) == 9
+    assert tokens_used(None) == tokens_used({"prompt_tokens": "x"}) == tokens_used({"input_tokens": True}) == 0
+    assert tokens_in_body(b'{"id":"r","usage":{"input_tokens":4,"output_tokens":6}}') == 10
+    assert tokens_in_body(b"not json") == 0
+    events = (
+        b'data: {"type":"response.completed","response":{"usage":{"input_tokens":2,"output_tokens":3}}}\n\n'
+        b'data: {"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":1}}\n\ndata: [DONE]\n\n'
+    )
+    assert tokens_in_sse(events) == 7
+
+
+def test_caps_apply_without_persona_limits(limited: RunningProxy, fake_upstream: FakeUpstream) -> None:
+    refused = chat(limited, n=9)
+    assert refused.status_code == 400
+    assert refused.json()["error"]["code"] == "limit_exceeded" and refused.json()["error"]["param"] == "n"
+    assert chat(limited, n=2).status_code == 200
+    assert [chat(limited).status_code for _ in range(20)] == [200] * 20  # no rate limit when unset
+    assert refusals(limited, "tenant-a", "max_n") == 1
+
+
+@pytest.mark.parametrize("limited", [{"default": {"max_output_tokens": 100, "max_n": 2}}], indirect=True)
+def test_output_token_and_n_caps(limited: RunningProxy, fake_upstream: FakeUpstream) -> None:
+    for field in ("max_tokens", "max_completion_tokens", "max_output_tokens"):
+        refused = chat(limited, **cast(dict[str, Any], {field: 101}))
+        assert refused.status_code == 400 and refused.json()["error"]["param"] == field
+    assert chat(limited, max_tokens=100).status_code == 200
+    assert chat(limited, n=3).status_code == 400
+    assert len(fake_upstream.requests) == 1
+
+
+def comparison(proxy: RunningProxy, user: str = "u1", **extra: Any) -> httpx.Response:
+    return httpx.post(
+        f"{proxy.v1}/comparisons",
+        headers={"Authorization": f"Bearer {APP_KEY_A}"},
+        json={"user": user, "model": "fake-model", "messages": MESSAGES, **extra},
+        timeout=10,
+    )
+
+
+@pytest.mark.parametrize(
+    "limited", [{"default": {"max_pending_comparisons": 2, "max_variants": 3}}], indirect=True
+)
+def test_pending_comparisons_and_variants(limited: RunningProxy, fake_upstream: FakeUpstream) -> None:
+    three = [{"instruction_role": "system", "temperature": t} for t in (0.1, 0.5, 1.0)]
+    four = [*three, {"instruction_role": "assistant", "temperature": 0.7}]
+    refused = comparison(limited, variants=four)
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "variants", refused.text
+    first = comparison(limited, variants=three)
+    assert first.status_code == 200, first.text
+    assert comparison(limited, variants=three).status_code == 200
+    assert_429(comparison(limited, variants=three), "max_pending_comparisons", most_s=24 * 3600)
+    assert comparison(limited, user="u2", variants=three).status_code == 200  # per user
+    judged = httpx.post(
+        f"{limited.v1}/comparisons/{first.json()['id']}/judgement",
+        headers={"Authorization": f"Bearer {APP_KEY_A}"},
+        json={"best": 0, "worst": 1, "rationale": "shorter"},
+        timeout=10,
+    )
+    assert judged.status_code == 201, judged.text
+    assert comparison(limited, variants=three).status_code == 200  # the judged one no longer counts
+
+
+@pytest.mark.parametrize("limited", [{"default": {"requests_per_minute": 5}}], indirect=True)
+def test_comparisons_count_one_call_per_variant(limited: RunningProxy) -> None:
+    assert comparison(limited).status_code == 200  # 4 variants
+    assert_429(comparison(limited), "requests_per_minute")
+    assert chat(limited).status_code == 200
+
+
+@pytest.mark.parametrize("limited", [{"default": {"requests_per_minute": 2}}], indirect=True)
+def test_the_persona_read_and_the_quota_share_one_round_trip(
+    limited: RunningProxy, fake_upstream: FakeUpstream
+) -> None:
+    httpx.put(
+        f"{limited.url}/admin/users/u1/persona", json={"text": "Likes haiku."}, headers=limited.admin_headers()
+    ).raise_for_status()
+    sync_redis(limited).script_flush()  # e.g. Redis restarted: the script is loaded again on demand
+    first = chat(limited, "u1")
+    assert first.status_code == 200 and first.headers["x-persona-version"] == "1"
+    assert "Likes haiku." in str(fake_upstream.chat_requests[-1].messages)
+    assert chat(limited, "u1", headers={"X-Persona-Mode": "off"}).status_code == 200  # counted without a read
+    assert_429(chat(limited, "u1"), "requests_per_minute")
+
+
+def test_quotas_fail_open_when_redis_is_down(
+    redis_factory: Callable[..., RedisServer], fake_upstream: FakeUpstream
+) -> None:
+    server = redis_factory()
+    limits = {"default": {"requests_per_minute": 1, "concurrency": 1}}
+    with start_proxy(proxy_settings(server.url, fake_upstream, limits=limits, **SLOW_OK)) as limited:
+        assert chat(limited, "u1").status_code == 200
+        assert_429(chat(limited, "u1"), "requests_per_minute")
+        server.kill()
+        assert [chat(limited, "u1").status_code for _ in range(3)] == [200, 200, 200]
+        text = httpx.get(f"{limited.url}/metrics", timeout=5).text
+    assert re.search(r"persona_quota_store_failures_total ([1-9][0-9.]*)", text)
+
+
+async def test_induction_calls_count_against_the_tenant(redis_url: str, fake_upstream: FakeUpstream) -> None:
+    from middleware.services import build_services
+    from tests.induction_fakes import InductionResponder, make_pairs
+
+    limits = {"default": {"requests_per_minute": 1000, "tokens_per_day": 10**9}}
+    services = build_services(
+        proxy_settings(redis_url, fake_upstream, induction_model="fake-judge", limits=limits)
+    )
+    try:
+        await services.preferences.add_pairs("tenant-a", "alice", make_pairs("alice", 10))
+        fake_upstream.responder = InductionResponder()
+        await services.induction.induce("tenant-a", "alice")
+        calls = len(fake_upstream.chat_requests)
+        assert calls > 5
+        client = redis.Redis.from_url(redis_url)
+        day = time.strftime("%Y%m%d", time.gmtime())
+        assert client.llen("pm:{limits:tenant-a}:rpm") == calls
+        assert int(cast(Any, client.get(f"pm:{{limits:tenant-a}}:tokens:{day}")) or 0) > 0
+        client.close()
+    finally:
+        await services.close()
