@@ -269,14 +269,6 @@ def test_a_failed_candidate_is_skipped(proxy: RunningProxy, fake_upstream: FakeU
     assert completion.choices[0].message.content == "GOOD banana"  # kiwi failed; next shortest
 
 
-def test_unknown_reranker_is_a_400(proxy: RunningProxy, fake_upstream: FakeUpstream) -> None:
-    with pytest.raises(openai.BadRequestError) as err:
-        sdk(proxy, "nope").chat.completions.create(model="fake-model", messages=MESSAGES)
-    assert err.value.body["code"] == "unknown_reranker"  # type: ignore[index]
-    assert "'nope'" in err.value.body["message"] and "judge" in err.value.body["message"]  # type: ignore[index]
-    assert fake_upstream.chat_requests == []  # refused before any candidate was generated
-
-
 def test_rerank_answers_with_the_chat_headers_and_metrics(proxy: RunningProxy, fake_upstream: FakeUpstream) -> None:
     """Rerank goes through the same answer path as a plain chat: persona headers, overhead, outcome."""
     registry(proxy).add("shortest", lambda settings, resources: ShortestFirst())

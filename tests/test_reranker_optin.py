@@ -28,7 +28,7 @@ from middleware.config import Settings
 
 settings = Settings(redis_url=sys.argv[1], upstream_api_base=sys.argv[2], embedded_redis=False)
 with TestClient(create_app(settings)) as client:
-    registered = client.app.state.services.extras["rerankers"].names()
+    registered = client.app.state.services.rerankers.names()
     answer = client.post(
         "/v1/chat/completions",
         headers={"X-Persona-Mode": "rerank", "X-Persona-Reranker": "lora"},

@@ -15,8 +15,6 @@ import jsonschema_rs
 from middleware.errors import ForbiddenField, ValidationFailed
 from middleware.models import Role
 
-# The most choices (`n`) one call may ask for: each is a full answer the upstream bills.
-MAX_N = 8
 ROLES: tuple[str, ...] = get_args(Role)
 # Fields that would let a client choose where the proxy sends its credentials, or swap them.
 FORBIDDEN_FIELDS = frozenset(
@@ -62,7 +60,12 @@ CHAT_REQUEST_SCHEMA: dict[str, Any] = {
             },
         },
         "stream": {"type": "boolean"},
-        "n": {"type": "integer", "minimum": 1, "maximum": MAX_N},
+        # each choice is a full answer the upstream bills: the tenant's `max_n` caps it (quotas)
+        "n": {
+            "type": "integer",
+            "minimum": 1,
+            "description": "at most the tenant's max_n (PERSONA_LIMITS, default 8); above it: 400 limit_exceeded",
+        },
         "user": {"type": "string"},
         **{name: False for name in sorted(FORBIDDEN_FIELDS)},
     },
