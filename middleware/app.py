@@ -10,6 +10,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from middleware import __version__
@@ -20,11 +21,15 @@ from middleware.api import (
     evaluations,
     health,
     jobs,
+    messages,
+    openai_responses,
+    passthrough,
     preferences,
     ui,
     ui_evaluate,
     users,
 )
+from middleware.api.paths import PathNormalizer
 from middleware.api.responses import JSONBytes
 from middleware.config import Settings
 from middleware.errors import InvalidJSON, PersonaError, ValidationFailed
@@ -63,10 +68,21 @@ def create_app(settings: Settings) -> FastAPI:
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.settings = settings
-    for module in (health, chat, admin, comparisons, preferences, users, jobs, ui, evaluations, ui_evaluate):
+    for module in (health, chat, openai_responses, messages, admin, comparisons, preferences, users, jobs):
+        app.include_router(module.router)
+    for module in (ui, evaluations, ui_evaluate, passthrough):  # passthrough last: it is a catch-all
         app.include_router(module.router)
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(PathNormalizer)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["*"],
+            allow_headers=["*"],
+            expose_headers=["*"],
+        )
     return app
 
 
@@ -75,7 +91,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(PersonaError)
     async def persona_error(_: Request, exc: PersonaError) -> JSONBytes:
-        return JSONBytes(exc.to_body(), status_code=exc.status_code)
+        return JSONBytes(exc.to_body(), status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONBytes:

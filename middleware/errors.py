@@ -31,6 +31,8 @@ class PersonaError(Exception):
     status_code: int = 500
     error_type: str = "api_error"
     code: str | None = None
+    # Response headers that go out with the error (e.g. the upstream's retry-after, x-request-id).
+    headers: dict[str, str] | None = None
 
     def __init__(
         self,

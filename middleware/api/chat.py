@@ -1,4 +1,4 @@
-"""POST /v1/chat/completions and GET /v1/models: the drop-in OpenAI-compatible surface.
+"""POST /v1/chat/completions: the drop-in OpenAI-compatible surface (GET /v1/models: api/passthrough.py).
 
 The body is parsed once, only `messages` (and `model`, for aliases) is touched, and the upstream's
 answer goes back as bytes, streamed chunk by chunk when the client asked for a stream.
@@ -12,8 +12,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 
-from middleware.api.deps import ServicesDep, parse_json
-from middleware.api.responses import JSONBytes
+from middleware.api.deps import parse_json
 from middleware.errors import ForbiddenField, InvalidRequest, ValidationFailed
 from middleware.identity import end_user_id, tenant_for_app_key
 from middleware.personalize.block import inject_block
@@ -152,10 +151,10 @@ async def chat_completions(request: Request) -> Response:
 
     try:
         if body.get("stream"):
-            chunks = await cancel_on_disconnect(request.receive, upstream.stream(body))
+            chunks = await cancel_on_disconnect(request.receive, upstream.stream(body, headers))
             services.metrics.chat_requests.labels(mode, "stream").inc()
             return StreamingResponse(chunks, media_type="text/event-stream", headers=headers)
-        data = await cancel_on_disconnect(request.receive, upstream.complete(body))
+        data = await cancel_on_disconnect(request.receive, upstream.complete(body, headers))
     except ClientDisconnected:
         services.metrics.client_disconnects.inc()
         return Response(status_code=499)
@@ -171,17 +170,3 @@ def persona_headers(version: int | None, overhead_ms: float) -> dict[str, str]:
         "x-persona-version": str(version) if version is not None else "none",
         "x-persona-overhead-ms": f"{overhead_ms:.3f}",
     }
-
-
-@router.get("/v1/models")
-async def list_models(request: Request, services: ServicesDep) -> Response:
-    tenant_for_app_key(request.headers, services.settings)
-    names = services.settings.public_models()
-    return JSONBytes(
-        {
-            "object": "list",
-            "data": [
-                {"id": n, "object": "model", "created": 0, "owned_by": "persona-middleware"} for n in names
-            ],
-        }
-    )

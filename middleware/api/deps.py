@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Annotated, Any
+from urllib.parse import unquote
 
 import orjson
 from fastapi import Depends, Path, Request
@@ -10,7 +11,6 @@ from fastapi import Depends, Path, Request
 from middleware.errors import InvalidJSON, InvalidRequest, PersonaError
 from middleware.identity import (
     USER_HEADER,
-    USER_ID_RE,
     tenant_for_admin,
     tenant_for_app_key,
     validate_user_id,
@@ -18,7 +18,15 @@ from middleware.identity import (
 from middleware.induction.queue import JobQueue
 from middleware.services import Services
 
-UserPath = Annotated[str, Path(pattern=USER_ID_RE.pattern, description="end-user id")]
+
+def _user_from_path(
+    user: Annotated[str, Path(description="end-user id, URL-encoded (e.g. auth0%7C42, u%2F42)")],
+) -> str:
+    """The user segment arrives still percent-encoded (see api/paths.py): decode it once."""
+    return validate_user_id(unquote(user), param="user")
+
+
+UserPath = Annotated[str, Depends(_user_from_path)]
 
 
 async def get_services(request: Request) -> Services:
