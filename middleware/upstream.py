@@ -268,6 +268,9 @@ class LitellmUpstream:
         import litellm
 
         litellm.telemetry = False
+        # /v1/messages without an Anthropic base goes to the configured upstream's chat completions
+        # (what every OpenAI-compatible server speaks), not to its Responses API.
+        litellm.use_chat_completions_url_for_anthropic_messages = True
         self._litellm = litellm
         self._settings = settings
         self._on_retry = on_retry

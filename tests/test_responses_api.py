@@ -246,3 +246,19 @@ def test_upstream_rate_limit_headers_reach_the_app(proxy: RunningProxy, fake_ups
         client(proxy).responses.create(model="fake-model", input="x")
     assert err.value.response.headers["retry-after-ms"] == "5"
     assert err.value.response.headers["x-request-id"].startswith("req_")
+
+
+def test_provider_prefixed_model_goes_through_litellms_bridge(proxy: RunningProxy, fake_upstream: FakeUpstream) -> None:
+    give_persona(proxy, "kim")
+    api = client(proxy)
+    response = api.responses.create(model="hosted_vllm/fake-model", input="bridge me", instructions="Sys.", user="kim")
+    assert response.output_text == "fake answer to: bridge me"
+    assert response.instructions == "Sys."
+    # litellm's own request upstream (its Responses or chat call) carries the persona once, after "Sys.".
+    upstream_body = json.dumps(fake_upstream.requests[-1].body)
+    assert upstream_body.count(PERSONA_MARK) == 1 and upstream_body.index("Sys.") < upstream_body.index(PERSONA_MARK)
+
+    events = list(api.responses.create(model="hosted_vllm/fake-model", input="and stream", stream=True, user="kim"))
+    assert events[-1].type == "response.completed"
+    assert PERSONA_MARK not in json.dumps([e.model_dump() for e in events])
+    assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == "fake answer to: and stream"
