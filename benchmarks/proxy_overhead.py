@@ -6,8 +6,13 @@ alternating, and the median is reported.
 
     .venv/bin/python benchmarks/proxy_overhead.py [--runs 5] [--seconds 6] [--connections 16]
 
-Targets (issue): >= 1,000 req/s through the proxy with persona injection at concurrency 16, and
-p50 added latency <= 2 ms. Three views of latency are printed: saturated at c=16 (queueing
+Targets: >= 1,000 req/s through the proxy with persona injection at concurrency 16, and
+p50 added latency <= 2 ms.
+
+The API table (same run) puts the other routes beside chat completions: /v1/responses with the persona
+injected (non-stream and stream) and /v1/embeddings passed through: p50 added at c=1 and req/s at
+c=16, median of the runs with their spread. Targets: Responses within 10% of chat's throughput; a
+pass-through route adds <= 0.5 ms p50 at c=1. `--apis-only` runs just that table. Three views of latency are printed: saturated at c=16 (queueing
 dominates: by Little's law p50 ~ 16 / throughput), paced at about 1,000 req/s over 16 connections
 (the target rate, below saturation), and c=1.
 """
@@ -43,8 +48,58 @@ EXEMPLAR = {
 }
 
 
+RESPONSES_BODY = {
+    "model": "fake-model",
+    "instructions": "You are a helpful assistant for the ACME store.",
+    "input": "Which running shoes would you recommend for a beginner?",
+    "user": "bench-user",
+}
+# (label, path, body, personalized): each measured direct against the upstream and through the proxy.
+APIS = (
+    ("chat completions", "/chat/completions", BODY),
+    ("responses", "/responses", RESPONSES_BODY),
+    ("responses, stream", "/responses", {**RESPONSES_BODY, "stream": True}),
+    ("embeddings (pass-through)", "/embeddings", {"model": "fake-model", "input": ["running shoes"]}),
+)
+
+
 def median(runs: list[dict[str, float]], key: str) -> float:
     return statistics.median(r[key] for r in runs)
+
+
+def spread(values: list[float]) -> str:
+    return f"{min(values):.3f}-{max(values):.3f}" if len(values) > 1 else "-"
+
+
+def api_table(upstream: str, proxy: str, runs: int, seconds: float, connections: int) -> None:
+    """Added p50 at c=1 and req/s at c=`connections` for each API, direct and through the proxy."""
+    added: dict[str, list[float]] = {label: [] for label, _, _ in APIS}
+    rps: dict[str, list[float]] = {label: [] for label, _, _ in APIS}
+    for _, path, body in APIS:
+        h.wrk(f"{proxy}/v1{path}", body, connections=connections, seconds=1)  # warm-up
+    for _ in range(runs):
+        for label, path, body in APIS:
+            direct = h.wrk(f"{upstream}{path}", body, connections=1, seconds=seconds / 2)
+            through = h.wrk(f"{proxy}/v1{path}", body, connections=1, seconds=seconds / 2)
+            added[label].append(through["p50_ms"] - direct["p50_ms"])
+            loaded = h.wrk(f"{proxy}/v1{path}", body, connections=connections, seconds=seconds)
+            if loaded["non_2xx"]:
+                raise SystemExit(f"{label}: {loaded['non_2xx']:.0f} non-2xx answers")
+            rps[label].append(loaded["rps"])
+    print(f"\nAPIs, {runs} runs (median, spread min-max)")
+    print(f"{'route':<28}{'added p50 c=1 ms':>18}{'spread':>16}{f'req/s c={connections}':>14}{'spread':>16}")
+    for label, _, _ in APIS:
+        a, r = added[label], rps[label]
+        print(
+            f"{label:<28}{statistics.median(a):>18.3f}{spread(a):>16}{statistics.median(r):>14.0f}"
+            f"{f'{min(r):.0f}-{max(r):.0f}':>16}"
+        )
+    chat = statistics.median(rps["chat completions"])
+    for label in ("responses", "responses, stream"):
+        ratio = statistics.median(rps[label]) / chat
+        print(f"{label} / chat throughput: {ratio:.3f} ({'met' if ratio >= 0.9 else 'NOT met'}: >= 0.9)")
+    passthrough = statistics.median(added["embeddings (pass-through)"])
+    print(f"pass-through added p50 at c=1: {passthrough:.3f} ms ({'met' if passthrough <= 0.5 else 'NOT met'}: <= 0.5)")
 
 
 def main() -> None:
@@ -53,10 +108,14 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=6.0)
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--paced-rate", type=float, default=1000.0, help="req/s offered in the paced run")
+    parser.add_argument("--apis-only", action="store_true", help="only the table of APIs beside chat")
     args = parser.parse_args()
 
     with h.redis() as redis, h.fake_upstream() as upstream, h.proxy(redis.url, upstream) as proxy:
         h.put_persona(proxy, "bench-user", PERSONA, [EXEMPLAR, EXEMPLAR])
+        if args.apis_only:
+            api_table(upstream, proxy, args.runs, args.seconds, args.connections)
+            return
         direct_url, proxy_url = f"{upstream}/chat/completions", f"{proxy}/v1/chat/completions"
         h.wrk(proxy_url, BODY, connections=args.connections, seconds=2)  # warm-up
         names = ("direct", "proxy", "direct_paced", "proxy_paced", "direct_c1", "proxy_c1")
@@ -76,6 +135,7 @@ def main() -> None:
                 )
             for name, url in (("direct_c1", direct_url), ("proxy_c1", proxy_url)):
                 results[name].append(h.wrk(url, BODY, connections=1, seconds=args.seconds / 2))
+        api_table(upstream, proxy, args.runs, args.seconds, args.connections)
 
     errors = sum(r["non_2xx"] for runs in results.values() for r in runs)
     print(

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 
 import aiohttp
+from yarl import URL
 
 from middleware.config import Settings
 from middleware.errors import UpstreamError, UpstreamTimeout
@@ -110,7 +111,7 @@ class RawForwarder:
         headers: dict[str, str],
         body: bytes | AsyncIterator[bytes] | None,
     ) -> aiohttp.ClientResponse:
-        url = target.base + path + (f"?{query}" if query else "")
+        url = URL(target.base + path + (f"?{query}" if query else ""), encoded=True)
         try:
             return await self._session.request(
                 method,

@@ -141,3 +141,11 @@ def test_translated_through_litellm_without_an_anthropic_base(proxy: RunningProx
         text = "".join(stream.text_stream)
     assert text == "fake answer to: and stream"
     assert PERSONA_MARK not in text
+
+
+def test_count_tokens_passes_through_to_the_anthropic_base(anthropic_proxy: RunningProxy, fake_upstream: FakeUpstream, proxy: RunningProxy) -> None:
+    counted = sdk(anthropic_proxy).messages.count_tokens(model="m", messages=[{"role": "user", "content": "one two three"}])
+    assert counted.input_tokens == 3
+    with pytest.raises(anthropic.NotFoundError) as err:
+        sdk(proxy).messages.count_tokens(model="m", messages=[{"role": "user", "content": "x"}])
+    assert err.value.body["error"]["type"] == "not_found_error"  # type: ignore[index]

@@ -20,7 +20,14 @@ from middleware.api.chat import FORBIDDEN_FIELDS, MODE_HEADER, persona_headers, 
 from middleware.api.deps import parse_json
 from middleware.api.raw import forwarder, relayed_response
 from middleware.api.responses import JSONBytes
-from middleware.errors import ForbiddenField, InvalidRequest, PersonaError, UpstreamError, ValidationFailed
+from middleware.errors import (
+    ForbiddenField,
+    InvalidRequest,
+    NotFound,
+    PersonaError,
+    UpstreamError,
+    ValidationFailed,
+)
 from middleware.forward import anthropic_target
 from middleware.identity import end_user_id, tenant_for_app_key
 from middleware.personalize.placement import with_system
@@ -138,6 +145,27 @@ async def _create_message(request: Request) -> Response:
     metric.labels(ROUTE, mode, "ok").inc()
     data = answer.model_dump(exclude_none=True) if hasattr(answer, "model_dump") else answer
     return JSONBytes(data, headers=headers)
+
+
+@router.post(ROUTE + "/count_tokens")
+async def count_tokens(request: Request) -> Response:
+    """Passed to the Anthropic-compatible base as it is; without one there is nothing to count with."""
+    try:
+        services: Services = request.app.state.services
+        tenant_for_app_key(request.headers, services.settings)
+        target = anthropic_target(services.settings)
+        if target is None:
+            raise NotFound("token counting needs an Anthropic-compatible base (PERSONA_ANTHROPIC_API_BASE)")
+        forwarded = {k: v for k in ANTHROPIC_HEADERS if (v := request.headers.get(k))}
+        upstream = await forwarder(request, services).open(
+            target, "POST", ROUTE + "/count_tokens", "", forwarded, await request.body()
+        )
+    except PersonaError as exc:
+        return anthropic_error(exc)
+    services.metrics.route_requests.labels(
+        ROUTE + "/count_tokens", "passthrough", f"{upstream.status // 100}xx"
+    ).inc()
+    return relayed_response(upstream)
 
 
 async def _translated(services: Services, body: dict[str, Any]) -> Any:

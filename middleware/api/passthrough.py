@@ -114,11 +114,14 @@ async def forward(request: Request, services: Services, *, plain: bool = False) 
     headers = forwarded_request_headers(request.headers.items())
     if plain:
         headers["accept-encoding"] = "identity"
+    # The path as the client encoded it (an id with %2F stays one segment upstream).
+    raw_path = request.scope.get("raw_path")
+    wire_path = raw_path.decode("latin-1") if isinstance(raw_path, bytes) else path
     try:
         upstream = await forwarder(request, services).open(
             target,
             request.method,
-            path.removeprefix("/v1"),
+            wire_path.removeprefix("/v1"),
             request.url.query,
             headers,
             await body.open(),

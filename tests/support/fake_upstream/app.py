@@ -163,6 +163,9 @@ class FakeUpstreamApp:
             await self._responses(body, rec, receive, send)
         elif "/responses/" in path:
             await self._stored_response(path, method, rec, send)
+        elif path.endswith("/messages/count_tokens") and method == "POST" and isinstance(body, dict):
+            tokens = other_apis.message_json(body)["usage"]["input_tokens"]
+            await self._send_simple(send, rec, 200, orjson.dumps({"input_tokens": tokens}))
         elif path.endswith("/messages") and method == "POST" and isinstance(body, dict):
             await self._messages(body, rec, send)
         elif path.endswith("/completions") and method == "POST" and isinstance(body, dict):
@@ -294,7 +297,7 @@ class FakeUpstreamApp:
                 return
             history = [*(self.stored_responses.inputs(previous) or []), *found["output"]]
         response = responses_api.build_response(body, reply, history)
-        if body.get("store", True) is not False:
+        if body.get("store", True) is not False and self.record:  # benchmarks keep nothing
             self.stored_responses.put(response, [*history, *responses_api.input_items(body)])
         if not body.get("stream"):
             await self._send_simple(send, rec, 200, orjson.dumps(response), _extra(reply))
