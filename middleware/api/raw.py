@@ -4,6 +4,7 @@ Responses, Messages): the request body as a stream, the upstream answer as an AS
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import aiohttp
 from fastapi import Request
@@ -59,6 +60,14 @@ class BodyStream:
             more = message.get("more_body", False)
 
 
+class KnownLengthResponse(StreamingResponse):
+    """An upstream answer of declared length, relayed chunk by chunk without a disconnect watcher
+    (the upstream finishes it by itself; watching costs a task group per request)."""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await self.stream_response(send)
+
+
 def relayed_response(
     upstream: aiohttp.ClientResponse,
     extra_headers: dict[str, str] | None = None,
@@ -66,10 +75,9 @@ def relayed_response(
 ) -> StreamingResponse:
     """The upstream's status, headers and body, relayed chunk by chunk."""
     content_type = upstream.headers.get("content-type", "")
-    response = StreamingResponse(
-        relay_body(upstream, content_type.startswith("text/event-stream"), error_frame),
-        status_code=upstream.status,
-    )
+    events = content_type.startswith("text/event-stream")
+    kind = StreamingResponse if events or "content-length" not in upstream.headers else KnownLengthResponse
+    response = kind(relay_body(upstream, events, error_frame), status_code=upstream.status)
     raw = [
         (name.lower().encode("latin-1"), value.encode("latin-1"))
         for name, value in forwarded_response_headers(upstream.headers.items())

@@ -99,7 +99,7 @@ class ResponsesStreamRestorer:
         self._restore = restore
         self._pending = b""
         self.response_id: str | None = None
-        self.last_sequence: int | None = None
+        self._last_event = b""
 
     def feed(self, chunk: bytes) -> bytes:
         """The complete events of what arrived so far (a trailing partial event is held back)."""
@@ -116,10 +116,14 @@ class ResponsesStreamRestorer:
         rest, self._pending = self._pending, b""
         return self._event(rest) if rest.strip() else rest
 
+    @property
+    def last_sequence(self) -> int | None:
+        found = _SEQUENCE.findall(self._last_event)
+        return int(found[-1]) if found else None
+
     def _event(self, raw: bytes) -> bytes:
-        found = _SEQUENCE.findall(raw)
-        if found:
-            self.last_sequence = int(found[-1])
+        if raw.strip():
+            self._last_event = raw
         if b'"instructions"' not in raw or (not self._restore and self.response_id is not None):
             return raw
         lines = raw.split(b"\n")
