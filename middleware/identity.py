@@ -100,11 +100,19 @@ def validate_user_id(user: Any, *, param: str = "user") -> str:
     return result
 
 
+def header_text(value: str) -> str:
+    """A header value as the client meant it: servers decode headers as latin-1, clients send UTF-8."""
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except (UnicodeEncodeError, UnicodeDecodeError):
+        return value
+
+
 def end_user_id(headers: Mapping[str, str], body: Mapping[str, Any]) -> str | None:
     """The end user a chat call is for: header, then `user`, `safety_identifier`, `metadata.user_id`."""
     header = headers.get(USER_HEADER)
     if header:
-        return validate_user_id(header, param=USER_HEADER)
+        return validate_user_id(header_text(header), param=USER_HEADER)
     for field in ("user", "safety_identifier"):
         value = body.get(field)
         if value:

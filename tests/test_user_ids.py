@@ -113,3 +113,14 @@ def test_arbitrary_ids_isolated_and_forgotten(proxy: RunningProxy, a: str, b: st
     finally:
         httpx.delete(user_url(proxy, b), headers=proxy.admin_headers())
         r.close()
+
+
+def test_utf8_header_id_is_the_same_user_as_in_the_body(proxy: RunningProxy, fake_upstream: FakeUpstream) -> None:
+    give_persona(proxy, "名前 ユーザー")
+    answer = httpx.post(
+        f"{proxy.v1}/chat/completions",
+        json={"model": "fake-model", "messages": [{"role": "user", "content": "q"}]},
+        headers={"Authorization": f"Bearer {APP_KEY_A}", "X-Persona-User": "名前 ユーザー".encode()},
+    )
+    assert answer.status_code == 200, answer.text
+    assert PERSONA_MARK in str(fake_upstream.chat_requests[-1].body["messages"])

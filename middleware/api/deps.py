@@ -11,6 +11,7 @@ from fastapi import Depends, Path, Request
 from middleware.errors import InvalidJSON, InvalidRequest, PersonaError
 from middleware.identity import (
     USER_HEADER,
+    header_text,
     tenant_for_admin,
     tenant_for_app_key,
     validate_user_id,
@@ -60,7 +61,7 @@ def caller_user(request: Request, body_user: str | None, *, required: bool) -> s
     """The end user of an app-facing call: the X-Persona-User header, else the body's `user`."""
     header = request.headers.get(USER_HEADER)
     if header:
-        return validate_user_id(header, param=USER_HEADER)
+        return validate_user_id(header_text(header), param=USER_HEADER)
     if body_user:
         return validate_user_id(body_user)
     if required:
