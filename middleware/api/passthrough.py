@@ -85,9 +85,8 @@ async def retrieve_model(model: str, request: Request) -> Response:
 @router.api_route("/v1/{path:path}", methods=METHODS, include_in_schema=False)
 async def passthrough(path: str, request: Request) -> Response:
     services: Services = request.app.state.services
-    tenant_for_app_key(request.headers, services.settings)
     first = path.split("/", 1)[0]
-    if first in OWN_RESOURCES:
+    if first in OWN_RESOURCES or path == "chat/completions":
         raise PersonaError(
             f"{request.method} {request.url.path} is not a route",
             error_type="invalid_request_error",
@@ -96,6 +95,7 @@ async def passthrough(path: str, request: Request) -> Response:
     if first == "chat":
         # Stored chat completions live in the upstream account every tenant shares.
         raise NotFound(f"{request.method} {request.url.path} is not available through this proxy")
+    tenant_for_app_key(request.headers, services.settings)
     return await forward(request, services)
 
 
