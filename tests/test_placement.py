@@ -50,7 +50,7 @@ def _stream(newline: str) -> bytes:
         ("response.completed", {"type": "response.completed", "sequence_number": 2, "response": {"id": "resp_9", "instructions": combined}}),
     ]
     nl = newline
-    return "".join(f"event: {name}{nl}data: {json.dumps(data)}{nl}{nl}" for name, data in events).encode()
+    return "".join(f"event: {name}{nl}data: {json.dumps(data, separators=(',', ':'))}{nl}{nl}" for name, data in events).encode()
 
 
 @given(cuts=st.lists(st.integers(min_value=0, max_value=2000), max_size=6), crlf=st.booleans())
@@ -58,11 +58,12 @@ def test_stream_restored_whatever_the_chunking(cuts: list[int], crlf: bool) -> N
     raw = _stream("\r\n" if crlf else "\n")
     points = sorted({min(c, len(raw)) for c in cuts})
     chunks = [raw[a:b] for a, b in zip([0, *points], [*points, len(raw)], strict=True)]
-    restorer = ResponsesStreamRestorer(len("App."))
-    out = b"".join(restorer.feed(c) for c in chunks) + restorer.flush()
-    assert b"user_preferences" not in out
-    assert out.count(b'"instructions":"App."') == 2
-    assert restorer.response_id == "resp_9" and restorer.last_sequence == 2
+    for sent in (None, f"App.\n\n{BLOCK}"):  # parse-and-rewrite, and the in-place fast path
+        restorer = ResponsesStreamRestorer(len("App."), sent=sent)
+        out = b"".join(restorer.feed(c) for c in chunks) + restorer.flush()
+        assert b"user_preferences" not in out
+        assert out.count(b'"instructions":"App."') == 2
+        assert restorer.response_id == "resp_9" and restorer.last_sequence == 2
     # The delta event is relayed byte for byte.
     delta = raw.split(b"event: response.output_text.delta")[1].split(b"event: ")[0]
     assert delta in out

@@ -145,7 +145,9 @@ async def create_response(request: Request) -> Response:
             if stream:
                 opened = await cancel_on_disconnect(request.receive, lean.open(body))
                 headers.update(relayed_headers(opened.headers))
-                chunks = _restored_events(services, _aiohttp_chunks(opened), owner, store)
+                chunks = _restored_events(
+                    services, _aiohttp_chunks(opened), owner, store, body.get("instructions")
+                )
                 metric.labels(ROUTE, mode, "stream").inc()
                 return StreamingResponse(chunks, media_type="text/event-stream", headers=headers)
             data = await cancel_on_disconnect(request.receive, lean.complete(body, headers))
@@ -198,11 +200,15 @@ async def _litellm_events(stream: Any) -> AsyncIterator[bytes]:
 
 
 async def _restored_events(
-    services: Services, chunks: AsyncIterator[bytes], owner: ResponseOwner, store: bool
+    services: Services,
+    chunks: AsyncIterator[bytes],
+    owner: ResponseOwner,
+    store: bool,
+    sent: str | None = None,
 ) -> AsyncIterator[bytes]:
     """The event stream with the app's instructions restored; the owner recorded before the app
     sees the response id; a mid-stream failure sent as a Responses `error` event."""
-    restorer = ResponsesStreamRestorer(owner.app_chars, restore=owner.personalized)
+    restorer = ResponsesStreamRestorer(owner.app_chars, restore=owner.personalized, sent=sent)
     recorded = False
     try:
         async for chunk in chunks:

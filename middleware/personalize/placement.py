@@ -94,9 +94,17 @@ class ResponsesStreamRestorer:
     Every other event is passed on byte for byte. `response_id` is known once response.created
     went by; `last_sequence` is the last `sequence_number` seen (for a closing error event)."""
 
-    def __init__(self, app_chars: int | None, *, restore: bool = True) -> None:
+    def __init__(self, app_chars: int | None, *, restore: bool = True, sent: str | None = None) -> None:
         self._app_chars = app_chars
         self._restore = restore
+        # Fast path when the instructions sent upstream are known: swap their JSON text in place
+        # (the upstream encodes them as orjson does in the common case; otherwise parse and rewrite).
+        self._swap: tuple[bytes, bytes] | None = None
+        if restore and sent is not None:
+            self._swap = (
+                b'"instructions":' + orjson.dumps(sent),
+                b'"instructions":' + orjson.dumps(app_instructions(sent, app_chars)),
+            )
         self._pending = b""
         self.response_id: str | None = None
         self._last_event = b""
@@ -126,6 +134,8 @@ class ResponsesStreamRestorer:
             self._last_event = raw
         if b'"instructions"' not in raw or (not self._restore and self.response_id is not None):
             return raw
+        if self._swap is not None and self.response_id is not None and self._swap[0] in raw:
+            return raw.replace(self._swap[0], self._swap[1])
         lines = raw.split(b"\n")
         for i, line in enumerate(lines):
             if line.startswith(b"data:"):
