@@ -22,6 +22,14 @@ sys.path.insert(0, str(ROOT))
 from tests.support.redis_server import RedisServer  # noqa: E402
 
 APP_KEY = "sk-bench-app"
+# proxy URL -> its process id (for CPU time per request)
+PIDS: dict[str, int] = {}
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 ADMIN_KEY = "sk-bench-admin"
 
 
@@ -93,8 +101,9 @@ def proxy(redis_url: str, upstream_base: str, **settings: str) -> Iterator[str]:
         **{f"PERSONA_{k.upper()}": v for k, v in settings.items()},
     }
     args = [sys.executable, "-m", "middleware", "serve", "--port", str(port), "--log-level", "warning"]
-    with process(args, env):
+    with process(args, env) as proc:
         wait_http(f"http://127.0.0.1:{port}/healthz")
+        PIDS[f"http://127.0.0.1:{port}"] = proc.pid
         yield f"http://127.0.0.1:{port}"
 
 

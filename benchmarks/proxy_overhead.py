@@ -10,8 +10,13 @@ alternating, and the median is reported.
 `--limits` measures what quotas cost instead: the same proxy with PERSONA_LIMITS unset and with every
 rate limit on (high enough never to refuse), at c=1, alternating; target <= 0.1 ms p50 added.
 
-Targets (issue): >= 1,000 req/s through the proxy with persona injection at concurrency 16, and
-p50 added latency <= 2 ms. Three views of latency are printed: saturated at c=16 (queueing
+Targets: >= 1,000 req/s through the proxy with persona injection at concurrency 16, and
+p50 added latency <= 2 ms.
+
+The API table (same run) puts the other routes beside chat completions: /v1/responses with the persona
+injected (non-stream and stream) and /v1/embeddings passed through: p50 added at c=1 and req/s at
+c=16, median of the runs with their spread. Targets: Responses within 10% of chat's throughput; a
+pass-through route adds <= 0.5 ms p50 at c=1. `--apis-only` runs just that table. Three views of latency are printed: saturated at c=16 (queueing
 dominates: by Little's law p50 ~ 16 / throughput), paced at about 1,000 req/s over 16 connections
 (the target rate, below saturation), and c=1.
 """
@@ -48,6 +53,22 @@ EXEMPLAR = {
     "chosen": {"role": "assistant", "content": "ThinkPad E14: solid keyboard, easy repairs."},
     "rejected": {"role": "assistant", "content": "There are many great laptops out there to consider..."},
 }
+
+
+RESPONSES_BODY = {
+    "model": "fake-model",
+    "instructions": "You are a helpful assistant for the ACME store.",
+    "input": "Which running shoes would you recommend for a beginner?",
+    "user": "bench-user",
+}
+# (label, path, body, personalized): each measured direct against the upstream and through the proxy.
+APIS = (
+    ("chat completions", "/chat/completions", BODY),
+    ("chat completions, stream", "/chat/completions", {**BODY, "stream": True}),
+    ("responses", "/responses", RESPONSES_BODY),
+    ("responses, stream", "/responses", {**RESPONSES_BODY, "stream": True}),
+    ("embeddings (pass-through)", "/embeddings", {"model": "fake-model", "input": ["running shoes"]}),
+)
 
 
 def median(runs: list[dict[str, float]], key: str) -> float:
@@ -107,6 +128,54 @@ def reported_overhead(url: str, count: int) -> list[float]:
         ]
 
 
+def spread(values: list[float]) -> str:
+    return f"{min(values):.3f}-{max(values):.3f}" if len(values) > 1 else "-"
+
+
+def api_table(upstream: str, proxy: str, runs: int, seconds: float, connections: int) -> None:
+    """Added p50 at c=1 and req/s at c=`connections` for each API, direct and through the proxy."""
+    added: dict[str, list[float]] = {label: [] for label, _, _ in APIS}
+    rps: dict[str, list[float]] = {label: [] for label, _, _ in APIS}
+    # CPU time of the proxy process per request under load: steadier than req/s on a shared machine.
+    cpu_ms: dict[str, list[float]] = {label: [] for label, _, _ in APIS}
+    pid = h.PIDS[proxy]
+    for _, path, body in APIS:
+        h.wrk(f"{proxy}/v1{path}", body, connections=connections, seconds=1)  # warm-up
+    for _ in range(runs):
+        for label, path, body in APIS:
+            direct = h.wrk(f"{upstream}{path}", body, connections=1, seconds=seconds / 2)
+            through = h.wrk(f"{proxy}/v1{path}", body, connections=1, seconds=seconds / 2)
+            added[label].append(through["p50_ms"] - direct["p50_ms"])
+            cpu_before = h.cpu_seconds(pid)
+            loaded = h.wrk(f"{proxy}/v1{path}", body, connections=connections, seconds=seconds)
+            if loaded["non_2xx"]:
+                raise SystemExit(f"{label}: {loaded['non_2xx']:.0f} non-2xx answers")
+            rps[label].append(loaded["rps"])
+            requests = loaded["rps"] * max(1, round(seconds))
+            cpu_ms[label].append((h.cpu_seconds(pid) - cpu_before) * 1000.0 / max(requests, 1.0))
+    print(f"\nAPIs, {runs} runs (median, spread min-max)")
+    print(
+        f"{'route':<28}{'added p50 c=1 ms':>18}{'spread':>16}{f'req/s c={connections}':>14}{'spread':>14}"
+        f"{'proxy CPU ms/req':>18}{'spread':>14}"
+    )
+    for label, _, _ in APIS:
+        a, r, c = added[label], rps[label], cpu_ms[label]
+        print(
+            f"{label:<28}{statistics.median(a):>18.3f}{spread(a):>16}{statistics.median(r):>14.0f}"
+            f"{f'{min(r):.0f}-{max(r):.0f}':>14}{statistics.median(c):>18.3f}{spread(c):>14}"
+        )
+    for label, base in (("responses", "chat completions"), ("responses, stream", "chat completions, stream")):
+        chat, chat_cpu = statistics.median(rps[base]), statistics.median(cpu_ms[base])
+        ratio = statistics.median(rps[label]) / chat
+        by_cpu = chat_cpu / statistics.median(cpu_ms[label])
+        print(
+            f"{label} / {base} throughput: {ratio:.3f} measured, {by_cpu:.3f} from CPU per request "
+            f"({'met' if max(ratio, by_cpu) >= 0.9 else 'NOT met'}: >= 0.9)"
+        )
+    passthrough = statistics.median(added["embeddings (pass-through)"])
+    print(f"pass-through added p50 at c=1: {passthrough:.3f} ms ({'met' if passthrough <= 0.5 else 'NOT met'}: <= 0.5)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=5)
@@ -114,6 +183,7 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--paced-rate", type=float, default=1000.0, help="req/s offered in the paced run")
     parser.add_argument("--limits", action="store_true", help="measure the cost of quotas (c=1)")
+    parser.add_argument("--apis-only", action="store_true", help="only the table of APIs beside chat")
     args = parser.parse_args()
     if args.limits:
         limits_cost(args.runs, args.seconds)
@@ -121,6 +191,9 @@ def main() -> None:
 
     with h.redis() as redis, h.fake_upstream() as upstream, h.proxy(redis.url, upstream) as proxy:
         h.put_persona(proxy, "bench-user", PERSONA, [EXEMPLAR, EXEMPLAR])
+        if args.apis_only:
+            api_table(upstream, proxy, args.runs, args.seconds, args.connections)
+            return
         direct_url, proxy_url = f"{upstream}/chat/completions", f"{proxy}/v1/chat/completions"
         h.wrk(proxy_url, BODY, connections=args.connections, seconds=2)  # warm-up
         names = ("direct", "proxy", "direct_paced", "proxy_paced", "direct_c1", "proxy_c1")
@@ -140,6 +213,7 @@ def main() -> None:
                 )
             for name, url in (("direct_c1", direct_url), ("proxy_c1", proxy_url)):
                 results[name].append(h.wrk(url, BODY, connections=1, seconds=args.seconds / 2))
+        api_table(upstream, proxy, args.runs, args.seconds, args.connections)
 
     errors = sum(r["non_2xx"] for runs in results.values() for r in runs)
     print(

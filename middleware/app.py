@@ -10,6 +10,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from middleware import __version__
@@ -20,6 +21,9 @@ from middleware.api import (
     evaluations,
     health,
     jobs,
+    messages,
+    openai_responses,
+    passthrough,
     preferences,
     ui,
     ui_evaluate,
@@ -27,6 +31,7 @@ from middleware.api import (
     users,
 )
 from middleware.api.docs import install_docs, openapi_url
+from middleware.api.paths import PathNormalizer
 from middleware.api.responses import JSONBytes
 from middleware.config import Settings
 from middleware.errors import InvalidJSON, PersonaError, ValidationFailed
@@ -64,12 +69,23 @@ def create_app(settings: Settings) -> FastAPI:
         openapi_url=openapi_url(settings),
     )
     app.state.settings = settings
-    for module in (health, chat, admin, comparisons, preferences, users, jobs, ui, evaluations, ui_evaluate):
+    for module in (health, chat, openai_responses, messages, admin, comparisons, preferences, users, jobs):
+        app.include_router(module.router)
+    for module in (ui, evaluations, ui_evaluate, passthrough):  # passthrough last: it is a catch-all
         app.include_router(module.router)
     install_docs(app, settings)
     app.include_router(user_tokens.router)
     install_error_handlers(app)
     app.add_middleware(BodyGuard, max_bytes=settings.max_body_bytes)
+    app.add_middleware(PathNormalizer)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["*"],
+            allow_headers=["*"],
+            expose_headers=["*"],
+        )
     return app
 
 

@@ -77,6 +77,12 @@ class Settings(BaseSettings):
     upstream_retry_initial_s: float = 0.2
     upstream_retry_max_s: float = 5.0
     upstream_max_connections: int = 512
+    # Anthropic-compatible base for POST /v1/messages, as Anthropic's SDK takes it (the proxy appends
+    # /v1/messages). Unset: /v1/messages is translated to the upstream above through litellm.
+    anthropic_api_base: str | None = None
+    anthropic_api_key: SecretStr = SecretStr("")
+    # How long the proxy remembers which tenant created a Responses API response id.
+    response_owner_ttl_s: int = 30 * 24 * 3600
 
     # --- Personalization -------------------------------------------------------------------------
     persona_max_chars: int = 2000
@@ -89,6 +95,8 @@ class Settings(BaseSettings):
 
     # --- Requests --------------------------------------------------------------------------------
     max_body_bytes: int = 4 * 1024 * 1024
+    # Browser origins allowed by CORS (JSON list, e.g. ["https://app.example.com"]); none by default.
+    cors_origins: list[str] = Field(default_factory=list)
 
     # --- Quotas and end-user tokens (README "Security") ---------------------------------------------
     # {"default": {...}, "tenants": {"<tenant>": {...}}}; unset: no rate limits, default caps only.

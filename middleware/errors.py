@@ -35,7 +35,7 @@ class PersonaError(Exception):
     status_code: int = 500
     error_type: str = "api_error"
     code: str | None = None
-    # Extra response headers (the handler in app.py sends them with the error body).
+    # Response headers that go out with the error (e.g. a retry-after, the upstream's x-request-id).
     headers: Mapping[str, str] = MappingProxyType({})
 
     def __init__(

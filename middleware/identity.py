@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hmac
 import re
+import unicodedata
 from collections.abc import Mapping
 from typing import Any
 
@@ -15,7 +16,9 @@ from middleware.config import Settings
 from middleware.errors import AuthenticationFailed, InvalidUserId, PermissionDenied
 from middleware.user_tokens import UserTokens, looks_like_user_token
 
-USER_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+\-]{0,127}$")
+# End-user ids are whatever the OpenAI/Anthropic SDKs accept as `user` / `safety_identifier` /
+# `metadata.user_id` (auth0|..., emails, spaces, '/', '=', unicode). store/keys.py escapes them.
+USER_ID_MAX_CHARS = 256
 TENANT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,63}$")
 USER_HEADER = "x-persona-user"
 TENANT_HEADER = "x-persona-tenant"
@@ -70,21 +73,48 @@ def tenant_for_admin(headers: Mapping[str, str], settings: Settings) -> str:
     return tenant
 
 
+def user_id_problem(user: Any) -> str | None:
+    """Why `user` is not an acceptable end-user id, or None when it is."""
+    if not isinstance(user, str):
+        return "the end-user id must be a string"
+    if not user:
+        return "the end-user id is empty"
+    if len(user) > USER_ID_MAX_CHARS:
+        return f"the end-user id is longer than {USER_ID_MAX_CHARS} characters ({len(user)})"
+    for char in user:
+        category = unicodedata.category(char)
+        if category == "Cc":
+            return f"the end-user id contains a control character (U+{ord(char):04X})"
+        if category == "Cs":
+            return f"the end-user id contains an unpaired surrogate (U+{ord(char):04X})"
+    return None
+
+
 def validate_user_id(user: Any, *, param: str = "user") -> str:
-    if not isinstance(user, str) or not USER_ID_RE.match(user):
+    problem = user_id_problem(user)
+    if problem is not None:
         raise InvalidUserId(
-            "invalid end-user id: 1-128 characters of letters, digits and . _ : @ + -, "
-            "starting with a letter or digit",
+            f"invalid end-user id in {param!r}: {problem}; any other string of 1-{USER_ID_MAX_CHARS} "
+            "characters is accepted",
             param=param,
         )
-    return user
+    result: str = user
+    return result
+
+
+def header_text(value: str) -> str:
+    """A header value as the client meant it: servers decode headers as latin-1, clients send UTF-8."""
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except (UnicodeEncodeError, UnicodeDecodeError):
+        return value
 
 
 def end_user_id(headers: Mapping[str, str], body: Mapping[str, Any]) -> str | None:
     """The end user a chat call is for: header, then `user`, `safety_identifier`, `metadata.user_id`."""
     header = headers.get(USER_HEADER)
     if header:
-        return validate_user_id(header, param=USER_HEADER)
+        return validate_user_id(header_text(header), param=USER_HEADER)
     for field in ("user", "safety_identifier"):
         value = body.get(field)
         if value:

@@ -14,6 +14,12 @@ class Metrics:
             ["mode", "outcome"],
             registry=self.registry,
         )
+        self.route_requests = Counter(
+            "persona_route_requests",
+            "Calls on the other API routes (Responses, Messages, passed through) by route, mode, outcome",
+            ["route", "mode", "outcome"],
+            registry=self.registry,
+        )
         self.persona_injected = Counter(
             "persona_injected", "Chat calls that carried a persona", registry=self.registry
         )

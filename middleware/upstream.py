@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
 from typing import Any, Protocol, TypeVar
 
 import aiohttp
@@ -67,6 +67,10 @@ LITELLM_PROVIDERS = frozenset(
         "litellm_proxy",
     }
 )
+# Upstream answer headers the app must see (tracing, back-off, rate limits), on every route.
+RELAYED_HEADERS = frozenset(
+    {"x-request-id", "openai-processing-ms", "retry-after", "retry-after-ms", "x-should-retry"}
+)
 T = TypeVar("T")
 # What to set when no upstream is configured (start-up warning and the chat error say the same).
 UPSTREAM_SETTINGS_HINT = (
@@ -76,19 +80,32 @@ UPSTREAM_SETTINGS_HINT = (
 )
 
 
-class Upstream(Protocol):
-    async def complete(self, body: dict[str, Any]) -> bytes:
-        """The whole JSON answer (OpenAI chat.completion), or an UpstreamError."""
+def relayed_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """The upstream headers relayed to the app: RELAYED_HEADERS and every x-ratelimit-*."""
+    found: dict[str, str] = {}
+    for name, value in headers.items():
+        lower = name.lower()
+        if lower in RELAYED_HEADERS or lower.startswith("x-ratelimit-"):
+            found[lower] = value
+    return found
 
-    async def stream(self, body: dict[str, Any]) -> AsyncIterator[bytes]:
+
+class Upstream(Protocol):
+    async def complete(self, body: dict[str, Any], relay: dict[str, str] | None = None) -> bytes:
+        """The whole JSON answer (OpenAI chat.completion), or an UpstreamError.
+
+        `relay`, when given, receives the upstream headers the app must see (`relayed_headers`)."""
+
+    async def stream(self, body: dict[str, Any], relay: dict[str, str] | None = None) -> AsyncIterator[bytes]:
         """Open the stream (errors before the first byte raise here) and return its SSE bytes."""
 
 
 class UpstreamStatus(Exception):
-    def __init__(self, status: int, body: bytes) -> None:
+    def __init__(self, status: int, body: bytes, headers: Mapping[str, str] | None = None) -> None:
         super().__init__(f"upstream answered {status}")
         self.status = status
         self.body = body
+        self.headers = relayed_headers(headers) if headers else {}
 
 
 def _is_retryable(exc: BaseException) -> bool:
@@ -127,8 +144,15 @@ async def retrying(
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def error_from_upstream(status: int, body: bytes) -> UpstreamError:
-    """Keep the upstream's own message; 4xx keep their status, 5xx become 502."""
+def error_from_upstream(status: int, body: bytes, headers: Mapping[str, str] | None = None) -> UpstreamError:
+    """Keep the upstream's own message and relayed headers; 4xx keep their status, 5xx become 502."""
+    error = _error_from_upstream(status, body)
+    if headers:
+        error.headers = relayed_headers(headers)
+    return error
+
+
+def _error_from_upstream(status: int, body: bytes) -> UpstreamError:
     message, error_type, code, param = f"upstream answered {status}", None, None, None
     try:
         err = orjson.loads(body).get("error")
@@ -156,10 +180,14 @@ def stream_error_event(error: UpstreamError) -> bytes:
 
 class PassthroughUpstream:
     def __init__(
-        self, settings: Settings, session: aiohttp.ClientSession, on_retry: Callable[[], None]
+        self,
+        settings: Settings,
+        session: aiohttp.ClientSession,
+        on_retry: Callable[[], None],
+        path: str = "/chat/completions",
     ) -> None:
         base = (settings.upstream_api_base or "").rstrip("/")
-        self._url = f"{base}/chat/completions"
+        self._url = f"{base}{path}"
         self._settings = settings
         self._session = session
         self._on_retry = on_retry
@@ -181,20 +209,22 @@ class PassthroughUpstream:
             if response.status in RETRYABLE_STATUS:
                 body = await response.read()
                 response.release()
-                raise UpstreamStatus(response.status, body)
+                raise UpstreamStatus(response.status, body, response.headers)
             return response
 
         try:
             return await retrying(self._settings, attempt, self._on_retry)
         except UpstreamStatus as exc:
-            raise error_from_upstream(exc.status, exc.body) from None
+            raise error_from_upstream(exc.status, exc.body, exc.headers) from None
         except (aiohttp.ServerTimeoutError, TimeoutError) as exc:
             raise UpstreamTimeout("the upstream did not answer in time") from exc
         except aiohttp.ClientError as exc:
             raise UpstreamError(f"could not reach the upstream: {type(exc).__name__}") from exc
 
-    async def complete(self, body: dict[str, Any]) -> bytes:
+    async def complete(self, body: dict[str, Any], relay: dict[str, str] | None = None) -> bytes:
         response = await self._open(orjson.dumps(body))
+        if relay is not None:
+            relay.update(relayed_headers(response.headers))
         try:
             data = await response.read()
         except (aiohttp.ServerTimeoutError, TimeoutError) as exc:
@@ -204,16 +234,23 @@ class PassthroughUpstream:
         finally:
             response.release()
         if response.status >= 400:
-            raise error_from_upstream(response.status, data)
+            raise error_from_upstream(response.status, data, response.headers)
         return data
 
-    async def stream(self, body: dict[str, Any]) -> AsyncIterator[bytes]:
+    async def stream(self, body: dict[str, Any], relay: dict[str, str] | None = None) -> AsyncIterator[bytes]:
+        response = await self.open(body)
+        if relay is not None:
+            relay.update(relayed_headers(response.headers))
+        return self._relay(response)
+
+    async def open(self, body: dict[str, Any]) -> aiohttp.ClientResponse:
+        """The upstream response once it answered 2xx (errors raise here); the caller reads it."""
         response = await self._open(orjson.dumps(body))
         if response.status >= 400:
             data = await response.read()
             response.release()
-            raise error_from_upstream(response.status, data)
-        return self._relay(response)
+            raise error_from_upstream(response.status, data, response.headers)
+        return response
 
     async def _relay(self, response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
         try:
@@ -237,6 +274,9 @@ class LitellmUpstream:
         import litellm
 
         litellm.telemetry = False
+        # /v1/messages without an Anthropic base goes to the configured upstream's chat completions
+        # (what every OpenAI-compatible server speaks), not to its Responses API.
+        litellm.use_chat_completions_url_for_anthropic_messages = True
         self._litellm = litellm
         self._settings = settings
         self._on_retry = on_retry
@@ -252,12 +292,13 @@ class LitellmUpstream:
         kwargs["timeout"] = self._settings.upstream_total_timeout_s
         return kwargs
 
-    async def _call(self, body: dict[str, Any]) -> Any:
+    async def _call(self, body: dict[str, Any], api: str = "acompletion") -> Any:
         litellm = self._litellm
+        call = getattr(litellm, api)
 
         async def attempt() -> Any:
             try:
-                return await litellm.acompletion(**self._kwargs(body))
+                return await call(**self._kwargs(body))
             except litellm.exceptions.Timeout:
                 raise
             except litellm.exceptions.APIConnectionError as exc:
@@ -290,13 +331,25 @@ class LitellmUpstream:
         missing = self._litellm.validate_environment(model=model).get("missing_keys") or []
         return [str(key) for key in missing] or None
 
-    async def complete(self, body: dict[str, Any]) -> bytes:
+    async def complete(self, body: dict[str, Any], relay: dict[str, str] | None = None) -> bytes:
         response = await self._call(body)
+        if relay is not None:
+            relay.update(litellm_headers(response))
         return orjson.dumps(response.model_dump(exclude_none=True))
 
-    async def stream(self, body: dict[str, Any]) -> AsyncIterator[bytes]:
+    async def stream(self, body: dict[str, Any], relay: dict[str, str] | None = None) -> AsyncIterator[bytes]:
         stream = await self._call({**body, "stream": True})
+        if relay is not None:
+            relay.update(litellm_headers(stream))
         return self._relay(stream)
+
+    async def responses(self, body: dict[str, Any]) -> Any:
+        """litellm's Responses API bridge: a ResponsesAPIResponse, or an async iterator of events."""
+        return await self._call(body, "aresponses")
+
+    async def messages(self, body: dict[str, Any]) -> Any:
+        """litellm's Anthropic Messages adapter: a Messages answer (dict), or an iterator of SSE bytes."""
+        return await self._call(body, "anthropic_messages")
 
     async def _relay(self, stream: Any) -> AsyncIterator[bytes]:
         try:
@@ -305,6 +358,14 @@ class LitellmUpstream:
             yield b"data: [DONE]\n\n"
         except Exception as exc:
             yield stream_error_event(UpstreamError(f"the upstream stream broke: {exc}"))
+
+
+def litellm_headers(response: Any) -> dict[str, str]:
+    """The relayed upstream headers litellm kept on a response (provider headers are prefixed)."""
+    hidden = getattr(response, "_hidden_params", None) or {}
+    raw = hidden.get("additional_headers") or {}
+    headers = {str(k).removeprefix("llm_provider-"): str(v) for k, v in raw.items()}
+    return relayed_headers(headers)
 
 
 class UpstreamRouter:

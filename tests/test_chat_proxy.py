@@ -135,7 +135,7 @@ def test_end_user_id_sources_in_order(
 def test_invalid_user_id_is_a_400(proxy: RunningProxy, fake_upstream: FakeUpstream) -> None:
     with pytest.raises(openai.BadRequestError) as err:
         client(proxy).chat.completions.create(
-            model="fake-model", messages=[{"role": "user", "content": "q"}], user="bad id with spaces {x}"
+            model="fake-model", messages=[{"role": "user", "content": "q"}], user="bad\x01id"
         )
     assert err.value.body["code"] == "invalid_user_id"  # type: ignore[index]
     assert fake_upstream.chat_requests == []

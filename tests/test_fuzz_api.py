@@ -1,5 +1,6 @@
 """Property-based fuzzing of the whole OpenAPI surface (schemathesis strategies driven by hypothesis):
-no input makes the service fail with a 500, and every JSON error is OpenAI-shaped."""
+no input makes the service fail with a 500, and every JSON error is OpenAI-shaped (Anthropic-shaped
+on /v1/messages)."""
 
 from __future__ import annotations
 
@@ -28,7 +29,10 @@ def test_no_input_causes_a_server_error(proxy: RunningProxy, fake_upstream: Fake
             seen.add((case.method, case.path, response.status_code))
             assert response.status_code != 500, (case.method, case.formatted_path, response.text[:500])
             content_type = response.headers.get("content-type", "")
-            if response.status_code >= 400 and "json" in content_type:
+            if response.status_code >= 400 and "json" in content_type and case.path.startswith("/v1/messages"):
+                body = response.json()  # the Anthropic Messages API's own error shape
+                assert body["type"] == "error" and set(body["error"]) == {"type", "message"}, response.text[:300]
+            elif response.status_code >= 400 and "json" in content_type:
                 error = response.json()["error"]
                 assert set(error) == {"message", "type", "param", "code"}, response.text[:300]
 

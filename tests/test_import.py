@@ -53,7 +53,7 @@ async def test_import_reports_bad_lines_and_is_idempotent(
         json.dumps(row("u2", 2)),
         "",  # blank lines are skipped
         json.dumps({"user_id": "u1", "context": []}),  # line 5: no chosen/rejected
-        json.dumps(row("bad user id!", 6)),  # line 6
+        json.dumps(row("bad\tuser", 6)),  # line 6: a control character
         json.dumps(row("u1", 7)),
         json.dumps(row("u1", 1)),  # an exact repeat of line 1
     ]

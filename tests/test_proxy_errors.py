@@ -106,7 +106,11 @@ def test_fields_that_redirect_the_upstream_are_refused(
 
 
 def test_unknown_route_and_method_are_openai_shaped(proxy: RunningProxy) -> None:
-    assert_openai_shape(httpx.get(f"{proxy.url}/v1/nothing-here"), 404)
+    assert_openai_shape(httpx.get(f"{proxy.url}/nothing-here"), 404)
+    # Unknown /v1 routes are the upstream's to answer (passed through after the key check).
+    assert_openai_shape(httpx.get(f"{proxy.url}/v1/nothing-here"), 401)
+    app = {"Authorization": f"Bearer {APP_KEY_A}"}
+    assert_openai_shape(httpx.get(f"{proxy.url}/v1/nothing-here", headers=app), 404)
     assert_openai_shape(httpx.get(f"{proxy.v1}/chat/completions"), 405)
 
 

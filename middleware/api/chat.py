@@ -1,4 +1,4 @@
-"""POST /v1/chat/completions and GET /v1/models: the drop-in OpenAI-compatible surface.
+"""POST /v1/chat/completions: the drop-in OpenAI-compatible surface (GET /v1/models: api/passthrough.py).
 
 The body is checked against the published schema (`chat_schema`) and parsed once; only `messages`
 (and `model`, for aliases) is touched, and the upstream's answer goes back as bytes, streamed chunk by
@@ -17,8 +17,7 @@ from fastapi.responses import Response
 
 from middleware.api.chat_schema import CHAT_REQUEST_SCHEMA, validate_chat_body
 from middleware.api.chatlike import Answer, answer
-from middleware.api.deps import ServicesDep, parse_json
-from middleware.api.responses import JSONBytes
+from middleware.api.deps import parse_json
 from middleware.api.sse import completion_events
 from middleware.candidates.variants import DEFAULT_VARIANTS
 from middleware.errors import InvalidRequest
@@ -110,9 +109,17 @@ async def chat_completions(request: Request) -> Response:
     if found is not None:
         body["messages"] = place_persona(body["messages"], found.block)
     upstream, body["model"] = services.upstreams.route(body["model"])
-    forward = upstream.stream(body) if body.get("stream") else upstream.complete(body)
+    relay: dict[str, str] = {}  # the upstream's tracing and back-off headers, for the app
+    forward = upstream.stream(body, relay) if body.get("stream") else upstream.complete(body, relay)
     return await answer(
-        request, services.metrics, forward, mode=mode, persona_version=version, started=started, lease=lease
+        request,
+        services.metrics,
+        forward,
+        mode=mode,
+        persona_version=version,
+        started=started,
+        lease=lease,
+        relay=relay,
     )
 
 
@@ -135,17 +142,3 @@ def reranked_answer(result: Reranked, body: dict[str, Any], *, details: bool) ->
         events = completion_events(chosen, include_usage=include_usage, extra=shown)
         return Answer(events, headers, outcome)
     return Answer(orjson.dumps({**chosen, **shown}), headers, outcome)
-
-
-@router.get("/v1/models")
-async def list_models(request: Request, services: ServicesDep) -> Response:
-    app_caller(request.headers, services.settings, services.user_tokens)
-    names = services.settings.public_models()
-    return JSONBytes(
-        {
-            "object": "list",
-            "data": [
-                {"id": n, "object": "model", "created": 0, "owned_by": "persona-middleware"} for n in names
-            ],
-        }
-    )

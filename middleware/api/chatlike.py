@@ -14,7 +14,7 @@ response when the route does not use the app's OpenAI-shaped error handler).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 from fastapi import Request
@@ -69,11 +69,13 @@ async def answer(
     started: float,
     framing: Framing = OPENAI_CHAT,
     lease: Lease | None = None,
+    relay: Mapping[str, str] | None = None,
 ) -> Response:
     """Run `work` (not yet started; `started` is the call's perf_counter() at arrival) and answer.
 
     With a quota `lease`, the answer's tokens are counted (a stream's as it passes) and the lease is
-    released when the answer is complete or the call failed."""
+    released when the answer is complete or the call failed. `relay` holds the upstream headers the
+    app must see (filled by the upstream call as it runs)."""
     overhead_ms = monotonic_ms(started)
     metrics.overhead_seconds.observe(overhead_ms / 1000.0)
     headers = persona_headers(persona_version, overhead_ms)
@@ -100,6 +102,8 @@ async def answer(
         result = Answer(result)
     streamed = not isinstance(result.body, bytes)
     metrics.chat_requests.labels(mode, result.outcome or ("stream" if streamed else "ok")).inc()
+    if relay:
+        headers.update(relay)
     if result.headers:
         headers.update(result.headers)
     if isinstance(result.body, bytes):

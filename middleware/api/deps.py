@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Annotated, Any
+from urllib.parse import unquote
 
 import orjson
 from fastapi import Depends, Path, Request
@@ -10,15 +11,23 @@ from fastapi import Depends, Path, Request
 from middleware.errors import InvalidJSON, InvalidRequest
 from middleware.identity import (
     USER_HEADER,
-    USER_ID_RE,
     app_caller,
     bind_user,
+    header_text,
     tenant_for_admin,
     validate_user_id,
 )
 from middleware.services import Services
 
-UserPath = Annotated[str, Path(pattern=USER_ID_RE.pattern, description="end-user id")]
+
+def _user_from_path(
+    user: Annotated[str, Path(description="end-user id, URL-encoded (e.g. auth0%7C42, u%2F42)")],
+) -> str:
+    """The user segment arrives still percent-encoded (see api/paths.py): decode it once."""
+    return validate_user_id(unquote(user), param="user")
+
+
+UserPath = Annotated[str, Depends(_user_from_path)]
 
 
 async def get_services(request: Request) -> Services:
@@ -68,7 +77,7 @@ def caller_user(request: Request, body_user: str | None, *, required: bool) -> s
         return bind_user(bound, body_user)
     header = request.headers.get(USER_HEADER)
     if header:
-        return validate_user_id(header, param=USER_HEADER)
+        return validate_user_id(header_text(header), param=USER_HEADER)
     if body_user:
         return validate_user_id(body_user)
     if required:

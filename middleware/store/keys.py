@@ -1,8 +1,11 @@
 """Every Redis key the service uses, built in one place.
 
 All of one user's keys share the hash tag `{<tenant>:<user>}` so that they live on one Redis Cluster
-slot and can be read in one round trip. Tenant names never contain ':'; user ids are validated in
-`middleware.identity` (no glob or brace characters), so the tag is unambiguous and SCAN-safe.
+slot and can be read in one round trip. Tenant names never contain ':' or braces. User ids may be
+any string (see `middleware.identity`), so `user_tag` percent-escapes the characters that could end
+the hash tag early or act as SCAN glob syntax (`%`, `{`, `}`, `*`, `?`, `[`, `]` and backslash): the mapping
+is injective (two ids never share a key), the tag stays the whole `{tenant:user}` and SCAN patterns
+match one user only. Ids without those characters keep the key they always had.
 
     pm:{t:u}:persona               current persona (JSON blob, a byte-for-byte copy of one version)
     pm:{t:u}:persona:v<N>          one persona version (JSON blob)
@@ -21,6 +24,7 @@ slot and can be read in one round trip. Tenant names never contain ':'; user ids
     pm:{t:u}:jobs                  ids of the user's jobs (deleted with their records on forget)
     pm:comparison-owner:<id>       comparison id -> "tenant:user" (TTL), to find a comparison by id
     pm:tenant:<t>:users            set of user ids known in a tenant
+    pm:response-owner:<id>         Responses API response id -> tenant that created it (TTL)
     pm:evaluations:<t>:<id>...     online evaluation runs (see evaluation_* below): the run, its
                                    trial ids (list), one hash per trial, per-user trial counters
     pm:jobs:...                    job records and tenant slots (middleware.store.jobs)
@@ -32,8 +36,16 @@ PREFIX = "pm"
 JOB_QUEUE = "pm:jobs:queue"
 
 
+_USER_ESCAPES = str.maketrans({c: f"%{ord(c):02X}" for c in "%{}*?[]\\"})
+
+
+def escape_user(user: str) -> str:
+    """The user id as it appears inside a key (see the module docstring)."""
+    return user.translate(_USER_ESCAPES)
+
+
 def user_tag(tenant: str, user: str) -> str:
-    return f"{PREFIX}:{{{tenant}:{user}}}"
+    return f"{PREFIX}:{{{tenant}:{escape_user(user)}}}"
 
 
 def user_pattern(tenant: str, user: str) -> str:
@@ -91,6 +103,10 @@ def adapter(tenant: str, user: str, version: int) -> str:
 
 def user_meta(tenant: str, user: str) -> str:
     return f"{user_tag(tenant, user)}:meta"
+
+
+def response_owner(response_id: str) -> str:
+    return f"{PREFIX}:response-owner:{response_id}"
 
 
 def tenant_users(tenant: str) -> str:

@@ -8,11 +8,13 @@ import inspect
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
 import orjson
 
+from tests.support.fake_upstream import other_apis, responses_api
 from tests.support.fake_upstream.models import MODELS, RecordedRequest, Reply, Responder
 from tests.support.fake_upstream.responses import (
     completion_id,
@@ -49,6 +51,19 @@ _SSE_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-cache"),
 ]
+# What the real API sends on every answer (tracing and rate-limit state).
+_API_HEADERS = [
+    (b"openai-processing-ms", b"3"),
+    (b"x-ratelimit-limit-requests", b"10000"),
+    (b"x-ratelimit-remaining-requests", b"9999"),
+    (b"openai-organization", b"org-fake-upstream-account"),
+]
+
+
+def _api_headers() -> list[tuple[bytes, bytes]]:
+    return [(b"x-request-id", f"req_{uuid.uuid4().hex}".encode()), *_API_HEADERS]
+
+
 _MODELS_BODY = orjson.dumps(
     {
         "object": "list",
@@ -67,6 +82,7 @@ class FakeUpstreamApp:
         self._lock = threading.Lock()
         self._requests: list[RecordedRequest] = []
         self._script: collections.deque[Reply] = collections.deque()
+        self.stored_responses = responses_api.ResponsesStore()
 
     # -- state shared with the test thread ----------------------------------------------------
     @property
@@ -139,7 +155,45 @@ class FakeUpstreamApp:
         elif path.endswith("/models") and method == "GET":
             await self._send_simple(send, rec, 200, _MODELS_BODY)
         elif path.endswith("/embeddings") and method == "POST" and isinstance(body, dict):
-            await self._send_simple(send, rec, 200, embeddings_body(body))
+            if body.get("encoding_format") == "base64":
+                await self._send_simple(send, rec, 200, orjson.dumps(other_apis.embeddings_json(body)))
+            else:
+                await self._send_simple(send, rec, 200, embeddings_body(body))
+        elif path.endswith("/responses") and method == "POST" and isinstance(body, dict):
+            await self._responses(body, rec, receive, send)
+        elif "/responses/" in path:
+            await self._stored_response(path, method, rec, send)
+        elif path.endswith("/messages/count_tokens") and method == "POST" and isinstance(body, dict):
+            tokens = other_apis.message_json(body)["usage"]["input_tokens"]
+            await self._send_simple(send, rec, 200, orjson.dumps({"input_tokens": tokens}))
+        elif path.endswith("/messages") and method == "POST" and isinstance(body, dict):
+            await self._messages(body, rec, send)
+        elif path.endswith("/completions") and method == "POST" and isinstance(body, dict):
+            await self._send_simple(send, rec, 200, orjson.dumps(other_apis.completion_json(body)))
+        elif path.endswith("/audio/transcriptions") and method == "POST":
+            await self._send_simple(send, rec, 200, orjson.dumps(other_apis.transcription_json(raw)))
+        elif path.endswith("/audio/speech") and method == "POST":
+            audio = bytes(range(256)) * 64  # binary answer, streamed in several chunks
+            rec.status = 200
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [(b"content-type", b"audio/mpeg"), *_api_headers()],
+                }
+            )
+            for i in range(0, len(audio), 4096):
+                await send({"type": "http.response.body", "body": audio[i : i + 4096], "more_body": True})
+            await send({"type": "http.response.body", "body": b""})
+            rec.completed = True
+        elif path.endswith("/files") and method == "POST":
+            await self._send_simple(send, rec, 200, orjson.dumps(other_apis.file_json(raw)))
+        elif "/models/" in path and method == "GET":
+            found = other_apis.model_json(path.rsplit("/models/", 1)[1])
+            if found is None:
+                await self._send_simple(send, rec, 404, error_body(404, "The model does not exist"))
+            else:
+                await self._send_simple(send, rec, 200, orjson.dumps(found))
         else:
             await self._send_simple(send, rec, 404, error_body(404, f"no route {method} {path}"))
 
@@ -152,7 +206,7 @@ class FakeUpstreamApp:
         extra: Sequence[tuple[bytes, bytes]] = (),
     ) -> None:
         rec.status = status
-        headers = [*_JSON_HEADERS, (b"content-length", str(len(payload)).encode()), *extra]
+        headers = [*_JSON_HEADERS, (b"content-length", str(len(payload)).encode()), *_api_headers(), *extra]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": payload})
         rec.completed = True
@@ -206,7 +260,7 @@ class FakeUpstreamApp:
                 {
                     "type": "http.response.start",
                     "status": 200,
-                    "headers": [*_SSE_HEADERS, *_extra(plan.reply)],
+                    "headers": [*_SSE_HEADERS, *_api_headers(), *_extra(plan.reply)],
                 }
             )
             cut = max(2, len(events) // 2) if plan.reply.fail_mid_stream else None
@@ -227,6 +281,85 @@ class FakeUpstreamApp:
             rec.completed = True
         finally:
             watch.close()
+
+    async def _responses(self, body: dict[str, Any], rec: RecordedRequest, receive: Any, send: Any) -> None:
+        reply = await self._resolve(body)
+        if reply is not None and reply.status != 200:
+            await self._send_error_reply(send, rec, reply)
+            return
+        history: list[dict[str, Any]] = []
+        previous = body.get("previous_response_id")
+        if previous:
+            found = self.stored_responses.get(previous)
+            if found is None:
+                message = f"Previous response with id '{previous}' not found."
+                await self._send_simple(send, rec, 404, error_body(404, message))
+                return
+            history = [*(self.stored_responses.inputs(previous) or []), *found["output"]]
+        response = responses_api.build_response(body, reply, history)
+        if body.get("store", True) is not False and self.record:  # benchmarks keep nothing
+            self.stored_responses.put(response, [*history, *responses_api.input_items(body)])
+        if not body.get("stream"):
+            await self._send_simple(send, rec, 200, orjson.dumps(response), _extra(reply))
+            return
+        events = responses_api.stream_events(response)
+        rec.status = 200
+        start = [*_SSE_HEADERS, *_api_headers(), *_extra(reply)]
+        await send({"type": "http.response.start", "status": 200, "headers": start})
+        cut = len(events) // 2 if reply is not None and reply.fail_mid_stream else None
+        for i, event in enumerate(events):
+            if cut is not None and i >= cut:
+                raise _DropConnection()
+            await send({"type": "http.response.body", "body": event, "more_body": True})
+            await asyncio.sleep(0)
+        await send({"type": "http.response.body", "body": b""})
+        rec.completed = True
+
+    async def _stored_response(self, path: str, method: str, rec: RecordedRequest, send: Any) -> None:
+        rest = path.split("/responses/", 1)[1]
+        response_id, _, action = rest.partition("/")
+        found = self.stored_responses.get(response_id)
+        if found is None:
+            message = f"Response with id '{response_id}' not found."
+            await self._send_simple(send, rec, 404, error_body(404, message))
+        elif method == "GET" and not action:
+            await self._send_simple(send, rec, 200, orjson.dumps(found))
+        elif method == "DELETE" and not action:
+            self.stored_responses.delete(response_id)
+            payload = {"id": response_id, "object": "response.deleted", "deleted": True}
+            await self._send_simple(send, rec, 200, orjson.dumps(payload))
+        elif method == "GET" and action == "input_items":
+            items = [
+                {"id": f"msg_{i}", **item}
+                for i, item in enumerate(self.stored_responses.inputs(response_id) or [])
+            ]
+            page = {"object": "list", "data": items, "first_id": None, "last_id": None, "has_more": False}
+            await self._send_simple(send, rec, 200, orjson.dumps(page))
+        elif method == "POST" and action == "cancel":
+            await self._send_simple(send, rec, 200, orjson.dumps({**found, "status": "cancelled"}))
+        else:
+            await self._send_simple(send, rec, 404, error_body(404, f"no route {method} {path}"))
+
+    async def _messages(self, body: dict[str, Any], rec: RecordedRequest, send: Any) -> None:
+        reply = await self._resolve(body)
+        if reply is not None and reply.status != 200:
+            payload = other_apis.anthropic_error(reply.status, reply.error_message or "fake error")
+            await self._send_simple(send, rec, reply.status, payload, _extra(reply))
+            return
+        message = other_apis.message_json(body)
+        if reply is not None and reply.content is not None:
+            message["content"][0]["text"] = reply.content
+        if not body.get("stream"):
+            await self._send_simple(send, rec, 200, orjson.dumps(message), _extra(reply))
+            return
+        rec.status = 200
+        start = [*_SSE_HEADERS, (b"request-id", f"req_{uuid.uuid4().hex}".encode()), *_extra(reply)]
+        await send({"type": "http.response.start", "status": 200, "headers": start})
+        for event in other_apis.message_events(message):
+            await send({"type": "http.response.body", "body": event, "more_body": True})
+            await asyncio.sleep(0)
+        await send({"type": "http.response.body", "body": b""})
+        rec.completed = True
 
     async def _respond_plain(
         self,

@@ -1,0 +1,292 @@
+"""The OpenAI Responses API: POST /v1/responses personalized; a stored response's routes
+(GET/DELETE /v1/responses/{id}, GET .../input_items, POST .../cancel) only for the tenant that made it.
+
+The persona block is appended to `instructions` (never to `input`: stored input items would pile up
+across a `previous_response_id` chain). What the app gets back shows its own `instructions`: in the
+Response object, and in the response.* events of a stream, whose other bytes are relayed unchanged.
+OpenAI-compatible upstreams get the body as JSON bytes; provider-prefixed models go through litellm.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterable, AsyncIterator
+from typing import Any
+
+import aiohttp
+import orjson
+from fastapi import APIRouter, Request
+from fastapi.responses import Response, StreamingResponse
+
+from middleware.api.chat import MODE_HEADER, persona_mode
+from middleware.api.chat_schema import FORBIDDEN_FIELDS
+from middleware.api.chatlike import persona_headers
+from middleware.api.deps import parse_json
+from middleware.api.passthrough import forward
+from middleware.errors import (
+    ForbiddenField,
+    InvalidRequest,
+    NotFound,
+    PersonaError,
+    UpstreamError,
+    UpstreamTimeout,
+    ValidationFailed,
+)
+from middleware.identity import end_user_id, tenant_for_app_key
+from middleware.personalize.placement import (
+    ResponsesStreamRestorer,
+    error_event,
+    response_id_of,
+    restore_response_bytes,
+    with_instructions,
+)
+from middleware.services import Services
+from middleware.store.response_owners import ResponseOwner, ResponseOwners
+from middleware.upstream import (
+    ClientDisconnected,
+    PassthroughUpstream,
+    cancel_on_disconnect,
+    monotonic_ms,
+    relayed_headers,
+)
+
+router = APIRouter(tags=["responses"])
+log = logging.getLogger("middleware.api.responses")
+
+ROUTE = "/v1/responses"
+_UPSTREAM = "responses_upstream"
+
+
+def validate_responses_body(body: Any) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise ValidationFailed("the request body must be a JSON object")
+    forbidden = sorted(FORBIDDEN_FIELDS.intersection(body))
+    if forbidden:
+        raise ForbiddenField(
+            f"field {forbidden[0]!r} is not allowed: the proxy decides where requests go",
+            param=forbidden[0],
+        )
+    if not isinstance(body.get("model"), str) or not body["model"]:
+        raise ValidationFailed("'model' is required and must be a string", param="model")
+    return body
+
+
+def owners(services: Services) -> ResponseOwners:
+    return ResponseOwners(services.redis, services.settings.response_owner_ttl_s)
+
+
+def responses_upstream(request: Request, services: Services) -> PassthroughUpstream:
+    found: PassthroughUpstream | None = getattr(request.app.state, _UPSTREAM, None)
+    if found is None:
+        found = PassthroughUpstream(
+            services.settings, services.http, services.metrics.upstream_retries.inc, path="/responses"
+        )
+        setattr(request.app.state, _UPSTREAM, found)
+    return found
+
+
+async def owned(
+    services: Services, tenant: str, response_id: str, *, param: str | None = None
+) -> ResponseOwner:
+    """The record of a response this tenant created; 404 (as the upstream words it) otherwise."""
+    owner = await owners(services).owner(response_id)
+    if owner is None or owner.tenant != tenant:
+        raise NotFound(f"Response with id '{response_id}' not found.", param=param)
+    return owner
+
+
+async def remember(services: Services, response_id: str | None, owner: ResponseOwner) -> None:
+    """Record the owner; a Redis fault loses only later retrieval, never the answer in hand."""
+    if response_id is None:
+        return
+    try:
+        await owners(services).record(response_id, owner)
+    except PersonaError as exc:
+        log.warning("could not record the owner of a response: %s", exc)
+
+
+@router.post(ROUTE)
+async def create_response(request: Request) -> Response:
+    started = time.perf_counter()
+    services: Services = request.app.state.services
+    tenant = tenant_for_app_key(request.headers, services.settings)
+    body = validate_responses_body(parse_json(await request.body()))
+    user = end_user_id(request.headers, body)
+    mode = persona_mode(request)
+    if mode == "rerank":
+        raise InvalidRequest(
+            f"{MODE_HEADER}: rerank is available on /v1/chat/completions only; use inject or off here",
+            param=MODE_HEADER,
+        )
+    previous = body.get("previous_response_id")
+    if isinstance(previous, str) and previous:
+        await owned(services, tenant, previous, param="previous_response_id")
+
+    version: int | None = None
+    owner = ResponseOwner(tenant, False, None)
+    if user is not None and mode != "off":
+        found = await services.personalizer.current(tenant, user)
+        if found is not None:
+            instructions, app_chars = with_instructions(body.get("instructions"), found.block)
+            body["instructions"] = instructions
+            version = found.version
+            owner = ResponseOwner(tenant, True, app_chars)
+            services.metrics.persona_injected.inc()
+
+    upstream, body["model"] = services.upstreams.route(body["model"])
+    overhead_ms = monotonic_ms(started)
+    services.metrics.overhead_seconds.observe(overhead_ms / 1000.0)
+    headers = persona_headers(version, overhead_ms)
+    stream = bool(body.get("stream"))
+    store = body.get("store") is not False
+    metric = services.metrics.route_requests
+    try:
+        if isinstance(upstream, PassthroughUpstream):
+            lean = responses_upstream(request, services)
+            if stream:
+                opened = await cancel_on_disconnect(request.receive, lean.open(body))
+                headers.update(relayed_headers(opened.headers))
+                chunks = _restored_events(
+                    services, _aiohttp_chunks(opened), owner, store, body.get("instructions")
+                )
+                metric.labels(ROUTE, mode, "stream").inc()
+                return StreamingResponse(chunks, media_type="text/event-stream", headers=headers)
+            data = await cancel_on_disconnect(request.receive, lean.complete(body, headers))
+        else:
+            bridge = services.upstreams.litellm()
+            answer = await cancel_on_disconnect(request.receive, bridge.responses(body))
+            if stream:
+                chunks = _restored_events(services, _litellm_events(answer), owner, store)
+                metric.labels(ROUTE, mode, "stream").inc()
+                return StreamingResponse(chunks, media_type="text/event-stream", headers=headers)
+            data = orjson.dumps(answer.model_dump(exclude_none=True))
+    except ClientDisconnected:
+        services.metrics.client_disconnects.inc()
+        return Response(status_code=499)
+    except BaseException:
+        metric.labels(ROUTE, mode, "error").inc()
+        raise
+    if owner.personalized:
+        data, response_id = restore_response_bytes(data, owner.app_chars)
+    else:
+        response_id = response_id_of(data)
+    if store:
+        await remember(services, response_id, owner)
+    metric.labels(ROUTE, mode, "ok").inc()
+    return Response(data, media_type="application/json", headers=headers)
+
+
+async def _aiohttp_chunks(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in response.content.iter_any():
+            yield chunk
+    except (aiohttp.ServerTimeoutError, TimeoutError) as exc:
+        raise UpstreamTimeout("the upstream stopped sending in time") from exc
+    except aiohttp.ClientError as exc:
+        raise UpstreamError(f"the upstream stream broke: {type(exc).__name__}") from exc
+    finally:
+        response.close()
+
+
+async def _litellm_events(stream: Any) -> AsyncIterator[bytes]:
+    try:
+        async for event in stream:
+            data = event.model_dump(exclude_none=True) if hasattr(event, "model_dump") else dict(event)
+            name = str(data.get("type", "message"))
+            yield b"event: " + name.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+    except PersonaError:
+        raise
+    except Exception as exc:
+        raise UpstreamError(f"the upstream stream broke: {exc}") from exc
+
+
+async def _restored_events(
+    services: Services,
+    chunks: AsyncIterator[bytes],
+    owner: ResponseOwner,
+    store: bool,
+    sent: str | None = None,
+) -> AsyncIterator[bytes]:
+    """The event stream with the app's instructions restored; the owner recorded before the app
+    sees the response id; a mid-stream failure sent as a Responses `error` event."""
+    restorer = ResponsesStreamRestorer(owner.app_chars, restore=owner.personalized, sent=sent)
+    recorded = False
+    try:
+        async for chunk in chunks:
+            out = restorer.feed(chunk)
+            if not recorded and restorer.response_id is not None:
+                recorded = True
+                if store:
+                    await remember(services, restorer.response_id, owner)
+            if out:
+                yield out
+        tail = restorer.flush()
+        if tail:
+            yield tail
+    except PersonaError as exc:
+        services.metrics.route_requests.labels(ROUTE, "stream", "broken").inc()
+        yield restorer.flush() + error_event(
+            exc.message, exc.code or "upstream_error", restorer.last_sequence
+        )
+
+
+# --- a stored response: only its owner reaches it --------------------------------------------
+
+
+@router.get(ROUTE + "/{response_id}")
+async def retrieve_response(response_id: str, request: Request) -> Response:
+    return await _owned_call(request, response_id, restore=True)
+
+
+@router.post(ROUTE + "/{response_id}/cancel")
+async def cancel_response(response_id: str, request: Request) -> Response:
+    return await _owned_call(request, response_id, restore=True)
+
+
+@router.get(ROUTE + "/{response_id}/input_items")
+async def input_items(response_id: str, request: Request) -> Response:
+    return await _owned_call(request, response_id, restore=False)
+
+
+@router.delete(ROUTE + "/{response_id}")
+async def delete_response(response_id: str, request: Request) -> Response:
+    services: Services = request.app.state.services
+    tenant = tenant_for_app_key(request.headers, services.settings)
+    await owned(services, tenant, response_id)
+    answer = await forward(request, services)
+    if 200 <= answer.status_code < 300:
+        await owners(services).forget(response_id)
+    return answer
+
+
+async def _owned_call(request: Request, response_id: str, *, restore: bool) -> Response:
+    services: Services = request.app.state.services
+    tenant = tenant_for_app_key(request.headers, services.settings)
+    owner = await owned(services, tenant, response_id)
+    answer = await forward(request, services, plain=restore and owner.personalized)
+    if not (restore and owner.personalized and isinstance(answer, StreamingResponse)):
+        return answer
+    if "text/event-stream" in (answer.headers.get("content-type") or ""):
+        # GET ...?stream=true replays the events: restore them on the way.
+        restorer = ResponsesStreamRestorer(owner.app_chars)
+        answer.body_iterator = _restore_replay(answer.body_iterator, restorer)
+        return answer
+    # A Response object (or an error): restore `instructions` in the whole JSON.
+    data = b"".join([c if isinstance(c, bytes) else str(c).encode() async for c in answer.body_iterator])
+    if answer.status_code == 200 and answer.headers.get("content-encoding") is None:
+        data, _ = restore_response_bytes(data, owner.app_chars)
+    headers = {k: v for k, v in answer.headers.items() if k not in ("content-length", "content-type")}
+    return Response(data, status_code=answer.status_code, media_type="application/json", headers=headers)
+
+
+async def _restore_replay(
+    chunks: AsyncIterable[Any], restorer: ResponsesStreamRestorer
+) -> AsyncIterator[bytes]:
+    async for chunk in chunks:
+        out = restorer.feed(chunk if isinstance(chunk, bytes) else str(chunk).encode())
+        if out:
+            yield out
+    tail = restorer.flush()
+    if tail:
+        yield tail
