@@ -69,12 +69,11 @@ def create_app(settings: Settings) -> FastAPI:
         openapi_url=openapi_url(settings),
     )
     app.state.settings = settings
-    for module in (health, chat, openai_responses, messages, admin, comparisons, preferences, users, jobs):
+    for module in (health, chat, openai_responses, messages, user_tokens, admin, comparisons, preferences):
         app.include_router(module.router)
-    for module in (ui, evaluations, ui_evaluate, passthrough):  # passthrough last: it is a catch-all
+    for module in (users, jobs, ui, evaluations, ui_evaluate, passthrough):  # passthrough last: a catch-all
         app.include_router(module.router)
     install_docs(app, settings)
-    app.include_router(user_tokens.router)
     install_error_handlers(app)
     app.add_middleware(BodyGuard, max_bytes=settings.max_body_bytes)
     app.add_middleware(PathNormalizer)

@@ -20,7 +20,7 @@ from middleware.api.raw import BodyStream, forwarder, relayed_response
 from middleware.api.responses import JSONBytes
 from middleware.errors import NotFound, PayloadTooLarge, PersonaError, UpstreamError
 from middleware.forward import forwarded_request_headers, openai_target
-from middleware.identity import tenant_for_app_key
+from middleware.identity import app_caller, tenant_for_app_key
 from middleware.services import Services
 from middleware.upstream import ClientDisconnected
 
@@ -51,7 +51,7 @@ def model_entry(name: str) -> dict[str, Any]:
 async def list_models(request: Request) -> Response:
     """The upstream's models followed by the configured names and aliases (each id once)."""
     services: Services = request.app.state.services
-    tenant_for_app_key(request.headers, services.settings)
+    app_caller(request.headers, services.settings, services.user_tokens)  # an end user may list them too
     data: list[dict[str, Any]] = []
     target = openai_target(services.settings)
     if target is not None:
@@ -90,6 +90,7 @@ async def passthrough(path: str, request: Request) -> Response:
         raise PersonaError(
             f"{request.method} {request.url.path} is not a route",
             error_type="invalid_request_error",
+            code="method_not_allowed",
             status_code=405,
         )
     if first == "chat":
