@@ -36,6 +36,10 @@ _bootstrap_main() {
   if [[ $test_mode -eq 1 && ! -x /usr/bin/chromium ]]; then
     apt_pkgs+=(chromium)
   fi
+  # the official openai Node SDK drives the proxy in a conformance test (tests/node)
+  if [[ $test_mode -eq 1 ]] && ! { command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; }; then
+    apt_pkgs+=(nodejs npm)
+  fi
   if [[ ${#apt_pkgs[@]} -gt 0 ]]; then
     _apt_install "${apt_pkgs[@]}"
   fi
