@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.proxy import APP_KEY_A, APP_KEY_B, RunningProxy, proxy_settings, start_proxy
 
+
 @pytest.fixture
 def proxy(redis_url: str, fake_upstream: FakeUpstream) -> Iterator[RunningProxy]:
     """Isolation, not latency, is under test: a persona read may take longer than the chat path's
