@@ -10,6 +10,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -37,6 +39,29 @@ def without_upstream_settings(env: dict[str, str]) -> dict[str, str]:
     }
 
 
+@contextmanager
+def serving(env: dict[str, str], http_port: int) -> Iterator[list[str]]:
+    """A real `persona serve` process, up once /healthz answers; yields a list that holds its whole
+    output once it has stopped (SIGINT on the way out)."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "middleware", "serve", "--port", str(http_port)],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    output: list[str] = []
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{http_port}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        yield output
+    finally:
+        process.send_signal(signal.SIGINT)
+        output.append(process.communicate(timeout=30)[0])
+
+
 @pytest.mark.slow
 def test_serve_without_upstream_says_what_to_set_and_chat_answers_503(tmp_path: Path) -> None:
     redis_port, http_port = free_port(), free_port()
@@ -48,18 +73,7 @@ def test_serve_without_upstream_says_what_to_set_and_chat_answers_503(tmp_path: 
         "PERSONA_DATA_DIR": str(tmp_path / "data"),
         "LITELLM_LOCAL_MODEL_COST_MAP": "True",
     }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "middleware", "serve", "--port", str(http_port)],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"http://127.0.0.1:{http_port}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
+    with serving(env, http_port) as logged:
         requests: list[httpx.Request] = []
         client = openai.OpenAI(
             base_url=f"http://127.0.0.1:{http_port}/v1",
@@ -69,9 +83,7 @@ def test_serve_without_upstream_says_what_to_set_and_chat_answers_503(tmp_path: 
         )
         with pytest.raises(openai.APIStatusError) as raised:
             client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
-    finally:
-        process.send_signal(signal.SIGINT)
-        output, _ = process.communicate(timeout=30)
+    output = logged[0]
 
     error = raised.value
     assert error.status_code == 503, output
@@ -98,21 +110,9 @@ def test_serve_says_which_upstream_it_uses(tmp_path: Path, fake_upstream: FakeUp
         "PERSONA_MODEL_ALIASES": '{"house-model": "fake-model"}',
         "LITELLM_LOCAL_MODEL_COST_MAP": "True",
     }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "middleware", "serve", "--port", str(http_port)],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"http://127.0.0.1:{http_port}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
-    finally:
-        process.send_signal(signal.SIGINT)
-        output, _ = process.communicate(timeout=30)
+    with serving(env, http_port) as logged:
+        pass
+    output = logged[0]
     assert "Redis: redis://127.0.0.1:1/0" in output
     assert (
         f"Upstream: {fake_upstream.base_url} (auto, with PERSONA_UPSTREAM_API_KEY); "
