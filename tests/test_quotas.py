@@ -229,6 +229,22 @@ def sync_redis(proxy: RunningProxy) -> redis.Redis:
     return redis.Redis.from_url(proxy.settings.redis_url)
 
 
+@pytest.mark.parametrize("limited", [{"default": {"user_requests_per_minute": 50}}], indirect=True)
+def test_forget_removes_the_users_rate_log(limited: RunningProxy) -> None:
+    assert chat(limited, "bob|42").status_code == 200
+    key = "pm:{limits:tenant-a}:user:bob|42:rpm"
+    client = sync_redis(limited)
+    try:
+        assert client.exists(key) == 1
+        forgot = httpx.delete(
+            f"{limited.url}/admin/users/bob%7C42", headers=limited.admin_headers("tenant-a"), timeout=10
+        )
+        assert forgot.status_code == 200, forgot.text
+        assert client.exists(key) == 0
+    finally:
+        client.close()
+
+
 def test_usage_is_counted_in_both_apis_shapes() -> None:
     assert tokens_used({"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}) == 15
     assert tokens_used({"input_tokens": 7, "output_tokens": 3}) == 10

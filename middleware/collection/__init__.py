@@ -1,1 +1,1 @@
-"""Four-candidate preference collection: variants, pending comparisons, judgements, sessions."""
+"""Four-candidate preference collection: pending comparisons, judgements, best-only sessions."""

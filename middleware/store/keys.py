@@ -173,7 +173,7 @@ def rate_log(tenant: str) -> str:
 
 def user_rate_log(tenant: str, user: str) -> str:
     """The same per end user (only times, no content; it expires a minute after the last call)."""
-    return f"{_limits_tag(tenant)}:user:{user}:rpm"
+    return f"{_limits_tag(tenant)}:user:{escape_user(user)}:rpm"
 
 
 def in_flight(tenant: str) -> str:

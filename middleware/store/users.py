@@ -83,6 +83,7 @@ async def forget_user(redis: Redis, tenant: str, user: str) -> dict[str, Any]:
     for comparison_id in comparison_ids:
         pipe.delete(keys.comparison_owner(comparison_id))
     pipe.srem(keys.tenant_users(tenant), user)
+    pipe.delete(keys.user_rate_log(tenant, user))  # lives in the tenant's limits slot, not the user's
     for start in range(0, len(found), SCAN_COUNT):
         pipe.delete(*found[start : start + SCAN_COUNT])
     await fail_closed(pipe.execute())
