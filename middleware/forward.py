@@ -16,7 +16,7 @@ from yarl import URL
 
 from middleware.config import Settings
 from middleware.errors import UpstreamError, UpstreamTimeout
-from middleware.upstream import stream_error_event
+from middleware.upstream import body_chunks, stream_error_event
 
 HOP_BY_HOP = frozenset(
     {
@@ -139,10 +139,8 @@ async def relay_body(
 ) -> AsyncIterator[bytes]:
     """The upstream body as it arrives; a broken event stream ends with an error event."""
     try:
-        async for chunk in response.content.iter_any():
+        async for chunk in body_chunks(response):
             yield chunk
-    except (aiohttp.ClientError, TimeoutError) as exc:
+    except UpstreamError as exc:
         if sse_errors:
-            yield error_frame(UpstreamError(f"the upstream stream broke: {type(exc).__name__}"))
-    finally:
-        response.close()
+            yield error_frame(exc)

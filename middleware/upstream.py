@@ -254,16 +254,27 @@ class PassthroughUpstream:
 
     async def _relay(self, response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
         try:
-            async for chunk in response.content.iter_any():
+            async for chunk in body_chunks(response):
                 yield chunk
-        except (aiohttp.ServerTimeoutError, TimeoutError):
-            yield stream_error_event(UpstreamTimeout("the upstream stopped sending in time"))
-        except aiohttp.ClientError as exc:
-            yield stream_error_event(UpstreamError(f"the upstream stream broke: {type(exc).__name__}"))
-        finally:
-            # Closing (not releasing) drops the connection, so the upstream sees the abort at once
-            # when the client went away mid-stream.
-            response.close()
+        except UpstreamError as exc:
+            yield stream_error_event(exc)
+
+
+
+async def body_chunks(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+    """An upstream body as it arrives. A stalled or broken body raises UpstreamTimeout/UpstreamError.
+
+    The response is closed (not released) at the end: that drops the connection, so the upstream sees
+    the abort at once when the client went away mid-stream."""
+    try:
+        async for chunk in response.content.iter_any():
+            yield chunk
+    except (aiohttp.ServerTimeoutError, TimeoutError) as exc:
+        raise UpstreamTimeout("the upstream stopped sending in time") from exc
+    except aiohttp.ClientError as exc:
+        raise UpstreamError(f"the upstream stream broke: {type(exc).__name__}") from exc
+    finally:
+        response.close()
 
 
 class LitellmUpstream:

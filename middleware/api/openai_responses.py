@@ -14,7 +14,6 @@ import time
 from collections.abc import AsyncIterable, AsyncIterator
 from typing import Any
 
-import aiohttp
 import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
@@ -30,7 +29,6 @@ from middleware.errors import (
     NotFound,
     PersonaError,
     UpstreamError,
-    UpstreamTimeout,
     ValidationFailed,
 )
 from middleware.identity import end_user_id, tenant_for_app_key
@@ -46,6 +44,7 @@ from middleware.store.response_owners import ResponseOwner, ResponseOwners
 from middleware.upstream import (
     ClientDisconnected,
     PassthroughUpstream,
+    body_chunks,
     cancel_on_disconnect,
     monotonic_ms,
     relayed_headers,
@@ -148,7 +147,7 @@ async def create_response(request: Request) -> Response:
                 opened = await cancel_on_disconnect(request.receive, lean.open(body))
                 headers.update(relayed_headers(opened.headers))
                 chunks = _restored_events(
-                    services, _aiohttp_chunks(opened), owner, store, body.get("instructions")
+                    services, body_chunks(opened), owner, store, body.get("instructions")
                 )
                 metric.labels(ROUTE, mode, "stream").inc()
                 return StreamingResponse(chunks, media_type="text/event-stream", headers=headers)
@@ -175,18 +174,6 @@ async def create_response(request: Request) -> Response:
         await remember(services, response_id, owner)
     metric.labels(ROUTE, mode, "ok").inc()
     return Response(data, media_type="application/json", headers=headers)
-
-
-async def _aiohttp_chunks(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
-    try:
-        async for chunk in response.content.iter_any():
-            yield chunk
-    except (aiohttp.ServerTimeoutError, TimeoutError) as exc:
-        raise UpstreamTimeout("the upstream stopped sending in time") from exc
-    except aiohttp.ClientError as exc:
-        raise UpstreamError(f"the upstream stream broke: {type(exc).__name__}") from exc
-    finally:
-        response.close()
 
 
 async def _litellm_events(stream: Any) -> AsyncIterator[bytes]:
