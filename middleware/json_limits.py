@@ -36,8 +36,9 @@ class InvalidEncoding(InvalidRequest):
     code = "invalid_encoding"
 
 
-def check_body(raw: bytes, *, max_depth: int = MAX_DEPTH) -> None:
-    """Raise a 400 `InvalidRequest` unless `raw` is UTF-8 JSON within the depth and integer limits."""
+def check_body(raw: bytes, *, max_depth: int = MAX_DEPTH) -> Any:
+    """The decoded body; a 400 `InvalidRequest` unless `raw` is UTF-8 JSON within the depth and
+    integer limits."""
     try:
         value = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -54,6 +55,7 @@ def check_body(raw: bytes, *, max_depth: int = MAX_DEPTH) -> None:
     if len(raw) - len(raw.translate(None, _DIGITS)) >= 19 and _LONG_DIGITS.search(raw):
         # orjson reads integers beyond 64 bits as floats: the exact check reads every integer literal.
         json.loads(raw, parse_int=_checked_int)
+    return value
 
 
 def check_value(value: Any, *, max_depth: int = MAX_DEPTH) -> None:

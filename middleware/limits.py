@@ -20,6 +20,7 @@ from middleware.errors import PayloadTooLarge, PersonaError
 from middleware.json_limits import MAX_DEPTH, check_body
 
 Scope = dict[str, Any]
+PARSED_BODY = "parsed_json_body"  # the request state's name for the body this guard decoded
 Message = dict[str, Any]
 
 
@@ -72,7 +73,8 @@ class BodyGuard:
         body = b"".join(chunks)
         if body and json_body:
             try:
-                check_body(body, max_depth=self.max_depth)
+                # routes that read the raw body take the decoded value from here: one parse a request
+                scope.setdefault("state", {})[PARSED_BODY] = check_body(body, max_depth=self.max_depth)
             except PersonaError as error:
                 await _refuse(send, error, scope)
                 return

@@ -17,7 +17,7 @@ from fastapi.responses import Response
 
 from middleware.api.chat_schema import CHAT_REQUEST_SCHEMA, validate_chat_body
 from middleware.api.chatlike import Answer, answer
-from middleware.api.deps import parse_json
+from middleware.api.deps import json_body
 from middleware.api.sse import completion_events
 from middleware.candidates.variants import DEFAULT_VARIANTS
 from middleware.errors import InvalidRequest
@@ -56,7 +56,7 @@ async def chat_completions(request: Request) -> Response:
     services: Services = request.app.state.services
     settings = services.settings
     tenant, token_user = app_caller(request.headers, settings, services.user_tokens)
-    body = validate_chat_body(parse_json(await request.body()))
+    body = validate_chat_body(await json_body(request))
     user = end_user_id(request.headers, body)
     if token_user is not None:  # a user token acts for its own user only
         user = bind_user(token_user, user)

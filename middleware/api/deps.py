@@ -17,6 +17,7 @@ from middleware.identity import (
     tenant_for_admin,
     validate_user_id,
 )
+from middleware.limits import PARSED_BODY
 from middleware.services import Services
 
 
@@ -60,6 +61,15 @@ async def admin_tenant(request: Request, services: ServicesDep) -> str:
 
 AppTenant = Annotated[str, Depends(app_tenant)]
 AdminTenant = Annotated[str, Depends(admin_tenant)]
+
+
+async def json_body(request: Request) -> Any:
+    """The request's JSON body, decoded once: by the body guard (`limits.BodyGuard`) when it ran,
+    else here."""
+    state = request.scope.get("state") or {}
+    if PARSED_BODY in state:
+        return state.pop(PARSED_BODY)
+    return parse_json(await request.body())
 
 
 def parse_json(raw: bytes) -> Any:

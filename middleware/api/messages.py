@@ -19,7 +19,7 @@ from fastapi.responses import Response, StreamingResponse
 from middleware.api.chat import MODE_HEADER, persona_mode
 from middleware.api.chat_schema import FORBIDDEN_FIELDS
 from middleware.api.chatlike import persona_headers
-from middleware.api.deps import parse_json
+from middleware.api.deps import json_body
 from middleware.api.raw import forwarder, relayed_response
 from middleware.api.responses import JSONBytes
 from middleware.errors import (
@@ -101,7 +101,7 @@ async def _create_message(request: Request) -> Response:
     services: Services = request.app.state.services
     settings = services.settings
     tenant = tenant_for_app_key(request.headers, settings)
-    body = validate_messages_body(parse_json(await request.body()))
+    body = validate_messages_body(await json_body(request))
     user = end_user_id(request.headers, body)
     mode = persona_mode(request)
     if mode == "rerank":

@@ -21,7 +21,7 @@ from fastapi.responses import Response, StreamingResponse
 from middleware.api.chat import MODE_HEADER, persona_mode
 from middleware.api.chat_schema import FORBIDDEN_FIELDS
 from middleware.api.chatlike import persona_headers
-from middleware.api.deps import parse_json
+from middleware.api.deps import json_body
 from middleware.api.passthrough import forward
 from middleware.errors import (
     ForbiddenField,
@@ -110,7 +110,7 @@ async def create_response(request: Request) -> Response:
     started = time.perf_counter()
     services: Services = request.app.state.services
     tenant = tenant_for_app_key(request.headers, services.settings)
-    body = validate_responses_body(parse_json(await request.body()))
+    body = validate_responses_body(await json_body(request))
     user = end_user_id(request.headers, body)
     mode = persona_mode(request)
     if mode == "rerank":
