@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 
-from middleware.evaluation.data import load_pairs_by_user
+from middleware.preferences.formats import load_pairs_by_user
 from middleware.models import Message, PreferencePair
 from middleware.rerank.lora import LoraRewardModel, TextEncoder, context_text
 

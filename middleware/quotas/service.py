@@ -1,4 +1,4 @@
-"""Admitting calls against the tenant's limits (policy.py) and counting the tokens they used.
+"""Admitting calls against the tenant's limits (middleware/quota_policy.py) and counting the tokens they used.
 
 Every way to make upstream calls goes through `admit` with its cost in upstream calls: a chat call
 costs 1, a rerank or a comparison one per variant, a trial one per answer it generates, and each LLM
@@ -23,7 +23,7 @@ from middleware.config import Settings
 from middleware.errors import InvalidRequest, RateLimited
 from middleware.metrics import Metrics
 from middleware.personalize.service import ActivePersona, Personalizer
-from middleware.quotas.policy import LimitsTable, TenantLimits
+from middleware.quota_policy import LimitsTable, TenantLimits
 from middleware.quotas.usage import StreamUsage, tokens_in_body, tokens_used
 from middleware.store.guard import STORE_ERRORS
 from middleware.store.ratelimits import REASONS, RateLimitStore
