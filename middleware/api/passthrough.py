@@ -103,7 +103,6 @@ for _resource in DIRECT:
 
 @router.api_route("/v1/{path:path}", methods=METHODS, include_in_schema=False)
 async def passthrough(path: str, request: Request) -> Response:
-    services: Services = request.app.state.services
     first = path.split("/", 1)[0]
     if first in OWN_RESOURCES or path == "chat/completions":
         raise PersonaError(
