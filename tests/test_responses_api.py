@@ -285,10 +285,12 @@ def test_other_provider_prefixes_go_through_litellms_bridge(
     sent = fake_upstream.requests[-1]
     assert sent.path.endswith(wire_path), sent.path
     upstream_body = json.dumps(sent.body)
-    assert upstream_body.count(PERSONA_MARK) == 1 and upstream_body.index("Sys.") < upstream_body.index(PERSONA_MARK)
+    assert upstream_body.count(PERSONA_MARK) == 1
+    assert upstream_body.index("Sys.") < upstream_body.index(PERSONA_MARK)
 
     events = list(api.responses.create(model=model, input="and stream", stream=True, user="lee"))
     assert fake_upstream.requests[-1].path.endswith(wire_path)
     assert events[-1].type == "response.completed"
     assert PERSONA_MARK not in json.dumps([e.model_dump() for e in events])
-    assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == "fake answer to: and stream"
+    deltas = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert deltas == "fake answer to: and stream"
