@@ -149,6 +149,7 @@ def api_table(upstream: str, proxies: dict[str, str], runs: int, seconds: float,
     rps: dict[tuple[str, str], list[float]] = {case: [] for case in cases}
     # CPU time of the proxy process per request under load: steadier than req/s on a shared machine.
     cpu_ms: dict[tuple[str, str], list[float]] = {case: [] for case in cases}
+    p99: dict[tuple[str, str], list[float]] = {case: [] for case in cases}  # at c=`connections`
     for proxy in proxies.values():
         for _, path, body in APIS:
             h.wrk(f"{proxy}/v1{path}", body, connections=connections, seconds=1)  # warm-up
@@ -164,6 +165,7 @@ def api_table(upstream: str, proxies: dict[str, str], runs: int, seconds: float,
                 if loaded["non_2xx"]:
                     raise SystemExit(f"{name} {label}: {loaded['non_2xx']:.0f} non-2xx answers")
                 rps[name, label].append(loaded["rps"])
+                p99[name, label].append(loaded["p99_ms"])
                 requests = loaded["rps"] * max(1, round(seconds))
                 cpu_ms[name, label].append((h.cpu_seconds(pid) - cpu_before) * 1000.0 / max(requests, 1.0))
     for name in proxies:
@@ -171,13 +173,14 @@ def api_table(upstream: str, proxies: dict[str, str], runs: int, seconds: float,
         print(f"\nAPIs{title}, {runs} runs (median, spread min-max)")
         print(
             f"{'route':<28}{'added p50 c=1 ms':>18}{'spread':>16}{f'req/s c={connections}':>14}{'spread':>14}"
-            f"{'proxy CPU ms/req':>18}{'spread':>14}"
+            f"{'proxy CPU ms/req':>18}{'spread':>14}{f'p99 c={connections} ms':>16}{'spread':>16}"
         )
         for label, _, _ in APIS:
-            a, r, c = added[name, label], rps[name, label], cpu_ms[name, label]
+            a, r, c, t = added[name, label], rps[name, label], cpu_ms[name, label], p99[name, label]
             print(
                 f"{label:<28}{statistics.median(a):>18.3f}{spread(a):>16}{statistics.median(r):>14.0f}"
                 f"{f'{min(r):.0f}-{max(r):.0f}':>14}{statistics.median(c):>18.3f}{spread(c):>14}"
+                f"{statistics.median(t):>16.2f}{spread(t):>16}"
             )
         for label, base in (
             ("responses", "chat completions"),

@@ -31,6 +31,7 @@ from middleware.api import (
     users,
 )
 from middleware.api.docs import install_docs, openapi_url
+from middleware.api.fast_path import LeanApp
 from middleware.api.paths import PathNormalizer
 from middleware.api.responses import JSONBytes
 from middleware.config import Settings
@@ -55,7 +56,8 @@ def create_app(settings: Settings) -> FastAPI:
         finally:
             await services.close()
 
-    app = FastAPI(
+    # The chat-like POST routes skip FastAPI's routing and dependency layers (api/fast_path.py).
+    app = LeanApp(
         title="persona-middleware",
         version=__version__,
         lifespan=lifespan,
