@@ -2,7 +2,24 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+
+class Children:
+    """The children of a labelled metric, each looked up once: `.labels()` validates its values and
+    takes a lock on every call, which the busiest routes would pay on every request."""
+
+    def __init__(self, metric: Any) -> None:
+        self._metric = metric
+        self._children: dict[tuple[str, ...], Any] = {}
+
+    def __call__(self, *values: str) -> Any:
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = self._metric.labels(*values)
+        return child
 
 
 class Metrics:
@@ -20,6 +37,9 @@ class Metrics:
             ["route", "mode", "outcome"],
             registry=self.registry,
         )
+        # The chat-like routes' counts by (mode, outcome) and (route, mode, outcome): few, fixed values.
+        self.chat_calls = Children(self.chat_requests)
+        self.route_calls = Children(self.route_requests)
         self.persona_injected = Counter(
             "persona_injected", "Chat calls that carried a persona", registry=self.registry
         )

@@ -160,9 +160,9 @@ async def answer(
 
     def count(outcome: str) -> None:
         if framing.metric_route is None:
-            metrics.chat_requests.labels(call.mode, outcome).inc()
+            metrics.chat_calls(call.mode, outcome).inc()
         else:
-            metrics.route_requests.labels(framing.metric_route, call.mode, outcome).inc()
+            metrics.route_calls(framing.metric_route, call.mode, outcome).inc()
 
     try:
         result = await cancel_on_disconnect(request.receive, work)
