@@ -200,6 +200,36 @@ def api_table(upstream: str, proxies: dict[str, str], runs: int, seconds: float,
         )
 
 
+def ttfb_against(root: Path, runs: int) -> None:
+    """Stream time to first byte added at c=1 (chat completions, Responses), the baseline checkout at
+    `root` and this one alternating, behind an upstream whose first chunk comes after a fixed delay."""
+    import side_by_side
+    import ttfb
+
+    with (
+        h.redis() as redis,
+        h.fake_upstream(delay_ms=side_by_side.STREAM_DELAY_MS) as slow,
+        h.proxy(redis.url, slow, root=root) as before,
+        h.proxy(redis.url, slow) as proxy,
+    ):
+        h.put_persona(proxy, "bench-user", PERSONA, [EXEMPLAR, EXEMPLAR])
+        proxies = {"baseline": before, "this checkout": proxy}
+        print(f"\nstream time to first byte added at c=1, {runs} runs (median, spread min-max)")
+        for label, path, body in (APIS[1], APIS[3]):
+            added: dict[str, list[float]] = {name: [] for name in proxies}
+            for _ in range(runs):
+                for name, url in proxies.items():
+                    added[name] += ttfb.added_ttfb(
+                        f"{slow}{path}", f"{url}/v1{path}", body, runs=1, count=100
+                    )
+            print(
+                f"{label:<28}"
+                + "".join(
+                    f"{name}: {statistics.median(a):.3f} ms ({spread(a)})   " for name, a in added.items()
+                )
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=5)
@@ -251,6 +281,7 @@ def main() -> None:
                 args.seconds,
                 args.connections,
             )
+        ttfb_against(args.against.resolve(), args.runs)
         return
     with h.redis() as redis, h.fake_upstream() as upstream, h.proxy(redis.url, upstream) as proxy:
         h.put_persona(proxy, "bench-user", PERSONA, [EXEMPLAR, EXEMPLAR])
