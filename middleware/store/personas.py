@@ -18,6 +18,7 @@ from redis.asyncio import Redis
 from middleware.errors import NotFound
 from middleware.models import Persona, PreferencePair
 from middleware.store import keys
+from middleware.store.durable import Replication
 from middleware.store.guard import STORE_ERRORS, fail_closed
 
 log = logging.getLogger("middleware.store")
@@ -44,10 +45,28 @@ end
 return 0
 """
 
+# KEYS: version, versions set, current. ARGV: blob, version number. A new version, made current at
+# once (one script: the keys share the user's hash slot, so this is atomic on a cluster too).
+_SAVE_VERSION = """
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[2])
+redis.call('SET', KEYS[3], ARGV[1])
+return 1
+"""
+
 
 class PersonaStore:
-    def __init__(self, redis: Redis, *, read_timeout_s: float = 0.05, breaker_s: float = 0.5) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        read_timeout_s: float = 0.05,
+        breaker_s: float = 0.5,
+        replication: Replication | None = None,
+    ) -> None:
         self._redis = redis
+        self._replication = replication or Replication()
+        self._save_version = redis.register_script(_SAVE_VERSION)
         self._read_timeout_s = read_timeout_s
         self._breaker_s = breaker_s
         self._open_until = 0.0
@@ -118,7 +137,7 @@ class PersonaStore:
         exemplars: list[PreferencePair],
         provenance: dict[str, Any] | None = None,
     ) -> Persona:
-        """Store a new version and make it current in one transaction."""
+        """Store a new version and make it current in one step (replicated, see `Replication`)."""
         version = int(await fail_closed(self._redis.incr(keys.persona_seq(tenant, user))))
         persona = Persona(
             text=text,
@@ -129,12 +148,14 @@ class PersonaStore:
             created_at=datetime.now(UTC).isoformat(),
         )
         blob = persona.model_dump_json().encode()
-        pipe = self._redis.pipeline(transaction=True)
-        pipe.set(keys.persona_version(tenant, user, version), blob)
-        pipe.zadd(keys.persona_versions(tenant, user), {str(version): version})
-        pipe.set(keys.persona_current(tenant, user), blob)
-        pipe.sadd(keys.tenant_users(tenant), user)
-        await fail_closed(pipe.execute())
+        version_keys = [
+            keys.persona_version(tenant, user, version),
+            keys.persona_versions(tenant, user),
+            keys.persona_current(tenant, user),
+        ]
+        await self._replication.script(self._redis, self._save_version, version_keys, [blob, version])
+        # The tenant's index lives in another slot: a second command, after the user's data.
+        await fail_closed(self._redis.sadd(keys.tenant_users(tenant), user))
         return persona
 
     async def rollback(self, tenant: str, user: str, version: int) -> Persona:
@@ -147,4 +168,3 @@ class PersonaStore:
     async def clear_current(self, tenant: str, user: str) -> bool:
         """Switch personalization off for the user; stored versions stay for rollback."""
         return bool(await fail_closed(self._redis.delete(keys.persona_current(tenant, user))))
-

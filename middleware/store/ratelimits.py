@@ -150,7 +150,8 @@ class RateLimitStore:
         # one more round trip on every call. The script is loaded once, when Redis says it lacks it.
         for attempt in (1, 2):
             pipe = self._redis.pipeline(transaction=False)
-            pipe.evalsha(self._admit.sha, len(call[0]), *call[0], *call[1])
+            # execute_command: redis-py's cluster pipeline blocks its evalsha() method, not the command
+            pipe.execute_command("EVALSHA", self._admit.sha, len(call[0]), *call[0], *call[1])
             pipe.get(keys.persona_current(tenant, user))
             try:
                 (reason, wait_ms), blob = await pipe.execute()
