@@ -35,6 +35,7 @@ from tests.support.fake_upstream import FakeUpstream
 from tests.support.proxy import APP_KEY_A, app_client, start_proxy
 from tests.support.redis_topologies import LocalCluster
 
+pytestmark = pytest.mark.topology
 T = "tenant-a"
 USERS = [f"user-{i}" for i in range(12)]
 
