@@ -9,6 +9,11 @@ evaluation runs) must visit every master to pass.
 from __future__ import annotations
 
 import asyncio
+import os
+import random
+import socket
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -33,8 +38,10 @@ from tests.jobs_support import drain, job_settings, store_services
 from tests.support.dropin import PERSONA_MARK, give_persona
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.proxy import APP_KEY_A, app_client, start_proxy
+from tests.support.redis_server import _free_port
 from tests.support.redis_topologies import LocalCluster
 
+ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.topology
 T = "tenant-a"
 USERS = [f"user-{i}" for i in range(12)]
@@ -260,3 +267,40 @@ async def test_a_password_protected_cluster(fake_upstream: FakeUpstream) -> None
         await wrong.aclose()
     finally:
         cluster.stop()
+
+
+def _free_block() -> int:
+    """A base port whose neighbours the example uses (base..base+20, base+100..base+105) are free."""
+    for _ in range(50):
+        base = random.randrange(20_000, 30_000)
+        wanted = [*range(base, base + 21), *range(base + 100, base + 106)]
+        if all(_bindable(p) for p in wanted):
+            return base
+    raise RuntimeError("no free block of ports")
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def test_the_cluster_example_runs_as_written() -> None:
+    """examples/cluster_local.sh: a cluster, a queue Redis, two proxies and a worker; a persona written
+    through one proxy is used by the other."""
+    env = {
+        **os.environ,
+        "BASE_PORT": str(_free_block()),
+        "PROXY_1_PORT": str(_free_port()),
+        "PROXY_2_PORT": str(_free_port()),
+    }
+    env.pop("PERSONA_UPSTREAM_API_BASE", None)
+    done = subprocess.run(
+        ["bash", str(ROOT / "examples" / "cluster_local.sh"), "--check"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=150,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "x-persona-version 1" in done.stdout and done.stdout.rstrip().endswith("ok")
