@@ -39,7 +39,7 @@ from tests.support.dropin import PERSONA_MARK, give_persona
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.proxy import APP_KEY_A, app_client, start_proxy
 from tests.support.redis_server import _free_port
-from tests.support.redis_topologies import LocalCluster
+from tests.support.redis_topologies import LocalCluster, make_certificates
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.topology
@@ -265,6 +265,30 @@ async def test_a_password_protected_cluster(fake_upstream: FakeUpstream) -> None
         with pytest.raises(STORE_ERRORS):
             await asyncio.wait_for(wrong.get("k"), 5)
         await wrong.aclose()
+    finally:
+        cluster.stop()
+
+
+async def test_a_cluster_over_tls(tmp_path: Path) -> None:
+    """rediss+cluster:// with the CA in the URL: every node is reached over TLS (the plain ports are
+    never named), and a client that does not trust the CA is refused."""
+    cluster = LocalCluster(tls=make_certificates(tmp_path)).start()
+    try:
+        settings = Settings(
+            redis_url=cluster.tls_url, jobs_redis_url="redis://127.0.0.1:1/0", embedded_redis=False
+        )
+        r = create_redis(settings)
+        for user in USERS:
+            await r.set(keys.persona_current(T, user), user.encode())
+        assert [await r.get(keys.persona_current(T, u)) for u in USERS] == [u.encode() for u in USERS]
+        assert {node.port for node in r.get_nodes()} <= set(cluster.tls_ports)  # type: ignore[attr-defined]
+        await r.aclose()
+        untrusted = create_redis(
+            Settings(redis_url=cluster.tls_url.split("?")[0], jobs_redis_url=settings.jobs_redis_url)
+        )
+        with pytest.raises(STORE_ERRORS):
+            await asyncio.wait_for(untrusted.get("k"), 10)
+        await untrusted.aclose()
     finally:
         cluster.stop()
 

@@ -13,6 +13,10 @@ Each test takes well under a minute; they run in CI with the rest of the suite.
 
 from __future__ import annotations
 
+import asyncio
+import faulthandler
+from collections.abc import Iterator
+
 import pytest
 
 from tests.support.failover import cluster_kill, drill, sentinel_kill
@@ -21,6 +25,18 @@ from tests.support.redis_topologies import LocalCluster, SentinelGroup
 
 pytestmark = [pytest.mark.topology, pytest.mark.slow]
 PERSONA_BACK_WITHIN_S = 15.0
+DRILL_LIMIT_S = 120.0  # a drill takes 20-40 s; past this it failed (it never holds CI up)
+
+
+@pytest.fixture(autouse=True)
+def stacks_if_stuck() -> Iterator[None]:
+    """Print every thread's stack should a drill outlive its limit by far (a blocking call that
+    asyncio.wait_for cannot interrupt), so a CI log says where."""
+    faulthandler.dump_traceback_later(DRILL_LIMIT_S + 60, exit=False)
+    try:
+        yield
+    finally:
+        faulthandler.cancel_dump_traceback_later()
 
 
 def check_promises(figures_summary: dict[str, object], refused: int, other: list[int]) -> None:
@@ -39,17 +55,21 @@ async def test_a_cluster_master_killed_under_load(
     fresh_cluster: LocalCluster, redis_url: str, fake_upstream: FakeUpstream
 ) -> None:
     kill, restart = cluster_kill(fresh_cluster)
-    figures = await drill("cluster", fresh_cluster.url, redis_url, fake_upstream, kill, restart)
+    figures = await asyncio.wait_for(
+        drill("cluster", fresh_cluster.url, redis_url, fake_upstream, kill, restart), DRILL_LIMIT_S
+    )
     print(figures.summary())
     check_promises(figures.summary(), figures.writes_refused, figures.writes_other)
 
 
 async def test_a_sentinel_master_killed_under_load(
-    fresh_sentinel_group: SentinelGroup, fake_upstream: FakeUpstream
+    fresh_sentinel_group: SentinelGroup, redis_url: str, fake_upstream: FakeUpstream
 ) -> None:
-    """The job queue runs on the same Sentinel group here (arq through the Sentinel client)."""
+    """The data on a Sentinel group, the job queue on a server beside it (as with a cluster)."""
     kill, restart = sentinel_kill(fresh_sentinel_group)
     url = fresh_sentinel_group.url
-    figures = await drill("sentinel", url, "", fake_upstream, kill, restart)
+    figures = await asyncio.wait_for(
+        drill("sentinel", url, redis_url, fake_upstream, kill, restart), DRILL_LIMIT_S
+    )
     print(figures.summary())
     check_promises(figures.summary(), figures.writes_refused, figures.writes_other)

@@ -227,7 +227,7 @@ async def drill(
             await admin.aclose()
             worker_task.cancel()
             await asyncio.gather(worker_task, return_exceptions=True)
-            await worker.close()
+            await asyncio.wait_for(worker.close(), 15)
     return figures
 
 

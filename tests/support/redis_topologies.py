@@ -61,8 +61,18 @@ def _replica_online(master: RedisServer, password: str | None = None) -> bool:
 class LocalCluster:
     """Six `redis-server --cluster-enabled yes` nodes joined by `redis-cli --cluster create`."""
 
-    def __init__(self, masters: int = 3, replicas_per_master: int = 1, password: str | None = None) -> None:
+    def __init__(
+        self,
+        masters: int = 3,
+        replicas_per_master: int = 1,
+        password: str | None = None,
+        tls: Path | None = None,
+    ) -> None:
+        """`tls`: a folder with ca.crt, server.crt and server.key (see `make_certificates`); each node
+        then also listens with TLS (its bus and replication too), beside its plain port."""
         self.password = password
+        self.tls = tls
+        self.tls_ports: list[int] = []
         self.count = masters * (1 + replicas_per_master)
         self.replicas_per_master = replicas_per_master
         self.nodes: list[RedisServer] = []
@@ -71,7 +81,19 @@ class LocalCluster:
     def url(self) -> str:
         return "redis+cluster://" + ",".join(f"{n.host}:{n.port}" for n in self.nodes[:3])
 
+    @property
+    def tls_url(self) -> str:
+        hosts = ",".join(f"127.0.0.1:{port}" for port in self.tls_ports[:3])
+        return f"rediss+cluster://{hosts}?ssl_ca_certs={self.tls}/ca.crt"
+
     def start(self) -> LocalCluster:
+        try:
+            return self._start()
+        except BaseException:
+            self.stop()  # no node outlives a failed start
+            raise
+
+    def _start(self) -> LocalCluster:
         cli = shutil.which("redis-cli") or str(Path(find_redis_server()).with_name("redis-cli"))
         for _ in range(self.count):
             extra = [
@@ -82,6 +104,13 @@ class LocalCluster:
                 "--cluster-port", str(_free_port()),
                 *FAST_SYNC,
             ]  # fmt: skip
+            if self.tls is not None:
+                self.tls_ports.append(_free_port())
+                extra += [
+                    "--tls-port", str(self.tls_ports[-1]), "--tls-cluster", "yes", "--tls-replication", "yes",
+                    "--tls-cert-file", str(self.tls / "server.crt"), "--tls-key-file", str(self.tls / "server.key"),
+                    "--tls-ca-cert-file", str(self.tls / "ca.crt"), "--tls-auth-clients", "no",
+                ]  # fmt: skip
             node = RedisServer(extra_args=extra).start()
             self.nodes.append(node)
             if self.password:  # set once up (the readiness check pings without a password)
@@ -145,6 +174,45 @@ class LocalCluster:
             node.stop()
 
 
+def make_certificates(folder: Path) -> Path:
+    """A throw-away CA and a server certificate for 127.0.0.1 (openssl), in `folder`."""
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True, timeout=60)
+
+    run(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=persona-test-ca",
+    )
+    run(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    )
+    (folder / "ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    run("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+        "-out", "server.crt", "-days", "2", "-extfile", "ext")  # fmt: skip
+    return folder
+
+
 class Sentinel:
     """One `redis-server --sentinel` process with its own config file."""
 
@@ -191,11 +259,20 @@ class SentinelGroup:
         return f"redis+sentinel://{hosts}/{self.master_name}"
 
     def start(self) -> SentinelGroup:
+        try:
+            return self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> SentinelGroup:
         master = RedisServer(extra_args=FAST_SYNC).start()
+        self.servers.append(master)
         replica = RedisServer(extra_args=["--replicaof", master.host, str(master.port), *FAST_SYNC]).start()
-        self.servers = [master, replica]
+        self.servers.append(replica)
         wait_for(lambda: _replica_online(master), 20, "the replica's first copy")
-        self.sentinels = [Sentinel(master.port, self.master_name, self.down_after_ms) for _ in range(3)]
+        for _ in range(3):
+            self.sentinels.append(Sentinel(master.port, self.master_name, self.down_after_ms))
         wait_for(self._sentinels_agree, 20, "the sentinels to see each other and the replica")
         return self
 
