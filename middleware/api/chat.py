@@ -25,7 +25,7 @@ from middleware.identity import app_caller, bind_user, end_user_id
 from middleware.personalize.block import place_persona
 from middleware.personalize.service import ActivePersona
 from middleware.rerank.hookspec import EndUser
-from middleware.rerank.mode import Reranked, rerank
+from middleware.rerank.mode import Metering, Reranked, rerank
 from middleware.rerank.registry import require_enabled
 from middleware.services import Services
 
@@ -94,7 +94,8 @@ async def chat_completions(request: Request) -> Response:
 
         async def reranked() -> Answer:
             result = await rerank(
-                reranker, reranker_name, upstream, body, block=block, end_user=end_user, metrics=services.metrics
+                reranker, reranker_name, upstream, body, block=block, end_user=end_user, metrics=services.metrics,
+                metering=Metering(quotas, tenant, user),  # the scorer's own upstream calls count too
             )
             await quotas.add_usage(tenant, *(c.completion.get("usage") for c in result.candidates if c.completion))
             return reranked_answer(result, body, details=show_details)

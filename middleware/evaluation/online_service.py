@@ -34,6 +34,7 @@ from middleware.evaluation import online
 from middleware.idempotency import keyed_id
 from middleware.models import Persona
 from middleware.personalize.service import Personalizer
+from middleware.quotas.service import Quotas
 from middleware.store.evaluations import EvaluationStore
 from middleware.store.personas import PersonaStore
 from middleware.upstream import UpstreamRouter
@@ -87,8 +88,10 @@ class EvaluationService:
         personas: PersonaStore,
         personalizer: Personalizer,
         upstreams: UpstreamRouter,
+        quotas: Quotas | None = None,
     ) -> None:
         self.store = store
+        self._quotas = quotas
         self._persona_store = personas
         self._personalizer = personalizer
         self._upstreams = upstreams
@@ -234,6 +237,9 @@ class EvaluationService:
             [Plan(block=blocks[condition]) for condition in online.CONDITIONS],
             require_text=True,
         )
+        if self._quotas is not None:  # every answer's tokens count, a failed trial's too
+            usages = [c.completion.get("usage") for c in candidates if c.completion]
+            await self._quotas.add_usage(tenant, *usages)
         for candidate in candidates:
             if candidate.error is not None:
                 raise candidate.error
