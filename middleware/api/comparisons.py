@@ -81,6 +81,7 @@ async def create_comparison(
         request_hash = fingerprint({**asked, "persona": body.persona and not off})
         stored = await service.replay(tenant, user, key, request_hash)
         if stored is not None:  # a retry: what the first attempt stored, no new upstream call
+            await services.quotas.keep_comparison(tenant, user, stored["id"], stored["expires_at"])
             if body.stream:
                 return StreamingResponse(_replayed(stored), media_type="application/x-ndjson")
             return JSONBytes(stored)
