@@ -187,8 +187,9 @@ def test_stalled_comparisons_and_trials_are_stored_once_after_retries_with_their
     assert comparison_ids(fresh_redis.url, "tenant-a", "alice") == sorted(r.json()["id"] for r in created)
     assert len({r.json()["id"] for r in created}) == 4
     # and each counts once against the user's pending comparisons (max_pending_comparisons)
-    pending = redis.Redis.from_url(fresh_redis.url).zrange(keys.pending_comparisons("tenant-a", "alice"), 0, -1)
-    assert sorted(p.decode() for p in cast(list[bytes], pending)) == sorted(r.json()["id"] for r in created)
+    with redis.Redis.from_url(fresh_redis.url) as client:
+        pending = cast(list[bytes], client.zrange(keys.pending_comparisons("tenant-a", "alice"), 0, -1))
+    assert sorted(p.decode() for p in pending) == sorted(r.json()["id"] for r in created)
     trial_ids = sorted(t.json()["id"] for t in trials)
     assert sorted(listed_trials(fresh_redis.url, "tenant-a", run_id)) == trial_ids
 
