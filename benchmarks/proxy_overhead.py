@@ -7,6 +7,11 @@ alternating, and the median is reported.
     .venv/bin/python benchmarks/proxy_overhead.py [--runs 5] [--seconds 6] [--connections 16]
     .venv/bin/python benchmarks/proxy_overhead.py --limits [--runs 5] [--seconds 6]
 
+`--segments BASELINE_SRC` measures the persona resolution (own > segment > tenant > none) at c=1,
+limits on: this checkout's proxy (a user with their own persona, a user with a segment persona)
+against the proxy of BASELINE_SRC (e.g. a checkout of the commit before segments) in the same run;
+target <= 0.2 ms p50 added.
+
 `--limits` measures what quotas cost instead: the same proxy with PERSONA_LIMITS unset and with every
 rate limit on (high enough never to refuse), at c=1, alternating; target <= 0.1 ms p50 added.
 
@@ -107,9 +112,13 @@ def limits_cost(runs: int, seconds: float) -> None:
     print(f"{runs} runs x {seconds:.0f} s at c=1, wrk -t1, median of runs; non-2xx responses: {errors:.0f}")
     print(f"{'path':<28}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}")
     for name, rs in results.items():
-        print(f"{'proxy + persona, ' + name:<28}{median(rs, 'rps'):>10.0f}{median(rs, 'p50_ms'):>10.3f}{median(rs, 'p99_ms'):>10.3f}")
+        print(
+            f"{'proxy + persona, ' + name:<28}{median(rs, 'rps'):>10.0f}{median(rs, 'p50_ms'):>10.3f}{median(rs, 'p99_ms'):>10.3f}"
+        )
     added = median(results["limits on"], "p50_ms") - median(results["limits off"], "p50_ms")
-    print(f"added p50 with limits on, c=1 (wrk): {added:.3f} ms ({'met' if added <= 0.1 else 'NOT met'}: <= 0.1 ms)")
+    print(
+        f"added p50 with limits on, c=1 (wrk): {added:.3f} ms ({'met' if added <= 0.1 else 'NOT met'}: <= 0.1 ms)"
+    )
     # The proxy's own measure of the time before forwarding (x-persona-overhead-ms), which holds the
     # quota check and persona read round trip and none of the client's or upstream's time.
     own = {name: statistics.median(values) for name, values in overhead.items()}
@@ -120,12 +129,67 @@ def limits_cost(runs: int, seconds: float) -> None:
     )
 
 
-def reported_overhead(url: str, count: int) -> list[float]:
+def reported_overhead(url: str, count: int, body: dict[str, object] = BODY) -> list[float]:
     """x-persona-overhead-ms of `count` sequential calls."""
     with httpx.Client(headers={"Authorization": f"Bearer {h.APP_KEY}"}, timeout=10) as client:
-        return [
-            float(client.post(url, json=BODY).headers["x-persona-overhead-ms"]) for _ in range(count)
-        ]
+        return [float(client.post(url, json=body).headers["x-persona-overhead-ms"]) for _ in range(count)]
+
+
+SEGMENT_BODY = {**BODY, "user": "bench-segment-user"}
+
+
+def segments_cost(runs: int, seconds: float, baseline_src: Path) -> None:
+    """The persona resolution (own > segment > tenant > none, docs/ARCHITECTURE.md "Segments") at
+    c=1 with every limit on, against `baseline_src`'s proxy (a checkout without segments, reading only
+    the user's own persona) in the same run, alternating; target <= 0.2 ms p50 added."""
+    limits = json.dumps(LIMITS_ON)
+    admin = {"Authorization": f"Bearer {h.ADMIN_KEY}", "X-Persona-Tenant": "bench"}
+    with (
+        h.redis() as redis,
+        h.fake_upstream() as upstream,
+        h.proxy(redis.url, upstream, src=baseline_src, limits=limits) as before,
+        h.proxy(redis.url, upstream, limits=limits) as after,
+    ):
+        h.put_persona(after, "bench-user", PERSONA, [EXEMPLAR, EXEMPLAR])
+        httpx.put(
+            f"{after}/admin/segments/bench-seg", json={"persona": PERSONA}, headers=admin
+        ).raise_for_status()
+        httpx.put(
+            f"{after}/admin/users/bench-segment-user/segment", json={"segment": "bench-seg"}, headers=admin
+        ).raise_for_status()
+        httpx.put(f"{after}/admin/tenant/persona", json={"text": PERSONA}, headers=admin).raise_for_status()
+        cases = {
+            "before: own persona": (f"{before}/v1/chat/completions", BODY),
+            "after: own persona": (f"{after}/v1/chat/completions", BODY),
+            "after: segment persona": (f"{after}/v1/chat/completions", SEGMENT_BODY),
+        }
+        for url, body in cases.values():
+            h.wrk(url, body, connections=1, seconds=2)  # warm-up
+        results: dict[str, list[dict[str, float]]] = {name: [] for name in cases}
+        overhead: dict[str, list[float]] = {name: [] for name in cases}
+        for _ in range(runs):
+            for name, (url, body) in cases.items():
+                results[name].append(h.wrk(url, body, connections=1, seconds=seconds))
+                overhead[name] += reported_overhead(url, 300, body)
+    errors = sum(r["non_2xx"] for rs in results.values() for r in rs)
+    print(f"{runs} runs x {seconds:.0f} s at c=1, limits on, wrk -t1; non-2xx responses: {errors:.0f}")
+    print(f"baseline: {baseline_src}")
+    print(f"{'case':<26}{'req/s':>9}{'p50 ms':>9}{'spread':>14}{'p99 ms':>9}{'own ms':>9}")
+    for name, rs in results.items():
+        p50s = [r["p50_ms"] for r in rs]
+        print(
+            f"{name:<26}{median(rs, 'rps'):>9.0f}{statistics.median(p50s):>9.3f}{spread(p50s):>14}"
+            f"{median(rs, 'p99_ms'):>9.3f}{statistics.median(overhead[name]):>9.3f}"
+        )
+    base = median(results["before: own persona"], "p50_ms")
+    base_own = statistics.median(overhead["before: own persona"])
+    for name in ("after: own persona", "after: segment persona"):
+        added = median(results[name], "p50_ms") - base
+        added_own = statistics.median(overhead[name]) - base_own
+        verdict = "met" if added <= 0.2 else "NOT met"
+        print(
+            f"{name}: added p50 {added:.3f} ms (wrk), {added_own:.3f} ms (x-persona-overhead-ms); {verdict}: <= 0.2"
+        )
 
 
 def spread(values: list[float]) -> str:
@@ -173,7 +237,9 @@ def api_table(upstream: str, proxy: str, runs: int, seconds: float, connections:
             f"({'met' if max(ratio, by_cpu) >= 0.9 else 'NOT met'}: >= 0.9)"
         )
     passthrough = statistics.median(added["embeddings (pass-through)"])
-    print(f"pass-through added p50 at c=1: {passthrough:.3f} ms ({'met' if passthrough <= 0.5 else 'NOT met'}: <= 0.5)")
+    print(
+        f"pass-through added p50 at c=1: {passthrough:.3f} ms ({'met' if passthrough <= 0.5 else 'NOT met'}: <= 0.5)"
+    )
 
 
 def main() -> None:
@@ -184,7 +250,13 @@ def main() -> None:
     parser.add_argument("--paced-rate", type=float, default=1000.0, help="req/s offered in the paced run")
     parser.add_argument("--limits", action="store_true", help="measure the cost of quotas (c=1)")
     parser.add_argument("--apis-only", action="store_true", help="only the table of APIs beside chat")
+    parser.add_argument(
+        "--segments", type=Path, metavar="BASELINE_SRC", help="cost of the persona resolution vs a checkout"
+    )
     args = parser.parse_args()
+    if args.segments:
+        segments_cost(args.runs, args.seconds, args.segments)
+        return
     if args.limits:
         limits_cost(args.runs, args.seconds)
         return
@@ -243,9 +315,11 @@ def main() -> None:
     )
     throughput_ok = median(results["proxy"], "rps") >= 1000
     print(f"throughput >= 1000 req/s with persona: {'met' if throughput_ok else 'NOT met'}")
-    print(f"added p50 <= 2 ms at ~1000 req/s (paced): {'met' if added_paced <= 2.0 else 'NOT met'}; "
-          f"at c=1: {'met' if added_c1 <= 2.0 else 'NOT met'}; saturated c={args.connections}: "
-          f"{'met' if added_p50 <= 2.0 else 'NOT met (queueing)'}")
+    print(
+        f"added p50 <= 2 ms at ~1000 req/s (paced): {'met' if added_paced <= 2.0 else 'NOT met'}; "
+        f"at c=1: {'met' if added_c1 <= 2.0 else 'NOT met'}; saturated c={args.connections}: "
+        f"{'met' if added_p50 <= 2.0 else 'NOT met (queueing)'}"
+    )
 
 
 if __name__ == "__main__":

@@ -43,7 +43,10 @@ def masked_url(url: str) -> str:
         userinfo, _, host = netloc.rpartition("@")
         netloc = f"{userinfo.split(':', 1)[0]}:***@{host}"
     query = urlencode(
-        [(k, "***" if k.lower() == "password" else v) for k, v in parse_qsl(parts.query, keep_blank_values=True)],
+        [
+            (k, "***" if k.lower() == "password" else v)
+            for k, v in parse_qsl(parts.query, keep_blank_values=True)
+        ],
         safe="*",
     )
     return urlunsplit(parts._replace(netloc=netloc, query=query))
@@ -65,7 +68,10 @@ def log_setup(cfg: Any) -> None:
     if cfg.upstream_api_base:
         log.info(
             "Upstream: %s (%s, %s PERSONA_UPSTREAM_API_KEY); model aliases: %s",
-            masked_url(cfg.upstream_api_base), cfg.upstream_mode, key, aliases,
+            masked_url(cfg.upstream_api_base),
+            cfg.upstream_mode,
+            key,
+            aliases,
         )
         return
     provider_keys = sorted(
@@ -74,7 +80,8 @@ def log_setup(cfg: Any) -> None:
     if cfg.upstream_api_key.get_secret_value() or provider_keys:
         log.info(
             "Upstream: litellm, the provider named by each model (%s); model aliases: %s",
-            "PERSONA_UPSTREAM_API_KEY" if key == "with" else ", ".join(provider_keys), aliases,
+            "PERSONA_UPSTREAM_API_KEY" if key == "with" else ", ".join(provider_keys),
+            aliases,
         )
         return
     log.warning(

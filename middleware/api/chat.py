@@ -21,9 +21,9 @@ from middleware.api.deps import json_body
 from middleware.api.sse import completion_events
 from middleware.candidates.variants import DEFAULT_VARIANTS
 from middleware.errors import InvalidRequest
-from middleware.identity import app_caller, bind_user, end_user_id
+from middleware.identity import app_caller, bind_user, end_user_id, request_segment
 from middleware.personalize.block import place_persona
-from middleware.personalize.service import ActivePersona
+from middleware.personalize.resolve import NOTHING
 from middleware.rerank.hookspec import EndUser
 from middleware.rerank.mode import Reranked, rerank
 from middleware.rerank.registry import require_enabled
@@ -64,19 +64,24 @@ async def chat_completions(request: Request) -> Response:
     quotas = services.quotas
     quotas.check_body(tenant, body)
     cost = len(DEFAULT_VARIANTS) if mode == "rerank" else 1  # a rerank: one upstream call per variant
-    found: ActivePersona | None = None
+    resolved = NOTHING
     if user is not None and mode != "off":
-        # the quota check rides in the persona read's round trip
-        lease, found = await quotas.admit_and_personalize(tenant, user, cost, services.personalizer)
-        if found is not None:
+        # the quota check rides in the persona reads' round trip
+        segment = request_segment(request.headers, body)
+        lease, resolved = await quotas.admit_and_personalize(
+            tenant, user, cost, services.resolver, segment=segment
+        )
+        if resolved.persona is not None:
             services.metrics.persona_injected.inc()
     else:
         lease = await quotas.admit(tenant, user, cost)
-    version = found.version if found is not None else None
+    found, version, source = resolved.persona, resolved.version, resolved.source
 
     if mode == "rerank":
         try:
-            reranker_name = require_enabled(settings, request.headers.get(RERANKER_HEADER) or settings.reranker)
+            reranker_name = require_enabled(
+                settings, request.headers.get(RERANKER_HEADER) or settings.reranker
+            )
             reranker = await services.rerankers.aget(reranker_name)
         except BaseException:
             await lease.release()
@@ -94,14 +99,28 @@ async def chat_completions(request: Request) -> Response:
 
         async def reranked() -> Answer:
             result = await rerank(
-                reranker, reranker_name, upstream, body, block=block, end_user=end_user, metrics=services.metrics
+                reranker,
+                reranker_name,
+                upstream,
+                body,
+                block=block,
+                end_user=end_user,
+                metrics=services.metrics,
             )
-            await quotas.add_usage(tenant, *(c.completion.get("usage") for c in result.candidates if c.completion))
+            await quotas.add_usage(
+                tenant, *(c.completion.get("usage") for c in result.candidates if c.completion)
+            )
             return reranked_answer(result, body, details=show_details)
 
         try:
             return await answer(
-                request, services.metrics, reranked(), mode=mode, persona_version=version, started=started
+                request,
+                services.metrics,
+                reranked(),
+                mode=mode,
+                persona_version=version,
+                started=started,
+                persona_source=source,
             )
         finally:
             await lease.release()
@@ -117,6 +136,7 @@ async def chat_completions(request: Request) -> Response:
         forward,
         mode=mode,
         persona_version=version,
+        persona_source=source,
         started=started,
         lease=lease,
         relay=relay,

@@ -2,7 +2,7 @@
 
 Every route that answers like a chat (chat completions, in any persona mode) hands its work here:
 
-- `x-persona-version` and `x-persona-overhead-ms` headers, and the overhead metric (the time the proxy
+- `x-persona-version`, `x-persona-source` and `x-persona-overhead-ms` headers, and the overhead metric (the time the proxy
   spent before the work started upstream);
 - the work runs cancelled as soon as the client goes away (499, counted);
 - `persona_chat_requests{mode, outcome}`: "ok", "stream", "error" or the outcome the work names;
@@ -26,6 +26,7 @@ from middleware.quotas.service import Lease
 from middleware.upstream import ClientDisconnected, cancel_on_disconnect, monotonic_ms
 
 VERSION_HEADER = "x-persona-version"
+SOURCE_HEADER = "x-persona-source"
 OVERHEAD_HEADER = "x-persona-overhead-ms"
 CLIENT_CLOSED_REQUEST = 499
 
@@ -52,9 +53,12 @@ class Answer:
     outcome: str | None = None  # the metric's outcome label; by default "stream" or "ok"
 
 
-def persona_headers(version: int | None, overhead_ms: float) -> dict[str, str]:
+def persona_headers(version: int | None, overhead_ms: float, source: str = "none") -> dict[str, str]:
+    """`source`: where the persona came from (`personalize.resolve.SOURCES`); its version is the
+    version of that persona line (the user's, the segment's or the tenant default's)."""
     return {
         VERSION_HEADER: str(version) if version is not None else "none",
+        SOURCE_HEADER: source if version is not None else "none",
         OVERHEAD_HEADER: f"{overhead_ms:.3f}",
     }
 
@@ -67,6 +71,7 @@ async def answer(
     mode: str,
     persona_version: int | None,
     started: float,
+    persona_source: str = "none",
     framing: Framing = OPENAI_CHAT,
     lease: Lease | None = None,
     relay: Mapping[str, str] | None = None,
@@ -78,7 +83,7 @@ async def answer(
     app must see (filled by the upstream call as it runs)."""
     overhead_ms = monotonic_ms(started)
     metrics.overhead_seconds.observe(overhead_ms / 1000.0)
-    headers = persona_headers(persona_version, overhead_ms)
+    headers = persona_headers(persona_version, overhead_ms, persona_source)
     try:
         result = await cancel_on_disconnect(request.receive, work)
     except ClientDisconnected:

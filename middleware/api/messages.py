@@ -31,7 +31,7 @@ from middleware.errors import (
     ValidationFailed,
 )
 from middleware.forward import anthropic_target
-from middleware.identity import end_user_id, tenant_for_app_key
+from middleware.identity import end_user_id, request_segment, tenant_for_app_key
 from middleware.personalize.placement import with_system
 from middleware.services import Services
 from middleware.upstream import LITELLM_PROVIDERS, ClientDisconnected, cancel_on_disconnect, monotonic_ms
@@ -59,7 +59,9 @@ def anthropic_error_body(status: int, message: str) -> dict[str, Any]:
 
 def anthropic_error(exc: PersonaError) -> Response:
     return JSONBytes(
-        anthropic_error_body(exc.status_code, exc.message), status_code=exc.status_code, headers=dict(exc.headers) or None
+        anthropic_error_body(exc.status_code, exc.message),
+        status_code=exc.status_code,
+        headers=dict(exc.headers) or None,
     )
 
 
@@ -108,8 +110,10 @@ async def _create_message(request: Request) -> Response:
         raise InvalidRequest(f"{MODE_HEADER}: rerank is available on /v1/chat/completions only")
 
     version: int | None = None
+    source = "none"
     if user is not None and mode != "off":
-        found = await services.personalizer.current(tenant, user)
+        resolved = await services.resolver.read(tenant, user, segment=request_segment(request.headers, body))
+        found, source = resolved.persona, resolved.source
         if found is not None:
             body["system"] = with_system(body.get("system"), found.block)
             version = found.version
@@ -118,7 +122,7 @@ async def _create_message(request: Request) -> Response:
     body["model"] = settings.upstream_model(body["model"])
     overhead_ms = monotonic_ms(started)
     services.metrics.overhead_seconds.observe(overhead_ms / 1000.0)
-    headers = persona_headers(version, overhead_ms)
+    headers = persona_headers(version, overhead_ms, source)
     stream = bool(body.get("stream"))
     metric = services.metrics.route_requests
     target = anthropic_target(settings)

@@ -31,7 +31,7 @@ from middleware.errors import (
     UpstreamError,
     ValidationFailed,
 )
-from middleware.identity import end_user_id, tenant_for_app_key
+from middleware.identity import end_user_id, request_segment, tenant_for_app_key
 from middleware.personalize.placement import (
     ResponsesStreamRestorer,
     error_event,
@@ -123,9 +123,11 @@ async def create_response(request: Request) -> Response:
         await owned(services, tenant, previous, param="previous_response_id")
 
     version: int | None = None
+    source = "none"
     owner = ResponseOwner(tenant, False, None)
     if user is not None and mode != "off":
-        found = await services.personalizer.current(tenant, user)
+        resolved = await services.resolver.read(tenant, user, segment=request_segment(request.headers, body))
+        found, source = resolved.persona, resolved.source
         if found is not None:
             instructions, app_chars = with_instructions(body.get("instructions"), found.block)
             body["instructions"] = instructions
@@ -136,7 +138,7 @@ async def create_response(request: Request) -> Response:
     upstream, body["model"] = services.upstreams.route(body["model"])
     overhead_ms = monotonic_ms(started)
     services.metrics.overhead_seconds.observe(overhead_ms / 1000.0)
-    headers = persona_headers(version, overhead_ms)
+    headers = persona_headers(version, overhead_ms, source)
     stream = bool(body.get("stream"))
     store = body.get("store") is not False
     metric = services.metrics.route_requests

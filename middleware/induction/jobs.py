@@ -42,7 +42,6 @@ log = logging.getLogger("middleware.jobs")
 TRANSIENT = (UpstreamError, StoreUnavailable)
 
 
-
 def lease_ms(settings: Settings) -> int:
     return int((settings.jobs_timeout_s + settings.jobs_in_progress_grace_s) * 1000)
 
@@ -62,7 +61,9 @@ async def refresh_persona(ctx: dict[str, Any]) -> dict[str, Any]:
 async def train_adapter(ctx: dict[str, Any]) -> dict[str, Any]:
     """The arq job: train the `lora` adapter of the user's current persona version (no induction)."""
     services: Services = ctx["services"]
-    body = partial(run_adapter_training, services.jobs, services.settings, services.personas, services.adapters)
+    body = partial(
+        run_adapter_training, services.jobs, services.settings, services.personas, services.adapters
+    )
     return await run_user_job(services.jobs, services.settings, ctx["job_id"], body)
 
 

@@ -103,7 +103,9 @@ class JobStore:
     async def claim_pending(self, tenant: str, user: str, job_id: str) -> bool:
         """Make `job_id` the user's pending job if they have none."""
         ttl_ms = int(self._keep_s * 1000)
-        claimed = await fail_closed(self._redis.set(keys.job_pending(tenant, user), job_id, nx=True, px=ttl_ms))
+        claimed = await fail_closed(
+            self._redis.set(keys.job_pending(tenant, user), job_id, nx=True, px=ttl_ms)
+        )
         return bool(claimed)
 
     async def pending(self, tenant: str, user: str) -> str | None:
@@ -131,7 +133,9 @@ class JobStore:
     # --- running: the user's lock and the tenant's slots (errors left to the worker's retry) ---------
     async def acquire_lock(self, tenant: str, user: str, job_id: str, lease_ms: int) -> bool:
         return bool(
-            await resolved(self._redis.eval(_ACQUIRE_LOCK, 1, keys.job_lock(tenant, user), job_id, str(lease_ms)))
+            await resolved(
+                self._redis.eval(_ACQUIRE_LOCK, 1, keys.job_lock(tenant, user), job_id, str(lease_ms))
+            )
         )
 
     async def release_lock(self, tenant: str, user: str, job_id: str) -> None:
