@@ -1,7 +1,8 @@
 """Operator routes for segments, users' assignments to them, and the tenant's default persona.
 
 A segment is a named group of a tenant's users (`PUT /admin/segments/{segment}`) with an optional
-persona, written by hand. A user belongs to the segment the chat request names
+persona: written by hand, or induced from its members' preference pairs
+(`POST /admin/segments/{segment}/refresh`, a job). A user belongs to the segment the chat request names
 (`X-Persona-Segment` or `metadata.segment`), else to the one assigned here
 (`PUT /admin/users/{user}/segment`). The tenant's default persona (`PUT /admin/tenant/persona`) is
 what users with no persona of their own and no segment persona get. All need the admin key; the
@@ -12,12 +13,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path
+from fastapi import APIRouter, Body, Depends, Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from middleware.api.deps import AdminTenant, ServicesDep, UserPath
+from middleware.api.responses import JSONBytes, job_accepted
 from middleware.api.schemas import PersonaVersionPublic, RollbackIn
-from middleware.errors import NotFound
+from middleware.errors import NotEnoughData, NotFound
 from middleware.identity import validate_segment
 from middleware.models import Persona
 from middleware.services import Services
@@ -47,6 +49,12 @@ class SharedPersonaPut(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     text: str = Field(min_length=1, max_length=20_000)
+
+
+class SegmentRefreshIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = Field(default=None, max_length=200, description="LLM used for induction")
 
 
 class AssignmentPut(BaseModel):
@@ -177,6 +185,24 @@ async def segment_persona_off(
     if not await services.personas.line_clear(keys.segment_line(tenant, segment)):
         raise NotFound(f"segment {segment!r} has no persona", param="segment")
     return {"segment": segment, "persona": None}
+
+
+@router.post("/admin/segments/{segment}/refresh", status_code=202)
+async def refresh_segment(
+    segment: SegmentName,
+    tenant: AdminTenant,
+    services: ServicesDep,
+    body: Annotated[SegmentRefreshIn | None, Body()] = None,
+) -> JSONBytes:
+    """Queue the induction of the segment's persona from its members' pooled pairs; 202 with the
+    job id (a pending refresh of the segment is reused)."""
+    await _existing(services, tenant, segment)
+    if not await services.segments.members(tenant, segment):
+        raise NotEnoughData(f"not enough data: segment {segment!r} has no members", param="segment")
+    job_id, created = await services.jobs.enqueue_segment_refresh(
+        tenant, segment, model=body.model if body else None
+    )
+    return job_accepted(job_id, created)
 
 
 # --- a user's assignment ----------------------------------------------------------------------------

@@ -38,6 +38,7 @@ one script on one slot (docs/ARCHITECTURE.md "Segments"):
     pm:{segments:t}:segment:<s>:persona...  the segment's persona line (as a user's: current,
                                             v<N>, versions, seq)
     pm:{segments:t}:default:persona...      the tenant's default persona line
+    pm:{segments:t}:segment:<s>:job-...     the segment's pending refresh job and its lock
 """
 
 from __future__ import annotations
@@ -265,3 +266,12 @@ def segment_pattern(tenant: str, segment: str) -> str:
 
 def tenant_default_line(tenant: str) -> PersonaLine:
     return PersonaLine(f"{segments_tag(tenant)}:default")
+
+
+def segment_job_pending(tenant: str, segment: str) -> str:
+    """The id of the segment's queued or running persona refresh (one at a time per segment)."""
+    return f"{segment_base(tenant, segment)}:job-pending"
+
+
+def segment_job_lock(tenant: str, segment: str) -> str:
+    return f"{segment_base(tenant, segment)}:job-lock"
