@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import anthropic
 import httpx
 import openai
 import pytest
@@ -169,3 +170,30 @@ def test_forget_and_export_cover_the_assignment(proxy: RunningProxy, fake_upstre
     assert admin(proxy, "GET", "/admin/users/fay/segment").status_code == 404
     assert admin(proxy, "GET", "/admin/segments/s").json()["members"] == []
     assert chat(proxy, fake_upstream, "fay")[0] == "none"
+
+
+def test_responses_and_messages_resolve_the_same_way(redis_url: str, fake_upstream: FakeUpstream) -> None:
+    settings = proxy_settings(
+        redis_url, fake_upstream, anthropic_api_base=fake_upstream.root_url, persona_read_timeout_s=2.0
+    )
+    with start_proxy(settings) as proxy:
+        admin(proxy, "PUT", "/admin/segments/s", json={"persona": "SEG-FOR-APIS"})
+        admin(proxy, "PUT", "/admin/tenant/persona", json={"text": "DEFAULT-FOR-APIS"})
+        openai_sdk = openai.OpenAI(base_url=proxy.v1, api_key=APP_KEY_A, max_retries=0)
+        raw = openai_sdk.responses.with_raw_response.create(
+            model="m", input="hi", user="gus", extra_headers={"X-Persona-Segment": "s"}
+        )
+        sent = [r for r in fake_upstream.requests if r.path.endswith("/responses")][-1].body
+        assert raw.headers["x-persona-source"] == "segment" and "SEG-FOR-APIS" in sent["instructions"]
+
+        anthropic_sdk = anthropic.Anthropic(base_url=proxy.url, api_key=APP_KEY_A, max_retries=0)
+        raw_message = anthropic_sdk.messages.with_raw_response.create(
+            model="claude-fake",
+            max_tokens=10,
+            messages=[{"role": "user", "content": "hi"}],
+            metadata={"user_id": "gus"},
+        )
+        sent = [r for r in fake_upstream.requests if r.path.endswith("/messages")][-1].body
+        assert raw_message.headers["x-persona-source"] == "tenant"
+        assert raw_message.headers["x-persona-version"] == "1"
+        assert "DEFAULT-FOR-APIS" in str(sent["system"])
