@@ -6,6 +6,12 @@ alternating, and the median is reported.
 
     .venv/bin/python benchmarks/proxy_overhead.py [--runs 5] [--seconds 6] [--connections 16]
     .venv/bin/python benchmarks/proxy_overhead.py --limits [--runs 5] [--seconds 6]
+    .venv/bin/python benchmarks/proxy_overhead.py --with-litellm [--runs 5] [--seconds 6]
+
+`--with-litellm` (or `--side-by-side` without it) runs chat completions and the Responses API through
+the proxy beside the upstream alone and LiteLLM's own proxy (built once into its own venv under
+`benchmarks/out/`), prints the ratio, the targets, stream time to first byte added, and writes JSON +
+PNG under `benchmarks/out/` (benchmarks/side_by_side.py).
 
 `--segments BASELINE_SRC` measures the persona resolution (own > segment > tenant > none) at c=1,
 limits on: this checkout's proxy (a user with their own persona, a user with a segment persona)
@@ -334,9 +340,26 @@ def main() -> None:
     parser.add_argument(
         "--segments", type=Path, metavar="BASELINE_SRC", help="cost of the persona resolution vs a checkout"
     )
+    parser.add_argument("--side-by-side", action="store_true", help="chat and responses beside the upstream")
+    parser.add_argument("--with-litellm", action="store_true", help="side by side, with LiteLLM's proxy too")
     args = parser.parse_args()
     if args.segments:
         segments_cost(args.runs, args.seconds, args.segments)
+        return
+    if args.side_by_side or args.with_litellm:
+        import side_by_side
+
+        paths = (("chat completions", "/chat/completions", BODY), ("responses", "/responses", RESPONSES_BODY))
+        result = side_by_side.run(
+            paths,
+            (PERSONA, [EXEMPLAR, EXEMPLAR]),
+            runs=args.runs,
+            seconds=args.seconds,
+            connections=args.connections,
+            with_litellm=args.with_litellm,
+        )
+        side_by_side.report(result)
+        side_by_side.save(result)
         return
     if args.limits:
         limits_cost(args.runs, args.seconds)
