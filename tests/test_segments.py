@@ -197,3 +197,22 @@ def test_responses_and_messages_resolve_the_same_way(redis_url: str, fake_upstre
         assert raw_message.headers["x-persona-source"] == "tenant"
         assert raw_message.headers["x-persona-version"] == "1"
         assert "DEFAULT-FOR-APIS" in str(sent["system"])
+
+
+def test_scripts_flushed_from_redis_are_loaded_again(
+    proxy: RunningProxy, fake_upstream: FakeUpstream
+) -> None:
+    """A Redis restart or SCRIPT FLUSH drops the resolution script: the next call loads it again and
+    still resolves (no call goes without its persona)."""
+    import redis
+
+    admin(proxy, "PUT", "/admin/segments/s", json={"persona": "SEG-AFTER-FLUSH"})
+    admin(proxy, "PUT", "/admin/users/hal/segment", json={"segment": "s"})
+    assert chat(proxy, fake_upstream, "hal")[0] == "segment"
+    client = redis.Redis.from_url(proxy.settings.redis_url)
+    try:
+        client.script_flush()
+    finally:
+        client.close()
+    source, version, system = chat(proxy, fake_upstream, "hal")
+    assert (source, version) == ("segment", "1") and "SEG-AFTER-FLUSH" in system
