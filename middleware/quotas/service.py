@@ -1,4 +1,4 @@
-"""Admitting calls against the tenant's limits (policy.py) and counting the tokens they used.
+"""Admitting calls against the tenant's limits (middleware/quota_policy.py) and counting the tokens they used.
 
 Every way to make upstream calls goes through `admit` with its cost in upstream calls: a chat call
 costs 1, a rerank or a comparison one per variant, a trial one per answer it generates, and each LLM
@@ -22,9 +22,9 @@ from redis.asyncio import Redis
 from middleware.config import Settings
 from middleware.errors import InvalidRequest, RateLimited
 from middleware.metrics import Metrics
-from middleware.personalize.service import ActivePersona, Personalizer
-from middleware.quotas.policy import LimitsTable, TenantLimits
-from middleware.quotas.usage import tokens_in_body, tokens_in_sse, tokens_used
+from middleware.personalize.resolve import NOTHING, Resolved, Resolver
+from middleware.quota_policy import LimitsTable, TenantLimits
+from middleware.quotas.usage import StreamUsage, tokens_in_body, tokens_used
 from middleware.store.guard import STORE_ERRORS
 from middleware.store.ratelimits import REASONS, RateLimitStore
 
@@ -71,18 +71,15 @@ class Lease:
 
     async def guard_stream(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         """Pass a stream through, counting the tokens its events report; release at its end."""
-        counted, tail = 0, b""
+        usage = StreamUsage() if self._quotas.counts_tokens(self._tenant) else None
         try:
             async for chunk in chunks:
-                if self._quotas.counts_tokens(self._tenant):
-                    lines = tail + chunk
-                    cut = lines.rfind(b"\n") + 1
-                    counted += tokens_in_sse(lines[:cut])
-                    tail = lines[cut:]
+                if usage is not None:
+                    usage.feed(chunk)
                 yield chunk
         finally:
-            counted += tokens_in_sse(tail)
-            await self._quotas.add_tokens(self._tenant, counted)
+            if usage is not None:
+                await self._quotas.add_tokens(self._tenant, usage.total())
             await self.release()
 
 
@@ -156,25 +153,35 @@ class Quotas:
         return Lease(self, tenant, lease or None)
 
     async def admit_and_personalize(
-        self, tenant: str, user: str, cost: int, personalizer: Personalizer
-    ) -> tuple[Lease, ActivePersona | None]:
-        """The chat path: admission and the persona read in one round trip (one pipeline), bounded
+        self,
+        tenant: str,
+        user: str,
+        cost: int,
+        resolver: Resolver,
+        *,
+        segment: str | None = None,
+        context: str | None = None,
+    ) -> tuple[Lease, Resolved]:
+        """The chat path: admission and the persona reads in one round trip (one pipeline), bounded
         by the persona read timeout; a failure lets the call through without a persona."""
         limits = self.limits(tenant)
         if not limits.metered:
-            return Lease(self, tenant, None), await personalizer.current(tenant, user)
+            return Lease(self, tenant, None), await resolver.read(
+                tenant, user, segment=segment, context=context
+            )
         call, lease = self._call(tenant, user, cost, limits)
+        personalizer = resolver.personalizer
         try:
-            reason, wait_ms, blob = await asyncio.wait_for(
-                self.store.admit_and_read_persona(call, tenant, user), personalizer.read_timeout_s
+            reason, wait_ms, reads = await asyncio.wait_for(
+                self.store.admit_and_read_personas(call, tenant, user, segment), personalizer.read_timeout_s
             )
         except STORE_ERRORS as exc:
             self._skipped(exc)
             personalizer.read_failed(exc)
-            return Lease(self, tenant, None), None
+            return Lease(self, tenant, None), NOTHING
         if reason:
             self.refuse(tenant, REASONS[reason], wait_ms / 1000.0)
-        return Lease(self, tenant, lease or None), personalizer.from_blob(blob)
+        return Lease(self, tenant, lease or None), resolver.of(reads, context=context)
 
     def _skipped(self, exc: BaseException) -> None:
         self._metrics.quota_store_failures.inc()
@@ -248,6 +255,14 @@ class Quotas:
         except BaseException:
             await self.drop_comparison(tenant, user, comparison_id)
             raise
+
+    async def keep_comparison(self, tenant: str, user: str, comparison_id: str, expires_at_s: int) -> None:
+        """A comparison found again by its idempotency key stays counted as pending (its slot may have
+        been dropped when the creation that stored it answered 503)."""
+        try:
+            await self.store.keep_pending(tenant, user, comparison_id, expires_at_ms=expires_at_s * 1000)
+        except STORE_ERRORS as exc:  # the entry would have expired with the comparison anyway
+            log.warning("pending comparison not kept: %s", type(exc).__name__)
 
     async def drop_comparison(self, tenant: str, user: str, comparison_id: str) -> None:
         try:

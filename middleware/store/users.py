@@ -68,10 +68,9 @@ async def forget_user(
 ) -> dict[str, Any]:
     """Delete everything about the user; returns counts. Idempotent. `queue_redis` holds the job
     queue's keys (PERSONA_JOBS_REDIS_URL; default: `redis`)."""
-    tag = keys.user_tag(tenant, user)
     job_ids = [_text(j) or "" for j in await fail_closed(redis.smembers(keys.user_jobs(tenant, user)))]
     found = await fail_closed(user_keys(redis, tenant, user))
-    comparison_prefix = f"{tag}:comparisons:"
+    comparison_prefix = keys.comparison_prefix(tenant, user)
     # `…:comparisons:<id>` (pending) and `…:comparisons:<id>:<marker>` (claimed, judged) all name an id.
     comparison_ids = sorted(
         {k[len(comparison_prefix) :].split(":", 1)[0] for k in found if k.startswith(comparison_prefix)}
@@ -95,6 +94,7 @@ async def forget_user(
         pipe.delete(keys.comparison_owner(comparison_id))
     pipe.srem(keys.tenant_users(tenant), user)
     pipe.delete(keys.user_rate_log(tenant, user))  # lives in the tenant's limits slot, not the user's
+    pipe.hdel(keys.segment_members(tenant), user)  # the assignment lives in the tenant's segments slot
     for start in range(0, len(found), SCAN_COUNT):
         pipe.delete(*found[start : start + SCAN_COUNT])
     await fail_closed(pipe.execute())
@@ -128,7 +128,8 @@ async def export_user(redis: Redis, tenant: str, user: str) -> dict[str, Any]:
     found = await fail_closed(user_keys(redis, tenant, user))
     current_raw = await fail_closed(redis.get(keys.persona_current(tenant, user)))
     current = Persona.model_validate_json(current_raw) if current_raw else None
-    version_keys = [k for k in found if k.startswith(f"{tag}:persona:v")]
+    version_prefix = keys.persona_version_prefix(tenant, user)
+    version_keys = [k for k in found if k.startswith(version_prefix)]
     versions = []
     for raw in await fail_closed(redis.mget(version_keys)) if version_keys else []:
         if raw:
@@ -162,6 +163,7 @@ async def export_user(redis: Redis, tenant: str, user: str) -> dict[str, Any]:
         "user": user,
         "exported_at": datetime.now(UTC).isoformat(),
         "known_in_tenant": bool(await fail_closed(redis.sismember(keys.tenant_users(tenant), user))),
+        "segment": _text(await fail_closed(redis.hget(keys.segment_members(tenant), user))),
         "persona": current.model_dump(mode="json") if current else None,
         "persona_versions": versions,
         "preferences": [
