@@ -50,9 +50,11 @@ def create_app(settings: Settings) -> FastAPI:
             log.warning("PERSONA_ADMIN_KEY is not set: admin routes are open (development only)")
         # Long-lived start-up objects leave the collector's young generations: fewer, shorter pauses.
         gc.freeze()
+        services.metrics.started()
         try:
             yield
         finally:
+            services.metrics.stopped()
             await services.close()
 
     app = FastAPI(
