@@ -27,6 +27,7 @@ from middleware.quotas.policy import LimitsTable, TenantLimits
 from middleware.quotas.usage import tokens_in_body, tokens_in_sse, tokens_used
 from middleware.store.guard import STORE_ERRORS
 from middleware.store.ratelimits import REASONS, RateLimitStore
+from middleware.tracing import TRACING_OFF, Tracing
 
 log = logging.getLogger("middleware.quotas")
 OUTPUT_TOKEN_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
@@ -87,10 +88,13 @@ class Lease:
 
 
 class Quotas:
-    def __init__(self, settings: Settings, redis: Redis, metrics: Metrics) -> None:
+    def __init__(
+        self, settings: Settings, redis: Redis, metrics: Metrics, tracing: Tracing = TRACING_OFF
+    ) -> None:
         self.limits = LimitsTable(settings.limits)
         self.store = RateLimitStore(redis)
         self._metrics = metrics
+        self._tracing = tracing
         self._lease_ms = int(settings.upstream_total_timeout_s * 1000) + 60_000
 
     # --- caps (400) -------------------------------------------------------------------------------
@@ -146,13 +150,14 @@ class Quotas:
         if not limits.metered:
             return Lease(self, tenant, None)
         call, lease = self._call(tenant, user, cost, limits)
-        try:
-            reason, wait_ms = await self.store.admit(call)
-        except STORE_ERRORS as exc:
-            self._skipped(exc)
-            return Lease(self, tenant, None)
-        if reason:
-            self.refuse(tenant, REASONS[reason], wait_ms / 1000.0)
+        with self._tracing.span("quota.admit", tenant, user):
+            try:
+                reason, wait_ms = await self.store.admit(call)
+            except STORE_ERRORS as exc:
+                self._skipped(exc)
+                return Lease(self, tenant, None)
+            if reason:
+                self.refuse(tenant, REASONS[reason], wait_ms / 1000.0)
         return Lease(self, tenant, lease or None)
 
     async def admit_and_personalize(
@@ -164,17 +169,24 @@ class Quotas:
         if not limits.metered:
             return Lease(self, tenant, None), await personalizer.current(tenant, user)
         call, lease = self._call(tenant, user, cost, limits)
-        try:
-            reason, wait_ms, blob = await asyncio.wait_for(
-                self.store.admit_and_read_persona(call, tenant, user), personalizer.read_timeout_s
-            )
-        except STORE_ERRORS as exc:
-            self._skipped(exc)
-            personalizer.read_failed(exc)
-            return Lease(self, tenant, None), None
-        if reason:
-            self.refuse(tenant, REASONS[reason], wait_ms / 1000.0)
-        return Lease(self, tenant, lease or None), personalizer.from_blob(blob)
+        # One round trip holds the admission and the persona GET: its span is quota.admit, and
+        # persona.read is the decoding of what it brought back.
+        with self._tracing.span("quota.admit", tenant, user):
+            try:
+                reason, wait_ms, blob = await asyncio.wait_for(
+                    self.store.admit_and_read_persona(call, tenant, user), personalizer.read_timeout_s
+                )
+            except STORE_ERRORS as exc:
+                self._skipped(exc)
+                personalizer.read_failed(exc)
+                return Lease(self, tenant, None), None
+            if reason:
+                self.refuse(tenant, REASONS[reason], wait_ms / 1000.0)
+        with self._tracing.span("persona.read", tenant, user) as span:
+            found = personalizer.from_blob(blob)
+            if span is not None:
+                span.set_attribute("persona.version", found.version if found is not None else 0)
+        return Lease(self, tenant, lease or None), found
 
     def _skipped(self, exc: BaseException) -> None:
         self._metrics.quota_store_failures.inc()
