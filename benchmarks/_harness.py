@@ -89,9 +89,13 @@ def redis() -> Iterator[RedisServer]:
 
 
 @contextmanager
-def proxy(redis_url: str, upstream_base: str, **settings: str) -> Iterator[str]:
+def proxy(
+    redis_url: str, upstream_base: str, environ: dict[str, str] | None = None, **settings: str
+) -> Iterator[str]:
+    """`persona serve` with these PERSONA_ settings, plus any other variables in `environ` (OTEL_*)."""
     port = free_port()
     env = {
+        **(environ or {}),
         "PERSONA_REDIS_URL": redis_url,
         "PERSONA_UPSTREAM_API_BASE": upstream_base,
         "PERSONA_API_KEYS": json.dumps({APP_KEY: "bench"}),
