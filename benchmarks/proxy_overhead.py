@@ -16,9 +16,9 @@ PNG under `benchmarks/out/` (benchmarks/side_by_side.py).
 `--limits` measures what quotas cost instead: the same proxy with PERSONA_LIMITS unset and with every
 rate limit on (high enough never to refuse), at c=1, alternating; target <= 0.1 ms p50 added.
 
-`--tracing` measures what OpenTelemetry tracing costs: the same proxy without OTEL_* (the baseline)
-and with every call traced and exported over OTLP/HTTP, alternating: p50 at c=1, the proxy's own
-x-persona-overhead-ms, req/s and proxy CPU per request at c=16.
+`--tracing` measures what OpenTelemetry tracing costs: the same proxy without OTEL_* (the baseline),
+with every call traced and exported over OTLP/HTTP, and with 1% of calls sampled, alternating: p50 at
+c=1, the proxy's own x-persona-overhead-ms, req/s and proxy CPU per request at c=16.
 
 Targets: >= 1,000 req/s through the proxy with persona injection at concurrency 16, and
 p50 added latency <= 2 ms.
@@ -135,22 +135,28 @@ def limits_cost(runs: int, seconds: float) -> None:
 
 
 def tracing_cost(runs: int, seconds: float, connections: int) -> None:
-    """The same proxy (every limit on, persona injected) without OTEL_* and with every call traced and
+    """The same proxy (every limit on, persona injected) without OTEL_*, with every call traced and
     exported over OTLP/HTTP (to the fake upstream's port, which answers 404: the export work is done
-    all the same), alternating in each run."""
+    all the same), and with 1% of the calls sampled (traceidratio), alternating in each run."""
     with h.redis() as redis, h.fake_upstream() as upstream:
         root = upstream.removesuffix("/v1")
         exporting = {
             "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"{root}/v1/traces",
             "OTEL_SERVICE_NAME": "persona-bench",
         }
+        sampled = {**exporting, "OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.01"}
         limits = json.dumps(LIMITS_ON)
         with (
             h.proxy(redis.url, upstream, limits=limits) as off,
             h.proxy(redis.url, upstream, environ=exporting, limits=limits) as on,
+            h.proxy(redis.url, upstream, environ=sampled, limits=limits) as one_percent,
         ):
             h.put_persona(off, "bench-user", PERSONA, [EXEMPLAR, EXEMPLAR])
-            urls = {"tracing off": f"{off}/v1/chat/completions", "tracing on": f"{on}/v1/chat/completions"}
+            urls = {
+                "tracing off": f"{off}/v1/chat/completions",
+                "tracing on": f"{on}/v1/chat/completions",
+                "tracing on, 1% sampled": f"{one_percent}/v1/chat/completions",
+            }
             pids = {name: h.PIDS[url.removesuffix("/v1/chat/completions")] for name, url in urls.items()}
             for url in urls.values():
                 h.wrk(url, BODY, connections=connections, seconds=2)  # warm-up
@@ -180,17 +186,18 @@ def tracing_cost(runs: int, seconds: float, connections: int) -> None:
             f"{spread(own[name]):>14}{statistics.median(rps):>12.0f}{f'{min(rps):.0f}-{max(rps):.0f}':>12}"
             f"{statistics.median(cpu_ms[name]):>12.3f}{spread(cpu_ms[name]):>14}"
         )
-    added = statistics.median(r["p50_ms"] for r in c1["tracing on"]) - statistics.median(
-        r["p50_ms"] for r in c1["tracing off"]
-    )
-    ratio = statistics.median(r["rps"] for r in loaded["tracing on"]) / statistics.median(
-        r["rps"] for r in loaded["tracing off"]
-    )
-    cpu = statistics.median(cpu_ms["tracing on"]) - statistics.median(cpu_ms["tracing off"])
-    print(
-        f"tracing on vs off: added p50 at c=1 {added:.3f} ms; throughput ratio at c={connections} "
-        f"{ratio:.3f}; added CPU {cpu:.3f} ms per request"
-    )
+    for name in ("tracing on", "tracing on, 1% sampled"):
+        added = statistics.median(r["p50_ms"] for r in c1[name]) - statistics.median(
+            r["p50_ms"] for r in c1["tracing off"]
+        )
+        ratio = statistics.median(r["rps"] for r in loaded[name]) / statistics.median(
+            r["rps"] for r in loaded["tracing off"]
+        )
+        cpu = statistics.median(cpu_ms[name]) - statistics.median(cpu_ms["tracing off"])
+        print(
+            f"{name} vs off: added p50 at c=1 {added:.3f} ms; throughput ratio at c={connections} "
+            f"{ratio:.3f}; added CPU {cpu:.3f} ms per request"
+        )
 
 
 def reported_overhead(url: str, count: int) -> list[float]:

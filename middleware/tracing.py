@@ -7,7 +7,8 @@ rest itself: `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPL
 
 The spans of one call: a server span (`TracedRequests`; the app's own `traceparent`, if it sent one, is
 its parent) and inside it `quota.admit`, `persona.read` and one `upstream.call` per HTTP request to an
-upstream (`aiohttp_trace_configs`), which carries that span's W3C `traceparent`. Attributes never hold
+upstream (`aiohttp_trace_configs`: from sending to the answer's headers, retries each their own; a
+stream's body is timed by the server span), which carries that span's W3C `traceparent`. Attributes never hold
 persona text; the end user's id only with `PERSONA_TRACE_USER_IDS=true`.
 
 Off, `span` hands back one shared no-op context manager and nothing else is installed: no ASGI layer
@@ -36,7 +37,8 @@ ASGIApp = Callable[
     Awaitable[None],
 ]
 _OFF: AbstractContextManager[None] = contextlib.nullcontext()
-_PROPAGATED = (b"traceparent", b"tracestate", b"baggage")
+# Only the trace context is taken from the app: its baggage is not handed on to the upstream.
+_PROPAGATED = (b"traceparent", b"tracestate")
 
 
 def wanted(environ: Mapping[str, str]) -> str | None:

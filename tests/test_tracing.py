@@ -82,7 +82,7 @@ def test_chat_call_spans_nest_and_the_upstream_gets_the_traceparent(
         model="fake-model",
         messages=[{"role": "user", "content": "hello"}],
         user=USER,
-        extra_headers={"traceparent": f"00-{APP_TRACE}-{APP_SPAN}-01"},
+        extra_headers={"traceparent": f"00-{APP_TRACE}-{APP_SPAN}-01", "baggage": "app.secret=1"},
     )
     assert answer.headers["x-persona-version"] == "1"
     spans = traced.finished()
@@ -103,6 +103,7 @@ def test_chat_call_spans_nest_and_the_upstream_gets_the_traceparent(
     _, upstream_id = hex_ids(named["upstream.call"])
     assert fake_upstream.chat_requests[-1].headers["traceparent"] == f"00-{trace_id}-{upstream_id}-01"
     assert PERSONA_TEXT in str(fake_upstream.chat_requests[-1].messages[0]["content"])
+    assert "baggage" not in fake_upstream.chat_requests[-1].headers  # the app's baggage stays here
     # Neither the persona nor the user is in any span.
     recorded = " ".join(attribute_values(spans))
     assert USER not in recorded and "haiku" not in recorded
