@@ -58,13 +58,13 @@ class Personalizer:
         self._store = store
         self._settings = settings
         self._metrics = metrics
-        self._tracing = tracing
+        self.tracing = tracing
         self._cache: OrderedDict[str, ActivePersona] = OrderedDict()
 
     async def current(self, tenant: str, user: str) -> ActivePersona | None:
         """The user's persona version with its rendered block, or None when they have none or Redis
         is sick."""
-        with self._tracing.span("persona.read", tenant, user) as span:
+        with self.tracing.span("persona.read", tenant, user) as span:
             try:
                 blob = await self._store.read_current_blob(tenant, user)
             except PersonaReadFailed as exc:
@@ -95,10 +95,12 @@ class Personalizer:
             self._cache.popitem(last=False)
         return active
 
-    def read_failed(self, exc: BaseException) -> None:
-        """Count a persona read that failed outside `current` (the chat goes on without a persona)."""
+    def read_failed(self, exc: BaseException, *, quiet: bool = False) -> None:
+        """Count a persona read that failed outside `current` (the chat goes on without a persona);
+        `quiet`: not logged (a read skipped while the store is known to be down)."""
         self._metrics.persona_read_failures.inc()
-        log.warning("persona read failed, continuing without persona: %s", type(exc).__name__)
+        if not quiet:
+            log.warning("persona read failed, continuing without persona: %s", type(exc).__name__)
 
     @property
     def read_timeout_s(self) -> float:
