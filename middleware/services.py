@@ -30,6 +30,7 @@ from middleware.store.personas import PersonaStore
 from middleware.store.preferences import PreferenceStore
 from middleware.store.segments import PersonaReader, SegmentStore
 from middleware.store.users import UserIndex
+from middleware.tracing import TRACING_OFF, Tracing
 from middleware.upstream import UpstreamRouter
 from middleware.user_tokens import UserTokens
 
@@ -57,6 +58,7 @@ class Services:
     evaluations: EvaluationService
     induction: Induction
     adapters: AdapterTrainer
+    tracing: Tracing = TRACING_OFF
 
     async def close(self) -> None:
         await self.http.close()
@@ -65,7 +67,7 @@ class Services:
             await self.jobs_redis.aclose()
 
 
-def build_services(settings: Settings) -> Services:
+def build_services(settings: Settings, tracing: Tracing = TRACING_OFF) -> Services:
     from middleware.store.connection import create_jobs_redis, create_redis
     from middleware.store.durable import Replication
 
@@ -75,6 +77,8 @@ def build_services(settings: Settings) -> Services:
     metrics = Metrics()
     http = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=settings.upstream_max_connections, ttl_dns_cache=300),
+        # tracing on: an upstream.call span and its traceparent on every upstream request
+        trace_configs=tracing.aiohttp_trace_configs() or None,
     )
     personas = PersonaStore(
         redis,
@@ -83,9 +87,9 @@ def build_services(settings: Settings) -> Services:
         replication=replication,
     )
     preferences = PreferenceStore(redis, replication)
-    personalizer = Personalizer(personas, settings, metrics)
+    personalizer = Personalizer(personas, settings, metrics, tracing)
     upstreams = UpstreamRouter(settings, http, metrics.upstream_retries.inc)
-    quotas = Quotas(settings, redis, metrics)
+    quotas = Quotas(settings, redis, metrics, tracing)
     rerankers = RerankerRegistry(settings, RerankResources(upstreams, personas)).load_entry_points()
     return Services(
         settings=settings,
@@ -117,4 +121,5 @@ def build_services(settings: Settings) -> Services:
         evaluations=EvaluationService(EvaluationStore(redis), personas, personalizer, upstreams, quotas),
         induction=Induction(settings, upstreams, personas, preferences, quotas),
         adapters=AdapterTrainer(settings, personas, preferences),
+        tracing=tracing,
     )
