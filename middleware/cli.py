@@ -1,4 +1,4 @@
-"""The `persona` command: serve, worker, import, induce, eval, report, forget, export, and the `lora`
+"""The `persona` command: serve, worker, import, induce, segments learn, eval, report, forget, export, and the `lora`
 reranker's train-reward-head and train-adapters."""
 
 from __future__ import annotations
@@ -8,6 +8,9 @@ import json
 import logging
 import os
 import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -36,14 +39,18 @@ def configure_logging(level: str = "INFO") -> None:
 
 
 def masked_url(url: str) -> str:
-    """The URL with any password (in the user part or a `password=` query field) shown as ***."""
+    """The URL with any password (in the user part or a `password=` / `sentinel_password=` query
+    field) shown as ***."""
     parts = urlsplit(url)
     netloc = parts.netloc
     if parts.password is not None:
         userinfo, _, host = netloc.rpartition("@")
         netloc = f"{userinfo.split(':', 1)[0]}:***@{host}"
     query = urlencode(
-        [(k, "***" if k.lower() == "password" else v) for k, v in parse_qsl(parts.query, keep_blank_values=True)],
+        [
+            (k, "***" if k.lower().endswith("password") else v)
+            for k, v in parse_qsl(parts.query, keep_blank_values=True)
+        ],
         safe="*",
     )
     return urlunsplit(parts._replace(netloc=netloc, query=query))
@@ -65,7 +72,10 @@ def log_setup(cfg: Any) -> None:
     if cfg.upstream_api_base:
         log.info(
             "Upstream: %s (%s, %s PERSONA_UPSTREAM_API_KEY); model aliases: %s",
-            masked_url(cfg.upstream_api_base), cfg.upstream_mode, key, aliases,
+            masked_url(cfg.upstream_api_base),
+            cfg.upstream_mode,
+            key,
+            aliases,
         )
         return
     provider_keys = sorted(
@@ -74,7 +84,8 @@ def log_setup(cfg: Any) -> None:
     if cfg.upstream_api_key.get_secret_value() or provider_keys:
         log.info(
             "Upstream: litellm, the provider named by each model (%s); model aliases: %s",
-            "PERSONA_UPSTREAM_API_KEY" if key == "with" else ", ".join(provider_keys), aliases,
+            "PERSONA_UPSTREAM_API_KEY" if key == "with" else ", ".join(provider_keys),
+            aliases,
         )
         return
     log.warning(
@@ -99,7 +110,10 @@ def serve(
     configure_logging(log_level.upper())
     cfg = settings()
     log_setup(cfg)
-    with redis_available(cfg.redis_url, Path(cfg.data_dir), allowed=cfg.embedded_redis):
+    with (
+        redis_available(cfg.redis_url, Path(cfg.data_dir), allowed=cfg.embedded_redis),
+        shared_metrics(workers),
+    ):
         uvicorn.run(
             "middleware.asgi:app",
             host=host,
@@ -110,6 +124,33 @@ def serve(
             access_log=False,
             log_level=log_level,
         )
+
+
+@contextmanager
+def shared_metrics(workers: int) -> Iterator[None]:
+    """With several worker processes, their metrics go through one multiprocess folder (so /metrics,
+    whichever process answers it, shows the sums): PROMETHEUS_MULTIPROC_DIR when the operator set it,
+    else a temporary folder removed at the end. Values a previous run left there are cleared first.
+    The workers are started afresh (spawned) and read the variable as they import the client."""
+    from middleware.metrics import MULTIPROC_DIR_ENV, clear_multiproc_dir
+
+    given = os.environ.get(MULTIPROC_DIR_ENV)
+    if given:
+        os.makedirs(given, exist_ok=True)
+        clear_multiproc_dir(given)
+        log.info("Metrics of the %d processes: %s (%s)", workers, given, MULTIPROC_DIR_ENV)
+        yield
+        return
+    if workers <= 1:
+        yield
+        return
+    with tempfile.TemporaryDirectory(prefix="persona-metrics-") as folder:
+        os.environ[MULTIPROC_DIR_ENV] = folder
+        log.info("Metrics of the %d processes: %s", workers, folder)
+        try:
+            yield
+        finally:
+            os.environ.pop(MULTIPROC_DIR_ENV, None)
 
 
 @app.command()
@@ -167,6 +208,52 @@ def induce(
     configure_logging()
     result = asyncio.run(run_induce(settings(), tenant=tenant, user=user, model=model))
     typer.echo(json.dumps(result, indent=2, default=str))
+
+
+segments_app = typer.Typer(help="segments of a tenant's users")
+app.add_typer(segments_app, name="segments")
+
+
+@segments_app.command(name="learn")
+def segments_learn(
+    tenant: TenantOpt = "default",
+    k: Annotated[int, typer.Option(min=2, max=64, help="number of segments")] = 2,
+    prefix: Annotated[str, typer.Option(help="segments are named <prefix>-1 … <prefix>-k")] = "learned",
+    min_pairs: Annotated[int, typer.Option(min=1, help="users with fewer pairs stay unassigned")] = 1,
+    seed: Annotated[int, typer.Option(help="k-means seed")] = 0,
+) -> None:
+    """Group the tenant's users by their preference data into K ordinary segments and assign them
+    (k-means over each user's mean chosen-minus-rejected answer vector)."""
+    from middleware.errors import PersonaError
+    from middleware.identity import validate_segment
+    from middleware.induction.learn_segments import learn_segments
+    from middleware.services import build_services
+
+    async def run() -> dict[str, Any]:
+        validate_segment(f"{prefix}-{k}", param="prefix")
+        services = build_services(settings())
+        try:
+            learned = await learn_segments(
+                services.users,
+                services.preferences,
+                services.segments,
+                tenant,
+                k=k,
+                prefix=prefix,
+                min_pairs=min_pairs,
+                seed=seed,
+            )
+            return learned.as_dict()
+        finally:
+            await services.close()
+
+    configure_logging()
+    try:
+        result = asyncio.run(run())
+    except PersonaError as exc:
+        typer.echo(f"persona segments learn: {exc.message}", err=True)
+        raise typer.Exit(code=1) from exc
+    typer.echo(json.dumps(result, indent=2))
 
 
 @app.command(name="eval")

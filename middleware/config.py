@@ -48,7 +48,15 @@ class Settings(BaseSettings):
     environment: Literal["development", "production"] = "development"
 
     # --- Redis -----------------------------------------------------------------------------------
+    # redis:// or rediss:// (one server), redis+sentinel://h:p,h:p/<master>, redis+cluster://h:p,h:p
+    # (see middleware/store/connection.py and docs/SCALING.md).
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # The job queue's Redis (arq); empty: the same as redis_url. A cluster is refused here.
+    jobs_redis_url: str = ""
+    # Writes that promise to survive a failover (preference writes, persona saves) wait until this
+    # many replicas have them (WAIT); 0: no waiting (a server without replicas).
+    redis_wait_replicas: int = 0
+    redis_wait_timeout_ms: int = 500
     redis_connect_timeout_s: float = 0.5
     redis_socket_timeout_s: float = 1.0
     redis_max_connections: int = 64
@@ -93,6 +101,10 @@ class Settings(BaseSettings):
     persona_read_breaker_s: float = 0.5
     persona_cache_size: int = 10_000
 
+    # --- Tracing (OpenTelemetry, configured by the standard OTEL_* variables: README "Tracing") -------
+    # Put the end user's id on spans (enduser.id); off: spans never name a user.
+    trace_user_ids: bool = False
+
     # --- Requests --------------------------------------------------------------------------------
     max_body_bytes: int = 4 * 1024 * 1024
     # Browser origins allowed by CORS (JSON list, e.g. ["https://app.example.com"]); none by default.
@@ -117,6 +129,9 @@ class Settings(BaseSettings):
     induction_validation_fraction: float = 0.3
     induction_exemplar_sets: int = 4
     induction_seed: int = 0
+    # A segment's persona is induced from its members' pooled pairs, at most this many per member
+    # (a seeded sample), so no single member dominates it.
+    segment_pairs_per_member: int = Field(default=10, ge=1)
     induction_max_attempts: int = 3
     induction_max_completion_tokens: int = 800
 
@@ -153,6 +168,16 @@ class Settings(BaseSettings):
     def _quantize_booleans(cls, value: bool | str | None) -> str:
         """`true`/`false` still work: true means the attention layers only."""
         return quantize_mode(value)
+
+    @model_validator(mode="after")
+    def _refuse_a_cluster_for_the_job_queue(self) -> Settings:
+        if (self.jobs_redis_url or self.redis_url).lower().split("://", 1)[0].endswith("+cluster"):
+            raise ValueError(
+                "the job queue (arq) cannot run on a Redis Cluster: set PERSONA_JOBS_REDIS_URL to a "
+                "standalone Redis (redis://...) or a Sentinel group (redis+sentinel://...) beside the "
+                "cluster (see docs/SCALING.md)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _refuse_unsafe_production_defaults(self) -> Settings:
