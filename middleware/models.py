@@ -36,6 +36,8 @@ class PreferencePair(BaseModel):
     timestamp: str | None = None
     source: str | None = None
     item_id: str | None = None
+    # The context the judgement was made in (the app's tag; README "Contexts"); None: untagged.
+    context_tag: str | None = None
     id: str | None = Field(default=None, description="stable id; derived from content when absent")
 
     def stable_id(self) -> str:

@@ -24,6 +24,7 @@ from middleware.quotas.service import Quotas
 from middleware.rerank.registry import RerankerRegistry
 from middleware.rerank.resources import RerankResources
 from middleware.store.comparisons import ComparisonStore
+from middleware.store.contexts import ContextStore
 from middleware.store.evaluations import EvaluationStore
 from middleware.store.personas import PersonaStore
 from middleware.store.preferences import PreferenceStore
@@ -39,6 +40,7 @@ class Services:
     http: aiohttp.ClientSession
     metrics: Metrics
     personas: PersonaStore
+    contexts: ContextStore
     preferences: PreferenceStore
     users: UserIndex
     personalizer: Personalizer
@@ -69,6 +71,7 @@ def build_services(settings: Settings) -> Services:
         redis, read_timeout_s=settings.persona_read_timeout_s, breaker_s=settings.persona_read_breaker_s
     )
     preferences = PreferenceStore(redis)
+    contexts = ContextStore(redis)
     personalizer = Personalizer(personas, settings, metrics)
     upstreams = UpstreamRouter(settings, http, metrics.upstream_retries.inc)
     quotas = Quotas(settings, redis, metrics)
@@ -79,6 +82,7 @@ def build_services(settings: Settings) -> Services:
         http=http,
         metrics=metrics,
         personas=personas,
+        contexts=contexts,
         preferences=preferences,
         users=UserIndex(redis),
         personalizer=personalizer,
@@ -91,6 +95,6 @@ def build_services(settings: Settings) -> Services:
             ComparisonStore(redis, ttl_s=settings.comparison_ttl_s), personalizer, upstreams, preferences
         ),
         evaluations=EvaluationService(EvaluationStore(redis), personas, personalizer, upstreams),
-        induction=Induction(settings, upstreams, personas, preferences, quotas),
+        induction=Induction(settings, upstreams, personas, preferences, quotas, contexts),
         adapters=AdapterTrainer(settings, personas, preferences),
     )

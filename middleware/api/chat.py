@@ -16,7 +16,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from middleware.api.chat_schema import CHAT_REQUEST_SCHEMA, validate_chat_body
-from middleware.api.chatlike import Answer, answer
+from middleware.api.chatlike import Answer, answer, context_tag, routing_text
 from middleware.api.deps import json_body
 from middleware.api.sse import completion_events
 from middleware.candidates.variants import DEFAULT_VARIANTS
@@ -61,22 +61,28 @@ async def chat_completions(request: Request) -> Response:
     if token_user is not None:  # a user token acts for its own user only
         user = bind_user(token_user, user)
     mode = persona_mode(request)
+    tag = context_tag(request.headers, body)
     quotas = services.quotas
     quotas.check_body(tenant, body)
     cost = len(DEFAULT_VARIANTS) if mode == "rerank" else 1  # a rerank: one upstream call per variant
     found: ActivePersona | None = None
     if user is not None and mode != "off":
         # the quota check rides in the persona read's round trip
-        lease, found = await quotas.admit_and_personalize(tenant, user, cost, services.personalizer)
+        lease, found = await quotas.admit_and_personalize(
+            tenant, user, cost, services.personalizer, tag=tag, text=routing_text(body["messages"])
+        )
         if found is not None:
             services.metrics.persona_injected.inc()
     else:
         lease = await quotas.admit(tenant, user, cost)
     version = found.version if found is not None else None
+    context = found.context if found is not None else None
 
     if mode == "rerank":
         try:
-            reranker_name = require_enabled(settings, request.headers.get(RERANKER_HEADER) or settings.reranker)
+            reranker_name = require_enabled(
+                settings, request.headers.get(RERANKER_HEADER) or settings.reranker
+            )
             reranker = await services.rerankers.aget(reranker_name)
         except BaseException:
             await lease.release()
@@ -94,14 +100,28 @@ async def chat_completions(request: Request) -> Response:
 
         async def reranked() -> Answer:
             result = await rerank(
-                reranker, reranker_name, upstream, body, block=block, end_user=end_user, metrics=services.metrics
+                reranker,
+                reranker_name,
+                upstream,
+                body,
+                block=block,
+                end_user=end_user,
+                metrics=services.metrics,
             )
-            await quotas.add_usage(tenant, *(c.completion.get("usage") for c in result.candidates if c.completion))
+            await quotas.add_usage(
+                tenant, *(c.completion.get("usage") for c in result.candidates if c.completion)
+            )
             return reranked_answer(result, body, details=show_details)
 
         try:
             return await answer(
-                request, services.metrics, reranked(), mode=mode, persona_version=version, started=started
+                request,
+                services.metrics,
+                reranked(),
+                mode=mode,
+                persona_version=version,
+                started=started,
+                persona_context=context,
             )
         finally:
             await lease.release()
@@ -118,6 +138,7 @@ async def chat_completions(request: Request) -> Response:
         mode=mode,
         persona_version=version,
         started=started,
+        persona_context=context,
         lease=lease,
         relay=relay,
     )

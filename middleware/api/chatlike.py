@@ -2,7 +2,7 @@
 
 Every route that answers like a chat (chat completions, in any persona mode) hands its work here:
 
-- `x-persona-version` and `x-persona-overhead-ms` headers, and the overhead metric (the time the proxy
+- `x-persona-version`, `x-persona-context` and `x-persona-overhead-ms` headers, and the overhead metric (the time the proxy
   spent before the work started upstream);
 - the work runs cancelled as soon as the client goes away (499, counted);
 - `persona_chat_requests{mode, outcome}`: "ok", "stream", "error" or the outcome the work names;
@@ -20,13 +20,15 @@ from dataclasses import dataclass, field
 from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
 
-from middleware.errors import PersonaError
+from middleware.errors import InvalidRequest, PersonaError
 from middleware.metrics import Metrics
+from middleware.personalize.contexts import GENERAL, last_user_text, valid_tag
 from middleware.quotas.service import Lease
 from middleware.upstream import ClientDisconnected, cancel_on_disconnect, monotonic_ms
 
 VERSION_HEADER = "x-persona-version"
 OVERHEAD_HEADER = "x-persona-overhead-ms"
+CONTEXT_HEADER = "x-persona-context"
 CLIENT_CLOSED_REQUEST = 499
 
 
@@ -52,11 +54,39 @@ class Answer:
     outcome: str | None = None  # the metric's outcome label; by default "stream" or "ok"
 
 
-def persona_headers(version: int | None, overhead_ms: float) -> dict[str, str]:
+def persona_headers(version: int | None, overhead_ms: float, context: str | None = None) -> dict[str, str]:
     return {
         VERSION_HEADER: str(version) if version is not None else "none",
+        CONTEXT_HEADER: context or GENERAL,
         OVERHEAD_HEADER: f"{overhead_ms:.3f}",
     }
+
+
+def context_tag(headers: Mapping[str, str], body: Mapping[str, object]) -> str | None:
+    """The request's context tag: `X-Persona-Context`, else `metadata.context`; None when untagged.
+    A malformed tag is a 400 (README "Contexts")."""
+    tag = headers.get(CONTEXT_HEADER)
+    if tag is None:
+        metadata = body.get("metadata")
+        found = metadata.get("context") if isinstance(metadata, dict) else None
+        if found is None:
+            return None
+        if not isinstance(found, str):
+            raise InvalidRequest("metadata.context must be a string", param="metadata.context")
+        tag = found
+    tag = tag.strip()
+    if not valid_tag(tag):
+        raise InvalidRequest(
+            "a context tag is 1-64 letters, digits, '.', '_' or '-' (and not 'general')", param=CONTEXT_HEADER
+        )
+    return tag
+
+
+def routing_text(messages: object) -> str:
+    """The last user turn a request is routed by (`messages`/`input` as sent, or a plain string)."""
+    if isinstance(messages, str):
+        return messages
+    return last_user_text(messages) if isinstance(messages, list) else ""
 
 
 async def answer(
@@ -67,6 +97,7 @@ async def answer(
     mode: str,
     persona_version: int | None,
     started: float,
+    persona_context: str | None = None,
     framing: Framing = OPENAI_CHAT,
     lease: Lease | None = None,
     relay: Mapping[str, str] | None = None,
@@ -78,7 +109,7 @@ async def answer(
     app must see (filled by the upstream call as it runs)."""
     overhead_ms = monotonic_ms(started)
     metrics.overhead_seconds.observe(overhead_ms / 1000.0)
-    headers = persona_headers(persona_version, overhead_ms)
+    headers = persona_headers(persona_version, overhead_ms, persona_context)
     try:
         result = await cancel_on_disconnect(request.receive, work)
     except ClientDisconnected:

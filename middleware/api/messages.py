@@ -18,7 +18,7 @@ from fastapi.responses import Response, StreamingResponse
 
 from middleware.api.chat import MODE_HEADER, persona_mode
 from middleware.api.chat_schema import FORBIDDEN_FIELDS
-from middleware.api.chatlike import persona_headers
+from middleware.api.chatlike import context_tag, persona_headers, routing_text
 from middleware.api.deps import json_body
 from middleware.api.raw import forwarder, relayed_response
 from middleware.api.responses import JSONBytes
@@ -59,7 +59,9 @@ def anthropic_error_body(status: int, message: str) -> dict[str, Any]:
 
 def anthropic_error(exc: PersonaError) -> Response:
     return JSONBytes(
-        anthropic_error_body(exc.status_code, exc.message), status_code=exc.status_code, headers=dict(exc.headers) or None
+        anthropic_error_body(exc.status_code, exc.message),
+        status_code=exc.status_code,
+        headers=dict(exc.headers) or None,
     )
 
 
@@ -108,9 +110,14 @@ async def _create_message(request: Request) -> Response:
         raise InvalidRequest(f"{MODE_HEADER}: rerank is available on /v1/chat/completions only")
 
     version: int | None = None
+    context: str | None = None
+    tag = context_tag(request.headers, {})  # Anthropic's metadata holds user_id only: the header
     if user is not None and mode != "off":
-        found = await services.personalizer.current(tenant, user)
+        found = await services.personalizer.current(
+            tenant, user, tag=tag, text=routing_text(body.get("messages"))
+        )
         if found is not None:
+            context = found.context
             body["system"] = with_system(body.get("system"), found.block)
             version = found.version
             services.metrics.persona_injected.inc()
@@ -118,7 +125,7 @@ async def _create_message(request: Request) -> Response:
     body["model"] = settings.upstream_model(body["model"])
     overhead_ms = monotonic_ms(started)
     services.metrics.overhead_seconds.observe(overhead_ms / 1000.0)
-    headers = persona_headers(version, overhead_ms)
+    headers = persona_headers(version, overhead_ms, context)
     stream = bool(body.get("stream"))
     metric = services.metrics.route_requests
     target = anthropic_target(settings)

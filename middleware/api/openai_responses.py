@@ -20,7 +20,7 @@ from fastapi.responses import Response, StreamingResponse
 
 from middleware.api.chat import MODE_HEADER, persona_mode
 from middleware.api.chat_schema import FORBIDDEN_FIELDS
-from middleware.api.chatlike import persona_headers
+from middleware.api.chatlike import context_tag, persona_headers, routing_text
 from middleware.api.deps import json_body
 from middleware.api.passthrough import forward
 from middleware.errors import (
@@ -123,10 +123,15 @@ async def create_response(request: Request) -> Response:
         await owned(services, tenant, previous, param="previous_response_id")
 
     version: int | None = None
+    context: str | None = None
     owner = ResponseOwner(tenant, False, None)
+    tag = context_tag(request.headers, body)
     if user is not None and mode != "off":
-        found = await services.personalizer.current(tenant, user)
+        found = await services.personalizer.current(
+            tenant, user, tag=tag, text=routing_text(body.get("input"))
+        )
         if found is not None:
+            context = found.context
             instructions, app_chars = with_instructions(body.get("instructions"), found.block)
             body["instructions"] = instructions
             version = found.version
@@ -136,7 +141,7 @@ async def create_response(request: Request) -> Response:
     upstream, body["model"] = services.upstreams.route(body["model"])
     overhead_ms = monotonic_ms(started)
     services.metrics.overhead_seconds.observe(overhead_ms / 1000.0)
-    headers = persona_headers(version, overhead_ms)
+    headers = persona_headers(version, overhead_ms, context)
     stream = bool(body.get("stream"))
     store = body.get("store") is not False
     metric = services.metrics.route_requests

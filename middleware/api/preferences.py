@@ -43,14 +43,19 @@ async def add_preferences(
         key = item.idempotency_key
         if key is None and header_key:
             key = header_key if len(items) == 1 else f"{header_key}:{i}"
-        record_id, _, data = to_record(item, user, key)
+        record_id, _, data = to_record(item, user, key, request.headers.get("x-persona-context"))
         records.append((user, record_id, data))
     flags = await add_feedback(services.preferences, tenant, records)
     listing = [{"id": r[1], "user": r[0], "created": f} for r, f in zip(records, flags, strict=True)]
     created = sum(flags)
     if created:
         await refresh_if_due(
-            services.settings, services.preferences, services.jobs, tenant, [r[0] for r, f in zip(records, flags, strict=True) if f])
+            services.settings,
+            services.preferences,
+            services.jobs,
+            tenant,
+            [r[0] for r, f in zip(records, flags, strict=True) if f],
+        )
     return JSONBytes(
         {"object": "list", "data": listing, "created": created, "duplicates": len(flags) - created},
         status_code=201 if created else 200,

@@ -28,6 +28,7 @@ from arq.worker import Worker, func
 from middleware.config import Settings
 from middleware.errors import PersonaError, StoreUnavailable, UpstreamError
 from middleware.induction.adapters import AdapterTrainer, adapter_wanted
+from middleware.induction.contexts import induce_contexts
 from middleware.induction.pipeline import Induction
 from middleware.induction.queue import REFRESH, TRAIN_ADAPTER, JobCancelled, JobQueue, now_iso
 from middleware.induction.resilient import REDIS_DOWN, ResilientWorker, supervise
@@ -40,7 +41,6 @@ from middleware.store.users import UserIndex
 
 log = logging.getLogger("middleware.jobs")
 TRANSIENT = (UpstreamError, StoreUnavailable)
-
 
 
 def lease_ms(settings: Settings) -> int:
@@ -62,7 +62,9 @@ async def refresh_persona(ctx: dict[str, Any]) -> dict[str, Any]:
 async def train_adapter(ctx: dict[str, Any]) -> dict[str, Any]:
     """The arq job: train the `lora` adapter of the user's current persona version (no induction)."""
     services: Services = ctx["services"]
-    body = partial(run_adapter_training, services.jobs, services.settings, services.personas, services.adapters)
+    body = partial(
+        run_adapter_training, services.jobs, services.settings, services.personas, services.adapters
+    )
     return await run_user_job(services.jobs, services.settings, ctx["job_id"], body)
 
 
@@ -132,9 +134,13 @@ async def run_refresh(
             await queue.update(job_id, progress=event)
 
     try:
-        result = await induction.induce(
-            tenant, user, model=record.get("model") or None, job_id=job_id, progress=progress
-        )
+        model = record.get("model") or None
+        result = await induction.induce(tenant, user, model=model, job_id=job_id, progress=progress)
+        # The context personas and their router, after the general persona (README "Contexts").
+        result = {
+            **result,
+            **await induce_contexts(induction, tenant, user, model=model, job_id=job_id, progress=progress),
+        }
     except JobCancelled:
         return {"status": "cancelled"}
     except PersonaError as exc:

@@ -156,16 +156,24 @@ class Quotas:
         return Lease(self, tenant, lease or None)
 
     async def admit_and_personalize(
-        self, tenant: str, user: str, cost: int, personalizer: Personalizer
+        self,
+        tenant: str,
+        user: str,
+        cost: int,
+        personalizer: Personalizer,
+        *,
+        tag: str | None = None,
+        text: str = "",
     ) -> tuple[Lease, ActivePersona | None]:
         """The chat path: admission and the persona read in one round trip (one pipeline), bounded
-        by the persona read timeout; a failure lets the call through without a persona."""
+        by the persona read timeout; a failure lets the call through without a persona. `tag` and
+        `text` (the last user turn) route to a context persona (`Personalizer.resolve`)."""
         limits = self.limits(tenant)
         if not limits.metered:
-            return Lease(self, tenant, None), await personalizer.current(tenant, user)
+            return Lease(self, tenant, None), await personalizer.current(tenant, user, tag=tag, text=text)
         call, lease = self._call(tenant, user, cost, limits)
         try:
-            reason, wait_ms, blob = await asyncio.wait_for(
+            reason, wait_ms, blob, contexts = await asyncio.wait_for(
                 self.store.admit_and_read_persona(call, tenant, user), personalizer.read_timeout_s
             )
         except STORE_ERRORS as exc:
@@ -174,7 +182,7 @@ class Quotas:
             return Lease(self, tenant, None), None
         if reason:
             self.refuse(tenant, REASONS[reason], wait_ms / 1000.0)
-        return Lease(self, tenant, lease or None), personalizer.from_blob(blob)
+        return Lease(self, tenant, lease or None), personalizer.resolve(blob, contexts, tag=tag, text=text)
 
     def _skipped(self, exc: BaseException) -> None:
         self._metrics.quota_store_failures.inc()

@@ -70,6 +70,21 @@ class PersonaStore:
             raise PersonaReadFailed(str(exc) or type(exc).__name__) from exc
         return blob
 
+    async def read_current(self, tenant: str, user: str) -> tuple[bytes | None, dict[bytes, bytes]]:
+        """The current-persona blob and the user's context hash (`keys.contexts`): one pipeline, one
+        round trip, bounded and guarded like `read_current_blob`."""
+        if time.monotonic() < self._open_until:
+            raise PersonaReadFailed("persona store recently failed; read skipped", skipped=True)
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.get(keys.persona_current(tenant, user))
+        pipe.hgetall(keys.contexts(tenant, user))
+        try:
+            blob, contexts = await asyncio.wait_for(pipe.execute(), self._read_timeout_s)
+        except STORE_ERRORS as exc:
+            self._open_until = time.monotonic() + self._breaker_s
+            raise PersonaReadFailed(str(exc) or type(exc).__name__) from exc
+        return blob, contexts
+
     # --- admin ------------------------------------------------------------------------------------
     async def get(self, tenant: str, user: str) -> Persona | None:
         blob = await fail_closed(self._redis.get(keys.persona_current(tenant, user)))
@@ -147,4 +162,3 @@ class PersonaStore:
     async def clear_current(self, tenant: str, user: str) -> bool:
         """Switch personalization off for the user; stored versions stay for rollback."""
         return bool(await fail_closed(self._redis.delete(keys.persona_current(tenant, user))))
-

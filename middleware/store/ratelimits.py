@@ -144,22 +144,24 @@ class RateLimitStore:
 
     async def admit_and_read_persona(
         self, call: tuple[list[str], list[Any]], tenant: str, user: str
-    ) -> tuple[int, int, bytes | None]:
-        """One round trip: the admission and the user's current-persona GET (the chat path)."""
+    ) -> tuple[int, int, bytes | None, dict[bytes, bytes]]:
+        """One round trip: the admission, the user's current-persona GET and their context hash
+        (`keys.contexts`: context personas and router) on the chat path."""
         # EVALSHA straight into the pipeline: redis-py's pipelined Script checks SCRIPT EXISTS first,
         # one more round trip on every call. The script is loaded once, when Redis says it lacks it.
         for attempt in (1, 2):
             pipe = self._redis.pipeline(transaction=False)
             pipe.evalsha(self._admit.sha, len(call[0]), *call[0], *call[1])
             pipe.get(keys.persona_current(tenant, user))
+            pipe.hgetall(keys.contexts(tenant, user))
             try:
-                (reason, wait_ms), blob = await pipe.execute()
+                (reason, wait_ms), blob, contexts = await pipe.execute()
             except NoScriptError:
                 if attempt == 2:
                     raise
                 await resolved(self._redis.script_load(ADMIT))
                 continue
-            return int(reason), int(wait_ms), blob
+            return int(reason), int(wait_ms), blob, contexts
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def record_calls(self, tenant: str, calls: int, *, rpm: int, window_ms: int = WINDOW_MS) -> None:
@@ -179,7 +181,9 @@ class RateLimitStore:
         value = await resolved(self._redis.get(keys.tokens_day(tenant, day)))
         return int(value or 0)
 
-    async def reserve_pending(self, tenant: str, user: str, comparison_id: str, *, limit: int, ttl_s: int) -> int:
+    async def reserve_pending(
+        self, tenant: str, user: str, comparison_id: str, *, limit: int, ttl_s: int
+    ) -> int:
         """Reserve a pending-comparison slot: 0, or the ms until one frees up."""
         wait_ms = await self._reserve(
             keys=[keys.pending_comparisons(tenant, user)], args=[limit, comparison_id, ttl_s * 1000]
