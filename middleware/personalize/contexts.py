@@ -11,6 +11,7 @@ persona and decodes them once per `router_id` (README "Contexts").
 from __future__ import annotations
 
 import math
+import random
 import re
 import uuid
 from collections import Counter
@@ -178,56 +179,73 @@ class Group:
     pairs: list[PreferencePair]
 
 
-def _kmeans(vectors: list[dict[str, float]], k: int, rounds: int = 20) -> list[int]:
-    """Spherical k-means with a deterministic farthest-first start; returns each vector's cluster."""
-    centers = [vectors[0]]
-    while len(centers) < k:
-        far = min(range(len(vectors)), key=lambda i: max(_dot(vectors[i], c) for c in centers))
-        centers.append(vectors[far])
-    assign = [-1] * len(vectors)
+def _sum(vectors: Iterable[dict[str, float]]) -> dict[str, float]:
+    total: dict[str, float] = {}
+    for vector in vectors:
+        for t, w in vector.items():
+            total[t] = total.get(t, 0.0) + w
+    return total
+
+
+def _cos(a: dict[str, float], b: dict[str, float]) -> float:
+    norm = math.sqrt(sum(w * w for w in b.values()))
+    return _dot(a, b) / norm if norm > 1e-12 else 0.0
+
+
+def _kmeans(vectors: list[dict[str, float]], k: int, seed: int, rounds: int = 30) -> list[int]:
+    """Spherical k-means from `k` prompts drawn with `seed`, where a prompt is compared with the
+    rest of its own cluster (itself left out, as in `_margin`); returns each vector's cluster."""
+    centers = [vectors[i] for i in random.Random(seed).sample(range(len(vectors)), k)]
+    assign = [max(range(k), key=lambda j: _dot(v, centers[j])) for v in vectors]
     for _ in range(rounds):
-        new = [max(range(k), key=lambda j: _dot(v, centers[j])) for v in vectors]
+        sums = [_sum(v for v, a in zip(vectors, assign, strict=True) if a == j) for j in range(k)]
+
+        def closeness(v: dict[str, float], a: int, j: int) -> float:
+            return _cos(v, {t: w - v.get(t, 0.0) for t, w in sums[j].items()} if j == a else sums[j])
+
+        new = [max(range(k), key=lambda j: closeness(v, a, j)) for v, a in zip(vectors, assign, strict=True)]
         if new == assign:
             break
         assign = new
-        centers = [
-            _centroid([v for v, a in zip(vectors, assign, strict=True) if a == j]) or centers[j]
-            for j in range(k)
-        ]
     return assign
 
 
 def _margin(vectors: list[dict[str, float]], assign: list[int], k: int) -> float:
-    """Mean over pairs of (similarity to own centroid - best similarity to another): cluster quality."""
-    centers = [_centroid([v for v, a in zip(vectors, assign, strict=True) if a == j]) for j in range(k)]
+    """Mean over prompts of (similarity to the rest of its own cluster - best similarity to another
+    cluster). Leaving the prompt out of its own cluster matters: short prompts that share nothing
+    would otherwise look close to any cluster they are in."""
+    sums = [_sum(v for v, a in zip(vectors, assign, strict=True) if a == j) for j in range(k)]
     total = 0.0
     for v, a in zip(vectors, assign, strict=True):
-        other = max((_dot(v, c) for j, c in enumerate(centers) if j != a), default=0.0)
-        total += _dot(v, centers[a]) - other
+        rest = {t: w - v.get(t, 0.0) for t, w in sums[a].items()}
+        other = max((_cos(v, s) for j, s in enumerate(sums) if j != a), default=0.0)
+        total += _cos(v, rest) - other
     return total / len(vectors)
+
+
+RESTARTS = 8
 
 
 def cluster(
     pairs: list[PreferencePair], *, min_pairs: int, max_clusters: int, min_margin: float
 ) -> list[list[PreferencePair]]:
-    """Untagged pairs grouped by their prompts: the k (2..max) with the best margin, kept only if the
-    margin reaches `min_margin` (else one group: no context is found); clusters below `min_pairs`
-    are left out."""
+    """Untagged pairs grouped by their prompts: spherical k-means (`RESTARTS` starts) for k from 2
+    to the most that leaves every cluster `min_pairs`, each clustering scored by `_margin`; the best
+    is kept if its margin reaches `min_margin`, else no context is found."""
     if len(pairs) < 2 * min_pairs:
         return []
     docs = [terms(prompt_text(p)) for p in pairs]
     idf, default_idf = _idf(docs)
-    vectors = [_weights(d, idf, default_idf) for d in docs]
-    if not all(vectors):
-        vectors = [v or {"": 1.0} for v in vectors]
+    vectors = [_weights(d, idf, default_idf) or {"": 1.0} for d in docs]
     best: tuple[float, list[int], int] | None = None
     for k in range(2, min(max_clusters, len(pairs) // min_pairs) + 1):
-        assign = _kmeans(vectors, k)
-        if min(Counter(assign).get(j, 0) for j in range(k)) < min_pairs:
-            continue
-        margin = _margin(vectors, assign, k)
-        if best is None or margin > best[0]:
-            best = (margin, assign, k)
+        for seed in range(RESTARTS):
+            assign = _kmeans(vectors, k, seed)
+            if min(Counter(assign).get(j, 0) for j in range(k)) < min_pairs:
+                continue
+            margin = _margin(vectors, assign, k)
+            if best is None or margin > best[0]:
+                best = (margin, assign, k)
     if best is None or best[0] < min_margin:
         return []
     _, assign, k = best
