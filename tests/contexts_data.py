@@ -29,7 +29,7 @@ UNRELATED_CALL = "Tell me about the history of the Roman empire"
 
 def planted_pairs(user: str, *, tagged: bool) -> list[PreferencePair]:
     """Both topics interleaved in time; `tagged`: each pair carries its context tag."""
-    pairs = []
+    pairs: list[PreferencePair] = []
     for i in range(len(COOKING)):
         for tag, prompt in (("cooking", COOKING[i]), ("code", CODE[i])):
             n = len(pairs)

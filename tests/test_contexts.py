@@ -9,6 +9,8 @@ import httpx
 import openai
 import redis
 
+from middleware.evaluation.router_eval import router_accuracy
+from middleware.models import Message, PreferencePair
 from middleware.personalize.contexts import Router, build_router, group_pairs, prompt_text
 from middleware.store import keys
 from tests.contexts_data import CODE_CALL, COOKING_CALL, UNRELATED_CALL, planted_pairs
@@ -241,3 +243,35 @@ def test_preferences_carry_their_context_tag(proxy: RunningProxy) -> None:
     with admin(proxy) as a:
         stored = [p["data"] for p in a.get("/admin/users/dave/export").json()["preferences"]]
     assert sorted(p.get("context_tag") for p in stored) == ["code", "cooking"]
+
+
+def test_router_accuracy_on_labelled_prompts() -> None:
+    """`persona eval`'s router figure: held-out pairs routed back to the subreddit they came from,
+    with the label line removed; a user whose labels do not follow the text is routed at chance."""
+    users: dict[str, list[PreferencePair]] = {}
+    for u in ("u1", "u2"):
+        pairs = planted_pairs(u, tagged=False) * 2
+        users[u] = [
+            p.model_copy(
+                update={
+                    "context": [
+                        Message(
+                            role="user",
+                            content=f"SUBREDDIT: r/{'python' if 'Python' in prompt_text(p) else 'cooking'}\n"
+                            + prompt_text(p),
+                        )
+                    ]
+                }
+            )
+            for p in pairs
+        ]
+    result = router_accuracy(users, min_pairs=5, threshold=0.0)
+    assert result["label_removed"]["users"] == 2 and result["label_removed"]["mean_accuracy"] == 1.0
+    assert result["label_in_prompt"]["mean_accuracy"] == 1.0
+
+    shuffled = {
+        u: [p.model_copy(update={"context_tag": "a" if i % 3 else "b"}) for i, p in enumerate(pairs)]
+        for u, pairs in users.items()
+    }
+    control = router_accuracy(shuffled, min_pairs=5, threshold=0.0)["label_removed"]
+    assert control["mean_accuracy"] < 0.8

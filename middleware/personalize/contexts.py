@@ -17,6 +17,7 @@ import uuid
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
@@ -192,6 +193,11 @@ def _cos(a: dict[str, float], b: dict[str, float]) -> float:
     return _dot(a, b) / norm if norm > 1e-12 else 0.0
 
 
+def _closeness(sums: list[dict[str, float]], v: dict[str, float], own: int, j: int) -> float:
+    """Cosine of `v` with cluster `j`'s sum, `v` itself left out of its own cluster."""
+    return _cos(v, {t: w - v.get(t, 0.0) for t, w in sums[j].items()} if j == own else sums[j])
+
+
 def _kmeans(vectors: list[dict[str, float]], k: int, seed: int, rounds: int = 30) -> list[int]:
     """Spherical k-means from `k` prompts drawn with `seed`, where a prompt is compared with the
     rest of its own cluster (itself left out, as in `_margin`); returns each vector's cluster."""
@@ -200,10 +206,9 @@ def _kmeans(vectors: list[dict[str, float]], k: int, seed: int, rounds: int = 30
     for _ in range(rounds):
         sums = [_sum(v for v, a in zip(vectors, assign, strict=True) if a == j) for j in range(k)]
 
-        def closeness(v: dict[str, float], a: int, j: int) -> float:
-            return _cos(v, {t: w - v.get(t, 0.0) for t, w in sums[j].items()} if j == a else sums[j])
-
-        new = [max(range(k), key=lambda j: closeness(v, a, j)) for v, a in zip(vectors, assign, strict=True)]
+        new = [
+            max(range(k), key=partial(_closeness, sums, v, a)) for v, a in zip(vectors, assign, strict=True)
+        ]
         if new == assign:
             break
         assign = new
