@@ -7,6 +7,10 @@ alternating, and the median is reported.
     .venv/bin/python benchmarks/proxy_overhead.py [--runs 5] [--seconds 6] [--connections 16]
     .venv/bin/python benchmarks/proxy_overhead.py --limits [--runs 5] [--seconds 6]
 
+`--contexts` measures what the context router costs: the same proxy, c=1, alternating, for a user
+with a general persona only and a user with a general persona and 10 context personas whose calls are
+routed by similarity (no tag: the router's full work); target <= 0.5 ms p50 added.
+
 `--limits` measures what quotas cost instead: the same proxy with PERSONA_LIMITS unset and with every
 rate limit on (high enough never to refuse), at c=1, alternating; target <= 0.1 ms p50 added.
 
@@ -107,9 +111,13 @@ def limits_cost(runs: int, seconds: float) -> None:
     print(f"{runs} runs x {seconds:.0f} s at c=1, wrk -t1, median of runs; non-2xx responses: {errors:.0f}")
     print(f"{'path':<28}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}")
     for name, rs in results.items():
-        print(f"{'proxy + persona, ' + name:<28}{median(rs, 'rps'):>10.0f}{median(rs, 'p50_ms'):>10.3f}{median(rs, 'p99_ms'):>10.3f}")
+        print(
+            f"{'proxy + persona, ' + name:<28}{median(rs, 'rps'):>10.0f}{median(rs, 'p50_ms'):>10.3f}{median(rs, 'p99_ms'):>10.3f}"
+        )
     added = median(results["limits on"], "p50_ms") - median(results["limits off"], "p50_ms")
-    print(f"added p50 with limits on, c=1 (wrk): {added:.3f} ms ({'met' if added <= 0.1 else 'NOT met'}: <= 0.1 ms)")
+    print(
+        f"added p50 with limits on, c=1 (wrk): {added:.3f} ms ({'met' if added <= 0.1 else 'NOT met'}: <= 0.1 ms)"
+    )
     # The proxy's own measure of the time before forwarding (x-persona-overhead-ms), which holds the
     # quota check and persona read round trip and none of the client's or upstream's time.
     own = {name: statistics.median(values) for name, values in overhead.items()}
@@ -120,12 +128,93 @@ def limits_cost(runs: int, seconds: float) -> None:
     )
 
 
-def reported_overhead(url: str, count: int) -> list[float]:
+def reported_overhead(url: str, count: int, body: dict[str, object] = BODY) -> list[float]:
     """x-persona-overhead-ms of `count` sequential calls."""
     with httpx.Client(headers={"Authorization": f"Bearer {h.APP_KEY}"}, timeout=10) as client:
-        return [
-            float(client.post(url, json=BODY).headers["x-persona-overhead-ms"]) for _ in range(count)
-        ]
+        return [float(client.post(url, json=body).headers["x-persona-overhead-ms"]) for _ in range(count)]
+
+
+TOPICS = (
+    "running shoes trail marathon training pace",
+    "laptop keyboard battery screen repair",
+    "coffee espresso grinder beans roast",
+    "python code function list error",
+    "garden tomatoes soil compost watering",
+    "travel flights hotel itinerary visa",
+    "budget savings taxes mortgage interest",
+    "guitar chords practice strings amplifier",
+    "cooking recipe oven chicken spices",
+    "cycling bike gears tyres saddle",
+)
+
+
+def plant_contexts(redis_url: str, user: str) -> None:
+    """10 context personas and their router for `user`, as a refresh job stores them."""
+    import redis as redis_py
+
+    from middleware.models import Persona, PreferencePair
+    from middleware.personalize.contexts import build_router
+    from middleware.store import keys
+
+    exemplar = PreferencePair.model_validate({**EXEMPLAR, "user_id": user})
+    groups = {}
+    r = redis_py.Redis.from_url(redis_url)
+    for i, topic in enumerate(TOPICS):
+        name = f"ctx{i}"
+        words = topic.split()
+        groups[name] = (
+            "tag",
+            [f"Question about {w} and {words[(j + 1) % len(words)]}" for j, w in enumerate(words)],
+        )
+        persona = Persona(
+            version=1,
+            version_id=f"bench{i:028d}",
+            text=f"{PERSONA} ({name})",
+            exemplars=[exemplar, exemplar],
+            created_at="2026-01-01T00:00:00Z",
+        )
+        r.hset(keys.contexts("bench", user), f"c:{name}", persona.model_dump_json())
+    r.hset(keys.contexts("bench", user), "router", build_router(groups).model_dump_json())  # type: ignore[arg-type]
+    r.close()
+
+
+def contexts_cost(runs: int, seconds: float) -> None:
+    bodies = {"general only": BODY, "10 contexts, routed": {**BODY, "user": "bench-ctx"}}
+    with h.redis() as redis, h.fake_upstream() as upstream, h.proxy(redis.url, upstream) as proxy:
+        for user in ("bench-user", "bench-ctx"):
+            h.put_persona(proxy, user, PERSONA, [EXEMPLAR, EXEMPLAR])
+        plant_contexts(redis.url, "bench-ctx")
+        url = f"{proxy}/v1/chat/completions"
+        with httpx.Client(headers={"Authorization": f"Bearer {h.APP_KEY}"}) as client:
+            routed = client.post(url, json=bodies["10 contexts, routed"]).headers["x-persona-context"]
+        print(f"the routed user's call goes to: {routed}")
+        for body in bodies.values():
+            h.wrk(url, body, connections=1, seconds=2)  # warm-up
+        results: dict[str, list[dict[str, float]]] = {name: [] for name in bodies}
+        overhead: dict[str, list[float]] = {name: [] for name in bodies}
+        for _ in range(runs):
+            for name, body in bodies.items():
+                results[name].append(h.wrk(url, body, connections=1, seconds=seconds))
+                overhead[name].extend(reported_overhead(url, 200, body))
+    print(f"{runs} runs x {seconds:.0f} s at c=1, wrk -t1, median of runs (spread min-max)")
+    print(f"{'user':<24}{'p50 ms':>10}{'spread':>16}{'p99 ms':>10}")
+    for name, rs in results.items():
+        p50 = [r["p50_ms"] for r in rs]
+        print(f"{name:<24}{statistics.median(p50):>10.3f}{spread(p50):>16}{median(rs, 'p99_ms'):>10.3f}")
+    per_run = [
+        c["p50_ms"] - g["p50_ms"]
+        for g, c in zip(results["general only"], results["10 contexts, routed"], strict=True)
+    ]
+    added = statistics.median(per_run)
+    print(
+        f"added p50 by routing, c=1 (wrk): {added:.3f} ms, per run {spread(per_run)} ({'met' if added <= 0.5 else 'NOT met'}: <= 0.5 ms)"
+    )
+    own = {name: statistics.median(values) for name, values in overhead.items()}
+    print(
+        "x-persona-overhead-ms p50, c=1: "
+        + ", ".join(f"{name} {value:.3f} ms" for name, value in own.items())
+        + f", added {own['10 contexts, routed'] - own['general only']:.3f} ms"
+    )
 
 
 def spread(values: list[float]) -> str:
@@ -173,7 +262,9 @@ def api_table(upstream: str, proxy: str, runs: int, seconds: float, connections:
             f"({'met' if max(ratio, by_cpu) >= 0.9 else 'NOT met'}: >= 0.9)"
         )
     passthrough = statistics.median(added["embeddings (pass-through)"])
-    print(f"pass-through added p50 at c=1: {passthrough:.3f} ms ({'met' if passthrough <= 0.5 else 'NOT met'}: <= 0.5)")
+    print(
+        f"pass-through added p50 at c=1: {passthrough:.3f} ms ({'met' if passthrough <= 0.5 else 'NOT met'}: <= 0.5)"
+    )
 
 
 def main() -> None:
@@ -183,10 +274,14 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--paced-rate", type=float, default=1000.0, help="req/s offered in the paced run")
     parser.add_argument("--limits", action="store_true", help="measure the cost of quotas (c=1)")
+    parser.add_argument("--contexts", action="store_true", help="measure the cost of context routing (c=1)")
     parser.add_argument("--apis-only", action="store_true", help="only the table of APIs beside chat")
     args = parser.parse_args()
     if args.limits:
         limits_cost(args.runs, args.seconds)
+        return
+    if args.contexts:
+        contexts_cost(args.runs, args.seconds)
         return
 
     with h.redis() as redis, h.fake_upstream() as upstream, h.proxy(redis.url, upstream) as proxy:
@@ -243,9 +338,11 @@ def main() -> None:
     )
     throughput_ok = median(results["proxy"], "rps") >= 1000
     print(f"throughput >= 1000 req/s with persona: {'met' if throughput_ok else 'NOT met'}")
-    print(f"added p50 <= 2 ms at ~1000 req/s (paced): {'met' if added_paced <= 2.0 else 'NOT met'}; "
-          f"at c=1: {'met' if added_c1 <= 2.0 else 'NOT met'}; saturated c={args.connections}: "
-          f"{'met' if added_p50 <= 2.0 else 'NOT met (queueing)'}")
+    print(
+        f"added p50 <= 2 ms at ~1000 req/s (paced): {'met' if added_paced <= 2.0 else 'NOT met'}; "
+        f"at c=1: {'met' if added_c1 <= 2.0 else 'NOT met'}; saturated c={args.connections}: "
+        f"{'met' if added_p50 <= 2.0 else 'NOT met (queueing)'}"
+    )
 
 
 if __name__ == "__main__":

@@ -27,9 +27,11 @@ from middleware.models import PreferencePair, message_text
 # A tag names a key segment and a header value: letters, digits, '.', '_', '-'.
 TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 GENERAL = "general"  # the decision when no context persona is used (never a context's name)
-_TERM_RE = re.compile(r"[a-z0-9]{2,}")
-# Routing reads at most this many characters from the end of the turn: the cost stays bounded.
-ROUTE_TEXT_CHARS = 4000
+# Terms: lower-cased runs of ASCII letters and digits and of any non-ASCII characters (so words in
+# other scripts count too), split by one bytes.translate (much cheaper than a regex on the hot path).
+_SEPARATORS = bytes(c if (48 <= c <= 57 or 97 <= c <= 122 or c >= 128) else 32 for c in range(256))
+# Routing reads at most this many characters of the turn (its start): the cost stays bounded.
+ROUTE_TEXT_CHARS = 2000
 TOP_TERMS = 200  # terms kept per centroid
 IDF_TERMS = 2000  # terms kept in the stored IDF table (the most widespread first)
 
@@ -41,7 +43,8 @@ def valid_tag(tag: str) -> bool:
 
 
 def terms(text: str) -> Counter[str]:
-    return Counter(_TERM_RE.findall(text[-ROUTE_TEXT_CHARS:].lower()))
+    words = text[:ROUTE_TEXT_CHARS].lower().encode().translate(_SEPARATORS).decode(errors="ignore").split()
+    return Counter(w for w in words if len(w) > 1)
 
 
 def prompt_text(pair: PreferencePair) -> str:
