@@ -16,7 +16,7 @@ from middleware.store import keys
 from tests.contexts_data import CODE_CALL, COOKING_CALL, UNRELATED_CALL, planted_pairs
 from tests.induction_fakes import InductionResponder, make_pairs
 from tests.jobs_support import drain, store_services
-from tests.support.fake_upstream import FakeUpstream
+from tests.support.fake_upstream import FakeUpstream, Reply
 from tests.support.metrics import sample
 from tests.support.proxy import APP_KEY_A, APP_KEY_B, RunningProxy
 from tests.support.proxy import admin_client as admin
@@ -275,3 +275,34 @@ def test_router_accuracy_on_labelled_prompts() -> None:
     }
     control = router_accuracy(shuffled, min_pairs=5, threshold=0.0)["label_removed"]
     assert control["mean_accuracy"] < 0.8
+
+
+def test_a_tagged_comparison_routes_its_persona_and_tags_its_pairs(
+    proxy: RunningProxy, fake_upstream: FakeUpstream
+) -> None:
+    with admin(proxy) as http:
+        assert http.put("/admin/users/erin/persona", json={"text": "General taste"}).status_code == 200
+        assert (
+            http.put("/admin/users/erin/persona", json={"text": "Code taste", "context": "code"}).status_code
+            == 200
+        )
+    fake_upstream.responder = lambda body: Reply(content=f"answer at temperature {body.get('temperature')}")
+    with httpx.Client(base_url=proxy.v1, headers={"Authorization": f"Bearer {APP_KEY_A}"}, timeout=30) as c:
+        created = c.post(
+            "/comparisons",
+            json={
+                "user": "erin",
+                "model": "fake-model",
+                "messages": [{"role": "user", "content": CODE_CALL}],
+                "metadata": {"context": "code"},
+            },
+        )
+        assert created.status_code == 200, created.text
+        assert all("Code taste" in persona_of(r) for r in fake_upstream.chat_requests[-4:])
+        judged = c.post(f"/comparisons/{created.json()['id']}/judgement", json={"best": 0, "worst": 1})
+        assert judged.status_code == 201, judged.text
+    with admin(proxy) as a:
+        stored = [
+            p["data"] for p in a.get("/admin/users/erin/export").json()["preferences"] if p["kind"] == "pair"
+        ]
+    assert stored and {p["context_tag"] for p in stored} == {"code"}

@@ -20,6 +20,7 @@ from fastapi import APIRouter, Path, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from middleware.api.chatlike import context_tag
 from middleware.api.deps import AppTenant, ServicesDep, caller_user
 from middleware.api.responses import JSONBytes
 from middleware.candidates.generate import Candidate
@@ -49,6 +50,9 @@ class ComparisonCreate(BaseModel):
     persona: bool = Field(default=True, description="inject the user's persona into every candidate")
     max_tokens: int | None = Field(default=None, ge=1, le=65_536)
     stream: bool = False
+    metadata: dict[str, Any] | None = Field(
+        default=None, description='{"context": "<tag>"}: the context of the comparison (README "Contexts")'
+    )
 
 
 class JudgementIn(BaseModel):
@@ -77,6 +81,7 @@ async def create_comparison(
         session_id=body.session_id,
         persona=body.persona and not off,
         extra={"max_tokens": body.max_tokens} if body.max_tokens else {},
+        context_tag=context_tag(request.headers, {"metadata": body.metadata}),
     )
     quotas = services.quotas
     quotas.check_body(tenant, {"max_tokens": body.max_tokens})
@@ -122,7 +127,9 @@ async def _ndjson(
         await lease.release()
         if stored is None:
             await quotas.drop_comparison(prepared.tenant, prepared.user, prepared.id)
-        await quotas.add_usage(prepared.tenant, *(c.completion.get("usage") for c in finished if c.completion))
+        await quotas.add_usage(
+            prepared.tenant, *(c.completion.get("usage") for c in finished if c.completion)
+        )
 
 
 @router.post("/v1/comparisons/{comparison_id}/judgement")

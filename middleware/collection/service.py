@@ -21,6 +21,7 @@ from middleware.candidates.generate import Candidate, generate
 from middleware.candidates.variants import DEFAULT_VARIANTS, Variant, plans
 from middleware.errors import Conflict, NotFound, UpstreamError, ValidationFailed
 from middleware.models import Message, PreferencePair
+from middleware.personalize.contexts import last_user_text
 from middleware.personalize.service import Personalizer
 from middleware.store.comparisons import Claim, ComparisonStore
 from middleware.store.preferences import PreferenceStore
@@ -53,6 +54,7 @@ class Prepared:
     persona_version: int | None
     block: str | None  # the persona block every candidate carries
     extra: dict[str, Any]
+    context_tag: str | None = None  # the app's context tag: routes the persona, tags the pairs
 
     def header(self) -> dict[str, Any]:
         return {
@@ -91,6 +93,7 @@ class ComparisonService:
         session_id: str | None = None,
         persona: bool = True,
         extra: dict[str, Any] | None = None,
+        context_tag: str | None = None,
     ) -> Prepared:
         history: list[dict[str, Any]] = []
         if session_id:
@@ -99,7 +102,9 @@ class ComparisonService:
         version: int | None = None
         block: str | None = None
         if persona:
-            found = await self._personalizer.current(tenant, user)
+            found = await self._personalizer.current(
+                tenant, user, tag=context_tag, text=last_user_text(conversation)
+            )
             if found is not None:
                 version, block = found.version, found.block
         return Prepared(
@@ -115,6 +120,7 @@ class ComparisonService:
             persona_version=version,
             block=block,
             extra=extra or {},
+            context_tag=context_tag,
         )
 
     async def candidates(self, prepared: Prepared) -> AsyncIterator[Candidate]:
@@ -142,6 +148,7 @@ class ComparisonService:
         created = int(time.time())
         record = {
             **prepared.header(),
+            "context_tag": prepared.context_tag,
             "tenant": prepared.tenant,
             "conversation": prepared.conversation,
             "new_messages": prepared.new_messages,
@@ -288,6 +295,7 @@ def judgement_records(
             timestamp=now,
             source=SOURCE,
             item_id=cid,
+            context_tag=comparison.get("context_tag"),
         )
         data = pair.model_dump(mode="json")
         data.update(
