@@ -306,3 +306,24 @@ def test_a_tagged_comparison_routes_its_persona_and_tags_its_pairs(
             p["data"] for p in a.get("/admin/users/erin/export").json()["preferences"] if p["kind"] == "pair"
         ]
     assert stored and {p["context_tag"] for p in stored} == {"code"}
+
+
+def test_the_responses_route_routes_by_tag(proxy: RunningProxy, fake_upstream: FakeUpstream) -> None:
+    with admin(proxy) as http:
+        assert http.put("/admin/users/fay/persona", json={"text": "General taste"}).status_code == 200
+        assert (
+            http.put("/admin/users/fay/persona", json={"text": "Code taste", "context": "code"}).status_code
+            == 200
+        )
+    oa = openai.OpenAI(base_url=proxy.v1, api_key=APP_KEY_A, max_retries=0)
+    raw = oa.responses.with_raw_response.create(
+        model="fake-model", input=CODE_CALL, user="fay", extra_headers={"X-Persona-Context": "code"}
+    )
+    raw.parse()
+    sent = [r for r in fake_upstream.requests if r.path.endswith("/responses")][-1].body
+    assert raw.headers["x-persona-context"] == "code" and "Code taste" in sent["instructions"]
+    raw = oa.responses.with_raw_response.create(model="fake-model", input=CODE_CALL, user="fay")
+    raw.parse()
+    sent = [r for r in fake_upstream.requests if r.path.endswith("/responses")][-1].body
+    # an operator's context persona has no centroid until a refresh: untagged calls get the general one
+    assert raw.headers["x-persona-context"] == "general" and "General taste" in sent["instructions"]
