@@ -6,6 +6,12 @@ alternating, and the median is reported.
 
     .venv/bin/python benchmarks/proxy_overhead.py [--runs 5] [--seconds 6] [--connections 16]
     .venv/bin/python benchmarks/proxy_overhead.py --limits [--runs 5] [--seconds 6]
+    .venv/bin/python benchmarks/proxy_overhead.py --with-litellm [--runs 5] [--seconds 6]
+
+`--with-litellm` (or `--side-by-side` without it) runs chat completions and the Responses API through
+the proxy beside the upstream alone and LiteLLM's own proxy (built once into its own venv under
+`benchmarks/out/`), prints the ratio, the targets, stream time to first byte added, and writes JSON +
+PNG under `benchmarks/out/` (benchmarks/side_by_side.py).
 
 `--contexts` measures what the context router costs: the same proxy, c=1, alternating, for a user
 with a general persona only and a user with a general persona and 10 context personas whose calls are
@@ -276,7 +282,24 @@ def main() -> None:
     parser.add_argument("--limits", action="store_true", help="measure the cost of quotas (c=1)")
     parser.add_argument("--contexts", action="store_true", help="measure the cost of context routing (c=1)")
     parser.add_argument("--apis-only", action="store_true", help="only the table of APIs beside chat")
+    parser.add_argument("--side-by-side", action="store_true", help="chat and responses beside the upstream")
+    parser.add_argument("--with-litellm", action="store_true", help="side by side, with LiteLLM's proxy too")
     args = parser.parse_args()
+    if args.side_by_side or args.with_litellm:
+        import side_by_side
+
+        paths = (("chat completions", "/chat/completions", BODY), ("responses", "/responses", RESPONSES_BODY))
+        result = side_by_side.run(
+            paths,
+            (PERSONA, [EXEMPLAR, EXEMPLAR]),
+            runs=args.runs,
+            seconds=args.seconds,
+            connections=args.connections,
+            with_litellm=args.with_litellm,
+        )
+        side_by_side.report(result)
+        side_by_side.save(result)
+        return
     if args.limits:
         limits_cost(args.runs, args.seconds)
         return
