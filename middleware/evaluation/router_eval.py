@@ -18,9 +18,9 @@ import re
 from statistics import mean
 from typing import Any
 
-from middleware.evaluation.data import time_split
 from middleware.models import PreferencePair
 from middleware.personalize.contexts import Router, build_router, prompt_text
+from middleware.preferences.formats import time_split
 
 _LABELS = (
     re.compile(r"^SUBREDDIT: r/(\S+)[ \t]*\n?", re.M),
