@@ -8,13 +8,15 @@
 - the end user (`identity.end_user_id`; with a user token, naming anyone else is a 403);
 - the persona mode (`X-Persona-Mode`; rerank only where the route offers it);
 - the tenant's caps (`Quotas.check_body`) and admission (`Quotas.admit_and_personalize`: the quota
-  check rides in the persona read's round trip), which give a lease and the active persona: a
-  context's persona when the call's tag (`X-Persona-Context`, `metadata.context`) or its last user
-  turn routes to one (README "Contexts"), else the general one.
+  check rides in the persona reads' round trip), which give a lease and the persona resolved as
+  own for the routed context > own > segment > tenant default > none (`personalize.resolve`; the
+  context from `X-Persona-Context` or `metadata.context`, else routed by the last user turn, README
+  "Contexts"; the segment from `X-Persona-Segment` or `metadata.segment`, else the user's assigned
+  one).
 
 `answer` runs the route's work and answers, the same on every route:
 
-- `x-persona-version`, `x-persona-context` and `x-persona-overhead-ms` headers, and the overhead metric (the time the proxy
+- `x-persona-version`, `x-persona-source`, `x-persona-context` and `x-persona-overhead-ms` headers, and the overhead metric (the time the proxy
   spent before the work started upstream), plus the upstream's relayed headers;
 - the work runs cancelled as soon as the client goes away (499, counted);
 - the metric of the route's calls by mode and outcome ("ok", "stream", "error" or what the work names);
@@ -37,14 +39,16 @@ from fastapi.responses import Response, StreamingResponse
 
 from middleware.api.deps import json_body
 from middleware.errors import InvalidRequest, PersonaError
-from middleware.identity import app_caller, bind_user, end_user_id
+from middleware.identity import app_caller, bind_user, end_user_id, request_segment
 from middleware.personalize.contexts import GENERAL, last_user_text, valid_tag
+from middleware.personalize.resolve import NOTHING
 from middleware.personalize.service import ActivePersona
 from middleware.quotas.service import Lease
 from middleware.services import Services
 from middleware.upstream import ClientDisconnected, cancel_on_disconnect, monotonic_ms
 
 VERSION_HEADER = "x-persona-version"
+SOURCE_HEADER = "x-persona-source"
 OVERHEAD_HEADER = "x-persona-overhead-ms"
 CONTEXT_HEADER = "x-persona-context"
 MODE_HEADER = "x-persona-mode"
@@ -90,6 +94,7 @@ class Admitted:
     lease: Lease
     found: ActivePersona | None
     started: float  # time.perf_counter() when the call arrived
+    source: str = "none"  # where the persona came from (personalize.resolve.SOURCES)
 
     @property
     def version(self) -> int | None:
@@ -132,22 +137,31 @@ async def admit(
     quotas = services.quotas
     quotas.check_body(tenant, body)
     cost = rerank_cost if mode == "rerank" and rerank_cost is not None else 1
-    found: ActivePersona | None = None
+    resolved = NOTHING
     if user is not None and mode != "off":
+        # own for the routed context > own > segment (named by the request, else assigned) >
+        # tenant default > none, one round trip
+        segment = request_segment(request.headers, body)
         text = routing_text(body.get("messages") if "messages" in body else body.get("input"))
-        lease, found = await quotas.admit_and_personalize(
-            tenant, user, cost, services.personalizer, tag=tag, text=text
+        lease, resolved = await quotas.admit_and_personalize(
+            tenant, user, cost, services.resolver, segment=segment, tag=tag, text=text
         )
-        if found is not None:
+        if resolved.persona is not None:
             services.metrics.persona_injected.inc()
     else:
         lease = await quotas.admit(tenant, user, cost)
-    return Admitted(tenant, user, body, mode, lease, found, started)
+    return Admitted(tenant, user, body, mode, lease, resolved.persona, started, resolved.source)
 
 
-def persona_headers(version: int | None, overhead_ms: float, context: str | None = None) -> dict[str, str]:
+def persona_headers(
+    version: int | None, overhead_ms: float, source: str = "none", context: str | None = None
+) -> dict[str, str]:
+    """`source`: where the persona came from (`personalize.resolve.SOURCES`); its version is the
+    version of that persona line (the user's, a context's, the segment's or the tenant default's);
+    `context`: the context persona used, else `general`."""
     return {
         VERSION_HEADER: str(version) if version is not None else "none",
+        SOURCE_HEADER: source if version is not None else "none",
         CONTEXT_HEADER: context or GENERAL,
         OVERHEAD_HEADER: f"{overhead_ms:.3f}",
     }
@@ -196,7 +210,7 @@ async def answer(
     lease = call.lease
     overhead_ms = monotonic_ms(call.started)
     metrics.overhead_seconds.observe(overhead_ms / 1000.0)
-    headers = persona_headers(call.version, overhead_ms, call.context)
+    headers = persona_headers(call.version, overhead_ms, call.source, call.context)
 
     def count(outcome: str) -> None:
         if framing.metric_route is None:

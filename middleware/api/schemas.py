@@ -109,7 +109,9 @@ class AdapterPublic(BaseModel):
 
 
 class PersonaVersionPublic(BaseModel):
-    context: str | None = Field(None, description="the context's line this version is on; null: general")
+    context: str | None = Field(
+        default=None, description="the context's line this version is on; null: general"
+    )
     version: int
     version_id: str
     created_at: str

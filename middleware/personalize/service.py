@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import re
 from collections import OrderedDict
+from collections.abc import Mapping
 from typing import NamedTuple
 
 import orjson
@@ -80,17 +81,20 @@ class Personalizer:
         return self.resolve(blob, contexts, tag=tag, text=text)
 
     def resolve(
-        self, blob: bytes | None, contexts: dict[bytes, bytes], *, tag: str | None = None, text: str = ""
+        self, blob: bytes | None, contexts: Mapping[bytes, bytes], *, tag: str | None = None, text: str = ""
     ) -> ActivePersona | None:
         """The persona for a request from what the round trip read: the routed context's persona
         (`route`), else the general one."""
         route = self.route(contexts, tag=tag, text=text)
-        self._metrics.persona_context_routed.labels(route.decision).inc()
+        self.count_route(route)
         if route.context is not None:
             return self.from_blob(contexts[b"c:" + route.context.encode()], context=route.context)
         return self.from_blob(blob)
 
-    def route(self, contexts: dict[bytes, bytes], *, tag: str | None, text: str) -> Route:
+    def count_route(self, route: Route) -> None:
+        self._metrics.persona_context_routed.labels(route.decision).inc()
+
+    def route(self, contexts: Mapping[bytes, bytes], *, tag: str | None, text: str) -> Route:
         """The context step of resolution, on the user's context hash as read (`keys.contexts`)."""
         if not contexts:
             return Route("general", None)
@@ -134,10 +138,12 @@ class Personalizer:
             self._cache.popitem(last=False)
         return active
 
-    def read_failed(self, exc: BaseException) -> None:
-        """Count a persona read that failed outside `current` (the chat goes on without a persona)."""
+    def read_failed(self, exc: BaseException, *, quiet: bool = False) -> None:
+        """Count a persona read that failed outside `current` (the chat goes on without a persona);
+        `quiet`: not logged (a read skipped while the store is known to be down)."""
         self._metrics.persona_read_failures.inc()
-        log.warning("persona read failed, continuing without persona: %s", type(exc).__name__)
+        if not quiet:
+            log.warning("persona read failed, continuing without persona: %s", type(exc).__name__)
 
     @property
     def read_timeout_s(self) -> float:

@@ -22,7 +22,7 @@ from redis.asyncio import Redis
 from middleware.config import Settings
 from middleware.errors import InvalidRequest, RateLimited
 from middleware.metrics import Metrics
-from middleware.personalize.service import ActivePersona, Personalizer
+from middleware.personalize.resolve import NOTHING, Resolved, Resolver
 from middleware.quota_policy import LimitsTable, TenantLimits
 from middleware.quotas.usage import StreamUsage, tokens_in_body, tokens_used
 from middleware.store.guard import STORE_ERRORS
@@ -157,29 +157,33 @@ class Quotas:
         tenant: str,
         user: str,
         cost: int,
-        personalizer: Personalizer,
+        resolver: Resolver,
         *,
+        segment: str | None = None,
         tag: str | None = None,
         text: str = "",
-    ) -> tuple[Lease, ActivePersona | None]:
-        """The chat path: admission and the persona read in one round trip (one pipeline), bounded
+    ) -> tuple[Lease, Resolved]:
+        """The chat path: admission and the persona reads in one round trip (one pipeline), bounded
         by the persona read timeout; a failure lets the call through without a persona. `tag` and
-        `text` (the last user turn) route to a context persona (`Personalizer.resolve`)."""
+        `text` (the last user turn) route to a context persona (`Resolver.of`)."""
         limits = self.limits(tenant)
         if not limits.metered:
-            return Lease(self, tenant, None), await personalizer.current(tenant, user, tag=tag, text=text)
+            return Lease(self, tenant, None), await resolver.read(
+                tenant, user, segment=segment, tag=tag, text=text
+            )
         call, lease = self._call(tenant, user, cost, limits)
+        personalizer = resolver.personalizer
         try:
-            reason, wait_ms, blob, contexts = await asyncio.wait_for(
-                self.store.admit_and_read_persona(call, tenant, user), personalizer.read_timeout_s
+            reason, wait_ms, reads = await asyncio.wait_for(
+                self.store.admit_and_read_personas(call, tenant, user, segment), personalizer.read_timeout_s
             )
         except STORE_ERRORS as exc:
             self._skipped(exc)
             personalizer.read_failed(exc)
-            return Lease(self, tenant, None), None
+            return Lease(self, tenant, None), NOTHING
         if reason:
             self.refuse(tenant, REASONS[reason], wait_ms / 1000.0)
-        return Lease(self, tenant, lease or None), personalizer.resolve(blob, contexts, tag=tag, text=text)
+        return Lease(self, tenant, lease or None), resolver.of(reads, tag=tag, text=text)
 
     def _skipped(self, exc: BaseException) -> None:
         self._metrics.quota_store_failures.inc()
