@@ -322,8 +322,39 @@ def test_the_responses_route_routes_by_tag(proxy: RunningProxy, fake_upstream: F
     raw.parse()
     sent = [r for r in fake_upstream.requests if r.path.endswith("/responses")][-1].body
     assert raw.headers["x-persona-context"] == "code" and "Code taste" in sent["instructions"]
+    assert raw.headers["x-persona-source"] == "user-context"
     raw = oa.responses.with_raw_response.create(model="fake-model", input=CODE_CALL, user="fay")
     raw.parse()
     sent = [r for r in fake_upstream.requests if r.path.endswith("/responses")][-1].body
     # an operator's context persona has no centroid until a refresh: untagged calls get the general one
     assert raw.headers["x-persona-context"] == "general" and "General taste" in sent["instructions"]
+    assert raw.headers["x-persona-source"] == "user"
+
+
+def test_resolution_order_context_before_segment(proxy: RunningProxy, fake_upstream: FakeUpstream) -> None:
+    """A user with a context persona and a segment but no general persona: the tag reaches the
+    context persona (user-context); an untagged call falls through to the segment's."""
+    with admin(proxy) as http:
+        put = http.put("/admin/segments/devs", json={"description": "developers", "persona": "Segment taste"})
+        assert put.status_code in (200, 201), put.text
+        assert http.put("/admin/users/gus/segment", json={"segment": "devs"}).status_code in (200, 201)
+        assert (
+            http.put("/admin/users/gus/persona", json={"text": "Code taste", "context": "code"}).status_code
+            == 200
+        )
+    chat = openai.OpenAI(base_url=proxy.v1, api_key=APP_KEY_A, max_retries=0)
+    raw = chat.chat.completions.with_raw_response.create(
+        model="fake-model",
+        messages=[{"role": "user", "content": CODE_CALL}],
+        user="gus",
+        extra_headers={"X-Persona-Context": "code"},
+    )
+    raw.parse()
+    assert (raw.headers["x-persona-source"], raw.headers["x-persona-context"]) == ("user-context", "code")
+    assert "Code taste" in persona_of(fake_upstream.chat_requests[-1])
+    raw = chat.chat.completions.with_raw_response.create(
+        model="fake-model", messages=[{"role": "user", "content": CODE_CALL}], user="gus"
+    )
+    raw.parse()
+    assert (raw.headers["x-persona-source"], raw.headers["x-persona-context"]) == ("segment", "general")
+    assert "Segment taste" in persona_of(fake_upstream.chat_requests[-1])
