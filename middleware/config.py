@@ -101,6 +101,10 @@ class Settings(BaseSettings):
     context_max: int = Field(default=10, ge=1, le=50)
     context_cluster_margin: float = Field(default=0.1, ge=0.0, le=1.0)
 
+    # --- Tracing (OpenTelemetry, configured by the standard OTEL_* variables: README "Tracing") -------
+    # Put the end user's id on spans (enduser.id); off: spans never name a user.
+    trace_user_ids: bool = False
+
     # --- Requests --------------------------------------------------------------------------------
     max_body_bytes: int = 4 * 1024 * 1024
     # Browser origins allowed by CORS (JSON list, e.g. ["https://app.example.com"]); none by default.

@@ -27,6 +27,7 @@ from middleware.models import Persona
 from middleware.personalize.block import render_persona_block
 from middleware.personalize.contexts import ROUTER_HEAD, Route, Router, RouterSpec, choose
 from middleware.store.personas import PersonaReadFailed, PersonaStore
+from middleware.tracing import TRACING_OFF, Tracing
 
 log = logging.getLogger("middleware.personalize")
 
@@ -58,10 +59,13 @@ def version_id_of(blob: bytes) -> str | None:
 
 
 class Personalizer:
-    def __init__(self, store: PersonaStore, settings: Settings, metrics: Metrics) -> None:
+    def __init__(
+        self, store: PersonaStore, settings: Settings, metrics: Metrics, tracing: Tracing = TRACING_OFF
+    ) -> None:
         self._store = store
         self._settings = settings
         self._metrics = metrics
+        self.tracing = tracing
         self._cache: OrderedDict[str, ActivePersona] = OrderedDict()
         self._routers: OrderedDict[str, Router] = OrderedDict()
 
@@ -71,14 +75,18 @@ class Personalizer:
         """The user's persona version for this request (a context's, routed by `tag` or the last
         user turn `text`, else the general one) with its rendered block, or None when they have
         none or Redis is sick."""
-        try:
-            blob, contexts = await self._store.read_current(tenant, user)
-        except PersonaReadFailed as exc:
-            self._metrics.persona_read_failures.inc()
-            if not exc.skipped:
-                log.warning("persona read failed, continuing without persona: %s", exc)
-            return None
-        return self.resolve(blob, contexts, tag=tag, text=text)
+        with self.tracing.span("persona.read", tenant, user) as span:
+            try:
+                blob, contexts = await self._store.read_current(tenant, user)
+            except PersonaReadFailed as exc:
+                self._metrics.persona_read_failures.inc()
+                if not exc.skipped:
+                    log.warning("persona read failed, continuing without persona: %s", exc)
+                return None
+            found = self.resolve(blob, contexts, tag=tag, text=text)
+            if span is not None:
+                span.set_attribute("persona.version", found.version if found is not None else 0)
+            return found
 
     def resolve(
         self, blob: bytes | None, contexts: Mapping[bytes, bytes], *, tag: str | None = None, text: str = ""
