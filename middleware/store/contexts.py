@@ -41,7 +41,7 @@ class ContextStore:
         provenance: dict[str, Any] | None = None,
     ) -> Persona:
         """Store a new version of context `name` and make it the context's current one (one
-        transaction)."""
+        transaction in the user's slot)."""
         version = int(await fail_closed(self._redis.incr(keys.context_seq(tenant, user, name))))
         persona = Persona(
             text=text,
@@ -57,8 +57,9 @@ class ContextStore:
         pipe.zadd(keys.context_versions(tenant, user, name), {str(version): version})
         pipe.hset(keys.contexts(tenant, user), f"c:{name}", blob)  # type: ignore[arg-type]
         pipe.sadd(keys.context_names(tenant, user), name)
-        pipe.sadd(keys.tenant_users(tenant), user)
         await fail_closed(pipe.execute())
+        # the tenant's user index lives in another slot: a second command, after the data
+        await fail_closed(self._redis.sadd(keys.tenant_users(tenant), user))
         return persona
 
     async def set_router(self, tenant: str, user: str, blob: bytes) -> None:
