@@ -19,6 +19,7 @@ from middleware.api import (
     chat,
     comparisons,
     evaluations,
+    feedback,
     health,
     jobs,
     messages,
@@ -71,6 +72,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.settings = settings
     for module in (health, chat, openai_responses, messages, user_tokens, admin, comparisons, preferences):
         app.include_router(module.router)
+    app.include_router(feedback.router)
     for module in (users, jobs, ui, evaluations, ui_evaluate, passthrough):  # passthrough last: a catch-all
         app.include_router(module.router)
     install_docs(app, settings)

@@ -36,6 +36,9 @@ class PreferencePair(BaseModel):
     timestamp: str | None = None
     source: str | None = None
     item_id: str | None = None
+    # How much the pair counts in induction and training (None: 1, an explicit judgement); pairs
+    # implied by feedback signals (`source: implicit`) weigh less.
+    weight: float | None = None
     id: str | None = Field(default=None, description="stable id; derived from content when absent")
 
     def stable_id(self) -> str:

@@ -73,10 +73,23 @@ async def chat_completions(request: Request) -> Response:
     else:
         lease = await quotas.admit(tenant, user, cost)
     version = found.version if found is not None else None
+    pending = services.answers.open(
+        tenant,
+        user,
+        persona_version=version,
+        persona_source="user" if found is not None else "none",
+        arm=f"rerank:{request.headers.get(RERANKER_HEADER) or settings.reranker}"
+        if mode == "rerank"
+        else mode,
+        model=body.get("model"),
+        messages=body["messages"],  # the app's messages (the persona is placed in a copy)
+    )
 
     if mode == "rerank":
         try:
-            reranker_name = require_enabled(settings, request.headers.get(RERANKER_HEADER) or settings.reranker)
+            reranker_name = require_enabled(
+                settings, request.headers.get(RERANKER_HEADER) or settings.reranker
+            )
             reranker = await services.rerankers.aget(reranker_name)
         except BaseException:
             await lease.release()
@@ -94,14 +107,28 @@ async def chat_completions(request: Request) -> Response:
 
         async def reranked() -> Answer:
             result = await rerank(
-                reranker, reranker_name, upstream, body, block=block, end_user=end_user, metrics=services.metrics
+                reranker,
+                reranker_name,
+                upstream,
+                body,
+                block=block,
+                end_user=end_user,
+                metrics=services.metrics,
             )
-            await quotas.add_usage(tenant, *(c.completion.get("usage") for c in result.candidates if c.completion))
+            await quotas.add_usage(
+                tenant, *(c.completion.get("usage") for c in result.candidates if c.completion)
+            )
             return reranked_answer(result, body, details=show_details)
 
         try:
             return await answer(
-                request, services.metrics, reranked(), mode=mode, persona_version=version, started=started
+                request,
+                services.metrics,
+                reranked(),
+                mode=mode,
+                persona_version=version,
+                started=started,
+                pending=pending,
             )
         finally:
             await lease.release()
@@ -120,6 +147,7 @@ async def chat_completions(request: Request) -> Response:
         started=started,
         lease=lease,
         relay=relay,
+        pending=pending,
     )
 
 

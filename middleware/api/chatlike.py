@@ -4,6 +4,8 @@ Every route that answers like a chat (chat completions, in any persona mode) han
 
 - `x-persona-version` and `x-persona-overhead-ms` headers, and the overhead metric (the time the proxy
   spent before the work started upstream);
+- `x-persona-response-id`: the answer's id for `POST /v1/feedback`; its feedback record is written in
+  the background once the body is known (a stream's text is collected as it passes);
 - the work runs cancelled as soon as the client goes away (499, counted);
 - `persona_chat_requests{mode, outcome}`: "ok", "stream", "error" or the outcome the work names;
 - a stream goes back as it arrives, anything else as one body.
@@ -21,6 +23,7 @@ from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
 
 from middleware.errors import PersonaError
+from middleware.feedback.answers import RESPONSE_ID_HEADER, PendingAnswer
 from middleware.metrics import Metrics
 from middleware.quotas.service import Lease
 from middleware.upstream import ClientDisconnected, cancel_on_disconnect, monotonic_ms
@@ -70,12 +73,14 @@ async def answer(
     framing: Framing = OPENAI_CHAT,
     lease: Lease | None = None,
     relay: Mapping[str, str] | None = None,
+    pending: PendingAnswer | None = None,
 ) -> Response:
     """Run `work` (not yet started; `started` is the call's perf_counter() at arrival) and answer.
 
     With a quota `lease`, the answer's tokens are counted (a stream's as it passes) and the lease is
     released when the answer is complete or the call failed. `relay` holds the upstream headers the
-    app must see (filled by the upstream call as it runs)."""
+    app must see (filled by the upstream call as it runs). `pending` (the answer's id and feedback
+    record) is finished with the answer."""
     overhead_ms = monotonic_ms(started)
     metrics.overhead_seconds.observe(overhead_ms / 1000.0)
     headers = persona_headers(persona_version, overhead_ms)
@@ -106,11 +111,17 @@ async def answer(
         headers.update(relay)
     if result.headers:
         headers.update(result.headers)
+    if pending is not None:
+        headers[RESPONSE_ID_HEADER] = pending.response_id
     if isinstance(result.body, bytes):
         if lease is not None and lease.active:
             await lease.settle(result.body)
+        if pending is not None:
+            pending.finish(result.body)
         return Response(result.body, media_type=framing.media_type, headers=headers)
     body = result.body
     if lease is not None and lease.active:
         body = lease.guard_stream(body)
+    if pending is not None:
+        body = pending.watch(body)
     return StreamingResponse(body, media_type=framing.stream_media_type, headers=headers)

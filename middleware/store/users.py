@@ -1,7 +1,7 @@
 """Everything stored about one user: export it, or forget it.
 
 Forgetting deletes every key under the user's hash tag (found with SCAN, so nothing is missed by a
-stale list), the index entries that name the user (tenant user set, comparison owners), and the
+stale list), the index entries that name the user (tenant user set, comparison and answer owners), and the
 user's job records, including what the job queue keeps for those jobs.
 """
 
@@ -74,6 +74,9 @@ async def forget_user(redis: Redis, tenant: str, user: str) -> dict[str, Any]:
         {k[len(comparison_prefix) :].split(":", 1)[0] for k in found if k.startswith(comparison_prefix)}
     )
 
+    feedback_prefix = f"{tag}:feedback:"
+    response_ids = sorted(k[len(feedback_prefix) :] for k in found if k.startswith(feedback_prefix))
+
     pipe = redis.pipeline(transaction=False)
     # Queued jobs first leave the queue, so no worker starts them after this.
     for job_id in job_ids:
@@ -82,6 +85,8 @@ async def forget_user(redis: Redis, tenant: str, user: str) -> dict[str, Any]:
         pipe.delete(keys.job_record(job_id), *(p + str(job_id) for p in QUEUE_KEY_PREFIXES))
     for comparison_id in comparison_ids:
         pipe.delete(keys.comparison_owner(comparison_id))
+    for response_id in response_ids:
+        pipe.delete(keys.feedback_owner(response_id))
     pipe.srem(keys.tenant_users(tenant), user)
     pipe.delete(keys.user_rate_log(tenant, user))  # lives in the tenant's limits slot, not the user's
     for start in range(0, len(found), SCAN_COUNT):
@@ -97,6 +102,7 @@ async def forget_user(redis: Redis, tenant: str, user: str) -> dict[str, Any]:
         "deleted_keys": len(found) + len(late),
         "deleted_jobs": len(job_ids),
         "deleted_comparison_owners": len(comparison_ids),
+        "deleted_feedback_records": len(response_ids),
     }
 
 
@@ -125,7 +131,7 @@ async def export_user(redis: Redis, tenant: str, user: str) -> dict[str, Any]:
     versions.sort(key=lambda v: v["version"])
     records = await PreferenceStore(redis).records(tenant, user)
 
-    adapters, comparisons, sessions, other = [], {}, {}, []
+    adapters, comparisons, sessions, feedback, other = [], {}, {}, {}, []
     for key in found:
         rest = key[len(tag) + 1 :]
         if rest.startswith("adapter:"):
@@ -135,6 +141,8 @@ async def export_user(redis: Redis, tenant: str, user: str) -> dict[str, Any]:
             adapters.append({"key": key, "name": rest, "type": kind, "bytes": size, "ttl_s": ttl})
         elif rest.startswith("comparisons:"):
             comparisons[rest.split(":", 1)[1]] = await _dump_key(redis, key)
+        elif rest.startswith("feedback:"):
+            feedback[rest.split(":", 1)[1]] = await _dump_key(redis, key)
         elif rest.startswith("sessions:"):
             sessions[rest.split(":", 1)[1]] = await _dump_key(redis, key)
         elif not rest.startswith(("persona", "prefs")):
@@ -159,6 +167,7 @@ async def export_user(redis: Redis, tenant: str, user: str) -> dict[str, Any]:
         "adapters": adapters,
         "comparisons": comparisons,
         "sessions": sessions,
+        "feedback": feedback,
         "jobs": jobs,
         "other_keys": other,
         "keys": found,
