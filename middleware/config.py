@@ -95,6 +95,8 @@ class Settings(BaseSettings):
     persona_cache_size: int = 10_000
 
     # --- Feedback on answers (README "Feedback") -----------------------------------------------------
+    # Write a feedback record per answer (off: answers still carry an id, feedback on them is a 404).
+    feedback_records: bool = True
     # How long an answer's feedback record (x-persona-response-id) is kept.
     feedback_ttl_s: int = 7 * 24 * 3600
     # Keep the last user turn and the answer text in the record (implied preference pairs need them).

@@ -41,6 +41,11 @@ class PreferencePair(BaseModel):
     weight: float | None = None
     id: str | None = Field(default=None, description="stable id; derived from content when absent")
 
+    @property
+    def pair_weight(self) -> float:
+        """How much the pair counts (1 unless it says otherwise)."""
+        return 1.0 if self.weight is None else float(self.weight)
+
     def stable_id(self) -> str:
         """An id that is the same every time the same judgement is imported (idempotent imports)."""
         if self.id:

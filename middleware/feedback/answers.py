@@ -118,13 +118,13 @@ class PendingAnswer:
 
     def finish(self, body: bytes | None) -> None:
         """The whole answer (or None: the text is not known); the record is written in the background."""
-        if self.user is not None:
+        if self.user is not None and self.recorder.enabled:
             self.recorder.spawn(self, body)
 
     def watch(self, stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         """Pass a stream through unchanged; its chunks are kept (when the text is kept) for the record
         written once the stream ends."""
-        if self.user is None:
+        if self.user is None or not self.recorder.enabled:
             return stream
         if not self.recorder.keep_text:
             self.finish(None)
@@ -146,6 +146,7 @@ class FeedbackRecorder:
 
     def __init__(self, store: FeedbackStore, settings: Settings) -> None:
         self._store = store
+        self.enabled = settings.feedback_records
         self.keep_text = settings.feedback_keep_text
         self._max_chars = settings.feedback_text_max_chars
         self._tasks: set[asyncio.Task[None]] = set()

@@ -257,11 +257,14 @@ class LoraRewardModel:
         cache: bool = True,
         extra: dict[str, str] | None = None,
     ) -> bytes:
-        """Train the user's adapter on their pairs; returns the adapter as bytes (and caches it)."""
+        """Train the user's adapter on their pairs (each weighted by its `weight`: implied pairs count
+        less); returns the adapter as bytes (and caches it)."""
         if not pairs:
             raise NotEnoughData(f"no preference pairs to train an adapter for user {user!r}")
         xc, xr = self.pair_features(pairs)
-        return self.train_user_features(user, xc, xr, strength=strength, cache=cache, extra=extra)
+        weights = [p.pair_weight for p in pairs]
+        w = None if all(x == 1.0 for x in weights) else np.asarray(weights, dtype=np.float32)
+        return self.train_user_features(user, xc, xr, strength=strength, cache=cache, extra=extra, weights=w)
 
     def train_user_features(
         self,
@@ -272,6 +275,7 @@ class LoraRewardModel:
         strength: float | str | None = "auto",
         cache: bool = True,
         extra: dict[str, str] | None = None,
+        weights: np.ndarray | None = None,
     ) -> bytes:
         """Train `user`'s adapter on feature rows; strength "auto" = chosen by CV, None = off."""
         self.require_head()
@@ -279,7 +283,7 @@ class LoraRewardModel:
             raise NotEnoughData(f"no preference pairs to train an adapter for user {user!r}")
         started = time.perf_counter()
         with self.lock:
-            state, chosen, cv = training.train_adapter(self, xc, xr, strength)
+            state, chosen, cv = training.train_adapter(self, xc, xr, strength, weights)
             meta = {
                 **(extra or {}),
                 "format": ADAPTER_FORMAT,
@@ -288,6 +292,7 @@ class LoraRewardModel:
                 "rank": str(self.rank),
                 "strength": "off" if chosen is None else repr(chosen),
                 "n_pairs": str(int(xc.shape[0])),
+                "n_weighted": str(0 if weights is None else int((weights != 1.0).sum())),
                 "cv": json.dumps(cv),
                 "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "train_seconds": f"{time.perf_counter() - started:.3f}",

@@ -57,8 +57,11 @@ def _global_scores(model: LoraRewardModel, x: Any) -> Any:
         return model.model(x)
 
 
-def fit_adapter(model: LoraRewardModel, xc: Any, xr: Any, strength: float, steps: int) -> dict[str, Any]:
-    """Train the LoRA params from the fixed init on (xc, xr); return the adapter state."""
+def fit_adapter(
+    model: LoraRewardModel, xc: Any, xr: Any, strength: float, steps: int, w: Any = None
+) -> dict[str, Any]:
+    """Train the LoRA params from the fixed init on (xc, xr), each pair weighted by `w` (None: all
+    1); return the adapter state."""
     torch = torch_module()
     net = model.model
     model.set_adapter_state(model.init_adapter)
@@ -75,7 +78,8 @@ def fit_adapter(model: LoraRewardModel, xc: Any, xr: Any, strength: float, steps
         opt.zero_grad()
         sc = net(xc)
         sr = net(xr)
-        bt = torch.nn.functional.softplus(-(sc - sr)).mean()
+        losses = torch.nn.functional.softplus(-(sc - sr))
+        bt = losses.mean() if w is None else (losses * w).sum() / w.sum()
         anchor = ((sc - gc) ** 2 + (sr - gr) ** 2).mean()
         # a light ridge on lora_B keeps directions the user's pairs do not constrain at zero
         ridge = sum((p**2).sum() for n, p in named if "lora_B" in n)
@@ -88,7 +92,9 @@ def fit_adapter(model: LoraRewardModel, xc: Any, xr: Any, strength: float, steps
     return {k: v.detach().clone() for k, v in model.adapter_state().items()}
 
 
-def pair_loglik(model: LoraRewardModel, xc: Any, xr: Any, state: dict[str, Any] | None) -> float:
+def pair_loglik(
+    model: LoraRewardModel, xc: Any, xr: Any, state: dict[str, Any] | None, w: Any = None
+) -> float:
     torch = torch_module()
     with torch.inference_mode():
         if state is None:
@@ -96,11 +102,16 @@ def pair_loglik(model: LoraRewardModel, xc: Any, xr: Any, state: dict[str, Any] 
         else:
             model.set_adapter_state(state)
             margin = model.model(xc) - model.model(xr)
-        return float(-torch.nn.functional.softplus(-margin).sum())
+        loglik = -torch.nn.functional.softplus(-margin)
+        return float(loglik.sum() if w is None else (loglik * w).sum())
 
 
 def choose_strength(
-    model: LoraRewardModel, xc: np.ndarray, xr: np.ndarray, folds: int | None = None
+    model: LoraRewardModel,
+    xc: np.ndarray,
+    xr: np.ndarray,
+    folds: int | None = None,
+    weights: np.ndarray | None = None,
 ) -> tuple[float | None, dict[str, float]]:
     """Pick the anchor penalty (or None = off) by k-fold CV on the user's own train pairs."""
     torch = torch_module()
@@ -114,28 +125,36 @@ def choose_strength(
     totals: dict[str, float] = {"off": 0.0, **{str(s): 0.0 for s in model.strengths}}
     tc_all = torch.from_numpy(xc).to(model.device)
     tr_all = torch.from_numpy(xr).to(model.device)
+    w_all = None if weights is None else torch.from_numpy(weights.astype(np.float32)).to(model.device)
     for f in range(k):
         train_idx = torch.from_numpy(np.flatnonzero(fold_of != f)).to(model.device)
         val_idx = torch.from_numpy(np.flatnonzero(fold_of == f)).to(model.device)
         tc, tr = tc_all[train_idx], tr_all[train_idx]
         vc, vr = tc_all[val_idx], tr_all[val_idx]
-        totals["off"] += pair_loglik(model, vc, vr, None)
+        tw = None if w_all is None else w_all[train_idx]
+        vw = None if w_all is None else w_all[val_idx]
+        totals["off"] += pair_loglik(model, vc, vr, None, vw)
         for s in model.strengths:
-            state = fit_adapter(model, tc, tr, s, model.user_steps)
-            totals[str(s)] += pair_loglik(model, vc, vr, state)
+            state = fit_adapter(model, tc, tr, s, model.user_steps, tw)
+            totals[str(s)] += pair_loglik(model, vc, vr, state, vw)
     best = max(totals, key=lambda name: (totals[name], name == "off"))
     return (None if best == "off" else float(best)), {key: v / n for key, v in totals.items()}
 
 
 def train_adapter(
-    model: LoraRewardModel, xc: np.ndarray, xr: np.ndarray, strength: float | str | None
+    model: LoraRewardModel,
+    xc: np.ndarray,
+    xr: np.ndarray,
+    strength: float | str | None,
+    weights: np.ndarray | None = None,
 ) -> tuple[dict[str, Any], float | None, dict[str, float]]:
-    """(adapter state, chosen strength or None = off, CV log-likelihoods). Call under `model.lock`."""
+    """(adapter state, chosen strength or None = off, CV log-likelihoods); each pair weighted by
+    `weights` (None: all 1). Call under `model.lock`."""
     torch = torch_module()
     cv: dict[str, float] = {}
     chosen: float | None
     if strength == "auto":
-        chosen, cv = choose_strength(model, xc, xr)
+        chosen, cv = choose_strength(model, xc, xr, weights=weights)
     else:
         chosen = None if strength is None else float(strength)
     if chosen is None:  # "off": the init adapter with lora_B zeroed scores exactly like the head
@@ -146,5 +165,6 @@ def train_adapter(
     else:
         tc = torch.from_numpy(xc).to(model.device)
         tr = torch.from_numpy(xr).to(model.device)
-        state = fit_adapter(model, tc, tr, chosen, model.user_steps)
+        w = None if weights is None else torch.from_numpy(weights.astype(np.float32)).to(model.device)
+        state = fit_adapter(model, tc, tr, chosen, model.user_steps, w)
     return state, chosen, cv
