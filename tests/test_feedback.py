@@ -340,7 +340,7 @@ async def test_sentiment_is_smoothed_and_reward_changes_reach_the_hook(redis_url
     rewards = []
     for i in range(8):
         rid = f"pmr_s{i}_{user}"
-        await store.write("t", user, rid, orjson.dumps({"arm": "rerank:judge", "prompt_digest": f"d{i}"}))
+        await store.write([("t", user, rid, orjson.dumps({"arm": "rerank:judge", "prompt_digest": f"d{i}"}))])
         text = "I love it, wonderful, thank you!" if i < 7 else "This is terrible, awful, useless garbage!"
         [result] = await service.send("t", None, [SignalIn(response_id=rid, signal="follow_up", text=text)])
         rewards.append(result.reward)
@@ -373,3 +373,27 @@ def test_sdk_feedback_send(keeping: RunningProxy) -> None:
     other = PersonalizedOpenAI(base_url=keeping.v1, api_key=APP_KEY_A, user="someone-else", max_retries=0)
     with pytest.raises(openai.NotFoundError):
         other.feedback.send(rid, "copy")
+
+
+async def test_records_of_answers_finishing_together_are_all_written(redis_url: str) -> None:
+    from redis.asyncio import Redis
+
+    from middleware.feedback.answers import FeedbackRecorder
+
+    client = Redis.from_url(redis_url)
+    recorder = FeedbackRecorder(FeedbackStore(client, ttl_s=600), Settings(redis_url=redis_url))
+    user = f"batch-{time.monotonic_ns()}"
+    messages = [{"role": "user", "content": "q"}]
+    pending = [
+        recorder.open(
+            "t", user, persona_version=None, persona_source="none", arm="off", model="m", messages=messages
+        )
+        for _ in range(20)
+    ]
+    for answer in pending:
+        answer.finish(b'{"choices": [{"message": {"content": "a"}}]}')
+    await recorder.drain()
+    found = [await client.hget(keys.feedback("t", user, p.response_id), "record") for p in pending]
+    assert all(found) and len({p.response_id for p in pending}) == 20
+    assert {orjson.loads(r)["arm"] for r in found if r} == {"off"}
+    await client.aclose()

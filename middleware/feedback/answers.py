@@ -149,7 +149,8 @@ class FeedbackRecorder:
         self.enabled = settings.feedback_records
         self.keep_text = settings.feedback_keep_text
         self._max_chars = settings.feedback_text_max_chars
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._queue: list[tuple[PendingAnswer, bytes | None]] = []
+        self._flusher: asyncio.Task[None] | None = None
 
     def open(
         self,
@@ -167,9 +168,11 @@ class FeedbackRecorder:
         )
 
     def spawn(self, pending: PendingAnswer, body: bytes | None) -> None:
-        task = asyncio.get_running_loop().create_task(self._write(pending, body))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        """Queue the answer's record; one background task writes whatever is queued, so answers that
+        finish together share one round trip."""
+        self._queue.append((pending, body))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.get_running_loop().create_task(self._flush())
 
     def record(self, pending: PendingAnswer, body: bytes | None) -> bytes:
         record: dict[str, Any] = {
@@ -189,16 +192,22 @@ class FeedbackRecorder:
                 record["answer"] = answer_text(body)[: self._max_chars]
         return orjson.dumps(record)
 
-    async def _write(self, pending: PendingAnswer, body: bytes | None) -> None:
-        assert pending.user is not None
-        try:
-            record = self.record(pending, body)
-        except Exception:  # a record is never worth failing anything for
-            log.exception("feedback record not built")
-            return
-        await self._store.write(pending.tenant, pending.user, pending.response_id, record)
+    async def _flush(self) -> None:
+        while self._queue:
+            batch, self._queue = self._queue, []
+            records = []
+            for pending, body in batch:
+                assert pending.user is not None
+                try:
+                    records.append(
+                        (pending.tenant, pending.user, pending.response_id, self.record(pending, body))
+                    )
+                except Exception:  # a record is never worth failing anything for
+                    log.exception("feedback record not built")
+            if records:
+                await self._store.write(records)
 
     async def drain(self) -> None:
-        """Wait for the records being written (shutdown, tests)."""
-        while self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        """Wait for the queued records to be written (shutdown, tests)."""
+        while self._flusher is not None and not self._flusher.done():
+            await asyncio.gather(self._flusher, return_exceptions=True)

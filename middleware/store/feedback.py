@@ -75,18 +75,20 @@ class FeedbackStore:
         self._ttl_s = ttl_s
         self._add_signal = redis.register_script(_ADD_SIGNAL)
 
-    async def write(self, tenant: str, user: str, response_id: str, record: bytes) -> None:
-        """The answer's record and its owner: one pipelined round trip. Best effort (logged): a
-        fault loses only the feedback on this answer, never the answer."""
+    async def write(self, records: list[tuple[str, str, str, bytes]]) -> None:
+        """Answers' records (tenant, user, answer id, record) and their owners: one pipelined round
+        trip for all of them. Best effort (logged): a fault loses only the feedback on these
+        answers, never an answer."""
         pipe = self._redis.pipeline(transaction=False)
-        key = keys.feedback(tenant, user, response_id)
-        pipe.hset(key, "record", record)  # type: ignore[arg-type]  # bytes are stored as they are
-        pipe.expire(key, self._ttl_s)
-        pipe.set(keys.feedback_owner(response_id), f"{tenant}\n{user}", ex=self._ttl_s)
+        for tenant, user, response_id, record in records:
+            key = keys.feedback(tenant, user, response_id)
+            pipe.hset(key, "record", record)  # type: ignore[arg-type]  # bytes are stored as they are
+            pipe.expire(key, self._ttl_s)
+            pipe.set(keys.feedback_owner(response_id), f"{tenant}\n{user}", ex=self._ttl_s)
         try:
             await pipe.execute()
         except STORE_ERRORS as exc:
-            log.warning("feedback record not stored: %s", type(exc).__name__)
+            log.warning("%d feedback record(s) not stored: %s", len(records), type(exc).__name__)
 
     async def owner(self, response_id: str) -> tuple[str, str] | None:
         raw = await fail_closed(self._redis.get(keys.feedback_owner(response_id)))
