@@ -386,7 +386,7 @@ async def test_records_of_answers_finishing_together_are_all_written(redis_url: 
     messages = [{"role": "user", "content": "q"}]
     pending = [
         recorder.open(
-            "t", user, persona_version=None, persona_source="none", arm="off", model="m", messages=messages
+            "t", user, persona_version=None, persona_source="none", arm="off", model="m", prompt=messages
         )
         for _ in range(20)
     ]
@@ -397,3 +397,62 @@ async def test_records_of_answers_finishing_together_are_all_written(redis_url: 
     assert all(found) and len({p.response_id for p in pending}) == 20
     assert {orjson.loads(r)["arm"] for r in found if r} == {"off"}
     await client.aclose()
+
+
+@pytest.fixture
+def all_apis(redis_url: str, fake_upstream: FakeUpstream) -> Iterator[RunningProxy]:
+    """Keeping the texts, with an Anthropic-compatible base for /v1/messages."""
+    settings = proxy_settings(
+        redis_url, fake_upstream, feedback_keep_text=True, anthropic_api_base=fake_upstream.root_url
+    )
+    with start_proxy(settings) as running:
+        yield running
+
+
+def test_responses_answers_carry_an_id_and_a_record(all_apis: RunningProxy) -> None:
+    client = sdk(all_apis, "resp-user")
+    raw = client.responses.with_raw_response.create(model="fake-model", input="responses question")
+    plain = raw.parse()
+    found = record(all_apis, raw.headers[RID], user="resp-user")
+    assert found["prompt"] == "responses question" and found["answer"] == plain.output_text
+    assert found["arm"] == "inject" and found["answer"]
+    with client.responses.with_streaming_response.create(
+        model="fake-model", input=[{"role": "user", "content": "streamed responses question"}], stream=True
+    ) as streamed:
+        for _ in streamed.iter_lines():
+            pass
+        rid = streamed.headers[RID]
+    found = record(all_apis, rid, user="resp-user")
+    assert found["prompt"] == "streamed responses question" and found["answer"]
+    with app_client(all_apis) as c:
+        assert send(c, {"response_id": rid, "signal": "thumbs_up"}).json()["data"][0]["reward"] == 1.0
+
+
+def test_messages_answers_carry_an_id_and_a_record(all_apis: RunningProxy) -> None:
+    import anthropic
+
+    client = anthropic.Anthropic(
+        base_url=all_apis.url,
+        api_key=APP_KEY_A,
+        max_retries=0,
+        default_headers={"X-Persona-User": "claude-user"},
+    )
+    messages: Any = [{"role": "user", "content": "messages question"}]
+    raw = client.messages.with_raw_response.create(model="claude-fake", max_tokens=50, messages=messages)
+    reply = raw.parse()
+    found = record(all_apis, raw.headers[RID], user="claude-user")
+    assert found["prompt"] == "messages question"
+    assert found["answer"] == "".join(b.text for b in reply.content if b.type == "text")
+    with client.messages.with_streaming_response.create(
+        model="claude-fake",
+        max_tokens=50,
+        messages=[{"role": "user", "content": "stream please"}],
+        stream=True,
+    ) as streamed:
+        for _ in streamed.iter_lines():
+            pass
+        rid = streamed.headers[RID]
+    found = record(all_apis, rid, user="claude-user")
+    assert found["prompt"] == "stream please" and found["answer"] == "fake answer to: stream please"
+    with app_client(all_apis) as c:
+        assert send(c, {"response_id": rid, "signal": "thumbs_down"}).json()["data"][0]["reward"] == 0.0

@@ -14,7 +14,7 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,13 +34,18 @@ def new_response_id() -> str:
     return ID_PREFIX + os.urandom(12).hex()
 
 
-def prompt_digest(messages: Sequence[Any]) -> str:
+def prompt_digest(prompt: Any) -> str:
     """The same conversation (as the app sent it, before any persona) gives the same digest."""
-    return hashlib.sha256(orjson.dumps(list(messages), option=orjson.OPT_SORT_KEYS)).hexdigest()[:32]
+    return hashlib.sha256(orjson.dumps(prompt, option=orjson.OPT_SORT_KEYS)).hexdigest()[:32]
 
 
-def last_user_turn(messages: Sequence[Any]) -> str:
-    for message in reversed(messages):
+def last_user_turn(prompt: Any) -> str:
+    """The last user message of a conversation (chat or Messages `messages`, Responses `input`)."""
+    if isinstance(prompt, str):
+        return prompt
+    if not isinstance(prompt, list):
+        return ""
+    for message in reversed(prompt):
         if isinstance(message, dict) and message.get("role") == "user":
             return message_text(message)
     return ""
@@ -113,7 +118,7 @@ class PendingAnswer:
     persona_source: str
     arm: str
     model: str | None
-    messages: Sequence[Any]
+    prompt: Any
     created: float = field(default_factory=time.time)
 
     def finish(self, body: bytes | None) -> None:
@@ -161,10 +166,10 @@ class FeedbackRecorder:
         persona_source: str,
         arm: str,
         model: str | None,
-        messages: Sequence[Any],
+        prompt: Any,
     ) -> PendingAnswer:
         return PendingAnswer(
-            self, new_response_id(), tenant, user, persona_version, persona_source, arm, model, messages
+            self, new_response_id(), tenant, user, persona_version, persona_source, arm, model, prompt
         )
 
     def spawn(self, pending: PendingAnswer, body: bytes | None) -> None:
@@ -184,10 +189,10 @@ class FeedbackRecorder:
             "persona_source": pending.persona_source,
             "arm": pending.arm,
             "model": pending.model,
-            "prompt_digest": prompt_digest(pending.messages),
+            "prompt_digest": prompt_digest(pending.prompt),
         }
         if self.keep_text:
-            record["prompt"] = last_user_turn(pending.messages)[: self._max_chars]
+            record["prompt"] = last_user_turn(pending.prompt)[: self._max_chars]
             if body is not None:
                 record["answer"] = answer_text(body)[: self._max_chars]
         return orjson.dumps(record)

@@ -65,6 +65,11 @@ def persona_version(tenant: str, user: str, version: int) -> str:
     return f"{user_tag(tenant, user)}:persona:v{version}"
 
 
+def persona_version_prefix(tenant: str, user: str) -> str:
+    """What every `persona_version` key of the user starts with."""
+    return f"{user_tag(tenant, user)}:persona:v"
+
+
 def persona_versions(tenant: str, user: str) -> str:
     return f"{user_tag(tenant, user)}:persona:versions"
 
@@ -79,6 +84,12 @@ def prefs(tenant: str, user: str) -> str:
 
 def pref_ids(tenant: str, user: str) -> str:
     return f"{user_tag(tenant, user)}:prefs:ids"
+
+
+def comparison_prefix(tenant: str, user: str) -> str:
+    """What every key of the user's comparisons starts with (`comparison`, its claim and judged
+    markers, `pending_comparisons`)."""
+    return f"{user_tag(tenant, user)}:comparisons:"
 
 
 def comparison(tenant: str, user: str, comparison_id: str) -> str:
@@ -109,9 +120,14 @@ def user_meta(tenant: str, user: str) -> str:
     return f"{user_tag(tenant, user)}:meta"
 
 
+def feedback_prefix(tenant: str, user: str) -> str:
+    """What every `feedback` key of the user starts with (the answer id follows)."""
+    return f"{user_tag(tenant, user)}:feedback:"
+
+
 def feedback(tenant: str, user: str, response_id: str) -> str:
     """Hash: the answer's record (`record`), its signals (`s:<id>`), their pulls (`c:<id>`), `reward`."""
-    return f"{user_tag(tenant, user)}:feedback:{response_id}"
+    return f"{feedback_prefix(tenant, user)}{response_id}"
 
 
 def feedback_prompt(tenant: str, user: str, digest: str) -> str:
