@@ -456,3 +456,10 @@ def test_messages_answers_carry_an_id_and_a_record(all_apis: RunningProxy) -> No
     assert found["prompt"] == "stream please" and found["answer"] == "fake answer to: stream please"
     with app_client(all_apis) as c:
         assert send(c, {"response_id": rid, "signal": "thumbs_down"}).json()["data"][0]["reward"] == 0.0
+
+
+def test_the_record_names_the_persona_version_and_source(proxy: RunningProxy) -> None:
+    with admin_client(proxy) as admin:
+        admin.put("/admin/users/pia/persona", json={"text": "Likes lists."}).raise_for_status()
+    found = record(proxy, ask(proxy, "q", user="pia"), user="pia")
+    assert found["persona_version"] == 1 and found["persona_source"] == "user"

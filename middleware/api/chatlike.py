@@ -8,11 +8,13 @@
 - the end user (`identity.end_user_id`; with a user token, naming anyone else is a 403);
 - the persona mode (`X-Persona-Mode`; rerank only where the route offers it);
 - the tenant's caps (`Quotas.check_body`) and admission (`Quotas.admit_and_personalize`: the quota
-  check rides in the persona read's round trip), which give a lease and the active persona.
+  check rides in the persona reads' round trip), which give a lease and the persona resolved as
+  own > segment > tenant default > none (`personalize.resolve`; the segment from `X-Persona-Segment`
+  or `metadata.segment`, else the user's assigned one).
 
 `answer` runs the route's work and answers, the same on every route:
 
-- `x-persona-version` and `x-persona-overhead-ms` headers, and the overhead metric (the time the proxy
+- `x-persona-version`, `x-persona-source` and `x-persona-overhead-ms` headers, and the overhead metric (the time the proxy
   spent before the work started upstream), plus the upstream's relayed headers;
 - `x-persona-response-id`: the answer's id for `POST /v1/feedback`; its feedback record (the arm, the
   app's conversation as admitted, the answer) is written in the background once the body is known
@@ -39,13 +41,15 @@ from fastapi.responses import Response, StreamingResponse
 from middleware.api.deps import json_body
 from middleware.errors import InvalidRequest, PersonaError
 from middleware.feedback.answers import RESPONSE_ID_HEADER, PendingAnswer
-from middleware.identity import app_caller, bind_user, end_user_id
+from middleware.identity import app_caller, bind_user, end_user_id, request_segment
+from middleware.personalize.resolve import NOTHING
 from middleware.personalize.service import ActivePersona
 from middleware.quotas.service import Lease
 from middleware.services import Services
 from middleware.upstream import ClientDisconnected, cancel_on_disconnect, monotonic_ms
 
 VERSION_HEADER = "x-persona-version"
+SOURCE_HEADER = "x-persona-source"
 OVERHEAD_HEADER = "x-persona-overhead-ms"
 MODE_HEADER = "x-persona-mode"
 RERANKER_HEADER = "x-persona-reranker"
@@ -91,6 +95,7 @@ class Admitted:
     lease: Lease
     found: ActivePersona | None
     started: float  # time.perf_counter() when the call arrived
+    source: str = "none"  # where the persona came from (personalize.resolve.SOURCES)
     # The app's conversation as it arrived (chat and Messages `messages`, Responses `input`): the
     # feedback record's prompt (routes place the persona in copies, never in this value).
     prompt: Any = None
@@ -131,15 +136,19 @@ async def admit(
     quotas = services.quotas
     quotas.check_body(tenant, body)
     cost = rerank_cost if mode == "rerank" and rerank_cost is not None else 1
-    found: ActivePersona | None = None
+    resolved = NOTHING
     if user is not None and mode != "off":
-        lease, found = await quotas.admit_and_personalize(tenant, user, cost, services.personalizer)
-        if found is not None:
+        # own > segment (named by the request, else assigned) > tenant default > none, one round trip
+        segment = request_segment(request.headers, body)
+        lease, resolved = await quotas.admit_and_personalize(
+            tenant, user, cost, services.resolver, segment=segment
+        )
+        if resolved.persona is not None:
             services.metrics.persona_injected.inc()
     else:
         lease = await quotas.admit(tenant, user, cost)
     prompt = body.get("messages", body.get("input"))
-    return Admitted(tenant, user, body, mode, lease, found, started, prompt)
+    return Admitted(tenant, user, body, mode, lease, resolved.persona, started, resolved.source, prompt)
 
 
 def pending_answer(request: Request, services: Services, call: Admitted) -> PendingAnswer:
@@ -152,16 +161,19 @@ def pending_answer(request: Request, services: Services, call: Admitted) -> Pend
         call.tenant,
         call.user,
         persona_version=call.version,
-        persona_source="user" if call.found is not None else "none",
+        persona_source=call.source,
         arm=arm,
         model=call.body.get("model"),
         prompt=call.prompt,
     )
 
 
-def persona_headers(version: int | None, overhead_ms: float) -> dict[str, str]:
+def persona_headers(version: int | None, overhead_ms: float, source: str = "none") -> dict[str, str]:
+    """`source`: where the persona came from (`personalize.resolve.SOURCES`); its version is the
+    version of that persona line (the user's, the segment's or the tenant default's)."""
     return {
         VERSION_HEADER: str(version) if version is not None else "none",
+        SOURCE_HEADER: source if version is not None else "none",
         OVERHEAD_HEADER: f"{overhead_ms:.3f}",
     }
 
@@ -182,7 +194,7 @@ async def answer(
     lease = call.lease
     overhead_ms = monotonic_ms(call.started)
     metrics.overhead_seconds.observe(overhead_ms / 1000.0)
-    headers = persona_headers(call.version, overhead_ms)
+    headers = persona_headers(call.version, overhead_ms, call.source)
 
     def count(outcome: str) -> None:
         if framing.metric_route is None:
