@@ -124,6 +124,10 @@ class Settings(BaseSettings):
     # Weight of an implied (implicit) preference pair; explicit judgements weigh 1.
     feedback_implicit_weight: float = 0.5
 
+    # --- Tracing (OpenTelemetry, configured by the standard OTEL_* variables: README "Tracing") -------
+    # Put the end user's id on spans (enduser.id); off: spans never name a user.
+    trace_user_ids: bool = False
+
     # --- Requests --------------------------------------------------------------------------------
     max_body_bytes: int = 4 * 1024 * 1024
     # Browser origins allowed by CORS (JSON list, e.g. ["https://app.example.com"]); none by default.

@@ -33,6 +33,7 @@ from middleware.store.personas import PersonaStore
 from middleware.store.preferences import PreferenceStore
 from middleware.store.segments import PersonaReader, SegmentStore
 from middleware.store.users import UserIndex
+from middleware.tracing import TRACING_OFF, Tracing
 from middleware.upstream import UpstreamRouter
 from middleware.user_tokens import UserTokens
 
@@ -63,6 +64,7 @@ class Services:
     answers: FeedbackRecorder
     feedback: FeedbackService
     on_reward: RewardHook
+    tracing: Tracing = TRACING_OFF
 
     async def close(self) -> None:
         await self.answers.drain()
@@ -70,21 +72,23 @@ class Services:
         await self.redis.aclose()
 
 
-def build_services(settings: Settings) -> Services:
+def build_services(settings: Settings, tracing: Tracing = TRACING_OFF) -> Services:
     from middleware.store.connection import create_redis
 
     redis = create_redis(settings)
     metrics = Metrics()
     http = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=settings.upstream_max_connections, ttl_dns_cache=300),
+        # tracing on: an upstream.call span and its traceparent on every upstream request
+        trace_configs=tracing.aiohttp_trace_configs() or None,
     )
     personas = PersonaStore(
         redis, read_timeout_s=settings.persona_read_timeout_s, breaker_s=settings.persona_read_breaker_s
     )
     preferences = PreferenceStore(redis)
-    personalizer = Personalizer(personas, settings, metrics)
+    personalizer = Personalizer(personas, settings, metrics, tracing)
     upstreams = UpstreamRouter(settings, http, metrics.upstream_retries.inc)
-    quotas = Quotas(settings, redis, metrics)
+    quotas = Quotas(settings, redis, metrics, tracing)
     feedback_store = FeedbackStore(redis, ttl_s=settings.feedback_ttl_s)
     on_reward: RewardHook = no_reward_hook
     rerankers = RerankerRegistry(settings, RerankResources(upstreams, personas)).load_entry_points()
@@ -120,4 +124,5 @@ def build_services(settings: Settings) -> Services:
         answers=FeedbackRecorder(feedback_store, settings),
         feedback=FeedbackService(settings, feedback_store, preferences, on_reward),
         on_reward=on_reward,
+        tracing=tracing,
     )
