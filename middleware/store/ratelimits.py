@@ -152,7 +152,8 @@ class RateLimitStore:
         persona, and the segment's or tenant default's, `store/segments.py`)."""
 
         def build(pipe: Pipeline) -> None:
-            pipe.evalsha(self._admit.sha, len(call[0]), *call[0], *call[1])
+            # execute_command: redis-py's cluster pipeline blocks its evalsha() method, not the command
+            pipe.execute_command("EVALSHA", self._admit.sha, len(call[0]), *call[0], *call[1])
             queue_reads(pipe, self._resolve_sha, tenant, user, segment)
 
         (reason, wait_ms), own, shared = await self._chat_pipelines.run(build)
