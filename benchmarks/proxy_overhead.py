@@ -13,6 +13,14 @@ the proxy beside the upstream alone and LiteLLM's own proxy (built once into its
 `benchmarks/out/`), prints the ratio, the targets, stream time to first byte added, and writes JSON +
 PNG under `benchmarks/out/` (benchmarks/side_by_side.py).
 
+`--contexts` measures what the context router costs: the same proxy, c=1, alternating, for a user
+with a general persona only and a user with a general persona and 10 context personas whose calls are
+routed by similarity (no tag: the router's full work); target <= 0.5 ms p50 added.
+
+`--feedback` measures what feedback records cost: the same proxy with PERSONA_FEEDBACK_RECORDS off
+(the baseline), on, and on with the texts kept (the stream's text collected as it passes), for chat
+completions streamed and not, at c=1, alternating; target <= 0.1 ms p50 added.
+
 `--segments BASELINE_SRC` measures the persona resolution (own > segment > tenant > none) at c=1,
 limits on: this checkout's proxy (a user with their own persona, a user with a segment persona)
 against the proxy of BASELINE_SRC (e.g. a checkout of the commit before segments) in the same run;
@@ -40,10 +48,12 @@ dominates: by Little's law p50 ~ 16 / throughput), paced at about 1,000 req/s ov
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -140,6 +150,71 @@ def limits_cost(runs: int, seconds: float) -> None:
     )
 
 
+def feedback_cost(runs: int, seconds: float) -> None:
+    """p50 at c=1 with feedback records off (baseline), on, and on keeping the texts: many short
+    slices, the configurations in a rotating order, so a busy machine weighs on each alike. Also the
+    proxy's CPU time per request (steadier than latency on a shared machine) and, per slice, the
+    difference to the baseline slice next to it."""
+    configs = {
+        "records off": {"feedback_records": "false"},
+        "records on": {"feedback_records": "true"},
+        "records on, texts kept": {"feedback_records": "true", "feedback_keep_text": "true"},
+    }
+    bodies = {"chat": BODY, "chat, stream": {**BODY, "stream": True}}
+    names = list(configs)
+    with h.redis() as redis, h.fake_upstream() as upstream, contextlib.ExitStack() as stack:
+        urls = {name: stack.enter_context(h.proxy(redis.url, upstream, **env)) for name, env in configs.items()}
+        h.put_persona(urls["records off"], "bench-user", PERSONA, [EXEMPLAR, EXEMPLAR])
+        p50: dict[tuple[str, str], list[float]] = {(c, b): [] for c in configs for b in bodies}
+        cpu: dict[tuple[str, str], list[float]] = {(c, b): [] for c in configs for b in bodies}
+        for url in urls.values():
+            for body in bodies.values():
+                h.wrk(f"{url}/v1/chat/completions", body, connections=1, seconds=1)  # warm-up
+        for run in range(runs):
+            order = names[run % len(names) :] + names[: run % len(names)]
+            for body_name, body in bodies.items():
+                for name in order:
+                    pid = h.PIDS[urls[name]]
+                    before = h.cpu_seconds(pid)
+                    result = h.wrk(f"{urls[name]}/v1/chat/completions", body, connections=1, seconds=seconds)
+                    if result["non_2xx"]:
+                        raise SystemExit(f"{name}: {result['non_2xx']:.0f} non-2xx answers")
+                    requests = max(result["rps"] * seconds, 1.0)
+                    p50[(name, body_name)].append(result["p50_ms"])
+                    cpu[(name, body_name)].append((h.cpu_seconds(pid) - before) * 1000.0 / requests)
+        written = sum(1 for _ in redis_client(redis.url).scan_iter(match="pm:feedback-owner:*", count=1000))
+    print(f"{runs} slices x {seconds:.0f} s at c=1 per configuration, rotating order (wrk -t1); records: {written}")
+    print(
+        f"{'configuration':<36}{'p50 ms':>9}{'spread':>15}{'added (paired)':>16}{'spread':>17}"
+        f"{'ratio':>7}{'CPU ms/req':>12}{'added':>8}"
+    )
+    worst = worst_cpu = 0.0
+    for body_name in bodies:
+        base = p50[("records off", body_name)]
+        base_cpu = statistics.median(cpu[("records off", body_name)])
+        for name in configs:
+            values = p50[(name, body_name)]
+            paired = [v - b for v, b in zip(values, base, strict=True)]
+            added = statistics.median(paired)
+            own_cpu = statistics.median(cpu[(name, body_name)])
+            if name != "records off":
+                worst, worst_cpu = max(worst, added), max(worst_cpu, own_cpu - base_cpu)
+            print(
+                f"{body_name + ', ' + name:<36}{statistics.median(values):>9.3f}{spread(values):>15}"
+                f"{added:>16.3f}{spread(paired):>17}{statistics.median(values) / statistics.median(base):>7.3f}"
+                f"{own_cpu:>12.3f}{own_cpu - base_cpu:>8.3f}"
+            )
+    verdict = "met" if worst <= 0.1 else "NOT met"
+    print(f"feedback records, worst added p50 at c=1 (median of paired slices): {worst:.3f} ms ({verdict}: <= 0.1 ms)")
+    print(f"feedback records, worst added proxy CPU per request: {worst_cpu:.3f} ms")
+
+
+def redis_client(url: str) -> Any:
+    import redis
+
+    return redis.Redis.from_url(url)
+
+
 def tracing_cost(runs: int, seconds: float, connections: int) -> None:
     """The same proxy (every limit on, persona injected) without OTEL_*, with every call traced and
     exported over OTLP/HTTP (to the fake upstream's port, which answers 404: the export work is done
@@ -210,6 +285,89 @@ def reported_overhead(url: str, count: int, body: dict[str, object] = BODY) -> l
     """x-persona-overhead-ms of `count` sequential calls."""
     with httpx.Client(headers={"Authorization": f"Bearer {h.APP_KEY}"}, timeout=10) as client:
         return [float(client.post(url, json=body).headers["x-persona-overhead-ms"]) for _ in range(count)]
+
+
+TOPICS = (
+    "running shoes trail marathon training pace",
+    "laptop keyboard battery screen repair",
+    "coffee espresso grinder beans roast",
+    "python code function list error",
+    "garden tomatoes soil compost watering",
+    "travel flights hotel itinerary visa",
+    "budget savings taxes mortgage interest",
+    "guitar chords practice strings amplifier",
+    "cooking recipe oven chicken spices",
+    "cycling bike gears tyres saddle",
+)
+
+
+def plant_contexts(redis_url: str, user: str) -> None:
+    """10 context personas and their router for `user`, as a refresh job stores them."""
+    import redis as redis_py
+
+    from middleware.models import Persona, PreferencePair
+    from middleware.personalize.contexts import build_router
+    from middleware.store import keys
+
+    exemplar = PreferencePair.model_validate({**EXEMPLAR, "user_id": user})
+    groups = {}
+    r = redis_py.Redis.from_url(redis_url)
+    for i, topic in enumerate(TOPICS):
+        name = f"ctx{i}"
+        words = topic.split()
+        groups[name] = (
+            "tag",
+            [f"Question about {w} and {words[(j + 1) % len(words)]}" for j, w in enumerate(words)],
+        )
+        persona = Persona(
+            version=1,
+            version_id=f"bench{i:028d}",
+            text=f"{PERSONA} ({name})",
+            exemplars=[exemplar, exemplar],
+            created_at="2026-01-01T00:00:00Z",
+        )
+        r.hset(keys.contexts("bench", user), f"c:{name}", persona.model_dump_json())
+    r.hset(keys.contexts("bench", user), "router", build_router(groups).model_dump_json())  # type: ignore[arg-type]
+    r.close()
+
+
+def contexts_cost(runs: int, seconds: float) -> None:
+    bodies = {"general only": BODY, "10 contexts, routed": {**BODY, "user": "bench-ctx"}}
+    with h.redis() as redis, h.fake_upstream() as upstream, h.proxy(redis.url, upstream) as proxy:
+        for user in ("bench-user", "bench-ctx"):
+            h.put_persona(proxy, user, PERSONA, [EXEMPLAR, EXEMPLAR])
+        plant_contexts(redis.url, "bench-ctx")
+        url = f"{proxy}/v1/chat/completions"
+        with httpx.Client(headers={"Authorization": f"Bearer {h.APP_KEY}"}) as client:
+            routed = client.post(url, json=bodies["10 contexts, routed"]).headers["x-persona-context"]
+        print(f"the routed user's call goes to: {routed}")
+        for body in bodies.values():
+            h.wrk(url, body, connections=1, seconds=2)  # warm-up
+        results: dict[str, list[dict[str, float]]] = {name: [] for name in bodies}
+        overhead: dict[str, list[float]] = {name: [] for name in bodies}
+        for _ in range(runs):
+            for name, body in bodies.items():
+                results[name].append(h.wrk(url, body, connections=1, seconds=seconds))
+                overhead[name].extend(reported_overhead(url, 200, body))
+    print(f"{runs} runs x {seconds:.0f} s at c=1, wrk -t1, median of runs (spread min-max)")
+    print(f"{'user':<24}{'p50 ms':>10}{'spread':>16}{'p99 ms':>10}")
+    for name, rs in results.items():
+        p50 = [r["p50_ms"] for r in rs]
+        print(f"{name:<24}{statistics.median(p50):>10.3f}{spread(p50):>16}{median(rs, 'p99_ms'):>10.3f}")
+    per_run = [
+        c["p50_ms"] - g["p50_ms"]
+        for g, c in zip(results["general only"], results["10 contexts, routed"], strict=True)
+    ]
+    added = statistics.median(per_run)
+    print(
+        f"added p50 by routing, c=1 (wrk): {added:.3f} ms, per run {spread(per_run)} ({'met' if added <= 0.5 else 'NOT met'}: <= 0.5 ms)"
+    )
+    own = {name: statistics.median(values) for name, values in overhead.items()}
+    print(
+        "x-persona-overhead-ms p50, c=1: "
+        + ", ".join(f"{name} {value:.3f} ms" for name, value in own.items())
+        + f", added {own['10 contexts, routed'] - own['general only']:.3f} ms"
+    )
 
 
 SEGMENT_BODY = {**BODY, "user": "bench-segment-user"}
@@ -450,6 +608,8 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--paced-rate", type=float, default=1000.0, help="req/s offered in the paced run")
     parser.add_argument("--limits", action="store_true", help="measure the cost of quotas (c=1)")
+    parser.add_argument("--contexts", action="store_true", help="measure the cost of context routing (c=1)")
+    parser.add_argument("--feedback", action="store_true", help="measure the cost of feedback records (c=1)")
     parser.add_argument("--apis-only", action="store_true", help="only the table of APIs beside chat")
     parser.add_argument("--tracing", action="store_true", help="measure the cost of OpenTelemetry tracing")
     parser.add_argument(
@@ -484,6 +644,12 @@ def main() -> None:
         return
     if args.limits:
         limits_cost(args.runs, args.seconds)
+        return
+    if args.contexts:
+        contexts_cost(args.runs, args.seconds)
+        return
+    if args.feedback:
+        feedback_cost(args.runs, args.seconds)
         return
     if args.tracing:
         tracing_cost(args.runs, args.seconds, args.connections)

@@ -20,6 +20,7 @@ from middleware.api import (
     chat,
     comparisons,
     evaluations,
+    feedback,
     health,
     jobs,
     messages,
@@ -86,6 +87,7 @@ def create_app(settings: Settings, tracing: Tracing | None = None) -> FastAPI:
     app.include_router(passthrough.direct_router)  # the busiest passed-through resources, matched early
     for module in (user_tokens, admin, segments, comparisons, preferences):
         app.include_router(module.router)
+    app.include_router(feedback.router)
     for module in (users, jobs, ui, evaluations, ui_evaluate, passthrough):  # passthrough last: a catch-all
         app.include_router(module.router)
     install_docs(app, settings)

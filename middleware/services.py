@@ -15,6 +15,8 @@ from redis.asyncio import Redis
 from middleware.collection.service import ComparisonService
 from middleware.config import Settings
 from middleware.evaluation.online_service import EvaluationService
+from middleware.feedback.answers import FeedbackRecorder
+from middleware.feedback.signals import FeedbackService, RewardHook, no_reward_hook
 from middleware.induction.adapters import AdapterTrainer
 from middleware.induction.pipeline import Induction
 from middleware.induction.queue import JobQueue
@@ -25,7 +27,9 @@ from middleware.quotas.service import Quotas
 from middleware.rerank.registry import RerankerRegistry
 from middleware.rerank.resources import RerankResources
 from middleware.store.comparisons import ComparisonStore
+from middleware.store.contexts import ContextStore
 from middleware.store.evaluations import EvaluationStore
+from middleware.store.feedback import FeedbackStore
 from middleware.store.personas import PersonaStore
 from middleware.store.preferences import PreferenceStore
 from middleware.store.segments import PersonaReader, SegmentStore
@@ -44,6 +48,7 @@ class Services:
     http: aiohttp.ClientSession
     metrics: Metrics
     personas: PersonaStore
+    contexts: ContextStore
     preferences: PreferenceStore
     users: UserIndex
     personalizer: Personalizer
@@ -58,9 +63,15 @@ class Services:
     evaluations: EvaluationService
     induction: Induction
     adapters: AdapterTrainer
+    # Answers' feedback records (hot path) and the signals on them; `on_reward` is called when an
+    # answer's reward changes (tenant, user, arm, reward).
+    answers: FeedbackRecorder
+    feedback: FeedbackService
+    on_reward: RewardHook
     tracing: Tracing = TRACING_OFF
 
     async def close(self) -> None:
+        await self.answers.drain()
         await self.http.close()
         await self.redis.aclose()
         if self.jobs_redis is not self.redis:
@@ -87,9 +98,12 @@ def build_services(settings: Settings, tracing: Tracing = TRACING_OFF) -> Servic
         replication=replication,
     )
     preferences = PreferenceStore(redis, replication)
+    contexts = ContextStore(redis)
     personalizer = Personalizer(personas, settings, metrics, tracing)
     upstreams = UpstreamRouter(settings, http, metrics.upstream_retries.inc)
     quotas = Quotas(settings, redis, metrics, tracing)
+    feedback_store = FeedbackStore(redis, ttl_s=settings.feedback_ttl_s)
+    on_reward: RewardHook = no_reward_hook
     rerankers = RerankerRegistry(settings, RerankResources(upstreams, personas)).load_entry_points()
     return Services(
         settings=settings,
@@ -98,6 +112,7 @@ def build_services(settings: Settings, tracing: Tracing = TRACING_OFF) -> Servic
         http=http,
         metrics=metrics,
         personas=personas,
+        contexts=contexts,
         preferences=preferences,
         users=UserIndex(redis),
         personalizer=personalizer,
@@ -119,7 +134,10 @@ def build_services(settings: Settings, tracing: Tracing = TRACING_OFF) -> Servic
             ComparisonStore(redis, ttl_s=settings.comparison_ttl_s), personalizer, upstreams, preferences
         ),
         evaluations=EvaluationService(EvaluationStore(redis), personas, personalizer, upstreams, quotas),
-        induction=Induction(settings, upstreams, personas, preferences, quotas),
+        induction=Induction(settings, upstreams, personas, preferences, quotas, contexts),
         adapters=AdapterTrainer(settings, personas, preferences),
+        answers=FeedbackRecorder(feedback_store, settings),
+        feedback=FeedbackService(settings, feedback_store, preferences, on_reward),
+        on_reward=on_reward,
         tracing=tracing,
     )

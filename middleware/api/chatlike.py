@@ -9,13 +9,18 @@
 - the persona mode (`X-Persona-Mode`; rerank only where the route offers it);
 - the tenant's caps (`Quotas.check_body`) and admission (`Quotas.admit_and_personalize`: the quota
   check rides in the persona reads' round trip), which give a lease and the persona resolved as
-  own > segment > tenant default > none (`personalize.resolve`; the segment from `X-Persona-Segment`
-  or `metadata.segment`, else the user's assigned one).
+  own for the routed context > own > segment > tenant default > none (`personalize.resolve`; the
+  context from `X-Persona-Context` or `metadata.context`, else routed by the last user turn, README
+  "Contexts"; the segment from `X-Persona-Segment` or `metadata.segment`, else the user's assigned
+  one).
 
 `answer` runs the route's work and answers, the same on every route:
 
-- `x-persona-version`, `x-persona-source` and `x-persona-overhead-ms` headers, and the overhead metric (the time the proxy
+- `x-persona-version`, `x-persona-source`, `x-persona-context` and `x-persona-overhead-ms` headers, and the overhead metric (the time the proxy
   spent before the work started upstream), plus the upstream's relayed headers;
+- `x-persona-response-id`: the answer's id for `POST /v1/feedback`; its feedback record (the arm, the
+  app's conversation as admitted, the answer) is written in the background once the body is known
+  (a stream's text is collected as it passes);
 - the work runs cancelled as soon as the client goes away (499, counted);
 - the metric of the route's calls by mode and outcome ("ok", "stream", "error" or what the work names);
 - the lease counts the answer's tokens (a stream's as it passes) and gives back its slot at the end;
@@ -37,7 +42,9 @@ from fastapi.responses import Response, StreamingResponse
 
 from middleware.api.deps import json_body
 from middleware.errors import InvalidRequest, PersonaError
+from middleware.feedback.answers import RESPONSE_ID_HEADER, PendingAnswer
 from middleware.identity import app_caller, bind_user, end_user_id, request_segment
+from middleware.personalize.contexts import GENERAL, last_user_text, valid_tag
 from middleware.personalize.resolve import NOTHING
 from middleware.personalize.service import ActivePersona
 from middleware.quotas.service import Lease
@@ -47,7 +54,9 @@ from middleware.upstream import ClientDisconnected, cancel_on_disconnect, monoto
 VERSION_HEADER = "x-persona-version"
 SOURCE_HEADER = "x-persona-source"
 OVERHEAD_HEADER = "x-persona-overhead-ms"
+CONTEXT_HEADER = "x-persona-context"
 MODE_HEADER = "x-persona-mode"
+RERANKER_HEADER = "x-persona-reranker"
 MODES = ("inject", "off", "rerank")
 CLIENT_CLOSED_REQUEST = 499
 
@@ -91,10 +100,17 @@ class Admitted:
     found: ActivePersona | None
     started: float  # time.perf_counter() when the call arrived
     source: str = "none"  # where the persona came from (personalize.resolve.SOURCES)
+    # The app's conversation as it arrived (chat and Messages `messages`, Responses `input`): the
+    # feedback record's prompt (routes place the persona in copies, never in this value).
+    prompt: Any = None
 
     @property
     def version(self) -> int | None:
         return self.found.version if self.found is not None else None
+
+    @property
+    def context(self) -> str | None:
+        return self.found.context if self.found is not None else None
 
 
 def persona_mode(request: Request, *, rerank: bool = True) -> str:
@@ -125,31 +141,83 @@ async def admit(
     if token_user is not None:  # a user token acts for its own user only
         user = bind_user(token_user, user)
     mode = persona_mode(request, rerank=rerank_cost is not None)
+    tag = context_tag(request.headers, body)
     quotas = services.quotas
     quotas.check_body(tenant, body)
     cost = rerank_cost if mode == "rerank" and rerank_cost is not None else 1
     resolved = NOTHING
     if user is not None and mode != "off":
-        # own > segment (named by the request, else assigned) > tenant default > none, one round trip
+        # own for the routed context > own > segment (named by the request, else assigned) >
+        # tenant default > none, one round trip
         segment = request_segment(request.headers, body)
+        text = routing_text(body.get("messages") if "messages" in body else body.get("input"))
         lease, resolved = await quotas.admit_and_personalize(
-            tenant, user, cost, services.resolver, segment=segment
+            tenant, user, cost, services.resolver, segment=segment, tag=tag, text=text
         )
         if resolved.persona is not None:
             services.metrics.persona_injected.inc()
     else:
         lease = await quotas.admit(tenant, user, cost)
-    return Admitted(tenant, user, body, mode, lease, resolved.persona, started, resolved.source)
+    prompt = body.get("messages", body.get("input"))
+    return Admitted(tenant, user, body, mode, lease, resolved.persona, started, resolved.source, prompt)
 
 
-def persona_headers(version: int | None, overhead_ms: float, source: str = "none") -> dict[str, str]:
+def pending_answer(request: Request, services: Services, call: Admitted) -> PendingAnswer:
+    """The answer's id and what its feedback record will say (the arm: the persona mode, a rerank
+    with its reranker)."""
+    arm = call.mode
+    if arm == "rerank":
+        arm = f"rerank:{request.headers.get(RERANKER_HEADER) or services.settings.reranker}"
+    return services.answers.open(
+        call.tenant,
+        call.user,
+        persona_version=call.version,
+        persona_source=call.source,
+        arm=arm,
+        model=call.body.get("model"),
+        prompt=call.prompt,
+    )
+
+
+def persona_headers(
+    version: int | None, overhead_ms: float, source: str = "none", context: str | None = None
+) -> dict[str, str]:
     """`source`: where the persona came from (`personalize.resolve.SOURCES`); its version is the
-    version of that persona line (the user's, the segment's or the tenant default's)."""
+    version of that persona line (the user's, a context's, the segment's or the tenant default's);
+    `context`: the context persona used, else `general`."""
     return {
         VERSION_HEADER: str(version) if version is not None else "none",
         SOURCE_HEADER: source if version is not None else "none",
+        CONTEXT_HEADER: context or GENERAL,
         OVERHEAD_HEADER: f"{overhead_ms:.3f}",
     }
+
+
+def context_tag(headers: Mapping[str, str], body: Mapping[str, object]) -> str | None:
+    """The request's context tag: `X-Persona-Context`, else `metadata.context`; None when untagged.
+    A malformed tag is a 400 (README "Contexts")."""
+    tag = headers.get(CONTEXT_HEADER)
+    if tag is None:
+        metadata = body.get("metadata")
+        found = metadata.get("context") if isinstance(metadata, dict) else None
+        if found is None:
+            return None
+        if not isinstance(found, str):
+            raise InvalidRequest("metadata.context must be a string", param="metadata.context")
+        tag = found
+    tag = tag.strip()
+    if not valid_tag(tag):
+        raise InvalidRequest(
+            "a context tag is 1-64 letters, digits, '.', '_' or '-' (and not 'general')", param=CONTEXT_HEADER
+        )
+    return tag
+
+
+def routing_text(messages: object) -> str:
+    """The last user turn a request is routed by (`messages`/`input` as sent, or a plain string)."""
+    if isinstance(messages, str):
+        return messages
+    return last_user_text(messages) if isinstance(messages, list) else ""
 
 
 async def answer(
@@ -168,7 +236,7 @@ async def answer(
     lease = call.lease
     overhead_ms = monotonic_ms(call.started)
     metrics.overhead_seconds.observe(overhead_ms / 1000.0)
-    headers = persona_headers(call.version, overhead_ms, call.source)
+    headers = persona_headers(call.version, overhead_ms, call.source, call.context)
 
     def count(outcome: str) -> None:
         if framing.metric_route is None:
@@ -205,6 +273,10 @@ async def answer(
             await lease.release()
         elif lease.active:
             await lease.settle(result.body)
+        if result.status < 400:
+            pending = pending_answer(request, services, call)
+            headers[RESPONSE_ID_HEADER] = pending.response_id
+            pending.finish(result.body)
         return Response(
             result.body,
             status_code=result.status,
@@ -216,6 +288,10 @@ async def answer(
         await lease.release()
     elif lease.active:
         body = lease.guard_stream(body)
+    if result.status < 400:
+        pending = pending_answer(request, services, call)
+        headers[RESPONSE_ID_HEADER] = pending.response_id
+        body = pending.watch(body)
     return StreamingResponse(
         body,
         status_code=result.status,

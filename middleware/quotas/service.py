@@ -165,14 +165,16 @@ class Quotas:
         resolver: Resolver,
         *,
         segment: str | None = None,
-        context: str | None = None,
+        tag: str | None = None,
+        text: str = "",
     ) -> tuple[Lease, Resolved]:
         """The chat path: admission and the persona reads in one round trip (one pipeline), bounded
-        by the persona read timeout; a failure lets the call through without a persona."""
+        by the persona read timeout; a failure lets the call through without a persona. `tag` and
+        `text` (the last user turn) route to a context persona (`Resolver.of`)."""
         limits = self.limits(tenant)
         if not limits.metered:
             return Lease(self, tenant, None), await resolver.read(
-                tenant, user, segment=segment, context=context
+                tenant, user, segment=segment, tag=tag, text=text
             )
         call, lease = self._call(tenant, user, cost, limits)
         personalizer = resolver.personalizer
@@ -191,7 +193,7 @@ class Quotas:
             if reason:
                 self.refuse(tenant, REASONS[reason], wait_ms / 1000.0)
         with self._tracing.span("persona.read", tenant, user) as span:
-            return Lease(self, tenant, lease or None), traced(span, resolver.of(reads, context=context))
+            return Lease(self, tenant, lease or None), traced(span, resolver.of(reads, tag=tag, text=text))
 
     def _skipped(self, exc: BaseException) -> None:
         self._metrics.quota_store_failures.inc()

@@ -11,6 +11,12 @@ match one user only. Ids without those characters keep the key they always had.
     pm:{t:u}:persona:v<N>          one persona version (JSON blob)
     pm:{t:u}:persona:versions      sorted set of version numbers
     pm:{t:u}:persona:seq           version counter
+    pm:{t:u}:contexts              hash: `router` -> the context router, `c:<name>` -> the current
+                                   persona of context <name> (one HGETALL beside the persona GET)
+    pm:{t:u}:contexts:names        set of the user's context names (every line ever stored)
+    pm:{t:u}:ctx:<name>:v<N>       one context persona version (JSON blob)
+    pm:{t:u}:ctx:<name>:versions   sorted set of the context's version numbers
+    pm:{t:u}:ctx:<name>:seq        the context's version counter
     pm:{t:u}:prefs                 Stream of preference records (source of truth)
     pm:{t:u}:prefs:ids             set of preference ids already stored (idempotent writes)
     pm:{t:u}:comparisons:<id>      pending four-way comparison (TTL)
@@ -22,6 +28,10 @@ match one user only. Ids without those characters keep the key they always had.
     pm:{t:u}:job-lock              the user's running refresh (mutual exclusion, TTL)
     pm:{t:u}:job-pending           the user's queued/running refresh job id (deduplication)
     pm:{t:u}:jobs                  ids of the user's jobs (deleted with their records on forget)
+    pm:{t:u}:feedback:<id>         an answer's feedback record and its signals (hash, TTL)
+    pm:{t:u}:feedback-prompt:<d>   answers to one prompt digest -> their latest verdict (hash, TTL)
+    pm:{t:u}:sentiment             the user's smoothed follow-up sentiment (hash)
+    pm:feedback-owner:<id>         answer id -> "tenant\nuser" (TTL), to find a record by id
     pm:comparison-owner:<id>       comparison id -> "tenant:user" (TTL), to find a comparison by id
     pm:tenant:<t>:users            set of user ids known in a tenant
     pm:response-owner:<id>         Responses API response id -> tenant that created it (TTL)
@@ -85,6 +95,32 @@ def persona_seq(tenant: str, user: str) -> str:
     return f"{user_tag(tenant, user)}:persona:seq"
 
 
+def contexts(tenant: str, user: str) -> str:
+    """Hash: `router` -> the router's centroids, `c:<name>` -> context <name>'s current persona."""
+    return f"{user_tag(tenant, user)}:contexts"
+
+
+def context_names(tenant: str, user: str) -> str:
+    return f"{user_tag(tenant, user)}:contexts:names"
+
+
+def context_version(tenant: str, user: str, name: str, version: int) -> str:
+    return f"{user_tag(tenant, user)}:ctx:{name}:v{version}"
+
+
+def context_version_prefix(tenant: str, user: str, name: str) -> str:
+    """What every `context_version` key of one context line starts with."""
+    return f"{user_tag(tenant, user)}:ctx:{name}:v"
+
+
+def context_versions(tenant: str, user: str, name: str) -> str:
+    return f"{user_tag(tenant, user)}:ctx:{name}:versions"
+
+
+def context_seq(tenant: str, user: str, name: str) -> str:
+    return f"{user_tag(tenant, user)}:ctx:{name}:seq"
+
+
 def prefs(tenant: str, user: str) -> str:
     return f"{user_tag(tenant, user)}:prefs"
 
@@ -125,6 +161,30 @@ def adapter(tenant: str, user: str, version: int) -> str:
 
 def user_meta(tenant: str, user: str) -> str:
     return f"{user_tag(tenant, user)}:meta"
+
+
+def feedback_prefix(tenant: str, user: str) -> str:
+    """What every `feedback` key of the user starts with (the answer id follows)."""
+    return f"{user_tag(tenant, user)}:feedback:"
+
+
+def feedback(tenant: str, user: str, response_id: str) -> str:
+    """Hash: the answer's record (`record`), its signals (`s:<id>`), their pulls (`c:<id>`), `reward`."""
+    return f"{feedback_prefix(tenant, user)}{response_id}"
+
+
+def feedback_prompt(tenant: str, user: str, digest: str) -> str:
+    """Hash: answer id -> its latest verdict (up, down, regenerate) among answers to one prompt."""
+    return f"{user_tag(tenant, user)}:feedback-prompt:{digest}"
+
+
+def sentiment(tenant: str, user: str) -> str:
+    """Hash: the user's smoothed follow-up sentiment (`ewma`) and how many follow-ups made it (`n`)."""
+    return f"{user_tag(tenant, user)}:sentiment"
+
+
+def feedback_owner(response_id: str) -> str:
+    return f"{PREFIX}:feedback-owner:{response_id}"
 
 
 def response_owner(response_id: str) -> str:

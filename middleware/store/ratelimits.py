@@ -149,15 +149,15 @@ class RateLimitStore:
         self, call: tuple[list[str], list[Any]], tenant: str, user: str, segment: str | None
     ) -> tuple[int, int, PersonaReads]:
         """One round trip: the admission and the persona reads of the chat path (the user's current
-        persona, and the segment's or tenant default's, `store/segments.py`)."""
+        persona and context hash, and the segment's or tenant default's, `store/segments.py`)."""
 
         def build(pipe: Pipeline) -> None:
             # execute_command: redis-py's cluster pipeline blocks its evalsha() method, not the command
             pipe.execute_command("EVALSHA", self._admit.sha, len(call[0]), *call[0], *call[1])
             queue_reads(pipe, self._resolve_sha, tenant, user, segment)
 
-        (reason, wait_ms), own, shared = await self._chat_pipelines.run(build)
-        return int(reason), int(wait_ms), reads_of(own, shared)
+        (reason, wait_ms), own, contexts, shared = await self._chat_pipelines.run(build)
+        return int(reason), int(wait_ms), reads_of(own, contexts, shared)
 
     async def record_calls(self, tenant: str, calls: int, *, rpm: int, window_ms: int = WINDOW_MS) -> None:
         await self._record(keys=[keys.rate_log(tenant)], args=[calls, rpm, window_ms])

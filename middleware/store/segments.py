@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Any, NamedTuple
 
 import orjson
@@ -49,14 +50,17 @@ class PersonaReads(NamedTuple):
     shared_source: str  # "segment" | "tenant" | "none"
     segment: str | None
     shared: bytes | None
+    # The user's context hash (`keys.contexts`: context personas and router), read beside `own`.
+    contexts: Mapping[bytes, bytes] = MappingProxyType({})
 
 
 NO_READS = PersonaReads(None, "none", None, None)
 
 
 def queue_reads(pipe: Pipeline, resolve_sha: str, tenant: str, user: str, segment: str | None) -> None:
-    """Add the persona reads of one chat call to a pipeline: two commands, read by `reads_of`."""
+    """Add the persona reads of one chat call to a pipeline: three commands, read by `reads_of`."""
     pipe.get(keys.persona_current(tenant, user))
+    pipe.hgetall(keys.contexts(tenant, user))
     pipe.execute_command(  # not evalsha(): redis-py's cluster pipeline blocks that method
         "EVALSHA",
         resolve_sha,
@@ -69,11 +73,11 @@ def queue_reads(pipe: Pipeline, resolve_sha: str, tenant: str, user: str, segmen
     )
 
 
-def reads_of(own: bytes | None, resolved_reply: list[Any]) -> PersonaReads:
+def reads_of(own: bytes | None, contexts: dict[bytes, bytes], resolved_reply: list[Any]) -> PersonaReads:
     source = resolved_reply[0].decode() if isinstance(resolved_reply[0], bytes) else str(resolved_reply[0])
     segment = resolved_reply[1].decode() if isinstance(resolved_reply[1], bytes) else resolved_reply[1]
     shared = resolved_reply[2] if len(resolved_reply) > 2 else None
-    return PersonaReads(own, source, segment or None, shared)
+    return PersonaReads(own, source, segment or None, shared, contexts)
 
 
 class ScriptPipelines:
@@ -131,11 +135,11 @@ class PersonaReader:
             queue_reads(pipe, self._resolve_sha, tenant, user, segment)
 
         try:
-            own, shared = await asyncio.wait_for(self._pipelines.run(build), self._read_timeout_s)
+            own, contexts, shared = await asyncio.wait_for(self._pipelines.run(build), self._read_timeout_s)
         except STORE_ERRORS as exc:
             self._open_until = time.monotonic() + self._breaker_s
             raise PersonaReadFailed(str(exc) or type(exc).__name__) from exc
-        return reads_of(own, shared)
+        return reads_of(own, contexts, shared)
 
 
 class SegmentStore:
@@ -175,7 +179,9 @@ class SegmentStore:
             k async for k in self._redis.scan_iter(match=keys.segment_pattern(tenant, segment), count=500)
         ]
         members = await self.members(tenant, segment)
-        pipe = self._redis.pipeline(transaction=True)
+        # every key here shares the tenant's segments slot; no MULTI (a cluster pipeline has none):
+        # a delete cut short is finished by asking again
+        pipe = self._redis.pipeline(transaction=False)
         pipe.hdel(keys.segment_index(tenant), segment)
         if found:
             pipe.delete(*found)

@@ -1,7 +1,7 @@
 """Everything stored about one user: export it, or forget it.
 
 Forgetting deletes every key under the user's hash tag (found with SCAN, so nothing is missed by a
-stale list), the index entries that name the user (tenant user set, comparison owners), and the
+stale list), the index entries that name the user (tenant user set, comparison and answer owners), and the
 user's job records, including what the job queue keeps for those jobs.
 """
 
@@ -76,6 +76,9 @@ async def forget_user(
         {k[len(comparison_prefix) :].split(":", 1)[0] for k in found if k.startswith(comparison_prefix)}
     )
 
+    feedback_prefix = keys.feedback_prefix(tenant, user)
+    response_ids = sorted(k[len(feedback_prefix) :] for k in found if k.startswith(feedback_prefix))
+
     # Queued jobs first leave the queue, so no worker starts them after this.
     if job_ids:
         queue = (queue_redis if queue_redis is not None else redis).pipeline(transaction=False)
@@ -92,6 +95,8 @@ async def forget_user(
         pipe.delete(keys.job_record(job_id))
     for comparison_id in comparison_ids:
         pipe.delete(keys.comparison_owner(comparison_id))
+    for response_id in response_ids:
+        pipe.delete(keys.feedback_owner(response_id))
     pipe.srem(keys.tenant_users(tenant), user)
     pipe.delete(keys.user_rate_log(tenant, user))  # lives in the tenant's limits slot, not the user's
     pipe.hdel(keys.segment_members(tenant), user)  # the assignment lives in the tenant's segments slot
@@ -108,6 +113,7 @@ async def forget_user(
         "deleted_keys": len(found) + len(late),
         "deleted_jobs": len(job_ids),
         "deleted_comparison_owners": len(comparison_ids),
+        "deleted_feedback_records": len(response_ids),
     }
 
 
@@ -137,7 +143,7 @@ async def export_user(redis: Redis, tenant: str, user: str) -> dict[str, Any]:
     versions.sort(key=lambda v: v["version"])
     records = await PreferenceStore(redis).records(tenant, user)
 
-    adapters, comparisons, sessions, other = [], {}, {}, []
+    adapters, comparisons, sessions, feedback, other = [], {}, {}, {}, []
     for key in found:
         rest = key[len(tag) + 1 :]
         if rest.startswith("adapter:"):
@@ -147,9 +153,11 @@ async def export_user(redis: Redis, tenant: str, user: str) -> dict[str, Any]:
             adapters.append({"key": key, "name": rest, "type": kind, "bytes": size, "ttl_s": ttl})
         elif rest.startswith("comparisons:"):
             comparisons[rest.split(":", 1)[1]] = await _dump_key(redis, key)
+        elif rest.startswith("feedback:"):
+            feedback[rest.split(":", 1)[1]] = await _dump_key(redis, key)
         elif rest.startswith("sessions:"):
             sessions[rest.split(":", 1)[1]] = await _dump_key(redis, key)
-        elif not rest.startswith(("persona", "prefs")):
+        elif not rest.startswith(("persona", "prefs", "ctx:", "contexts")):
             other.append({"key": key, "value": await _dump_key(redis, key)})
 
     job_ids = sorted(_text(j) or "" for j in await fail_closed(redis.smembers(keys.user_jobs(tenant, user))))
@@ -158,6 +166,7 @@ async def export_user(redis: Redis, tenant: str, user: str) -> dict[str, Any]:
         raw = await fail_closed(redis.hgetall(keys.job_record(job_id)))
         if raw:
             jobs.append({_text(k): _json_or_text(v) for k, v in raw.items()})
+    contexts = await _export_contexts(redis, tenant, user, found)
     return {
         "tenant": tenant,
         "user": user,
@@ -166,16 +175,43 @@ async def export_user(redis: Redis, tenant: str, user: str) -> dict[str, Any]:
         "segment": _text(await fail_closed(redis.hget(keys.segment_members(tenant), user))),
         "persona": current.model_dump(mode="json") if current else None,
         "persona_versions": versions,
+        "contexts": contexts,
         "preferences": [
             {"id": r.id, "kind": r.kind, "stream_id": r.stream_id, "data": r.data} for r in records
         ],
         "adapters": adapters,
         "comparisons": comparisons,
         "sessions": sessions,
+        "feedback": feedback,
         "jobs": jobs,
         "other_keys": other,
         "keys": found,
     }
+
+
+async def _export_contexts(redis: Redis, tenant: str, user: str, found: list[str]) -> dict[str, Any]:
+    """The context personas: each line's current version and all versions, and the router."""
+    raw = await fail_closed(redis.hgetall(keys.contexts(tenant, user)))
+    fields = {_text(k) or "": v for k, v in raw.items()}
+    names = sorted(
+        _text(n) or "" for n in await fail_closed(redis.smembers(keys.context_names(tenant, user)))
+    )
+    lines: dict[str, Any] = {}
+    for name in names:
+        prefix = keys.context_version_prefix(tenant, user, name)
+        version_keys = [k for k in found if k.startswith(prefix) and k[len(prefix) :].isdigit()]
+        blobs = await fail_closed(redis.mget(version_keys)) if version_keys else []
+        versions = sorted(
+            (Persona.model_validate_json(b).model_dump(mode="json") for b in blobs if b),
+            key=lambda v: v["version"],
+        )
+        current = fields.get(f"c:{name}")
+        lines[name] = {
+            "current": Persona.model_validate_json(current).model_dump(mode="json") if current else None,
+            "versions": versions,
+        }
+    router = fields.get("router")
+    return {"lines": lines, "router": _json_or_text(router) if router else None}
 
 
 async def _dump_key(redis: Redis, key: str) -> Any:
