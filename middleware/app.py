@@ -24,6 +24,7 @@ from middleware.api import (
     messages,
     openai_responses,
     passthrough,
+    policy,
     preferences,
     ui,
     ui_evaluate,
@@ -71,7 +72,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.settings = settings
     for module in (health, chat, openai_responses, messages, user_tokens, admin, comparisons, preferences):
         app.include_router(module.router)
-    for module in (users, jobs, ui, evaluations, ui_evaluate, passthrough):  # passthrough last: a catch-all
+    # passthrough last: a catch-all
+    for module in (users, policy, jobs, ui, evaluations, ui_evaluate, passthrough):
         app.include_router(module.router)
     install_docs(app, settings)
     install_error_handlers(app)

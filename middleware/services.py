@@ -19,6 +19,7 @@ from middleware.induction.adapters import AdapterTrainer
 from middleware.induction.pipeline import Induction
 from middleware.induction.queue import JobQueue
 from middleware.metrics import Metrics
+from middleware.personalize.policy import Policy
 from middleware.personalize.service import Personalizer
 from middleware.quotas.service import Quotas
 from middleware.rerank.registry import RerankerRegistry
@@ -26,6 +27,7 @@ from middleware.rerank.resources import RerankResources
 from middleware.store.comparisons import ComparisonStore
 from middleware.store.evaluations import EvaluationStore
 from middleware.store.personas import PersonaStore
+from middleware.store.policy import PolicyStore
 from middleware.store.preferences import PreferenceStore
 from middleware.store.users import UserIndex
 from middleware.upstream import UpstreamRouter
@@ -42,6 +44,7 @@ class Services:
     preferences: PreferenceStore
     users: UserIndex
     personalizer: Personalizer
+    policy: Policy
     upstreams: UpstreamRouter
     quotas: Quotas
     user_tokens: UserTokens
@@ -82,6 +85,7 @@ def build_services(settings: Settings) -> Services:
         preferences=preferences,
         users=UserIndex(redis),
         personalizer=personalizer,
+        policy=Policy(settings, PolicyStore(redis), metrics),
         upstreams=upstreams,
         quotas=quotas,
         user_tokens=UserTokens(settings),

@@ -20,9 +20,11 @@ from middleware.api.chatlike import Answer, answer
 from middleware.api.deps import json_body
 from middleware.api.sse import completion_events
 from middleware.candidates.variants import DEFAULT_VARIANTS
+from middleware.config import PERSONA_MODES
 from middleware.errors import InvalidRequest
 from middleware.identity import app_caller, bind_user, end_user_id
 from middleware.personalize.block import place_persona
+from middleware.personalize.policy import Arm
 from middleware.personalize.service import ActivePersona
 from middleware.rerank.hookspec import EndUser
 from middleware.rerank.mode import Reranked, rerank
@@ -31,14 +33,15 @@ from middleware.services import Services
 
 router = APIRouter(tags=["chat"])
 
-MODES = ("inject", "off", "rerank")
+MODES = PERSONA_MODES
 MODE_HEADER = "x-persona-mode"
 RERANKER_HEADER = "x-persona-reranker"
 DETAILS_HEADER = "x-persona-rerank-details"
 
 
-def persona_mode(request: Request) -> str:
-    mode = request.headers.get(MODE_HEADER, "inject").strip().lower() or "inject"
+def persona_mode(request: Request, default: str = "inject") -> str:
+    """X-Persona-Mode, or the tenant's default mode (`PERSONA_POLICY`) when the request names none."""
+    mode = request.headers.get(MODE_HEADER, default).strip().lower() or default
     if mode not in MODES:
         raise InvalidRequest(f"{MODE_HEADER} must be one of {', '.join(MODES)}", param=MODE_HEADER)
     return mode
@@ -60,23 +63,46 @@ async def chat_completions(request: Request) -> Response:
     user = end_user_id(request.headers, body)
     if token_user is not None:  # a user token acts for its own user only
         user = bind_user(token_user, user)
-    mode = persona_mode(request)
+    mode = persona_mode(request, services.policy.default_mode(tenant))
     quotas = services.quotas
     quotas.check_body(tenant, body)
-    cost = len(DEFAULT_VARIANTS) if mode == "rerank" else 1  # a rerank: one upstream call per variant
+    arm: Arm | None = None
     found: ActivePersona | None = None
-    if user is not None and mode != "off":
-        # the quota check rides in the persona read's round trip
-        lease, found = await quotas.admit_and_personalize(tenant, user, cost, services.personalizer)
-        if found is not None:
-            services.metrics.persona_injected.inc()
+    if mode == "auto" and user is not None:
+        # the arm's posteriors ride in the persona read's round trip, like the quota check
+        lease, found, posteriors = await quotas.admit_and_personalize_auto(
+            tenant, user, 1, services.personalizer, services.policy
+        )
+        arm = services.policy.choose(tenant, posteriors)
+        mode = arm.mode
+        if mode == "off":
+            found = None
+        elif mode == "rerank":  # one call was admitted with the read: the other variants now
+            try:
+                await (await quotas.admit(tenant, user, len(DEFAULT_VARIANTS) - 1)).release()
+            except BaseException:
+                await lease.release()
+                raise
     else:
-        lease = await quotas.admit(tenant, user, cost)
+        mode = "inject" if mode == "auto" else mode  # without a user there is no policy to ask
+        cost = len(DEFAULT_VARIANTS) if mode == "rerank" else 1  # a rerank: one upstream call per variant
+        if user is not None and mode != "off":
+            # the quota check rides in the persona read's round trip
+            lease, found = await quotas.admit_and_personalize(tenant, user, cost, services.personalizer)
+        else:
+            lease = await quotas.admit(tenant, user, cost)
+    if found is not None:
+        services.metrics.persona_injected.inc()
     version = found.version if found is not None else None
+    block = found.block if found is not None else None
+    if found is not None and arm is not None and not arm.exemplars:
+        block = services.personalizer.block_without_exemplars(found)
+    arm_name = arm.name if arm is not None else None
 
     if mode == "rerank":
         try:
-            reranker_name = require_enabled(settings, request.headers.get(RERANKER_HEADER) or settings.reranker)
+            named = arm.reranker if arm is not None else request.headers.get(RERANKER_HEADER)
+            reranker_name = require_enabled(settings, named or settings.reranker)
             reranker = await services.rerankers.aget(reranker_name)
         except BaseException:
             await lease.release()
@@ -89,25 +115,38 @@ async def chat_completions(request: Request) -> Response:
             if user
             else None
         )
-        block = found.block if found is not None else None
         show_details = request.headers.get(DETAILS_HEADER, "").lower() in ("1", "true", "yes")
 
         async def reranked() -> Answer:
             result = await rerank(
-                reranker, reranker_name, upstream, body, block=block, end_user=end_user, metrics=services.metrics
+                reranker,
+                reranker_name,
+                upstream,
+                body,
+                block=block,
+                end_user=end_user,
+                metrics=services.metrics,
             )
-            await quotas.add_usage(tenant, *(c.completion.get("usage") for c in result.candidates if c.completion))
+            await quotas.add_usage(
+                tenant, *(c.completion.get("usage") for c in result.candidates if c.completion)
+            )
             return reranked_answer(result, body, details=show_details)
 
         try:
             return await answer(
-                request, services.metrics, reranked(), mode=mode, persona_version=version, started=started
+                request,
+                services.metrics,
+                reranked(),
+                mode=mode,
+                persona_version=version,
+                started=started,
+                arm=arm_name,
             )
         finally:
             await lease.release()
 
-    if found is not None:
-        body["messages"] = place_persona(body["messages"], found.block)
+    if block is not None:
+        body["messages"] = place_persona(body["messages"], block)
     upstream, body["model"] = services.upstreams.route(body["model"])
     relay: dict[str, str] = {}  # the upstream's tracing and back-off headers, for the app
     forward = upstream.stream(body, relay) if body.get("stream") else upstream.complete(body, relay)
@@ -120,6 +159,7 @@ async def chat_completions(request: Request) -> Response:
         started=started,
         lease=lease,
         relay=relay,
+        arm=arm_name,
     )
 
 

@@ -27,6 +27,7 @@ from middleware.upstream import ClientDisconnected, cancel_on_disconnect, monoto
 
 VERSION_HEADER = "x-persona-version"
 OVERHEAD_HEADER = "x-persona-overhead-ms"
+ARM_HEADER = "x-persona-arm"
 CLIENT_CLOSED_REQUEST = 499
 
 
@@ -70,15 +71,19 @@ async def answer(
     framing: Framing = OPENAI_CHAT,
     lease: Lease | None = None,
     relay: Mapping[str, str] | None = None,
+    arm: str | None = None,
 ) -> Response:
     """Run `work` (not yet started; `started` is the call's perf_counter() at arrival) and answer.
 
     With a quota `lease`, the answer's tokens are counted (a stream's as it passes) and the lease is
     released when the answer is complete or the call failed. `relay` holds the upstream headers the
-    app must see (filled by the upstream call as it runs)."""
+    app must see (filled by the upstream call as it runs). `arm`: the auto mode's choice, sent back
+    in `x-persona-arm`."""
     overhead_ms = monotonic_ms(started)
     metrics.overhead_seconds.observe(overhead_ms / 1000.0)
     headers = persona_headers(persona_version, overhead_ms)
+    if arm is not None:
+        headers[ARM_HEADER] = arm
     try:
         result = await cancel_on_disconnect(request.receive, work)
     except ClientDisconnected:

@@ -22,10 +22,12 @@ from redis.asyncio import Redis
 from middleware.config import Settings
 from middleware.errors import InvalidRequest, RateLimited
 from middleware.metrics import Metrics
+from middleware.personalize.policy import Policy
 from middleware.personalize.service import ActivePersona, Personalizer
 from middleware.quotas.policy import LimitsTable, TenantLimits
 from middleware.quotas.usage import tokens_in_body, tokens_in_sse, tokens_used
 from middleware.store.guard import STORE_ERRORS
+from middleware.store.policy import Posteriors
 from middleware.store.ratelimits import REASONS, RateLimitStore
 
 log = logging.getLogger("middleware.quotas")
@@ -175,6 +177,28 @@ class Quotas:
         if reason:
             self.refuse(tenant, REASONS[reason], wait_ms / 1000.0)
         return Lease(self, tenant, lease or None), personalizer.from_blob(blob)
+
+    async def admit_and_personalize_auto(
+        self, tenant: str, user: str, cost: int, personalizer: Personalizer, policy: Policy
+    ) -> tuple[Lease, ActivePersona | None, tuple[Posteriors, Posteriors] | None]:
+        """`admit_and_personalize` for the auto mode: the user's and the tenant's posteriors ride in the
+        same round trip. A failure lets the call through without persona, quota or posteriors."""
+        limits = self.limits(tenant)
+        if not limits.metered:
+            found, posteriors = await policy.read(tenant, user, personalizer)
+            return Lease(self, tenant, None), found, posteriors
+        call, lease = self._call(tenant, user, cost, limits)
+        try:
+            reason, wait_ms, blob, posteriors = await asyncio.wait_for(
+                self.store.admit_and_read(call, tenant, user, policy=True), personalizer.read_timeout_s
+            )
+        except STORE_ERRORS as exc:
+            self._skipped(exc)
+            personalizer.read_failed(exc)
+            return Lease(self, tenant, None), None, None
+        if reason:
+            self.refuse(tenant, REASONS[reason], wait_ms / 1000.0)
+        return Lease(self, tenant, lease or None), personalizer.from_blob(blob), posteriors
 
     def _skipped(self, exc: BaseException) -> None:
         self._metrics.quota_store_failures.inc()

@@ -22,12 +22,14 @@ match one user only. Ids without those characters keep the key they always had.
     pm:{t:u}:job-lock              the user's running refresh (mutual exclusion, TTL)
     pm:{t:u}:job-pending           the user's queued/running refresh job id (deduplication)
     pm:{t:u}:jobs                  ids of the user's jobs (deleted with their records on forget)
+    pm:{t:u}:policy                the user's auto-mode posteriors per arm (hash, see store/policy.py)
     pm:comparison-owner:<id>       comparison id -> "tenant:user" (TTL), to find a comparison by id
     pm:tenant:<t>:users            set of user ids known in a tenant
     pm:response-owner:<id>         Responses API response id -> tenant that created it (TTL)
     pm:evaluations:<t>:<id>...     online evaluation runs (see evaluation_* below): the run, its
                                    trial ids (list), one hash per trial, per-user trial counters
     pm:jobs:...                    job records and tenant slots (middleware.store.jobs)
+    pm:{policy:<t>}:arms           the tenant's auto-mode posteriors per arm (the new users' prior)
 """
 
 from __future__ import annotations
@@ -189,3 +191,18 @@ def tokens_day(tenant: str, day: str) -> str:
 def pending_comparisons(tenant: str, user: str) -> str:
     """Sorted set of the user's pending comparison ids, scored by the time each one expires."""
     return f"{user_tag(tenant, user)}:comparisons:pending"
+
+
+# --- the auto-mode policy (middleware/store/policy.py) ---------------------------------------------
+def policy_user(tenant: str, user: str) -> str:
+    """Hash of the user's discounted successes and failures, pulls and reward sums per arm."""
+    return f"{user_tag(tenant, user)}:policy"
+
+
+def _policy_tag(tenant: str) -> str:
+    return f"{PREFIX}:{{policy:{tenant}}}"
+
+
+def policy_tenant(tenant: str) -> str:
+    """The same hash for the whole tenant (every user's rewards): the prior of a new user."""
+    return f"{_policy_tag(tenant)}:arms"

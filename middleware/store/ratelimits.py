@@ -19,6 +19,7 @@ from redis.exceptions import NoScriptError
 
 from middleware.store import keys
 from middleware.store.guard import resolved
+from middleware.store.policy import Posteriors, parse, queue_reads
 
 WINDOW_MS = 60_000
 # Reasons, in the order the script returns them.
@@ -146,20 +147,32 @@ class RateLimitStore:
         self, call: tuple[list[str], list[Any]], tenant: str, user: str
     ) -> tuple[int, int, bytes | None]:
         """One round trip: the admission and the user's current-persona GET (the chat path)."""
+        reason, wait_ms, blob, _ = await self.admit_and_read(call, tenant, user, policy=False)
+        return reason, wait_ms, blob
+
+    async def admit_and_read(
+        self, call: tuple[list[str], list[Any]], tenant: str, user: str, *, policy: bool
+    ) -> tuple[int, int, bytes | None, tuple[Posteriors, Posteriors] | None]:
+        """One round trip: the admission, the user's current-persona GET and, with `policy`, the
+        user's and the tenant's auto-mode posteriors."""
         # EVALSHA straight into the pipeline: redis-py's pipelined Script checks SCRIPT EXISTS first,
         # one more round trip on every call. The script is loaded once, when Redis says it lacks it.
         for attempt in (1, 2):
             pipe = self._redis.pipeline(transaction=False)
             pipe.evalsha(self._admit.sha, len(call[0]), *call[0], *call[1])
             pipe.get(keys.persona_current(tenant, user))
+            if policy:
+                queue_reads(pipe, tenant, user)
             try:
-                (reason, wait_ms), blob = await pipe.execute()
+                replies = await pipe.execute()
             except NoScriptError:
                 if attempt == 2:
                     raise
                 await resolved(self._redis.script_load(ADMIT))
                 continue
-            return int(reason), int(wait_ms), blob
+            (reason, wait_ms), blob = replies[0], replies[1]
+            posteriors = (parse(replies[2]), parse(replies[3])) if policy else None
+            return int(reason), int(wait_ms), blob, posteriors
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def record_calls(self, tenant: str, calls: int, *, rpm: int, window_ms: int = WINDOW_MS) -> None:
