@@ -6,6 +6,12 @@ alternating, and the median is reported.
 
     .venv/bin/python benchmarks/proxy_overhead.py [--runs 5] [--seconds 6] [--connections 16]
     .venv/bin/python benchmarks/proxy_overhead.py --limits [--runs 5] [--seconds 6]
+    .venv/bin/python benchmarks/proxy_overhead.py --with-litellm [--runs 5] [--seconds 6]
+
+`--with-litellm` (or `--side-by-side` without it) runs chat completions and the Responses API through
+the proxy beside the upstream alone and LiteLLM's own proxy (built once into its own venv under
+`benchmarks/out/`), prints the ratio, the targets, stream time to first byte added, and writes JSON +
+PNG under `benchmarks/out/` (benchmarks/side_by_side.py).
 
 `--limits` measures what quotas cost instead: the same proxy with PERSONA_LIMITS unset and with every
 rate limit on (high enough never to refuse), at c=1, alternating; target <= 0.1 ms p50 added.
@@ -107,9 +113,13 @@ def limits_cost(runs: int, seconds: float) -> None:
     print(f"{runs} runs x {seconds:.0f} s at c=1, wrk -t1, median of runs; non-2xx responses: {errors:.0f}")
     print(f"{'path':<28}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}")
     for name, rs in results.items():
-        print(f"{'proxy + persona, ' + name:<28}{median(rs, 'rps'):>10.0f}{median(rs, 'p50_ms'):>10.3f}{median(rs, 'p99_ms'):>10.3f}")
+        print(
+            f"{'proxy + persona, ' + name:<28}{median(rs, 'rps'):>10.0f}{median(rs, 'p50_ms'):>10.3f}{median(rs, 'p99_ms'):>10.3f}"
+        )
     added = median(results["limits on"], "p50_ms") - median(results["limits off"], "p50_ms")
-    print(f"added p50 with limits on, c=1 (wrk): {added:.3f} ms ({'met' if added <= 0.1 else 'NOT met'}: <= 0.1 ms)")
+    print(
+        f"added p50 with limits on, c=1 (wrk): {added:.3f} ms ({'met' if added <= 0.1 else 'NOT met'}: <= 0.1 ms)"
+    )
     # The proxy's own measure of the time before forwarding (x-persona-overhead-ms), which holds the
     # quota check and persona read round trip and none of the client's or upstream's time.
     own = {name: statistics.median(values) for name, values in overhead.items()}
@@ -123,9 +133,7 @@ def limits_cost(runs: int, seconds: float) -> None:
 def reported_overhead(url: str, count: int) -> list[float]:
     """x-persona-overhead-ms of `count` sequential calls."""
     with httpx.Client(headers={"Authorization": f"Bearer {h.APP_KEY}"}, timeout=10) as client:
-        return [
-            float(client.post(url, json=BODY).headers["x-persona-overhead-ms"]) for _ in range(count)
-        ]
+        return [float(client.post(url, json=BODY).headers["x-persona-overhead-ms"]) for _ in range(count)]
 
 
 def spread(values: list[float]) -> str:
@@ -173,7 +181,9 @@ def api_table(upstream: str, proxy: str, runs: int, seconds: float, connections:
             f"({'met' if max(ratio, by_cpu) >= 0.9 else 'NOT met'}: >= 0.9)"
         )
     passthrough = statistics.median(added["embeddings (pass-through)"])
-    print(f"pass-through added p50 at c=1: {passthrough:.3f} ms ({'met' if passthrough <= 0.5 else 'NOT met'}: <= 0.5)")
+    print(
+        f"pass-through added p50 at c=1: {passthrough:.3f} ms ({'met' if passthrough <= 0.5 else 'NOT met'}: <= 0.5)"
+    )
 
 
 def main() -> None:
@@ -184,7 +194,24 @@ def main() -> None:
     parser.add_argument("--paced-rate", type=float, default=1000.0, help="req/s offered in the paced run")
     parser.add_argument("--limits", action="store_true", help="measure the cost of quotas (c=1)")
     parser.add_argument("--apis-only", action="store_true", help="only the table of APIs beside chat")
+    parser.add_argument("--side-by-side", action="store_true", help="chat and responses beside the upstream")
+    parser.add_argument("--with-litellm", action="store_true", help="side by side, with LiteLLM's proxy too")
     args = parser.parse_args()
+    if args.side_by_side or args.with_litellm:
+        import side_by_side
+
+        paths = (("chat completions", "/chat/completions", BODY), ("responses", "/responses", RESPONSES_BODY))
+        result = side_by_side.run(
+            paths,
+            (PERSONA, [EXEMPLAR, EXEMPLAR]),
+            runs=args.runs,
+            seconds=args.seconds,
+            connections=args.connections,
+            with_litellm=args.with_litellm,
+        )
+        side_by_side.report(result)
+        side_by_side.save(result)
+        return
     if args.limits:
         limits_cost(args.runs, args.seconds)
         return
@@ -243,9 +270,11 @@ def main() -> None:
     )
     throughput_ok = median(results["proxy"], "rps") >= 1000
     print(f"throughput >= 1000 req/s with persona: {'met' if throughput_ok else 'NOT met'}")
-    print(f"added p50 <= 2 ms at ~1000 req/s (paced): {'met' if added_paced <= 2.0 else 'NOT met'}; "
-          f"at c=1: {'met' if added_c1 <= 2.0 else 'NOT met'}; saturated c={args.connections}: "
-          f"{'met' if added_p50 <= 2.0 else 'NOT met (queueing)'}")
+    print(
+        f"added p50 <= 2 ms at ~1000 req/s (paced): {'met' if added_paced <= 2.0 else 'NOT met'}; "
+        f"at c=1: {'met' if added_c1 <= 2.0 else 'NOT met'}; saturated c={args.connections}: "
+        f"{'met' if added_p50 <= 2.0 else 'NOT met (queueing)'}"
+    )
 
 
 if __name__ == "__main__":

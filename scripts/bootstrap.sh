@@ -40,6 +40,10 @@ _bootstrap_main() {
   if [[ $test_mode -eq 1 ]] && ! { command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; }; then
     apt_pkgs+=(nodejs npm)
   fi
+  # the benchmarks' load generator (benchmarks/_harness.py); small, so test set-ups get it too
+  if [[ $test_mode -eq 1 ]] && ! command -v wrk >/dev/null 2>&1; then
+    apt_pkgs+=(wrk)
+  fi
   if [[ ${#apt_pkgs[@]} -gt 0 ]]; then
     _apt_install "${apt_pkgs[@]}"
   fi
