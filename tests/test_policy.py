@@ -163,6 +163,19 @@ def test_rewards_update_the_posteriors_with_the_discount(redis_url: str, fake_up
         )
 
 
+def test_a_changed_reward_replaces_the_old_one(redis_url: str, fake_upstream: FakeUpstream) -> None:
+    config = policy(["off", "inject"], discount=0.5, tenant_discount=1.0, prior_strength=0)
+    with running(redis_url, fake_upstream, [], policy=config) as proxy, admin_client(proxy) as http:
+        assert reward(http, "ida", "inject", 0.2).status_code == 200
+        changed = http.post(
+            "/admin/users/ida/policy/rewards", json={"arm": "inject", "reward": 0.9, "previous": 0.2}
+        )
+        assert changed.status_code == 200
+        shown = changed.json()["arms"]["inject"]
+        assert (shown["pulls"], shown["mean_reward"]) == (1, pytest.approx(0.9))
+        assert (shown["alpha"], shown["beta"]) == (pytest.approx(1.9), pytest.approx(1.1))  # no decay either
+
+
 def test_a_new_user_starts_from_the_tenants_posterior_scaled_down(
     redis_url: str, fake_upstream: FakeUpstream
 ) -> None:

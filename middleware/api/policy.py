@@ -22,6 +22,12 @@ class RewardIn(BaseModel):
 
     arm: str = Field(description="the arm that gave the answer, as in x-persona-arm", max_length=200)
     reward: float = Field(ge=0.0, le=1.0, description="how good the answer was for the user, in [0, 1]")
+    previous: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=1.0,
+        description="the reward this one replaces (a later signal on the same answer): no new pull",
+    )
 
     @field_validator("arm")
     @classmethod
@@ -46,7 +52,7 @@ async def tenant_policy(tenant: AdminTenant, services: ServicesDep) -> dict[str,
 async def add_reward(
     user: UserPath, tenant: AdminTenant, services: ServicesDep, body: RewardIn
 ) -> dict[str, Any]:
-    """Count one reward for an answer the user got from `arm` (e.g. from signals the app scored itself).
-    Not idempotent: a retried call counts twice."""
-    await services.policy.reward(tenant, user, body.arm, body.reward)
+    """Count one reward for an answer the user got from `arm` (e.g. from signals the app scored itself),
+    or, with `previous`, change an answer's reward. Not idempotent: a retried call counts twice."""
+    await services.policy.reward(tenant, user, body.arm, body.reward, previous=body.previous)
     return await services.policy.describe_user(tenant, user)

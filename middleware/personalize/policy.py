@@ -137,12 +137,17 @@ class Policy:
             return None, None
         return personalizer.from_blob(blob), (mine, tenant_wide)
 
-    async def reward(self, tenant: str, user: str, arm: str, reward: float) -> None:
+    async def reward(
+        self, tenant: str, user: str, arm: str, reward: float, *, previous: float | None = None
+    ) -> None:
         """One reward in [0, 1] for the answer an arm gave the user: the user's and the tenant's
-        posteriors, updated atomically. Store faults raise StoreUnavailable (503)."""
+        posteriors, updated atomically. With `previous` (the answer's reward before a later signal
+        changed it) the new reward replaces that one instead of counting as another pull. Store
+        faults raise StoreUnavailable (503)."""
         check_arm(arm)
-        if not 0.0 <= reward <= 1.0:
-            raise ValueError(f"a reward is in [0, 1], not {reward}")
+        for value in (reward, previous):
+            if value is not None and not 0.0 <= value <= 1.0:
+                raise ValueError(f"a reward is in [0, 1], not {value}")
         policy = self.of(tenant)
         await self.store.reward(
             tenant,
@@ -152,6 +157,7 @@ class Policy:
             discount=policy.discount,
             tenant_discount=policy.tenant_discount,
             ttl_ms=self._settings.policy_state_ttl_s * 1000,
+            previous=None if previous is None else float(previous),
         )
 
     # --- what the admin routes show -----------------------------------------------------------------

@@ -22,28 +22,41 @@ from redis.exceptions import NoScriptError
 from middleware.store import keys
 from middleware.store.guard import fail_closed
 
-# KEYS[1]: a posterior hash. ARGV: discount, arm, reward in [0, 1], ttl in ms (0: none).
-# Every arm's discounted sums are multiplied by the discount, then the reward is added to the arm.
+# KEYS[1]: a posterior hash. ARGV: discount, arm, reward in [0, 1], ttl in ms (0: none), and the
+# reward this one replaces ("" for a new one). A new reward: every arm's discounted sums are multiplied
+# by the discount, then the reward is added to the arm (one more pull). A replaced reward (the same
+# answer got another signal): only the difference moves the arm's sums (no decay, no pull).
 UPDATE = """
 local discount = tonumber(ARGV[1])
 local arm = ARGV[2]
 local reward = tonumber(ARGV[3])
-if discount < 1 then
-  local fields = redis.call('HGETALL', KEYS[1])
-  local decayed = {}
-  for i = 1, #fields, 2 do
-    local kind = string.sub(fields[i], -2)
-    if kind == ':s' or kind == ':f' then
-      decayed[#decayed + 1] = fields[i]
-      decayed[#decayed + 1] = string.format('%.12f', tonumber(fields[i + 1]) * discount)
+local previous = tonumber(ARGV[5])
+if previous ~= nil then
+  local delta = reward - previous
+  local s = tonumber(redis.call('HGET', KEYS[1], arm .. ':s') or '0') + delta
+  local f = tonumber(redis.call('HGET', KEYS[1], arm .. ':f') or '0') - delta
+  redis.call('HSET', KEYS[1], arm .. ':s', string.format('%.12f', math.max(0, s)),
+    arm .. ':f', string.format('%.12f', math.max(0, f)))
+  redis.call('HINCRBYFLOAT', KEYS[1], arm .. ':r', string.format('%.12f', delta))
+  if redis.call('HEXISTS', KEYS[1], arm .. ':n') == 0 then redis.call('HSET', KEYS[1], arm .. ':n', 1) end
+else
+  if discount < 1 then
+    local fields = redis.call('HGETALL', KEYS[1])
+    local decayed = {}
+    for i = 1, #fields, 2 do
+      local kind = string.sub(fields[i], -2)
+      if kind == ':s' or kind == ':f' then
+        decayed[#decayed + 1] = fields[i]
+        decayed[#decayed + 1] = string.format('%.12f', tonumber(fields[i + 1]) * discount)
+      end
     end
+    if #decayed > 0 then redis.call('HSET', KEYS[1], unpack(decayed)) end
   end
-  if #decayed > 0 then redis.call('HSET', KEYS[1], unpack(decayed)) end
+  redis.call('HINCRBYFLOAT', KEYS[1], arm .. ':s', string.format('%.12f', reward))
+  redis.call('HINCRBYFLOAT', KEYS[1], arm .. ':f', string.format('%.12f', 1 - reward))
+  redis.call('HINCRBY', KEYS[1], arm .. ':n', 1)
+  redis.call('HINCRBYFLOAT', KEYS[1], arm .. ':r', string.format('%.12f', reward))
 end
-redis.call('HINCRBYFLOAT', KEYS[1], arm .. ':s', string.format('%.12f', reward))
-redis.call('HINCRBYFLOAT', KEYS[1], arm .. ':f', string.format('%.12f', 1 - reward))
-redis.call('HINCRBY', KEYS[1], arm .. ':n', 1)
-redis.call('HINCRBYFLOAT', KEYS[1], arm .. ':r', string.format('%.12f', reward))
 local ttl = tonumber(ARGV[4])
 if ttl > 0 then redis.call('PEXPIRE', KEYS[1], ttl) end
 return 1
@@ -110,10 +123,12 @@ class PolicyStore:
         discount: float,
         tenant_discount: float,
         ttl_ms: int,
+        previous: float | None = None,
     ) -> None:
         """Add one reward to the user's and the tenant's posteriors (two scripts, one round trip).
         A store fault is StoreUnavailable (503); a reward is not idempotent here, a caller that may
-        retry deduplicates first."""
+        retry deduplicates first. `previous`: the reward of the same answer this one replaces."""
+        replaced = "" if previous is None else repr(previous)
         updates = [
             (keys.policy_user(tenant, user), discount, ttl_ms),
             (keys.policy_tenant(tenant), tenant_discount, 0),
@@ -121,7 +136,7 @@ class PolicyStore:
         for attempt in (1, 2):
             pipe = self._redis.pipeline(transaction=False)
             for key, factor, ttl in updates:
-                pipe.evalsha(self._update.sha, 1, key, repr(factor), arm, repr(reward), str(ttl))
+                pipe.evalsha(self._update.sha, 1, key, repr(factor), arm, repr(reward), str(ttl), replaced)
             replies = await fail_closed(pipe.execute(raise_on_error=False))
             # Only the updates Redis refused for want of the script are sent again (on a Cluster one
             # node may know it and another not), so none is applied twice.
