@@ -339,3 +339,21 @@ def test_concurrent_rewards_through_two_proxy_processes_are_all_counted(
         assert view["pulls"] == len(values)
         assert view["alpha"] - view["prior"]["alpha"] == pytest.approx(sum(values), abs=1e-6)
         assert view["beta"] - view["prior"]["beta"] == pytest.approx(len(values) - sum(values), abs=1e-6)
+
+
+def test_a_paused_redis_costs_the_call_nothing_but_the_choice(
+    fresh_redis: Any, fake_upstream: FakeUpstream
+) -> None:
+    """The posteriors are read with the persona, within its timeout: when Redis does not answer the call
+    goes on with the fallback arm, no persona, and a 503 only where a reward must be written."""
+    config = {"default": {"arms": ["off", "inject"], "mode": "auto"}}
+    with running(fresh_redis.url, fake_upstream, [], policy=config, redis_socket_timeout_s=0.5) as proxy:
+        fresh_redis.pause()
+        try:
+            started = time.monotonic()
+            assert ask(client(proxy, mode=None), "jim") == "inject"
+            assert time.monotonic() - started < 10  # not a wait on Redis (its socket timeout is 0.5 s)
+            with admin_client(proxy) as http:
+                assert reward(http, "jim", "inject", 1.0).status_code == 503
+        finally:
+            fresh_redis.resume()
