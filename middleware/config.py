@@ -88,7 +88,7 @@ class TenantPolicy(BaseModel):
 
     mode: str = "inject"
     arms: tuple[str, ...] = DEFAULT_ARMS
-    discount: float = 0.95
+    discount: float = 0.97
     tenant_discount: float = 0.999
     prior_strength: float = 4.0
 
