@@ -30,6 +30,8 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process so far (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 ADMIN_KEY = "sk-bench-admin"
 
 
@@ -51,10 +53,12 @@ def wait_http(url: str, timeout: float = 30.0) -> None:
 
 
 @contextmanager
-def process(args: list[str], env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
+def process(
+    args: list[str], env: dict[str, str] | None = None, cwd: Path = ROOT
+) -> Iterator[subprocess.Popen[bytes]]:
     with tempfile.TemporaryFile() as log:
         env = {**os.environ, **(env or {})}
-        proc = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        proc = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=cwd)
         try:
             yield proc
         finally:
@@ -89,7 +93,8 @@ def redis() -> Iterator[RedisServer]:
 
 
 @contextmanager
-def proxy(redis_url: str, upstream_base: str, **settings: str) -> Iterator[str]:
+def proxy(redis_url: str, upstream_base: str, root: Path = ROOT, **settings: str) -> Iterator[str]:
+    """`persona serve` from the checkout at `root` (another checkout: a baseline in the same run)."""
     port = free_port()
     env = {
         "PERSONA_REDIS_URL": redis_url,
@@ -101,7 +106,9 @@ def proxy(redis_url: str, upstream_base: str, **settings: str) -> Iterator[str]:
         **{f"PERSONA_{k.upper()}": v for k, v in settings.items()},
     }
     args = [sys.executable, "-m", "middleware", "serve", "--port", str(port), "--log-level", "warning"]
-    with process(args, env) as proc:
+    if root != ROOT:  # that checkout's package, not the one installed in the environment
+        env["PYTHONPATH"] = str(root)
+    with process(args, env, cwd=root) as proc:
         wait_http(f"http://127.0.0.1:{port}/healthz")
         PIDS[f"http://127.0.0.1:{port}"] = proc.pid
         yield f"http://127.0.0.1:{port}"

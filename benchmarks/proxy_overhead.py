@@ -22,7 +22,8 @@ p50 added latency <= 2 ms.
 The API table (same run) puts the other routes beside chat completions: /v1/responses with the persona
 injected (non-stream and stream) and /v1/embeddings passed through: p50 added at c=1 and req/s at
 c=16, median of the runs with their spread. Targets: Responses within 10% of chat's throughput; a
-pass-through route adds <= 0.5 ms p50 at c=1. `--apis-only` runs just that table. Three views of latency are printed: saturated at c=16 (queueing
+pass-through route adds <= 0.5 ms p50 at c=1. `--apis-only` runs just that table; with
+`--against DIR` it measures the checkout at DIR too, alternately in the same run, as the baseline. Three views of latency are printed: saturated at c=16 (queueing
 dominates: by Little's law p50 ~ 16 / throughput), paced at about 1,000 req/s over 16 connections
 (the target rate, below saturation), and c=1.
 """
@@ -140,50 +141,60 @@ def spread(values: list[float]) -> str:
     return f"{min(values):.3f}-{max(values):.3f}" if len(values) > 1 else "-"
 
 
-def api_table(upstream: str, proxy: str, runs: int, seconds: float, connections: int) -> None:
-    """Added p50 at c=1 and req/s at c=`connections` for each API, direct and through the proxy."""
-    added: dict[str, list[float]] = {label: [] for label, _, _ in APIS}
-    rps: dict[str, list[float]] = {label: [] for label, _, _ in APIS}
+def api_table(upstream: str, proxies: dict[str, str], runs: int, seconds: float, connections: int) -> None:
+    """Added p50 at c=1 and req/s at c=`connections` for each API, direct and through each proxy
+    (`proxies`: name -> URL; several names: a baseline checkout beside this one, alternating)."""
+    cases = [(name, label) for label, _, _ in APIS for name in proxies]
+    added: dict[tuple[str, str], list[float]] = {case: [] for case in cases}
+    rps: dict[tuple[str, str], list[float]] = {case: [] for case in cases}
     # CPU time of the proxy process per request under load: steadier than req/s on a shared machine.
-    cpu_ms: dict[str, list[float]] = {label: [] for label, _, _ in APIS}
-    pid = h.PIDS[proxy]
-    for _, path, body in APIS:
-        h.wrk(f"{proxy}/v1{path}", body, connections=connections, seconds=1)  # warm-up
+    cpu_ms: dict[tuple[str, str], list[float]] = {case: [] for case in cases}
+    for proxy in proxies.values():
+        for _, path, body in APIS:
+            h.wrk(f"{proxy}/v1{path}", body, connections=connections, seconds=1)  # warm-up
     for _ in range(runs):
         for label, path, body in APIS:
             direct = h.wrk(f"{upstream}{path}", body, connections=1, seconds=seconds / 2)
-            through = h.wrk(f"{proxy}/v1{path}", body, connections=1, seconds=seconds / 2)
-            added[label].append(through["p50_ms"] - direct["p50_ms"])
-            cpu_before = h.cpu_seconds(pid)
-            loaded = h.wrk(f"{proxy}/v1{path}", body, connections=connections, seconds=seconds)
-            if loaded["non_2xx"]:
-                raise SystemExit(f"{label}: {loaded['non_2xx']:.0f} non-2xx answers")
-            rps[label].append(loaded["rps"])
-            requests = loaded["rps"] * max(1, round(seconds))
-            cpu_ms[label].append((h.cpu_seconds(pid) - cpu_before) * 1000.0 / max(requests, 1.0))
-    print(f"\nAPIs, {runs} runs (median, spread min-max)")
-    print(
-        f"{'route':<28}{'added p50 c=1 ms':>18}{'spread':>16}{f'req/s c={connections}':>14}{'spread':>14}"
-        f"{'proxy CPU ms/req':>18}{'spread':>14}"
-    )
-    for label, _, _ in APIS:
-        a, r, c = added[label], rps[label], cpu_ms[label]
+            for name, proxy in proxies.items():
+                through = h.wrk(f"{proxy}/v1{path}", body, connections=1, seconds=seconds / 2)
+                added[name, label].append(through["p50_ms"] - direct["p50_ms"])
+                pid = h.PIDS[proxy]
+                cpu_before = h.cpu_seconds(pid)
+                loaded = h.wrk(f"{proxy}/v1{path}", body, connections=connections, seconds=seconds)
+                if loaded["non_2xx"]:
+                    raise SystemExit(f"{name} {label}: {loaded['non_2xx']:.0f} non-2xx answers")
+                rps[name, label].append(loaded["rps"])
+                requests = loaded["rps"] * max(1, round(seconds))
+                cpu_ms[name, label].append((h.cpu_seconds(pid) - cpu_before) * 1000.0 / max(requests, 1.0))
+    for name in proxies:
+        title = f" ({name})" if len(proxies) > 1 else ""
+        print(f"\nAPIs{title}, {runs} runs (median, spread min-max)")
         print(
-            f"{label:<28}{statistics.median(a):>18.3f}{spread(a):>16}{statistics.median(r):>14.0f}"
-            f"{f'{min(r):.0f}-{max(r):.0f}':>14}{statistics.median(c):>18.3f}{spread(c):>14}"
+            f"{'route':<28}{'added p50 c=1 ms':>18}{'spread':>16}{f'req/s c={connections}':>14}{'spread':>14}"
+            f"{'proxy CPU ms/req':>18}{'spread':>14}"
         )
-    for label, base in (("responses", "chat completions"), ("responses, stream", "chat completions, stream")):
-        chat, chat_cpu = statistics.median(rps[base]), statistics.median(cpu_ms[base])
-        ratio = statistics.median(rps[label]) / chat
-        by_cpu = chat_cpu / statistics.median(cpu_ms[label])
+        for label, _, _ in APIS:
+            a, r, c = added[name, label], rps[name, label], cpu_ms[name, label]
+            print(
+                f"{label:<28}{statistics.median(a):>18.3f}{spread(a):>16}{statistics.median(r):>14.0f}"
+                f"{f'{min(r):.0f}-{max(r):.0f}':>14}{statistics.median(c):>18.3f}{spread(c):>14}"
+            )
+        for label, base in (
+            ("responses", "chat completions"),
+            ("responses, stream", "chat completions, stream"),
+        ):
+            chat, chat_cpu = statistics.median(rps[name, base]), statistics.median(cpu_ms[name, base])
+            ratio = statistics.median(rps[name, label]) / chat
+            by_cpu = chat_cpu / statistics.median(cpu_ms[name, label])
+            print(
+                f"{label} / {base} throughput: {ratio:.3f} measured, {by_cpu:.3f} from CPU per request "
+                f"({'met' if max(ratio, by_cpu) >= 0.9 else 'NOT met'}: >= 0.9)"
+            )
+        passthrough = statistics.median(added[name, "embeddings (pass-through)"])
         print(
-            f"{label} / {base} throughput: {ratio:.3f} measured, {by_cpu:.3f} from CPU per request "
-            f"({'met' if max(ratio, by_cpu) >= 0.9 else 'NOT met'}: >= 0.9)"
+            f"pass-through added p50 at c=1: {passthrough:.3f} ms "
+            f"({'met' if passthrough <= 0.5 else 'NOT met'}: <= 0.5)"
         )
-    passthrough = statistics.median(added["embeddings (pass-through)"])
-    print(
-        f"pass-through added p50 at c=1: {passthrough:.3f} ms ({'met' if passthrough <= 0.5 else 'NOT met'}: <= 0.5)"
-    )
 
 
 def main() -> None:
@@ -194,6 +205,12 @@ def main() -> None:
     parser.add_argument("--paced-rate", type=float, default=1000.0, help="req/s offered in the paced run")
     parser.add_argument("--limits", action="store_true", help="measure the cost of quotas (c=1)")
     parser.add_argument("--apis-only", action="store_true", help="only the table of APIs beside chat")
+    parser.add_argument(
+        "--against",
+        type=Path,
+        help="with --apis-only: another checkout of the project (e.g. a `git archive` of main), measured "
+        "alternately in the same run as the baseline",
+    )
     parser.add_argument("--side-by-side", action="store_true", help="chat and responses beside the upstream")
     parser.add_argument("--with-litellm", action="store_true", help="side by side, with LiteLLM's proxy too")
     args = parser.parse_args()
@@ -216,10 +233,26 @@ def main() -> None:
         limits_cost(args.runs, args.seconds)
         return
 
+    if args.apis_only and args.against is not None:
+        with (
+            h.redis() as redis,
+            h.fake_upstream() as upstream,
+            h.proxy(redis.url, upstream, root=args.against.resolve()) as before,
+            h.proxy(redis.url, upstream) as proxy,
+        ):
+            h.put_persona(proxy, "bench-user", PERSONA, [EXEMPLAR, EXEMPLAR])  # one Redis: both see it
+            api_table(
+                upstream,
+                {"baseline": before, "this checkout": proxy},
+                args.runs,
+                args.seconds,
+                args.connections,
+            )
+        return
     with h.redis() as redis, h.fake_upstream() as upstream, h.proxy(redis.url, upstream) as proxy:
         h.put_persona(proxy, "bench-user", PERSONA, [EXEMPLAR, EXEMPLAR])
         if args.apis_only:
-            api_table(upstream, proxy, args.runs, args.seconds, args.connections)
+            api_table(upstream, {"proxy": proxy}, args.runs, args.seconds, args.connections)
             return
         direct_url, proxy_url = f"{upstream}/chat/completions", f"{proxy}/v1/chat/completions"
         h.wrk(proxy_url, BODY, connections=args.connections, seconds=2)  # warm-up
@@ -240,7 +273,7 @@ def main() -> None:
                 )
             for name, url in (("direct_c1", direct_url), ("proxy_c1", proxy_url)):
                 results[name].append(h.wrk(url, BODY, connections=1, seconds=args.seconds / 2))
-        api_table(upstream, proxy, args.runs, args.seconds, args.connections)
+        api_table(upstream, {"proxy": proxy}, args.runs, args.seconds, args.connections)
 
     errors = sum(r["non_2xx"] for runs in results.values() for r in runs)
     print(

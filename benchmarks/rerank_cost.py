@@ -37,8 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 
-from middleware.evaluation.data import load_pairs_by_user
 from middleware.models import Message, PreferencePair
+from middleware.preferences.formats import load_pairs_by_user
 from middleware.rerank.lora import LoraRewardModel, TextEncoder, context_text
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "tldr_feedback.jsonl.gz"

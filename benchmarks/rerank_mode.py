@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import httpx
 import redis as redis_sync
 
-from middleware.evaluation.data import load_pairs_by_user
+from middleware.preferences.formats import load_pairs_by_user
 from middleware.rerank.hookspec import EndUser
 from middleware.store import keys
 from tests.support.fake_upstream import FakeUpstream, Reply

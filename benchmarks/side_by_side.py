@@ -5,7 +5,7 @@ server, several alternating rounds of: req/s, p50 and p99 at c=16 (wrk -t1), p50
 time to the first byte of a stream whose upstream answers after a fixed delay. Printed as medians with
 their spread, and written as JSON and PNG under `benchmarks/out/` (git-ignored).
 
-Targets (docs/PERFORMANCE.md): >= 3,000 req/s at c=16 with one process and >= 30x LiteLLM's proxy;
+Targets: >= 3,000 req/s at c=16 with one process and >= 30x LiteLLM's proxy;
 added p50 at c=1 <= 0.5 ms; p99 at c=16 <= 10 ms; stream time to first byte added <= 0.5 ms.
 """
 

@@ -70,7 +70,10 @@ def create_app(settings: Settings) -> FastAPI:
         openapi_url=openapi_url(settings),
     )
     app.state.settings = settings
-    for module in (health, chat, openai_responses, messages, user_tokens, admin, comparisons, preferences):
+    for module in (health, chat, openai_responses, messages):
+        app.include_router(module.router)
+    app.include_router(passthrough.direct_router)  # the busiest passed-through resources, matched early
+    for module in (user_tokens, admin, comparisons, preferences):
         app.include_router(module.router)
     # passthrough last: a catch-all
     for module in (users, policy, jobs, ui, evaluations, ui_evaluate, passthrough):

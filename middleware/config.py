@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from middleware.quotas.policy import LimitsConfig
+from middleware.quota_policy import LimitsConfig
 
 PLACEHOLDER_SECRETS = {"", "changeme", "change-me", "admin", "secret", "password"}
 

@@ -37,10 +37,15 @@ def _matches(candidate: str, secret: str) -> bool:
 
 
 def tenant_for_app_key(headers: Mapping[str, str], settings: Settings) -> str:
-    """The tenant an app key belongs to. With no keys configured, everyone is the default tenant."""
+    """The tenant an app key belongs to. With no keys configured, everyone is the default tenant.
+
+    Routes that take this (app keys only: the pass-through, a stored response's routes, minting user
+    tokens) refuse an end-user token with a 403: it never reaches what the whole tenant shares."""
+    token = bearer_token(headers)
+    if token is not None and looks_like_user_token(token):
+        raise PermissionDenied("user tokens cannot call this route", code="user_token_not_allowed")
     if not settings.api_keys:
         return settings.default_tenant
-    token = bearer_token(headers)
     if token is None:
         raise AuthenticationFailed("missing API key: send 'Authorization: Bearer <app key>'")
     found: str | None = None

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from middleware.api.chat_schema import validate_chat_body
 from middleware.errors import PersonaError
-from middleware.quotas.policy import DEFAULT_MAX_N
+from middleware.quota_policy import DEFAULT_MAX_N
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.proxy import RunningProxy, app_client
 

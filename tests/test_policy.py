@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import anthropic
 import httpx
 import openai
 import orjson
@@ -128,6 +129,30 @@ def test_a_rerank_arm_whose_reranker_is_not_enabled_is_never_chosen(
 ) -> None:
     with running(redis_url, fake_upstream, ["rerank:lora", "off"]) as proxy:
         assert {ask(client(proxy), "ann") for _ in range(5)} == {"off"}
+
+
+def test_responses_and_messages_choose_among_the_arms_they_can_run(
+    redis_url: str, fake_upstream: FakeUpstream
+) -> None:
+    arms = ["rerank:judge", "inject-no-exemplars"]  # no rerank on these routes: one arm left
+    with running(redis_url, fake_upstream, arms, anthropic_api_base=fake_upstream.root_url) as proxy:
+        put_persona(proxy, "ann")
+        raw = client(proxy).responses.with_raw_response.create(
+            model="fake-model", input="hi", extra_headers={"X-Persona-User": "ann"}
+        )
+        assert raw.parse().id and raw.headers["x-persona-arm"] == "inject-no-exemplars"
+        instructions = fake_upstream.requests[-1].body["instructions"]
+        assert "metric units" in instructions and "EXEMPLAR-CHOSEN" not in instructions
+        anthropic_sdk = anthropic.Anthropic(base_url=proxy.url, api_key=APP_KEY_A, max_retries=0)
+        message = anthropic_sdk.messages.with_raw_response.create(
+            model="claude-test",
+            max_tokens=50,
+            messages=[{"role": "user", "content": "hi"}],
+            extra_headers={"X-Persona-User": "ann", "X-Persona-Mode": "auto"},
+        )
+        assert message.parse().content and message.headers["x-persona-arm"] == "inject-no-exemplars"
+        system = str([r for r in fake_upstream.requests if r.path.endswith("/messages")][-1].body["system"])
+        assert "metric units" in system and "EXEMPLAR-CHOSEN" not in system
 
 
 def test_the_tenant_default_mode_applies_without_the_header(

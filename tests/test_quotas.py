@@ -15,7 +15,7 @@ import pytest
 import redis
 from redis.asyncio import Redis
 
-from middleware.quotas.policy import LimitsConfig
+from middleware.quota_policy import LimitsConfig
 from middleware.quotas.usage import tokens_in_body, tokens_in_sse, tokens_used
 from middleware.store.ratelimits import RateLimitStore
 from tests.support.fake_upstream import FakeUpstream, Reply

@@ -262,3 +262,35 @@ def test_provider_prefixed_model_goes_through_litellms_bridge(proxy: RunningProx
     assert events[-1].type == "response.completed"
     assert PERSONA_MARK not in json.dumps([e.model_dump() for e in events])
     assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == "fake answer to: and stream"
+
+
+@pytest.mark.parametrize(
+    ("model", "wire_path"),
+    [
+        # litellm's OpenAI-compatible provider: the Responses call bridged to chat completions
+        ("deepseek/fake-model", "/chat/completions"),
+        # Anthropic: the Responses call translated to the Messages API
+        ("anthropic/claude-fake", "/messages"),
+    ],
+)
+def test_other_provider_prefixes_go_through_litellms_bridge(
+    proxy: RunningProxy, fake_upstream: FakeUpstream, model: str, wire_path: str
+) -> None:
+    give_persona(proxy, "lee")
+    api = client(proxy)
+    response = api.responses.create(model=model, input="bridge me", instructions="Sys.", user="lee")
+    assert response.output_text == "fake answer to: bridge me"
+    assert response.instructions == "Sys."
+    assert PERSONA_MARK not in response.model_dump_json()
+    sent = fake_upstream.requests[-1]
+    assert sent.path.endswith(wire_path), sent.path
+    upstream_body = json.dumps(sent.body)
+    assert upstream_body.count(PERSONA_MARK) == 1
+    assert upstream_body.index("Sys.") < upstream_body.index(PERSONA_MARK)
+
+    events = list(api.responses.create(model=model, input="and stream", stream=True, user="lee"))
+    assert fake_upstream.requests[-1].path.endswith(wire_path)
+    assert events[-1].type == "response.completed"
+    assert PERSONA_MARK not in json.dumps([e.model_dump() for e in events])
+    deltas = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert deltas == "fake answer to: and stream"

@@ -1,33 +1,56 @@
-"""Answering a chat-like call: one place for its headers, metrics, streaming and client disconnects.
+"""Chat-like calls (chat completions, the Responses API, Anthropic Messages): one prelude, one answer.
 
-Every route that answers like a chat (chat completions, in any persona mode) hands its work here:
+`admit` is everything a chat-like route does before its own work, the same on every route:
 
-- `x-persona-version` and `x-persona-overhead-ms` headers, and the overhead metric (the time the proxy
-  spent before the work started upstream);
+- the caller: an app key -> its tenant, or an end-user token -> its tenant and the user it is bound to
+  (`identity.app_caller`);
+- the body, decoded once and checked by the route's own validator;
+- the end user (`identity.end_user_id`; with a user token, naming anyone else is a 403);
+- the persona mode (`X-Persona-Mode`, else the tenant's default mode in `PERSONA_POLICY`; rerank only
+  where the route offers it);
+- the tenant's caps (`Quotas.check_body`) and admission (`Quotas.admit_and_personalize`: the quota
+  check rides in the persona read's round trip), which give a lease and the active persona;
+- in auto mode, the arm (`Policy.choose`, README "Auto mode"): the posteriors ride in the same round
+  trip (`Quotas.admit_and_personalize_auto`) and the call then runs as the arm's mode.
+
+`answer` runs the route's work and answers, the same on every route:
+
+- `x-persona-version`, `x-persona-overhead-ms` (and in auto mode `x-persona-arm`) headers, and the overhead metric (the time the proxy
+  spent before the work started upstream), plus the upstream's relayed headers;
 - the work runs cancelled as soon as the client goes away (499, counted);
-- `persona_chat_requests{mode, outcome}`: "ok", "stream", "error" or the outcome the work names;
+- the metric of the route's calls by mode and outcome ("ok", "stream", "error" or what the work names);
+- the lease counts the answer's tokens (a stream's as it passes) and gives back its slot at the end;
 - a stream goes back as it arrives, anything else as one body.
 
-The route says how its answers are framed (`Framing`: media types, and how an error becomes a
-response when the route does not use the app's OpenAI-shaped error handler).
+The route says how its answers are framed (`Framing`: media types, its metric, and how an error becomes
+a response when the route does not use the app's OpenAI-shaped error handler).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
 
-from middleware.errors import PersonaError
-from middleware.metrics import Metrics
+from middleware.api.deps import json_body
+from middleware.config import PERSONA_MODES
+from middleware.errors import InvalidRequest, PersonaError
+from middleware.identity import app_caller, bind_user, end_user_id
+from middleware.personalize.policy import Arm
+from middleware.personalize.service import ActivePersona
 from middleware.quotas.service import Lease
+from middleware.services import Services
 from middleware.upstream import ClientDisconnected, cancel_on_disconnect, monotonic_ms
 
 VERSION_HEADER = "x-persona-version"
 OVERHEAD_HEADER = "x-persona-overhead-ms"
+MODE_HEADER = "x-persona-mode"
 ARM_HEADER = "x-persona-arm"
+MODES = PERSONA_MODES
 CLIENT_CLOSED_REQUEST = 499
 
 
@@ -39,6 +62,8 @@ class Framing:
     stream_media_type: str = "text/event-stream"
     # How a failure becomes a response; None: raised to the app's handler (OpenAI's error shape).
     error_response: Callable[[PersonaError], Response] | None = None
+    # The `route` label of persona_route_requests; None: persona_chat_requests (chat completions).
+    metric_route: str | None = None
 
 
 OPENAI_CHAT = Framing()
@@ -51,6 +76,105 @@ class Answer:
     body: bytes | AsyncIterator[bytes]
     headers: dict[str, str] = field(default_factory=dict)
     outcome: str | None = None  # the metric's outcome label; by default "stream" or "ok"
+    status: int = 200
+    media_type: str | None = None  # None: the route's Framing decides
+    counted: bool = False  # the work counted its tokens itself (the lease only gives back its slot)
+
+
+@dataclass(frozen=True)
+class Admitted:
+    """A chat-like call let through: who it is for, its body, its mode, its lease and its persona."""
+
+    tenant: str
+    user: str | None
+    body: dict[str, Any]
+    mode: str
+    lease: Lease
+    found: ActivePersona | None  # with the block the call injects (none for an `off` arm)
+    started: float  # time.perf_counter() when the call arrived
+    arm: Arm | None = None  # the auto mode's choice
+
+    @property
+    def version(self) -> int | None:
+        return self.found.version if self.found is not None else None
+
+
+def persona_mode(request: Request, *, rerank: bool = True, default: str = "inject") -> str:
+    """X-Persona-Mode, or `default` (the tenant's mode in `PERSONA_POLICY`) when the request names none."""
+    named = request.headers.get(MODE_HEADER)
+    if named is None and default == "rerank" and not rerank:
+        return "inject"  # a tenant's default rerank applies where the route reranks
+    mode = (named if named is not None else default).strip().lower() or default
+    if mode not in MODES:
+        raise InvalidRequest(f"{MODE_HEADER} must be one of {', '.join(MODES)}", param=MODE_HEADER)
+    if mode == "rerank" and not rerank:
+        raise InvalidRequest(
+            f"{MODE_HEADER}: rerank is available on /v1/chat/completions only; use inject, off or auto here",
+            param=MODE_HEADER,
+        )
+    return mode
+
+
+async def admit(
+    request: Request,
+    services: Services,
+    validate: Callable[[Any], dict[str, Any]],
+    *,
+    rerank_cost: int | None = None,
+) -> Admitted:
+    """The prelude of every chat-like route (see the module's docstring). `validate` checks the
+    decoded body; `rerank_cost` is what a rerank costs in upstream calls (None: refused here, 400)."""
+    started = time.perf_counter()
+    tenant, token_user = app_caller(request.headers, services.settings, services.user_tokens)
+    body = validate(await json_body(request))
+    user = end_user_id(request.headers, body)
+    if token_user is not None:  # a user token acts for its own user only
+        user = bind_user(token_user, user)
+    policy = services.policy
+    mode = persona_mode(request, rerank=rerank_cost is not None, default=policy.default_mode(tenant))
+    quotas = services.quotas
+    quotas.check_body(tenant, body)
+    if mode == "auto" and user is not None:
+        return await _admit_auto(services, tenant, user, body, started, rerank_cost)
+    mode = "inject" if mode == "auto" else mode  # without an end user there is no policy to ask
+    cost = rerank_cost if mode == "rerank" and rerank_cost is not None else 1
+    found: ActivePersona | None = None
+    if user is not None and mode != "off":
+        lease, found = await quotas.admit_and_personalize(tenant, user, cost, services.personalizer)
+        if found is not None:
+            services.metrics.persona_injected.inc()
+    else:
+        lease = await quotas.admit(tenant, user, cost)
+    return Admitted(tenant, user, body, mode, lease, found, started)
+
+
+async def _admit_auto(
+    services: Services,
+    tenant: str,
+    user: str,
+    body: dict[str, Any],
+    started: float,
+    rerank_cost: int | None,
+) -> Admitted:
+    """The auto mode's admission: persona, quota and posteriors in one round trip, then the arm."""
+    quotas, personalizer = services.quotas, services.personalizer
+    lease, found, posteriors = await quotas.admit_and_personalize_auto(
+        tenant, user, 1, personalizer, services.policy
+    )
+    arm = services.policy.choose(tenant, posteriors, rerank=rerank_cost is not None)
+    if arm.mode == "off":
+        found = None
+    elif found is not None and not arm.exemplars:
+        found = found._replace(block=personalizer.block_without_exemplars(found))
+    if arm.mode == "rerank" and rerank_cost is not None and rerank_cost > 1:
+        try:  # one call was admitted with the read: the other variants now
+            await (await quotas.admit(tenant, user, rerank_cost - 1)).release()
+        except BaseException:
+            await lease.release()
+            raise
+    if found is not None:
+        services.metrics.persona_injected.inc()
+    return Admitted(tenant, user, body, arm.mode, lease, found, started, arm)
 
 
 def persona_headers(version: int | None, overhead_ms: float) -> dict[str, str]:
@@ -62,60 +186,73 @@ def persona_headers(version: int | None, overhead_ms: float) -> dict[str, str]:
 
 async def answer(
     request: Request,
-    metrics: Metrics,
+    services: Services,
+    call: Admitted,
     work: Awaitable[bytes | AsyncIterator[bytes] | Answer],
     *,
-    mode: str,
-    persona_version: int | None,
-    started: float,
     framing: Framing = OPENAI_CHAT,
-    lease: Lease | None = None,
     relay: Mapping[str, str] | None = None,
-    arm: str | None = None,
 ) -> Response:
-    """Run `work` (not yet started; `started` is the call's perf_counter() at arrival) and answer.
+    """Run `work` (not yet started) for the admitted `call` and answer (see the module's docstring).
 
-    With a quota `lease`, the answer's tokens are counted (a stream's as it passes) and the lease is
-    released when the answer is complete or the call failed. `relay` holds the upstream headers the
-    app must see (filled by the upstream call as it runs). `arm`: the auto mode's choice, sent back
-    in `x-persona-arm`."""
-    overhead_ms = monotonic_ms(started)
+    `relay` holds the upstream headers the app must see (filled by the upstream call as it runs)."""
+    metrics = services.metrics
+    lease = call.lease
+    overhead_ms = monotonic_ms(call.started)
     metrics.overhead_seconds.observe(overhead_ms / 1000.0)
-    headers = persona_headers(persona_version, overhead_ms)
-    if arm is not None:
-        headers[ARM_HEADER] = arm
+    headers = persona_headers(call.version, overhead_ms)
+    if call.arm is not None:
+        headers[ARM_HEADER] = call.arm.name
+
+    def count(outcome: str) -> None:
+        if framing.metric_route is None:
+            metrics.chat_requests.labels(call.mode, outcome).inc()
+        else:
+            metrics.route_requests.labels(framing.metric_route, call.mode, outcome).inc()
+
     try:
         result = await cancel_on_disconnect(request.receive, work)
     except ClientDisconnected:
         metrics.client_disconnects.inc()
-        if lease is not None:
-            await lease.release()
+        await lease.release()
         return Response(status_code=CLIENT_CLOSED_REQUEST)
     except PersonaError as exc:
-        metrics.chat_requests.labels(mode, "error").inc()
-        if lease is not None:
-            await lease.release()
+        count("error")
+        await lease.release()
         if framing.error_response is None:
             raise
         return framing.error_response(exc)
     except BaseException:
-        metrics.chat_requests.labels(mode, "error").inc()
-        if lease is not None:
-            await lease.release()
+        count("error")
+        await lease.release()
         raise
     if not isinstance(result, Answer):
         result = Answer(result)
     streamed = not isinstance(result.body, bytes)
-    metrics.chat_requests.labels(mode, result.outcome or ("stream" if streamed else "ok")).inc()
+    count(result.outcome or ("stream" if streamed else "ok"))
     if relay:
         headers.update(relay)
     if result.headers:
         headers.update(result.headers)
     if isinstance(result.body, bytes):
-        if lease is not None and lease.active:
+        if result.counted:
+            await lease.release()
+        elif lease.active:
             await lease.settle(result.body)
-        return Response(result.body, media_type=framing.media_type, headers=headers)
+        return Response(
+            result.body,
+            status_code=result.status,
+            media_type=result.media_type or framing.media_type,
+            headers=headers,
+        )
     body = result.body
-    if lease is not None and lease.active:
+    if result.counted:
+        await lease.release()
+    elif lease.active:
         body = lease.guard_stream(body)
-    return StreamingResponse(body, media_type=framing.stream_media_type, headers=headers)
+    return StreamingResponse(
+        body,
+        status_code=result.status,
+        media_type=result.media_type or framing.stream_media_type,
+        headers=headers,
+    )

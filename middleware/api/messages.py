@@ -8,18 +8,15 @@ Errors here have Anthropic's shape: {"type": "error", "error": {"type", "message
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import Response
 
-from middleware.api.chat import MODE_HEADER, persona_mode
 from middleware.api.chat_schema import FORBIDDEN_FIELDS
-from middleware.api.chatlike import persona_headers
-from middleware.api.deps import json_body
+from middleware.api.chatlike import Answer, Framing, admit, answer
 from middleware.api.raw import forwarder, relayed_response
 from middleware.api.responses import JSONBytes
 from middleware.errors import (
@@ -30,11 +27,11 @@ from middleware.errors import (
     UpstreamError,
     ValidationFailed,
 )
-from middleware.forward import anthropic_target
-from middleware.identity import end_user_id, tenant_for_app_key
+from middleware.forward import Target, anthropic_target, forwarded_response_headers, relay_body
+from middleware.identity import tenant_for_app_key
 from middleware.personalize.placement import with_system
 from middleware.services import Services
-from middleware.upstream import LITELLM_PROVIDERS, ClientDisconnected, cancel_on_disconnect, monotonic_ms
+from middleware.upstream import LITELLM_PROVIDERS, body_chunks
 
 router = APIRouter(tags=["messages"])
 
@@ -59,7 +56,9 @@ def anthropic_error_body(status: int, message: str) -> dict[str, Any]:
 
 def anthropic_error(exc: PersonaError) -> Response:
     return JSONBytes(
-        anthropic_error_body(exc.status_code, exc.message), status_code=exc.status_code, headers=dict(exc.headers) or None
+        anthropic_error_body(exc.status_code, exc.message),
+        status_code=exc.status_code,
+        headers=dict(exc.headers) or None,
     )
 
 
@@ -86,67 +85,58 @@ def validate_messages_body(body: Any) -> dict[str, Any]:
     return body
 
 
+def anthropic_failure(exc: PersonaError) -> Response:
+    """A failure on this route in Anthropic's shape (a validation failure is its 400)."""
+    if isinstance(exc, ValidationFailed):
+        exc.status_code = 400
+    return anthropic_error(exc)
+
+
+ANTHROPIC = Framing(error_response=anthropic_failure, metric_route=ROUTE)
+
+
 @router.post(ROUTE)
 async def create_message(request: Request) -> Response:
-    try:
-        return await _create_message(request)
-    except PersonaError as exc:
-        status = 400 if isinstance(exc, ValidationFailed) else exc.status_code
-        exc.status_code = status
-        return anthropic_error(exc)
-
-
-async def _create_message(request: Request) -> Response:
-    started = time.perf_counter()
     services: Services = request.app.state.services
     settings = services.settings
-    tenant = tenant_for_app_key(request.headers, settings)
-    body = validate_messages_body(await json_body(request))
-    user = end_user_id(request.headers, body)
-    mode = persona_mode(request)
-    if mode == "rerank":
-        raise InvalidRequest(f"{MODE_HEADER}: rerank is available on /v1/chat/completions only")
-
-    version: int | None = None
-    if user is not None and mode != "off":
-        found = await services.personalizer.current(tenant, user)
-        if found is not None:
-            body["system"] = with_system(body.get("system"), found.block)
-            version = found.version
-            services.metrics.persona_injected.inc()
-
-    body["model"] = settings.upstream_model(body["model"])
-    overhead_ms = monotonic_ms(started)
-    services.metrics.overhead_seconds.observe(overhead_ms / 1000.0)
-    headers = persona_headers(version, overhead_ms)
-    stream = bool(body.get("stream"))
-    metric = services.metrics.route_requests
-    target = anthropic_target(settings)
     try:
-        if target is not None:
-            forwarded = {k: v for k in ANTHROPIC_HEADERS if (v := request.headers.get(k))}
-            forwarded["content-type"] = "application/json"
-            upstream = await cancel_on_disconnect(
-                request.receive,
-                forwarder(request, services).open(target, "POST", ROUTE, "", forwarded, orjson.dumps(body)),
-            )
-            # Bytes out as they come (errors included: the base already speaks Anthropic's shape).
-            outcome = "error" if upstream.status >= 400 else ("stream" if stream else "ok")
-            metric.labels(ROUTE, mode, outcome).inc()
-            return relayed_response(upstream, headers, anthropic_stream_error)
-        answer = await cancel_on_disconnect(request.receive, _translated(services, body))
-    except ClientDisconnected:
-        services.metrics.client_disconnects.inc()
-        return Response(status_code=499)
-    except BaseException:
-        metric.labels(ROUTE, mode, "error").inc()
-        raise
-    if stream:
-        metric.labels(ROUTE, mode, "stream").inc()
-        return StreamingResponse(_sse_bytes(answer), media_type="text/event-stream", headers=headers)
-    metric.labels(ROUTE, mode, "ok").inc()
-    data = answer.model_dump(exclude_none=True) if hasattr(answer, "model_dump") else answer
-    return JSONBytes(data, headers=headers)
+        call = await admit(request, services, validate_messages_body)
+    except PersonaError as exc:
+        return anthropic_failure(exc)
+    body = call.body
+    try:
+        if call.found is not None:
+            body["system"] = with_system(body.get("system"), call.found.block)
+        body["model"] = settings.upstream_model(body["model"])
+    except PersonaError as exc:
+        await call.lease.release()
+        return anthropic_failure(exc)
+    target = anthropic_target(settings)
+    work = _passed(request, services, target, body) if target is not None else _translated(services, body)
+    return await answer(request, services, call, work, framing=ANTHROPIC)
+
+
+async def _passed(request: Request, services: Services, target: Target, body: dict[str, Any]) -> Answer:
+    """To the Anthropic-compatible base: bytes in, bytes out (errors included: the base already speaks
+    Anthropic's shape), SSE event names kept. Uncompressed, so the answer's usage can be counted."""
+    forwarded = {k: v for k in ANTHROPIC_HEADERS if (v := request.headers.get(k))}
+    forwarded["content-type"] = "application/json"
+    forwarded["accept-encoding"] = "identity"
+    upstream = await forwarder(request, services).open(
+        target, "POST", ROUTE, "", forwarded, orjson.dumps(body)
+    )
+    headers = {
+        name.lower(): value
+        for name, value in forwarded_response_headers(upstream.headers.items())
+        if name.lower() not in ("content-length", "content-type")
+    }
+    content_type = upstream.headers.get("content-type") or "application/json"
+    outcome = "error" if upstream.status >= 400 else None
+    if content_type.startswith("text/event-stream"):
+        chunks = relay_body(upstream, True, anthropic_stream_error)
+        return Answer(chunks, headers, outcome, upstream.status, content_type)
+    data = b"".join([chunk async for chunk in body_chunks(upstream)])
+    return Answer(data, headers, outcome, upstream.status, content_type)
 
 
 @router.post(ROUTE + "/count_tokens")
@@ -170,7 +160,7 @@ async def count_tokens(request: Request) -> Response:
     return relayed_response(upstream)
 
 
-async def _translated(services: Services, body: dict[str, Any]) -> Any:
+async def _translated(services: Services, body: dict[str, Any]) -> Answer:
     """litellm's Anthropic-messages adapter, to the configured (OpenAI-compatible or other) upstream."""
     call = dict(body)
     provider, _, rest = call["model"].partition("/")
@@ -178,7 +168,11 @@ async def _translated(services: Services, body: dict[str, Any]) -> Any:
         call["custom_llm_provider"] = "openai"
         if provider == "openai" and rest:
             call["model"] = rest
-    return await services.upstreams.litellm().messages(call)
+    result = await services.upstreams.litellm().messages(call)
+    if body.get("stream"):
+        return Answer(_sse_bytes(result))
+    data = result.model_dump(exclude_none=True) if hasattr(result, "model_dump") else result
+    return Answer(bytes(JSONBytes(data).body))
 
 
 async def _sse_bytes(stream: Any) -> AsyncIterator[bytes]:

@@ -10,7 +10,6 @@ OpenAI-compatible upstreams get the body as JSON bytes; provider-prefixed models
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import AsyncIterable, AsyncIterator
 from typing import Any
 
@@ -18,20 +17,17 @@ import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 
-from middleware.api.chat import MODE_HEADER, persona_mode
 from middleware.api.chat_schema import FORBIDDEN_FIELDS
-from middleware.api.chatlike import persona_headers
-from middleware.api.deps import json_body
+from middleware.api.chatlike import Answer, Framing, admit, answer
 from middleware.api.passthrough import forward
 from middleware.errors import (
     ForbiddenField,
-    InvalidRequest,
     NotFound,
     PersonaError,
     UpstreamError,
     ValidationFailed,
 )
-from middleware.identity import end_user_id, tenant_for_app_key
+from middleware.identity import tenant_for_app_key
 from middleware.personalize.placement import (
     ResponsesStreamRestorer,
     error_event,
@@ -41,20 +37,14 @@ from middleware.personalize.placement import (
 )
 from middleware.services import Services
 from middleware.store.response_owners import ResponseOwner, ResponseOwners
-from middleware.upstream import (
-    ClientDisconnected,
-    PassthroughUpstream,
-    body_chunks,
-    cancel_on_disconnect,
-    monotonic_ms,
-    relayed_headers,
-)
+from middleware.upstream import PassthroughUpstream, body_chunks, relayed_headers
 
 router = APIRouter(tags=["responses"])
 log = logging.getLogger("middleware.api.responses")
 
 ROUTE = "/v1/responses"
 _UPSTREAM = "responses_upstream"
+RESPONSES = Framing(metric_route=ROUTE)
 
 
 def validate_responses_body(body: Any) -> dict[str, Any]:
@@ -107,73 +97,66 @@ async def remember(services: Services, response_id: str | None, owner: ResponseO
 
 @router.post(ROUTE)
 async def create_response(request: Request) -> Response:
-    started = time.perf_counter()
     services: Services = request.app.state.services
-    tenant = tenant_for_app_key(request.headers, services.settings)
-    body = validate_responses_body(await json_body(request))
-    user = end_user_id(request.headers, body)
-    mode = persona_mode(request)
-    if mode == "rerank":
-        raise InvalidRequest(
-            f"{MODE_HEADER}: rerank is available on /v1/chat/completions only; use inject or off here",
-            param=MODE_HEADER,
-        )
-    previous = body.get("previous_response_id")
-    if isinstance(previous, str) and previous:
-        await owned(services, tenant, previous, param="previous_response_id")
-
-    version: int | None = None
-    owner = ResponseOwner(tenant, False, None)
-    if user is not None and mode != "off":
-        found = await services.personalizer.current(tenant, user)
-        if found is not None:
-            instructions, app_chars = with_instructions(body.get("instructions"), found.block)
-            body["instructions"] = instructions
-            version = found.version
-            owner = ResponseOwner(tenant, True, app_chars)
-            services.metrics.persona_injected.inc()
-
-    upstream, body["model"] = services.upstreams.route(body["model"])
-    overhead_ms = monotonic_ms(started)
-    services.metrics.overhead_seconds.observe(overhead_ms / 1000.0)
-    headers = persona_headers(version, overhead_ms)
-    stream = bool(body.get("stream"))
-    store = body.get("store") is not False
-    metric = services.metrics.route_requests
+    call = await admit(request, services, validate_responses_body)
+    body = call.body
+    owner = ResponseOwner(call.tenant, False, None)
     try:
-        if isinstance(upstream, PassthroughUpstream):
-            lean = responses_upstream(request, services)
-            if stream:
-                opened = await cancel_on_disconnect(request.receive, lean.open(body))
-                headers.update(relayed_headers(opened.headers))
-                chunks = _restored_events(
-                    services, body_chunks(opened), owner, store, body.get("instructions")
-                )
-                metric.labels(ROUTE, mode, "stream").inc()
-                return StreamingResponse(chunks, media_type="text/event-stream", headers=headers)
-            data = await cancel_on_disconnect(request.receive, lean.complete(body, headers))
-        else:
-            bridge = services.upstreams.litellm()
-            answer = await cancel_on_disconnect(request.receive, bridge.responses(body))
-            if stream:
-                chunks = _restored_events(services, _litellm_events(answer), owner, store)
-                metric.labels(ROUTE, mode, "stream").inc()
-                return StreamingResponse(chunks, media_type="text/event-stream", headers=headers)
-            data = orjson.dumps(answer.model_dump(exclude_none=True))
-    except ClientDisconnected:
-        services.metrics.client_disconnects.inc()
-        return Response(status_code=499)
+        previous = body.get("previous_response_id")
+        if isinstance(previous, str) and previous:
+            await owned(services, call.tenant, previous, param="previous_response_id")
+        if call.found is not None:
+            instructions, app_chars = with_instructions(body.get("instructions"), call.found.block)
+            body["instructions"] = instructions
+            owner = ResponseOwner(call.tenant, True, app_chars)
+        upstream, body["model"] = services.upstreams.route(body["model"])
     except BaseException:
-        metric.labels(ROUTE, mode, "error").inc()
+        await call.lease.release()
         raise
+    store = body.get("store") is not False
+    relay: dict[str, str] = {}
+    if isinstance(upstream, PassthroughUpstream):
+        work = _lean(responses_upstream(request, services), services, body, owner, store, relay)
+    else:
+        work = _bridged(services, body, owner, store)
+    return await answer(request, services, call, work, framing=RESPONSES, relay=relay)
+
+
+async def _lean(
+    lean: PassthroughUpstream,
+    services: Services,
+    body: dict[str, Any],
+    owner: ResponseOwner,
+    store: bool,
+    relay: dict[str, str],
+) -> Answer:
+    """An OpenAI-compatible upstream's /responses: JSON bytes in, bytes out."""
+    if body.get("stream"):
+        opened = await lean.open(body)
+        relay.update(relayed_headers(opened.headers))
+        sent = body.get("instructions")
+        return Answer(_restored_events(services, body_chunks(opened), owner, store, sent))
+    return Answer(await _finished(services, await lean.complete(body, relay), owner, store))
+
+
+async def _bridged(services: Services, body: dict[str, Any], owner: ResponseOwner, store: bool) -> Answer:
+    """A provider-prefixed model: litellm's Responses bridge."""
+    result = await services.upstreams.litellm().responses(body)
+    if body.get("stream"):
+        return Answer(_restored_events(services, _litellm_events(result), owner, store))
+    data = orjson.dumps(result.model_dump(exclude_none=True))
+    return Answer(await _finished(services, data, owner, store))
+
+
+async def _finished(services: Services, data: bytes, owner: ResponseOwner, store: bool) -> bytes:
+    """A whole Response object: the app's instructions restored, its owner recorded."""
     if owner.personalized:
         data, response_id = restore_response_bytes(data, owner.app_chars)
     else:
         response_id = response_id_of(data)
     if store:
         await remember(services, response_id, owner)
-    metric.labels(ROUTE, mode, "ok").inc()
-    return Response(data, media_type="application/json", headers=headers)
+    return data
 
 
 async def _litellm_events(stream: Any) -> AsyncIterator[bytes]:
@@ -241,30 +224,30 @@ async def delete_response(response_id: str, request: Request) -> Response:
     services: Services = request.app.state.services
     tenant = tenant_for_app_key(request.headers, services.settings)
     await owned(services, tenant, response_id)
-    answer = await forward(request, services)
-    if 200 <= answer.status_code < 300:
+    relayed = await forward(request, services)
+    if 200 <= relayed.status_code < 300:
         await owners(services).forget(response_id)
-    return answer
+    return relayed
 
 
 async def _owned_call(request: Request, response_id: str, *, restore: bool) -> Response:
     services: Services = request.app.state.services
     tenant = tenant_for_app_key(request.headers, services.settings)
     owner = await owned(services, tenant, response_id)
-    answer = await forward(request, services, plain=restore and owner.personalized)
-    if not (restore and owner.personalized and isinstance(answer, StreamingResponse)):
-        return answer
-    if "text/event-stream" in (answer.headers.get("content-type") or ""):
+    relayed = await forward(request, services, plain=restore and owner.personalized)
+    if not (restore and owner.personalized and isinstance(relayed, StreamingResponse)):
+        return relayed
+    if "text/event-stream" in (relayed.headers.get("content-type") or ""):
         # GET ...?stream=true replays the events: restore them on the way.
         restorer = ResponsesStreamRestorer(owner.app_chars)
-        answer.body_iterator = _restore_replay(answer.body_iterator, restorer)
-        return answer
+        relayed.body_iterator = _restore_replay(relayed.body_iterator, restorer)
+        return relayed
     # A Response object (or an error): restore `instructions` in the whole JSON.
-    data = b"".join([c if isinstance(c, bytes) else str(c).encode() async for c in answer.body_iterator])
-    if answer.status_code == 200 and answer.headers.get("content-encoding") is None:
+    data = b"".join([c if isinstance(c, bytes) else str(c).encode() async for c in relayed.body_iterator])
+    if relayed.status_code == 200 and relayed.headers.get("content-encoding") is None:
         data, _ = restore_response_bytes(data, owner.app_chars)
-    headers = {k: v for k, v in answer.headers.items() if k not in ("content-length", "content-type")}
-    return Response(data, status_code=answer.status_code, media_type="application/json", headers=headers)
+    headers = {k: v for k, v in relayed.headers.items() if k not in ("content-length", "content-type")}
+    return Response(data, status_code=relayed.status_code, media_type="application/json", headers=headers)
 
 
 async def _restore_replay(

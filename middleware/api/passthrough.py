@@ -16,13 +16,14 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from middleware.api.paths import ROOT_API_SEGMENTS
-from middleware.api.raw import BodyStream, forwarder, relayed_response
+from middleware.api.raw import BodyStream, forwarder, relayed_response, relayed_whole
 from middleware.api.responses import JSONBytes
 from middleware.errors import NotFound, PayloadTooLarge, PersonaError, UpstreamError
 from middleware.forward import forwarded_request_headers, openai_target
 from middleware.identity import app_caller, tenant_for_app_key
+from middleware.quotas.service import Lease
 from middleware.services import Services
-from middleware.upstream import ClientDisconnected
+from middleware.upstream import ClientDisconnected, body_chunks
 
 router = APIRouter(tags=["passthrough"])
 
@@ -75,16 +76,33 @@ async def list_models(request: Request) -> Response:
 async def retrieve_model(model: str, request: Request) -> Response:
     """A configured name or alias answers here; any other id is asked of the upstream."""
     services: Services = request.app.state.services
-    tenant_for_app_key(request.headers, services.settings)
+    tenant = tenant_for_app_key(request.headers, services.settings)
     if model in services.settings.public_models():
         services.metrics.route_requests.labels("/v1/models/{id}", "passthrough", "ok").inc()
         return JSONBytes(model_entry(model))
-    return await forward(request, services)
+    return await forward(request, services, lease=await services.quotas.admit(tenant, None))
+
+
+# The busiest passed-through resources get routes of their own, which app.py mounts right after the
+# chat-like routes: a call to them is matched there instead of after every other route of the app.
+DIRECT = ("embeddings", "completions", "moderations", "audio", "images", "files", "batches", "uploads")
+direct_router = APIRouter(tags=["passthrough"])
+
+
+async def passthrough_direct(request: Request) -> Response:
+    services: Services = request.app.state.services
+    tenant = tenant_for_app_key(request.headers, services.settings)  # a user token: 403
+    # the tenant's request rate and concurrency (no Redis at all when the tenant is not metered)
+    return await forward(request, services, lease=await services.quotas.admit(tenant, None))
+
+
+for _resource in DIRECT:
+    for _path in (f"/v1/{_resource}", f"/v1/{_resource}/{{rest:path}}"):
+        direct_router.add_api_route(_path, passthrough_direct, methods=METHODS, include_in_schema=False)
 
 
 @router.api_route("/v1/{path:path}", methods=METHODS, include_in_schema=False)
 async def passthrough(path: str, request: Request) -> Response:
-    services: Services = request.app.state.services
     first = path.split("/", 1)[0]
     if first in OWN_RESOURCES or path == "chat/completions":
         raise PersonaError(
@@ -96,12 +114,26 @@ async def passthrough(path: str, request: Request) -> Response:
     if first == "chat":
         # Stored chat completions live in the upstream account every tenant shares.
         raise NotFound(f"{request.method} {request.url.path} is not available through this proxy")
-    tenant_for_app_key(request.headers, services.settings)
-    return await forward(request, services)
+    return await passthrough_direct(request)
 
 
-async def forward(request: Request, services: Services, *, plain: bool = False) -> Response:
-    """Forward the request as it is; `plain` asks the upstream for an uncompressed answer."""
+async def forward(
+    request: Request, services: Services, *, plain: bool = False, lease: Lease | None = None
+) -> Response:
+    """Forward the request as it is; `plain` asks the upstream for an uncompressed answer. With a
+    quota `lease`, the answer's tokens are counted (a JSON answer's `usage`, a stream's events) and
+    the lease is given back when the answer has been relayed."""
+    if lease is not None and not lease.active:
+        lease = None
+    try:
+        return await _forward(request, services, plain=plain or lease is not None, lease=lease)
+    except BaseException:
+        if lease is not None:
+            await lease.release()
+        raise
+
+
+async def _forward(request: Request, services: Services, *, plain: bool, lease: Lease | None) -> Response:
     path = request.url.path
     label = route_label(path)
     target = openai_target(services.settings)
@@ -138,4 +170,11 @@ async def forward(request: Request, services: Services, *, plain: bool = False) 
             ) from None
         raise
     services.metrics.route_requests.labels(label, "passthrough", f"{upstream.status // 100}xx").inc()
-    return relayed_response(upstream)
+    if lease is None:
+        return relayed_response(upstream)
+    if upstream.headers.get("content-type", "").startswith("application/json"):
+        # a whole JSON answer (embeddings, completions): read it to count its usage
+        data = b"".join([chunk async for chunk in body_chunks(upstream)])
+        await lease.settle(data)
+        return relayed_whole(upstream, data)
+    return relayed_response(upstream, wrap=lease.guard_stream)

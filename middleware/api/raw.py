@@ -8,7 +8,7 @@ from typing import Any
 
 import aiohttp
 from fastapi import Request
-from starlette.responses import StreamingResponse
+from starlette.responses import Response, StreamingResponse
 
 from middleware.errors import PayloadTooLarge, UpstreamError
 from middleware.forward import RawForwarder, forwarded_response_headers, openai_stream_error, relay_body
@@ -72,17 +72,30 @@ def relayed_response(
     upstream: aiohttp.ClientResponse,
     extra_headers: dict[str, str] | None = None,
     error_frame: Callable[[UpstreamError], bytes] = openai_stream_error,
+    wrap: Callable[[AsyncIterator[bytes]], AsyncIterator[bytes]] | None = None,
 ) -> StreamingResponse:
-    """The upstream's status, headers and body, relayed chunk by chunk."""
+    """The upstream's status, headers and body, relayed chunk by chunk (through `wrap` when given)."""
     content_type = upstream.headers.get("content-type", "")
     events = content_type.startswith("text/event-stream")
     kind = StreamingResponse if events or "content-length" not in upstream.headers else KnownLengthResponse
-    response = kind(relay_body(upstream, events, error_frame), status_code=upstream.status)
+    body = relay_body(upstream, events, error_frame)
+    response = kind(wrap(body) if wrap is not None else body, status_code=upstream.status)
+    response.raw_headers = _raw_headers(upstream, extra_headers)
+    return response
+
+
+def relayed_whole(upstream: aiohttp.ClientResponse, data: bytes) -> Response:
+    """The upstream's status and headers with its body, already read whole (`data`)."""
+    response = Response(data, status_code=upstream.status)
+    response.raw_headers = _raw_headers(upstream, None)
+    return response
+
+
+def _raw_headers(upstream: aiohttp.ClientResponse, extra: dict[str, str] | None) -> list[tuple[bytes, bytes]]:
     raw = [
         (name.lower().encode("latin-1"), value.encode("latin-1"))
         for name, value in forwarded_response_headers(upstream.headers.items())
     ]
-    if extra_headers:
-        raw.extend((k.encode("latin-1"), v.encode("latin-1")) for k, v in extra_headers.items())
-    response.raw_headers = raw
-    return response
+    if extra:
+        raw.extend((k.encode("latin-1"), v.encode("latin-1")) for k, v in extra.items())
+    return raw

@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Any
 
 from middleware.config import Settings
-from middleware.evaluation.data import load_pairs_by_user
 from middleware.evaluation.judge_scorer import LLMJudgeScorer
 from middleware.evaluation.offline import DEFAULT_MIN_PAIRS, evaluate, plot_per_user
 from middleware.evaluation.scorers import GlobalScorer, LoraScorer, make_scorer
+from middleware.preferences.formats import load_pairs_by_user
 
 JUDGES = ("judge", "judge-default")
 LLM_TOTALS = ("calls", "prompt_tokens", "completion_tokens", "total_tokens")

@@ -25,8 +25,8 @@ import orjson
 from pydantic import BaseModel, Field
 
 from middleware.errors import NotEnoughData
-from middleware.evaluation.data import time_split
 from middleware.models import Message, PreferencePair, message_text
+from middleware.preferences.formats import time_split
 
 DEFAULT_MIN_PAIRS = 10
 

@@ -111,14 +111,30 @@ class ResponsesStreamRestorer:
 
     def feed(self, chunk: bytes) -> bytes:
         """The complete events of what arrived so far (a trailing partial event is held back)."""
-        data = self._pending + chunk
-        end = 0
+        if (
+            not self._pending
+            and self.response_id is not None
+            and chunk.endswith(b"\n\n")
+            and (not self._restore or b'"instructions"' not in chunk)
+        ):
+            # Whole events, none to restore (deltas and the like): passed on as they came, unsplit.
+            self._last_event = chunk
+            return chunk
+        data = self._pending + chunk if self._pending else chunk
         out: list[bytes] = []
-        for match in _EVENT_END.finditer(data):
-            out.append(self._event(data[end : match.end()]))
-            end = match.end()
+        end = 0
+        if b"\r" in data:
+            for match in _EVENT_END.finditer(data):
+                out.append(self._event(data[end : match.end()]))
+                end = match.end()
+        else:
+            cut = data.find(b"\n\n")
+            while cut >= 0:
+                out.append(self._event(data[end : cut + 2]))
+                end = cut + 2
+                cut = data.find(b"\n\n", end)
         self._pending = data[end:]
-        return b"".join(out)
+        return out[0] if len(out) == 1 else b"".join(out)
 
     def flush(self) -> bytes:
         rest, self._pending = self._pending, b""

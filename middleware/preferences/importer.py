@@ -18,10 +18,10 @@ from tqdm import tqdm
 
 from middleware.config import Settings
 from middleware.errors import ValidationFailed
-from middleware.evaluation.data import FORMATS, iter_pairs
 from middleware.identity import TENANT_RE, validate_user_id
 from middleware.json_limits import check_value
 from middleware.models import PreferencePair
+from middleware.preferences.formats import FORMATS, iter_pairs
 from middleware.store.preferences import PreferenceStore
 
 MAX_BAD_LINES_REPORTED = 1000

@@ -1,4 +1,4 @@
-"""Admitting calls against the tenant's limits (policy.py) and counting the tokens they used.
+"""Admitting calls against the tenant's limits (middleware/quota_policy.py) and counting the tokens they used.
 
 Every way to make upstream calls goes through `admit` with its cost in upstream calls: a chat call
 costs 1, a rerank or a comparison one per variant, a trial one per answer it generates, and each LLM
@@ -24,8 +24,8 @@ from middleware.errors import InvalidRequest, RateLimited
 from middleware.metrics import Metrics
 from middleware.personalize.policy import Policy
 from middleware.personalize.service import ActivePersona, Personalizer
-from middleware.quotas.policy import LimitsTable, TenantLimits
-from middleware.quotas.usage import tokens_in_body, tokens_in_sse, tokens_used
+from middleware.quota_policy import LimitsTable, TenantLimits
+from middleware.quotas.usage import StreamUsage, tokens_in_body, tokens_used
 from middleware.store.guard import STORE_ERRORS
 from middleware.store.policy import Posteriors
 from middleware.store.ratelimits import REASONS, RateLimitStore
@@ -73,18 +73,15 @@ class Lease:
 
     async def guard_stream(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         """Pass a stream through, counting the tokens its events report; release at its end."""
-        counted, tail = 0, b""
+        usage = StreamUsage() if self._quotas.counts_tokens(self._tenant) else None
         try:
             async for chunk in chunks:
-                if self._quotas.counts_tokens(self._tenant):
-                    lines = tail + chunk
-                    cut = lines.rfind(b"\n") + 1
-                    counted += tokens_in_sse(lines[:cut])
-                    tail = lines[cut:]
+                if usage is not None:
+                    usage.feed(chunk)
                 yield chunk
         finally:
-            counted += tokens_in_sse(tail)
-            await self._quotas.add_tokens(self._tenant, counted)
+            if usage is not None:
+                await self._quotas.add_tokens(self._tenant, usage.total())
             await self.release()
 
 

@@ -37,22 +37,27 @@ def tokens_used(usage: Any) -> int:
     return counted
 
 
-def tokens_in_body(raw: bytes) -> int:
-    """Tokens of a whole JSON answer (chat.completion, response, message)."""
+def usage_in_body(raw: bytes) -> Any:
+    """The `usage` of a whole JSON answer or of one stream event (None when it has none)."""
     if b'"usage"' not in raw:
-        return 0
+        return None
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError:
-        return 0
+        return None
     if not isinstance(data, dict):
-        return 0
+        return None
     usage = data.get("usage")
     if usage is None and isinstance(data.get("response"), dict):  # Responses API stream events
         usage = data["response"].get("usage")
     if usage is None and isinstance(data.get("message"), dict):  # Anthropic message_start
         usage = data["message"].get("usage")
-    return tokens_used(usage)
+    return usage
+
+
+def tokens_in_body(raw: bytes) -> int:
+    """Tokens of a whole JSON answer (chat.completion, response, message)."""
+    return tokens_used(usage_in_body(raw))
 
 
 def tokens_in_sse(chunk: bytes) -> int:
@@ -64,3 +69,46 @@ def tokens_in_sse(chunk: bytes) -> int:
         if line.startswith(b"data:") and b'"usage"' in line:
             counted += tokens_in_body(line[5:].strip())
     return counted
+
+
+class StreamUsage:
+    """The tokens one answer's event stream reports, fed chunk by chunk as it passes.
+
+    Each usage field counts with the largest value seen: Anthropic's `message_delta` repeats counts
+    of `message_start` cumulatively (output tokens, in newer versions input tokens too), while chat
+    completions and the Responses API report usage once, at the end."""
+
+    __slots__ = ("_fields", "_tail")
+
+    def __init__(self) -> None:
+        self._fields: dict[str, int] = {}
+        self._tail = b""
+
+    def feed(self, chunk: bytes) -> None:
+        lines = self._tail + chunk if self._tail else chunk
+        cut = lines.rfind(b"\n") + 1
+        self._lines(lines[:cut])
+        self._tail = lines[cut:]
+
+    def total(self) -> int:
+        """The tokens counted, once the stream ended (a last line without its newline included)."""
+        if self._tail:
+            self._lines(self._tail)
+            self._tail = b""
+        return tokens_used(self._fields)
+
+    def _lines(self, text: bytes) -> None:
+        if b'"usage"' not in text:
+            return
+        for line in text.split(b"\n"):
+            if line.startswith(b"data:") and b'"usage"' in line:
+                usage = usage_in_body(line[5:].strip())
+                if isinstance(usage, Mapping):
+                    for name in (*_FIELDS, "total_tokens"):
+                        value = usage.get(name)
+                        if (
+                            isinstance(value, int)
+                            and not isinstance(value, bool)
+                            and value > self._fields.get(name, 0)
+                        ):
+                            self._fields[name] = value

@@ -63,6 +63,11 @@ def persona_version(tenant: str, user: str, version: int) -> str:
     return f"{user_tag(tenant, user)}:persona:v{version}"
 
 
+def persona_version_prefix(tenant: str, user: str) -> str:
+    """What every `persona_version` key of the user starts with."""
+    return f"{user_tag(tenant, user)}:persona:v"
+
+
 def persona_versions(tenant: str, user: str) -> str:
     return f"{user_tag(tenant, user)}:persona:versions"
 
@@ -77,6 +82,12 @@ def prefs(tenant: str, user: str) -> str:
 
 def pref_ids(tenant: str, user: str) -> str:
     return f"{user_tag(tenant, user)}:prefs:ids"
+
+
+def comparison_prefix(tenant: str, user: str) -> str:
+    """What every key of the user's comparisons starts with (`comparison`, its claim and judged
+    markers, `pending_comparisons`)."""
+    return f"{user_tag(tenant, user)}:comparisons:"
 
 
 def comparison(tenant: str, user: str, comparison_id: str) -> str:

@@ -65,10 +65,9 @@ def _text(value: bytes | str | None) -> str | None:
 
 async def forget_user(redis: Redis, tenant: str, user: str) -> dict[str, Any]:
     """Delete everything about the user; returns counts. Idempotent."""
-    tag = keys.user_tag(tenant, user)
     job_ids = [_text(j) or "" for j in await fail_closed(redis.smembers(keys.user_jobs(tenant, user)))]
     found = await fail_closed(user_keys(redis, tenant, user))
-    comparison_prefix = f"{tag}:comparisons:"
+    comparison_prefix = keys.comparison_prefix(tenant, user)
     # `…:comparisons:<id>` (pending) and `…:comparisons:<id>:<marker>` (claimed, judged) all name an id.
     comparison_ids = sorted(
         {k[len(comparison_prefix) :].split(":", 1)[0] for k in found if k.startswith(comparison_prefix)}
@@ -117,7 +116,8 @@ async def export_user(redis: Redis, tenant: str, user: str) -> dict[str, Any]:
     found = await fail_closed(user_keys(redis, tenant, user))
     current_raw = await fail_closed(redis.get(keys.persona_current(tenant, user)))
     current = Persona.model_validate_json(current_raw) if current_raw else None
-    version_keys = [k for k in found if k.startswith(f"{tag}:persona:v")]
+    version_prefix = keys.persona_version_prefix(tenant, user)
+    version_keys = [k for k in found if k.startswith(version_prefix)]
     versions = []
     for raw in await fail_closed(redis.mget(version_keys)) if version_keys else []:
         if raw:

@@ -13,7 +13,7 @@ def run_train_head(
     """Train the head on all pairs of (at most `users` of) the users in `data`; save it to `out`
     (default `PERSONA_LORA_HEAD_PATH`). Returns a summary. Adapters of the previous head are refused
     from then on (the worker retrains them at each user's next refresh)."""
-    from middleware.evaluation.data import load_pairs_by_user
+    from middleware.preferences.formats import load_pairs_by_user
     from middleware.rerank.lora.reranker import model_from_settings
 
     target = out or (Path(settings.lora_head_path) if settings.lora_head_path else None)
