@@ -13,6 +13,11 @@ the proxy beside the upstream alone and LiteLLM's own proxy (built once into its
 `benchmarks/out/`), prints the ratio, the targets, stream time to first byte added, and writes JSON +
 PNG under `benchmarks/out/` (benchmarks/side_by_side.py).
 
+`--segments BASELINE_SRC` measures the persona resolution (own > segment > tenant > none) at c=1,
+limits on: this checkout's proxy (a user with their own persona, a user with a segment persona)
+against the proxy of BASELINE_SRC (e.g. a checkout of the commit before segments) in the same run;
+target <= 0.2 ms p50 added.
+
 `--limits` measures what quotas cost instead: the same proxy with PERSONA_LIMITS unset and with every
 rate limit on (high enough never to refuse), at c=1, alternating; target <= 0.1 ms p50 added.
 
@@ -131,10 +136,148 @@ def limits_cost(runs: int, seconds: float) -> None:
     )
 
 
-def reported_overhead(url: str, count: int) -> list[float]:
+def reported_overhead(url: str, count: int, body: dict[str, object] = BODY) -> list[float]:
     """x-persona-overhead-ms of `count` sequential calls."""
     with httpx.Client(headers={"Authorization": f"Bearer {h.APP_KEY}"}, timeout=10) as client:
-        return [float(client.post(url, json=BODY).headers["x-persona-overhead-ms"]) for _ in range(count)]
+        return [float(client.post(url, json=body).headers["x-persona-overhead-ms"]) for _ in range(count)]
+
+
+SEGMENT_BODY = {**BODY, "user": "bench-segment-user"}
+
+
+async def _store_round_trips(url: str, blocks: int, per_block: int) -> dict[str, list[float]]:
+    """Median ms per block of the chat path's store round trip, today's (ADMIT + the user's GET) and
+    with the resolution (ADMIT + GET + RESOLVE), for a user with a persona and one with a segment's;
+    the cases alternate block by block."""
+    import time
+
+    from redis.asyncio import Redis
+
+    from middleware.models import Persona
+    from middleware.store import keys
+    from middleware.store.ratelimits import ADMIT, RateLimitStore
+    from middleware.store.segments import RESOLVE
+
+    redis = Redis.from_url(url)
+    blob = Persona(text=PERSONA, version=1, version_id="v" * 32, created_at="").model_dump_json()
+    await redis.set(keys.persona_current("bench", "own"), blob)
+    await redis.set(keys.segment_line("bench", "seg").current, blob)
+    await redis.hset(keys.segment_members("bench"), "member", "seg")
+    admit_sha, _ = await redis.script_load(ADMIT), await redis.script_load(RESOLVE)
+    store = RateLimitStore(redis)
+    call = store.admit_call(
+        "bench",
+        "own",
+        cost=1,
+        rpm=10**7,
+        user_rpm=10**7,
+        concurrency=0,
+        lease="",
+        lease_ms=1000,
+        tokens_per_day=0,
+        day="20260101",
+        ms_to_day_end=10**6,
+    )
+
+    async def today() -> None:
+        pipe = redis.pipeline(transaction=False)
+        pipe.evalsha(admit_sha, len(call[0]), *call[0], *call[1])
+        pipe.get(keys.persona_current("bench", "own"))
+        await pipe.execute()
+
+    cases = {
+        "today: ADMIT + GET": today,
+        "resolve, own persona": lambda: store.admit_and_read_personas(call, "bench", "own", None),
+        "resolve, segment persona": lambda: store.admit_and_read_personas(call, "bench", "member", None),
+    }
+    out: dict[str, list[float]] = {name: [] for name in cases}
+    for run in cases.values():  # warm-up (and the scripts loaded in this process)
+        for _ in range(200):
+            await run()
+    for _ in range(blocks):
+        for name, run in cases.items():
+            times = []
+            for _ in range(per_block):
+                started = time.perf_counter()
+                await run()
+                times.append((time.perf_counter() - started) * 1000)
+            out[name].append(statistics.median(times))
+    await redis.aclose()
+    return out
+
+
+def store_round_trips(redis_url: str, blocks: int = 30, per_block: int = 300) -> None:
+    import asyncio
+
+    found = asyncio.run(_store_round_trips(redis_url, blocks, per_block))
+    print(f"store round trip of the chat path, in-process, {blocks} alternating blocks x {per_block} calls:")
+    print(f"{'case':<28}{'p50 ms':>9}{'spread of block p50s':>24}")
+    for name, values in found.items():
+        print(f"{name:<28}{statistics.median(values):>9.3f}{spread(values):>24}")
+    base = statistics.median(found["today: ADMIT + GET"])
+    for name in ("resolve, own persona", "resolve, segment persona"):
+        added = statistics.median(found[name]) - base
+        paired = [a - b for a, b in zip(found[name], found["today: ADMIT + GET"], strict=True)]
+        print(
+            f"{name}: added {added:.3f} ms p50 (block-paired differences {spread(paired)}); "
+            f"{'met' if added <= 0.2 else 'NOT met'}: <= 0.2"
+        )
+
+
+def segments_cost(runs: int, seconds: float, baseline_src: Path) -> None:
+    """The persona resolution (own > segment > tenant > none, docs/ARCHITECTURE.md "Segments") at
+    c=1 with every limit on, against `baseline_src`'s proxy (a checkout without segments, reading only
+    the user's own persona) in the same run, alternating; target <= 0.2 ms p50 added."""
+    limits = json.dumps(LIMITS_ON)
+    admin = {"Authorization": f"Bearer {h.ADMIN_KEY}", "X-Persona-Tenant": "bench"}
+    with h.redis() as redis:
+        store_round_trips(redis.url)
+    with (
+        h.redis() as redis,
+        h.fake_upstream() as upstream,
+        h.proxy(redis.url, upstream, root=baseline_src.resolve(), limits=limits) as before,
+        h.proxy(redis.url, upstream, limits=limits) as after,
+    ):
+        h.put_persona(after, "bench-user", PERSONA, [EXEMPLAR, EXEMPLAR])
+        httpx.put(
+            f"{after}/admin/segments/bench-seg", json={"persona": PERSONA}, headers=admin
+        ).raise_for_status()
+        httpx.put(
+            f"{after}/admin/users/bench-segment-user/segment", json={"segment": "bench-seg"}, headers=admin
+        ).raise_for_status()
+        httpx.put(f"{after}/admin/tenant/persona", json={"text": PERSONA}, headers=admin).raise_for_status()
+        cases = {
+            "before: own persona": (f"{before}/v1/chat/completions", BODY),
+            "after: own persona": (f"{after}/v1/chat/completions", BODY),
+            "after: segment persona": (f"{after}/v1/chat/completions", SEGMENT_BODY),
+        }
+        for url, body in cases.values():
+            h.wrk(url, body, connections=1, seconds=2)  # warm-up
+        results: dict[str, list[dict[str, float]]] = {name: [] for name in cases}
+        overhead: dict[str, list[float]] = {name: [] for name in cases}
+        for _ in range(runs):
+            for name, (url, body) in cases.items():
+                results[name].append(h.wrk(url, body, connections=1, seconds=seconds))
+                overhead[name] += reported_overhead(url, 300, body)
+    errors = sum(r["non_2xx"] for rs in results.values() for r in rs)
+    print(f"{runs} runs x {seconds:.0f} s at c=1, limits on, wrk -t1; non-2xx responses: {errors:.0f}")
+    print(f"baseline: {baseline_src}")
+    print(f"{'case':<26}{'req/s':>9}{'p50 ms':>9}{'spread':>14}{'p99 ms':>9}{'own ms':>9}")
+    for name, rs in results.items():
+        p50s = [r["p50_ms"] for r in rs]
+        print(
+            f"{name:<26}{median(rs, 'rps'):>9.0f}{statistics.median(p50s):>9.3f}{spread(p50s):>14}"
+            f"{median(rs, 'p99_ms'):>9.3f}{statistics.median(overhead[name]):>9.3f}"
+        )
+    base = median(results["before: own persona"], "p50_ms")
+    base_own = statistics.median(overhead["before: own persona"])
+    for name in ("after: own persona", "after: segment persona"):
+        added = median(results[name], "p50_ms") - base
+        added_own = statistics.median(overhead[name]) - base_own
+        verdict = "met" if added <= 0.2 else "NOT met"
+        print(
+            f"{name}: added p50 {added:.3f} ms (wrk), {added_own:.3f} ms (x-persona-overhead-ms); {verdict}: <= 0.2"
+        )
 
 
 def spread(values: list[float]) -> str:
@@ -206,6 +349,9 @@ def main() -> None:
     parser.add_argument("--limits", action="store_true", help="measure the cost of quotas (c=1)")
     parser.add_argument("--apis-only", action="store_true", help="only the table of APIs beside chat")
     parser.add_argument(
+        "--segments", type=Path, metavar="BASELINE_SRC", help="cost of the persona resolution vs a checkout"
+    )
+    parser.add_argument(
         "--against",
         type=Path,
         help="with --apis-only: another checkout of the project (e.g. a `git archive` of main), measured "
@@ -214,6 +360,9 @@ def main() -> None:
     parser.add_argument("--side-by-side", action="store_true", help="chat and responses beside the upstream")
     parser.add_argument("--with-litellm", action="store_true", help="side by side, with LiteLLM's proxy too")
     args = parser.parse_args()
+    if args.segments:
+        segments_cost(args.runs, args.seconds, args.segments)
+        return
     if args.side_by_side or args.with_litellm:
         import side_by_side
 

@@ -26,6 +26,7 @@ from middleware.api import (
     passthrough,
     policy,
     preferences,
+    segments,
     ui,
     ui_evaluate,
     user_tokens,
@@ -73,7 +74,7 @@ def create_app(settings: Settings) -> FastAPI:
     for module in (health, chat, openai_responses, messages):
         app.include_router(module.router)
     app.include_router(passthrough.direct_router)  # the busiest passed-through resources, matched early
-    for module in (user_tokens, admin, comparisons, preferences):
+    for module in (user_tokens, admin, segments, comparisons, preferences):
         app.include_router(module.router)
     # passthrough last: a catch-all
     for module in (users, policy, jobs, ui, evaluations, ui_evaluate, passthrough):

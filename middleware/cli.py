@@ -1,4 +1,4 @@
-"""The `persona` command: serve, worker, import, induce, eval, report, forget, export, and the `lora`
+"""The `persona` command: serve, worker, import, induce, segments learn, eval, report, forget, export, and the `lora`
 reranker's train-reward-head and train-adapters."""
 
 from __future__ import annotations
@@ -43,7 +43,10 @@ def masked_url(url: str) -> str:
         userinfo, _, host = netloc.rpartition("@")
         netloc = f"{userinfo.split(':', 1)[0]}:***@{host}"
     query = urlencode(
-        [(k, "***" if k.lower() == "password" else v) for k, v in parse_qsl(parts.query, keep_blank_values=True)],
+        [
+            (k, "***" if k.lower() == "password" else v)
+            for k, v in parse_qsl(parts.query, keep_blank_values=True)
+        ],
         safe="*",
     )
     return urlunsplit(parts._replace(netloc=netloc, query=query))
@@ -65,7 +68,10 @@ def log_setup(cfg: Any) -> None:
     if cfg.upstream_api_base:
         log.info(
             "Upstream: %s (%s, %s PERSONA_UPSTREAM_API_KEY); model aliases: %s",
-            masked_url(cfg.upstream_api_base), cfg.upstream_mode, key, aliases,
+            masked_url(cfg.upstream_api_base),
+            cfg.upstream_mode,
+            key,
+            aliases,
         )
         return
     provider_keys = sorted(
@@ -74,7 +80,8 @@ def log_setup(cfg: Any) -> None:
     if cfg.upstream_api_key.get_secret_value() or provider_keys:
         log.info(
             "Upstream: litellm, the provider named by each model (%s); model aliases: %s",
-            "PERSONA_UPSTREAM_API_KEY" if key == "with" else ", ".join(provider_keys), aliases,
+            "PERSONA_UPSTREAM_API_KEY" if key == "with" else ", ".join(provider_keys),
+            aliases,
         )
         return
     log.warning(
@@ -167,6 +174,52 @@ def induce(
     configure_logging()
     result = asyncio.run(run_induce(settings(), tenant=tenant, user=user, model=model))
     typer.echo(json.dumps(result, indent=2, default=str))
+
+
+segments_app = typer.Typer(help="segments of a tenant's users")
+app.add_typer(segments_app, name="segments")
+
+
+@segments_app.command(name="learn")
+def segments_learn(
+    tenant: TenantOpt = "default",
+    k: Annotated[int, typer.Option(min=2, max=64, help="number of segments")] = 2,
+    prefix: Annotated[str, typer.Option(help="segments are named <prefix>-1 … <prefix>-k")] = "learned",
+    min_pairs: Annotated[int, typer.Option(min=1, help="users with fewer pairs stay unassigned")] = 1,
+    seed: Annotated[int, typer.Option(help="k-means seed")] = 0,
+) -> None:
+    """Group the tenant's users by their preference data into K ordinary segments and assign them
+    (k-means over each user's mean chosen-minus-rejected answer vector)."""
+    from middleware.errors import PersonaError
+    from middleware.identity import validate_segment
+    from middleware.induction.learn_segments import learn_segments
+    from middleware.services import build_services
+
+    async def run() -> dict[str, Any]:
+        validate_segment(f"{prefix}-{k}", param="prefix")
+        services = build_services(settings())
+        try:
+            learned = await learn_segments(
+                services.users,
+                services.preferences,
+                services.segments,
+                tenant,
+                k=k,
+                prefix=prefix,
+                min_pairs=min_pairs,
+                seed=seed,
+            )
+            return learned.as_dict()
+        finally:
+            await services.close()
+
+    configure_logging()
+    try:
+        result = asyncio.run(run())
+    except PersonaError as exc:
+        typer.echo(f"persona segments learn: {exc.message}", err=True)
+        raise typer.Exit(code=1) from exc
+    typer.echo(json.dumps(result, indent=2))
 
 
 @app.command(name="eval")

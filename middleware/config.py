@@ -190,6 +190,9 @@ class Settings(BaseSettings):
     induction_validation_fraction: float = 0.3
     induction_exemplar_sets: int = 4
     induction_seed: int = 0
+    # A segment's persona is induced from its members' pooled pairs, at most this many per member
+    # (a seeded sample), so no single member dominates it.
+    segment_pairs_per_member: int = Field(default=10, ge=1)
     induction_max_attempts: int = 3
     induction_max_completion_tokens: int = 800
 

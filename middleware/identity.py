@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from middleware.config import Settings
-from middleware.errors import AuthenticationFailed, InvalidUserId, PermissionDenied
+from middleware.errors import AuthenticationFailed, InvalidRequest, InvalidUserId, PermissionDenied
 from middleware.user_tokens import UserTokens, looks_like_user_token
 
 # End-user ids are whatever the OpenAI/Anthropic SDKs accept as `user` / `safety_identifier` /
@@ -21,6 +21,9 @@ from middleware.user_tokens import UserTokens, looks_like_user_token
 USER_ID_MAX_CHARS = 256
 TENANT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,63}$")
 USER_HEADER = "x-persona-user"
+SEGMENT_HEADER = "x-persona-segment"
+# Segment names: a key part and a URL path segment as they are (no ':', braces, glob characters).
+SEGMENT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,63}$")
 TENANT_HEADER = "x-persona-tenant"
 
 
@@ -130,10 +133,30 @@ def end_user_id(headers: Mapping[str, str], body: Mapping[str, Any]) -> str | No
     return None
 
 
+def validate_segment(segment: Any, *, param: str = "segment") -> str:
+    if not isinstance(segment, str) or not SEGMENT_RE.match(segment):
+        raise InvalidRequest(
+            f"invalid segment name in {param!r}: 1-64 letters, digits, '.', '_' or '-', starting with a "
+            "letter or digit",
+            param=param,
+        )
+    return segment
+
+
+def request_segment(headers: Mapping[str, str], body: Mapping[str, Any]) -> str | None:
+    """The segment a chat call names for its user: the X-Persona-Segment header, else
+    `metadata.segment`; None when it names none (the operator's assignment applies)."""
+    header = headers.get(SEGMENT_HEADER)
+    if header:
+        return validate_segment(header.strip(), param=SEGMENT_HEADER)
+    metadata = body.get("metadata")
+    if isinstance(metadata, dict) and metadata.get("segment"):
+        return validate_segment(metadata["segment"], param="metadata.segment")
+    return None
+
+
 # --- end-user tokens (middleware/user_tokens.py) ----------------------------------------------------
-def app_caller(
-    headers: Mapping[str, str], settings: Settings, tokens: UserTokens
-) -> tuple[str, str | None]:
+def app_caller(headers: Mapping[str, str], settings: Settings, tokens: UserTokens) -> tuple[str, str | None]:
     """The tenant of an app-facing call, and the end user a user token binds it to (None with an app
     key). A bearer that is a JWT is only ever checked as a user token, never as an app key."""
     token = bearer_token(headers)

@@ -20,6 +20,7 @@ from middleware.induction.pipeline import Induction
 from middleware.induction.queue import JobQueue
 from middleware.metrics import Metrics
 from middleware.personalize.policy import Policy
+from middleware.personalize.resolve import Resolver
 from middleware.personalize.service import Personalizer
 from middleware.quotas.service import Quotas
 from middleware.rerank.registry import RerankerRegistry
@@ -29,6 +30,7 @@ from middleware.store.evaluations import EvaluationStore
 from middleware.store.personas import PersonaStore
 from middleware.store.policy import PolicyStore
 from middleware.store.preferences import PreferenceStore
+from middleware.store.segments import PersonaReader, SegmentStore
 from middleware.store.users import UserIndex
 from middleware.upstream import UpstreamRouter
 from middleware.user_tokens import UserTokens
@@ -45,6 +47,8 @@ class Services:
     users: UserIndex
     personalizer: Personalizer
     policy: Policy
+    resolver: Resolver
+    segments: SegmentStore
     upstreams: UpstreamRouter
     quotas: Quotas
     user_tokens: UserTokens
@@ -86,6 +90,15 @@ def build_services(settings: Settings) -> Services:
         users=UserIndex(redis),
         personalizer=personalizer,
         policy=Policy(settings, PolicyStore(redis), metrics),
+        resolver=Resolver(
+            personalizer,
+            PersonaReader(
+                redis,
+                read_timeout_s=settings.persona_read_timeout_s,
+                breaker_s=settings.persona_read_breaker_s,
+            ),
+        ),
+        segments=SegmentStore(redis),
         upstreams=upstreams,
         quotas=quotas,
         user_tokens=UserTokens(settings),

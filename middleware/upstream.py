@@ -260,7 +260,6 @@ class PassthroughUpstream:
             yield stream_error_event(exc)
 
 
-
 async def body_chunks(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
     """An upstream body as it arrives. A stalled or broken body raises UpstreamTimeout/UpstreamError.
 

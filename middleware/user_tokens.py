@@ -51,7 +51,9 @@ class UserTokens:
             keys = {self._kid(s.get_secret_value()): s.get_secret_value() for s in configured}
         for kid, secret in keys.items():
             if len(secret) < MIN_KEY_CHARS:
-                raise ValueError(f"PERSONA_USER_TOKEN_KEYS: key {kid!r} is shorter than {MIN_KEY_CHARS} characters")
+                raise ValueError(
+                    f"PERSONA_USER_TOKEN_KEYS: key {kid!r} is shorter than {MIN_KEY_CHARS} characters"
+                )
         self.ephemeral = not keys and settings.environment == "development"
         if self.ephemeral:
             secret = secrets.token_urlsafe(48)
@@ -82,7 +84,9 @@ class UserTokens:
             kid = jwt.get_unverified_header(token).get("kid")
             secret = self._keys.get(kid) if isinstance(kid, str) else None
             if secret is None:
-                raise AuthenticationFailed("the user token was not signed by a known key", code="invalid_user_token")
+                raise AuthenticationFailed(
+                    "the user token was not signed by a known key", code="invalid_user_token"
+                )
             claims = jwt.decode(
                 token,
                 secret,

@@ -121,9 +121,7 @@ async def train_adapter(user: UserPath, tenant: AdminTenant, services: ServicesD
     """Queue training of the `lora` adapter for the user's current persona version, without a new
     persona (after `persona train-reward-head`, say); 202 with the job id. A pending refresh of the
     user, which trains the adapter too, is reused."""
-    outcome = await enqueue_adapter_training(
-        services.settings, services.users, services.jobs, tenant, [user]
-    )
+    outcome = await enqueue_adapter_training(services.settings, services.users, services.jobs, tenant, [user])
     if outcome["no_persona"]:
         raise NotFound(f"user {user!r} has no persona; an adapter is trained beside a persona version")
     if outcome["no_preferences"]:

@@ -7,15 +7,16 @@
 - the body, decoded once and checked by the route's own validator;
 - the end user (`identity.end_user_id`; with a user token, naming anyone else is a 403);
 - the persona mode (`X-Persona-Mode`, else the tenant's default mode in `PERSONA_POLICY`; rerank only
-  where the route offers it);
+  where the route offers it); in auto mode the arm (`Policy.choose`, README "Auto mode"), whose
+  posteriors ride in the persona read's round trip (`Quotas.admit_and_personalize_auto`);
 - the tenant's caps (`Quotas.check_body`) and admission (`Quotas.admit_and_personalize`: the quota
-  check rides in the persona read's round trip), which give a lease and the active persona;
-- in auto mode, the arm (`Policy.choose`, README "Auto mode"): the posteriors ride in the same round
-  trip (`Quotas.admit_and_personalize_auto`) and the call then runs as the arm's mode.
+  check rides in the persona reads' round trip), which give a lease and the persona resolved as
+  own > segment > tenant default > none (`personalize.resolve`; the segment from `X-Persona-Segment`
+  or `metadata.segment`, else the user's assigned one).
 
 `answer` runs the route's work and answers, the same on every route:
 
-- `x-persona-version`, `x-persona-overhead-ms` (and in auto mode `x-persona-arm`) headers, and the overhead metric (the time the proxy
+- `x-persona-version`, `x-persona-source` and `x-persona-overhead-ms` headers, and the overhead metric (the time the proxy
   spent before the work started upstream), plus the upstream's relayed headers;
 - the work runs cancelled as soon as the client goes away (499, counted);
 - the metric of the route's calls by mode and outcome ("ok", "stream", "error" or what the work names);
@@ -39,14 +40,16 @@ from fastapi.responses import Response, StreamingResponse
 from middleware.api.deps import json_body
 from middleware.config import PERSONA_MODES
 from middleware.errors import InvalidRequest, PersonaError
-from middleware.identity import app_caller, bind_user, end_user_id
+from middleware.identity import app_caller, bind_user, end_user_id, request_segment
 from middleware.personalize.policy import Arm
+from middleware.personalize.resolve import NOTHING
 from middleware.personalize.service import ActivePersona
 from middleware.quotas.service import Lease
 from middleware.services import Services
 from middleware.upstream import ClientDisconnected, cancel_on_disconnect, monotonic_ms
 
 VERSION_HEADER = "x-persona-version"
+SOURCE_HEADER = "x-persona-source"
 OVERHEAD_HEADER = "x-persona-overhead-ms"
 MODE_HEADER = "x-persona-mode"
 ARM_HEADER = "x-persona-arm"
@@ -90,9 +93,10 @@ class Admitted:
     body: dict[str, Any]
     mode: str
     lease: Lease
-    found: ActivePersona | None  # with the block the call injects (none for an `off` arm)
+    found: ActivePersona | None
     started: float  # time.perf_counter() when the call arrived
-    arm: Arm | None = None  # the auto mode's choice
+    source: str = "none"  # where the persona came from (personalize.resolve.SOURCES)
+    arm: Arm | None = None  # the auto mode's choice (`found` then holds the block the arm injects)
 
     @property
     def version(self) -> int | None:
@@ -130,25 +134,29 @@ async def admit(
     user = end_user_id(request.headers, body)
     if token_user is not None:  # a user token acts for its own user only
         user = bind_user(token_user, user)
-    policy = services.policy
-    mode = persona_mode(request, rerank=rerank_cost is not None, default=policy.default_mode(tenant))
+    mode = persona_mode(request, rerank=rerank_cost is not None, default=services.policy.default_mode(tenant))
     quotas = services.quotas
     quotas.check_body(tenant, body)
     if mode == "auto" and user is not None:
-        return await _admit_auto(services, tenant, user, body, started, rerank_cost)
+        return await _admit_auto(request, services, tenant, user, body, started, rerank_cost)
     mode = "inject" if mode == "auto" else mode  # without an end user there is no policy to ask
     cost = rerank_cost if mode == "rerank" and rerank_cost is not None else 1
-    found: ActivePersona | None = None
+    resolved = NOTHING
     if user is not None and mode != "off":
-        lease, found = await quotas.admit_and_personalize(tenant, user, cost, services.personalizer)
-        if found is not None:
+        # own > segment (named by the request, else assigned) > tenant default > none, one round trip
+        segment = request_segment(request.headers, body)
+        lease, resolved = await quotas.admit_and_personalize(
+            tenant, user, cost, services.resolver, segment=segment
+        )
+        if resolved.persona is not None:
             services.metrics.persona_injected.inc()
     else:
         lease = await quotas.admit(tenant, user, cost)
-    return Admitted(tenant, user, body, mode, lease, found, started)
+    return Admitted(tenant, user, body, mode, lease, resolved.persona, started, resolved.source)
 
 
 async def _admit_auto(
+    request: Request,
     services: Services,
     tenant: str,
     user: str,
@@ -156,14 +164,16 @@ async def _admit_auto(
     started: float,
     rerank_cost: int | None,
 ) -> Admitted:
-    """The auto mode's admission: persona, quota and posteriors in one round trip, then the arm."""
-    quotas, personalizer = services.quotas, services.personalizer
-    lease, found, posteriors = await quotas.admit_and_personalize_auto(
-        tenant, user, 1, personalizer, services.policy
+    """The auto mode's admission: quota, persona and posteriors in one round trip, then the arm."""
+    quotas, personalizer = services.quotas, services.resolver.personalizer
+    segment = request_segment(request.headers, body)
+    lease, resolved, posteriors = await quotas.admit_and_personalize_auto(
+        tenant, user, 1, services.resolver, segment=segment
     )
     arm = services.policy.choose(tenant, posteriors, rerank=rerank_cost is not None)
+    found, source = resolved.persona, resolved.source
     if arm.mode == "off":
-        found = None
+        found, source = None, "none"
     elif found is not None and not arm.exemplars:
         found = found._replace(block=personalizer.block_without_exemplars(found))
     if arm.mode == "rerank" and rerank_cost is not None and rerank_cost > 1:
@@ -174,12 +184,15 @@ async def _admit_auto(
             raise
     if found is not None:
         services.metrics.persona_injected.inc()
-    return Admitted(tenant, user, body, arm.mode, lease, found, started, arm)
+    return Admitted(tenant, user, body, arm.mode, lease, found, started, source, arm)
 
 
-def persona_headers(version: int | None, overhead_ms: float) -> dict[str, str]:
+def persona_headers(version: int | None, overhead_ms: float, source: str = "none") -> dict[str, str]:
+    """`source`: where the persona came from (`personalize.resolve.SOURCES`); its version is the
+    version of that persona line (the user's, the segment's or the tenant default's)."""
     return {
         VERSION_HEADER: str(version) if version is not None else "none",
+        SOURCE_HEADER: source if version is not None else "none",
         OVERHEAD_HEADER: f"{overhead_ms:.3f}",
     }
 
@@ -200,7 +213,7 @@ async def answer(
     lease = call.lease
     overhead_ms = monotonic_ms(call.started)
     metrics.overhead_seconds.observe(overhead_ms / 1000.0)
-    headers = persona_headers(call.version, overhead_ms)
+    headers = persona_headers(call.version, overhead_ms, call.source)
     if call.arm is not None:
         headers[ARM_HEADER] = call.arm.name
 

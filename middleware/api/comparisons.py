@@ -122,7 +122,9 @@ async def _ndjson(
         await lease.release()
         if stored is None:
             await quotas.drop_comparison(prepared.tenant, prepared.user, prepared.id)
-        await quotas.add_usage(prepared.tenant, *(c.completion.get("usage") for c in finished if c.completion))
+        await quotas.add_usage(
+            prepared.tenant, *(c.completion.get("usage") for c in finished if c.completion)
+        )
 
 
 @router.post("/v1/comparisons/{comparison_id}/judgement")

@@ -68,9 +68,7 @@ class ChoiceIn(BaseModel):
 @admin_router.post("")
 async def create_evaluation(body: EvaluationCreate, tenant: AdminTenant, services: ServicesDep) -> Response:
     users = [validate_user_id(u, param="users") for u in body.users]
-    run = await services.evaluations.create_run(
-        tenant, users=users, model=body.model, name=body.name
-    )
+    run = await services.evaluations.create_run(tenant, users=users, model=body.model, name=body.name)
     return JSONBytes(run, status_code=201)
 
 

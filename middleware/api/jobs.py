@@ -16,6 +16,7 @@ PUBLIC = (
     "id",
     "kind",
     "user",
+    "segment",
     "state",
     "progress",
     "result",
@@ -30,7 +31,8 @@ PUBLIC = (
 
 
 def public(record: dict[str, Any]) -> dict[str, Any]:
-    return {k: record.get(k) for k in PUBLIC}
+    """The record as shown; `segment` only for a segment's job."""
+    return {k: record.get(k) for k in PUBLIC if k != "segment" or record.get("segment")}
 
 
 async def tenant_job(job_id: str, tenant: str, jobs: JobQueue) -> dict[str, Any]:

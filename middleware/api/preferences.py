@@ -50,7 +50,12 @@ async def add_preferences(
     created = sum(flags)
     if created:
         await refresh_if_due(
-            services.settings, services.preferences, services.jobs, tenant, [r[0] for r, f in zip(records, flags, strict=True) if f])
+            services.settings,
+            services.preferences,
+            services.jobs,
+            tenant,
+            [r[0] for r, f in zip(records, flags, strict=True) if f],
+        )
     return JSONBytes(
         {"object": "list", "data": listing, "created": created, "duplicates": len(flags) - created},
         status_code=201 if created else 200,

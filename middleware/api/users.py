@@ -41,9 +41,7 @@ async def refresh(
             f"{minimum}",
             param="user",
         )
-    job_id, created = await services.jobs.enqueue_refresh(
-        tenant, user, model=body.model if body else None
-    )
+    job_id, created = await services.jobs.enqueue_refresh(tenant, user, model=body.model if body else None)
     return job_accepted(job_id, created)
 
 

@@ -93,7 +93,9 @@ def _completion(raw: bytes, *, require_text: bool) -> dict[str, Any]:
         data = orjson.loads(raw)
         message = data["choices"][0]["message"]
     except (orjson.JSONDecodeError, KeyError, IndexError, TypeError) as exc:
-        raise UpstreamError("the upstream answer is not a chat completion", code="bad_upstream_answer") from exc
+        raise UpstreamError(
+            "the upstream answer is not a chat completion", code="bad_upstream_answer"
+        ) from exc
     if not isinstance(message, dict):
         raise UpstreamError("the upstream answer is not a chat completion", code="bad_upstream_answer")
     if require_text and not isinstance(message.get("content"), str):

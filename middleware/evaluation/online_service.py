@@ -234,7 +234,8 @@ class EvaluationService:
             if candidate.error is not None:
                 raise candidate.error
         answers = {
-            condition: _answer(candidate) for condition, candidate in zip(online.CONDITIONS, candidates, strict=True)
+            condition: _answer(candidate)
+            for condition, candidate in zip(online.CONDITIONS, candidates, strict=True)
         }
         for condition, persona_user, persona in (("own", user, own), ("other", other_user, other)):
             answers[condition].update(

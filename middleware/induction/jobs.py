@@ -26,21 +26,28 @@ from arq.connections import ArqRedis
 from arq.worker import Worker, func
 
 from middleware.config import Settings
-from middleware.errors import PersonaError, StoreUnavailable, UpstreamError
+from middleware.errors import NotFound, PersonaError, StoreUnavailable, UpstreamError
 from middleware.induction.adapters import AdapterTrainer, adapter_wanted
 from middleware.induction.pipeline import Induction
-from middleware.induction.queue import REFRESH, TRAIN_ADAPTER, JobCancelled, JobQueue, now_iso
+from middleware.induction.queue import (
+    REFRESH,
+    REFRESH_SEGMENT,
+    TRAIN_ADAPTER,
+    JobCancelled,
+    JobQueue,
+    now_iso,
+)
 from middleware.induction.resilient import REDIS_DOWN, ResilientWorker, supervise
 from middleware.services import Services, build_services
 from middleware.store import keys
 from middleware.store.connection import create_redis
 from middleware.store.personas import PersonaStore
 from middleware.store.preferences import PreferenceStore
+from middleware.store.segments import SegmentStore
 from middleware.store.users import UserIndex
 
 log = logging.getLogger("middleware.jobs")
 TRANSIENT = (UpstreamError, StoreUnavailable)
-
 
 
 def lease_ms(settings: Settings) -> int:
@@ -59,10 +66,21 @@ async def refresh_persona(ctx: dict[str, Any]) -> dict[str, Any]:
     return await run_user_job(services.jobs, services.settings, ctx["job_id"], body)
 
 
+async def refresh_segment_persona(ctx: dict[str, Any]) -> dict[str, Any]:
+    """The arq job: one segment persona refresh, from its members' pooled pairs."""
+    services: Services = ctx["services"]
+    body = partial(
+        run_segment_refresh, services.jobs, services.settings, services.induction, services.segments
+    )
+    return await run_user_job(services.jobs, services.settings, ctx["job_id"], body)
+
+
 async def train_adapter(ctx: dict[str, Any]) -> dict[str, Any]:
     """The arq job: train the `lora` adapter of the user's current persona version (no induction)."""
     services: Services = ctx["services"]
-    body = partial(run_adapter_training, services.jobs, services.settings, services.personas, services.adapters)
+    body = partial(
+        run_adapter_training, services.jobs, services.settings, services.personas, services.adapters
+    )
     return await run_user_job(services.jobs, services.settings, ctx["job_id"], body)
 
 
@@ -81,11 +99,11 @@ async def run_locked(queue: JobQueue, settings: Settings, job_id: str, body: Job
     record = await queue.record(job_id)
     if record is None or record.get("cancelled") or record.get("state") not in ("queued", "running"):
         return {"status": "skipped"}
-    tenant, user = record["tenant"], record["user"]
+    tenant, user, segment = record["tenant"], record["user"], record.get("segment") or None
     lease = lease_ms(settings)
     jobs = queue.store
 
-    if not await jobs.acquire_lock(tenant, user, job_id, lease):
+    if not await jobs.acquire_lock(tenant, user, job_id, lease, segment=segment):
         raise Retry(defer=settings.jobs_retry_defer_s)
     try:
         if not await jobs.acquire_slot(tenant, job_id, settings.jobs_tenant_concurrency, lease):
@@ -95,7 +113,7 @@ async def run_locked(queue: JobQueue, settings: Settings, job_id: str, body: Job
         finally:
             await jobs.release_slot(tenant, job_id)
     finally:
-        await jobs.release_lock(tenant, user, job_id)
+        await jobs.release_lock(tenant, user, job_id, segment=segment)
 
 
 async def run_refresh(
@@ -141,6 +159,43 @@ async def run_refresh(
         return await retry_or_fail(queue, record, job_id, exc, attempts, settings)
     # The persona is stored; the user's lora adapter follows it (never fails the refresh).
     result = {**result, **await adapters.after_refresh(tenant, user, result)}
+    return await finish(queue, record, job_id, "complete", result=result)
+
+
+async def run_segment_refresh(
+    queue: JobQueue,
+    settings: Settings,
+    induction: Induction,
+    segments: SegmentStore,
+    job_id: str,
+    record: dict[str, Any],
+) -> dict[str, Any]:
+    tenant, segment = record["tenant"], record["segment"]
+    attempts = await queue.store.count_attempt(job_id)
+    if attempts > settings.jobs_max_attempts:
+        error = {
+            "code": "too_many_attempts",
+            "message": f"gave up after {settings.jobs_max_attempts} attempts",
+        }
+        return await finish(queue, record, job_id, "failed", error=error)
+    await queue.update(job_id, state="running", started_at=now_iso())
+
+    async def progress(event: dict[str, Any]) -> None:
+        if await queue.stopped(job_id):
+            raise JobCancelled()
+        await queue.update(job_id, progress=event)
+
+    try:
+        if await segments.get(tenant, segment) is None:
+            raise NotFound(f"segment {segment!r} does not exist (deleted while queued?)", param="segment")
+        members = await segments.members(tenant, segment)
+        result = await induction.induce_segment(
+            tenant, segment, members, model=record.get("model") or None, job_id=job_id, progress=progress
+        )
+    except JobCancelled:
+        return {"status": "cancelled"}
+    except PersonaError as exc:
+        return await retry_or_fail(queue, record, job_id, exc, attempts, settings)
     return await finish(queue, record, job_id, "complete", result=result)
 
 
@@ -211,7 +266,9 @@ async def finish(
     # A success clears the error an earlier attempt left behind.
     clear = () if error else ("error",)
     await queue.update(job_id, state=state, result=result, error=error, finished_at=now_iso(), clear=clear)
-    await queue.release_pending(record["tenant"], record["user"], job_id)
+    await queue.release_pending(
+        record["tenant"], record["user"], job_id, segment=record.get("segment") or None
+    )
     return {"status": state, **({"error": error} if error else {})}
 
 
@@ -274,6 +331,9 @@ def build_worker(settings: Settings, **overrides: Any) -> Worker:
             # Attempts are counted by us (run_refresh); arq's own limit only stops endless deferral.
             func(refresh_persona, name=REFRESH, max_tries=1000, timeout=settings.jobs_timeout_s),
             func(train_adapter, name=TRAIN_ADAPTER, max_tries=1000, timeout=settings.jobs_timeout_s),
+            func(
+                refresh_segment_persona, name=REFRESH_SEGMENT, max_tries=1000, timeout=settings.jobs_timeout_s
+            ),
         ],
         "cron_jobs": cron_jobs,
         # The service's own pool: connect and socket timeouts, so a paused Redis cannot hang the worker.

@@ -7,6 +7,7 @@ current persona exactly as it was.
 
 from __future__ import annotations
 
+import random
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +21,7 @@ from middleware.induction.synthesize import synthesize
 from middleware.llm import CallBudget
 from middleware.models import Persona, PreferencePair
 from middleware.quotas.service import Quotas
+from middleware.store import keys
 from middleware.store.personas import PersonaStore
 from middleware.store.preferences import PreferenceStore
 from middleware.upstream import UpstreamRouter
@@ -152,6 +154,67 @@ class Induction:
         persona = await self.personas.save(tenant, user, text, selection.exemplars, provenance)
         if since_refresh:
             await self.preferences.consume_since_refresh(tenant, user, since_refresh)
+        return summary(persona, reused=False)
+
+    async def induce_segment(
+        self,
+        tenant: str,
+        segment: str,
+        members: list[str],
+        *,
+        model: str | None = None,
+        job_id: str | None = None,
+        progress: Progress | None = None,
+        budget: CallBudget | None = None,
+    ) -> dict[str, Any]:
+        """The pipeline over a segment's members' pooled pairs, at most `segment_pairs_per_member`
+        of each (a seeded sample, so no member dominates), stored as a new version of the segment's
+        persona line. The provenance names the members and their pairs. No exemplars are stored:
+        they would show one member's conversations to every other member."""
+        settings = self.settings
+        model = model or settings.induction_model
+        started = time.perf_counter()
+        line = keys.segment_line(tenant, segment)
+        if job_id is not None:
+            for done in reversed(await self.personas.line_versions(line)):
+                if done.provenance.get("job_id") == job_id:
+                    return summary(done, reused=True)
+        rng = random.Random(f"{settings.induction_seed}:{segment}")
+        pooled: list[PreferencePair] = []
+        by_member: dict[str, list[str]] = {}
+        for member in sorted(members):
+            pairs = time_order(await self.preferences.pairs(tenant, member))
+            if len(pairs) > settings.segment_pairs_per_member:
+                chosen = sorted(rng.sample(range(len(pairs)), settings.segment_pairs_per_member))
+                pairs = [pairs[i] for i in chosen]
+            if pairs:
+                by_member[member] = [p.stable_id() for p in pairs]
+                pooled += pairs
+        plan = plan_for(pooled, settings, f"segment:{segment}")
+        ctx = llm_context(self.upstreams, settings, model, budget or new_budget(settings))
+        try:
+            induced = await run_steps(ctx, plan, settings, progress=progress)
+        finally:
+            await self.quotas.record_job(tenant, ctx.usage.calls, ctx.usage.total_tokens)
+        provenance: dict[str, Any] = {
+            "source": "segment-induction",
+            "method": "synthesizeme",
+            "segment": segment,
+            "job_id": job_id,
+            "model": model,
+            "prompt_template_version": PROMPT_VERSION,
+            "members": by_member,
+            "pairs_per_member_cap": settings.segment_pairs_per_member,
+            "source_preference_ids": [p.stable_id() for p in plan.train + plan.validation],
+            "train_ids": [p.stable_id() for p in plan.train],
+            "validation_ids": [p.stable_id() for p in plan.validation],
+            "kept_trace_ids": [t.pair.stable_id() for t in induced.kept],
+            "validation_accuracy": induced.selection.accuracy,
+            "seed": settings.induction_seed,
+            "cost": {**ctx.usage.as_dict(), "wall_s": round(time.perf_counter() - started, 3)},
+        }
+        await report(progress, stage="store")
+        persona = await self.personas.save_line(line, induced.text, [], provenance)
         return summary(persona, reused=False)
 
 

@@ -28,6 +28,7 @@ from middleware.store.guard import fail_closed
 from middleware.store.jobs import JobStore
 
 REFRESH = "refresh_persona"
+REFRESH_SEGMENT = "refresh_segment_persona"
 TRAIN_ADAPTER = "train_adapter"
 ACTIVE = ("queued", "running")
 
@@ -68,6 +69,13 @@ class JobQueue:
         """(job id, created). An existing queued or running job of the user is reused."""
         return await self.enqueue(REFRESH, tenant, user, model=model, reason=reason)
 
+    async def enqueue_segment_refresh(
+        self, tenant: str, segment: str, *, model: str | None = None, reason: str = "admin"
+    ) -> tuple[str, bool]:
+        """(job id, created): induce the segment's persona from its members' pooled pairs; an
+        existing queued or running refresh of the segment is reused."""
+        return await self.enqueue(REFRESH_SEGMENT, tenant, "", model=model, reason=reason, segment=segment)
+
     async def enqueue_adapter_training(
         self, tenant: str, user: str, *, reason: str = "admin"
     ) -> tuple[str, bool]:
@@ -75,15 +83,23 @@ class JobQueue:
         return await self.enqueue(TRAIN_ADAPTER, tenant, user, reason=reason)
 
     async def enqueue(
-        self, kind: str, tenant: str, user: str, *, model: str | None = None, reason: str = "admin"
+        self,
+        kind: str,
+        tenant: str,
+        user: str,
+        *,
+        model: str | None = None,
+        reason: str = "admin",
+        segment: str | None = None,
     ) -> tuple[str, bool]:
+        """A job for `user`, or for `segment` (then `user` is "")."""
         job_id = uuid.uuid4().hex
-        if not await self.store.claim_pending(tenant, user, job_id):
-            existing = await self.store.pending(tenant, user)
+        if not await self.store.claim_pending(tenant, user, job_id, segment=segment):
+            existing = await self.store.pending(tenant, user, segment=segment)
             if existing is not None and await self.is_active(existing):
                 return existing, False
-            if not await self.store.replace_pending(tenant, user, existing, job_id):
-                latest = await self.store.pending(tenant, user)
+            if not await self.store.replace_pending(tenant, user, existing, job_id, segment=segment):
+                latest = await self.store.pending(tenant, user, segment=segment)
                 return (latest or existing or job_id), False
         await self.update(
             job_id,
@@ -91,6 +107,7 @@ class JobQueue:
             kind=kind,
             tenant=tenant,
             user=user,
+            segment=segment,
             state="queued",
             reason=reason,
             model=model or "",
@@ -98,7 +115,8 @@ class JobQueue:
             attempts=0,
             progress={},
         )
-        await self.store.add_user_job(tenant, user, job_id)
+        if segment is None:
+            await self.store.add_user_job(tenant, user, job_id)
         await fail_closed(self.arq.enqueue_job(kind, _job_id=job_id))
         return job_id, True
 
@@ -109,9 +127,11 @@ class JobQueue:
         status = await Job(job_id, self.arq, _queue_name=keys.JOB_QUEUE).status()
         return status in (JobStatus.queued, JobStatus.deferred, JobStatus.in_progress)
 
-    async def release_pending(self, tenant: str, user: str, job_id: str) -> None:
-        """Drop the user's pending-job mark if it is still this job's (one atomic step)."""
-        await self.store.release_pending(tenant, user, job_id)
+    async def release_pending(
+        self, tenant: str, user: str, job_id: str, *, segment: str | None = None
+    ) -> None:
+        """Drop the user's (or segment's) pending-job mark if it is still this job's (one atomic step)."""
+        await self.store.release_pending(tenant, user, job_id, segment=segment)
 
     # --- read / cancel ------------------------------------------------------------------------------
     async def get(self, job_id: str) -> dict[str, Any] | None:
@@ -143,7 +163,9 @@ class JobQueue:
         await self.update(job_id, state="failed", error=error, finished_at=now_iso(), cancelled=1)
         # Queued: it never starts. Running: the worker's next checkpoint sees the flag and stops.
         await self.store.drop_queued(job_id)
-        await self.release_pending(record["tenant"], record["user"], job_id)
+        await self.release_pending(
+            record["tenant"], record["user"], job_id, segment=record.get("segment") or None
+        )
         record.update(state="failed", error=error, cancelled="1")
         return record
 

@@ -68,7 +68,9 @@ class ResilientWorker(Worker):
             await self._backoff.wait()
             return
         if self._down_since is not None:
-            log.warning("Redis reachable again after %.1f s: the worker resumed", time.monotonic() - self._down_since)
+            log.warning(
+                "Redis reachable again after %.1f s: the worker resumed", time.monotonic() - self._down_since
+            )
             self._down_since = None
             self._backoff.reset()
 
@@ -85,7 +87,9 @@ async def supervise(make_worker: Callable[[], Worker]) -> None:
         except asyncio.CancelledError:  # SIGINT/SIGTERM: arq cancelled its main task
             return
         except REDIS_DOWN as exc:
-            log.error("Redis unreachable (%s): starting the worker again in %.1f s", _name(exc), backoff.next_s)
+            log.error(
+                "Redis unreachable (%s): starting the worker again in %.1f s", _name(exc), backoff.next_s
+            )
         finally:
             await close_quietly(worker)
         await backoff.wait()

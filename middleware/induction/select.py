@@ -40,7 +40,11 @@ async def judge(
     values: dict[str, Any],
 ) -> Literal["A", "B"]:
     """The persona-informed judge's pick for one A/B presentation (`values` from `ab_values`)."""
-    full = {**values, "persona": persona, "exemplars": [exemplar_view(p, EXEMPLAR_MAX_CHARS) for p in exemplars]}
+    full = {
+        **values,
+        "persona": persona,
+        "exemplars": [exemplar_view(p, EXEMPLAR_MAX_CHARS) for p in exemplars],
+    }
     verdict = await ctx.call("induction_judge", full, JudgeVerdict)
     return verdict.preferred
 

@@ -73,4 +73,3 @@ def place_persona(
         instructions = [{**message, "role": instructions_as} for message in instructions]
     persona = [{"role": "system", "content": block}] if block is not None else []
     return [*instructions, *persona, *rest]
-

@@ -16,15 +16,12 @@ round trip); a failed read chooses the tenant's fallback arm (`inject` when it i
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import random
 from typing import Any, NamedTuple
 
 from middleware.config import PolicyConfig, Settings, TenantPolicy, check_arm
 from middleware.metrics import Metrics
-from middleware.personalize.service import ActivePersona, Personalizer
-from middleware.store.guard import STORE_ERRORS
 from middleware.store.policy import ArmStats, PolicyStore, Posteriors
 
 log = logging.getLogger("middleware.policy")
@@ -122,20 +119,6 @@ class Policy:
                     best, chosen = draw, arm
         self._metrics.policy_arms.labels(chosen.name).inc()
         return chosen
-
-    async def read(
-        self, tenant: str, user: str, personalizer: Personalizer
-    ) -> tuple[ActivePersona | None, tuple[Posteriors, Posteriors] | None]:
-        """The persona and the posteriors in one round trip (the path without quotas), bounded by the
-        persona read timeout; a failure goes on without persona or posteriors (fail open)."""
-        try:
-            blob, mine, tenant_wide = await asyncio.wait_for(
-                self.store.read(tenant, user, persona=True), personalizer.read_timeout_s
-            )
-        except STORE_ERRORS as exc:
-            personalizer.read_failed(exc)
-            return None, None
-        return personalizer.from_blob(blob), (mine, tenant_wide)
 
     async def reward(
         self, tenant: str, user: str, arm: str, reward: float, *, previous: float | None = None

@@ -105,10 +105,12 @@ class Personalizer:
             self._plain_blocks.move_to_end(found.version_id)
         return block
 
-    def read_failed(self, exc: BaseException) -> None:
-        """Count a persona read that failed outside `current` (the chat goes on without a persona)."""
+    def read_failed(self, exc: BaseException, *, quiet: bool = False) -> None:
+        """Count a persona read that failed outside `current` (the chat goes on without a persona);
+        `quiet`: not logged (a read skipped while the store is known to be down)."""
         self._metrics.persona_read_failures.inc()
-        log.warning("persona read failed, continuing without persona: %s", type(exc).__name__)
+        if not quiet:
+            log.warning("persona read failed, continuing without persona: %s", type(exc).__name__)
 
     @property
     def read_timeout_s(self) -> float:

@@ -22,8 +22,7 @@ from redis.asyncio import Redis
 from middleware.config import Settings
 from middleware.errors import InvalidRequest, RateLimited
 from middleware.metrics import Metrics
-from middleware.personalize.policy import Policy
-from middleware.personalize.service import ActivePersona, Personalizer
+from middleware.personalize.resolve import NOTHING, Resolved, Resolver
 from middleware.quota_policy import LimitsTable, TenantLimits
 from middleware.quotas.usage import StreamUsage, tokens_in_body, tokens_used
 from middleware.store.guard import STORE_ERRORS
@@ -155,47 +154,59 @@ class Quotas:
         return Lease(self, tenant, lease or None)
 
     async def admit_and_personalize(
-        self, tenant: str, user: str, cost: int, personalizer: Personalizer
-    ) -> tuple[Lease, ActivePersona | None]:
-        """The chat path: admission and the persona read in one round trip (one pipeline), bounded
+        self,
+        tenant: str,
+        user: str,
+        cost: int,
+        resolver: Resolver,
+        *,
+        segment: str | None = None,
+        context: str | None = None,
+    ) -> tuple[Lease, Resolved]:
+        """The chat path: admission and the persona reads in one round trip (one pipeline), bounded
         by the persona read timeout; a failure lets the call through without a persona."""
         limits = self.limits(tenant)
         if not limits.metered:
-            return Lease(self, tenant, None), await personalizer.current(tenant, user)
+            return Lease(self, tenant, None), await resolver.read(
+                tenant, user, segment=segment, context=context
+            )
         call, lease = self._call(tenant, user, cost, limits)
+        personalizer = resolver.personalizer
         try:
-            reason, wait_ms, blob = await asyncio.wait_for(
-                self.store.admit_and_read_persona(call, tenant, user), personalizer.read_timeout_s
+            reason, wait_ms, reads = await asyncio.wait_for(
+                self.store.admit_and_read_personas(call, tenant, user, segment), personalizer.read_timeout_s
             )
         except STORE_ERRORS as exc:
             self._skipped(exc)
             personalizer.read_failed(exc)
-            return Lease(self, tenant, None), None
+            return Lease(self, tenant, None), NOTHING
         if reason:
             self.refuse(tenant, REASONS[reason], wait_ms / 1000.0)
-        return Lease(self, tenant, lease or None), personalizer.from_blob(blob)
+        return Lease(self, tenant, lease or None), resolver.of(reads, context=context)
 
     async def admit_and_personalize_auto(
-        self, tenant: str, user: str, cost: int, personalizer: Personalizer, policy: Policy
-    ) -> tuple[Lease, ActivePersona | None, tuple[Posteriors, Posteriors] | None]:
+        self, tenant: str, user: str, cost: int, resolver: Resolver, *, segment: str | None = None
+    ) -> tuple[Lease, Resolved, tuple[Posteriors, Posteriors] | None]:
         """`admit_and_personalize` for the auto mode: the user's and the tenant's posteriors ride in the
         same round trip. A failure lets the call through without persona, quota or posteriors."""
         limits = self.limits(tenant)
         if not limits.metered:
-            found, posteriors = await policy.read(tenant, user, personalizer)
-            return Lease(self, tenant, None), found, posteriors
+            resolved, posteriors = await resolver.read_with_policy(tenant, user, segment=segment)
+            return Lease(self, tenant, None), resolved, posteriors
         call, lease = self._call(tenant, user, cost, limits)
+        personalizer = resolver.personalizer
         try:
-            reason, wait_ms, blob, posteriors = await asyncio.wait_for(
-                self.store.admit_and_read(call, tenant, user, policy=True), personalizer.read_timeout_s
+            reason, wait_ms, reads, posteriors = await asyncio.wait_for(
+                self.store.admit_and_read(call, tenant, user, segment, policy=True),
+                personalizer.read_timeout_s,
             )
         except STORE_ERRORS as exc:
             self._skipped(exc)
             personalizer.read_failed(exc)
-            return Lease(self, tenant, None), None, None
+            return Lease(self, tenant, None), NOTHING, None
         if reason:
             self.refuse(tenant, REASONS[reason], wait_ms / 1000.0)
-        return Lease(self, tenant, lease or None), personalizer.from_blob(blob), posteriors
+        return Lease(self, tenant, lease or None), resolver.of(reads), posteriors
 
     def _skipped(self, exc: BaseException) -> None:
         self._metrics.quota_store_failures.inc()

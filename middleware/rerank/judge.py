@@ -31,7 +31,9 @@ CANDIDATE_MAX_CHARS = 4000
 class JudgeReranker:
     name = "judge"
 
-    def __init__(self, resources: RerankResources, *, model: str, concurrency: int = 8, max_attempts: int = 2) -> None:
+    def __init__(
+        self, resources: RerankResources, *, model: str, concurrency: int = 8, max_attempts: int = 2
+    ) -> None:
         self._resources = resources
         self._model = model
         self._semaphore = asyncio.Semaphore(concurrency)

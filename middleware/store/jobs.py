@@ -99,29 +99,36 @@ class JobStore:
     async def add_user_job(self, tenant: str, user: str, job_id: str) -> None:
         await fail_closed(self._redis.sadd(keys.user_jobs(tenant, user), job_id))
 
-    # --- the user's pending job ---------------------------------------------------------------------
-    async def claim_pending(self, tenant: str, user: str, job_id: str) -> bool:
+    # --- the user's (or the segment's) pending job --------------------------------------------------
+    # A job is for a user, or for a segment when `segment` is given (then `user` is "").
+    async def claim_pending(self, tenant: str, user: str, job_id: str, *, segment: str | None = None) -> bool:
         """Make `job_id` the user's pending job if they have none."""
         ttl_ms = int(self._keep_s * 1000)
-        claimed = await fail_closed(self._redis.set(keys.job_pending(tenant, user), job_id, nx=True, px=ttl_ms))
+        claimed = await fail_closed(
+            self._redis.set(_pending_key(tenant, user, segment), job_id, nx=True, px=ttl_ms)
+        )
         return bool(claimed)
 
-    async def pending(self, tenant: str, user: str) -> str | None:
-        current = await fail_closed(self._redis.get(keys.job_pending(tenant, user)))
+    async def pending(self, tenant: str, user: str, *, segment: str | None = None) -> str | None:
+        current = await fail_closed(self._redis.get(_pending_key(tenant, user, segment)))
         return current.decode() if current is not None else None
 
-    async def replace_pending(self, tenant: str, user: str, stale: str | None, job_id: str) -> bool:
+    async def replace_pending(
+        self, tenant: str, user: str, stale: str | None, job_id: str, *, segment: str | None = None
+    ) -> bool:
         """Make `job_id` the pending job if the pending one is still `stale` (or none)."""
         ttl_ms = int(self._keep_s * 1000)
-        pending_key = keys.job_pending(tenant, user)
+        pending_key = _pending_key(tenant, user, segment)
         if stale is None:
             await fail_closed(self._redis.set(pending_key, job_id, px=ttl_ms))
             return True
         return bool(await fail_closed(self._swap(keys=[pending_key], args=[stale, job_id, ttl_ms])))
 
-    async def release_pending(self, tenant: str, user: str, job_id: str) -> None:
+    async def release_pending(
+        self, tenant: str, user: str, job_id: str, *, segment: str | None = None
+    ) -> None:
         """Drop the user's pending-job mark if it is still this job's (one atomic step)."""
-        await fail_closed(self._release(keys=[keys.job_pending(tenant, user)], args=[job_id]))
+        await fail_closed(self._release(keys=[_pending_key(tenant, user, segment)], args=[job_id]))
 
     async def drop_queued(self, job_id: str) -> None:
         """Take a job out of the queue library's queue so no worker starts it."""
@@ -129,13 +136,14 @@ class JobStore:
         await fail_closed(self._redis.delete(job_key_prefix + job_id))
 
     # --- running: the user's lock and the tenant's slots (errors left to the worker's retry) ---------
-    async def acquire_lock(self, tenant: str, user: str, job_id: str, lease_ms: int) -> bool:
-        return bool(
-            await resolved(self._redis.eval(_ACQUIRE_LOCK, 1, keys.job_lock(tenant, user), job_id, str(lease_ms)))
-        )
+    async def acquire_lock(
+        self, tenant: str, user: str, job_id: str, lease_ms: int, *, segment: str | None = None
+    ) -> bool:
+        lock = _lock_key(tenant, user, segment)
+        return bool(await resolved(self._redis.eval(_ACQUIRE_LOCK, 1, lock, job_id, str(lease_ms))))
 
-    async def release_lock(self, tenant: str, user: str, job_id: str) -> None:
-        await resolved(self._redis.eval(DELETE_IF_EQUAL, 1, keys.job_lock(tenant, user), job_id))
+    async def release_lock(self, tenant: str, user: str, job_id: str, *, segment: str | None = None) -> None:
+        await resolved(self._redis.eval(DELETE_IF_EQUAL, 1, _lock_key(tenant, user, segment), job_id))
 
     async def acquire_slot(self, tenant: str, job_id: str, cap: int, lease_ms: int) -> bool:
         now = int(time.time() * 1000)
@@ -144,3 +152,11 @@ class JobStore:
 
     async def release_slot(self, tenant: str, job_id: str) -> None:
         await self._redis.zrem(keys.tenant_job_slots(tenant), job_id)
+
+
+def _pending_key(tenant: str, user: str, segment: str | None) -> str:
+    return keys.segment_job_pending(tenant, segment) if segment else keys.job_pending(tenant, user)
+
+
+def _lock_key(tenant: str, user: str, segment: str | None) -> str:
+    return keys.segment_job_lock(tenant, segment) if segment else keys.job_lock(tenant, user)

@@ -30,6 +30,17 @@ match one user only. Ids without those characters keep the key they always had.
                                    trial ids (list), one hash per trial, per-user trial counters
     pm:jobs:...                    job records and tenant slots (middleware.store.jobs)
     pm:{policy:<t>}:arms           the tenant's auto-mode posteriors per arm (the new users' prior)
+
+A tenant's segments, its operator-assigned memberships and its default persona share the hash tag
+`{segments:<t>}`, so the chat path resolves user -> segment -> segment persona -> tenant default in
+one script on one slot (docs/ARCHITECTURE.md "Segments"):
+
+    pm:{segments:t}:index                   hash segment name -> JSON (name, description)
+    pm:{segments:t}:members                 hash user id -> segment name (operator assignments)
+    pm:{segments:t}:segment:<s>:persona...  the segment's persona line (as a user's: current,
+                                            v<N>, versions, seq)
+    pm:{segments:t}:default:persona...      the tenant's default persona line
+    pm:{segments:t}:segment:<s>:job-...     the segment's pending refresh job and its lock
 """
 
 from __future__ import annotations
@@ -217,3 +228,78 @@ def _policy_tag(tenant: str) -> str:
 def policy_tenant(tenant: str) -> str:
     """The same hash for the whole tenant (every user's rewards): the prior of a new user."""
     return f"{_policy_tag(tenant)}:arms"
+
+
+# --- persona lines: a user's, a segment's, the tenant default's -------------------------------------
+class PersonaLine(str):
+    """The keys of one line of persona versions (a user's, a segment's or a tenant's default), named
+    by their common prefix (the string itself): the current blob, the versions, their counter."""
+
+    __slots__ = ()
+
+    @property
+    def base(self) -> str:
+        return str(self)
+
+    @property
+    def current(self) -> str:
+        return f"{self.base}:persona"
+
+    @property
+    def versions(self) -> str:
+        return f"{self.base}:persona:versions"
+
+    @property
+    def seq(self) -> str:
+        return f"{self.base}:persona:seq"
+
+    def version(self, version: int) -> str:
+        return f"{self.base}:persona:v{version}"
+
+    def adapter(self, version: int) -> str:
+        return f"{self.base}:adapter:v{version}"
+
+
+def user_line(tenant: str, user: str) -> PersonaLine:
+    return PersonaLine(user_tag(tenant, user))
+
+
+# --- segments (middleware/store/segments.py): one hash tag per tenant -------------------------------
+def segments_tag(tenant: str) -> str:
+    return f"{PREFIX}:{{segments:{tenant}}}"
+
+
+def segment_index(tenant: str) -> str:
+    """Hash segment name -> JSON of the segment (name, description)."""
+    return f"{segments_tag(tenant)}:index"
+
+
+def segment_members(tenant: str) -> str:
+    """Hash user id -> segment name: the operator's (or a learned) assignment of each user."""
+    return f"{segments_tag(tenant)}:members"
+
+
+def segment_base(tenant: str, segment: str) -> str:
+    return f"{segments_tag(tenant)}:segment:{segment}"
+
+
+def segment_line(tenant: str, segment: str) -> PersonaLine:
+    return PersonaLine(segment_base(tenant, segment))
+
+
+def segment_pattern(tenant: str, segment: str) -> str:
+    """SCAN pattern matching every key of one segment (names never hold glob characters)."""
+    return f"{segment_base(tenant, segment)}:*"
+
+
+def tenant_default_line(tenant: str) -> PersonaLine:
+    return PersonaLine(f"{segments_tag(tenant)}:default")
+
+
+def segment_job_pending(tenant: str, segment: str) -> str:
+    """The id of the segment's queued or running persona refresh (one at a time per segment)."""
+    return f"{segment_base(tenant, segment)}:job-pending"
+
+
+def segment_job_lock(tenant: str, segment: str) -> str:
+    return f"{segment_base(tenant, segment)}:job-lock"

@@ -70,9 +70,14 @@ class PersonaStore:
             raise PersonaReadFailed(str(exc) or type(exc).__name__) from exc
         return blob
 
-    # --- admin ------------------------------------------------------------------------------------
+    # --- admin ---------------------------------------------------------------------------------------
+    # A user's persona line and a segment's or the tenant default's (keys.PersonaLine) are one
+    # machinery: versions, current copy, rollback. The user methods name the user's line.
     async def get(self, tenant: str, user: str) -> Persona | None:
-        blob = await fail_closed(self._redis.get(keys.persona_current(tenant, user)))
+        return await self.line_current(keys.user_line(tenant, user))
+
+    async def line_current(self, line: keys.PersonaLine) -> Persona | None:
+        blob = await fail_closed(self._redis.get(line.current))
         return Persona.model_validate_json(blob) if blob else None
 
     async def version(self, tenant: str, user: str, version: int) -> Persona | None:
@@ -80,12 +85,13 @@ class PersonaStore:
         return Persona.model_validate_json(blob) if blob else None
 
     async def list_versions(self, tenant: str, user: str) -> list[Persona]:
-        numbers = await fail_closed(self._redis.zrange(keys.persona_versions(tenant, user), 0, -1))
+        return await self.line_versions(keys.user_line(tenant, user))
+
+    async def line_versions(self, line: keys.PersonaLine) -> list[Persona]:
+        numbers = await fail_closed(self._redis.zrange(line.versions, 0, -1))
         if not numbers:
             return []
-        blobs = await fail_closed(
-            self._redis.mget([keys.persona_version(tenant, user, int(n)) for n in numbers])
-        )
+        blobs = await fail_closed(self._redis.mget([line.version(int(n)) for n in numbers]))
         return [Persona.model_validate_json(b) for b in blobs if b]
 
     async def adapters(self, tenant: str, user: str, versions: list[int]) -> dict[int, bytes]:
@@ -118,8 +124,23 @@ class PersonaStore:
         exemplars: list[PreferencePair],
         provenance: dict[str, Any] | None = None,
     ) -> Persona:
-        """Store a new version and make it current in one transaction."""
-        version = int(await fail_closed(self._redis.incr(keys.persona_seq(tenant, user))))
+        """Store a new version of the user's persona and make it current in one transaction."""
+        return await self.save_line(
+            keys.user_line(tenant, user), text, exemplars, provenance, index=(keys.tenant_users(tenant), user)
+        )
+
+    async def save_line(
+        self,
+        line: keys.PersonaLine,
+        text: str,
+        exemplars: list[PreferencePair],
+        provenance: dict[str, Any] | None = None,
+        *,
+        index: tuple[str, str] | None = None,
+    ) -> Persona:
+        """Store a new version on a persona line and make it current in one transaction (`index`: a
+        set and a member to add in it, the tenant's user index for a user's line)."""
+        version = int(await fail_closed(self._redis.incr(line.seq)))
         persona = Persona(
             text=text,
             version=version,
@@ -130,21 +151,27 @@ class PersonaStore:
         )
         blob = persona.model_dump_json().encode()
         pipe = self._redis.pipeline(transaction=True)
-        pipe.set(keys.persona_version(tenant, user, version), blob)
-        pipe.zadd(keys.persona_versions(tenant, user), {str(version): version})
-        pipe.set(keys.persona_current(tenant, user), blob)
-        pipe.sadd(keys.tenant_users(tenant), user)
+        pipe.set(line.version(version), blob)
+        pipe.zadd(line.versions, {str(version): version})
+        pipe.set(line.current, blob)
+        if index is not None:
+            pipe.sadd(*index)
         await fail_closed(pipe.execute())
         return persona
 
     async def rollback(self, tenant: str, user: str, version: int) -> Persona:
-        blob = await fail_closed(self._redis.get(keys.persona_version(tenant, user, version)))
+        return await self.line_rollback(keys.user_line(tenant, user), version, owner="user")
+
+    async def line_rollback(self, line: keys.PersonaLine, version: int, *, owner: str) -> Persona:
+        blob = await fail_closed(self._redis.get(line.version(version)))
         if not blob:
-            raise NotFound(f"persona version {version} does not exist for this user", param="version")
-        await fail_closed(self._redis.set(keys.persona_current(tenant, user), blob))
+            raise NotFound(f"persona version {version} does not exist for this {owner}", param="version")
+        await fail_closed(self._redis.set(line.current, blob))
         return Persona.model_validate_json(blob)
 
     async def clear_current(self, tenant: str, user: str) -> bool:
         """Switch personalization off for the user; stored versions stay for rollback."""
-        return bool(await fail_closed(self._redis.delete(keys.persona_current(tenant, user))))
+        return await self.line_clear(keys.user_line(tenant, user))
 
+    async def line_clear(self, line: keys.PersonaLine) -> bool:
+        return bool(await fail_closed(self._redis.delete(line.current)))

@@ -8,7 +8,7 @@ hash slot, and applies the discount and the reward at once, so rewards arriving 
 several proxy processes are never lost. Both scripts go in one pipeline (one round trip).
 
 The chat path reads both hashes in the pipeline that already reads the persona
-(`RateLimitStore.admit_and_read_persona`, or `read` below when the tenant is not metered).
+(`RateLimitStore.admit_and_read`, or `PersonaReader.read_with_policy` when the tenant is not metered).
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def parse(raw: dict[Any, Any] | None) -> Posteriors:
     }
 
 
-def queue_reads(pipe: Pipeline, tenant: str, user: str) -> None:
+def queue_policy_reads(pipe: Pipeline, tenant: str, user: str) -> None:
     """Add the reads of the user's and the tenant's posteriors to a pipeline (two replies)."""
     pipe.hgetall(keys.policy_user(tenant, user))
     pipe.hgetall(keys.policy_tenant(tenant))
@@ -99,19 +99,6 @@ class PolicyStore:
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
         self._update = redis.register_script(UPDATE)
-
-    async def read(
-        self, tenant: str, user: str, *, persona: bool
-    ) -> tuple[bytes | None, Posteriors, Posteriors]:
-        """(the current persona blob if asked for, the user's posteriors, the tenant's): one round trip.
-        Store errors propagate (the caller fails open)."""
-        pipe = self._redis.pipeline(transaction=False)
-        if persona:
-            pipe.get(keys.persona_current(tenant, user))
-        queue_reads(pipe, tenant, user)
-        replies = await pipe.execute()
-        blob = replies[0] if persona else None
-        return blob, parse(replies[-2]), parse(replies[-1])
 
     async def reward(
         self,

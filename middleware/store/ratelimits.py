@@ -6,7 +6,7 @@ atomically, so a request refused by the per-user limit would still have used up 
 stamps entries with each process's own clock. Here one EVALSHA checks the tenant's and the user's
 moving windows, the tenant's in-flight leases and its tokens of the day, records the call only when
 all of them allow it, and reads the clock from Redis (`TIME`), so every proxy process agrees. It is
-sent in the same pipeline as the persona read, so metering costs no extra round trip.
+sent in the same pipeline as the persona reads, so metering costs no extra round trip.
 """
 
 from __future__ import annotations
@@ -14,12 +14,13 @@ from __future__ import annotations
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 from redis.commands.core import AsyncScript
-from redis.exceptions import NoScriptError
 
 from middleware.store import keys
 from middleware.store.guard import resolved
-from middleware.store.policy import Posteriors, parse, queue_reads
+from middleware.store.policy import Posteriors, parse, queue_policy_reads
+from middleware.store.segments import RESOLVE, PersonaReads, ScriptPipelines, queue_reads, reads_of
 
 WINDOW_MS = 60_000
 # Reasons, in the order the script returns them.
@@ -104,6 +105,8 @@ class RateLimitStore:
         self._admit: AsyncScript = redis.register_script(ADMIT)
         self._reserve: AsyncScript = redis.register_script(RESERVE_PENDING)
         self._record: AsyncScript = redis.register_script(RECORD)
+        self._resolve_sha = redis.register_script(RESOLVE).sha
+        self._chat_pipelines = ScriptPipelines(redis, ADMIT, RESOLVE)
 
     @staticmethod
     def admit_call(
@@ -143,37 +146,30 @@ class RateLimitStore:
         reason, wait_ms = await self._admit(keys=call[0], args=call[1])
         return int(reason), int(wait_ms)
 
-    async def admit_and_read_persona(
-        self, call: tuple[list[str], list[Any]], tenant: str, user: str
-    ) -> tuple[int, int, bytes | None]:
-        """One round trip: the admission and the user's current-persona GET (the chat path)."""
-        reason, wait_ms, blob, _ = await self.admit_and_read(call, tenant, user, policy=False)
-        return reason, wait_ms, blob
+    async def admit_and_read_personas(
+        self, call: tuple[list[str], list[Any]], tenant: str, user: str, segment: str | None
+    ) -> tuple[int, int, PersonaReads]:
+        """One round trip: the admission and the persona reads of the chat path (the user's current
+        persona, and the segment's or tenant default's, `store/segments.py`)."""
+        reason, wait_ms, reads, _ = await self.admit_and_read(call, tenant, user, segment, policy=False)
+        return reason, wait_ms, reads
 
     async def admit_and_read(
-        self, call: tuple[list[str], list[Any]], tenant: str, user: str, *, policy: bool
-    ) -> tuple[int, int, bytes | None, tuple[Posteriors, Posteriors] | None]:
-        """One round trip: the admission, the user's current-persona GET and, with `policy`, the
-        user's and the tenant's auto-mode posteriors."""
-        # EVALSHA straight into the pipeline: redis-py's pipelined Script checks SCRIPT EXISTS first,
-        # one more round trip on every call. The script is loaded once, when Redis says it lacks it.
-        for attempt in (1, 2):
-            pipe = self._redis.pipeline(transaction=False)
+        self, call: tuple[list[str], list[Any]], tenant: str, user: str, segment: str | None, *, policy: bool
+    ) -> tuple[int, int, PersonaReads, tuple[Posteriors, Posteriors] | None]:
+        """`admit_and_read_personas` and, with `policy`, the user's and the tenant's auto-mode
+        posteriors (`store/policy.py`), still one round trip."""
+
+        def build(pipe: Pipeline) -> None:
             pipe.evalsha(self._admit.sha, len(call[0]), *call[0], *call[1])
-            pipe.get(keys.persona_current(tenant, user))
+            queue_reads(pipe, self._resolve_sha, tenant, user, segment)
             if policy:
-                queue_reads(pipe, tenant, user)
-            try:
-                replies = await pipe.execute()
-            except NoScriptError:
-                if attempt == 2:
-                    raise
-                await resolved(self._redis.script_load(ADMIT))
-                continue
-            (reason, wait_ms), blob = replies[0], replies[1]
-            posteriors = (parse(replies[2]), parse(replies[3])) if policy else None
-            return int(reason), int(wait_ms), blob, posteriors
-        raise AssertionError("unreachable")  # pragma: no cover
+                queue_policy_reads(pipe, tenant, user)
+
+        replies = await self._chat_pipelines.run(build)
+        (reason, wait_ms), own, shared = replies[:3]
+        posteriors = (parse(replies[3]), parse(replies[4])) if policy else None
+        return int(reason), int(wait_ms), reads_of(own, shared), posteriors
 
     async def record_calls(self, tenant: str, calls: int, *, rpm: int, window_ms: int = WINDOW_MS) -> None:
         await self._record(keys=[keys.rate_log(tenant)], args=[calls, rpm, window_ms])
@@ -192,7 +188,9 @@ class RateLimitStore:
         value = await resolved(self._redis.get(keys.tokens_day(tenant, day)))
         return int(value or 0)
 
-    async def reserve_pending(self, tenant: str, user: str, comparison_id: str, *, limit: int, ttl_s: int) -> int:
+    async def reserve_pending(
+        self, tenant: str, user: str, comparison_id: str, *, limit: int, ttl_s: int
+    ) -> int:
         """Reserve a pending-comparison slot: 0, or the ms until one frees up."""
         wait_ms = await self._reserve(
             keys=[keys.pending_comparisons(tenant, user)], args=[limit, comparison_id, ttl_s * 1000]

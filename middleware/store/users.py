@@ -83,6 +83,7 @@ async def forget_user(redis: Redis, tenant: str, user: str) -> dict[str, Any]:
         pipe.delete(keys.comparison_owner(comparison_id))
     pipe.srem(keys.tenant_users(tenant), user)
     pipe.delete(keys.user_rate_log(tenant, user))  # lives in the tenant's limits slot, not the user's
+    pipe.hdel(keys.segment_members(tenant), user)  # the assignment lives in the tenant's segments slot
     for start in range(0, len(found), SCAN_COUNT):
         pipe.delete(*found[start : start + SCAN_COUNT])
     await fail_closed(pipe.execute())
@@ -151,6 +152,7 @@ async def export_user(redis: Redis, tenant: str, user: str) -> dict[str, Any]:
         "user": user,
         "exported_at": datetime.now(UTC).isoformat(),
         "known_in_tenant": bool(await fail_closed(redis.sismember(keys.tenant_users(tenant), user))),
+        "segment": _text(await fail_closed(redis.hget(keys.segment_members(tenant), user))),
         "persona": current.model_dump(mode="json") if current else None,
         "persona_versions": versions,
         "preferences": [

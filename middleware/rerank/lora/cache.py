@@ -65,4 +65,3 @@ class AdapterCache:
 
     def keys(self) -> list[Hashable]:
         return list(self._items)
-

@@ -1,0 +1,74 @@
+"""Which persona a chat call is personalised with, and where it came from.
+
+The order (docs/ARCHITECTURE.md "Segments"): the user's own persona for the routed context, the
+user's general persona, the persona of the user's segment (the one the request names, else the one
+the operator assigned), the tenant's default persona, nothing. Everything is read in one pipeline
+(`store/segments.py`), with the quota check when the tenant is metered (`quotas.Quotas`).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from middleware.personalize.service import ActivePersona, Personalizer
+from middleware.store.personas import PersonaReadFailed
+from middleware.store.policy import Posteriors
+from middleware.store.segments import PersonaReader, PersonaReads
+
+# The values of the `x-persona-source` header.
+SOURCES = ("user-context", "user", "segment", "tenant", "none")
+
+
+class Resolved(NamedTuple):
+    """The persona a call uses (None: none), its source (one of `SOURCES`) and the user's segment."""
+
+    persona: ActivePersona | None
+    source: str
+    segment: str | None = None
+
+    @property
+    def version(self) -> int | None:
+        return self.persona.version if self.persona is not None else None
+
+
+NOTHING = Resolved(None, "none")
+
+
+class Resolver:
+    def __init__(self, personalizer: Personalizer, reader: PersonaReader) -> None:
+        self.personalizer = personalizer
+        self._reader = reader
+
+    def of(self, reads: PersonaReads, *, context: str | None = None) -> Resolved:
+        """The persona the reads resolve to. `context` is the context the call was routed to: the
+        first step of the order (the user's persona for that context) goes here, before the
+        general one; until context personas are read, a routed call takes the general persona."""
+        own = self.personalizer.from_blob(reads.own)
+        if own is not None:
+            return Resolved(own, "user", reads.segment)
+        shared = self.personalizer.from_blob(reads.shared)
+        if shared is not None:
+            return Resolved(shared, reads.shared_source, reads.segment)
+        return Resolved(None, "none", reads.segment)
+
+    async def read(
+        self, tenant: str, user: str, *, segment: str | None = None, context: str | None = None
+    ) -> Resolved:
+        """Read and resolve (no quota check rides along); a sick Redis resolves to nothing."""
+        try:
+            reads = await self._reader.read(tenant, user, segment)
+        except PersonaReadFailed as exc:
+            self.personalizer.read_failed(exc, quiet=exc.skipped)
+            return NOTHING
+        return self.of(reads, context=context)
+
+    async def read_with_policy(
+        self, tenant: str, user: str, *, segment: str | None = None, context: str | None = None
+    ) -> tuple[Resolved, tuple[Posteriors, Posteriors] | None]:
+        """`read`, with the auto mode's posteriors in the same round trip (None when Redis failed)."""
+        try:
+            reads, posteriors = await self._reader.read_with_policy(tenant, user, segment)
+        except PersonaReadFailed as exc:
+            self.personalizer.read_failed(exc, quiet=exc.skipped)
+            return NOTHING, None
+        return self.of(reads, context=context), posteriors

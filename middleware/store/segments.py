@@ -1,0 +1,205 @@
+"""A tenant's segments, who belongs to which, and the shared personas read on the chat path.
+
+Every key here carries the tenant's `{segments:<tenant>}` hash tag (`keys.segments_tag`): the
+segment index, the operator's assignments (user -> segment), each segment's persona line and the
+tenant's default persona line. So one script (`RESOLVE`) on one slot finds, for a user with no
+persona of their own, the persona of the segment the request names or the operator assigned, else
+the tenant default. The user's own persona lives under the user's tag; the chat path sends its GET
+and this script (and the quota check, `store/ratelimits.py`) in one pipeline: one round trip on a
+single Redis or a Sentinel group, one per slot (done concurrently) on a Cluster.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import orjson
+from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
+from redis.exceptions import NoScriptError
+
+from middleware.store import keys
+from middleware.store.guard import STORE_ERRORS, fail_closed
+from middleware.store.personas import PersonaReadFailed
+from middleware.store.policy import Posteriors, parse, queue_policy_reads
+
+# KEYS[1] assignments hash, KEYS[2] the tenant default's current persona.
+# ARGV[1] user, ARGV[2] the segment the request names ('' for none), ARGV[3] the segments' key prefix
+# (same hash tag as KEYS, so the segment's key is on this slot). Returns {source, segment[, blob]}.
+RESOLVE = """
+local segment = ARGV[2]
+if segment == '' then segment = redis.call('HGET', KEYS[1], ARGV[1]) or '' end
+if segment ~= '' then
+  local blob = redis.call('GET', ARGV[3] .. segment .. ':persona')
+  if blob then return {'segment', segment, blob} end
+end
+local blob = redis.call('GET', KEYS[2])
+if blob then return {'tenant', segment, blob} end
+return {'none', segment}
+"""
+
+
+class PersonaReads(NamedTuple):
+    """What one chat call's persona read found: the user's own current blob, and the shared one
+    (a segment's or the tenant default's) with where it came from."""
+
+    own: bytes | None
+    shared_source: str  # "segment" | "tenant" | "none"
+    segment: str | None
+    shared: bytes | None
+
+
+NO_READS = PersonaReads(None, "none", None, None)
+
+
+def queue_reads(pipe: Pipeline, resolve_sha: str, tenant: str, user: str, segment: str | None) -> None:
+    """Add the persona reads of one chat call to a pipeline: two commands, read by `reads_of`."""
+    pipe.get(keys.persona_current(tenant, user))
+    pipe.evalsha(
+        resolve_sha,
+        2,
+        keys.segment_members(tenant),
+        keys.tenant_default_line(tenant).current,
+        user,
+        segment or "",
+        keys.segment_base(tenant, ""),
+    )
+
+
+def reads_of(own: bytes | None, resolved_reply: list[Any]) -> PersonaReads:
+    source = resolved_reply[0].decode() if isinstance(resolved_reply[0], bytes) else str(resolved_reply[0])
+    segment = resolved_reply[1].decode() if isinstance(resolved_reply[1], bytes) else resolved_reply[1]
+    shared = resolved_reply[2] if len(resolved_reply) > 2 else None
+    return PersonaReads(own, source, segment or None, shared)
+
+
+class ScriptPipelines:
+    """Pipelines that call scripts by EVALSHA. EVALSHA goes straight into the pipeline (redis-py's
+    pipelined Script would check SCRIPT EXISTS first, one more round trip on every call); the first
+    pipeline of a process loads the scripts in the same round trip, and when Redis lacks one later
+    (a restart, a flush) the scripts are loaded and the pipeline sent once more."""
+
+    def __init__(self, redis: Redis, *scripts: str) -> None:
+        self._redis = redis
+        self._scripts = scripts
+        self._loaded = False
+
+    async def run(self, build: Callable[[Pipeline], None]) -> list[Any]:
+        for attempt in (1, 2):
+            pipe = self._redis.pipeline(transaction=False)
+            preload = not self._loaded
+            if preload:
+                for script in self._scripts:
+                    pipe.script_load(script)
+            build(pipe)
+            try:
+                result: list[Any] = await pipe.execute()
+            except NoScriptError:
+                if attempt == 2:
+                    raise
+                self._loaded = False
+                continue
+            self._loaded = True
+            return result[len(self._scripts) :] if preload else result
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
+class PersonaReader:
+    """The chat path's persona read when no quota check rides with it: the user's GET and the
+    `RESOLVE` script in one pipeline, bounded in time, skipped for `breaker_s` after a failure."""
+
+    def __init__(self, redis: Redis, *, read_timeout_s: float = 0.05, breaker_s: float = 0.5) -> None:
+        self._pipelines = ScriptPipelines(redis, RESOLVE)
+        self._resolve_sha = redis.register_script(RESOLVE).sha
+        self._read_timeout_s = read_timeout_s
+        self._breaker_s = breaker_s
+        self._open_until = 0.0
+
+    async def read(self, tenant: str, user: str, segment: str | None) -> PersonaReads:
+        reads, _ = await self.read_with_policy(tenant, user, segment, policy=False)
+        return reads
+
+    async def read_with_policy(
+        self, tenant: str, user: str, segment: str | None, *, policy: bool = True
+    ) -> tuple[PersonaReads, tuple[Posteriors, Posteriors] | None]:
+        """The persona reads and, with `policy`, the user's and the tenant's auto-mode posteriors
+        (`store/policy.py`) in the same pipeline."""
+        if time.monotonic() < self._open_until:
+            raise PersonaReadFailed("persona store recently failed; read skipped", skipped=True)
+
+        def build(pipe: Pipeline) -> None:
+            queue_reads(pipe, self._resolve_sha, tenant, user, segment)
+            if policy:
+                queue_policy_reads(pipe, tenant, user)
+
+        try:
+            replies = await asyncio.wait_for(self._pipelines.run(build), self._read_timeout_s)
+        except STORE_ERRORS as exc:
+            self._open_until = time.monotonic() + self._breaker_s
+            raise PersonaReadFailed(str(exc) or type(exc).__name__) from exc
+        posteriors = (parse(replies[2]), parse(replies[3])) if policy else None
+        return reads_of(replies[0], replies[1]), posteriors
+
+
+class SegmentStore:
+    """The operator's side: segments, assignments (the personas go through `PersonaStore`'s lines)."""
+
+    def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+
+    async def put(self, tenant: str, segment: str, description: str) -> dict[str, Any]:
+        record = {"name": segment, "description": description}
+        await fail_closed(
+            self._redis.hset(keys.segment_index(tenant), segment, orjson.dumps(record).decode())
+        )
+        return record
+
+    async def get(self, tenant: str, segment: str) -> dict[str, Any] | None:
+        raw = await fail_closed(self._redis.hget(keys.segment_index(tenant), segment))
+        return dict(orjson.loads(raw)) if raw else None
+
+    async def all(self, tenant: str) -> list[dict[str, Any]]:
+        raw = await fail_closed(self._redis.hgetall(keys.segment_index(tenant)))
+        return sorted((dict(orjson.loads(v)) for v in raw.values()), key=lambda r: str(r["name"]))
+
+    async def members(self, tenant: str, segment: str) -> list[str]:
+        assigned = await fail_closed(self._redis.hgetall(keys.segment_members(tenant)))
+        return sorted(u.decode() for u, s in assigned.items() if s.decode() == segment)
+
+    async def member_counts(self, tenant: str) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for segment in (await fail_closed(self._redis.hvals(keys.segment_members(tenant)))) or []:
+            counts[segment.decode()] = counts.get(segment.decode(), 0) + 1
+        return counts
+
+    async def delete(self, tenant: str, segment: str) -> bool:
+        """The segment, its persona line and its members' assignments."""
+        found = [
+            k async for k in self._redis.scan_iter(match=keys.segment_pattern(tenant, segment), count=500)
+        ]
+        members = await self.members(tenant, segment)
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.hdel(keys.segment_index(tenant), segment)
+        if found:
+            pipe.delete(*found)
+        if members:
+            pipe.hdel(keys.segment_members(tenant), *members)
+        removed, *_ = await fail_closed(pipe.execute())
+        return bool(removed)
+
+    async def assign(self, tenant: str, user: str, segment: str) -> None:
+        await fail_closed(self._redis.hset(keys.segment_members(tenant), user, segment))
+
+    async def assign_many(self, tenant: str, assignments: dict[str, str]) -> None:
+        if assignments:
+            await fail_closed(self._redis.hset(keys.segment_members(tenant), mapping=assignments))
+
+    async def assigned(self, tenant: str, user: str) -> str | None:
+        raw: Any = await fail_closed(self._redis.hget(keys.segment_members(tenant), user))
+        return bytes(raw).decode() if raw else None
+
+    async def unassign(self, tenant: str, user: str) -> bool:
+        return bool(await fail_closed(self._redis.hdel(keys.segment_members(tenant), user)))
