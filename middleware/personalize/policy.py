@@ -143,6 +143,21 @@ class Policy:
             previous=None if previous is None else float(previous),
         )
 
+    async def on_reward(
+        self, tenant: str, user: str, arm: str, reward: float, previous: float | None = None
+    ) -> None:
+        """The feedback service's hook: an answer's reward changed (`previous`: its reward before, None
+        for its first). An arm the policy does not know (an answer's mode that is no arm) is skipped."""
+        try:
+            check_arm(arm)
+        except ValueError:
+            log.info("reward for %r not counted: not an arm of the auto mode", arm)
+            return
+        clamp = lambda value: min(1.0, max(0.0, float(value)))  # noqa: E731
+        await self.reward(
+            tenant, user, arm, clamp(reward), previous=None if previous is None else clamp(previous)
+        )
+
     # --- what the admin routes show -----------------------------------------------------------------
     def _shown_arms(self, tenant: str, *posteriors: Posteriors) -> list[str]:
         names = [arm for arm in self.of(tenant).arms]
