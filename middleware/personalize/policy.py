@@ -153,9 +153,8 @@ class Policy:
         except ValueError:
             log.info("reward for %r not counted: not an arm of the auto mode", arm)
             return
-        clamp = lambda value: min(1.0, max(0.0, float(value)))  # noqa: E731
         await self.reward(
-            tenant, user, arm, clamp(reward), previous=None if previous is None else clamp(previous)
+            tenant, user, arm, _clamp(reward), previous=None if previous is None else _clamp(previous)
         )
 
     # --- what the admin routes show -----------------------------------------------------------------
@@ -193,6 +192,10 @@ class Policy:
             "tenant_discount": policy.tenant_discount,
             "prior_strength": policy.prior_strength,
         }
+
+
+def _clamp(value: float) -> float:
+    return min(1.0, max(0.0, float(value)))
 
 
 def _arm_view(stats: ArmStats, alpha0: float, beta0: float) -> dict[str, Any]:
