@@ -107,7 +107,7 @@ def build_services(settings: Settings) -> Services:
         comparisons=ComparisonService(
             ComparisonStore(redis, ttl_s=settings.comparison_ttl_s), personalizer, upstreams, preferences
         ),
-        evaluations=EvaluationService(EvaluationStore(redis), personas, personalizer, upstreams),
+        evaluations=EvaluationService(EvaluationStore(redis), personas, personalizer, upstreams, quotas),
         induction=Induction(settings, upstreams, personas, preferences, quotas),
         adapters=AdapterTrainer(settings, personas, preferences),
     )

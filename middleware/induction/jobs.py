@@ -219,9 +219,14 @@ async def run_adapter_training(
         error = {"code": "not_found", "message": f"user {user!r} has no persona to train an adapter beside"}
         return await finish(queue, record, job_id, "failed", error=error)
     result = {"version": persona.version, "version_id": persona.version_id}
+
+    async def progress(event: dict[str, Any]) -> None:
+        if not await queue.stopped(job_id):  # a forgotten user's record is not written again
+            await queue.update(job_id, progress=event)
+
     try:
         facts = await adapters.train_and_store(
-            tenant, user, persona.version, result, stopped=lambda: queue.stopped(job_id)
+            tenant, user, persona.version, result, stopped=lambda: queue.stopped(job_id), progress=progress
         )
     except JobCancelled:
         return {"status": "cancelled"}

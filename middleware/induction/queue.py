@@ -124,7 +124,7 @@ class JobQueue:
         record = await self.record(job_id)
         if record is None or record.get("state") not in ACTIVE:
             return False
-        status = await Job(job_id, self.arq, _queue_name=keys.JOB_QUEUE).status()
+        status = await fail_closed(Job(job_id, self.arq, _queue_name=keys.JOB_QUEUE).status())
         return status in (JobStatus.queued, JobStatus.deferred, JobStatus.in_progress)
 
     async def release_pending(
@@ -140,9 +140,10 @@ class JobQueue:
         if record is None or record.get("state") not in ACTIVE:
             return record
         job = Job(job_id, self.arq, _queue_name=keys.JOB_QUEUE)
-        status = await job.status()
+        # arq's reads go through the same guard: a Redis outage is a 503, never a 500
+        status = await fail_closed(job.status())
         if status in (JobStatus.complete, JobStatus.not_found):
-            info = await job.result_info()
+            info = await fail_closed(job.result_info())
             if info is None or not info.success:
                 outcome = info.result if info is not None else None
                 if isinstance(outcome, (asyncio.CancelledError, JobCancelled)):

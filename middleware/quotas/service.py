@@ -281,6 +281,14 @@ class Quotas:
             await self.drop_comparison(tenant, user, comparison_id)
             raise
 
+    async def keep_comparison(self, tenant: str, user: str, comparison_id: str, expires_at_s: int) -> None:
+        """A comparison found again by its idempotency key stays counted as pending (its slot may have
+        been dropped when the creation that stored it answered 503)."""
+        try:
+            await self.store.keep_pending(tenant, user, comparison_id, expires_at_ms=expires_at_s * 1000)
+        except STORE_ERRORS as exc:  # the entry would have expired with the comparison anyway
+            log.warning("pending comparison not kept: %s", type(exc).__name__)
+
     async def drop_comparison(self, tenant: str, user: str, comparison_id: str) -> None:
         try:
             await self.store.drop_pending(tenant, user, comparison_id)

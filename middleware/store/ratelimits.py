@@ -197,5 +197,15 @@ class RateLimitStore:
         )
         return int(wait_ms)
 
+    async def keep_pending(self, tenant: str, user: str, comparison_id: str, *, expires_at_ms: int) -> None:
+        """Count a stored comparison as pending again (no limit: it exists already), e.g. when a retry
+        finds the comparison a timed-out creation stored after its slot had been dropped."""
+        key = keys.pending_comparisons(tenant, user)
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.zadd(key, {comparison_id: expires_at_ms}, nx=True)
+        pipe.pexpireat(key, expires_at_ms, gt=True)
+        pipe.pexpireat(key, expires_at_ms, nx=True)
+        await pipe.execute()
+
     async def drop_pending(self, tenant: str, user: str, comparison_id: str) -> None:
         await resolved(self._redis.zrem(keys.pending_comparisons(tenant, user), comparison_id))

@@ -17,7 +17,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -256,12 +256,22 @@ class LoraRewardModel:
         strength: float | str | None = "auto",
         cache: bool = True,
         extra: dict[str, str] | None = None,
+        stop: Callable[[], bool] | None = None,
+        progress: Callable[[int, int], None] | None = None,
     ) -> bytes:
-        """Train the user's adapter on their pairs; returns the adapter as bytes (and caches it)."""
+        """Train the user's adapter on their pairs; returns the adapter as bytes (and caches it).
+
+        `stop` is asked between training steps (and before and after encoding the pairs): once it
+        returns True, `training.TrainingStopped` is raised and nothing is cached. `progress(done,
+        total)` hears of every step."""
         if not pairs:
             raise NotEnoughData(f"no preference pairs to train an adapter for user {user!r}")
+        steps = training.Steps(stop=stop, progress=progress)
+        steps.check()
         xc, xr = self.pair_features(pairs)
-        return self.train_user_features(user, xc, xr, strength=strength, cache=cache, extra=extra)
+        return self.train_user_features(
+            user, xc, xr, strength=strength, cache=cache, extra=extra, steps=steps
+        )
 
     def train_user_features(
         self,
@@ -272,6 +282,7 @@ class LoraRewardModel:
         strength: float | str | None = "auto",
         cache: bool = True,
         extra: dict[str, str] | None = None,
+        steps: training.Steps | None = None,
     ) -> bytes:
         """Train `user`'s adapter on feature rows; strength "auto" = chosen by CV, None = off."""
         self.require_head()
@@ -279,7 +290,7 @@ class LoraRewardModel:
             raise NotEnoughData(f"no preference pairs to train an adapter for user {user!r}")
         started = time.perf_counter()
         with self.lock:
-            state, chosen, cv = training.train_adapter(self, xc, xr, strength)
+            state, chosen, cv = training.train_adapter(self, xc, xr, strength, steps=steps)
             meta = {
                 **(extra or {}),
                 "format": ADAPTER_FORMAT,

@@ -1,9 +1,16 @@
 """Training of the `lora` reward model: the global head (Bradley–Terry over all users' pairs) and one
-user's LoRA adapter (full-batch L-BFGS, anchored to the global head, strength chosen by k-fold CV)."""
+user's LoRA adapter (full-batch L-BFGS, anchored to the global head, strength chosen by k-fold CV).
+
+A user's training is a sequence of fits (one per CV fold and strength, then the final one). A
+`Steps` object counts them for progress and carries a `stop` check, asked before every fit and at
+every L-BFGS evaluation: once it says stop, training raises `TrainingStopped` at once.
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -52,14 +59,55 @@ def train_global_head(model: LoraRewardModel, xc: np.ndarray, xr: np.ndarray) ->
     return {"loss": loss_value, "train_accuracy": acc, "pairs": float(n)}
 
 
+class TrainingStopped(Exception):
+    """A user's training was asked to stop (its job was cancelled); nothing it made is kept."""
+
+
+@dataclass
+class Steps:
+    """The fits of one user's training: how many are planned, how many are done, whether to stop."""
+
+    stop: Callable[[], bool] | None = None
+    progress: Callable[[int, int], None] | None = None
+    total: int = 0
+    done: int = 0
+
+    def check(self) -> None:
+        if self.stop is not None and self.stop():
+            raise TrainingStopped(f"stopped after {self.done} of {self.total} training steps")
+
+    def plan(self, total: int) -> None:
+        self.total = total
+        self._report()
+
+    def finished_one(self) -> None:
+        self.done += 1
+        self._report()
+
+    def _report(self) -> None:
+        if self.progress is not None:
+            self.progress(self.done, self.total)
+
+
+def planned_fits(model: LoraRewardModel, n: int, strength: float | str | None) -> int:
+    """The fits a training of n pairs makes: CV folds x strengths (for "auto"), then the final one."""
+    cv = min(model.cv_folds, n) * len(model.strengths) if strength == "auto" and n >= 4 else 0
+    return cv + 1
+
+
 def _global_scores(model: LoraRewardModel, x: Any) -> Any:
     with model.model.disable_adapter():
         return model.model(x)
 
 
-def fit_adapter(model: LoraRewardModel, xc: Any, xr: Any, strength: float, steps: int) -> dict[str, Any]:
-    """Train the LoRA params from the fixed init on (xc, xr); return the adapter state."""
+def fit_adapter(
+    model: LoraRewardModel, xc: Any, xr: Any, strength: float, steps: int, *, stop: Steps | None = None
+) -> dict[str, Any]:
+    """Train the LoRA params from the fixed init on (xc, xr); return the adapter state (one step of
+    `stop`, which may end it at any L-BFGS evaluation)."""
     torch = torch_module()
+    if stop is not None:
+        stop.check()
     net = model.model
     model.set_adapter_state(model.init_adapter)
     with torch.no_grad():
@@ -72,6 +120,8 @@ def fit_adapter(model: LoraRewardModel, xc: Any, xr: Any, strength: float, steps
     net.train()
 
     def closure() -> Any:
+        if stop is not None:
+            stop.check()
         opt.zero_grad()
         sc = net(xc)
         sr = net(xr)
@@ -83,8 +133,12 @@ def fit_adapter(model: LoraRewardModel, xc: Any, xr: Any, strength: float, steps
         loss.backward()
         return loss
 
-    opt.step(closure)
-    net.eval()
+    try:
+        opt.step(closure)
+    finally:
+        net.eval()
+    if stop is not None:
+        stop.finished_one()
     return {k: v.detach().clone() for k, v in model.adapter_state().items()}
 
 
@@ -100,7 +154,12 @@ def pair_loglik(model: LoraRewardModel, xc: Any, xr: Any, state: dict[str, Any] 
 
 
 def choose_strength(
-    model: LoraRewardModel, xc: np.ndarray, xr: np.ndarray, folds: int | None = None
+    model: LoraRewardModel,
+    xc: np.ndarray,
+    xr: np.ndarray,
+    folds: int | None = None,
+    *,
+    steps: Steps | None = None,
 ) -> tuple[float | None, dict[str, float]]:
     """Pick the anchor penalty (or None = off) by k-fold CV on the user's own train pairs."""
     torch = torch_module()
@@ -121,21 +180,29 @@ def choose_strength(
         vc, vr = tc_all[val_idx], tr_all[val_idx]
         totals["off"] += pair_loglik(model, vc, vr, None)
         for s in model.strengths:
-            state = fit_adapter(model, tc, tr, s, model.user_steps)
+            state = fit_adapter(model, tc, tr, s, model.user_steps, stop=steps)
             totals[str(s)] += pair_loglik(model, vc, vr, state)
     best = max(totals, key=lambda name: (totals[name], name == "off"))
     return (None if best == "off" else float(best)), {key: v / n for key, v in totals.items()}
 
 
 def train_adapter(
-    model: LoraRewardModel, xc: np.ndarray, xr: np.ndarray, strength: float | str | None
+    model: LoraRewardModel,
+    xc: np.ndarray,
+    xr: np.ndarray,
+    strength: float | str | None,
+    *,
+    steps: Steps | None = None,
 ) -> tuple[dict[str, Any], float | None, dict[str, float]]:
     """(adapter state, chosen strength or None = off, CV log-likelihoods). Call under `model.lock`."""
     torch = torch_module()
+    steps = steps or Steps()
+    steps.plan(planned_fits(model, xc.shape[0], strength))
+    steps.check()
     cv: dict[str, float] = {}
     chosen: float | None
     if strength == "auto":
-        chosen, cv = choose_strength(model, xc, xr)
+        chosen, cv = choose_strength(model, xc, xr, steps=steps)
     else:
         chosen = None if strength is None else float(strength)
     if chosen is None:  # "off": the init adapter with lora_B zeroed scores exactly like the head
@@ -146,5 +213,9 @@ def train_adapter(
     else:
         tc = torch.from_numpy(xc).to(model.device)
         tr = torch.from_numpy(xr).to(model.device)
-        state = fit_adapter(model, tc, tr, chosen, model.user_steps)
+        state = fit_adapter(model, tc, tr, chosen, model.user_steps, stop=steps)
+    steps.check()
+    if steps.done < steps.total:  # "off" needs no final fit
+        steps.done = steps.total - 1
+        steps.finished_one()
     return state, chosen, cv
