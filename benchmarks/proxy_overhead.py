@@ -21,6 +21,10 @@ target <= 0.2 ms p50 added.
 `--limits` measures what quotas cost instead: the same proxy with PERSONA_LIMITS unset and with every
 rate limit on (high enough never to refuse), at c=1, alternating; target <= 0.1 ms p50 added.
 
+`--tracing` measures what OpenTelemetry tracing costs: the same proxy without OTEL_* (the baseline),
+with every call traced and exported over OTLP/HTTP, and with 1% of calls sampled, alternating: p50 at
+c=1, the proxy's own x-persona-overhead-ms, req/s and proxy CPU per request at c=16.
+
 Targets: >= 1,000 req/s through the proxy with persona injection at concurrency 16, and
 p50 added latency <= 2 ms.
 
@@ -134,6 +138,72 @@ def limits_cost(runs: int, seconds: float) -> None:
         f"x-persona-overhead-ms p50, c=1: limits off {own['limits off']:.3f} ms, on {own['limits on']:.3f} ms, "
         f"added {added_own:.3f} ms ({'met' if added_own <= 0.1 else 'NOT met'}: <= 0.1 ms)"
     )
+
+
+def tracing_cost(runs: int, seconds: float, connections: int) -> None:
+    """The same proxy (every limit on, persona injected) without OTEL_*, with every call traced and
+    exported over OTLP/HTTP (to the fake upstream's port, which answers 404: the export work is done
+    all the same), and with 1% of the calls sampled (traceidratio), alternating in each run."""
+    with h.redis() as redis, h.fake_upstream() as upstream:
+        root = upstream.removesuffix("/v1")
+        exporting = {
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"{root}/v1/traces",
+            "OTEL_SERVICE_NAME": "persona-bench",
+        }
+        sampled = {**exporting, "OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.01"}
+        limits = json.dumps(LIMITS_ON)
+        with (
+            h.proxy(redis.url, upstream, limits=limits) as off,
+            h.proxy(redis.url, upstream, environ=exporting, limits=limits) as on,
+            h.proxy(redis.url, upstream, environ=sampled, limits=limits) as one_percent,
+        ):
+            h.put_persona(off, "bench-user", PERSONA, [EXEMPLAR, EXEMPLAR])
+            urls = {
+                "tracing off": f"{off}/v1/chat/completions",
+                "tracing on": f"{on}/v1/chat/completions",
+                "tracing on, 1% sampled": f"{one_percent}/v1/chat/completions",
+            }
+            pids = {name: h.PIDS[url.removesuffix("/v1/chat/completions")] for name, url in urls.items()}
+            for url in urls.values():
+                h.wrk(url, BODY, connections=connections, seconds=2)  # warm-up
+            c1: dict[str, list[dict[str, float]]] = {name: [] for name in urls}
+            loaded: dict[str, list[dict[str, float]]] = {name: [] for name in urls}
+            cpu_ms: dict[str, list[float]] = {name: [] for name in urls}
+            own: dict[str, list[float]] = {name: [] for name in urls}
+            for _ in range(runs):
+                for name, url in urls.items():
+                    c1[name].append(h.wrk(url, BODY, connections=1, seconds=seconds / 2))
+                    own[name].append(statistics.median(reported_overhead(url, 200)))
+                    before = h.cpu_seconds(pids[name])
+                    loaded[name].append(h.wrk(url, BODY, connections=connections, seconds=seconds))
+                    served = loaded[name][-1]["rps"] * max(1, round(seconds))
+                    cpu_ms[name].append((h.cpu_seconds(pids[name]) - before) * 1000.0 / max(served, 1.0))
+    errors = sum(r["non_2xx"] for rs in (*c1.values(), *loaded.values()) for r in rs)
+    print(f"{runs} runs, wrk -t1, median of runs (spread min-max); non-2xx responses: {errors:.0f}")
+    print(
+        f"{'proxy + persona + limits':<26}{'p50 c=1 ms':>12}{'spread':>14}{'own ms c=1':>12}{'spread':>14}"
+        f"{f'req/s c={connections}':>12}{'spread':>12}{'CPU ms/req':>12}{'spread':>14}"
+    )
+    for name in urls:
+        p50 = [r["p50_ms"] for r in c1[name]]
+        rps = [r["rps"] for r in loaded[name]]
+        print(
+            f"{name:<26}{statistics.median(p50):>12.3f}{spread(p50):>14}{statistics.median(own[name]):>12.3f}"
+            f"{spread(own[name]):>14}{statistics.median(rps):>12.0f}{f'{min(rps):.0f}-{max(rps):.0f}':>12}"
+            f"{statistics.median(cpu_ms[name]):>12.3f}{spread(cpu_ms[name]):>14}"
+        )
+    for name in ("tracing on", "tracing on, 1% sampled"):
+        added = statistics.median(r["p50_ms"] for r in c1[name]) - statistics.median(
+            r["p50_ms"] for r in c1["tracing off"]
+        )
+        ratio = statistics.median(r["rps"] for r in loaded[name]) / statistics.median(
+            r["rps"] for r in loaded["tracing off"]
+        )
+        cpu = statistics.median(cpu_ms[name]) - statistics.median(cpu_ms["tracing off"])
+        print(
+            f"{name} vs off: added p50 at c=1 {added:.3f} ms; throughput ratio at c={connections} "
+            f"{ratio:.3f}; added CPU {cpu:.3f} ms per request"
+        )
 
 
 def reported_overhead(url: str, count: int, body: dict[str, object] = BODY) -> list[float]:
@@ -348,6 +418,7 @@ def main() -> None:
     parser.add_argument("--paced-rate", type=float, default=1000.0, help="req/s offered in the paced run")
     parser.add_argument("--limits", action="store_true", help="measure the cost of quotas (c=1)")
     parser.add_argument("--apis-only", action="store_true", help="only the table of APIs beside chat")
+    parser.add_argument("--tracing", action="store_true", help="measure the cost of OpenTelemetry tracing")
     parser.add_argument(
         "--segments", type=Path, metavar="BASELINE_SRC", help="cost of the persona resolution vs a checkout"
     )
@@ -380,6 +451,9 @@ def main() -> None:
         return
     if args.limits:
         limits_cost(args.runs, args.seconds)
+        return
+    if args.tracing:
+        tracing_cost(args.runs, args.seconds, args.connections)
         return
 
     if args.apis_only and args.against is not None:

@@ -161,6 +161,10 @@ class Settings(BaseSettings):
     persona_read_breaker_s: float = 0.5
     persona_cache_size: int = 10_000
 
+    # --- Tracing (OpenTelemetry, configured by the standard OTEL_* variables: README "Tracing") -------
+    # Put the end user's id on spans (enduser.id); off: spans never name a user.
+    trace_user_ids: bool = False
+
     # --- Requests --------------------------------------------------------------------------------
     max_body_bytes: int = 4 * 1024 * 1024
     # Browser origins allowed by CORS (JSON list, e.g. ["https://app.example.com"]); none by default.

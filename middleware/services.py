@@ -32,6 +32,7 @@ from middleware.store.policy import PolicyStore
 from middleware.store.preferences import PreferenceStore
 from middleware.store.segments import PersonaReader, SegmentStore
 from middleware.store.users import UserIndex
+from middleware.tracing import TRACING_OFF, Tracing
 from middleware.upstream import UpstreamRouter
 from middleware.user_tokens import UserTokens
 
@@ -58,27 +59,30 @@ class Services:
     evaluations: EvaluationService
     induction: Induction
     adapters: AdapterTrainer
+    tracing: Tracing = TRACING_OFF
 
     async def close(self) -> None:
         await self.http.close()
         await self.redis.aclose()
 
 
-def build_services(settings: Settings) -> Services:
+def build_services(settings: Settings, tracing: Tracing = TRACING_OFF) -> Services:
     from middleware.store.connection import create_redis
 
     redis = create_redis(settings)
     metrics = Metrics()
     http = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=settings.upstream_max_connections, ttl_dns_cache=300),
+        # tracing on: an upstream.call span and its traceparent on every upstream request
+        trace_configs=tracing.aiohttp_trace_configs() or None,
     )
     personas = PersonaStore(
         redis, read_timeout_s=settings.persona_read_timeout_s, breaker_s=settings.persona_read_breaker_s
     )
     preferences = PreferenceStore(redis)
-    personalizer = Personalizer(personas, settings, metrics)
+    personalizer = Personalizer(personas, settings, metrics, tracing)
     upstreams = UpstreamRouter(settings, http, metrics.upstream_retries.inc)
-    quotas = Quotas(settings, redis, metrics)
+    quotas = Quotas(settings, redis, metrics, tracing)
     rerankers = RerankerRegistry(settings, RerankResources(upstreams, personas)).load_entry_points()
     return Services(
         settings=settings,
@@ -110,4 +114,5 @@ def build_services(settings: Settings) -> Services:
         evaluations=EvaluationService(EvaluationStore(redis), personas, personalizer, upstreams, quotas),
         induction=Induction(settings, upstreams, personas, preferences, quotas),
         adapters=AdapterTrainer(settings, personas, preferences),
+        tracing=tracing,
     )
