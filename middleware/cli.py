@@ -39,7 +39,8 @@ def configure_logging(level: str = "INFO") -> None:
 
 
 def masked_url(url: str) -> str:
-    """The URL with any password (in the user part or a `password=` query field) shown as ***."""
+    """The URL with any password (in the user part or a `password=` / `sentinel_password=` query
+    field) shown as ***."""
     parts = urlsplit(url)
     netloc = parts.netloc
     if parts.password is not None:
@@ -47,7 +48,7 @@ def masked_url(url: str) -> str:
         netloc = f"{userinfo.split(':', 1)[0]}:***@{host}"
     query = urlencode(
         [
-            (k, "***" if k.lower() == "password" else v)
+            (k, "***" if k.lower().endswith("password") else v)
             for k, v in parse_qsl(parts.query, keep_blank_values=True)
         ],
         safe="*",

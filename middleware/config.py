@@ -116,7 +116,15 @@ class Settings(BaseSettings):
     environment: Literal["development", "production"] = "development"
 
     # --- Redis -----------------------------------------------------------------------------------
+    # redis:// or rediss:// (one server), redis+sentinel://h:p,h:p/<master>, redis+cluster://h:p,h:p
+    # (see middleware/store/connection.py and docs/SCALING.md).
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # The job queue's Redis (arq); empty: the same as redis_url. A cluster is refused here.
+    jobs_redis_url: str = ""
+    # Writes that promise to survive a failover (preference writes, persona saves) wait until this
+    # many replicas have them (WAIT); 0: no waiting (a server without replicas).
+    redis_wait_replicas: int = 0
+    redis_wait_timeout_ms: int = 500
     redis_connect_timeout_s: float = 0.5
     redis_socket_timeout_s: float = 1.0
     redis_max_connections: int = 64
@@ -233,6 +241,16 @@ class Settings(BaseSettings):
     def _quantize_booleans(cls, value: bool | str | None) -> str:
         """`true`/`false` still work: true means the attention layers only."""
         return quantize_mode(value)
+
+    @model_validator(mode="after")
+    def _refuse_a_cluster_for_the_job_queue(self) -> Settings:
+        if (self.jobs_redis_url or self.redis_url).lower().split("://", 1)[0].endswith("+cluster"):
+            raise ValueError(
+                "the job queue (arq) cannot run on a Redis Cluster: set PERSONA_JOBS_REDIS_URL to a "
+                "standalone Redis (redis://...) or a Sentinel group (redis+sentinel://...) beside the "
+                "cluster (see docs/SCALING.md)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _refuse_unsafe_production_defaults(self) -> Settings:

@@ -41,6 +41,8 @@ from middleware.user_tokens import UserTokens
 class Services:
     settings: Settings
     redis: Redis
+    # The job queue's Redis (PERSONA_JOBS_REDIS_URL); the same object as `redis` when it is the same.
+    jobs_redis: Redis
     http: aiohttp.ClientSession
     metrics: Metrics
     personas: PersonaStore
@@ -64,12 +66,17 @@ class Services:
     async def close(self) -> None:
         await self.http.close()
         await self.redis.aclose()
+        if self.jobs_redis is not self.redis:
+            await self.jobs_redis.aclose()
 
 
 def build_services(settings: Settings, tracing: Tracing = TRACING_OFF) -> Services:
-    from middleware.store.connection import create_redis
+    from middleware.store.connection import create_jobs_redis, create_redis
+    from middleware.store.durable import Replication
 
     redis = create_redis(settings)
+    jobs_redis = create_jobs_redis(settings, redis)
+    replication = Replication(settings.redis_wait_replicas, settings.redis_wait_timeout_ms)
     metrics = Metrics()
     http = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=settings.upstream_max_connections, ttl_dns_cache=300),
@@ -77,9 +84,12 @@ def build_services(settings: Settings, tracing: Tracing = TRACING_OFF) -> Servic
         trace_configs=tracing.aiohttp_trace_configs() or None,
     )
     personas = PersonaStore(
-        redis, read_timeout_s=settings.persona_read_timeout_s, breaker_s=settings.persona_read_breaker_s
+        redis,
+        read_timeout_s=settings.persona_read_timeout_s,
+        breaker_s=settings.persona_read_breaker_s,
+        replication=replication,
     )
-    preferences = PreferenceStore(redis)
+    preferences = PreferenceStore(redis, replication)
     personalizer = Personalizer(personas, settings, metrics, tracing)
     upstreams = UpstreamRouter(settings, http, metrics.upstream_retries.inc)
     quotas = Quotas(settings, redis, metrics, tracing)
@@ -87,6 +97,7 @@ def build_services(settings: Settings, tracing: Tracing = TRACING_OFF) -> Servic
     return Services(
         settings=settings,
         redis=redis,
+        jobs_redis=jobs_redis,
         http=http,
         metrics=metrics,
         personas=personas,
@@ -106,7 +117,7 @@ def build_services(settings: Settings, tracing: Tracing = TRACING_OFF) -> Servic
         upstreams=upstreams,
         quotas=quotas,
         user_tokens=UserTokens(settings),
-        jobs=JobQueue(settings, redis),
+        jobs=JobQueue(settings, redis, jobs_redis),
         rerankers=rerankers,
         comparisons=ComparisonService(
             ComparisonStore(redis, ttl_s=settings.comparison_ttl_s), personalizer, upstreams, preferences

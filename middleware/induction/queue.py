@@ -45,10 +45,13 @@ def now_iso() -> str:
 
 
 class JobQueue:
-    def __init__(self, settings: Settings, redis: Redis) -> None:
-        self.store = JobStore(redis, keep_s=settings.jobs_keep_s)
+    def __init__(self, settings: Settings, redis: Redis, queue_redis: Redis | None = None) -> None:
+        """`redis` holds our records; `queue_redis` (default: the same) holds arq's queue, which
+        cannot live on a Redis Cluster (PERSONA_JOBS_REDIS_URL)."""
+        queue_redis = queue_redis if queue_redis is not None else redis
+        self.store = JobStore(redis, keep_s=settings.jobs_keep_s, queue_redis=queue_redis)
         # arq's client on our own (bounded, timed-out) connection pool.
-        self.arq = ArqRedis(connection_pool=redis.connection_pool, default_queue_name=keys.JOB_QUEUE)
+        self.arq = ArqRedis(connection_pool=queue_redis.connection_pool, default_queue_name=keys.JOB_QUEUE)
 
     # --- records ------------------------------------------------------------------------------------
     async def record(self, job_id: str) -> dict[str, Any] | None:

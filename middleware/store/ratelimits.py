@@ -161,7 +161,8 @@ class RateLimitStore:
         posteriors (`store/policy.py`), still one round trip."""
 
         def build(pipe: Pipeline) -> None:
-            pipe.evalsha(self._admit.sha, len(call[0]), *call[0], *call[1])
+            # execute_command: redis-py's cluster pipeline blocks its evalsha() method, not the command
+            pipe.execute_command("EVALSHA", self._admit.sha, len(call[0]), *call[0], *call[1])
             queue_reads(pipe, self._resolve_sha, tenant, user, segment)
             if policy:
                 queue_policy_reads(pipe, tenant, user)

@@ -63,8 +63,11 @@ def _text(value: bytes | str | None) -> str | None:
     return value.decode() if isinstance(value, bytes) else value
 
 
-async def forget_user(redis: Redis, tenant: str, user: str) -> dict[str, Any]:
-    """Delete everything about the user; returns counts. Idempotent."""
+async def forget_user(
+    redis: Redis, tenant: str, user: str, queue_redis: Redis | None = None
+) -> dict[str, Any]:
+    """Delete everything about the user; returns counts. Idempotent. `queue_redis` holds the job
+    queue's keys (PERSONA_JOBS_REDIS_URL; default: `redis`)."""
     job_ids = [_text(j) or "" for j in await fail_closed(redis.smembers(keys.user_jobs(tenant, user)))]
     found = await fail_closed(user_keys(redis, tenant, user))
     comparison_prefix = keys.comparison_prefix(tenant, user)
@@ -73,12 +76,20 @@ async def forget_user(redis: Redis, tenant: str, user: str) -> dict[str, Any]:
         {k[len(comparison_prefix) :].split(":", 1)[0] for k in found if k.startswith(comparison_prefix)}
     )
 
-    pipe = redis.pipeline(transaction=False)
     # Queued jobs first leave the queue, so no worker starts them after this.
+    if job_ids:
+        queue = (queue_redis if queue_redis is not None else redis).pipeline(transaction=False)
+        for job_id in job_ids:
+            queue.zrem(keys.JOB_QUEUE, job_id)
+            queue.delete(*(p + str(job_id) for p in QUEUE_KEY_PREFIXES))
+        await fail_closed(queue.execute())
+
+    # A plain pipeline: its commands go to whichever node holds each key (a multi-key DEL is split
+    # by slot on a cluster), so nothing here needs the keys to share a slot.
+    pipe = redis.pipeline(transaction=False)
     for job_id in job_ids:
-        pipe.zrem(keys.JOB_QUEUE, job_id)
         pipe.zrem(keys.tenant_job_slots(tenant), job_id)
-        pipe.delete(keys.job_record(job_id), *(p + str(job_id) for p in QUEUE_KEY_PREFIXES))
+        pipe.delete(keys.job_record(job_id))
     for comparison_id in comparison_ids:
         pipe.delete(keys.comparison_owner(comparison_id))
     pipe.srem(keys.tenant_users(tenant), user)
