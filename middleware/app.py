@@ -20,6 +20,7 @@ from middleware.api import (
     chat,
     comparisons,
     evaluations,
+    feedback,
     health,
     jobs,
     messages,
@@ -85,6 +86,7 @@ def create_app(settings: Settings, tracing: Tracing | None = None) -> FastAPI:
     app.include_router(passthrough.direct_router)  # the busiest passed-through resources, matched early
     for module in (user_tokens, admin, segments, comparisons, preferences):
         app.include_router(module.router)
+    app.include_router(feedback.router)
     # passthrough last: a catch-all
     for module in (users, policy, jobs, ui, evaluations, ui_evaluate, passthrough):
         app.include_router(module.router)

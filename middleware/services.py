@@ -15,6 +15,8 @@ from redis.asyncio import Redis
 from middleware.collection.service import ComparisonService
 from middleware.config import Settings
 from middleware.evaluation.online_service import EvaluationService
+from middleware.feedback.answers import FeedbackRecorder
+from middleware.feedback.signals import FeedbackService, RewardHook
 from middleware.induction.adapters import AdapterTrainer
 from middleware.induction.pipeline import Induction
 from middleware.induction.queue import JobQueue
@@ -27,6 +29,7 @@ from middleware.rerank.registry import RerankerRegistry
 from middleware.rerank.resources import RerankResources
 from middleware.store.comparisons import ComparisonStore
 from middleware.store.evaluations import EvaluationStore
+from middleware.store.feedback import FeedbackStore
 from middleware.store.personas import PersonaStore
 from middleware.store.policy import PolicyStore
 from middleware.store.preferences import PreferenceStore
@@ -61,9 +64,15 @@ class Services:
     evaluations: EvaluationService
     induction: Induction
     adapters: AdapterTrainer
+    # Answers' feedback records (hot path) and the signals on them; `on_reward` is called when an
+    # answer's reward changes (tenant, user, arm, reward).
+    answers: FeedbackRecorder
+    feedback: FeedbackService
+    on_reward: RewardHook
     tracing: Tracing = TRACING_OFF
 
     async def close(self) -> None:
+        await self.answers.drain()
         await self.http.close()
         await self.redis.aclose()
         if self.jobs_redis is not self.redis:
@@ -93,6 +102,9 @@ def build_services(settings: Settings, tracing: Tracing = TRACING_OFF) -> Servic
     personalizer = Personalizer(personas, settings, metrics, tracing)
     upstreams = UpstreamRouter(settings, http, metrics.upstream_retries.inc)
     quotas = Quotas(settings, redis, metrics, tracing)
+    feedback_store = FeedbackStore(redis, ttl_s=settings.feedback_ttl_s)
+    policy = Policy(settings, PolicyStore(redis), metrics)
+    on_reward: RewardHook = policy.on_reward  # rewards from /v1/feedback update the auto mode's policy
     rerankers = RerankerRegistry(settings, RerankResources(upstreams, personas)).load_entry_points()
     return Services(
         settings=settings,
@@ -104,7 +116,7 @@ def build_services(settings: Settings, tracing: Tracing = TRACING_OFF) -> Servic
         preferences=preferences,
         users=UserIndex(redis),
         personalizer=personalizer,
-        policy=Policy(settings, PolicyStore(redis), metrics),
+        policy=policy,
         resolver=Resolver(
             personalizer,
             PersonaReader(
@@ -125,5 +137,8 @@ def build_services(settings: Settings, tracing: Tracing = TRACING_OFF) -> Servic
         evaluations=EvaluationService(EvaluationStore(redis), personas, personalizer, upstreams, quotas),
         induction=Induction(settings, upstreams, personas, preferences, quotas),
         adapters=AdapterTrainer(settings, personas, preferences),
+        answers=FeedbackRecorder(feedback_store, settings),
+        feedback=FeedbackService(settings, feedback_store, preferences, on_reward),
+        on_reward=on_reward,
         tracing=tracing,
     )

@@ -155,6 +155,16 @@ async def test_every_store_operation_runs_on_a_cluster(
             await evaluations.save_trial(T, "run1", {"id": f"t{i}", "user": user, "other_user": USERS[0]})
         assert await evaluations.record_choice(T, "run1", "t1", {"label": "A"})
         assert len(await evaluations.trials(T, "run1")) == 3
+        # segments: the index, assignments and the persona line in the tenant's segments slot
+        await services.segments.put(T, "field", "field workers")
+        await services.segments.assign_many(T, {USERS[0]: "field", USERS[1]: "field"})
+        await services.personas.save_line(keys.segment_line(T, "field"), "segment persona", [], {})
+        assert await services.segments.members(T, "field") == sorted(USERS[:2])
+        assert await services.segments.delete(T, "field")
+        assert await services.segments.get(T, "field") is None
+        assert await services.segments.assigned(T, USERS[0]) is None
+        assert not [k for k in await every_key(redis_cluster) if keys.segment_base(T, "field") in k]
+
         owners = ResponseOwners(r, ttl_s=60)
         await owners.record("resp_1", ResponseOwner(T, True, 3))
         assert await owners.owner("resp_1") == ResponseOwner(T, True, 3)

@@ -382,3 +382,30 @@ def test_a_paused_redis_costs_the_call_nothing_but_the_choice(
                 assert reward(http, "jim", "inject", 1.0).status_code == 503
         finally:
             fresh_redis.resume()
+
+
+def test_feedback_on_an_answer_rewards_the_arm_that_gave_it(
+    redis_url: str, fake_upstream: FakeUpstream
+) -> None:
+    config = policy(["inject-no-exemplars"], discount=0.5, tenant_discount=1.0, prior_strength=0)
+    with running(redis_url, fake_upstream, [], policy=config) as proxy, admin_client(proxy) as http:
+        raw = client(proxy).chat.completions.with_raw_response.create(
+            model="fake-model",
+            messages=QUESTION,  # type: ignore[arg-type]
+            user="kim",
+        )
+        assert raw.headers["x-persona-arm"] == "inject-no-exemplars"
+        rid = raw.headers["x-persona-response-id"]
+        app = {"Authorization": f"Bearer {APP_KEY_A}", "X-Persona-User": "kim"}
+
+        def signal(name: str) -> None:
+            sent = httpx.post(f"{proxy.v1}/feedback", json={"response_id": rid, "signal": name}, headers=app)
+            assert sent.status_code == 201, sent.text
+
+        signal("thumbs_down")  # reward 0
+        arm = http.get("/admin/users/kim/policy").json()["arms"]["inject-no-exemplars"]
+        assert (arm["pulls"], arm["alpha"], arm["beta"]) == (1, pytest.approx(1.0), pytest.approx(2.0))
+        signal("copy")  # the same answer's reward becomes 0.2: it replaces the 0, no second pull
+        arm = http.get("/admin/users/kim/policy").json()["arms"]["inject-no-exemplars"]
+        assert (arm["pulls"], arm["mean_reward"]) == (1, pytest.approx(0.2))
+        assert (arm["alpha"], arm["beta"]) == (pytest.approx(1.2), pytest.approx(1.8))

@@ -187,7 +187,9 @@ class SegmentStore:
             k async for k in self._redis.scan_iter(match=keys.segment_pattern(tenant, segment), count=500)
         ]
         members = await self.members(tenant, segment)
-        pipe = self._redis.pipeline(transaction=True)
+        # every key here shares the tenant's segments slot; no MULTI (a cluster pipeline has none):
+        # a delete cut short is finished by asking again
+        pipe = self._redis.pipeline(transaction=False)
         pipe.hdel(keys.segment_index(tenant), segment)
         if found:
             pipe.delete(*found)

@@ -259,7 +259,8 @@ class LoraRewardModel:
         stop: Callable[[], bool] | None = None,
         progress: Callable[[int, int], None] | None = None,
     ) -> bytes:
-        """Train the user's adapter on their pairs; returns the adapter as bytes (and caches it).
+        """Train the user's adapter on their pairs (each weighted by its `weight`: implied pairs count
+        less); returns the adapter as bytes (and caches it).
 
         `stop` is asked between training steps (and before and after encoding the pairs): once it
         returns True, `training.TrainingStopped` is raised and nothing is cached. `progress(done,
@@ -269,8 +270,10 @@ class LoraRewardModel:
         steps = training.Steps(stop=stop, progress=progress)
         steps.check()
         xc, xr = self.pair_features(pairs)
+        weights = [p.pair_weight for p in pairs]
+        w = None if all(x == 1.0 for x in weights) else np.asarray(weights, dtype=np.float32)
         return self.train_user_features(
-            user, xc, xr, strength=strength, cache=cache, extra=extra, steps=steps
+            user, xc, xr, strength=strength, cache=cache, extra=extra, steps=steps, weights=w
         )
 
     def train_user_features(
@@ -283,6 +286,7 @@ class LoraRewardModel:
         cache: bool = True,
         extra: dict[str, str] | None = None,
         steps: training.Steps | None = None,
+        weights: np.ndarray | None = None,
     ) -> bytes:
         """Train `user`'s adapter on feature rows; strength "auto" = chosen by CV, None = off."""
         self.require_head()
@@ -290,7 +294,7 @@ class LoraRewardModel:
             raise NotEnoughData(f"no preference pairs to train an adapter for user {user!r}")
         started = time.perf_counter()
         with self.lock:
-            state, chosen, cv = training.train_adapter(self, xc, xr, strength, steps=steps)
+            state, chosen, cv = training.train_adapter(self, xc, xr, strength, weights, steps=steps)
             meta = {
                 **(extra or {}),
                 "format": ADAPTER_FORMAT,
@@ -299,6 +303,7 @@ class LoraRewardModel:
                 "rank": str(self.rank),
                 "strength": "off" if chosen is None else repr(chosen),
                 "n_pairs": str(int(xc.shape[0])),
+                "n_weighted": str(0 if weights is None else int((weights != 1.0).sum())),
                 "cv": json.dumps(cv),
                 "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "train_seconds": f"{time.perf_counter() - started:.3f}",

@@ -101,10 +101,17 @@ def _global_scores(model: LoraRewardModel, x: Any) -> Any:
 
 
 def fit_adapter(
-    model: LoraRewardModel, xc: Any, xr: Any, strength: float, steps: int, *, stop: Steps | None = None
+    model: LoraRewardModel,
+    xc: Any,
+    xr: Any,
+    strength: float,
+    steps: int,
+    w: Any = None,
+    *,
+    stop: Steps | None = None,
 ) -> dict[str, Any]:
-    """Train the LoRA params from the fixed init on (xc, xr); return the adapter state (one step of
-    `stop`, which may end it at any L-BFGS evaluation)."""
+    """Train the LoRA params from the fixed init on (xc, xr), each pair weighted by `w` (None: all
+    1); return the adapter state (one step of `stop`, which may end it at any L-BFGS evaluation)."""
     torch = torch_module()
     if stop is not None:
         stop.check()
@@ -125,7 +132,8 @@ def fit_adapter(
         opt.zero_grad()
         sc = net(xc)
         sr = net(xr)
-        bt = torch.nn.functional.softplus(-(sc - sr)).mean()
+        losses = torch.nn.functional.softplus(-(sc - sr))
+        bt = losses.mean() if w is None else (losses * w).sum() / w.sum()
         anchor = ((sc - gc) ** 2 + (sr - gr) ** 2).mean()
         # a light ridge on lora_B keeps directions the user's pairs do not constrain at zero
         ridge = sum((p**2).sum() for n, p in named if "lora_B" in n)
@@ -142,7 +150,9 @@ def fit_adapter(
     return {k: v.detach().clone() for k, v in model.adapter_state().items()}
 
 
-def pair_loglik(model: LoraRewardModel, xc: Any, xr: Any, state: dict[str, Any] | None) -> float:
+def pair_loglik(
+    model: LoraRewardModel, xc: Any, xr: Any, state: dict[str, Any] | None, w: Any = None
+) -> float:
     torch = torch_module()
     with torch.inference_mode():
         if state is None:
@@ -150,7 +160,8 @@ def pair_loglik(model: LoraRewardModel, xc: Any, xr: Any, state: dict[str, Any] 
         else:
             model.set_adapter_state(state)
             margin = model.model(xc) - model.model(xr)
-        return float(-torch.nn.functional.softplus(-margin).sum())
+        loglik = -torch.nn.functional.softplus(-margin)
+        return float(loglik.sum() if w is None else (loglik * w).sum())
 
 
 def choose_strength(
@@ -158,6 +169,7 @@ def choose_strength(
     xc: np.ndarray,
     xr: np.ndarray,
     folds: int | None = None,
+    weights: np.ndarray | None = None,
     *,
     steps: Steps | None = None,
 ) -> tuple[float | None, dict[str, float]]:
@@ -173,15 +185,18 @@ def choose_strength(
     totals: dict[str, float] = {"off": 0.0, **{str(s): 0.0 for s in model.strengths}}
     tc_all = torch.from_numpy(xc).to(model.device)
     tr_all = torch.from_numpy(xr).to(model.device)
+    w_all = None if weights is None else torch.from_numpy(weights.astype(np.float32)).to(model.device)
     for f in range(k):
         train_idx = torch.from_numpy(np.flatnonzero(fold_of != f)).to(model.device)
         val_idx = torch.from_numpy(np.flatnonzero(fold_of == f)).to(model.device)
         tc, tr = tc_all[train_idx], tr_all[train_idx]
         vc, vr = tc_all[val_idx], tr_all[val_idx]
-        totals["off"] += pair_loglik(model, vc, vr, None)
+        tw = None if w_all is None else w_all[train_idx]
+        vw = None if w_all is None else w_all[val_idx]
+        totals["off"] += pair_loglik(model, vc, vr, None, vw)
         for s in model.strengths:
-            state = fit_adapter(model, tc, tr, s, model.user_steps, stop=steps)
-            totals[str(s)] += pair_loglik(model, vc, vr, state)
+            state = fit_adapter(model, tc, tr, s, model.user_steps, tw, stop=steps)
+            totals[str(s)] += pair_loglik(model, vc, vr, state, vw)
     best = max(totals, key=lambda name: (totals[name], name == "off"))
     return (None if best == "off" else float(best)), {key: v / n for key, v in totals.items()}
 
@@ -191,10 +206,12 @@ def train_adapter(
     xc: np.ndarray,
     xr: np.ndarray,
     strength: float | str | None,
+    weights: np.ndarray | None = None,
     *,
     steps: Steps | None = None,
 ) -> tuple[dict[str, Any], float | None, dict[str, float]]:
-    """(adapter state, chosen strength or None = off, CV log-likelihoods). Call under `model.lock`."""
+    """(adapter state, chosen strength or None = off, CV log-likelihoods); each pair weighted by
+    `weights` (None: all 1). Call under `model.lock`."""
     torch = torch_module()
     steps = steps or Steps()
     steps.plan(planned_fits(model, xc.shape[0], strength))
@@ -202,7 +219,7 @@ def train_adapter(
     cv: dict[str, float] = {}
     chosen: float | None
     if strength == "auto":
-        chosen, cv = choose_strength(model, xc, xr, steps=steps)
+        chosen, cv = choose_strength(model, xc, xr, weights=weights, steps=steps)
     else:
         chosen = None if strength is None else float(strength)
     if chosen is None:  # "off": the init adapter with lora_B zeroed scores exactly like the head
@@ -213,7 +230,8 @@ def train_adapter(
     else:
         tc = torch.from_numpy(xc).to(model.device)
         tr = torch.from_numpy(xr).to(model.device)
-        state = fit_adapter(model, tc, tr, chosen, model.user_steps, stop=steps)
+        w = None if weights is None else torch.from_numpy(weights.astype(np.float32)).to(model.device)
+        state = fit_adapter(model, tc, tr, chosen, model.user_steps, w, stop=steps)
     steps.check()
     if steps.done < steps.total:  # "off" needs no final fit
         steps.done = steps.total - 1
