@@ -118,7 +118,9 @@ async def interact(
     user.oracle.append(max(table))
     user.rows.append(table)
     value = 1.0 if rng.random() < p else 0.0
-    for _ in range(3):  # a 503 (Redis slow on a loaded machine) is retried; a retry may count twice
+    # A 503 (Redis slow on a loaded machine) is retried, and a 404 while the answer's feedback record,
+    # written in the background after the answer, has not landed yet.
+    for _ in range(40):
         if feedback:
             sent = await http.post(
                 "/v1/feedback",
@@ -132,8 +134,9 @@ async def interact(
             sent = await admin.post(
                 f"/admin/users/{user.name}/policy/rewards", json={"arm": arm, "reward": value}
             )
-        if sent.status_code != 503:
+        if sent.status_code not in (404, 503):
             break
+        await asyncio.sleep(0.05)
     sent.raise_for_status()
 
 
