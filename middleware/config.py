@@ -169,6 +169,14 @@ class Settings(BaseSettings):
     # After a failed persona read, chat calls skip the read (no persona) this long.
     persona_read_breaker_s: float = 0.5
     persona_cache_size: int = 10_000
+    # Per-context personas (README "Contexts"): a context needs this many pairs for its own persona;
+    # the router picks an untagged call's context when the cosine similarity of its last user turn
+    # to the context's prompts reaches the threshold; at most this many contexts per user; untagged
+    # pairs form contexts only when their clusters are separated by this margin.
+    context_min_pairs: int = Field(default=5, ge=2)
+    context_route_threshold: float = Field(default=0.2, ge=0.0, le=1.0)
+    context_max: int = Field(default=10, ge=1, le=50)
+    context_cluster_margin: float = Field(default=0.1, ge=0.0, le=1.0)
 
     # --- Feedback on answers (README "Feedback") -----------------------------------------------------
     # Write a feedback record per answer (off: answers still carry an id, feedback on them is a 404).

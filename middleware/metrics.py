@@ -67,6 +67,12 @@ class Metrics:
         self.persona_injected = Counter(
             "persona_injected", "Chat calls that carried a persona", registry=self.registry
         )
+        self.persona_context_routed = Counter(
+            "persona_context_routed",
+            "Persona lookups by the context router's decision (tag, similar, general)",
+            ["decision"],
+            registry=self.registry,
+        )
         self.persona_read_failures = Counter(
             "persona_read_failures",
             "Persona reads that failed or timed out (the chat went on without a persona)",

@@ -28,6 +28,7 @@ from middleware.quotas.service import Quotas
 from middleware.rerank.registry import RerankerRegistry
 from middleware.rerank.resources import RerankResources
 from middleware.store.comparisons import ComparisonStore
+from middleware.store.contexts import ContextStore
 from middleware.store.evaluations import EvaluationStore
 from middleware.store.feedback import FeedbackStore
 from middleware.store.personas import PersonaStore
@@ -49,6 +50,7 @@ class Services:
     http: aiohttp.ClientSession
     metrics: Metrics
     personas: PersonaStore
+    contexts: ContextStore
     preferences: PreferenceStore
     users: UserIndex
     personalizer: Personalizer
@@ -99,6 +101,7 @@ def build_services(settings: Settings, tracing: Tracing = TRACING_OFF) -> Servic
         replication=replication,
     )
     preferences = PreferenceStore(redis, replication)
+    contexts = ContextStore(redis)
     personalizer = Personalizer(personas, settings, metrics, tracing)
     upstreams = UpstreamRouter(settings, http, metrics.upstream_retries.inc)
     quotas = Quotas(settings, redis, metrics, tracing)
@@ -113,6 +116,7 @@ def build_services(settings: Settings, tracing: Tracing = TRACING_OFF) -> Servic
         http=http,
         metrics=metrics,
         personas=personas,
+        contexts=contexts,
         preferences=preferences,
         users=UserIndex(redis),
         personalizer=personalizer,
@@ -135,7 +139,7 @@ def build_services(settings: Settings, tracing: Tracing = TRACING_OFF) -> Servic
             ComparisonStore(redis, ttl_s=settings.comparison_ttl_s), personalizer, upstreams, preferences
         ),
         evaluations=EvaluationService(EvaluationStore(redis), personas, personalizer, upstreams, quotas),
-        induction=Induction(settings, upstreams, personas, preferences, quotas),
+        induction=Induction(settings, upstreams, personas, preferences, quotas, contexts),
         adapters=AdapterTrainer(settings, personas, preferences),
         answers=FeedbackRecorder(feedback_store, settings),
         feedback=FeedbackService(settings, feedback_store, preferences, on_reward),

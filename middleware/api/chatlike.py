@@ -11,12 +11,14 @@
   posteriors ride in the persona read's round trip (`Quotas.admit_and_personalize_auto`);
 - the tenant's caps (`Quotas.check_body`) and admission (`Quotas.admit_and_personalize`: the quota
   check rides in the persona reads' round trip), which give a lease and the persona resolved as
-  own > segment > tenant default > none (`personalize.resolve`; the segment from `X-Persona-Segment`
-  or `metadata.segment`, else the user's assigned one).
+  own for the routed context > own > segment > tenant default > none (`personalize.resolve`; the
+  context from `X-Persona-Context` or `metadata.context`, else routed by the last user turn, README
+  "Contexts"; the segment from `X-Persona-Segment` or `metadata.segment`, else the user's assigned
+  one).
 
 `answer` runs the route's work and answers, the same on every route:
 
-- `x-persona-version`, `x-persona-source` and `x-persona-overhead-ms` headers, and the overhead metric (the time the proxy
+- `x-persona-version`, `x-persona-source`, `x-persona-context` and `x-persona-overhead-ms` headers, and the overhead metric (the time the proxy
   spent before the work started upstream), plus the upstream's relayed headers;
 - `x-persona-response-id`: the answer's id for `POST /v1/feedback`; its feedback record (the arm, the
   app's conversation as admitted, the answer) is written in the background once the body is known
@@ -45,6 +47,7 @@ from middleware.config import PERSONA_MODES
 from middleware.errors import InvalidRequest, PersonaError
 from middleware.feedback.answers import RESPONSE_ID_HEADER, PendingAnswer
 from middleware.identity import app_caller, bind_user, end_user_id, request_segment
+from middleware.personalize.contexts import GENERAL, last_user_text, valid_tag
 from middleware.personalize.policy import Arm
 from middleware.personalize.resolve import NOTHING
 from middleware.personalize.service import ActivePersona
@@ -55,6 +58,7 @@ from middleware.upstream import ClientDisconnected, cancel_on_disconnect, monoto
 VERSION_HEADER = "x-persona-version"
 SOURCE_HEADER = "x-persona-source"
 OVERHEAD_HEADER = "x-persona-overhead-ms"
+CONTEXT_HEADER = "x-persona-context"
 MODE_HEADER = "x-persona-mode"
 ARM_HEADER = "x-persona-arm"
 RERANKER_HEADER = "x-persona-reranker"
@@ -110,6 +114,10 @@ class Admitted:
     def version(self) -> int | None:
         return self.found.version if self.found is not None else None
 
+    @property
+    def context(self) -> str | None:
+        return self.found.context if self.found is not None else None
+
 
 def persona_mode(request: Request, *, rerank: bool = True, default: str = "inject") -> str:
     """X-Persona-Mode, or `default` (the tenant's mode in `PERSONA_POLICY`) when the request names none."""
@@ -143,18 +151,21 @@ async def admit(
     if token_user is not None:  # a user token acts for its own user only
         user = bind_user(token_user, user)
     mode = persona_mode(request, rerank=rerank_cost is not None, default=services.policy.default_mode(tenant))
+    tag = context_tag(request.headers, body)
     quotas = services.quotas
     quotas.check_body(tenant, body)
     if mode == "auto" and user is not None:
-        return await _admit_auto(request, services, tenant, user, body, started, rerank_cost)
+        return await _admit_auto(request, services, tenant, user, body, started, rerank_cost, tag)
     mode = "inject" if mode == "auto" else mode  # without an end user there is no policy to ask
     cost = rerank_cost if mode == "rerank" and rerank_cost is not None else 1
     resolved = NOTHING
     if user is not None and mode != "off":
-        # own > segment (named by the request, else assigned) > tenant default > none, one round trip
+        # own for the routed context > own > segment (named by the request, else assigned) >
+        # tenant default > none, one round trip
         segment = request_segment(request.headers, body)
+        text = routing_text(body.get("messages") if "messages" in body else body.get("input"))
         lease, resolved = await quotas.admit_and_personalize(
-            tenant, user, cost, services.resolver, segment=segment
+            tenant, user, cost, services.resolver, segment=segment, tag=tag, text=text
         )
         if resolved.persona is not None:
             services.metrics.persona_injected.inc()
@@ -191,12 +202,14 @@ async def _admit_auto(
     body: dict[str, Any],
     started: float,
     rerank_cost: int | None,
+    tag: str | None,
 ) -> Admitted:
     """The auto mode's admission: quota, persona and posteriors in one round trip, then the arm."""
     quotas, personalizer = services.quotas, services.resolver.personalizer
     segment = request_segment(request.headers, body)
+    text = routing_text(body.get("messages") if "messages" in body else body.get("input"))
     lease, resolved, posteriors = await quotas.admit_and_personalize_auto(
-        tenant, user, 1, services.resolver, segment=segment
+        tenant, user, 1, services.resolver, segment=segment, tag=tag, text=text
     )
     arm = services.policy.choose(tenant, posteriors, rerank=rerank_cost is not None)
     found, source = resolved.persona, resolved.source
@@ -216,14 +229,45 @@ async def _admit_auto(
     return Admitted(tenant, user, body, arm.mode, lease, found, started, source, prompt, arm)
 
 
-def persona_headers(version: int | None, overhead_ms: float, source: str = "none") -> dict[str, str]:
+def persona_headers(
+    version: int | None, overhead_ms: float, source: str = "none", context: str | None = None
+) -> dict[str, str]:
     """`source`: where the persona came from (`personalize.resolve.SOURCES`); its version is the
-    version of that persona line (the user's, the segment's or the tenant default's)."""
+    version of that persona line (the user's, a context's, the segment's or the tenant default's);
+    `context`: the context persona used, else `general`."""
     return {
         VERSION_HEADER: str(version) if version is not None else "none",
         SOURCE_HEADER: source if version is not None else "none",
+        CONTEXT_HEADER: context or GENERAL,
         OVERHEAD_HEADER: f"{overhead_ms:.3f}",
     }
+
+
+def context_tag(headers: Mapping[str, str], body: Mapping[str, object]) -> str | None:
+    """The request's context tag: `X-Persona-Context`, else `metadata.context`; None when untagged.
+    A malformed tag is a 400 (README "Contexts")."""
+    tag = headers.get(CONTEXT_HEADER)
+    if tag is None:
+        metadata = body.get("metadata")
+        found = metadata.get("context") if isinstance(metadata, dict) else None
+        if found is None:
+            return None
+        if not isinstance(found, str):
+            raise InvalidRequest("metadata.context must be a string", param="metadata.context")
+        tag = found
+    tag = tag.strip()
+    if not valid_tag(tag):
+        raise InvalidRequest(
+            "a context tag is 1-64 letters, digits, '.', '_' or '-' (and not 'general')", param=CONTEXT_HEADER
+        )
+    return tag
+
+
+def routing_text(messages: object) -> str:
+    """The last user turn a request is routed by (`messages`/`input` as sent, or a plain string)."""
+    if isinstance(messages, str):
+        return messages
+    return last_user_text(messages) if isinstance(messages, list) else ""
 
 
 async def answer(
@@ -242,7 +286,7 @@ async def answer(
     lease = call.lease
     overhead_ms = monotonic_ms(call.started)
     metrics.overhead_seconds.observe(overhead_ms / 1000.0)
-    headers = persona_headers(call.version, overhead_ms, call.source)
+    headers = persona_headers(call.version, overhead_ms, call.source, call.context)
     if call.arm is not None:
         headers[ARM_HEADER] = call.arm.name
 

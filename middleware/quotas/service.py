@@ -166,14 +166,16 @@ class Quotas:
         resolver: Resolver,
         *,
         segment: str | None = None,
-        context: str | None = None,
+        tag: str | None = None,
+        text: str = "",
     ) -> tuple[Lease, Resolved]:
         """The chat path: admission and the persona reads in one round trip (one pipeline), bounded
-        by the persona read timeout; a failure lets the call through without a persona."""
+        by the persona read timeout; a failure lets the call through without a persona. `tag` and
+        `text` (the last user turn) route to a context persona (`Resolver.of`)."""
         limits = self.limits(tenant)
         if not limits.metered:
             return Lease(self, tenant, None), await resolver.read(
-                tenant, user, segment=segment, context=context
+                tenant, user, segment=segment, tag=tag, text=text
             )
         call, lease = self._call(tenant, user, cost, limits)
         personalizer = resolver.personalizer
@@ -192,16 +194,26 @@ class Quotas:
             if reason:
                 self.refuse(tenant, REASONS[reason], wait_ms / 1000.0)
         with self._tracing.span("persona.read", tenant, user) as span:
-            return Lease(self, tenant, lease or None), traced(span, resolver.of(reads, context=context))
+            return Lease(self, tenant, lease or None), traced(span, resolver.of(reads, tag=tag, text=text))
 
     async def admit_and_personalize_auto(
-        self, tenant: str, user: str, cost: int, resolver: Resolver, *, segment: str | None = None
+        self,
+        tenant: str,
+        user: str,
+        cost: int,
+        resolver: Resolver,
+        *,
+        segment: str | None = None,
+        tag: str | None = None,
+        text: str = "",
     ) -> tuple[Lease, Resolved, tuple[Posteriors, Posteriors] | None]:
         """`admit_and_personalize` for the auto mode: the user's and the tenant's posteriors ride in the
         same round trip. A failure lets the call through without persona, quota or posteriors."""
         limits = self.limits(tenant)
         if not limits.metered:
-            resolved, posteriors = await resolver.read_with_policy(tenant, user, segment=segment)
+            resolved, posteriors = await resolver.read_with_policy(
+                tenant, user, segment=segment, tag=tag, text=text
+            )
             return Lease(self, tenant, None), resolved, posteriors
         call, lease = self._call(tenant, user, cost, limits)
         personalizer = resolver.personalizer
@@ -218,7 +230,8 @@ class Quotas:
             if reason:
                 self.refuse(tenant, REASONS[reason], wait_ms / 1000.0)
         with self._tracing.span("persona.read", tenant, user) as span:
-            return Lease(self, tenant, lease or None), traced(span, resolver.of(reads)), posteriors
+            resolved = resolver.of(reads, tag=tag, text=text)
+            return Lease(self, tenant, lease or None), traced(span, resolved), posteriors
 
     def _skipped(self, exc: BaseException) -> None:
         self._metrics.quota_store_failures.inc()

@@ -11,6 +11,12 @@ match one user only. Ids without those characters keep the key they always had.
     pm:{t:u}:persona:v<N>          one persona version (JSON blob)
     pm:{t:u}:persona:versions      sorted set of version numbers
     pm:{t:u}:persona:seq           version counter
+    pm:{t:u}:contexts              hash: `router` -> the context router, `c:<name>` -> the current
+                                   persona of context <name> (one HGETALL beside the persona GET)
+    pm:{t:u}:contexts:names        set of the user's context names (every line ever stored)
+    pm:{t:u}:ctx:<name>:v<N>       one context persona version (JSON blob)
+    pm:{t:u}:ctx:<name>:versions   sorted set of the context's version numbers
+    pm:{t:u}:ctx:<name>:seq        the context's version counter
     pm:{t:u}:prefs                 Stream of preference records (source of truth)
     pm:{t:u}:prefs:ids             set of preference ids already stored (idempotent writes)
     pm:{t:u}:comparisons:<id>      pending four-way comparison (TTL)
@@ -89,6 +95,32 @@ def persona_versions(tenant: str, user: str) -> str:
 
 def persona_seq(tenant: str, user: str) -> str:
     return f"{user_tag(tenant, user)}:persona:seq"
+
+
+def contexts(tenant: str, user: str) -> str:
+    """Hash: `router` -> the router's centroids, `c:<name>` -> context <name>'s current persona."""
+    return f"{user_tag(tenant, user)}:contexts"
+
+
+def context_names(tenant: str, user: str) -> str:
+    return f"{user_tag(tenant, user)}:contexts:names"
+
+
+def context_version(tenant: str, user: str, name: str, version: int) -> str:
+    return f"{user_tag(tenant, user)}:ctx:{name}:v{version}"
+
+
+def context_version_prefix(tenant: str, user: str, name: str) -> str:
+    """What every `context_version` key of one context line starts with."""
+    return f"{user_tag(tenant, user)}:ctx:{name}:v"
+
+
+def context_versions(tenant: str, user: str, name: str) -> str:
+    return f"{user_tag(tenant, user)}:ctx:{name}:versions"
+
+
+def context_seq(tenant: str, user: str, name: str) -> str:
+    return f"{user_tag(tenant, user)}:ctx:{name}:seq"
 
 
 def prefs(tenant: str, user: str) -> str:

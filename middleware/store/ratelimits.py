@@ -150,7 +150,7 @@ class RateLimitStore:
         self, call: tuple[list[str], list[Any]], tenant: str, user: str, segment: str | None
     ) -> tuple[int, int, PersonaReads]:
         """One round trip: the admission and the persona reads of the chat path (the user's current
-        persona, and the segment's or tenant default's, `store/segments.py`)."""
+        persona and context hash, and the segment's or tenant default's, `store/segments.py`)."""
         reason, wait_ms, reads, _ = await self.admit_and_read(call, tenant, user, segment, policy=False)
         return reason, wait_ms, reads
 
@@ -168,9 +168,9 @@ class RateLimitStore:
                 queue_policy_reads(pipe, tenant, user)
 
         replies = await self._chat_pipelines.run(build)
-        (reason, wait_ms), own, shared = replies[:3]
-        posteriors = (parse(replies[3]), parse(replies[4])) if policy else None
-        return int(reason), int(wait_ms), reads_of(own, shared), posteriors
+        (reason, wait_ms), own, contexts, shared = replies[:4]
+        posteriors = (parse(replies[4]), parse(replies[5])) if policy else None
+        return int(reason), int(wait_ms), reads_of(own, contexts, shared), posteriors
 
     async def record_calls(self, tenant: str, calls: int, *, rpm: int, window_ms: int = WINDOW_MS) -> None:
         await self._record(keys=[keys.rate_log(tenant)], args=[calls, rpm, window_ms])
