@@ -26,6 +26,7 @@ from middleware.api import (
     messages,
     openai_responses,
     passthrough,
+    policy,
     preferences,
     segments,
     ui,
@@ -88,7 +89,8 @@ def create_app(settings: Settings, tracing: Tracing | None = None) -> FastAPI:
     for module in (user_tokens, admin, segments, comparisons, preferences):
         app.include_router(module.router)
     app.include_router(feedback.router)
-    for module in (users, jobs, ui, evaluations, ui_evaluate, passthrough):  # passthrough last: a catch-all
+    # passthrough last: a catch-all
+    for module in (users, policy, jobs, ui, evaluations, ui_evaluate, passthrough):
         app.include_router(module.router)
     install_docs(app, settings)
     install_error_handlers(app)

@@ -113,6 +113,12 @@ class Metrics:
             "Rerank calls that fell back to the first candidate",
             registry=self.registry,
         )
+        self.policy_arms = Counter(
+            "persona_policy_arm",
+            "Arms the auto mode chose, by arm (README \"Auto mode\")",
+            ["arm"],
+            registry=self.registry,
+        )
         self.quota_refusals = Counter(
             "persona_quota_refusals",
             "Calls refused by a quota (429) or a cap (400), by tenant and the limit that refused",

@@ -16,11 +16,12 @@ from middleware.collection.service import ComparisonService
 from middleware.config import Settings
 from middleware.evaluation.online_service import EvaluationService
 from middleware.feedback.answers import FeedbackRecorder
-from middleware.feedback.signals import FeedbackService, RewardHook, no_reward_hook
+from middleware.feedback.signals import FeedbackService, RewardHook
 from middleware.induction.adapters import AdapterTrainer
 from middleware.induction.pipeline import Induction
 from middleware.induction.queue import JobQueue
 from middleware.metrics import Metrics
+from middleware.personalize.policy import Policy
 from middleware.personalize.resolve import Resolver
 from middleware.personalize.service import Personalizer
 from middleware.quotas.service import Quotas
@@ -31,6 +32,7 @@ from middleware.store.contexts import ContextStore
 from middleware.store.evaluations import EvaluationStore
 from middleware.store.feedback import FeedbackStore
 from middleware.store.personas import PersonaStore
+from middleware.store.policy import PolicyStore
 from middleware.store.preferences import PreferenceStore
 from middleware.store.segments import PersonaReader, SegmentStore
 from middleware.store.users import UserIndex
@@ -52,6 +54,7 @@ class Services:
     preferences: PreferenceStore
     users: UserIndex
     personalizer: Personalizer
+    policy: Policy
     resolver: Resolver
     segments: SegmentStore
     upstreams: UpstreamRouter
@@ -103,7 +106,8 @@ def build_services(settings: Settings, tracing: Tracing = TRACING_OFF) -> Servic
     upstreams = UpstreamRouter(settings, http, metrics.upstream_retries.inc)
     quotas = Quotas(settings, redis, metrics, tracing)
     feedback_store = FeedbackStore(redis, ttl_s=settings.feedback_ttl_s)
-    on_reward: RewardHook = no_reward_hook
+    policy = Policy(settings, PolicyStore(redis), metrics)
+    on_reward: RewardHook = policy.on_reward  # rewards from /v1/feedback update the auto mode's policy
     rerankers = RerankerRegistry(settings, RerankResources(upstreams, personas)).load_entry_points()
     return Services(
         settings=settings,
@@ -116,6 +120,7 @@ def build_services(settings: Settings, tracing: Tracing = TRACING_OFF) -> Servic
         preferences=preferences,
         users=UserIndex(redis),
         personalizer=personalizer,
+        policy=policy,
         resolver=Resolver(
             personalizer,
             PersonaReader(

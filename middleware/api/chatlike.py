@@ -6,7 +6,9 @@
   (`identity.app_caller`);
 - the body, decoded once and checked by the route's own validator;
 - the end user (`identity.end_user_id`; with a user token, naming anyone else is a 403);
-- the persona mode (`X-Persona-Mode`; rerank only where the route offers it);
+- the persona mode (`X-Persona-Mode`, else the tenant's default mode in `PERSONA_POLICY`; rerank only
+  where the route offers it); in auto mode the arm (`Policy.choose`, README "Auto mode"), whose
+  posteriors ride in the persona read's round trip (`Quotas.admit_and_personalize_auto`);
 - the tenant's caps (`Quotas.check_body`) and admission (`Quotas.admit_and_personalize`: the quota
   check rides in the persona reads' round trip), which give a lease and the persona resolved as
   own for the routed context > own > segment > tenant default > none (`personalize.resolve`; the
@@ -41,10 +43,12 @@ from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
 
 from middleware.api.deps import json_body
+from middleware.config import PERSONA_MODES
 from middleware.errors import InvalidRequest, PersonaError
 from middleware.feedback.answers import RESPONSE_ID_HEADER, PendingAnswer
 from middleware.identity import app_caller, bind_user, end_user_id, request_segment
 from middleware.personalize.contexts import GENERAL, last_user_text, valid_tag
+from middleware.personalize.policy import Arm
 from middleware.personalize.resolve import NOTHING
 from middleware.personalize.service import ActivePersona
 from middleware.quotas.service import Lease
@@ -56,8 +60,9 @@ SOURCE_HEADER = "x-persona-source"
 OVERHEAD_HEADER = "x-persona-overhead-ms"
 CONTEXT_HEADER = "x-persona-context"
 MODE_HEADER = "x-persona-mode"
+ARM_HEADER = "x-persona-arm"
 RERANKER_HEADER = "x-persona-reranker"
-MODES = ("inject", "off", "rerank")
+MODES = PERSONA_MODES
 CLIENT_CLOSED_REQUEST = 499
 
 
@@ -103,6 +108,7 @@ class Admitted:
     # The app's conversation as it arrived (chat and Messages `messages`, Responses `input`): the
     # feedback record's prompt (routes place the persona in copies, never in this value).
     prompt: Any = None
+    arm: Arm | None = None  # the auto mode's choice (`found` then holds the block the arm injects)
 
     @property
     def version(self) -> int | None:
@@ -113,13 +119,17 @@ class Admitted:
         return self.found.context if self.found is not None else None
 
 
-def persona_mode(request: Request, *, rerank: bool = True) -> str:
-    mode = request.headers.get(MODE_HEADER, "inject").strip().lower() or "inject"
+def persona_mode(request: Request, *, rerank: bool = True, default: str = "inject") -> str:
+    """X-Persona-Mode, or `default` (the tenant's mode in `PERSONA_POLICY`) when the request names none."""
+    named = request.headers.get(MODE_HEADER)
+    if named is None and default == "rerank" and not rerank:
+        return "inject"  # a tenant's default rerank applies where the route reranks
+    mode = (named if named is not None else default).strip().lower() or default
     if mode not in MODES:
         raise InvalidRequest(f"{MODE_HEADER} must be one of {', '.join(MODES)}", param=MODE_HEADER)
     if mode == "rerank" and not rerank:
         raise InvalidRequest(
-            f"{MODE_HEADER}: rerank is available on /v1/chat/completions only; use inject or off here",
+            f"{MODE_HEADER}: rerank is available on /v1/chat/completions only; use inject, off or auto here",
             param=MODE_HEADER,
         )
     return mode
@@ -140,10 +150,13 @@ async def admit(
     user = end_user_id(request.headers, body)
     if token_user is not None:  # a user token acts for its own user only
         user = bind_user(token_user, user)
-    mode = persona_mode(request, rerank=rerank_cost is not None)
+    mode = persona_mode(request, rerank=rerank_cost is not None, default=services.policy.default_mode(tenant))
     tag = context_tag(request.headers, body)
     quotas = services.quotas
     quotas.check_body(tenant, body)
+    if mode == "auto" and user is not None:
+        return await _admit_auto(request, services, tenant, user, body, started, rerank_cost, tag)
+    mode = "inject" if mode == "auto" else mode  # without an end user there is no policy to ask
     cost = rerank_cost if mode == "rerank" and rerank_cost is not None else 1
     resolved = NOTHING
     if user is not None and mode != "off":
@@ -166,7 +179,9 @@ def pending_answer(request: Request, services: Services, call: Admitted) -> Pend
     """The answer's id and what its feedback record will say (the arm: the persona mode, a rerank
     with its reranker)."""
     arm = call.mode
-    if arm == "rerank":
+    if call.arm is not None:
+        arm = call.arm.name
+    elif arm == "rerank":
         arm = f"rerank:{request.headers.get(RERANKER_HEADER) or services.settings.reranker}"
     return services.answers.open(
         call.tenant,
@@ -177,6 +192,41 @@ def pending_answer(request: Request, services: Services, call: Admitted) -> Pend
         model=call.body.get("model"),
         prompt=call.prompt,
     )
+
+
+async def _admit_auto(
+    request: Request,
+    services: Services,
+    tenant: str,
+    user: str,
+    body: dict[str, Any],
+    started: float,
+    rerank_cost: int | None,
+    tag: str | None,
+) -> Admitted:
+    """The auto mode's admission: quota, persona and posteriors in one round trip, then the arm."""
+    quotas, personalizer = services.quotas, services.resolver.personalizer
+    segment = request_segment(request.headers, body)
+    text = routing_text(body.get("messages") if "messages" in body else body.get("input"))
+    lease, resolved, posteriors = await quotas.admit_and_personalize_auto(
+        tenant, user, 1, services.resolver, segment=segment, tag=tag, text=text
+    )
+    arm = services.policy.choose(tenant, posteriors, rerank=rerank_cost is not None)
+    found, source = resolved.persona, resolved.source
+    if arm.mode == "off":
+        found, source = None, "none"
+    elif found is not None and not arm.exemplars:
+        found = found._replace(block=personalizer.block_without_exemplars(found))
+    if arm.mode == "rerank" and rerank_cost is not None and rerank_cost > 1:
+        try:  # one call was admitted with the read: the other variants now
+            await (await quotas.admit(tenant, user, rerank_cost - 1)).release()
+        except BaseException:
+            await lease.release()
+            raise
+    if found is not None:
+        services.metrics.persona_injected.inc()
+    prompt = body.get("messages", body.get("input"))
+    return Admitted(tenant, user, body, arm.mode, lease, found, started, source, prompt, arm)
 
 
 def persona_headers(
@@ -237,6 +287,8 @@ async def answer(
     overhead_ms = monotonic_ms(call.started)
     metrics.overhead_seconds.observe(overhead_ms / 1000.0)
     headers = persona_headers(call.version, overhead_ms, call.source, call.context)
+    if call.arm is not None:
+        headers[ARM_HEADER] = call.arm.name
 
     def count(outcome: str) -> None:
         if framing.metric_route is None:

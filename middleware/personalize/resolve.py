@@ -12,6 +12,7 @@ from typing import Any, NamedTuple
 
 from middleware.personalize.service import ActivePersona, Personalizer
 from middleware.store.personas import PersonaReadFailed
+from middleware.store.policy import Posteriors
 from middleware.store.segments import PersonaReader, PersonaReads
 
 # The values of the `x-persona-source` header.
@@ -76,3 +77,15 @@ class Resolver:
                 self.personalizer.read_failed(exc, quiet=exc.skipped)
                 return NOTHING
             return traced(span, self.of(reads, tag=tag, text=text))
+
+    async def read_with_policy(
+        self, tenant: str, user: str, *, segment: str | None = None, tag: str | None = None, text: str = ""
+    ) -> tuple[Resolved, tuple[Posteriors, Posteriors] | None]:
+        """`read`, with the auto mode's posteriors in the same round trip (None when Redis failed)."""
+        with self.personalizer.tracing.span("persona.read", tenant, user) as span:
+            try:
+                reads, posteriors = await self._reader.read_with_policy(tenant, user, segment)
+            except PersonaReadFailed as exc:
+                self.personalizer.read_failed(exc, quiet=exc.skipped)
+                return NOTHING, None
+            return traced(span, self.of(reads, tag=tag, text=text)), posteriors

@@ -67,6 +67,7 @@ class Personalizer:
         self._metrics = metrics
         self.tracing = tracing
         self._cache: OrderedDict[str, ActivePersona] = OrderedDict()
+        self._plain_blocks: OrderedDict[str, str] = OrderedDict()  # version id -> block, no exemplars
         self._routers: OrderedDict[str, Router] = OrderedDict()
 
     async def current(
@@ -145,6 +146,23 @@ class Personalizer:
         while len(self._cache) > self._settings.persona_cache_size:
             self._cache.popitem(last=False)
         return active
+
+    def block_without_exemplars(self, found: ActivePersona) -> str:
+        """The block of `found` without its exemplars (the auto mode's `inject-no-exemplars` arm),
+        rendered once per version."""
+        block = self._plain_blocks.get(found.version_id)
+        if block is None:
+            block = self._plain_blocks[found.version_id] = render_persona_block(
+                found.persona,
+                max_chars=self._settings.persona_max_chars,
+                exemplars_max=0,
+                exemplar_max_chars=self._settings.exemplar_max_chars,
+            )
+            while len(self._plain_blocks) > self._settings.persona_cache_size:
+                self._plain_blocks.popitem(last=False)
+        else:
+            self._plain_blocks.move_to_end(found.version_id)
+        return block
 
     def read_failed(self, exc: BaseException, *, quiet: bool = False) -> None:
         """Count a persona read that failed outside `current` (the chat goes on without a persona);

@@ -28,6 +28,7 @@ match one user only. Ids without those characters keep the key they always had.
     pm:{t:u}:job-lock              the user's running refresh (mutual exclusion, TTL)
     pm:{t:u}:job-pending           the user's queued/running refresh job id (deduplication)
     pm:{t:u}:jobs                  ids of the user's jobs (deleted with their records on forget)
+    pm:{t:u}:policy                the user's auto-mode posteriors per arm (hash, see store/policy.py)
     pm:{t:u}:feedback:<id>         an answer's feedback record and its signals (hash, TTL)
     pm:{t:u}:feedback-prompt:<d>   answers to one prompt digest -> their latest verdict (hash, TTL)
     pm:{t:u}:sentiment             the user's smoothed follow-up sentiment (hash)
@@ -38,6 +39,7 @@ match one user only. Ids without those characters keep the key they always had.
     pm:evaluations:<t>:<id>...     online evaluation runs (see evaluation_* below): the run, its
                                    trial ids (list), one hash per trial, per-user trial counters
     pm:jobs:...                    job records and tenant slots (middleware.store.jobs)
+    pm:{policy:<t>}:arms           the tenant's auto-mode posteriors per arm (the new users' prior)
 
 A tenant's segments, its operator-assigned memberships and its default persona share the hash tag
 `{segments:<t>}`, so the chat path resolves user -> segment -> segment persona -> tenant default in
@@ -271,6 +273,21 @@ def tokens_day(tenant: str, day: str) -> str:
 def pending_comparisons(tenant: str, user: str) -> str:
     """Sorted set of the user's pending comparison ids, scored by the time each one expires."""
     return f"{user_tag(tenant, user)}:comparisons:pending"
+
+
+# --- the auto-mode policy (middleware/store/policy.py) ---------------------------------------------
+def policy_user(tenant: str, user: str) -> str:
+    """Hash of the user's discounted successes and failures, pulls and reward sums per arm."""
+    return f"{user_tag(tenant, user)}:policy"
+
+
+def _policy_tag(tenant: str) -> str:
+    return f"{PREFIX}:{{policy:{tenant}}}"
+
+
+def policy_tenant(tenant: str) -> str:
+    """The same hash for the whole tenant (every user's rewards): the prior of a new user."""
+    return f"{_policy_tag(tenant)}:arms"
 
 
 # --- persona lines: a user's, a segment's, the tenant default's -------------------------------------

@@ -25,6 +25,7 @@ from redis.exceptions import NoScriptError
 from middleware.store import keys
 from middleware.store.guard import STORE_ERRORS, fail_closed, resolved
 from middleware.store.personas import PersonaReadFailed
+from middleware.store.policy import Posteriors, parse, queue_policy_reads
 
 # KEYS[1] assignments hash, KEYS[2] the tenant default's current persona.
 # ARGV[1] user, ARGV[2] the segment the request names ('' for none), ARGV[3] the segments' key prefix
@@ -128,18 +129,29 @@ class PersonaReader:
         self._open_until = 0.0
 
     async def read(self, tenant: str, user: str, segment: str | None) -> PersonaReads:
+        reads, _ = await self.read_with_policy(tenant, user, segment, policy=False)
+        return reads
+
+    async def read_with_policy(
+        self, tenant: str, user: str, segment: str | None, *, policy: bool = True
+    ) -> tuple[PersonaReads, tuple[Posteriors, Posteriors] | None]:
+        """The persona reads and, with `policy`, the user's and the tenant's auto-mode posteriors
+        (`store/policy.py`) in the same pipeline."""
         if time.monotonic() < self._open_until:
             raise PersonaReadFailed("persona store recently failed; read skipped", skipped=True)
 
         def build(pipe: Pipeline) -> None:
             queue_reads(pipe, self._resolve_sha, tenant, user, segment)
+            if policy:
+                queue_policy_reads(pipe, tenant, user)
 
         try:
-            own, contexts, shared = await asyncio.wait_for(self._pipelines.run(build), self._read_timeout_s)
+            replies = await asyncio.wait_for(self._pipelines.run(build), self._read_timeout_s)
         except STORE_ERRORS as exc:
             self._open_until = time.monotonic() + self._breaker_s
             raise PersonaReadFailed(str(exc) or type(exc).__name__) from exc
-        return reads_of(own, contexts, shared)
+        posteriors = (parse(replies[3]), parse(replies[4])) if policy else None
+        return reads_of(replies[0], replies[1], replies[2]), posteriors
 
 
 class SegmentStore:
