@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 from middleware.errors import NotFound
 from middleware.models import Persona, PreferencePair
 from middleware.store import keys
+from middleware.store.connection import one_slot_pipeline
 from middleware.store.guard import fail_closed
 
 ROUTER_FIELD = b"router"
@@ -52,10 +53,10 @@ class ContextStore:
             created_at=datetime.now(UTC).isoformat(),
         )
         blob = persona.model_dump_json().encode()
-        pipe = self._redis.pipeline(transaction=True)
+        pipe = one_slot_pipeline(self._redis)
         pipe.set(keys.context_version(tenant, user, name, version), blob)
         pipe.zadd(keys.context_versions(tenant, user, name), {str(version): version})
-        pipe.hset(keys.contexts(tenant, user), f"c:{name}", blob)  # type: ignore[arg-type]
+        pipe.hset(keys.contexts(tenant, user), f"c:{name}", blob)
         pipe.sadd(keys.context_names(tenant, user), name)
         await fail_closed(pipe.execute())
         # the tenant's user index lives in another slot: a second command, after the data

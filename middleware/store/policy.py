@@ -123,7 +123,10 @@ class PolicyStore:
         for attempt in (1, 2):
             pipe = self._redis.pipeline(transaction=False)
             for key, factor, ttl in updates:
-                pipe.evalsha(self._update.sha, 1, key, repr(factor), arm, repr(reward), str(ttl), replaced)
+                # execute_command: redis-py's cluster pipeline blocks its evalsha() method, not the command
+                pipe.execute_command(
+                    "EVALSHA", self._update.sha, 1, key, repr(factor), arm, repr(reward), str(ttl), replaced
+                )
             replies = await fail_closed(pipe.execute(raise_on_error=False))
             # Only the updates Redis refused for want of the script are sent again (on a Cluster one
             # node may know it and another not), so none is applied twice.

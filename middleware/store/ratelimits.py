@@ -18,6 +18,7 @@ from redis.asyncio.client import Pipeline
 from redis.commands.core import AsyncScript
 
 from middleware.store import keys
+from middleware.store.connection import one_slot_pipeline
 from middleware.store.guard import resolved
 from middleware.store.policy import Posteriors, parse, queue_policy_reads
 from middleware.store.segments import RESOLVE, PersonaReads, ScriptPipelines, queue_reads, reads_of
@@ -202,7 +203,7 @@ class RateLimitStore:
         """Count a stored comparison as pending again (no limit: it exists already), e.g. when a retry
         finds the comparison a timed-out creation stored after its slot had been dropped."""
         key = keys.pending_comparisons(tenant, user)
-        pipe = self._redis.pipeline(transaction=True)
+        pipe = one_slot_pipeline(self._redis)
         pipe.zadd(key, {comparison_id: expires_at_ms}, nx=True)
         pipe.pexpireat(key, expires_at_ms, gt=True)
         pipe.pexpireat(key, expires_at_ms, nx=True)
