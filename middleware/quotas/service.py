@@ -172,29 +172,10 @@ class Quotas:
         """The chat path: admission and the persona reads in one round trip (one pipeline), bounded
         by the persona read timeout; a failure lets the call through without a persona. `tag` and
         `text` (the last user turn) route to a context persona (`Resolver.of`)."""
-        limits = self.limits(tenant)
-        if not limits.metered:
-            return Lease(self, tenant, None), await resolver.read(
-                tenant, user, segment=segment, tag=tag, text=text
-            )
-        call, lease = self._call(tenant, user, cost, limits)
-        personalizer = resolver.personalizer
-        # One round trip holds the admission and the persona reads: its span is quota.admit, and
-        # persona.read is the resolving of what it brought back.
-        with self._tracing.span("quota.admit", tenant, user):
-            try:
-                reason, wait_ms, reads = await asyncio.wait_for(
-                    self.store.admit_and_read_personas(call, tenant, user, segment),
-                    personalizer.read_timeout_s,
-                )
-            except STORE_ERRORS as exc:
-                self._skipped(exc)
-                personalizer.read_failed(exc)
-                return Lease(self, tenant, None), NOTHING
-            if reason:
-                self.refuse(tenant, REASONS[reason], wait_ms / 1000.0)
-        with self._tracing.span("persona.read", tenant, user) as span:
-            return Lease(self, tenant, lease or None), traced(span, resolver.of(reads, tag=tag, text=text))
+        lease, resolved, _ = await self._admit_and_resolve(
+            tenant, user, cost, resolver, segment, tag, text, False
+        )
+        return lease, resolved
 
     async def admit_and_personalize_auto(
         self,
@@ -209,18 +190,39 @@ class Quotas:
     ) -> tuple[Lease, Resolved, tuple[Posteriors, Posteriors] | None]:
         """`admit_and_personalize` for the auto mode: the user's and the tenant's posteriors ride in the
         same round trip. A failure lets the call through without persona, quota or posteriors."""
+        return await self._admit_and_resolve(tenant, user, cost, resolver, segment, tag, text, True)
+
+    async def _admit_and_resolve(
+        self,
+        tenant: str,
+        user: str,
+        cost: int,
+        resolver: Resolver,
+        segment: str | None,
+        tag: str | None,
+        text: str,
+        policy: bool,
+    ) -> tuple[Lease, Resolved, tuple[Posteriors, Posteriors] | None]:
         limits = self.limits(tenant)
         if not limits.metered:
-            resolved, posteriors = await resolver.read_with_policy(
-                tenant, user, segment=segment, tag=tag, text=text
+            if policy:
+                resolved, posteriors = await resolver.read_with_policy(
+                    tenant, user, segment=segment, tag=tag, text=text
+                )
+                return Lease(self, tenant, None), resolved, posteriors
+            return (
+                Lease(self, tenant, None),
+                await resolver.read(tenant, user, segment=segment, tag=tag, text=text),
+                None,
             )
-            return Lease(self, tenant, None), resolved, posteriors
         call, lease = self._call(tenant, user, cost, limits)
         personalizer = resolver.personalizer
+        # One round trip holds the admission and the persona reads: its span is quota.admit, and
+        # persona.read is the resolving of what it brought back.
         with self._tracing.span("quota.admit", tenant, user):
             try:
                 reason, wait_ms, reads, posteriors = await asyncio.wait_for(
-                    self.store.admit_and_read(call, tenant, user, segment, policy=True),
+                    self.store.admit_and_read(call, tenant, user, segment, policy=policy),
                     personalizer.read_timeout_s,
                 )
             except STORE_ERRORS as exc:
