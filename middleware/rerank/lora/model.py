@@ -256,12 +256,16 @@ class LoraRewardModel:
         strength: float | str | None = "auto",
         cache: bool = True,
         extra: dict[str, str] | None = None,
+        prior: Hashable | None = None,
     ) -> bytes:
-        """Train the user's adapter on their pairs; returns the adapter as bytes (and caches it)."""
+        """Train the user's adapter on their pairs; returns the adapter as bytes (and caches it).
+        `prior`: the key of a cached adapter (a segment's) to start from and regularise toward."""
         if not pairs:
             raise NotEnoughData(f"no preference pairs to train an adapter for user {user!r}")
         xc, xr = self.pair_features(pairs)
-        return self.train_user_features(user, xc, xr, strength=strength, cache=cache, extra=extra)
+        return self.train_user_features(
+            user, xc, xr, strength=strength, cache=cache, extra=extra, prior=prior
+        )
 
     def train_user_features(
         self,
@@ -272,16 +276,25 @@ class LoraRewardModel:
         strength: float | str | None = "auto",
         cache: bool = True,
         extra: dict[str, str] | None = None,
+        prior: Hashable | None = None,
     ) -> bytes:
-        """Train `user`'s adapter on feature rows; strength "auto" = chosen by CV, None = off."""
+        """Train `user`'s adapter on feature rows; strength "auto" = chosen by CV, None = off (the
+        global head, or the prior: the cached adapter under the key `prior`, see `training.py`)."""
         self.require_head()
         if xc.shape[0] == 0:
             raise NotEnoughData(f"no preference pairs to train an adapter for user {user!r}")
+        prior_state = None
+        if prior is not None:
+            item = self.adapters.get(prior)
+            if item is None:
+                raise NotEnoughData(f"no cached adapter {prior!r} to train user {user!r}'s adapter from")
+            prior_state = item.state
         started = time.perf_counter()
         with self.lock:
-            state, chosen, cv = training.train_adapter(self, xc, xr, strength)
+            state, chosen, cv = training.train_adapter(self, xc, xr, strength, prior_state)
             meta = {
                 **(extra or {}),
+                **({"prior": str(prior)} if prior is not None else {}),
                 "format": ADAPTER_FORMAT,
                 "user": str(user),
                 "head_id": str(self.head_id),
