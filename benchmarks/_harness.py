@@ -41,7 +41,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_http(url: str, timeout: float = 30.0) -> None:
+def wait_http(url: str, timeout: float = 90.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -93,10 +93,18 @@ def redis() -> Iterator[RedisServer]:
 
 
 @contextmanager
-def proxy(redis_url: str, upstream_base: str, root: Path = ROOT, **settings: str) -> Iterator[str]:
-    """`persona serve` from the checkout at `root` (another checkout: a baseline in the same run)."""
+def proxy(
+    redis_url: str,
+    upstream_base: str,
+    root: Path = ROOT,
+    environ: dict[str, str] | None = None,
+    **settings: str,
+) -> Iterator[str]:
+    """`persona serve` from the checkout at `root` (another checkout: a baseline in the same run), with
+    these PERSONA_ settings plus any other variables in `environ` (OTEL_*)."""
     port = free_port()
     env = {
+        **(environ or {}),
         "PERSONA_REDIS_URL": redis_url,
         "PERSONA_UPSTREAM_API_BASE": upstream_base,
         "PERSONA_API_KEYS": json.dumps({APP_KEY: "bench"}),

@@ -3,12 +3,14 @@
 Loopback only and bounded in time: a private redis-server (append-only file, fsync every second), the
 suite's fake upstream (in this process; it answers chat and the induction prompts), `persona serve`
 and `persona worker` as separate processes. For `--seconds` (default 24) the load runs: chat calls on
-several connections, preference writes (each with its own Idempotency-Key, retried with the same key
-after a 503, as a careful client does), comparisons with their judgements, and a persona refresh
-job in each phase. Redis is killed (SIGKILL) at 1/8 of the run and started again on the same port
+several connections, Responses API calls (`/v1/responses`, one connection plain and one streamed),
+preference writes (each with its own Idempotency-Key, retried with the same key after a 503, as a
+careful client does), comparisons (each with its own Idempotency-Key, retried the same way) with their
+judgements, and a persona refresh job in each phase. Redis is killed (SIGKILL) at 1/8 of the run and started again on the same port
 3 s later, then paused (SIGSTOP) at 1/2 of the run for 5 s.
 
-Printed afterwards: the chat success rate, the acknowledged writes and how many of them are found in
+Printed afterwards: the chat and Responses success rates (a stream succeeds when it ends with
+`response.completed`), the acknowledged writes and how many of them are found in
 Redis (a write acknowledged in the last second before the kill may be lost with the AOF's everysec
 fsync: that window is reported apart), the longest time any request took, and the refresh jobs'
 outcomes. Targets: chat 100 %, 0 acknowledged writes lost beyond the AOF window, no request longer
@@ -16,8 +18,7 @@ than 2 s.
 
     .venv/bin/python benchmarks/chaos.py [--seconds 24] [--chat-connections 4]
 
-To add a kind of traffic, write a loop like `chat_loop` and name it in `LOADS` (`responses_loop`
-is there already and runs when the proxy serves /v1/responses).
+To add a kind of traffic, write a loop like `chat_loop` and name it in `LOADS`.
 """
 
 from __future__ import annotations
@@ -86,10 +87,41 @@ async def chat_loop(client: httpx.AsyncClient, figures: Figures, until: float) -
         await timed(figures, "chat", client.post("/v1/chat/completions", json=body, headers=APP))
 
 
+RESPONSES_BODY = {
+    "model": "fake-model",
+    "instructions": "You are the ACME store assistant.",
+    "input": "Which running shoes for a beginner?",
+    "user": CHAT_USER,
+}
+
+
 async def responses_loop(client: httpx.AsyncClient, figures: Figures, until: float) -> None:
-    body = {"model": "fake-model", "input": "Which running shoes for a beginner?", "user": CHAT_USER}
     while time.monotonic() < until:
-        await timed(figures, "responses", client.post("/v1/responses", json=body, headers=APP))
+        started = time.monotonic()
+        try:
+            response = await client.post("/v1/responses", json=RESPONSES_BODY, headers=APP)
+            ok = response.status_code == 200 and response.json().get("status") == "completed"
+            status = 200 if ok else (response.status_code if response.status_code != 200 else 0)
+        except (httpx.HTTPError, ValueError):
+            status = 0
+        figures.record("responses", status, time.monotonic() - started)
+
+
+async def responses_stream_loop(client: httpx.AsyncClient, figures: Figures, until: float) -> None:
+    """A stream counts as a success only when it arrives whole: status 200 and `response.completed`."""
+    body = {**RESPONSES_BODY, "stream": True}
+    while time.monotonic() < until:
+        started = time.monotonic()
+        status = 0
+        try:
+            async with client.stream("POST", "/v1/responses", json=body, headers=APP) as response:
+                text = (await response.aread()).decode()
+                status = response.status_code
+                if status == 200 and "event: response.completed" not in text:
+                    status = 0  # cut short or ended with an error event
+        except httpx.HTTPError:
+            status = 0
+        figures.record("responses-stream", status, time.monotonic() - started)
 
 
 async def preferences_loop(client: httpx.AsyncClient, figures: Figures, until: float) -> None:
@@ -114,10 +146,18 @@ async def preferences_loop(client: httpx.AsyncClient, figures: Figures, until: f
 
 async def comparisons_loop(client: httpx.AsyncClient, figures: Figures, until: float) -> None:
     body = {"model": "fake-model", "messages": MESSAGES, "user": JUDGE}
+    i = 0
     while time.monotonic() < until:
-        created = await timed(figures, "comparison", client.post("/v1/comparisons", json=body, headers=APP))
-        if created is None or created.status_code != 200:
+        i += 1
+        headers = {**APP, "Idempotency-Key": f"chaos-cmp-{i}"}
+        created = None
+        while time.monotonic() < until + 10:  # a 503 is retried with the same key
+            posted = client.post("/v1/comparisons", json=body, headers=headers)
+            created = await timed(figures, "comparison", posted)
+            if created is not None and created.status_code == 200:
+                break
             await asyncio.sleep(0.1)
+        if created is None or created.status_code != 200:
             continue
         path = f"/v1/comparisons/{created.json()['id']}/judgement"
         judgement = {"best": 0, "worst": 1, "rationale": "the first is clearer", "user": JUDGE}
@@ -130,6 +170,7 @@ async def comparisons_loop(client: httpx.AsyncClient, figures: Figures, until: f
 LOADS: dict[str, Loop] = {
     "chat": chat_loop,
     "responses": responses_loop,
+    "responses-stream": responses_stream_loop,
     "preferences": preferences_loop,
     "comparisons": comparisons_loop,
 }
@@ -179,7 +220,8 @@ async def run(proxy_url: str, redis: Any, seconds: float, chat_connections: int)
     limits = httpx.Limits(max_connections=64)
     async with httpx.AsyncClient(base_url=proxy_url, timeout=TIMEOUT_S, limits=limits) as client:
         paths = (await client.get("/openapi.json")).json()["paths"]
-        loads = {name: loop for name, loop in LOADS.items() if name != "responses" or "/v1/responses" in paths}
+        served = "/v1/responses" in paths
+        loads = {name: loop for name, loop in LOADS.items() if "responses" not in name or served}
         start = time.monotonic()
         until = start + seconds
         tasks = [asyncio.create_task(faults(redis, figures, start, seconds))]
@@ -211,12 +253,18 @@ def report(figures: Figures, redis_url: str) -> int:
         print(f"  {kind:<11} {len(calls):6d}  {dict(sorted(statuses.items()))}  longest {longest:.2f} s")
     chat = figures.calls.get("chat", [])
     chat_ok = sum(1 for status, _ in chat if status == 200)
+    answered = {kind: figures.calls.get(kind, []) for kind in ("responses", "responses-stream")}
+    answered_ok = {kind: sum(1 for status, _ in calls if status == 200) for kind, calls in answered.items()}
     found = stored_ids(redis_url, [WRITER, JUDGE])
     lost = [rid for rid in figures.acknowledged if rid not in found]
     killed = figures.killed_at or 0.0
     in_window = [rid for rid in lost if killed - AOF_WINDOW_S <= figures.acknowledged[rid] <= killed]
     longest = max((s for calls in figures.calls.values() for _, s in calls), default=0.0)
     print(f"\nchat success: {chat_ok}/{len(chat)} = {100 * chat_ok / max(1, len(chat)):.2f} %")
+    for kind, calls in answered.items():
+        if calls:
+            ok = answered_ok[kind]
+            print(f"{kind} success: {ok}/{len(calls)} = {100 * ok / len(calls):.2f} %")
     print(
         f"writes acknowledged: {len(figures.acknowledged)}, found afterwards: {len(figures.acknowledged) - len(lost)}, "
         f"lost: {len(lost)} ({len(in_window)} acknowledged in the {AOF_WINDOW_S} s before the kill, "
@@ -224,8 +272,12 @@ def report(figures: Figures, redis_url: str) -> int:
     )
     print(f"longest request: {longest:.2f} s")
     print("refresh jobs: " + "; ".join(f"{j['phase']}: {j['state']} in {j['seconds']} s" for j in figures.jobs))
-    met = chat_ok == len(chat) and len(lost) == len(in_window) and longest <= 2.0
-    print(f"targets (chat 100 %, no loss beyond the AOF window, nothing over 2 s): {'met' if met else 'NOT met'}")
+    every_answer = chat_ok == len(chat) and all(answered_ok[k] == len(c) for k, c in answered.items())
+    met = every_answer and len(lost) == len(in_window) and longest <= 2.0
+    print(
+        "targets (chat and responses 100 %, no loss beyond the AOF window, nothing over 2 s): "
+        + ("met" if met else "NOT met")
+    )
     return 0 if met else 1
 
 

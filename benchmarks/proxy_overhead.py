@@ -13,6 +13,10 @@ the proxy beside the upstream alone and LiteLLM's own proxy (built once into its
 `benchmarks/out/`), prints the ratio, the targets, stream time to first byte added, and writes JSON +
 PNG under `benchmarks/out/` (benchmarks/side_by_side.py).
 
+`--feedback` measures what feedback records cost: the same proxy with PERSONA_FEEDBACK_RECORDS off
+(the baseline), on, and on with the texts kept (the stream's text collected as it passes), for chat
+completions streamed and not, at c=1, alternating; target <= 0.1 ms p50 added.
+
 `--segments BASELINE_SRC` measures the persona resolution (own > segment > tenant > none) at c=1,
 limits on: this checkout's proxy (a user with their own persona, a user with a segment persona)
 against the proxy of BASELINE_SRC (e.g. a checkout of the commit before segments) in the same run;
@@ -20,6 +24,10 @@ target <= 0.2 ms p50 added.
 
 `--limits` measures what quotas cost instead: the same proxy with PERSONA_LIMITS unset and with every
 rate limit on (high enough never to refuse), at c=1, alternating; target <= 0.1 ms p50 added.
+
+`--tracing` measures what OpenTelemetry tracing costs: the same proxy without OTEL_* (the baseline),
+with every call traced and exported over OTLP/HTTP, and with 1% of calls sampled, alternating: p50 at
+c=1, the proxy's own x-persona-overhead-ms, req/s and proxy CPU per request at c=16.
 
 Targets: >= 1,000 req/s through the proxy with persona injection at concurrency 16, and
 p50 added latency <= 2 ms.
@@ -36,10 +44,12 @@ dominates: by Little's law p50 ~ 16 / throughput), paced at about 1,000 req/s ov
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -134,6 +144,137 @@ def limits_cost(runs: int, seconds: float) -> None:
         f"x-persona-overhead-ms p50, c=1: limits off {own['limits off']:.3f} ms, on {own['limits on']:.3f} ms, "
         f"added {added_own:.3f} ms ({'met' if added_own <= 0.1 else 'NOT met'}: <= 0.1 ms)"
     )
+
+
+def feedback_cost(runs: int, seconds: float) -> None:
+    """p50 at c=1 with feedback records off (baseline), on, and on keeping the texts: many short
+    slices, the configurations in a rotating order, so a busy machine weighs on each alike. Also the
+    proxy's CPU time per request (steadier than latency on a shared machine) and, per slice, the
+    difference to the baseline slice next to it."""
+    configs = {
+        "records off": {"feedback_records": "false"},
+        "records on": {"feedback_records": "true"},
+        "records on, texts kept": {"feedback_records": "true", "feedback_keep_text": "true"},
+    }
+    bodies = {"chat": BODY, "chat, stream": {**BODY, "stream": True}}
+    names = list(configs)
+    with h.redis() as redis, h.fake_upstream() as upstream, contextlib.ExitStack() as stack:
+        urls = {name: stack.enter_context(h.proxy(redis.url, upstream, **env)) for name, env in configs.items()}
+        h.put_persona(urls["records off"], "bench-user", PERSONA, [EXEMPLAR, EXEMPLAR])
+        p50: dict[tuple[str, str], list[float]] = {(c, b): [] for c in configs for b in bodies}
+        cpu: dict[tuple[str, str], list[float]] = {(c, b): [] for c in configs for b in bodies}
+        for url in urls.values():
+            for body in bodies.values():
+                h.wrk(f"{url}/v1/chat/completions", body, connections=1, seconds=1)  # warm-up
+        for run in range(runs):
+            order = names[run % len(names) :] + names[: run % len(names)]
+            for body_name, body in bodies.items():
+                for name in order:
+                    pid = h.PIDS[urls[name]]
+                    before = h.cpu_seconds(pid)
+                    result = h.wrk(f"{urls[name]}/v1/chat/completions", body, connections=1, seconds=seconds)
+                    if result["non_2xx"]:
+                        raise SystemExit(f"{name}: {result['non_2xx']:.0f} non-2xx answers")
+                    requests = max(result["rps"] * seconds, 1.0)
+                    p50[(name, body_name)].append(result["p50_ms"])
+                    cpu[(name, body_name)].append((h.cpu_seconds(pid) - before) * 1000.0 / requests)
+        written = sum(1 for _ in redis_client(redis.url).scan_iter(match="pm:feedback-owner:*", count=1000))
+    print(f"{runs} slices x {seconds:.0f} s at c=1 per configuration, rotating order (wrk -t1); records: {written}")
+    print(
+        f"{'configuration':<36}{'p50 ms':>9}{'spread':>15}{'added (paired)':>16}{'spread':>17}"
+        f"{'ratio':>7}{'CPU ms/req':>12}{'added':>8}"
+    )
+    worst = worst_cpu = 0.0
+    for body_name in bodies:
+        base = p50[("records off", body_name)]
+        base_cpu = statistics.median(cpu[("records off", body_name)])
+        for name in configs:
+            values = p50[(name, body_name)]
+            paired = [v - b for v, b in zip(values, base, strict=True)]
+            added = statistics.median(paired)
+            own_cpu = statistics.median(cpu[(name, body_name)])
+            if name != "records off":
+                worst, worst_cpu = max(worst, added), max(worst_cpu, own_cpu - base_cpu)
+            print(
+                f"{body_name + ', ' + name:<36}{statistics.median(values):>9.3f}{spread(values):>15}"
+                f"{added:>16.3f}{spread(paired):>17}{statistics.median(values) / statistics.median(base):>7.3f}"
+                f"{own_cpu:>12.3f}{own_cpu - base_cpu:>8.3f}"
+            )
+    verdict = "met" if worst <= 0.1 else "NOT met"
+    print(f"feedback records, worst added p50 at c=1 (median of paired slices): {worst:.3f} ms ({verdict}: <= 0.1 ms)")
+    print(f"feedback records, worst added proxy CPU per request: {worst_cpu:.3f} ms")
+
+
+def redis_client(url: str) -> Any:
+    import redis
+
+    return redis.Redis.from_url(url)
+
+
+def tracing_cost(runs: int, seconds: float, connections: int) -> None:
+    """The same proxy (every limit on, persona injected) without OTEL_*, with every call traced and
+    exported over OTLP/HTTP (to the fake upstream's port, which answers 404: the export work is done
+    all the same), and with 1% of the calls sampled (traceidratio), alternating in each run."""
+    with h.redis() as redis, h.fake_upstream() as upstream:
+        root = upstream.removesuffix("/v1")
+        exporting = {
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"{root}/v1/traces",
+            "OTEL_SERVICE_NAME": "persona-bench",
+        }
+        sampled = {**exporting, "OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.01"}
+        limits = json.dumps(LIMITS_ON)
+        with (
+            h.proxy(redis.url, upstream, limits=limits) as off,
+            h.proxy(redis.url, upstream, environ=exporting, limits=limits) as on,
+            h.proxy(redis.url, upstream, environ=sampled, limits=limits) as one_percent,
+        ):
+            h.put_persona(off, "bench-user", PERSONA, [EXEMPLAR, EXEMPLAR])
+            urls = {
+                "tracing off": f"{off}/v1/chat/completions",
+                "tracing on": f"{on}/v1/chat/completions",
+                "tracing on, 1% sampled": f"{one_percent}/v1/chat/completions",
+            }
+            pids = {name: h.PIDS[url.removesuffix("/v1/chat/completions")] for name, url in urls.items()}
+            for url in urls.values():
+                h.wrk(url, BODY, connections=connections, seconds=2)  # warm-up
+            c1: dict[str, list[dict[str, float]]] = {name: [] for name in urls}
+            loaded: dict[str, list[dict[str, float]]] = {name: [] for name in urls}
+            cpu_ms: dict[str, list[float]] = {name: [] for name in urls}
+            own: dict[str, list[float]] = {name: [] for name in urls}
+            for _ in range(runs):
+                for name, url in urls.items():
+                    c1[name].append(h.wrk(url, BODY, connections=1, seconds=seconds / 2))
+                    own[name].append(statistics.median(reported_overhead(url, 200)))
+                    before = h.cpu_seconds(pids[name])
+                    loaded[name].append(h.wrk(url, BODY, connections=connections, seconds=seconds))
+                    served = loaded[name][-1]["rps"] * max(1, round(seconds))
+                    cpu_ms[name].append((h.cpu_seconds(pids[name]) - before) * 1000.0 / max(served, 1.0))
+    errors = sum(r["non_2xx"] for rs in (*c1.values(), *loaded.values()) for r in rs)
+    print(f"{runs} runs, wrk -t1, median of runs (spread min-max); non-2xx responses: {errors:.0f}")
+    print(
+        f"{'proxy + persona + limits':<26}{'p50 c=1 ms':>12}{'spread':>14}{'own ms c=1':>12}{'spread':>14}"
+        f"{f'req/s c={connections}':>12}{'spread':>12}{'CPU ms/req':>12}{'spread':>14}"
+    )
+    for name in urls:
+        p50 = [r["p50_ms"] for r in c1[name]]
+        rps = [r["rps"] for r in loaded[name]]
+        print(
+            f"{name:<26}{statistics.median(p50):>12.3f}{spread(p50):>14}{statistics.median(own[name]):>12.3f}"
+            f"{spread(own[name]):>14}{statistics.median(rps):>12.0f}{f'{min(rps):.0f}-{max(rps):.0f}':>12}"
+            f"{statistics.median(cpu_ms[name]):>12.3f}{spread(cpu_ms[name]):>14}"
+        )
+    for name in ("tracing on", "tracing on, 1% sampled"):
+        added = statistics.median(r["p50_ms"] for r in c1[name]) - statistics.median(
+            r["p50_ms"] for r in c1["tracing off"]
+        )
+        ratio = statistics.median(r["rps"] for r in loaded[name]) / statistics.median(
+            r["rps"] for r in loaded["tracing off"]
+        )
+        cpu = statistics.median(cpu_ms[name]) - statistics.median(cpu_ms["tracing off"])
+        print(
+            f"{name} vs off: added p50 at c=1 {added:.3f} ms; throughput ratio at c={connections} "
+            f"{ratio:.3f}; added CPU {cpu:.3f} ms per request"
+        )
 
 
 def reported_overhead(url: str, count: int, body: dict[str, object] = BODY) -> list[float]:
@@ -347,7 +488,9 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--paced-rate", type=float, default=1000.0, help="req/s offered in the paced run")
     parser.add_argument("--limits", action="store_true", help="measure the cost of quotas (c=1)")
+    parser.add_argument("--feedback", action="store_true", help="measure the cost of feedback records (c=1)")
     parser.add_argument("--apis-only", action="store_true", help="only the table of APIs beside chat")
+    parser.add_argument("--tracing", action="store_true", help="measure the cost of OpenTelemetry tracing")
     parser.add_argument(
         "--segments", type=Path, metavar="BASELINE_SRC", help="cost of the persona resolution vs a checkout"
     )
@@ -380,6 +523,13 @@ def main() -> None:
         return
     if args.limits:
         limits_cost(args.runs, args.seconds)
+        return
+    if args.feedback:
+        feedback_cost(args.runs, args.seconds)
+
+
+    if args.tracing:
+        tracing_cost(args.runs, args.seconds, args.connections)
         return
 
     if args.apis_only and args.against is not None:

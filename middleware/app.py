@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -19,6 +20,7 @@ from middleware.api import (
     chat,
     comparisons,
     evaluations,
+    feedback,
     health,
     jobs,
     messages,
@@ -38,30 +40,38 @@ from middleware.config import Settings
 from middleware.errors import InvalidJSON, PersonaError, ValidationFailed
 from middleware.limits import BodyGuard
 from middleware.services import build_services
+from middleware.tracing import TracedRequests, Tracing
 
 log = logging.getLogger("middleware")
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(settings: Settings, tracing: Tracing | None = None) -> FastAPI:
+    """The app; `tracing` defaults to what the process's OTEL_* environment asks for (off when unset)."""
+    if tracing is None:
+        tracing = Tracing.from_environ(os.environ, user_ids=settings.trace_user_ids)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        services = build_services(settings)
+        services = build_services(settings, tracing)
         app.state.services = services
         if not settings.admin_key.get_secret_value():
             log.warning("PERSONA_ADMIN_KEY is not set: admin routes are open (development only)")
         # Long-lived start-up objects leave the collector's young generations: fewer, shorter pauses.
         gc.freeze()
+        services.metrics.started()
         try:
             yield
         finally:
+            services.metrics.stopped()
             await services.close()
+            tracing.shutdown()
 
     app = FastAPI(
         title="persona-middleware",
         version=__version__,
         lifespan=lifespan,
         default_response_class=JSONBytes,
-        # No OpenTelemetry hooks on the hot path unless an operator wires them in explicitly.
+        # FastAPI's own OpenTelemetry hooks stay off: the spans are middleware/tracing.py's (OTEL_* settings).
         telemetry={"tracing": False, "metrics": False, "logs": False},
         # A path with a trailing slash is a 404, never a redirect built from the Host header.
         redirect_slashes=False,
@@ -75,10 +85,13 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(passthrough.direct_router)  # the busiest passed-through resources, matched early
     for module in (user_tokens, admin, segments, comparisons, preferences):
         app.include_router(module.router)
+    app.include_router(feedback.router)
     for module in (users, jobs, ui, evaluations, ui_evaluate, passthrough):  # passthrough last: a catch-all
         app.include_router(module.router)
     install_docs(app, settings)
     install_error_handlers(app)
+    if tracing.enabled:  # innermost: its scope is the one the router names the matched route in
+        app.add_middleware(TracedRequests, tracing=tracing)
     app.add_middleware(BodyGuard, max_bytes=settings.max_body_bytes)
     app.add_middleware(PathNormalizer)
     if settings.cors_origins:

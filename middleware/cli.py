@@ -8,6 +8,9 @@ import json
 import logging
 import os
 import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -36,7 +39,8 @@ def configure_logging(level: str = "INFO") -> None:
 
 
 def masked_url(url: str) -> str:
-    """The URL with any password (in the user part or a `password=` query field) shown as ***."""
+    """The URL with any password (in the user part or a `password=` / `sentinel_password=` query
+    field) shown as ***."""
     parts = urlsplit(url)
     netloc = parts.netloc
     if parts.password is not None:
@@ -44,7 +48,7 @@ def masked_url(url: str) -> str:
         netloc = f"{userinfo.split(':', 1)[0]}:***@{host}"
     query = urlencode(
         [
-            (k, "***" if k.lower() == "password" else v)
+            (k, "***" if k.lower().endswith("password") else v)
             for k, v in parse_qsl(parts.query, keep_blank_values=True)
         ],
         safe="*",
@@ -106,7 +110,10 @@ def serve(
     configure_logging(log_level.upper())
     cfg = settings()
     log_setup(cfg)
-    with redis_available(cfg.redis_url, Path(cfg.data_dir), allowed=cfg.embedded_redis):
+    with (
+        redis_available(cfg.redis_url, Path(cfg.data_dir), allowed=cfg.embedded_redis),
+        shared_metrics(workers),
+    ):
         uvicorn.run(
             "middleware.asgi:app",
             host=host,
@@ -117,6 +124,33 @@ def serve(
             access_log=False,
             log_level=log_level,
         )
+
+
+@contextmanager
+def shared_metrics(workers: int) -> Iterator[None]:
+    """With several worker processes, their metrics go through one multiprocess folder (so /metrics,
+    whichever process answers it, shows the sums): PROMETHEUS_MULTIPROC_DIR when the operator set it,
+    else a temporary folder removed at the end. Values a previous run left there are cleared first.
+    The workers are started afresh (spawned) and read the variable as they import the client."""
+    from middleware.metrics import MULTIPROC_DIR_ENV, clear_multiproc_dir
+
+    given = os.environ.get(MULTIPROC_DIR_ENV)
+    if given:
+        os.makedirs(given, exist_ok=True)
+        clear_multiproc_dir(given)
+        log.info("Metrics of the %d processes: %s (%s)", workers, given, MULTIPROC_DIR_ENV)
+        yield
+        return
+    if workers <= 1:
+        yield
+        return
+    with tempfile.TemporaryDirectory(prefix="persona-metrics-") as folder:
+        os.environ[MULTIPROC_DIR_ENV] = folder
+        log.info("Metrics of the %d processes: %s", workers, folder)
+        try:
+            yield
+        finally:
+            os.environ.pop(MULTIPROC_DIR_ENV, None)
 
 
 @app.command()

@@ -18,6 +18,7 @@ PLACEHOLDER_SECRETS = {"", "changeme", "change-me", "admin", "secret", "password
 
 
 QUANTIZE_MODES = ("off", "attention", "all")
+FEEDBACK_SIGNALS = ("thumbs_up", "thumbs_down", "regenerate", "copy", "edit", "follow_up", "dwell")
 
 
 def quantize_mode(value: bool | str | None) -> str:
@@ -48,7 +49,15 @@ class Settings(BaseSettings):
     environment: Literal["development", "production"] = "development"
 
     # --- Redis -----------------------------------------------------------------------------------
+    # redis:// or rediss:// (one server), redis+sentinel://h:p,h:p/<master>, redis+cluster://h:p,h:p
+    # (see middleware/store/connection.py and docs/SCALING.md).
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # The job queue's Redis (arq); empty: the same as redis_url. A cluster is refused here.
+    jobs_redis_url: str = ""
+    # Writes that promise to survive a failover (preference writes, persona saves) wait until this
+    # many replicas have them (WAIT); 0: no waiting (a server without replicas).
+    redis_wait_replicas: int = 0
+    redis_wait_timeout_ms: int = 500
     redis_connect_timeout_s: float = 0.5
     redis_socket_timeout_s: float = 1.0
     redis_max_connections: int = 64
@@ -92,6 +101,40 @@ class Settings(BaseSettings):
     # After a failed persona read, chat calls skip the read (no persona) this long.
     persona_read_breaker_s: float = 0.5
     persona_cache_size: int = 10_000
+
+    # --- Feedback on answers (README "Feedback") -----------------------------------------------------
+    # Write a feedback record per answer (off: answers still carry an id, feedback on them is a 404).
+    feedback_records: bool = True
+    # How long an answer's feedback record (x-persona-response-id) is kept.
+    feedback_ttl_s: int = 7 * 24 * 3600
+    # Keep the last user turn and the answer text in the record (implied preference pairs need them).
+    feedback_keep_text: bool = False
+    feedback_text_max_chars: int = 8000
+    # Signal types POST /v1/feedback accepts; any other is a 422.
+    feedback_signals: list[str] = Field(default_factory=lambda: list(FEEDBACK_SIGNALS))
+    # Each signal's pull on an answer's reward: reward = 0.5 + 0.5 * sum(weight * value), within [0, 1];
+    # value is 1 for a plain signal, the smoothed sentiment (-1..1) for follow_up, the dwell share.
+    feedback_weights: dict[str, float] = Field(
+        default_factory=lambda: {
+            "thumbs_up": 1.0,
+            "thumbs_down": -1.0,
+            "regenerate": -0.6,
+            "copy": 0.4,
+            "edit": -0.2,
+            "follow_up": 0.5,
+            "dwell": 0.2,
+        }
+    )
+    # Seconds of dwell that count fully (value / this, capped at 1).
+    feedback_dwell_full_s: float = 30.0
+    # Share of a new follow-up's sentiment in the user's smoothed sentiment (EWMA, starts neutral).
+    feedback_sentiment_alpha: float = 0.3
+    # Weight of an implied (implicit) preference pair; explicit judgements weigh 1.
+    feedback_implicit_weight: float = 0.5
+
+    # --- Tracing (OpenTelemetry, configured by the standard OTEL_* variables: README "Tracing") -------
+    # Put the end user's id on spans (enduser.id); off: spans never name a user.
+    trace_user_ids: bool = False
 
     # --- Requests --------------------------------------------------------------------------------
     max_body_bytes: int = 4 * 1024 * 1024
@@ -156,6 +199,16 @@ class Settings(BaseSettings):
     def _quantize_booleans(cls, value: bool | str | None) -> str:
         """`true`/`false` still work: true means the attention layers only."""
         return quantize_mode(value)
+
+    @model_validator(mode="after")
+    def _refuse_a_cluster_for_the_job_queue(self) -> Settings:
+        if (self.jobs_redis_url or self.redis_url).lower().split("://", 1)[0].endswith("+cluster"):
+            raise ValueError(
+                "the job queue (arq) cannot run on a Redis Cluster: set PERSONA_JOBS_REDIS_URL to a "
+                "standalone Redis (redis://...) or a Sentinel group (redis+sentinel://...) beside the "
+                "cluster (see docs/SCALING.md)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _refuse_unsafe_production_defaults(self) -> Settings:

@@ -79,6 +79,8 @@ def redis_available(url: str, data_dir: Path, *, allowed: bool = True) -> Iterat
     """Make sure Redis answers at `url` for the duration: start a local one if needed and allowed
     (saying so on stderr), and stop it afterwards."""
     process = None
+    if urlparse(url).scheme not in ("redis", "rediss"):  # a Sentinel group or a cluster: never embedded
+        allowed = False
     if allowed and not reachable(url):
         process = start_local_redis(url, data_dir)
         print(

@@ -1,8 +1,52 @@
-"""Prometheus metrics, one registry per app instance (so tests and several apps never collide)."""
+"""Prometheus metrics, one registry per app instance (so tests and several apps never collide).
+
+Several serving processes (`persona serve --workers N`) share one view through prometheus_client's
+multiprocess mode: with `PROMETHEUS_MULTIPROC_DIR` set before the process starts, every value lives
+in a file of that folder and `render` adds up the files of all processes (counters and histograms
+summed; gauges by their `multiprocess_mode`).
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+import glob
+import os
+import re
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+
+MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+_LIVE_GAUGE_FILE = re.compile(r"gauge_live\w+_(\d+)\.db$")
+
+
+def multiproc_dir() -> str | None:
+    """The multiprocess folder this process writes its values to, or None (one process)."""
+    return os.environ.get(MULTIPROC_DIR_ENV) or None
+
+
+def clear_multiproc_dir(path: str) -> None:
+    """Remove the values a previous run left (prometheus_client wants a clean folder at start)."""
+    for stale in glob.glob(os.path.join(path, "*.db")):
+        os.remove(stale)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def forget_dead_processes(path: str) -> None:
+    """Drop the live gauges of processes that are gone (a worker killed without its shutdown, then
+    replaced by the server), so `livesum` counts only the processes serving now."""
+    for name in os.listdir(path):
+        found = _LIVE_GAUGE_FILE.match(name)
+        if found is not None and not _alive(int(found.group(1))):
+            mark_process_dead(int(found.group(1)), path)  # type: ignore[no-untyped-call]
 
 
 class Metrics:
@@ -69,6 +113,30 @@ class Metrics:
             buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0),
             registry=self.registry,
         )
+        # One per serving process: its sum over the live processes is how many serve now.
+        self.serving_processes = Gauge(
+            "persona_serving_processes",
+            "Proxy processes serving (summed over the live processes of a multiprocess server)",
+            multiprocess_mode="livesum",
+            registry=self.registry,
+        )
+
+    def started(self) -> None:
+        """This process serves from now on."""
+        self.serving_processes.set(1)
+
+    def stopped(self) -> None:
+        """This process stops serving (its live gauges leave the multiprocess view)."""
+        self.serving_processes.set(0)
+        path = multiproc_dir()
+        if path is not None:
+            mark_process_dead(os.getpid(), path)  # type: ignore[no-untyped-call]
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        path = multiproc_dir()
+        if path is None:
+            return generate_latest(self.registry)
+        forget_dead_processes(path)
+        merged = CollectorRegistry()
+        MultiProcessCollector(merged, path)  # type: ignore[no-untyped-call]
+        return generate_latest(merged)

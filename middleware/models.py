@@ -36,7 +36,15 @@ class PreferencePair(BaseModel):
     timestamp: str | None = None
     source: str | None = None
     item_id: str | None = None
+    # How much the pair counts in induction and training (None: 1, an explicit judgement); pairs
+    # implied by feedback signals (`source: implicit`) weigh less.
+    weight: float | None = None
     id: str | None = Field(default=None, description="stable id; derived from content when absent")
+
+    @property
+    def pair_weight(self) -> float:
+        """How much the pair counts (1 unless it says otherwise)."""
+        return 1.0 if self.weight is None else float(self.weight)
 
     def stable_id(self) -> str:
         """An id that is the same every time the same judgement is imported (idempotent imports)."""

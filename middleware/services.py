@@ -15,6 +15,8 @@ from redis.asyncio import Redis
 from middleware.collection.service import ComparisonService
 from middleware.config import Settings
 from middleware.evaluation.online_service import EvaluationService
+from middleware.feedback.answers import FeedbackRecorder
+from middleware.feedback.signals import FeedbackService, RewardHook, no_reward_hook
 from middleware.induction.adapters import AdapterTrainer
 from middleware.induction.pipeline import Induction
 from middleware.induction.queue import JobQueue
@@ -26,10 +28,12 @@ from middleware.rerank.registry import RerankerRegistry
 from middleware.rerank.resources import RerankResources
 from middleware.store.comparisons import ComparisonStore
 from middleware.store.evaluations import EvaluationStore
+from middleware.store.feedback import FeedbackStore
 from middleware.store.personas import PersonaStore
 from middleware.store.preferences import PreferenceStore
 from middleware.store.segments import PersonaReader, SegmentStore
 from middleware.store.users import UserIndex
+from middleware.tracing import TRACING_OFF, Tracing
 from middleware.upstream import UpstreamRouter
 from middleware.user_tokens import UserTokens
 
@@ -38,6 +42,8 @@ from middleware.user_tokens import UserTokens
 class Services:
     settings: Settings
     redis: Redis
+    # The job queue's Redis (PERSONA_JOBS_REDIS_URL); the same object as `redis` when it is the same.
+    jobs_redis: Redis
     http: aiohttp.ClientSession
     metrics: Metrics
     personas: PersonaStore
@@ -55,31 +61,51 @@ class Services:
     evaluations: EvaluationService
     induction: Induction
     adapters: AdapterTrainer
+    # Answers' feedback records (hot path) and the signals on them; `on_reward` is called when an
+    # answer's reward changes (tenant, user, arm, reward).
+    answers: FeedbackRecorder
+    feedback: FeedbackService
+    on_reward: RewardHook
+    tracing: Tracing = TRACING_OFF
 
     async def close(self) -> None:
+        await self.answers.drain()
         await self.http.close()
         await self.redis.aclose()
+        if self.jobs_redis is not self.redis:
+            await self.jobs_redis.aclose()
 
 
-def build_services(settings: Settings) -> Services:
-    from middleware.store.connection import create_redis
+def build_services(settings: Settings, tracing: Tracing = TRACING_OFF) -> Services:
+    from middleware.store.connection import create_jobs_redis, create_redis
+    from middleware.store.durable import Replication
 
     redis = create_redis(settings)
+    jobs_redis = create_jobs_redis(settings, redis)
+    replication = Replication(settings.redis_wait_replicas, settings.redis_wait_timeout_ms)
     metrics = Metrics()
     http = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=settings.upstream_max_connections, ttl_dns_cache=300),
+        # tracing on: an upstream.call span and its traceparent on every upstream request
+        trace_configs=tracing.aiohttp_trace_configs() or None,
     )
     personas = PersonaStore(
-        redis, read_timeout_s=settings.persona_read_timeout_s, breaker_s=settings.persona_read_breaker_s
+        redis,
+        read_timeout_s=settings.persona_read_timeout_s,
+        breaker_s=settings.persona_read_breaker_s,
+        replication=replication,
     )
-    preferences = PreferenceStore(redis)
-    personalizer = Personalizer(personas, settings, metrics)
+    preferences = PreferenceStore(redis, replication)
+    personalizer = Personalizer(personas, settings, metrics, tracing)
     upstreams = UpstreamRouter(settings, http, metrics.upstream_retries.inc)
-    quotas = Quotas(settings, redis, metrics)
+    quotas = Quotas(settings, redis, metrics, tracing)
+    feedback_store = FeedbackStore(redis, ttl_s=settings.feedback_ttl_s)
+    on_reward: RewardHook = no_reward_hook
     rerankers = RerankerRegistry(settings, RerankResources(upstreams, personas)).load_entry_points()
     return Services(
         settings=settings,
         redis=redis,
+        jobs_redis=jobs_redis,
         http=http,
         metrics=metrics,
         personas=personas,
@@ -98,12 +124,16 @@ def build_services(settings: Settings) -> Services:
         upstreams=upstreams,
         quotas=quotas,
         user_tokens=UserTokens(settings),
-        jobs=JobQueue(settings, redis),
+        jobs=JobQueue(settings, redis, jobs_redis),
         rerankers=rerankers,
         comparisons=ComparisonService(
             ComparisonStore(redis, ttl_s=settings.comparison_ttl_s), personalizer, upstreams, preferences
         ),
-        evaluations=EvaluationService(EvaluationStore(redis), personas, personalizer, upstreams),
+        evaluations=EvaluationService(EvaluationStore(redis), personas, personalizer, upstreams, quotas),
         induction=Induction(settings, upstreams, personas, preferences, quotas),
         adapters=AdapterTrainer(settings, personas, preferences),
+        answers=FeedbackRecorder(feedback_store, settings),
+        feedback=FeedbackService(settings, feedback_store, preferences, on_reward),
+        on_reward=on_reward,
+        tracing=tracing,
     )

@@ -19,7 +19,7 @@ import redis
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.redis_server import RedisServer
 
-pytest_plugins = ["tests.support.proxy", "tests.jobs_support"]
+pytest_plugins = ["tests.support.proxy", "tests.jobs_support", "tests.support.redis_topologies"]
 
 
 @pytest.fixture(scope="session")

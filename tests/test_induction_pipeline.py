@@ -233,3 +233,24 @@ async def test_persona_is_capped_and_plain_text(services: Services, fake_upstrea
     persona = await services.personas.get(T, U)
     assert persona is not None and len(persona.text) <= 100
     assert "<" not in persona.text and persona.text.startswith("Bold")
+
+
+async def test_implicit_pairs_weigh_less_and_are_counted(
+    services: Services, fake_upstream: FakeUpstream
+) -> None:
+    pairs = make_pairs(U, 10)
+    # The last two (validation) pairs were implied by feedback signals, at half weight.
+    for i in (8, 9):
+        pairs[i] = pairs[i].model_copy(update={"source": "implicit", "weight": 0.5})
+    await services.preferences.add_pairs(T, U, pairs)
+    fake_upstream.responder = InductionResponder(
+        judge_right=lambda request, persona, n: request == "Q7" or n >= 1
+    )
+    result = await services.induction.induce(T, U)
+    persona = await services.personas.get(T, U)
+    assert persona is not None
+    prov = persona.provenance
+    assert prov["implicit_pairs"] == 2 and result["implicit_pairs"] == 2
+    # The empty set is right on Q7 only: 1 of 2 in weight (1 + 0.5 + 0.5), not 1 of 3 pairs.
+    assert prov["candidate_scores"][0] == {"exemplar_ids": [], "correct": 1, "accuracy": 0.5}
+    assert prov["validation_accuracy"] == 1.0

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -49,15 +50,21 @@ async def test_a_successful_retry_clears_the_earlier_error(jproxy: RunningProxy,
 async def test_a_cancelled_adapter_training_stops_and_stores_no_adapter(
     jproxy: RunningProxy, fake_upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
 ) -> None:
-    started, release = threading.Event(), threading.Event()
+    started, release, ended = threading.Event(), threading.Event(), threading.Event()
 
     class SlowModel:
-        """A training that runs until released (the real one is minutes of CPU on a big history)."""
+        """A training that runs until released or told to stop, looking between its steps (the real
+        one is minutes of CPU on a big history; tests/test_lora_service.py cancels a real one)."""
 
-        def train_user(self, user: str, pairs: list[Any], **_: Any) -> bytes:
+        def train_user(self, user: str, pairs: list[Any], *, stop: Callable[[], bool], **_: Any) -> bytes:
             started.set()
-            release.wait(30)
-            return b"an adapter that must never be stored"
+            try:
+                while not release.wait(0.01):
+                    if stop():
+                        raise RuntimeError("stopped between steps")
+                return b"an adapter that must never be stored"
+            finally:
+                ended.set()
 
     async def model(_: ModelHolder) -> SlowModel:
         return SlowModel()
@@ -75,8 +82,8 @@ async def test_a_cancelled_adapter_training_stops_and_stores_no_adapter(
             assert await asyncio.to_thread(started.wait, 20)
             await asyncio.to_thread(http.post, f"/admin/jobs/{job_id}/cancel")
             cancelled_at = time.monotonic()
-            await asyncio.wait_for(worker, 10)  # the job returns while the training thread still runs
-            assert not release.is_set() and time.monotonic() - cancelled_at < 5
+            await asyncio.wait_for(worker, 10)  # the job returns once the training thread has stopped
+            assert ended.is_set() and not release.is_set() and time.monotonic() - cancelled_at < 5
             job = http.get(f"/admin/jobs/{job_id}").json()
             assert job["state"] == "failed" and job["error"]["code"] == "cancelled", job
             assert http.get(f"/admin/users/{U}/adapter").status_code == 404

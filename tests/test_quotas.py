@@ -16,7 +16,9 @@ import redis
 from redis.asyncio import Redis
 
 from middleware.quota_policy import LimitsConfig
+from middleware.quotas.service import utc_day
 from middleware.quotas.usage import tokens_in_body, tokens_in_sse, tokens_used
+from middleware.store import keys
 from middleware.store.ratelimits import RateLimitStore
 from tests.support.fake_upstream import FakeUpstream, Reply
 from tests.support.proxy import APP_KEY_A, APP_KEY_B, RunningProxy, proxy_settings, start_proxy
@@ -368,3 +370,89 @@ async def test_induction_calls_count_against_the_tenant(redis_url: str, fake_ups
         client.close()
     finally:
         await services.close()
+
+
+def judging(body: dict[str, Any]) -> str | dict[str, Any]:
+    """Candidates answer plainly; the judge (a JSON-schema call) prefers the first answer shown."""
+    return {"reasoning": "r", "preferred": "A"} if "response_format" in body else "an answer"
+
+
+@pytest.mark.parametrize("limited", [{"default": {"requests_per_minute": 16}}], indirect=True)
+def test_the_judge_rerankers_calls_are_admitted_and_counted(
+    limited: RunningProxy, fake_upstream: FakeUpstream
+) -> None:
+    fake_upstream.responder = judging
+    reranked = chat(limited, headers={"X-Persona-Mode": "rerank", "X-Persona-Reranker": "judge"})
+    assert reranked.status_code == 200 and reranked.headers["x-persona-rerank-fallback"] == "false"
+    assert sum("response_format" in r.body for r in fake_upstream.chat_requests) == 12
+    # 4 candidates + 12 judge calls: the window is full, though only 4 calls were chat-shaped
+    assert_429(chat(limited), "requests_per_minute")
+
+
+@pytest.mark.parametrize("limited", [{"default": {"requests_per_minute": 10}}], indirect=True)
+def test_a_judge_over_the_limit_falls_back_without_calling_upstream(
+    limited: RunningProxy, fake_upstream: FakeUpstream
+) -> None:
+    fake_upstream.responder = judging
+    reranked = chat(limited, headers={"X-Persona-Mode": "rerank", "X-Persona-Reranker": "judge"})
+    assert reranked.status_code == 200 and reranked.headers["x-persona-rerank-fallback"] == "true"
+    assert not any("response_format" in r.body for r in fake_upstream.chat_requests)  # 12 refused at once
+    assert refusals(limited, "tenant-a", "requests_per_minute") == 1
+    assert [chat(limited).status_code for _ in range(6)] == [200] * 6  # the 4 candidates + 6 = 10
+    assert_429(chat(limited), "requests_per_minute")
+
+
+@pytest.mark.parametrize("limited", [{"default": {"tokens_per_day": 1000}}], indirect=True)
+def test_the_judges_tokens_count_against_the_day(limited: RunningProxy, fake_upstream: FakeUpstream) -> None:
+    fake_upstream.responder = judging
+    reranked = chat(limited, headers={"X-Persona-Mode": "rerank", "X-Persona-Reranker": "judge"})
+    assert reranked.status_code == 200 and reranked.headers["x-persona-rerank-fallback"] == "false"
+    raw = cast(bytes | None, sync_redis(limited).get(keys.tokens_day("tenant-a", utc_day(time.time())[0])))
+    used = int(raw or 0)
+    assert used > 1000, used  # the candidates alone use a few dozen; the 12 judge prompts the rest
+    assert_429(chat(limited), "tokens_per_day", most_s=86_400)
+
+
+def evaluation_run(proxy: RunningProxy) -> str:
+    with httpx.Client(base_url=proxy.url, headers=proxy.admin_headers(), timeout=10) as admin:
+        for user in ("alice", "bob"):
+            admin.put(f"/admin/users/{user}/persona", json={"text": f"{user} likes haiku"}).raise_for_status()
+        run = admin.post("/admin/evaluations", json={"users": ["alice", "bob"], "model": "fake-model"})
+        run.raise_for_status()
+        return str(run.json()["id"])
+
+
+def trial(proxy: RunningProxy, run_id: str) -> httpx.Response:
+    return httpx.post(
+        f"{proxy.v1}/evaluations/{run_id}/trials",
+        headers={"Authorization": f"Bearer {APP_KEY_A}"},
+        json={"user": "alice", "messages": MESSAGES},
+        timeout=10,
+    )
+
+
+@pytest.mark.parametrize(
+    "limited",
+    [{"default": {"requests_per_minute": 4}, "tenants": {"tenant-b": {"tokens_per_day": 1}}}],
+    indirect=True,
+)
+def test_trials_count_their_calls_and_tokens(limited: RunningProxy, fake_upstream: FakeUpstream) -> None:
+    run_id = evaluation_run(limited)
+    assert trial(limited, run_id).status_code == 201  # 3 upstream calls
+    assert_429(trial(limited, run_id), "requests_per_minute")
+    assert chat(limited).status_code == 200  # the 4th
+    assert_429(chat(limited), "requests_per_minute")
+    # tokens: tenant-b may use 1 token a day; a trial's answers use more, so the next call is refused
+    with httpx.Client(base_url=limited.url, headers=limited.admin_headers("tenant-b"), timeout=10) as admin:
+        for user in ("alice", "bob"):
+            admin.put(f"/admin/users/{user}/persona", json={"text": f"{user} likes haiku"}).raise_for_status()
+        run_b = admin.post("/admin/evaluations", json={"users": ["alice", "bob"], "model": "fake-model"})
+    run_b.raise_for_status()
+    created = httpx.post(
+        f"{limited.v1}/evaluations/{run_b.json()['id']}/trials",
+        headers={"Authorization": f"Bearer {APP_KEY_B}"},
+        json={"user": "alice", "messages": MESSAGES},
+        timeout=10,
+    )
+    assert created.status_code == 201, created.text
+    assert_429(chat(limited, key=APP_KEY_B), "tokens_per_day", most_s=86_400)

@@ -157,3 +157,20 @@ async def test_async_client(proxy: RunningProxy, fake_upstream: FakeUpstream) ->
         answer = await client.chat.completions.create(model="fake-model", messages=PROMPT)  # type: ignore[arg-type]
         assert answer.choices[0].message.content
     assert "Likes lists." in str(fake_upstream.chat_requests[-1].body["messages"])
+
+
+def test_creations_carry_an_idempotency_key(proxy: RunningProxy, fake_upstream: FakeUpstream) -> None:
+    """Every creation sends one (the client's own retries reuse it); a caller's key names one creation."""
+    with sdk(proxy) as client:
+        first = client.comparisons.create(model="fake-model", messages=PROMPT, idempotency_key="order-17")
+        calls = len(fake_upstream.chat_requests)
+        again = client.comparisons.create(model="fake-model", messages=PROMPT, idempotency_key="order-17")
+        assert again.id == first.id and len(fake_upstream.chat_requests) == calls
+        assert client.comparisons.create(model="fake-model", messages=PROMPT).id != first.id
+        for user in ("alice", "bob"):
+            client.personas.put(f"{user} likes teal.", user=user)
+        run = client.evaluations.create(users=["alice", "bob"], model="fake-model")
+        trial = client.evaluations.trial(run["id"], prompt="Name a colour.", idempotency_key="t-1")
+        retried = client.evaluations.trial(run["id"], prompt="Name a colour.", idempotency_key="t-1")
+        assert retried.id == trial.id
+        assert client.evaluations.trial(run["id"], prompt="Name a colour.").id != trial.id

@@ -21,7 +21,7 @@ from middleware.api.sse import completion_events
 from middleware.candidates.variants import DEFAULT_VARIANTS
 from middleware.personalize.block import place_persona
 from middleware.rerank.hookspec import EndUser
-from middleware.rerank.mode import Reranked, rerank
+from middleware.rerank.mode import Metering, Reranked, rerank
 from middleware.rerank.registry import require_enabled
 from middleware.services import Services
 
@@ -69,7 +69,8 @@ async def reranked(request: Request, services: Services, call: Admitted) -> Answ
     block = found.block if found is not None else None
     show_details = request.headers.get(DETAILS_HEADER, "").lower() in ("1", "true", "yes")
     result = await rerank(
-        reranker, reranker_name, upstream, body, block=block, end_user=end_user, metrics=services.metrics
+        reranker, reranker_name, upstream, body, block=block, end_user=end_user, metrics=services.metrics,
+        metering=Metering(services.quotas, call.tenant, user),  # the scorer's own upstream calls count too
     )
     await services.quotas.add_usage(
         call.tenant, *(c.completion.get("usage") for c in result.candidates if c.completion)

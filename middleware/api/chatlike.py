@@ -16,6 +16,9 @@
 
 - `x-persona-version`, `x-persona-source` and `x-persona-overhead-ms` headers, and the overhead metric (the time the proxy
   spent before the work started upstream), plus the upstream's relayed headers;
+- `x-persona-response-id`: the answer's id for `POST /v1/feedback`; its feedback record (the arm, the
+  app's conversation as admitted, the answer) is written in the background once the body is known
+  (a stream's text is collected as it passes);
 - the work runs cancelled as soon as the client goes away (499, counted);
 - the metric of the route's calls by mode and outcome ("ok", "stream", "error" or what the work names);
 - the lease counts the answer's tokens (a stream's as it passes) and gives back its slot at the end;
@@ -37,6 +40,7 @@ from fastapi.responses import Response, StreamingResponse
 
 from middleware.api.deps import json_body
 from middleware.errors import InvalidRequest, PersonaError
+from middleware.feedback.answers import RESPONSE_ID_HEADER, PendingAnswer
 from middleware.identity import app_caller, bind_user, end_user_id, request_segment
 from middleware.personalize.resolve import NOTHING
 from middleware.personalize.service import ActivePersona
@@ -48,6 +52,7 @@ VERSION_HEADER = "x-persona-version"
 SOURCE_HEADER = "x-persona-source"
 OVERHEAD_HEADER = "x-persona-overhead-ms"
 MODE_HEADER = "x-persona-mode"
+RERANKER_HEADER = "x-persona-reranker"
 MODES = ("inject", "off", "rerank")
 CLIENT_CLOSED_REQUEST = 499
 
@@ -91,6 +96,9 @@ class Admitted:
     found: ActivePersona | None
     started: float  # time.perf_counter() when the call arrived
     source: str = "none"  # where the persona came from (personalize.resolve.SOURCES)
+    # The app's conversation as it arrived (chat and Messages `messages`, Responses `input`): the
+    # feedback record's prompt (routes place the persona in copies, never in this value).
+    prompt: Any = None
 
     @property
     def version(self) -> int | None:
@@ -139,7 +147,25 @@ async def admit(
             services.metrics.persona_injected.inc()
     else:
         lease = await quotas.admit(tenant, user, cost)
-    return Admitted(tenant, user, body, mode, lease, resolved.persona, started, resolved.source)
+    prompt = body.get("messages", body.get("input"))
+    return Admitted(tenant, user, body, mode, lease, resolved.persona, started, resolved.source, prompt)
+
+
+def pending_answer(request: Request, services: Services, call: Admitted) -> PendingAnswer:
+    """The answer's id and what its feedback record will say (the arm: the persona mode, a rerank
+    with its reranker)."""
+    arm = call.mode
+    if arm == "rerank":
+        arm = f"rerank:{request.headers.get(RERANKER_HEADER) or services.settings.reranker}"
+    return services.answers.open(
+        call.tenant,
+        call.user,
+        persona_version=call.version,
+        persona_source=call.source,
+        arm=arm,
+        model=call.body.get("model"),
+        prompt=call.prompt,
+    )
 
 
 def persona_headers(version: int | None, overhead_ms: float, source: str = "none") -> dict[str, str]:
@@ -205,6 +231,10 @@ async def answer(
             await lease.release()
         elif lease.active:
             await lease.settle(result.body)
+        if result.status < 400:
+            pending = pending_answer(request, services, call)
+            headers[RESPONSE_ID_HEADER] = pending.response_id
+            pending.finish(result.body)
         return Response(
             result.body,
             status_code=result.status,
@@ -216,6 +246,10 @@ async def answer(
         await lease.release()
     elif lease.active:
         body = lease.guard_stream(body)
+    if result.status < 400:
+        pending = pending_answer(request, services, call)
+        headers[RESPONSE_ID_HEADER] = pending.response_id
+        body = pending.watch(body)
     return StreamingResponse(
         body,
         status_code=result.status,

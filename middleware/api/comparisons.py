@@ -1,12 +1,16 @@
 """Four-way comparisons: create (optionally streamed as NDJSON), judge, and read a session.
 
     POST /v1/comparisons                   {"user", "model", "messages", "variants"?, "session_id"?,
-                                            "persona"?, "max_tokens"?, "stream"?}
+                                            "persona"?, "max_tokens"?, "stream"?, "idempotency_key"?}
     POST /v1/comparisons/{id}/judgement    {"best", "worst", "rationale"}
     GET  /v1/sessions/{session_id}         the session's best-only history
 
 With `"stream": true` the answer is NDJSON: a `comparison` line (id, variants), one `candidate` line
 per candidate as soon as it is ready, then `done` (the stored comparison) or `error`.
+
+An `Idempotency-Key` header (or `idempotency_key`) makes a retried creation safe: the comparison's id
+comes from the key, and a retry finds the comparison the first attempt stored (the same body, no new
+upstream calls) instead of creating another one.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from middleware.candidates.generate import Candidate
 from middleware.candidates.variants import Variant
 from middleware.collection.service import ComparisonService, Prepared
 from middleware.errors import PersonaError
+from middleware.idempotency import MAX_KEY_CHARS, fingerprint, request_key
 from middleware.induction.triggers import refresh_if_due
 from middleware.models import Message
 from middleware.quotas.service import Lease, Quotas
@@ -49,6 +54,7 @@ class ComparisonCreate(BaseModel):
     persona: bool = Field(default=True, description="inject the user's persona into every candidate")
     max_tokens: int | None = Field(default=None, ge=1, le=65_536)
     stream: bool = False
+    idempotency_key: str | None = Field(default=None, min_length=1, max_length=MAX_KEY_CHARS)
 
 
 class JudgementIn(BaseModel):
@@ -68,6 +74,17 @@ async def create_comparison(
     assert user is not None
     service = services.comparisons
     off = request.headers.get("x-persona-mode", "").strip().lower() == "off"
+    key = request_key(request.headers.get("idempotency-key"), body.idempotency_key)
+    request_hash = None
+    if key is not None:
+        asked = body.model_dump(mode="json", exclude={"user", "stream", "idempotency_key"})
+        request_hash = fingerprint({**asked, "persona": body.persona and not off})
+        stored = await service.replay(tenant, user, key, request_hash)
+        if stored is not None:  # a retry: what the first attempt stored, no new upstream call
+            await services.quotas.keep_comparison(tenant, user, stored["id"], stored["expires_at"])
+            if body.stream:
+                return StreamingResponse(_replayed(stored), media_type="application/x-ndjson")
+            return JSONBytes(stored)
     prepared = await service.prepare(
         tenant,
         user,
@@ -77,6 +94,8 @@ async def create_comparison(
         session_id=body.session_id,
         persona=body.persona and not off,
         extra={"max_tokens": body.max_tokens} if body.max_tokens else {},
+        idempotency_key=key,
+        request_hash=request_hash,
     )
     quotas = services.quotas
     quotas.check_body(tenant, {"max_tokens": body.max_tokens})
@@ -100,6 +119,15 @@ async def create_comparison(
 
 def _line(event: dict[str, Any]) -> bytes:
     return orjson.dumps(event) + b"\n"
+
+
+async def _replayed(stored: dict[str, Any]) -> AsyncIterator[bytes]:
+    """A stored comparison as the NDJSON lines of its creation."""
+    header = {k: v for k, v in stored.items() if k not in ("created", "expires_at", "candidates")}
+    yield _line({"type": "comparison", **header})
+    for candidate in stored["candidates"]:
+        yield _line({"type": "candidate", "candidate": candidate})
+    yield _line({"type": "done", "comparison": stored})
 
 
 async def _ndjson(

@@ -11,7 +11,9 @@ Admin (admin key + X-Persona-Tenant):
 
 App (app key; the user is `user` in the body or the X-Persona-User header):
     GET  /v1/evaluations/{id}?user=               name, status and the user's own progress
-    POST /v1/evaluations/{id}/trials              {"user", "messages"} -> {"id", "answers": [A, B, C]}
+    POST /v1/evaluations/{id}/trials              {"user", "messages", "idempotency_key"?} -> {"id", "answers": [A, B, C]}
+                                                  (an Idempotency-Key header or field: a retry finds the
+                                                  trial the first attempt stored, 200, no new upstream call)
     POST /v1/evaluations/{id}/trials/{trial_id}/choice   {"choice": "A"|"B"|"C"|"tie"|"skip", "rationale"?}
 """
 
@@ -28,6 +30,7 @@ from middleware.api.deps import AdminTenant, AppTenant, ServicesDep, caller_user
 from middleware.api.responses import JSONBytes
 from middleware.evaluation.online import CONDITIONS
 from middleware.evaluation.online_plot import render_png
+from middleware.idempotency import MAX_KEY_CHARS, fingerprint, request_key
 from middleware.identity import validate_user_id
 from middleware.models import Message
 
@@ -54,6 +57,7 @@ class TrialCreate(BaseModel):
     messages: list[Message] = Field(min_length=1, max_length=500)
     max_tokens: int | None = Field(default=None, ge=1, le=65_536)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    idempotency_key: str | None = Field(default=None, min_length=1, max_length=MAX_KEY_CHARS)
 
 
 class ChoiceIn(BaseModel):
@@ -163,14 +167,23 @@ async def create_trial(
     }
     quotas = services.quotas
     quotas.check_body(tenant, extra)
+    messages = [m.model_dump(mode="json", exclude_none=True) for m in body.messages]
+    key = request_key(request.headers.get("idempotency-key"), body.idempotency_key)
+    request_hash = fingerprint({"messages": messages, **extra}) if key is not None else None
+    if key is not None and request_hash is not None:
+        stored = await services.evaluations.replay_trial(tenant, evaluation_id, user, key, request_hash)
+        if stored is not None:  # a retry: what the first attempt stored, no new upstream call
+            return JSONBytes(stored, status_code=200)
     lease = await quotas.admit(tenant, user, len(CONDITIONS))  # one upstream call per condition
     try:
         trial = await services.evaluations.create_trial(
             tenant,
             evaluation_id,
             user=user,
-            messages=[m.model_dump(mode="json", exclude_none=True) for m in body.messages],
+            messages=messages,
             extra=extra,
+            idempotency_key=key,
+            request_hash=request_hash,
         )
     finally:
         await lease.release()

@@ -29,7 +29,7 @@ router = APIRouter(tags=["passthrough"])
 
 METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
 # The proxy's own /v1 resources: never forwarded.
-OWN_RESOURCES = frozenset({"preferences", "comparisons", "evaluations", "sessions"})
+OWN_RESOURCES = frozenset({"preferences", "comparisons", "evaluations", "sessions", "feedback"})
 # Two-level resources whose second segment names the operation (kept in the metrics label).
 NESTED = frozenset({"audio", "images", "fine_tuning", "chat"})
 

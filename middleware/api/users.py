@@ -49,7 +49,7 @@ async def refresh(
 async def forget(user: UserPath, tenant: AdminTenant, services: ServicesDep) -> dict[str, Any]:
     """Forget the user entirely: personas, versions, preferences, adapters, comparisons, jobs,
     evaluation trials; and this process's cached reranker state of the user."""
-    result = await forget_everything(services.redis, tenant, user)
+    result = await forget_everything(services.redis, tenant, user, services.jobs_redis)
     services.rerankers.forget(tenant, user)
     return result
 

@@ -20,6 +20,7 @@ from typing import Any
 from middleware.candidates.generate import Candidate, generate
 from middleware.candidates.variants import DEFAULT_VARIANTS, Variant, plans
 from middleware.errors import Conflict, NotFound, UpstreamError, ValidationFailed
+from middleware.idempotency import keyed_id
 from middleware.models import Message, PreferencePair
 from middleware.personalize.service import Personalizer
 from middleware.store.comparisons import Claim, ComparisonStore
@@ -27,6 +28,7 @@ from middleware.store.preferences import PreferenceStore
 from middleware.upstream import UpstreamRouter
 
 SOURCE = "comparison"
+HEADER_FIELDS = ("id", "object", "user", "model", "session_id", "persona_version", "variants")
 
 
 def new_comparison_id() -> str:
@@ -53,6 +55,7 @@ class Prepared:
     persona_version: int | None
     block: str | None  # the persona block every candidate carries
     extra: dict[str, Any]
+    request_hash: str | None = None  # the fingerprint of a keyed creation's request
 
     def header(self) -> dict[str, Any]:
         return {
@@ -91,7 +94,10 @@ class ComparisonService:
         session_id: str | None = None,
         persona: bool = True,
         extra: dict[str, Any] | None = None,
+        idempotency_key: str | None = None,
+        request_hash: str | None = None,
     ) -> Prepared:
+        """With an idempotency key the comparison's id is derived from it (see `replay`)."""
         history: list[dict[str, Any]] = []
         if session_id:
             history = await self.store.session_messages(tenant, user, session_id)
@@ -103,7 +109,7 @@ class ComparisonService:
             if found is not None:
                 version, block = found.version, found.block
         return Prepared(
-            id=new_comparison_id(),
+            id=keyed_id("cmp", idempotency_key, tenant, user) if idempotency_key else new_comparison_id(),
             tenant=tenant,
             user=user,
             model=model,
@@ -115,7 +121,40 @@ class ComparisonService:
             persona_version=version,
             block=block,
             extra=extra or {},
+            request_hash=request_hash if idempotency_key else None,
         )
+
+    async def replay(
+        self, tenant: str, user: str, idempotency_key: str, request_hash: str
+    ) -> dict[str, Any] | None:
+        """What a creation with this key stored (its public body), or None when it stored nothing.
+
+        A comparison already judged, or a key first used for another request, is a 409: the key
+        names one creation."""
+        comparison_id = keyed_id("cmp", idempotency_key, tenant, user)
+        stored, judged = await self.store.lookup(tenant, user, comparison_id)
+        if stored is None:
+            if judged:
+                raise Conflict(
+                    f"the comparison created with this idempotency key ({comparison_id}) has already been judged",
+                    code="already_judged",
+                )
+            return None
+        if stored.get("request_hash") != request_hash:
+            raise Conflict(
+                "this idempotency key was used for another comparison request", code="idempotency_key_reused"
+            )
+        return self.public(stored)
+
+    def public(self, stored: dict[str, Any]) -> dict[str, Any]:
+        """The body a creation answers, from the stored comparison."""
+        header = {k: stored.get(k) for k in HEADER_FIELDS}
+        return {
+            **header,
+            "created": stored["created"],
+            "expires_at": stored["created"] + self.store.ttl_s,
+            "candidates": stored["candidates"],
+        }
 
     async def candidates(self, prepared: Prepared) -> AsyncIterator[Candidate]:
         """Candidates in the order they finish; all variants run at once."""
@@ -148,14 +187,14 @@ class ComparisonService:
             "session_len": prepared.session_len,
             "candidates": candidates,
             "created": created,
+            "request_hash": prepared.request_hash,
         }
-        await self.store.save(prepared.tenant, prepared.user, prepared.id, record)
-        return {
-            **prepared.header(),
-            "created": created,
-            "expires_at": created + self.store.ttl_s,
-            "candidates": candidates,
-        }
+        if not await self.store.save(prepared.tenant, prepared.user, prepared.id, record):
+            # the same key, created concurrently: the first one stored stands
+            stored = await self.store.load(prepared.tenant, prepared.user, prepared.id)
+            if stored is not None:
+                return self.public(stored)
+        return self.public(record)
 
     async def create(self, prepared: Prepared) -> dict[str, Any]:
         return await self.store_pending(prepared, [c async for c in self.candidates(prepared)])

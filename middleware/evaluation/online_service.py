@@ -31,8 +31,10 @@ from middleware.errors import (
     ValidationFailed,
 )
 from middleware.evaluation import online
+from middleware.idempotency import keyed_id
 from middleware.models import Persona
 from middleware.personalize.service import Personalizer
+from middleware.quotas.service import Quotas
 from middleware.store.evaluations import EvaluationStore
 from middleware.store.personas import PersonaStore
 from middleware.upstream import UpstreamRouter
@@ -86,8 +88,10 @@ class EvaluationService:
         personas: PersonaStore,
         personalizer: Personalizer,
         upstreams: UpstreamRouter,
+        quotas: Quotas | None = None,
     ) -> None:
         self.store = store
+        self._quotas = quotas
         self._persona_store = personas
         self._personalizer = personalizer
         self._upstreams = upstreams
@@ -201,7 +205,10 @@ class EvaluationService:
         user: str,
         messages: list[dict[str, Any]],
         extra: dict[str, Any] | None = None,
+        idempotency_key: str | None = None,
+        request_hash: str | None = None,
     ) -> dict[str, Any]:
+        """A new trial; with an idempotency key its id comes from the key (see `replay_trial`)."""
         run = await self.run(tenant, evaluation_id)
         if run.get("status", "open") != "open":
             raise Conflict(f"evaluation {evaluation_id!r} is closed", code="evaluation_closed")
@@ -230,6 +237,9 @@ class EvaluationService:
             [Plan(block=blocks[condition]) for condition in online.CONDITIONS],
             require_text=True,
         )
+        if self._quotas is not None:  # every answer's tokens count, a failed trial's too
+            usages = [c.completion.get("usage") for c in candidates if c.completion]
+            await self._quotas.add_usage(tenant, *usages)
         for candidate in candidates:
             if candidate.error is not None:
                 raise candidate.error
@@ -249,7 +259,9 @@ class EvaluationService:
         position = await self.store.next_position(tenant, evaluation_id, user)
         order = online.balanced_order(run["order_seed"], user, position)
         trial = {
-            "id": new_trial_id(),
+            "id": keyed_id("trl", idempotency_key, tenant, evaluation_id, user)
+            if idempotency_key
+            else new_trial_id(),
             "evaluation_id": evaluation_id,
             "tenant": tenant,
             "user": user,
@@ -263,9 +275,31 @@ class EvaluationService:
             "answers": answers,
             "created": time.time(),
             "created_at": _now(),
+            **({"request_hash": request_hash} if idempotency_key else {}),
         }
-        await self.store.save_trial(tenant, evaluation_id, trial)
+        if not await self.store.save_trial(tenant, evaluation_id, trial):
+            # the same key, created concurrently: the first trial stored stands
+            stored = await self.store.trial(tenant, evaluation_id, trial["id"])
+            if stored is not None:
+                return public_trial(stored)
         return public_trial(trial)
+
+    async def replay_trial(
+        self, tenant: str, evaluation_id: str, user: str, idempotency_key: str, request_hash: str
+    ) -> dict[str, Any] | None:
+        """The trial a creation with this key stored (as the app sees it), or None. A key first used
+        for another request is a 409."""
+        await self.run(tenant, evaluation_id)
+        trial_id = keyed_id("trl", idempotency_key, tenant, evaluation_id, user)
+        stored = await self.store.trial(tenant, evaluation_id, trial_id)
+        if stored is None:
+            return None
+        if stored.get("request_hash") != request_hash:
+            raise Conflict(
+                "this idempotency key was used for another trial request", code="idempotency_key_reused"
+            )
+        await self.store.list_trial(tenant, evaluation_id, trial_id)  # an interrupted write may not have
+        return public_trial(stored)
 
     async def choose(
         self,

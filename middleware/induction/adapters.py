@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -24,7 +25,8 @@ from middleware.store.preferences import PreferenceStore
 from middleware.store.users import UserIndex
 
 log = logging.getLogger("middleware.jobs")
-STOP_CHECK_S = 0.5  # how often a running training looks for a cancel
+STOP_CHECK_S = 0.5  # how often a running training looks for a cancel (and reports its progress)
+STOP_GRACE_S = 30.0  # how long a cancelled training may take to reach its next step and stop
 
 
 class ModelHolder:
@@ -101,10 +103,13 @@ class AdapterTrainer:
         result: dict[str, Any],
         *,
         stopped: Callable[[], Awaitable[bool]] | None = None,
+        progress: Callable[[dict[str, Any]], Awaitable[None]] | None = None,
     ) -> dict[str, Any]:
-        """Train the adapter (in a thread) and store it beside persona `version`. With `stopped`, a stop
-        seen while training or before storing raises `JobCancelled` at once and nothing is stored (the
-        training thread runs to its end in the background; its result is dropped)."""
+        """Train the adapter (in a thread) and store it beside persona `version`.
+
+        With `stopped`, a stop seen while training tells the training thread to stop at its next step
+        (`train_user(stop=)`), waits for it (at most `STOP_GRACE_S`) and raises `JobCancelled`;
+        nothing is stored. `progress` hears {"stage": "adapter", "done", "total"} (training steps)."""
         model = await self._model.get()
         pairs = await self._preferences.pairs(tenant, user)
         extra = {
@@ -112,15 +117,31 @@ class AdapterTrainer:
             "persona_version": str(version),
             "persona_version_id": str(result.get("version_id") or ""),
         }
+        stop = threading.Event()
+        steps = {"done": 0, "total": 0}  # written by the training thread, read here
+
+        def step(done: int, total: int) -> None:
+            steps.update(done=done, total=total)
+
         started = time.perf_counter()
         training = asyncio.ensure_future(
-            asyncio.to_thread(model.train_user, user, pairs, cache=False, extra=extra)
+            asyncio.to_thread(
+                model.train_user, user, pairs, cache=False, extra=extra, stop=stop.is_set, progress=step
+            )
         )
-        while stopped is not None and not training.done():
+        reported: dict[str, int] = {}
+        while not training.done():
             await asyncio.wait([training], timeout=STOP_CHECK_S)
-            if await stopped():
+            if stopped is not None and await stopped():
+                stop.set()
+                await asyncio.wait([training], timeout=STOP_GRACE_S)
+                if not training.done():
+                    log.warning("a cancelled adapter training of %s/%s has not stopped yet", tenant, user)
                 training.add_done_callback(lambda task: task.cancelled() or task.exception())
                 raise JobCancelled()
+            if progress is not None and steps != reported and not training.done():
+                reported = dict(steps)
+                await progress({"stage": "adapter", **reported})
         blob: bytes = await training
         seconds = time.perf_counter() - started
         if stopped is not None and await stopped():

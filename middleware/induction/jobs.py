@@ -40,7 +40,7 @@ from middleware.induction.queue import (
 from middleware.induction.resilient import REDIS_DOWN, ResilientWorker, supervise
 from middleware.services import Services, build_services
 from middleware.store import keys
-from middleware.store.connection import create_redis
+from middleware.store.connection import create_jobs_redis
 from middleware.store.personas import PersonaStore
 from middleware.store.preferences import PreferenceStore
 from middleware.store.segments import SegmentStore
@@ -219,9 +219,14 @@ async def run_adapter_training(
         error = {"code": "not_found", "message": f"user {user!r} has no persona to train an adapter beside"}
         return await finish(queue, record, job_id, "failed", error=error)
     result = {"version": persona.version, "version_id": persona.version_id}
+
+    async def progress(event: dict[str, Any]) -> None:
+        if not await queue.stopped(job_id):  # a forgotten user's record is not written again
+            await queue.update(job_id, progress=event)
+
     try:
         facts = await adapters.train_and_store(
-            tenant, user, persona.version, result, stopped=lambda: queue.stopped(job_id)
+            tenant, user, persona.version, result, stopped=lambda: queue.stopped(job_id), progress=progress
         )
     except JobCancelled:
         return {"status": "cancelled"}
@@ -337,7 +342,8 @@ def build_worker(settings: Settings, **overrides: Any) -> Worker:
         ],
         "cron_jobs": cron_jobs,
         # The service's own pool: connect and socket timeouts, so a paused Redis cannot hang the worker.
-        "redis_pool": ArqRedis(connection_pool=create_redis(settings).connection_pool),
+        # The queue's Redis is PERSONA_JOBS_REDIS_URL (standalone or Sentinel, never a cluster).
+        "redis_pool": ArqRedis(connection_pool=create_jobs_redis(settings).connection_pool),
         "queue_name": keys.JOB_QUEUE,
         "health_check_key": f"{keys.JOB_QUEUE}:health-check",
         "max_jobs": settings.worker_max_jobs,

@@ -143,6 +143,8 @@ class Induction:
             "source_preference_ids": [p.stable_id() for p in plan.train + plan.validation],
             "train_ids": [p.stable_id() for p in plan.train],
             "validation_ids": [p.stable_id() for p in plan.validation],
+            # pairs implied by feedback signals (weighted below explicit judgements, README "Feedback")
+            "implicit_pairs": sum(1 for p in plan.train + plan.validation if p.source == "implicit"),
             "kept_trace_ids": [t.pair.stable_id() for t in kept],
             "exemplar_ids": [p.stable_id() for p in selection.exemplars],
             "validation_accuracy": selection.accuracy,
@@ -279,6 +281,7 @@ def summary(persona: Persona, *, reused: bool) -> dict[str, Any]:
         "kept_traces": len(prov.get("kept_trace_ids", [])),
         "train_pairs": len(prov.get("train_ids", [])),
         "validation_pairs": len(prov.get("validation_ids", [])),
+        "implicit_pairs": prov.get("implicit_pairs", 0),
         "validation_accuracy": prov.get("validation_accuracy"),
         "model": prov.get("model"),
         "cost": prov.get("cost"),

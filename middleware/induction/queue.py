@@ -45,10 +45,13 @@ def now_iso() -> str:
 
 
 class JobQueue:
-    def __init__(self, settings: Settings, redis: Redis) -> None:
-        self.store = JobStore(redis, keep_s=settings.jobs_keep_s)
+    def __init__(self, settings: Settings, redis: Redis, queue_redis: Redis | None = None) -> None:
+        """`redis` holds our records; `queue_redis` (default: the same) holds arq's queue, which
+        cannot live on a Redis Cluster (PERSONA_JOBS_REDIS_URL)."""
+        queue_redis = queue_redis if queue_redis is not None else redis
+        self.store = JobStore(redis, keep_s=settings.jobs_keep_s, queue_redis=queue_redis)
         # arq's client on our own (bounded, timed-out) connection pool.
-        self.arq = ArqRedis(connection_pool=redis.connection_pool, default_queue_name=keys.JOB_QUEUE)
+        self.arq = ArqRedis(connection_pool=queue_redis.connection_pool, default_queue_name=keys.JOB_QUEUE)
 
     # --- records ------------------------------------------------------------------------------------
     async def record(self, job_id: str) -> dict[str, Any] | None:
@@ -124,7 +127,7 @@ class JobQueue:
         record = await self.record(job_id)
         if record is None or record.get("state") not in ACTIVE:
             return False
-        status = await Job(job_id, self.arq, _queue_name=keys.JOB_QUEUE).status()
+        status = await fail_closed(Job(job_id, self.arq, _queue_name=keys.JOB_QUEUE).status())
         return status in (JobStatus.queued, JobStatus.deferred, JobStatus.in_progress)
 
     async def release_pending(
@@ -140,9 +143,10 @@ class JobQueue:
         if record is None or record.get("state") not in ACTIVE:
             return record
         job = Job(job_id, self.arq, _queue_name=keys.JOB_QUEUE)
-        status = await job.status()
+        # arq's reads go through the same guard: a Redis outage is a 503, never a 500
+        status = await fail_closed(job.status())
         if status in (JobStatus.complete, JobStatus.not_found):
-            info = await job.result_info()
+            info = await fail_closed(job.result_info())
             if info is None or not info.success:
                 outcome = info.result if info is not None else None
                 if isinstance(outcome, (asyncio.CancelledError, JobCancelled)):

@@ -18,12 +18,12 @@ from collections.abc import Callable
 from typing import Any
 
 from arq.worker import Worker
-from redis.exceptions import RedisError
 
 from middleware.errors import StoreUnavailable
+from middleware.store.guard import STORE_ERRORS
 
 log = logging.getLogger("middleware.jobs")
-REDIS_DOWN = (RedisError, OSError, TimeoutError, StoreUnavailable)
+REDIS_DOWN = (*STORE_ERRORS, StoreUnavailable)
 MIN_BACKOFF_S = 0.1
 MAX_BACKOFF_S = 5.0
 

@@ -117,18 +117,23 @@ async def select_exemplars(
         return correct
 
     flat = await run_all([score_pair(c, p) for c in candidates for p in validation])
+    # Accuracy weighted by each validation pair's weight (implied pairs count less than judgements).
+    weights = [p.pair_weight for p in validation]
+    total_weight = sum(weights) or 1.0
     scores: list[dict[str, Any]] = []
     accuracies: list[float] = []
     for i, candidate in enumerate(candidates):
-        hits = sum(flat[i * len(validation) : (i + 1) * len(validation)])
+        correct = flat[i * len(validation) : (i + 1) * len(validation)]
+        hits = sum(correct)
+        accuracy = sum(w for w, hit in zip(weights, correct, strict=True) if hit) / total_weight
         scores.append(
             {
                 "exemplar_ids": [p.stable_id() for p in candidate],
                 "correct": hits,
-                "accuracy": hits / len(validation),
+                "accuracy": accuracy,
             }
         )
-        accuracies.append(hits / len(validation))
+        accuracies.append(accuracy)
     # Best accuracy; ties go to the smaller set (the empty set first).
     best = max(range(len(candidates)), key=lambda i: (accuracies[i], -len(candidates[i]), -i))
     return Selection(exemplars=candidates[best], accuracy=accuracies[best], scores=scores)

@@ -8,7 +8,7 @@ the operator assigned), the tenant's default persona, nothing. Everything is rea
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from middleware.personalize.service import ActivePersona, Personalizer
 from middleware.store.personas import PersonaReadFailed
@@ -33,6 +33,14 @@ class Resolved(NamedTuple):
 NOTHING = Resolved(None, "none")
 
 
+def traced(span: Any, resolved: Resolved) -> Resolved:
+    """`resolved`, noted on the persona.read span (None: tracing off): version and source, no text."""
+    if span is not None:
+        span.set_attribute("persona.version", resolved.version or 0)
+        span.set_attribute("persona.source", resolved.source)
+    return resolved
+
+
 class Resolver:
     def __init__(self, personalizer: Personalizer, reader: PersonaReader) -> None:
         self.personalizer = personalizer
@@ -54,9 +62,10 @@ class Resolver:
         self, tenant: str, user: str, *, segment: str | None = None, context: str | None = None
     ) -> Resolved:
         """Read and resolve (no quota check rides along); a sick Redis resolves to nothing."""
-        try:
-            reads = await self._reader.read(tenant, user, segment)
-        except PersonaReadFailed as exc:
-            self.personalizer.read_failed(exc, quiet=exc.skipped)
-            return NOTHING
-        return self.of(reads, context=context)
+        with self.personalizer.tracing.span("persona.read", tenant, user) as span:
+            try:
+                reads = await self._reader.read(tenant, user, segment)
+            except PersonaReadFailed as exc:
+                self.personalizer.read_failed(exc, quiet=exc.skipped)
+                return NOTHING
+            return traced(span, self.of(reads, context=context))

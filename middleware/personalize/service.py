@@ -21,6 +21,7 @@ from middleware.metrics import Metrics
 from middleware.models import Persona
 from middleware.personalize.block import render_persona_block
 from middleware.store.personas import PersonaReadFailed, PersonaStore
+from middleware.tracing import TRACING_OFF, Tracing
 
 log = logging.getLogger("middleware.personalize")
 
@@ -51,23 +52,30 @@ def version_id_of(blob: bytes) -> str | None:
 
 
 class Personalizer:
-    def __init__(self, store: PersonaStore, settings: Settings, metrics: Metrics) -> None:
+    def __init__(
+        self, store: PersonaStore, settings: Settings, metrics: Metrics, tracing: Tracing = TRACING_OFF
+    ) -> None:
         self._store = store
         self._settings = settings
         self._metrics = metrics
+        self.tracing = tracing
         self._cache: OrderedDict[str, ActivePersona] = OrderedDict()
 
     async def current(self, tenant: str, user: str) -> ActivePersona | None:
         """The user's persona version with its rendered block, or None when they have none or Redis
         is sick."""
-        try:
-            blob = await self._store.read_current_blob(tenant, user)
-        except PersonaReadFailed as exc:
-            self._metrics.persona_read_failures.inc()
-            if not exc.skipped:
-                log.warning("persona read failed, continuing without persona: %s", exc)
-            return None
-        return self.from_blob(blob)
+        with self.tracing.span("persona.read", tenant, user) as span:
+            try:
+                blob = await self._store.read_current_blob(tenant, user)
+            except PersonaReadFailed as exc:
+                self._metrics.persona_read_failures.inc()
+                if not exc.skipped:
+                    log.warning("persona read failed, continuing without persona: %s", exc)
+                return None
+            found = self.from_blob(blob)
+            if span is not None:
+                span.set_attribute("persona.version", found.version if found is not None else 0)
+            return found
 
     def from_blob(self, blob: bytes | None) -> ActivePersona | None:
         """The rendered block of a current-persona blob read elsewhere (e.g. in one pipeline with the

@@ -22,11 +22,12 @@ from redis.asyncio import Redis
 from middleware.config import Settings
 from middleware.errors import InvalidRequest, RateLimited
 from middleware.metrics import Metrics
-from middleware.personalize.resolve import NOTHING, Resolved, Resolver
+from middleware.personalize.resolve import NOTHING, Resolved, Resolver, traced
 from middleware.quota_policy import LimitsTable, TenantLimits
 from middleware.quotas.usage import StreamUsage, tokens_in_body, tokens_used
 from middleware.store.guard import STORE_ERRORS
 from middleware.store.ratelimits import REASONS, RateLimitStore
+from middleware.tracing import TRACING_OFF, Tracing
 
 log = logging.getLogger("middleware.quotas")
 OUTPUT_TOKEN_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
@@ -84,10 +85,13 @@ class Lease:
 
 
 class Quotas:
-    def __init__(self, settings: Settings, redis: Redis, metrics: Metrics) -> None:
+    def __init__(
+        self, settings: Settings, redis: Redis, metrics: Metrics, tracing: Tracing = TRACING_OFF
+    ) -> None:
         self.limits = LimitsTable(settings.limits)
         self.store = RateLimitStore(redis)
         self._metrics = metrics
+        self._tracing = tracing
         self._lease_ms = int(settings.upstream_total_timeout_s * 1000) + 60_000
 
     # --- caps (400) -------------------------------------------------------------------------------
@@ -143,13 +147,14 @@ class Quotas:
         if not limits.metered:
             return Lease(self, tenant, None)
         call, lease = self._call(tenant, user, cost, limits)
-        try:
-            reason, wait_ms = await self.store.admit(call)
-        except STORE_ERRORS as exc:
-            self._skipped(exc)
-            return Lease(self, tenant, None)
-        if reason:
-            self.refuse(tenant, REASONS[reason], wait_ms / 1000.0)
+        with self._tracing.span("quota.admit", tenant, user):
+            try:
+                reason, wait_ms = await self.store.admit(call)
+            except STORE_ERRORS as exc:
+                self._skipped(exc)
+                return Lease(self, tenant, None)
+            if reason:
+                self.refuse(tenant, REASONS[reason], wait_ms / 1000.0)
         return Lease(self, tenant, lease or None)
 
     async def admit_and_personalize(
@@ -171,17 +176,22 @@ class Quotas:
             )
         call, lease = self._call(tenant, user, cost, limits)
         personalizer = resolver.personalizer
-        try:
-            reason, wait_ms, reads = await asyncio.wait_for(
-                self.store.admit_and_read_personas(call, tenant, user, segment), personalizer.read_timeout_s
-            )
-        except STORE_ERRORS as exc:
-            self._skipped(exc)
-            personalizer.read_failed(exc)
-            return Lease(self, tenant, None), NOTHING
-        if reason:
-            self.refuse(tenant, REASONS[reason], wait_ms / 1000.0)
-        return Lease(self, tenant, lease or None), resolver.of(reads, context=context)
+        # One round trip holds the admission and the persona reads: its span is quota.admit, and
+        # persona.read is the resolving of what it brought back.
+        with self._tracing.span("quota.admit", tenant, user):
+            try:
+                reason, wait_ms, reads = await asyncio.wait_for(
+                    self.store.admit_and_read_personas(call, tenant, user, segment),
+                    personalizer.read_timeout_s,
+                )
+            except STORE_ERRORS as exc:
+                self._skipped(exc)
+                personalizer.read_failed(exc)
+                return Lease(self, tenant, None), NOTHING
+            if reason:
+                self.refuse(tenant, REASONS[reason], wait_ms / 1000.0)
+        with self._tracing.span("persona.read", tenant, user) as span:
+            return Lease(self, tenant, lease or None), traced(span, resolver.of(reads, context=context))
 
     def _skipped(self, exc: BaseException) -> None:
         self._metrics.quota_store_failures.inc()
@@ -255,6 +265,14 @@ class Quotas:
         except BaseException:
             await self.drop_comparison(tenant, user, comparison_id)
             raise
+
+    async def keep_comparison(self, tenant: str, user: str, comparison_id: str, expires_at_s: int) -> None:
+        """A comparison found again by its idempotency key stays counted as pending (its slot may have
+        been dropped when the creation that stored it answered 503)."""
+        try:
+            await self.store.keep_pending(tenant, user, comparison_id, expires_at_ms=expires_at_s * 1000)
+        except STORE_ERRORS as exc:  # the entry would have expired with the comparison anyway
+            log.warning("pending comparison not kept: %s", type(exc).__name__)
 
     async def drop_comparison(self, tenant: str, user: str, comparison_id: str) -> None:
         try:

@@ -48,5 +48,12 @@ class Reranker(Protocol):
 # has only the last one left to do. A failure there is logged and ignored too.
 
 
+# Also optional: `scoring_calls(n) -> int`, the upstream (LLM) calls `score` makes for n candidates.
+# Rerank mode admits that many calls against the tenant's quotas before scoring (refused: the first
+# candidate is returned, as after any scorer failure), and counts the tokens `score` reports: the
+# list it returns, or the exception it raises, may carry a `usage` attribute, a dict with `calls`,
+# `prompt_tokens` and `completion_tokens` (see `judge.Scores`).
+
+
 # factory(settings, resources) -> Reranker, called once per process, the first time it is asked for.
 RerankerFactory = Callable[["Settings", "RerankResources"], Reranker]

@@ -1,7 +1,9 @@
 """The built-in `judge` reranker: the persona-informed LLM judge of induction, pairwise, both orders.
 
 Every pair of candidates is judged twice (A/B and B/A), so a judge that always prefers the first
-position adds nothing. A candidate's score is its share of wins over all its comparisons.
+position adds nothing. A candidate's score is its share of wins over all its comparisons. Its calls
+are declared (`scoring_calls`) and its tokens reported (`Scores.usage`, or `ScoringFailed.usage`), so
+rerank mode admits and counts them against the tenant's quotas like the candidates'.
 """
 
 from __future__ import annotations
@@ -28,6 +30,22 @@ TEMPLATE = "induction_judge"
 CANDIDATE_MAX_CHARS = 4000
 
 
+class Scores(list[float]):
+    """One score per candidate, with the usage of the calls that produced them."""
+
+    def __init__(self, scores: Sequence[float], usage: dict[str, int]) -> None:
+        super().__init__(scores)
+        self.usage = usage
+
+
+class ScoringFailed(Exception):
+    """A judge call failed; `usage` holds what the calls made so far used."""
+
+    def __init__(self, cause: BaseException, usage: dict[str, int]) -> None:
+        super().__init__(f"{type(cause).__name__}: {cause}")
+        self.usage = usage
+
+
 class JudgeReranker:
     name = "judge"
 
@@ -38,6 +56,11 @@ class JudgeReranker:
         self._model = model
         self._semaphore = asyncio.Semaphore(concurrency)
         self._max_attempts = max_attempts
+
+    def scoring_calls(self, n: int) -> int:
+        """Judge calls for n candidates: every ordered pair once (a malformed answer's retry is
+        counted once made)."""
+        return n * (n - 1) if n >= 2 else 0
 
     async def score(
         self, context: Sequence[dict[str, Any]], candidates: Sequence[str], *, user: EndUser | None
@@ -75,11 +98,18 @@ class JudgeReranker:
             )
             return i, j, parsed.preferred
 
+        verdicts = await asyncio.gather(*(verdict(i, j) for i, j in orders), return_exceptions=True)
+        usage = budget.used.as_dict()
+        failed = next((v for v in verdicts if isinstance(v, BaseException)), None)
+        if failed is not None:
+            raise ScoringFailed(failed, usage) from failed
         wins = [0.0] * n
-        for i, j, preferred in await asyncio.gather(*(verdict(i, j) for i, j in orders)):
+        for verdict_of in verdicts:
+            assert not isinstance(verdict_of, BaseException)
+            i, j, preferred = verdict_of
             wins[i if preferred == "A" else j] += 1.0
         comparisons = 2 * (n - 1)
-        return [w / comparisons for w in wins]
+        return Scores([w / comparisons for w in wins], usage)
 
 
 def create_judge_reranker(settings: Settings, resources: RerankResources) -> JudgeReranker:

@@ -7,12 +7,14 @@ client.chat.completions.create(model="gpt-4o-mini", messages=[...])   # personal
 cmp = client.comparisons.create(model="gpt-4o-mini", messages=[...])
 client.comparisons.judge(cmp.id, best=1, worst=3, rationale="shorter")
 client.preferences.add(context="question", chosen="answer A", rejected="answer B")
+client.feedback.send(response_id, "thumbs_up")   # response_id: the answer's x-persona-response-id
 """
 
 from middleware.sdk.client import AsyncPersonalizedOpenAI, PersonalizedOpenAI
 from middleware.sdk.types import (
     Candidate,
     Comparison,
+    FeedbackResult,
     Judgement,
     Persona,
     PersonaVersion,
@@ -24,6 +26,7 @@ __all__ = [
     "AsyncPersonalizedOpenAI",
     "Candidate",
     "Comparison",
+    "FeedbackResult",
     "Judgement",
     "Persona",
     "PersonaVersion",

@@ -1,7 +1,7 @@
 """PersonalizedOpenAI / AsyncPersonalizedOpenAI: the official clients pointed at the proxy.
 
 Every call carries the end user as the `X-Persona-User` header, so plain `chat.completions` calls are
-personalized; `.comparisons`, `.preferences`, `.personas` and `.evaluations` reach the proxy's own
+personalized; `.comparisons`, `.preferences`, `.personas`, `.evaluations` and `.feedback` reach the proxy's own
 routes. Errors are the openai package's own (`openai.NotFoundError`, `openai.ConflictError`, ...).
 """
 
@@ -15,6 +15,7 @@ import openai
 
 from middleware.sdk.comparisons import AsyncComparisons, Comparisons
 from middleware.sdk.evaluations import AsyncEvaluations, Evaluations
+from middleware.sdk.feedback import AsyncFeedback, Feedback
 from middleware.sdk.personas import AsyncPersonas, Personas
 from middleware.sdk.preferences import AsyncPreferences, Preferences
 
@@ -59,6 +60,7 @@ class PersonalizedOpenAI(openai.OpenAI):
         self.preferences = Preferences(self)
         self.personas = Personas(self)
         self.evaluations = Evaluations(self)
+        self.feedback = Feedback(self)
 
 
 class AsyncPersonalizedOpenAI(openai.AsyncOpenAI):
@@ -82,3 +84,4 @@ class AsyncPersonalizedOpenAI(openai.AsyncOpenAI):
         self.preferences = AsyncPreferences(self)
         self.personas = AsyncPersonas(self)
         self.evaluations = AsyncEvaluations(self)
+        self.feedback = AsyncFeedback(self)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -10,7 +11,9 @@ import httpx
 from middleware.sdk._common import NO_RETRY, PersonaClient, compact, require_user
 from middleware.sdk.types import Comparison, Judgement
 
-# A judgement is not retried by the client: a 409 means it was already recorded.
+# A judgement is not retried by the client: a 409 means it was already recorded. A creation carries an
+# idempotency key (the caller's, else a fresh one), so the client's own retries after a timeout or a
+# 503 find the comparison a first attempt stored instead of creating a second one.
 
 
 def _create_body(
@@ -36,6 +39,10 @@ def _create_body(
     )
 
 
+def _key_options(idempotency_key: str | None) -> dict[str, Any]:
+    return {"headers": {"Idempotency-Key": idempotency_key or f"sdk-{uuid.uuid4().hex}"}}
+
+
 class Comparisons:
     def __init__(self, client: Any) -> None:
         self._client = client
@@ -50,9 +57,11 @@ class Comparisons:
         session_id: str | None = None,
         persona: bool = True,
         max_tokens: int | None = None,
+        idempotency_key: str | None = None,
     ) -> Comparison:
         body = _create_body(self._client, model, messages, user, variants, session_id, persona, max_tokens)
-        response = self._client.post("/comparisons", body=body, cast_to=httpx.Response)
+        options = _key_options(idempotency_key)
+        response = self._client.post("/comparisons", body=body, cast_to=httpx.Response, options=options)
         return Comparison.model_validate(response.json())
 
     def judge(self, comparison_id: str, *, best: int, worst: int, rationale: str = "") -> Judgement:
@@ -79,9 +88,11 @@ class AsyncComparisons:
         session_id: str | None = None,
         persona: bool = True,
         max_tokens: int | None = None,
+        idempotency_key: str | None = None,
     ) -> Comparison:
         body = _create_body(self._client, model, messages, user, variants, session_id, persona, max_tokens)
-        response = await self._client.post("/comparisons", body=body, cast_to=httpx.Response)
+        options = _key_options(idempotency_key)
+        response = await self._client.post("/comparisons", body=body, cast_to=httpx.Response, options=options)
         return Comparison.model_validate(response.json())
 
     async def judge(self, comparison_id: str, *, best: int, worst: int, rationale: str = "") -> Judgement:

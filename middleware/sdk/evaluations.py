@@ -12,6 +12,7 @@ Operator side (admin_key= and tenant= on the client):
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 from urllib.parse import quote
@@ -51,9 +52,12 @@ class EvaluationChoice(BaseModel):
     rationale: str | None = None
 
 
-def _user_options(body: dict[str, Any]) -> dict[str, Any]:
-    """The user named for this call wins over the client's default X-Persona-User header."""
-    return {**NO_RETRY, "headers": {"X-Persona-User": body["user"]}}
+def _trial_options(body: dict[str, Any], idempotency_key: str | None) -> dict[str, Any]:
+    """The user named for this call (it wins over the client's default X-Persona-User header), and an
+    idempotency key (the caller's, else a fresh one) that makes the
+    client's own retries safe: a retry finds the trial a first attempt stored."""
+    key = idempotency_key or f"sdk-{uuid.uuid4().hex}"
+    return {"headers": {"X-Persona-User": body["user"], "Idempotency-Key": key}}
 
 
 def _choice_options(user: str | None) -> dict[str, Any]:
@@ -103,13 +107,14 @@ class Evaluations:
         user: str | None = None,
         max_tokens: int | None = None,
         temperature: float | None = None,
+        idempotency_key: str | None = None,
     ) -> EvaluationTrial:
         body = _trial_body(self._client, user, prompt, messages, max_tokens, temperature)
         response = self._client.post(
             _run_path(evaluation_id, "/trials"),
             body=body,
             cast_to=httpx.Response,
-            options=_user_options(body),
+            options=_trial_options(body, idempotency_key),
         )
         return EvaluationTrial.model_validate(response.json())
 
@@ -183,13 +188,14 @@ class AsyncEvaluations:
         user: str | None = None,
         max_tokens: int | None = None,
         temperature: float | None = None,
+        idempotency_key: str | None = None,
     ) -> EvaluationTrial:
         body = _trial_body(self._client, user, prompt, messages, max_tokens, temperature)
         response = await self._client.post(
             _run_path(evaluation_id, "/trials"),
             body=body,
             cast_to=httpx.Response,
-            options=_user_options(body),
+            options=_trial_options(body, idempotency_key),
         )
         return EvaluationTrial.model_validate(response.json())
 

@@ -51,6 +51,18 @@ class PreferenceResult(_Model):
     data: list[dict[str, Any]]
 
 
+class FeedbackResult(_Model):
+    """What POST /v1/feedback stored: per signal its id, whether it was new, the answer's reward."""
+
+    created: int
+    data: list[dict[str, Any]]
+
+    @property
+    def reward(self) -> float | None:
+        """The reward of the (last) answer the signals were about."""
+        return self.data[-1].get("reward") if self.data else None
+
+
 class Persona(_Model):
     user: str
     text: str

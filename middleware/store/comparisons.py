@@ -73,12 +73,24 @@ class ComparisonStore:
         return self._ttl_s
 
     # --- pending comparisons ------------------------------------------------------------------------
-    async def save(self, tenant: str, user: str, comparison_id: str, data: dict[str, Any]) -> None:
-        # Two slots (owner index and the user's tag): a plain pipeline, owner first.
+    async def save(self, tenant: str, user: str, comparison_id: str, data: dict[str, Any]) -> bool:
+        """Store a new comparison; False (nothing changed) when one with this id is stored already,
+        so a retried creation under the same idempotency key never replaces the first one."""
+        # Two slots (owner index and the user's tag): a plain pipeline, owner first (the owner's value
+        # is the same for every write of this id).
         pipe = self._redis.pipeline(transaction=False)
         pipe.set(keys.comparison_owner(comparison_id), f"{tenant}:{user}", ex=self._ttl_s)
-        pipe.set(keys.comparison(tenant, user, comparison_id), orjson.dumps(data), ex=self._ttl_s)
-        await fail_closed(pipe.execute())
+        pipe.set(keys.comparison(tenant, user, comparison_id), orjson.dumps(data), ex=self._ttl_s, nx=True)
+        _, created = await fail_closed(pipe.execute())
+        return bool(created)
+
+    async def lookup(self, tenant: str, user: str, comparison_id: str) -> tuple[dict[str, Any] | None, bool]:
+        """(the pending comparison or None, whether it has been judged): one round trip, one slot."""
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.get(keys.comparison(tenant, user, comparison_id))
+        pipe.exists(keys.comparison_judged(tenant, user, comparison_id))
+        raw, judged = await fail_closed(pipe.execute())
+        return (orjson.loads(raw) if raw else None), bool(judged)
 
     async def owner(self, comparison_id: str) -> tuple[str, str] | None:
         raw = await fail_closed(self._redis.get(keys.comparison_owner(comparison_id)))

@@ -1,20 +1,182 @@
-"""The Redis connection pool: explicit timeouts and a bounded pool."""
+"""The Redis connection: one server, a Sentinel group or a Redis Cluster, chosen by the URL.
+
+    redis://[user:password@]host:port/db          one server (rediss:// for TLS)
+    redis+sentinel://[user:password@]host:port[,host:port...]/<master>[/db]
+                                                  the master of a Sentinel group (rediss+sentinel://)
+    redis+cluster://[user:password@]host:port[,host:port...]
+                                                  a Redis Cluster, any of its nodes (rediss+cluster://)
+
+Query options: `ssl_ca_certs`, `ssl_certfile`, `ssl_keyfile`, `ssl_cert_reqs` (TLS), and for Sentinel
+`sentinel_username` / `sentinel_password` when the sentinels themselves ask for a password (the
+user and password of the URL are those of the data nodes). Every client has explicit connect and
+socket timeouts and a bounded number of connections (per node on a cluster). The clients are
+redis-py's own: `Redis` on a `BlockingConnectionPool`, `Sentinel.master_for`, `RedisCluster`.
+
+The job queue (arq) cannot use a cluster (its transactions span a job's keys and the queue's, see
+docs/SCALING.md): `Settings` refuses a cluster URL for `PERSONA_JOBS_REDIS_URL`.
+"""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, Literal, cast
+from urllib.parse import parse_qsl, unquote
 
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
+from redis.asyncio.cluster import ClusterNode
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 
 from middleware.config import Settings
 from middleware.store.guard import STORE_ERRORS
 
+Topology = Literal["standalone", "sentinel", "cluster"]
+_SCHEMES: dict[str, tuple[Topology, bool]] = {
+    "redis": ("standalone", False),
+    "rediss": ("standalone", True),
+    "redis+sentinel": ("sentinel", False),
+    "rediss+sentinel": ("sentinel", True),
+    "redis+cluster": ("cluster", False),
+    "rediss+cluster": ("cluster", True),
+}
+_TLS_OPTIONS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs")
 
-def create_redis(settings: Settings) -> Redis:
+
+class RedisUrlError(ValueError):
+    """A Redis URL this service cannot use (said at start-up, with the reason)."""
+
+
+@dataclass(frozen=True)
+class RedisTarget:
+    """What a Redis URL names."""
+
+    topology: Topology
+    nodes: list[tuple[str, int]]
+    tls: bool = False
+    username: str | None = None
+    password: str | None = None
+    db: int = 0
+    master: str | None = None  # Sentinel: the monitored master's name
+    options: dict[str, str] = field(default_factory=dict)
+
+
+def parse_redis_url(url: str) -> RedisTarget:
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.lower() not in _SCHEMES:
+        raise RedisUrlError(f"unsupported Redis URL scheme {scheme!r}: use one of {', '.join(_SCHEMES)}")
+    topology, tls = _SCHEMES[scheme.lower()]
+    rest, _, query = rest.partition("?")
+    netloc, _, path = rest.partition("/")
+    credentials, at, hosts = netloc.rpartition("@")
+    username = password = None
+    if at:
+        user_part, colon, password_part = credentials.partition(":")
+        username = unquote(user_part) or None
+        password = unquote(password_part) if colon else None
+        if not colon:  # redis://secret@host: a password alone
+            username, password = None, unquote(user_part)
+    nodes = [_host_port(h) for h in hosts.split(",") if h]
+    if not nodes:
+        raise RedisUrlError(f"no host in the Redis URL {scheme}://…")
+    if topology == "standalone" and len(nodes) > 1:
+        raise RedisUrlError("several hosts need redis+sentinel:// or redis+cluster://")
+    options = dict(parse_qsl(query))
+    parts = [p for p in path.split("/") if p]
+    master = None
+    if topology == "sentinel":
+        if not parts:
+            raise RedisUrlError("a Sentinel URL names the master: redis+sentinel://host:port,…/<master>")
+        master, parts = unquote(parts[0]), parts[1:]
+    db = 0
+    if parts:
+        if len(parts) > 1 or not parts[0].isdigit():
+            raise RedisUrlError(f"unexpected path in the Redis URL: /{path}")
+        db = int(parts[0])
+    if topology == "cluster" and db:
+        raise RedisUrlError("a Redis Cluster has only database 0")
+    return RedisTarget(topology, nodes, tls, username, password, db, master, options)
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    if text.startswith("["):  # [IPv6]:port
+        host, _, port = text[1:].partition("]")
+        port = port.removeprefix(":")
+    else:
+        host, _, port = text.rpartition(":") if ":" in text else (text, "", "")
+    try:
+        return host, int(port or 6379)
+    except ValueError:
+        raise RedisUrlError(f"bad port in the Redis URL host {text!r}") from None
+
+
+def _connection_kwargs(settings: Settings, target: RedisTarget) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {
+        "socket_connect_timeout": settings.redis_connect_timeout_s,
+        "socket_timeout": settings.redis_socket_timeout_s,
+        "retry_on_timeout": False,
+        "username": target.username,
+        "password": target.password,
+    }
+    if target.tls:
+        kwargs.update({k: v for k, v in target.options.items() if k in _TLS_OPTIONS})
+    return kwargs
+
+
+class _BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
+    """The Sentinel-managed pool, waiting up to `timeout` for a free connection like the standalone
+    one instead of failing at once when all are in use."""
+
+
+def create_redis(settings: Settings, url: str | None = None) -> Redis:
+    """The client for `url` (default: `PERSONA_REDIS_URL`)."""
+    target = parse_redis_url(url or settings.redis_url)
+    kwargs = _connection_kwargs(settings, target)
+    if target.topology == "cluster":
+        cluster = RedisCluster(
+            startup_nodes=[ClusterNode(host, port) for host, port in target.nodes],
+            max_connections=settings.redis_max_connections,
+            ssl=target.tls,
+            # A dead master's slots move to its replica within the failover window; keep asking the
+            # cluster for the new owners instead of failing for good.
+            require_full_coverage=False,
+            **{k: v for k, v in kwargs.items() if k != "retry_on_timeout"},
+        )
+        # RedisCluster speaks the same command API the stores use (tests/test_cluster_store.py runs
+        # every store against a real cluster); typed as Redis so the stores take either.
+        return cast(Redis, cluster)
+    if target.topology == "sentinel":
+        assert target.master is not None
+        tls = {"ssl": True, **{k: v for k, v in kwargs.items() if k in _TLS_OPTIONS}} if target.tls else {}
+        sentinel_auth = {
+            k.removeprefix("sentinel_"): v
+            for k, v in target.options.items()
+            if k in ("sentinel_username", "sentinel_password")
+        }
+        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+            target.nodes,
+            sentinel_kwargs={
+                "socket_connect_timeout": settings.redis_connect_timeout_s,
+                "socket_timeout": settings.redis_socket_timeout_s,
+                **tls,
+                **sentinel_auth,
+            },
+            **kwargs,
+            **({"ssl": True} if target.tls else {}),
+            db=target.db,
+        )
+        return cast(
+            Redis,
+            sentinel.master_for(
+                target.master,
+                connection_pool_class=_BlockingSentinelPool,
+                max_connections=settings.redis_max_connections,
+                timeout=settings.redis_connect_timeout_s,
+            ),
+        )
     pool = BlockingConnectionPool.from_url(
-        settings.redis_url,
+        url or settings.redis_url,
         max_connections=settings.redis_max_connections,
         timeout=settings.redis_connect_timeout_s,
         socket_connect_timeout=settings.redis_connect_timeout_s,
@@ -22,6 +184,23 @@ def create_redis(settings: Settings) -> Redis:
         retry_on_timeout=False,
     )
     return Redis(connection_pool=pool)
+
+
+def jobs_redis_url(settings: Settings) -> str:
+    """The job queue's Redis: `PERSONA_JOBS_REDIS_URL`, else the service's own."""
+    return settings.jobs_redis_url or settings.redis_url
+
+
+def create_jobs_redis(settings: Settings, main: Redis | None = None) -> Redis:
+    """The job queue's client; `main` itself when the queue shares the service's Redis."""
+    url = jobs_redis_url(settings)  # never a cluster: Settings refuses one
+    if main is not None and url == settings.redis_url:
+        return main
+    return create_redis(settings, url)
+
+
+def is_cluster(redis: Redis) -> bool:
+    return isinstance(redis, RedisCluster)
 
 
 async def reachable(redis: Redis, timeout_s: float = 1.0) -> bool:
@@ -34,9 +213,9 @@ async def reachable(redis: Redis, timeout_s: float = 1.0) -> bool:
 
 
 @asynccontextmanager
-async def redis_client(settings: Settings) -> AsyncIterator[Redis]:
+async def redis_client(settings: Settings, url: str | None = None) -> AsyncIterator[Redis]:
     """A client for one command-line run, closed afterwards."""
-    redis = create_redis(settings)
+    redis = create_redis(settings, url)
     try:
         yield redis
     finally:

@@ -8,8 +8,10 @@
     pm:evaluations:<t>:<id>:positions       hash: user -> trials given (drives the balanced order)
 
 The tenant is part of every key, so another tenant's run or trial is simply not found. A choice is
-written with HSETNX: the first one wins and a second is refused (409). Every operation touches one
-key or is a plain pipeline, so the layout works on Redis Cluster too.
+written with HSETNX: the first one wins and a second is refused (409). A trial too (its `data`), and
+its id joins the run's list only when absent, so a retried creation (an idempotency key gives the
+same trial id) stores it once. Every operation touches one key or is a plain pipeline, so the layout
+works on Redis Cluster too.
 """
 
 from __future__ import annotations
@@ -25,6 +27,13 @@ from middleware.store.guard import fail_closed
 
 LIST_BATCH = 500
 
+# KEYS: a list. ARGV: a value. Append it unless the list holds it already; 1 when appended.
+_APPEND_ONCE = """
+if redis.call('LPOS', KEYS[1], ARGV[1]) then return 0 end
+redis.call('RPUSH', KEYS[1], ARGV[1])
+return 1
+"""
+
 
 def _cmd(result: Any) -> Awaitable[Any]:
     """redis-py types hash and list commands as `Awaitable[T] | T`; on the asyncio client they await."""
@@ -34,6 +43,7 @@ def _cmd(result: Any) -> Awaitable[Any]:
 class EvaluationStore:
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
+        self._append_once = redis.register_script(_APPEND_ONCE)
 
     # --- runs ---------------------------------------------------------------------------------------
     async def create_run(self, tenant: str, run: dict[str, Any]) -> None:
@@ -58,13 +68,19 @@ class EvaluationStore:
         return int(n) - 1
 
     # --- trials -------------------------------------------------------------------------------------
-    async def save_trial(self, tenant: str, evaluation_id: str, trial: dict[str, Any]) -> None:
-        pipe = self._redis.pipeline(transaction=False)
-        pipe.hset(
-            keys.evaluation_trial(tenant, evaluation_id, trial["id"]), "data", orjson.dumps(trial).decode()
+    async def save_trial(self, tenant: str, evaluation_id: str, trial: dict[str, Any]) -> bool:
+        """Store a new trial and list it; False when a trial with this id was stored already (it
+        stays as it was, and is listed if an interrupted write had not listed it yet)."""
+        key = keys.evaluation_trial(tenant, evaluation_id, trial["id"])
+        created = await fail_closed(_cmd(self._redis.hsetnx(key, "data", orjson.dumps(trial).decode())))
+        await self.list_trial(tenant, evaluation_id, trial["id"])
+        return bool(created)
+
+    async def list_trial(self, tenant: str, evaluation_id: str, trial_id: str) -> None:
+        """Put the trial's id in the run's list unless it is there."""
+        await fail_closed(
+            self._append_once(keys=[keys.evaluation_trials(tenant, evaluation_id)], args=[trial_id])
         )
-        pipe.rpush(keys.evaluation_trials(tenant, evaluation_id), trial["id"])
-        await fail_closed(pipe.execute())
 
     async def trial(self, tenant: str, evaluation_id: str, trial_id: str) -> dict[str, Any] | None:
         """The trial with its `choice` (None while unchosen), or None when there is no such trial."""

@@ -7,14 +7,15 @@ import logging
 from collections.abc import Awaitable
 from typing import Any, TypeVar, overload
 
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from middleware.errors import StoreUnavailable
 
 log = logging.getLogger("middleware.store")
 T = TypeVar("T")
 
-STORE_ERRORS = (RedisError, OSError, TimeoutError)
+# RedisClusterException: a cluster none of whose nodes answers (or whose slots are not all served).
+STORE_ERRORS = (RedisError, RedisClusterException, OSError, TimeoutError)
 # A command that timed out may still have been applied: say so, and say what makes a retry safe.
 UNAVAILABLE = (
     "the store (Redis) did not answer in time: a write may or may not have been stored; retrying the "
@@ -33,8 +34,13 @@ async def fail_closed(awaitable: Any) -> Any:
             return await awaitable
         return awaitable
     except STORE_ERRORS as exc:
-        log.warning("store unavailable: %s", type(exc).__name__)
-        raise StoreUnavailable(UNAVAILABLE) from exc
+        raise unavailable(exc) from exc
+
+
+def unavailable(exc: BaseException) -> StoreUnavailable:
+    """The 503 for a store error (logged)."""
+    log.warning("store unavailable: %s", type(exc).__name__)
+    return StoreUnavailable(UNAVAILABLE)
 
 
 async def resolved(value: Awaitable[T] | T) -> T:

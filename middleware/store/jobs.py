@@ -51,12 +51,24 @@ if holder == false or holder == ARGV[1] then
 end
 return 0
 """
+# KEYS[1] job record. ARGV: expiry s, how many field names to delete, those names, then field/value
+# pairs to set. One script, one key: atomic on a Redis Cluster as on one server.
+_UPDATE = """
+local n = tonumber(ARGV[2])
+if n > 0 then redis.call('HDEL', KEYS[1], unpack(ARGV, 3, 2 + n)) end
+if #ARGV > 2 + n then redis.call('HSET', KEYS[1], unpack(ARGV, 3 + n)) end
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return 1
+"""
 
 
 class JobStore:
-    def __init__(self, redis: Redis, *, keep_s: int) -> None:
+    def __init__(self, redis: Redis, *, keep_s: int, queue_redis: Redis | None = None) -> None:
         self._redis = redis
+        # The job queue library's Redis (PERSONA_JOBS_REDIS_URL): never a cluster, maybe another server.
+        self._queue_redis = queue_redis if queue_redis is not None else redis
         self._keep_s = keep_s
+        self._update = redis.register_script(_UPDATE)
         self._swap = redis.register_script(_SWAP_PENDING)
         self._release = redis.register_script(DELETE_IF_EQUAL)
 
@@ -84,13 +96,9 @@ class JobStore:
         mapping = {
             k: orjson.dumps(v) if k in JSON_FIELDS else str(v) for k, v in fields.items() if v is not None
         }
-        key = keys.job_record(job_id)
-        pipe = self._redis.pipeline(transaction=True)
-        if clear:
-            pipe.hdel(key, *clear)
-        pipe.hset(key, mapping=mapping)
-        pipe.expire(key, self._keep_s)
-        await fail_closed(pipe.execute())
+        pairs = [item for name_value in mapping.items() for item in name_value]
+        args = [self._keep_s, len(clear), *clear, *pairs]
+        await fail_closed(self._update(keys=[keys.job_record(job_id)], args=args))
 
     async def count_attempt(self, job_id: str) -> int:
         """One more start of the job; returns how many there have been."""
@@ -132,8 +140,8 @@ class JobStore:
 
     async def drop_queued(self, job_id: str) -> None:
         """Take a job out of the queue library's queue so no worker starts it."""
-        await fail_closed(self._redis.zrem(keys.JOB_QUEUE, job_id))
-        await fail_closed(self._redis.delete(job_key_prefix + job_id))
+        await fail_closed(self._queue_redis.zrem(keys.JOB_QUEUE, job_id))
+        await fail_closed(self._queue_redis.delete(job_key_prefix + job_id))
 
     # --- running: the user's lock and the tenant's slots (errors left to the worker's retry) ---------
     async def acquire_lock(

@@ -22,6 +22,10 @@ match one user only. Ids without those characters keep the key they always had.
     pm:{t:u}:job-lock              the user's running refresh (mutual exclusion, TTL)
     pm:{t:u}:job-pending           the user's queued/running refresh job id (deduplication)
     pm:{t:u}:jobs                  ids of the user's jobs (deleted with their records on forget)
+    pm:{t:u}:feedback:<id>         an answer's feedback record and its signals (hash, TTL)
+    pm:{t:u}:feedback-prompt:<d>   answers to one prompt digest -> their latest verdict (hash, TTL)
+    pm:{t:u}:sentiment             the user's smoothed follow-up sentiment (hash)
+    pm:feedback-owner:<id>         answer id -> "tenant\nuser" (TTL), to find a record by id
     pm:comparison-owner:<id>       comparison id -> "tenant:user" (TTL), to find a comparison by id
     pm:tenant:<t>:users            set of user ids known in a tenant
     pm:response-owner:<id>         Responses API response id -> tenant that created it (TTL)
@@ -125,6 +129,30 @@ def adapter(tenant: str, user: str, version: int) -> str:
 
 def user_meta(tenant: str, user: str) -> str:
     return f"{user_tag(tenant, user)}:meta"
+
+
+def feedback_prefix(tenant: str, user: str) -> str:
+    """What every `feedback` key of the user starts with (the answer id follows)."""
+    return f"{user_tag(tenant, user)}:feedback:"
+
+
+def feedback(tenant: str, user: str, response_id: str) -> str:
+    """Hash: the answer's record (`record`), its signals (`s:<id>`), their pulls (`c:<id>`), `reward`."""
+    return f"{feedback_prefix(tenant, user)}{response_id}"
+
+
+def feedback_prompt(tenant: str, user: str, digest: str) -> str:
+    """Hash: answer id -> its latest verdict (up, down, regenerate) among answers to one prompt."""
+    return f"{user_tag(tenant, user)}:feedback-prompt:{digest}"
+
+
+def sentiment(tenant: str, user: str) -> str:
+    """Hash: the user's smoothed follow-up sentiment (`ewma`) and how many follow-ups made it (`n`)."""
+    return f"{user_tag(tenant, user)}:sentiment"
+
+
+def feedback_owner(response_id: str) -> str:
+    return f"{PREFIX}:feedback-owner:{response_id}"
 
 
 def response_owner(response_id: str) -> str:

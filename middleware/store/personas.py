@@ -18,6 +18,7 @@ from redis.asyncio import Redis
 from middleware.errors import NotFound
 from middleware.models import Persona, PreferencePair
 from middleware.store import keys
+from middleware.store.durable import Replication
 from middleware.store.guard import STORE_ERRORS, fail_closed
 
 log = logging.getLogger("middleware.store")
@@ -44,10 +45,28 @@ end
 return 0
 """
 
+# KEYS: version, versions set, current. ARGV: blob, version number. A new version, made current at
+# once (one script: the keys share the user's hash slot, so this is atomic on a cluster too).
+_SAVE_VERSION = """
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[2])
+redis.call('SET', KEYS[3], ARGV[1])
+return 1
+"""
+
 
 class PersonaStore:
-    def __init__(self, redis: Redis, *, read_timeout_s: float = 0.05, breaker_s: float = 0.5) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        read_timeout_s: float = 0.05,
+        breaker_s: float = 0.5,
+        replication: Replication | None = None,
+    ) -> None:
         self._redis = redis
+        self._replication = replication or Replication()
+        self._save_version = redis.register_script(_SAVE_VERSION)
         self._read_timeout_s = read_timeout_s
         self._breaker_s = breaker_s
         self._open_until = 0.0
@@ -124,7 +143,7 @@ class PersonaStore:
         exemplars: list[PreferencePair],
         provenance: dict[str, Any] | None = None,
     ) -> Persona:
-        """Store a new version of the user's persona and make it current in one transaction."""
+        """Store a new version of the user's persona and make it current in one step (replicated, see `Replication`)."""
         return await self.save_line(
             keys.user_line(tenant, user), text, exemplars, provenance, index=(keys.tenant_users(tenant), user)
         )
@@ -138,7 +157,7 @@ class PersonaStore:
         *,
         index: tuple[str, str] | None = None,
     ) -> Persona:
-        """Store a new version on a persona line and make it current in one transaction (`index`: a
+        """Store a new version on a persona line and make it current in one step (`index`: a
         set and a member to add in it, the tenant's user index for a user's line)."""
         version = int(await fail_closed(self._redis.incr(line.seq)))
         persona = Persona(
@@ -150,13 +169,10 @@ class PersonaStore:
             created_at=datetime.now(UTC).isoformat(),
         )
         blob = persona.model_dump_json().encode()
-        pipe = self._redis.pipeline(transaction=True)
-        pipe.set(line.version(version), blob)
-        pipe.zadd(line.versions, {str(version): version})
-        pipe.set(line.current, blob)
-        if index is not None:
-            pipe.sadd(*index)
-        await fail_closed(pipe.execute())
+        version_keys = [line.version(version), line.versions, line.current]
+        await self._replication.script(self._redis, self._save_version, version_keys, [blob, version])
+        if index is not None:  # the tenant's index lives in another slot: a second command, after the data
+            await fail_closed(self._redis.sadd(*index))
         return persona
 
     async def rollback(self, tenant: str, user: str, version: int) -> Persona:

@@ -16,6 +16,7 @@ from redis.asyncio import Redis
 
 from middleware.models import PreferencePair
 from middleware.store import keys
+from middleware.store.durable import Replication
 from middleware.store.guard import fail_closed
 
 # KEYS: stream, ids set, meta hash. ARGV: triples (id, kind, json). Returns 1/0 per record.
@@ -49,22 +50,24 @@ class Record:
 
 
 class PreferenceStore:
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, replication: Replication | None = None) -> None:
         self._redis = redis
+        self._replication = replication or Replication()
         self._add = redis.register_script(_ADD_SCRIPT)
 
     async def add(self, tenant: str, user: str, records: list[tuple[str, str, dict[str, Any]]]) -> list[bool]:
-        """Append (id, kind, data) records; returns which ones were new. Fails closed (503)."""
+        """Append (id, kind, data) records; returns which ones were new. Fails closed (503), also when
+        too few replicas confirm the write in time (a retry stores nothing twice)."""
         if not records:
             return []
         argv: list[str | bytes] = []
         for record_id, kind, data in records:
             argv += [record_id, kind, orjson.dumps(data)]
-        flags = await fail_closed(
-            self._add(
-                keys=[keys.prefs(tenant, user), keys.pref_ids(tenant, user), keys.user_meta(tenant, user)],
-                args=argv,
-            )
+        flags = await self._replication.script(
+            self._redis,
+            self._add,
+            [keys.prefs(tenant, user), keys.pref_ids(tenant, user), keys.user_meta(tenant, user)],
+            argv,
         )
         await fail_closed(self._redis.sadd(keys.tenant_users(tenant), user))
         return [bool(int(f)) for f in flags]

@@ -152,7 +152,8 @@ class RateLimitStore:
         persona, and the segment's or tenant default's, `store/segments.py`)."""
 
         def build(pipe: Pipeline) -> None:
-            pipe.evalsha(self._admit.sha, len(call[0]), *call[0], *call[1])
+            # execute_command: redis-py's cluster pipeline blocks its evalsha() method, not the command
+            pipe.execute_command("EVALSHA", self._admit.sha, len(call[0]), *call[0], *call[1])
             queue_reads(pipe, self._resolve_sha, tenant, user, segment)
 
         (reason, wait_ms), own, shared = await self._chat_pipelines.run(build)
@@ -183,6 +184,16 @@ class RateLimitStore:
             keys=[keys.pending_comparisons(tenant, user)], args=[limit, comparison_id, ttl_s * 1000]
         )
         return int(wait_ms)
+
+    async def keep_pending(self, tenant: str, user: str, comparison_id: str, *, expires_at_ms: int) -> None:
+        """Count a stored comparison as pending again (no limit: it exists already), e.g. when a retry
+        finds the comparison a timed-out creation stored after its slot had been dropped."""
+        key = keys.pending_comparisons(tenant, user)
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.zadd(key, {comparison_id: expires_at_ms}, nx=True)
+        pipe.pexpireat(key, expires_at_ms, gt=True)
+        pipe.pexpireat(key, expires_at_ms, nx=True)
+        await pipe.execute()
 
     async def drop_pending(self, tenant: str, user: str, comparison_id: str) -> None:
         await resolved(self._redis.zrem(keys.pending_comparisons(tenant, user), comparison_id))

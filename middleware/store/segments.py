@@ -17,12 +17,12 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import orjson
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.client import Pipeline
 from redis.exceptions import NoScriptError
 
 from middleware.store import keys
-from middleware.store.guard import STORE_ERRORS, fail_closed
+from middleware.store.guard import STORE_ERRORS, fail_closed, resolved
 from middleware.store.personas import PersonaReadFailed
 
 # KEYS[1] assignments hash, KEYS[2] the tenant default's current persona.
@@ -57,7 +57,8 @@ NO_READS = PersonaReads(None, "none", None, None)
 def queue_reads(pipe: Pipeline, resolve_sha: str, tenant: str, user: str, segment: str | None) -> None:
     """Add the persona reads of one chat call to a pipeline: two commands, read by `reads_of`."""
     pipe.get(keys.persona_current(tenant, user))
-    pipe.evalsha(
+    pipe.execute_command(  # not evalsha(): redis-py's cluster pipeline blocks that method
+        "EVALSHA",
         resolve_sha,
         2,
         keys.segment_members(tenant),
@@ -88,8 +89,13 @@ class ScriptPipelines:
 
     async def run(self, build: Callable[[Pipeline], None]) -> list[Any]:
         for attempt in (1, 2):
-            pipe = self._redis.pipeline(transaction=False)
             preload = not self._loaded
+            if preload and isinstance(self._redis, RedisCluster):
+                # a cluster: SCRIPT LOAD goes to every master itself (its pipeline refuses the command)
+                for script in self._scripts:
+                    await resolved(self._redis.script_load(script))
+                preload = False
+            pipe = self._redis.pipeline(transaction=False)
             if preload:
                 for script in self._scripts:
                     pipe.script_load(script)
@@ -169,7 +175,9 @@ class SegmentStore:
             k async for k in self._redis.scan_iter(match=keys.segment_pattern(tenant, segment), count=500)
         ]
         members = await self.members(tenant, segment)
-        pipe = self._redis.pipeline(transaction=True)
+        # every key here shares the tenant's segments slot; no MULTI (a cluster pipeline has none):
+        # a delete cut short is finished by asking again
+        pipe = self._redis.pipeline(transaction=False)
         pipe.hdel(keys.segment_index(tenant), segment)
         if found:
             pipe.delete(*found)

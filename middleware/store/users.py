@@ -1,7 +1,7 @@
 """Everything stored about one user: export it, or forget it.
 
 Forgetting deletes every key under the user's hash tag (found with SCAN, so nothing is missed by a
-stale list), the index entries that name the user (tenant user set, comparison owners), and the
+stale list), the index entries that name the user (tenant user set, comparison and answer owners), and the
 user's job records, including what the job queue keeps for those jobs.
 """
 
@@ -63,8 +63,11 @@ def _text(value: bytes | str | None) -> str | None:
     return value.decode() if isinstance(value, bytes) else value
 
 
-async def forget_user(redis: Redis, tenant: str, user: str) -> dict[str, Any]:
-    """Delete everything about the user; returns counts. Idempotent."""
+async def forget_user(
+    redis: Redis, tenant: str, user: str, queue_redis: Redis | None = None
+) -> dict[str, Any]:
+    """Delete everything about the user; returns counts. Idempotent. `queue_redis` holds the job
+    queue's keys (PERSONA_JOBS_REDIS_URL; default: `redis`)."""
     job_ids = [_text(j) or "" for j in await fail_closed(redis.smembers(keys.user_jobs(tenant, user)))]
     found = await fail_closed(user_keys(redis, tenant, user))
     comparison_prefix = keys.comparison_prefix(tenant, user)
@@ -73,14 +76,27 @@ async def forget_user(redis: Redis, tenant: str, user: str) -> dict[str, Any]:
         {k[len(comparison_prefix) :].split(":", 1)[0] for k in found if k.startswith(comparison_prefix)}
     )
 
-    pipe = redis.pipeline(transaction=False)
+    feedback_prefix = keys.feedback_prefix(tenant, user)
+    response_ids = sorted(k[len(feedback_prefix) :] for k in found if k.startswith(feedback_prefix))
+
     # Queued jobs first leave the queue, so no worker starts them after this.
+    if job_ids:
+        queue = (queue_redis if queue_redis is not None else redis).pipeline(transaction=False)
+        for job_id in job_ids:
+            queue.zrem(keys.JOB_QUEUE, job_id)
+            queue.delete(*(p + str(job_id) for p in QUEUE_KEY_PREFIXES))
+        await fail_closed(queue.execute())
+
+    # A plain pipeline: its commands go to whichever node holds each key (a multi-key DEL is split
+    # by slot on a cluster), so nothing here needs the keys to share a slot.
+    pipe = redis.pipeline(transaction=False)
     for job_id in job_ids:
-        pipe.zrem(keys.JOB_QUEUE, job_id)
         pipe.zrem(keys.tenant_job_slots(tenant), job_id)
-        pipe.delete(keys.job_record(job_id), *(p + str(job_id) for p in QUEUE_KEY_PREFIXES))
+        pipe.delete(keys.job_record(job_id))
     for comparison_id in comparison_ids:
         pipe.delete(keys.comparison_owner(comparison_id))
+    for response_id in response_ids:
+        pipe.delete(keys.feedback_owner(response_id))
     pipe.srem(keys.tenant_users(tenant), user)
     pipe.delete(keys.user_rate_log(tenant, user))  # lives in the tenant's limits slot, not the user's
     pipe.hdel(keys.segment_members(tenant), user)  # the assignment lives in the tenant's segments slot
@@ -97,6 +113,7 @@ async def forget_user(redis: Redis, tenant: str, user: str) -> dict[str, Any]:
         "deleted_keys": len(found) + len(late),
         "deleted_jobs": len(job_ids),
         "deleted_comparison_owners": len(comparison_ids),
+        "deleted_feedback_records": len(response_ids),
     }
 
 
@@ -126,7 +143,7 @@ async def export_user(redis: Redis, tenant: str, user: str) -> dict[str, Any]:
     versions.sort(key=lambda v: v["version"])
     records = await PreferenceStore(redis).records(tenant, user)
 
-    adapters, comparisons, sessions, other = [], {}, {}, []
+    adapters, comparisons, sessions, feedback, other = [], {}, {}, {}, []
     for key in found:
         rest = key[len(tag) + 1 :]
         if rest.startswith("adapter:"):
@@ -136,6 +153,8 @@ async def export_user(redis: Redis, tenant: str, user: str) -> dict[str, Any]:
             adapters.append({"key": key, "name": rest, "type": kind, "bytes": size, "ttl_s": ttl})
         elif rest.startswith("comparisons:"):
             comparisons[rest.split(":", 1)[1]] = await _dump_key(redis, key)
+        elif rest.startswith("feedback:"):
+            feedback[rest.split(":", 1)[1]] = await _dump_key(redis, key)
         elif rest.startswith("sessions:"):
             sessions[rest.split(":", 1)[1]] = await _dump_key(redis, key)
         elif not rest.startswith(("persona", "prefs")):
@@ -161,6 +180,7 @@ async def export_user(redis: Redis, tenant: str, user: str) -> dict[str, Any]:
         "adapters": adapters,
         "comparisons": comparisons,
         "sessions": sessions,
+        "feedback": feedback,
         "jobs": jobs,
         "other_keys": other,
         "keys": found,

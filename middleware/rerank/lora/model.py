@@ -17,7 +17,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -256,15 +256,26 @@ class LoraRewardModel:
         strength: float | str | None = "auto",
         cache: bool = True,
         extra: dict[str, str] | None = None,
+        stop: Callable[[], bool] | None = None,
+        progress: Callable[[int, int], None] | None = None,
         prior: Hashable | None = None,
     ) -> bytes:
-        """Train the user's adapter on their pairs; returns the adapter as bytes (and caches it).
-        `prior`: the key of a cached adapter (a segment's) to start from and regularise toward."""
+        """Train the user's adapter on their pairs (each weighted by its `weight`: implied pairs count
+        less); returns the adapter as bytes (and caches it).
+
+        `stop` is asked between training steps (and before and after encoding the pairs): once it
+        returns True, `training.TrainingStopped` is raised and nothing is cached. `progress(done,
+        total)` hears of every step. `prior`: the key of a cached adapter (a segment's) to start from
+        and regularise toward."""
         if not pairs:
             raise NotEnoughData(f"no preference pairs to train an adapter for user {user!r}")
+        steps = training.Steps(stop=stop, progress=progress)
+        steps.check()
         xc, xr = self.pair_features(pairs)
+        weights = [p.pair_weight for p in pairs]
+        w = None if all(x == 1.0 for x in weights) else np.asarray(weights, dtype=np.float32)
         return self.train_user_features(
-            user, xc, xr, strength=strength, cache=cache, extra=extra, prior=prior
+            user, xc, xr, strength=strength, cache=cache, extra=extra, steps=steps, weights=w, prior=prior
         )
 
     def train_user_features(
@@ -276,6 +287,8 @@ class LoraRewardModel:
         strength: float | str | None = "auto",
         cache: bool = True,
         extra: dict[str, str] | None = None,
+        steps: training.Steps | None = None,
+        weights: np.ndarray | None = None,
         prior: Hashable | None = None,
     ) -> bytes:
         """Train `user`'s adapter on feature rows; strength "auto" = chosen by CV, None = off (the
@@ -291,7 +304,9 @@ class LoraRewardModel:
             prior_state = item.state
         started = time.perf_counter()
         with self.lock:
-            state, chosen, cv = training.train_adapter(self, xc, xr, strength, prior_state)
+            state, chosen, cv = training.train_adapter(
+                self, xc, xr, strength, weights, steps=steps, prior=prior_state
+            )
             meta = {
                 **(extra or {}),
                 **({"prior": str(prior)} if prior is not None else {}),
@@ -301,6 +316,7 @@ class LoraRewardModel:
                 "rank": str(self.rank),
                 "strength": "off" if chosen is None else repr(chosen),
                 "n_pairs": str(int(xc.shape[0])),
+                "n_weighted": str(0 if weights is None else int((weights != 1.0).sum())),
                 "cv": json.dumps(cv),
                 "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "train_seconds": f"{time.perf_counter() - started:.3f}",

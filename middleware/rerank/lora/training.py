@@ -1,6 +1,10 @@
 """Training of the `lora` reward model: the global head (Bradley–Terry over all users' pairs) and one
 user's LoRA adapter (full-batch L-BFGS, anchored to the global head, strength chosen by k-fold CV).
 
+A user's training is a sequence of fits (one per CV fold and strength, then the final one). A
+`Steps` object counts them for progress and carries a `stop` check, asked before every fit and at
+every L-BFGS evaluation: once it says stop, training raises `TrainingStopped` at once.
+
 An adapter can be trained with a *prior*, another adapter's state (a segment's, docs/METHOD.md §4):
 training then starts from the prior, the anchor pulls the scores toward the prior's instead of the
 global head's, the ridge pulls lora_B toward the prior's, and "off" means the prior itself. With few
@@ -11,6 +15,8 @@ them supports.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -59,6 +65,42 @@ def train_global_head(model: LoraRewardModel, xc: np.ndarray, xr: np.ndarray) ->
     return {"loss": loss_value, "train_accuracy": acc, "pairs": float(n)}
 
 
+class TrainingStopped(Exception):
+    """A user's training was asked to stop (its job was cancelled); nothing it made is kept."""
+
+
+@dataclass
+class Steps:
+    """The fits of one user's training: how many are planned, how many are done, whether to stop."""
+
+    stop: Callable[[], bool] | None = None
+    progress: Callable[[int, int], None] | None = None
+    total: int = 0
+    done: int = 0
+
+    def check(self) -> None:
+        if self.stop is not None and self.stop():
+            raise TrainingStopped(f"stopped after {self.done} of {self.total} training steps")
+
+    def plan(self, total: int) -> None:
+        self.total = total
+        self._report()
+
+    def finished_one(self) -> None:
+        self.done += 1
+        self._report()
+
+    def _report(self) -> None:
+        if self.progress is not None:
+            self.progress(self.done, self.total)
+
+
+def planned_fits(model: LoraRewardModel, n: int, strength: float | str | None) -> int:
+    """The fits a training of n pairs makes: CV folds x strengths (for "auto"), then the final one."""
+    cv = min(model.cv_folds, n) * len(model.strengths) if strength == "auto" and n >= 4 else 0
+    return cv + 1
+
+
 def _global_scores(model: LoraRewardModel, x: Any) -> Any:
     with model.model.disable_adapter():
         return model.model(x)
@@ -90,10 +132,17 @@ def fit_adapter(
     xr: Any,
     strength: float,
     steps: int,
+    w: Any = None,
+    *,
+    stop: Steps | None = None,
     prior: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Train the LoRA params from the fixed init (or from `prior`) on (xc, xr); return the adapter state."""
+    """Train the LoRA params from the fixed init (or from `prior`) on (xc, xr), each pair weighted by
+    `w` (None: all 1); return the adapter state (one step of `stop`, which may end it at any L-BFGS
+    evaluation)."""
     torch = torch_module()
+    if stop is not None:
+        stop.check()
     net = model.model
     with torch.no_grad():
         gc = _base_scores(model, xc, prior)
@@ -112,10 +161,13 @@ def fit_adapter(
     net.train()
 
     def closure() -> Any:
+        if stop is not None:
+            stop.check()
         opt.zero_grad()
         sc = net(xc)
         sr = net(xr)
-        bt = torch.nn.functional.softplus(-(sc - sr)).mean()
+        losses = torch.nn.functional.softplus(-(sc - sr))
+        bt = losses.mean() if w is None else (losses * w).sum() / w.sum()
         anchor = ((sc - gc) ** 2 + (sr - gr) ** 2).mean()
         # a light ridge on lora_B keeps directions the user's pairs do not constrain at zero (at the prior)
         ridge = sum(((p - centre[n]) ** 2).sum() for n, p in named if "lora_B" in n)
@@ -123,8 +175,12 @@ def fit_adapter(
         loss.backward()
         return loss
 
-    opt.step(closure)
-    net.eval()
+    try:
+        opt.step(closure)
+    finally:
+        net.eval()
+    if stop is not None:
+        stop.finished_one()
     return {k: v.detach().clone() for k, v in model.adapter_state().items()}
 
 
@@ -133,6 +189,8 @@ def pair_loglik(
     xc: Any,
     xr: Any,
     state: dict[str, Any] | None,
+    w: Any = None,
+    *,
     prior: dict[str, Any] | None = None,
 ) -> float:
     """Log-likelihood of the pairs under `state` (None: under the base, the global head or `prior`)."""
@@ -143,7 +201,8 @@ def pair_loglik(
         else:
             model.set_adapter_state(state)
             margin = model.model(xc) - model.model(xr)
-        return float(-torch.nn.functional.softplus(-margin).sum())
+        loglik = -torch.nn.functional.softplus(-margin)
+        return float(loglik.sum() if w is None else (loglik * w).sum())
 
 
 def choose_strength(
@@ -151,6 +210,9 @@ def choose_strength(
     xc: np.ndarray,
     xr: np.ndarray,
     folds: int | None = None,
+    weights: np.ndarray | None = None,
+    *,
+    steps: Steps | None = None,
     prior: dict[str, Any] | None = None,
 ) -> tuple[float | None, dict[str, float]]:
     """Pick the anchor penalty (or None = off: the base itself) by k-fold CV on the user's own train pairs."""
@@ -165,15 +227,18 @@ def choose_strength(
     totals: dict[str, float] = {"off": 0.0, **{str(s): 0.0 for s in model.strengths}}
     tc_all = torch.from_numpy(xc).to(model.device)
     tr_all = torch.from_numpy(xr).to(model.device)
+    w_all = None if weights is None else torch.from_numpy(weights.astype(np.float32)).to(model.device)
     for f in range(k):
         train_idx = torch.from_numpy(np.flatnonzero(fold_of != f)).to(model.device)
         val_idx = torch.from_numpy(np.flatnonzero(fold_of == f)).to(model.device)
         tc, tr = tc_all[train_idx], tr_all[train_idx]
         vc, vr = tc_all[val_idx], tr_all[val_idx]
-        totals["off"] += pair_loglik(model, vc, vr, None, prior)
+        tw = None if w_all is None else w_all[train_idx]
+        vw = None if w_all is None else w_all[val_idx]
+        totals["off"] += pair_loglik(model, vc, vr, None, vw, prior=prior)
         for s in model.strengths:
-            state = fit_adapter(model, tc, tr, s, model.user_steps, prior)
-            totals[str(s)] += pair_loglik(model, vc, vr, state)
+            state = fit_adapter(model, tc, tr, s, model.user_steps, tw, stop=steps, prior=prior)
+            totals[str(s)] += pair_loglik(model, vc, vr, state, vw)
     best = max(totals, key=lambda name: (totals[name], name == "off"))
     return (None if best == "off" else float(best)), {key: v / n for key, v in totals.items()}
 
@@ -183,14 +248,21 @@ def train_adapter(
     xc: np.ndarray,
     xr: np.ndarray,
     strength: float | str | None,
+    weights: np.ndarray | None = None,
+    *,
+    steps: Steps | None = None,
     prior: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], float | None, dict[str, float]]:
-    """(adapter state, chosen strength or None = off, CV log-likelihoods). Call under `model.lock`."""
+    """(adapter state, chosen strength or None = off, CV log-likelihoods); each pair weighted by
+    `weights` (None: all 1). Call under `model.lock`."""
     torch = torch_module()
+    steps = steps or Steps()
+    steps.plan(planned_fits(model, xc.shape[0], strength))
+    steps.check()
     cv: dict[str, float] = {}
     chosen: float | None
     if strength == "auto":
-        chosen, cv = choose_strength(model, xc, xr, prior=prior)
+        chosen, cv = choose_strength(model, xc, xr, weights=weights, steps=steps, prior=prior)
     else:
         chosen = None if strength is None else float(strength)
     if chosen is None:
@@ -198,5 +270,10 @@ def train_adapter(
     else:
         tc = torch.from_numpy(xc).to(model.device)
         tr = torch.from_numpy(xr).to(model.device)
-        state = fit_adapter(model, tc, tr, chosen, model.user_steps, prior)
+        w = None if weights is None else torch.from_numpy(weights.astype(np.float32)).to(model.device)
+        state = fit_adapter(model, tc, tr, chosen, model.user_steps, w, stop=steps, prior=prior)
+    steps.check()
+    if steps.done < steps.total:  # "off" needs no final fit
+        steps.done = steps.total - 1
+        steps.finished_one()
     return state, chosen, cv

@@ -214,6 +214,52 @@
     status("Saved: " + result.pairs_added + " preference pairs. Continue the conversation.");
   }
 
+  // One plain chat answer (POST /v1/chat/completions as the signed-in user) and the signals on it
+  // (POST /v1/feedback with its x-persona-response-id): thumbs, and regenerate (signal, then ask again).
+  const quick = { messages: null, responseId: null };
+
+  async function quickAnswer() {
+    $("quick-status").textContent = "";
+    $("quick-text").textContent = "…";
+    $("quick-answer").hidden = false;
+    const resp = await fetch("/v1/chat/completions", {
+      method: "POST", headers: headers(),
+      body: JSON.stringify({ model: $("model").value, messages: quick.messages }),
+    });
+    if (!resp.ok) { $("quick-text").textContent = ""; status(await errorText(resp), true); return; }
+    quick.responseId = resp.headers.get("x-persona-response-id");
+    const body = await resp.json();
+    $("quick-text").textContent = body.choices[0].message.content;
+    for (const id of ["thumbs-up", "thumbs-down"]) $(id).classList.remove("on");
+  }
+
+  async function signal(kind) {
+    if (!quick.responseId) return false;
+    const resp = await fetch("/v1/feedback", {
+      method: "POST", headers: headers(),
+      body: JSON.stringify({ response_id: quick.responseId, signal: kind }),
+    });
+    if (!resp.ok) { status(await errorText(resp), true); return false; }
+    const reward = (await resp.json()).data[0].reward;
+    $("quick-status").textContent = "Thanks (" + kind.replace("_", " ") + ", reward " + reward + ")";
+    return true;
+  }
+
+  $("quick-form").addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    quick.messages = [{ role: "user", content: $("quick-prompt").value }];
+    await quickAnswer();
+  });
+  $("thumbs-up").addEventListener("click", async () => {
+    if (await signal("thumbs_up")) { $("thumbs-up").classList.add("on"); $("thumbs-down").classList.remove("on"); }
+  });
+  $("thumbs-down").addEventListener("click", async () => {
+    if (await signal("thumbs_down")) { $("thumbs-down").classList.add("on"); $("thumbs-up").classList.remove("on"); }
+  });
+  $("regenerate").addEventListener("click", async () => {
+    if (await signal("regenerate")) await quickAnswer();
+  });
+
   $("signin-form").addEventListener("submit", (ev) => {
     ev.preventDefault();
     signIn($("user-token").value.trim());

@@ -1,0 +1,1 @@
+"""Feedback on answers: addressable answers, signals, rewards and the preference pairs they imply."""

@@ -1,0 +1,156 @@
+"""Feedback records: what an answer was (written once, off the hot path) and the signals it got.
+
+One hash per answer under the user's hash tag (`keys.feedback`): `record` (the answer's JSON),
+`s:<signal id>` (each signal as received), `c:<signal id>` (its pull on the reward) and `reward`.
+A signal is added by one script, so a retried signal counts once and the reward is always computed
+from every signal stored (two signals at once never lose one). A global owner key
+(`keys.feedback_owner`) finds the record from the bare answer id; forget deletes both.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+
+from middleware.store import keys
+from middleware.store.guard import STORE_ERRORS, fail_closed
+
+log = logging.getLogger("middleware.store")
+
+# KEYS: the answer's hash, the user's sentiment hash.
+# ARGV: signal id, signal JSON, pull (a number), sentiment score ('' unless a follow-up), alpha.
+# A follow-up's pull is multiplied by the user's smoothed sentiment after this score is folded in.
+# Returns {status, reward, previous reward, record, smoothed sentiment}: status -1 (no such answer),
+# 0 (this signal was already stored), 1 (new).
+_ADD_SIGNAL = """
+local record = redis.call('HGET', KEYS[1], 'record')
+if not record then return {-1, '', '', '', ''} end
+local previous = redis.call('HGET', KEYS[1], 'reward') or ''
+if redis.call('HSETNX', KEYS[1], 's:' .. ARGV[1], ARGV[2]) == 0 then
+  return {0, previous, previous, record, ''}
+end
+local pull = tonumber(ARGV[3])
+local smoothed = ''
+if ARGV[4] ~= '' then
+  local alpha = tonumber(ARGV[5])
+  local old = tonumber(redis.call('HGET', KEYS[2], 'ewma') or '0')
+  local ewma = alpha * tonumber(ARGV[4]) + (1 - alpha) * old
+  redis.call('HSET', KEYS[2], 'ewma', tostring(ewma))
+  redis.call('HINCRBY', KEYS[2], 'n', 1)
+  pull = pull * ewma
+  smoothed = tostring(ewma)
+end
+redis.call('HSET', KEYS[1], 'c:' .. ARGV[1], tostring(pull))
+local total = 0
+local fields = redis.call('HGETALL', KEYS[1])
+for i = 1, #fields, 2 do
+  if string.sub(fields[i], 1, 2) == 'c:' then total = total + tonumber(fields[i + 1]) end
+end
+local reward = math.max(0, math.min(1, 0.5 + 0.5 * total))
+redis.call('HSET', KEYS[1], 'reward', tostring(reward))
+return {1, tostring(reward), previous, record, smoothed}
+"""
+
+
+@dataclass(frozen=True)
+class SignalAdded:
+    new: bool  # False: the same signal was stored before (a retry)
+    reward: float | None
+    previous_reward: float | None
+    record: bytes
+    sentiment: float | None  # the user's smoothed sentiment after a follow-up
+
+
+def _number(value: bytes | str | None) -> float | None:
+    if value in (None, b"", ""):
+        return None
+    return float(value)
+
+
+class FeedbackStore:
+    def __init__(self, redis: Redis, ttl_s: int) -> None:
+        self._redis = redis
+        self._ttl_s = ttl_s
+        self._add_signal = redis.register_script(_ADD_SIGNAL)
+
+    async def write(self, records: list[tuple[str, str, str, bytes]]) -> None:
+        """Answers' records (tenant, user, answer id, record) and their owners: one pipelined round
+        trip for all of them. Best effort (logged): a fault loses only the feedback on these
+        answers, never an answer."""
+        pipe = self._redis.pipeline(transaction=False)
+        for tenant, user, response_id, record in records:
+            key = keys.feedback(tenant, user, response_id)
+            pipe.hset(key, "record", record)  # type: ignore[arg-type]  # bytes are stored as they are
+            pipe.expire(key, self._ttl_s)
+            pipe.set(keys.feedback_owner(response_id), f"{tenant}\n{user}", ex=self._ttl_s)
+        try:
+            await pipe.execute()
+        except STORE_ERRORS as exc:
+            log.warning("%d feedback record(s) not stored: %s", len(records), type(exc).__name__)
+
+    async def owner(self, response_id: str) -> tuple[str, str] | None:
+        raw = await fail_closed(self._redis.get(keys.feedback_owner(response_id)))
+        if raw is None:
+            return None
+        tenant, _, user = (raw.decode() if isinstance(raw, bytes) else raw).partition("\n")
+        return tenant, user
+
+    async def add_signal(
+        self,
+        tenant: str,
+        user: str,
+        response_id: str,
+        signal_id: str,
+        signal: bytes,
+        pull: float,
+        sentiment: float | None = None,
+        alpha: float = 0.3,
+    ) -> SignalAdded | None:
+        """Store one signal once and recompute the answer's reward; None when the answer is unknown."""
+        status, reward, previous, record, smoothed = await fail_closed(
+            self._add_signal(
+                keys=[keys.feedback(tenant, user, response_id), keys.sentiment(tenant, user)],
+                args=[
+                    signal_id,
+                    signal,
+                    repr(float(pull)),
+                    "" if sentiment is None else repr(sentiment),
+                    repr(alpha),
+                ],
+            )
+        )
+        if int(status) < 0:
+            return None
+        return SignalAdded(int(status) == 1, _number(reward), _number(previous), record, _number(smoothed))
+
+    async def mark_prompt(
+        self, tenant: str, user: str, digest: str, response_id: str, verdict: str
+    ) -> dict[str, str]:
+        """Note the answer's latest verdict among the answers to one prompt; returns them all."""
+        key = keys.feedback_prompt(tenant, user, digest)
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.hset(key, response_id, verdict)
+        pipe.expire(key, self._ttl_s)
+        pipe.hgetall(key)
+        *_, found = await fail_closed(pipe.execute())
+        return {_text(k): _text(v) for k, v in found.items()}
+
+    async def records(self, tenant: str, user: str, response_ids: list[str]) -> list[bytes | None]:
+        if not response_ids:
+            return []
+        pipe = self._redis.pipeline(transaction=False)
+        for response_id in response_ids:
+            pipe.hget(keys.feedback(tenant, user, response_id), "record")
+        found: list[bytes | None] = await fail_closed(pipe.execute())
+        return found
+
+    async def sentiment(self, tenant: str, user: str) -> tuple[float, int]:
+        """The user's smoothed sentiment (0 when none yet) and how many follow-ups shaped it."""
+        raw = await fail_closed(self._redis.hmget(keys.sentiment(tenant, user), ["ewma", "n"]))
+        return _number(raw[0]) or 0.0, int(raw[1] or 0)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
