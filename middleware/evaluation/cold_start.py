@@ -320,23 +320,23 @@ def _user_curve(
 
 def format_table(report: ColdStartReport) -> str:
     """The curve as text: accuracy [CI] per condition and own_pairs, then gains over global [CI]."""
-    head = f"{'':18}" + "".join(f"{'own=' + label:>22}" for label in report.own_pairs)
+    head = f"{'':18}" + "".join(f"{'own=' + label:>24}" for label in report.own_pairs)
     lines = [f"mean per-user accuracy [95% CI], {report.subset}", head]
     for condition in CONDITIONS:
         cells = []
         for label in report.own_pairs:
             p = report.point(condition, label)
-            cells.append(f"{p.mean_accuracy:.3f} [{p.ci[0]:.3f},{p.ci[1]:.3f}]".rjust(22))
+            cells.append(f"{p.mean_accuracy:.3f} [{p.ci[0]:.3f},{p.ci[1]:.3f}]".rjust(24))
         lines.append(f"{condition:18}" + "".join(cells))
-    lines.append("gain over global [95% CI] (users better/worse)")
+    lines.append("gain over global [95% CI], paired per user (JSON: users better/worse)")
     for condition in CONDITIONS[1:]:
         cells = []
         for label in report.own_pairs:
             p = report.point(condition, label)
-            cells.append(f"{p.gain:+.3f} [{p.gain_ci[0]:+.3f},{p.gain_ci[1]:+.3f}]".rjust(22))
+            cells.append(f"{p.gain:+.3f} [{p.gain_ci[0]:+.3f},{p.gain_ci[1]:+.3f}]".rjust(24))
         lines.append(f"{condition:18}" + "".join(cells))
     cells = [
-        f"{p.gain:+.3f} [{p.gain_ci[0]:+.3f},{p.gain_ci[1]:+.3f}]".rjust(22)
+        f"{p.gain:+.3f} [{p.gain_ci[0]:+.3f},{p.gain_ci[1]:+.3f}]".rjust(24)
         for p in report.own_segment_vs_own
     ]
     lines.append(f"{'own+seg vs own':18}" + "".join(cells))
@@ -371,7 +371,7 @@ def plot_curve(report: ColdStartReport, path: str | Path) -> Path:
     bottom.set_xticks(xs, report.own_pairs)
     top.legend(fontsize=8, loc="best")
     name = Path(report.data).name if report.data else "data"
-    top.set_title(f"cold start, lora family: {name}; {report.subset}", fontsize=9)
+    top.set_title(f"cold start, lora family: {name}\n{report.subset}", fontsize=9)
     fig.tight_layout()
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
