@@ -13,6 +13,10 @@ the proxy beside the upstream alone and LiteLLM's own proxy (built once into its
 `benchmarks/out/`), prints the ratio, the targets, stream time to first byte added, and writes JSON +
 PNG under `benchmarks/out/` (benchmarks/side_by_side.py).
 
+`--contexts` measures what the context router costs: the same proxy, c=1, alternating, for a user
+with a general persona only and a user with a general persona and 10 context personas whose calls are
+routed by similarity (no tag: the router's full work); target <= 0.5 ms p50 added.
+
 `--feedback` measures what feedback records cost: the same proxy with PERSONA_FEEDBACK_RECORDS off
 (the baseline), on, and on with the texts kept (the stream's text collected as it passes), for chat
 completions streamed and not, at c=1, alternating; target <= 0.1 ms p50 added.
@@ -283,6 +287,89 @@ def reported_overhead(url: str, count: int, body: dict[str, object] = BODY) -> l
         return [float(client.post(url, json=body).headers["x-persona-overhead-ms"]) for _ in range(count)]
 
 
+TOPICS = (
+    "running shoes trail marathon training pace",
+    "laptop keyboard battery screen repair",
+    "coffee espresso grinder beans roast",
+    "python code function list error",
+    "garden tomatoes soil compost watering",
+    "travel flights hotel itinerary visa",
+    "budget savings taxes mortgage interest",
+    "guitar chords practice strings amplifier",
+    "cooking recipe oven chicken spices",
+    "cycling bike gears tyres saddle",
+)
+
+
+def plant_contexts(redis_url: str, user: str) -> None:
+    """10 context personas and their router for `user`, as a refresh job stores them."""
+    import redis as redis_py
+
+    from middleware.models import Persona, PreferencePair
+    from middleware.personalize.contexts import build_router
+    from middleware.store import keys
+
+    exemplar = PreferencePair.model_validate({**EXEMPLAR, "user_id": user})
+    groups = {}
+    r = redis_py.Redis.from_url(redis_url)
+    for i, topic in enumerate(TOPICS):
+        name = f"ctx{i}"
+        words = topic.split()
+        groups[name] = (
+            "tag",
+            [f"Question about {w} and {words[(j + 1) % len(words)]}" for j, w in enumerate(words)],
+        )
+        persona = Persona(
+            version=1,
+            version_id=f"bench{i:028d}",
+            text=f"{PERSONA} ({name})",
+            exemplars=[exemplar, exemplar],
+            created_at="2026-01-01T00:00:00Z",
+        )
+        r.hset(keys.contexts("bench", user), f"c:{name}", persona.model_dump_json())
+    r.hset(keys.contexts("bench", user), "router", build_router(groups).model_dump_json())  # type: ignore[arg-type]
+    r.close()
+
+
+def contexts_cost(runs: int, seconds: float) -> None:
+    bodies = {"general only": BODY, "10 contexts, routed": {**BODY, "user": "bench-ctx"}}
+    with h.redis() as redis, h.fake_upstream() as upstream, h.proxy(redis.url, upstream) as proxy:
+        for user in ("bench-user", "bench-ctx"):
+            h.put_persona(proxy, user, PERSONA, [EXEMPLAR, EXEMPLAR])
+        plant_contexts(redis.url, "bench-ctx")
+        url = f"{proxy}/v1/chat/completions"
+        with httpx.Client(headers={"Authorization": f"Bearer {h.APP_KEY}"}) as client:
+            routed = client.post(url, json=bodies["10 contexts, routed"]).headers["x-persona-context"]
+        print(f"the routed user's call goes to: {routed}")
+        for body in bodies.values():
+            h.wrk(url, body, connections=1, seconds=2)  # warm-up
+        results: dict[str, list[dict[str, float]]] = {name: [] for name in bodies}
+        overhead: dict[str, list[float]] = {name: [] for name in bodies}
+        for _ in range(runs):
+            for name, body in bodies.items():
+                results[name].append(h.wrk(url, body, connections=1, seconds=seconds))
+                overhead[name].extend(reported_overhead(url, 200, body))
+    print(f"{runs} runs x {seconds:.0f} s at c=1, wrk -t1, median of runs (spread min-max)")
+    print(f"{'user':<24}{'p50 ms':>10}{'spread':>16}{'p99 ms':>10}")
+    for name, rs in results.items():
+        p50 = [r["p50_ms"] for r in rs]
+        print(f"{name:<24}{statistics.median(p50):>10.3f}{spread(p50):>16}{median(rs, 'p99_ms'):>10.3f}")
+    per_run = [
+        c["p50_ms"] - g["p50_ms"]
+        for g, c in zip(results["general only"], results["10 contexts, routed"], strict=True)
+    ]
+    added = statistics.median(per_run)
+    print(
+        f"added p50 by routing, c=1 (wrk): {added:.3f} ms, per run {spread(per_run)} ({'met' if added <= 0.5 else 'NOT met'}: <= 0.5 ms)"
+    )
+    own = {name: statistics.median(values) for name, values in overhead.items()}
+    print(
+        "x-persona-overhead-ms p50, c=1: "
+        + ", ".join(f"{name} {value:.3f} ms" for name, value in own.items())
+        + f", added {own['10 contexts, routed'] - own['general only']:.3f} ms"
+    )
+
+
 SEGMENT_BODY = {**BODY, "user": "bench-segment-user"}
 
 
@@ -433,6 +520,7 @@ def api_table(upstream: str, proxies: dict[str, str], runs: int, seconds: float,
     rps: dict[tuple[str, str], list[float]] = {case: [] for case in cases}
     # CPU time of the proxy process per request under load: steadier than req/s on a shared machine.
     cpu_ms: dict[tuple[str, str], list[float]] = {case: [] for case in cases}
+    p99: dict[tuple[str, str], list[float]] = {case: [] for case in cases}  # at c=`connections`
     for proxy in proxies.values():
         for _, path, body in APIS:
             h.wrk(f"{proxy}/v1{path}", body, connections=connections, seconds=1)  # warm-up
@@ -448,6 +536,7 @@ def api_table(upstream: str, proxies: dict[str, str], runs: int, seconds: float,
                 if loaded["non_2xx"]:
                     raise SystemExit(f"{name} {label}: {loaded['non_2xx']:.0f} non-2xx answers")
                 rps[name, label].append(loaded["rps"])
+                p99[name, label].append(loaded["p99_ms"])
                 requests = loaded["rps"] * max(1, round(seconds))
                 cpu_ms[name, label].append((h.cpu_seconds(pid) - cpu_before) * 1000.0 / max(requests, 1.0))
     for name in proxies:
@@ -455,13 +544,14 @@ def api_table(upstream: str, proxies: dict[str, str], runs: int, seconds: float,
         print(f"\nAPIs{title}, {runs} runs (median, spread min-max)")
         print(
             f"{'route':<28}{'added p50 c=1 ms':>18}{'spread':>16}{f'req/s c={connections}':>14}{'spread':>14}"
-            f"{'proxy CPU ms/req':>18}{'spread':>14}"
+            f"{'proxy CPU ms/req':>18}{'spread':>14}{f'p99 c={connections} ms':>16}{'spread':>16}"
         )
         for label, _, _ in APIS:
-            a, r, c = added[name, label], rps[name, label], cpu_ms[name, label]
+            a, r, c, t = added[name, label], rps[name, label], cpu_ms[name, label], p99[name, label]
             print(
                 f"{label:<28}{statistics.median(a):>18.3f}{spread(a):>16}{statistics.median(r):>14.0f}"
                 f"{f'{min(r):.0f}-{max(r):.0f}':>14}{statistics.median(c):>18.3f}{spread(c):>14}"
+                f"{statistics.median(t):>16.2f}{spread(t):>16}"
             )
         for label, base in (
             ("responses", "chat completions"),
@@ -481,6 +571,36 @@ def api_table(upstream: str, proxies: dict[str, str], runs: int, seconds: float,
         )
 
 
+def ttfb_against(root: Path, runs: int) -> None:
+    """Stream time to first byte added at c=1 (chat completions, Responses), the baseline checkout at
+    `root` and this one alternating, behind an upstream whose first chunk comes after a fixed delay."""
+    import side_by_side
+    import ttfb
+
+    with (
+        h.redis() as redis,
+        h.fake_upstream(delay_ms=side_by_side.STREAM_DELAY_MS) as slow,
+        h.proxy(redis.url, slow, root=root) as before,
+        h.proxy(redis.url, slow) as proxy,
+    ):
+        h.put_persona(proxy, "bench-user", PERSONA, [EXEMPLAR, EXEMPLAR])
+        proxies = {"baseline": before, "this checkout": proxy}
+        print(f"\nstream time to first byte added at c=1, {runs} runs (median, spread min-max)")
+        for label, path, body in (APIS[1], APIS[3]):
+            added: dict[str, list[float]] = {name: [] for name in proxies}
+            for _ in range(runs):
+                for name, url in proxies.items():
+                    added[name] += ttfb.added_ttfb(
+                        f"{slow}{path}", f"{url}/v1{path}", body, runs=1, count=100
+                    )
+            print(
+                f"{label:<28}"
+                + "".join(
+                    f"{name}: {statistics.median(a):.3f} ms ({spread(a)})   " for name, a in added.items()
+                )
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=5)
@@ -488,6 +608,7 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--paced-rate", type=float, default=1000.0, help="req/s offered in the paced run")
     parser.add_argument("--limits", action="store_true", help="measure the cost of quotas (c=1)")
+    parser.add_argument("--contexts", action="store_true", help="measure the cost of context routing (c=1)")
     parser.add_argument("--feedback", action="store_true", help="measure the cost of feedback records (c=1)")
     parser.add_argument("--apis-only", action="store_true", help="only the table of APIs beside chat")
     parser.add_argument("--tracing", action="store_true", help="measure the cost of OpenTelemetry tracing")
@@ -524,10 +645,12 @@ def main() -> None:
     if args.limits:
         limits_cost(args.runs, args.seconds)
         return
+    if args.contexts:
+        contexts_cost(args.runs, args.seconds)
+        return
     if args.feedback:
         feedback_cost(args.runs, args.seconds)
-
-
+        return
     if args.tracing:
         tracing_cost(args.runs, args.seconds, args.connections)
         return
@@ -547,6 +670,7 @@ def main() -> None:
                 args.seconds,
                 args.connections,
             )
+        ttfb_against(args.against.resolve(), args.runs)
         return
     with h.redis() as redis, h.fake_upstream() as upstream, h.proxy(redis.url, upstream) as proxy:
         h.put_persona(proxy, "bench-user", PERSONA, [EXEMPLAR, EXEMPLAR])

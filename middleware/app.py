@@ -26,6 +26,7 @@ from middleware.api import (
     messages,
     openai_responses,
     passthrough,
+    policy,
     preferences,
     segments,
     ui,
@@ -34,6 +35,7 @@ from middleware.api import (
     users,
 )
 from middleware.api.docs import install_docs, openapi_url
+from middleware.api.fast_path import LeanApp
 from middleware.api.paths import PathNormalizer
 from middleware.api.responses import JSONBytes
 from middleware.config import Settings
@@ -66,7 +68,8 @@ def create_app(settings: Settings, tracing: Tracing | None = None) -> FastAPI:
             await services.close()
             tracing.shutdown()
 
-    app = FastAPI(
+    # The chat-like POST routes skip FastAPI's routing and dependency layers (api/fast_path.py).
+    app = LeanApp(
         title="persona-middleware",
         version=__version__,
         lifespan=lifespan,
@@ -86,7 +89,8 @@ def create_app(settings: Settings, tracing: Tracing | None = None) -> FastAPI:
     for module in (user_tokens, admin, segments, comparisons, preferences):
         app.include_router(module.router)
     app.include_router(feedback.router)
-    for module in (users, jobs, ui, evaluations, ui_evaluate, passthrough):  # passthrough last: a catch-all
+    # passthrough last: a catch-all
+    for module in (users, policy, jobs, ui, evaluations, ui_evaluate, passthrough):
         app.include_router(module.router)
     install_docs(app, settings)
     install_error_handlers(app)

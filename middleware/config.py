@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from middleware.quota_policy import LimitsConfig
@@ -40,6 +40,74 @@ def quantize_mode(value: bool | str | None) -> str:
     if mode not in QUANTIZE_MODES:
         raise ValueError(f"quantize must be one of {', '.join(QUANTIZE_MODES)}, not {value!r}")
     return mode
+
+
+# --- The auto mode's policy (README "Auto mode") ------------------------------------------------------
+PERSONA_MODES = ("inject", "off", "rerank", "auto")
+PLAIN_ARMS = ("off", "inject", "inject-no-exemplars")
+DEFAULT_ARMS = ("off", "inject", "inject-no-exemplars", "rerank:judge")
+
+
+def check_arm(arm: str) -> str:
+    """An arm of the auto mode: off, inject, inject-no-exemplars, or rerank:<reranker>."""
+    if arm in PLAIN_ARMS or (arm.startswith("rerank:") and len(arm) > len("rerank:")):
+        return arm
+    raise ValueError(f"an arm is one of {', '.join(PLAIN_ARMS)} or rerank:<reranker>, not {arm!r}")
+
+
+class PolicyFields(BaseModel):
+    """One tenant's entry of `PERSONA_POLICY` (or its default); None means "not set here"."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # The persona mode of a request without X-Persona-Mode.
+    mode: Literal["inject", "off", "rerank", "auto"] | None = None
+    # The arms `auto` chooses among.
+    arms: list[str] | None = Field(default=None, min_length=1)
+    # Each reward first multiplies the user's past successes and failures by this (all arms): memory of
+    # about 1 / (1 - discount) rewards, so the policy follows a user whose taste changes.
+    discount: float | None = Field(default=None, gt=0, le=1)
+    # The same for the tenant's aggregate (the new users' prior).
+    tenant_discount: float | None = Field(default=None, gt=0, le=1)
+    # How many rewards the tenant's prior weighs for a new user (the tenant's posterior, scaled down).
+    prior_strength: float | None = Field(default=None, ge=0)
+
+    @field_validator("arms")
+    @classmethod
+    def _known_arms(cls, arms: list[str] | None) -> list[str] | None:
+        if arms is not None:
+            arms = [check_arm(arm) for arm in arms]
+            if len(set(arms)) != len(arms):
+                raise ValueError("arms are listed once each")
+        return arms
+
+
+class TenantPolicy(BaseModel):
+    """The policy in force for one tenant."""
+
+    model_config = ConfigDict(frozen=True)
+
+    mode: str = "inject"
+    arms: tuple[str, ...] = DEFAULT_ARMS
+    discount: float = 0.97
+    tenant_discount: float = 0.999
+    prior_strength: float = 4.0
+
+
+class PolicyConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    default: PolicyFields = Field(default_factory=PolicyFields)
+    tenants: dict[str, PolicyFields] = Field(default_factory=dict)
+
+    def for_tenant(self, tenant: str) -> TenantPolicy:
+        merged = self.default.model_dump(exclude_none=True)
+        entry = self.tenants.get(tenant)
+        if entry is not None:
+            merged.update(entry.model_dump(exclude_none=True))
+        if "arms" in merged:
+            merged["arms"] = tuple(merged["arms"])
+        return TenantPolicy(**merged)
 
 
 class Settings(BaseSettings):
@@ -101,6 +169,14 @@ class Settings(BaseSettings):
     # After a failed persona read, chat calls skip the read (no persona) this long.
     persona_read_breaker_s: float = 0.5
     persona_cache_size: int = 10_000
+    # Per-context personas (README "Contexts"): a context needs this many pairs for its own persona;
+    # the router picks an untagged call's context when the cosine similarity of its last user turn
+    # to the context's prompts reaches the threshold; at most this many contexts per user; untagged
+    # pairs form contexts only when their clusters are separated by this margin.
+    context_min_pairs: int = Field(default=5, ge=2)
+    context_route_threshold: float = Field(default=0.2, ge=0.0, le=1.0)
+    context_max: int = Field(default=10, ge=1, le=50)
+    context_cluster_margin: float = Field(default=0.1, ge=0.0, le=1.0)
 
     # --- Feedback on answers (README "Feedback") -----------------------------------------------------
     # Write a feedback record per answer (off: answers still carry an id, feedback on them is a 404).
@@ -144,6 +220,11 @@ class Settings(BaseSettings):
     # --- Quotas and end-user tokens (README "Security") ---------------------------------------------
     # {"default": {...}, "tenants": {"<tenant>": {...}}}; unset: no rate limits, default caps only.
     limits: LimitsConfig | None = None
+    # The auto mode and each tenant's default persona mode (README "Auto mode"):
+    # {"default": {"mode": "auto", "arms": [...], "discount": 0.95}, "tenants": {"<tenant>": {...}}}.
+    policy: PolicyConfig | None = None
+    # A user's policy state expires this long after their last reward.
+    policy_state_ttl_s: int = 180 * 86400
     # Rerankers `X-Persona-Reranker` may name; `lora` (loads torch) must be listed explicitly.
     rerankers_enabled: list[str] = Field(default_factory=lambda: ["judge"])
     # Signing keys of end-user tokens: a JSON list of secrets or a map kid -> secret. The first signs,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import glob
 import os
 import re
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
@@ -49,6 +50,21 @@ def forget_dead_processes(path: str) -> None:
             mark_process_dead(int(found.group(1)), path)  # type: ignore[no-untyped-call]
 
 
+class Children:
+    """The children of a labelled metric, each looked up once: `.labels()` validates its values and
+    takes a lock on every call, which the busiest routes would pay on every request."""
+
+    def __init__(self, metric: Any) -> None:
+        self._metric = metric
+        self._children: dict[tuple[str, ...], Any] = {}
+
+    def __call__(self, *values: str) -> Any:
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = self._metric.labels(*values)
+        return child
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
@@ -64,8 +80,17 @@ class Metrics:
             ["route", "mode", "outcome"],
             registry=self.registry,
         )
+        # The chat-like routes' counts by (mode, outcome) and (route, mode, outcome): few, fixed values.
+        self.chat_calls = Children(self.chat_requests)
+        self.route_calls = Children(self.route_requests)
         self.persona_injected = Counter(
             "persona_injected", "Chat calls that carried a persona", registry=self.registry
+        )
+        self.persona_context_routed = Counter(
+            "persona_context_routed",
+            "Persona lookups by the context router's decision (tag, similar, general)",
+            ["decision"],
+            registry=self.registry,
         )
         self.persona_read_failures = Counter(
             "persona_read_failures",
@@ -86,6 +111,12 @@ class Metrics:
         self.rerank_fallbacks = Counter(
             "persona_rerank_fallbacks",
             "Rerank calls that fell back to the first candidate",
+            registry=self.registry,
+        )
+        self.policy_arms = Counter(
+            "persona_policy_arm",
+            "Arms the auto mode chose, by arm (README \"Auto mode\")",
+            ["arm"],
             registry=self.registry,
         )
         self.quota_refusals = Counter(

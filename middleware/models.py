@@ -36,6 +36,8 @@ class PreferencePair(BaseModel):
     timestamp: str | None = None
     source: str | None = None
     item_id: str | None = None
+    # The context the judgement was made in (the app's tag; README "Contexts"); None: untagged.
+    context_tag: str | None = None
     # How much the pair counts in induction and training (None: 1, an explicit judgement); pairs
     # implied by feedback signals (`source: implicit`) weigh less.
     weight: float | None = None

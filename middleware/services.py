@@ -16,20 +16,23 @@ from middleware.collection.service import ComparisonService
 from middleware.config import Settings
 from middleware.evaluation.online_service import EvaluationService
 from middleware.feedback.answers import FeedbackRecorder
-from middleware.feedback.signals import FeedbackService, RewardHook, no_reward_hook
+from middleware.feedback.signals import FeedbackService, RewardHook
 from middleware.induction.adapters import AdapterTrainer
 from middleware.induction.pipeline import Induction
 from middleware.induction.queue import JobQueue
 from middleware.metrics import Metrics
+from middleware.personalize.policy import Policy
 from middleware.personalize.resolve import Resolver
 from middleware.personalize.service import Personalizer
 from middleware.quotas.service import Quotas
 from middleware.rerank.registry import RerankerRegistry
 from middleware.rerank.resources import RerankResources
 from middleware.store.comparisons import ComparisonStore
+from middleware.store.contexts import ContextStore
 from middleware.store.evaluations import EvaluationStore
 from middleware.store.feedback import FeedbackStore
 from middleware.store.personas import PersonaStore
+from middleware.store.policy import PolicyStore
 from middleware.store.preferences import PreferenceStore
 from middleware.store.segments import PersonaReader, SegmentStore
 from middleware.store.users import UserIndex
@@ -47,9 +50,11 @@ class Services:
     http: aiohttp.ClientSession
     metrics: Metrics
     personas: PersonaStore
+    contexts: ContextStore
     preferences: PreferenceStore
     users: UserIndex
     personalizer: Personalizer
+    policy: Policy
     resolver: Resolver
     segments: SegmentStore
     upstreams: UpstreamRouter
@@ -96,11 +101,13 @@ def build_services(settings: Settings, tracing: Tracing = TRACING_OFF) -> Servic
         replication=replication,
     )
     preferences = PreferenceStore(redis, replication)
+    contexts = ContextStore(redis)
     personalizer = Personalizer(personas, settings, metrics, tracing)
     upstreams = UpstreamRouter(settings, http, metrics.upstream_retries.inc)
     quotas = Quotas(settings, redis, metrics, tracing)
     feedback_store = FeedbackStore(redis, ttl_s=settings.feedback_ttl_s)
-    on_reward: RewardHook = no_reward_hook
+    policy = Policy(settings, PolicyStore(redis), metrics)
+    on_reward: RewardHook = policy.on_reward  # rewards from /v1/feedback update the auto mode's policy
     rerankers = RerankerRegistry(settings, RerankResources(upstreams, personas)).load_entry_points()
     return Services(
         settings=settings,
@@ -109,9 +116,11 @@ def build_services(settings: Settings, tracing: Tracing = TRACING_OFF) -> Servic
         http=http,
         metrics=metrics,
         personas=personas,
+        contexts=contexts,
         preferences=preferences,
         users=UserIndex(redis),
         personalizer=personalizer,
+        policy=policy,
         resolver=Resolver(
             personalizer,
             PersonaReader(
@@ -130,7 +139,7 @@ def build_services(settings: Settings, tracing: Tracing = TRACING_OFF) -> Servic
             ComparisonStore(redis, ttl_s=settings.comparison_ttl_s), personalizer, upstreams, preferences
         ),
         evaluations=EvaluationService(EvaluationStore(redis), personas, personalizer, upstreams, quotas),
-        induction=Induction(settings, upstreams, personas, preferences, quotas),
+        induction=Induction(settings, upstreams, personas, preferences, quotas, contexts),
         adapters=AdapterTrainer(settings, personas, preferences),
         answers=FeedbackRecorder(feedback_store, settings),
         feedback=FeedbackService(settings, feedback_store, preferences, on_reward),

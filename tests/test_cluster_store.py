@@ -13,6 +13,7 @@ import os
 import random
 import socket
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,9 @@ from middleware.store import keys
 from middleware.store.comparisons import Claim, ComparisonStore
 from middleware.store.connection import RedisUrlError, create_redis, parse_redis_url
 from middleware.store.evaluations import EvaluationStore
+from middleware.store.feedback import FeedbackStore
 from middleware.store.guard import STORE_ERRORS
+from middleware.store.policy import PolicyStore
 from middleware.store.ratelimits import RateLimitStore
 from middleware.store.response_owners import ResponseOwner, ResponseOwners
 from middleware.store.users import export_user, forget_user
@@ -155,6 +158,20 @@ async def test_every_store_operation_runs_on_a_cluster(
             await evaluations.save_trial(T, "run1", {"id": f"t{i}", "user": user, "other_user": USERS[0]})
         assert await evaluations.record_choice(T, "run1", "t1", {"label": "A"})
         assert len(await evaluations.trials(T, "run1")) == 3
+        # context personas (one-slot pipeline), feedback records and signals, the policy's posteriors
+        await services.contexts.save(T, USERS[4], "cooking", "likes recipes short", [], {})
+        assert list(await services.contexts.current(T, USERS[4])) == ["cooking"]
+        feedback, policy = FeedbackStore(r, ttl_s=600), PolicyStore(r)
+        await feedback.write([(T, USERS[4], "resp_fb", b'{"arm": "inject"}')])
+        assert await feedback.owner("resp_fb") == (T, USERS[4])
+        added = await feedback.add_signal(T, USERS[4], "resp_fb", "s1", b"{}", 1.0)
+        assert added is not None and added.new
+        assert await feedback.mark_prompt(T, USERS[4], "d1", "resp_fb", "up") == {"resp_fb": "up"}
+        for user in USERS:
+            await policy.reward(T, user, "inject", 1.0, discount=1.0, tenant_discount=1.0, ttl_ms=60_000)
+        assert (await policy.tenant_posteriors(T))["inject"].pulls == len(USERS)
+        await limits.keep_pending(T, USERS[1], "c2", expires_at_ms=int(time.time() * 1000) + 60_000)
+
         # segments: the index, assignments and the persona line in the tenant's segments slot
         await services.segments.put(T, "field", "field workers")
         await services.segments.assign_many(T, {USERS[0]: "field", USERS[1]: "field"})

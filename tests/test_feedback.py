@@ -332,7 +332,7 @@ async def test_sentiment_is_smoothed_and_reward_changes_reach_the_hook(redis_url
     store = FeedbackStore(client, ttl_s=600)
     calls: list[tuple[str, str, str, float]] = []
 
-    async def hook(tenant: str, user: str, arm: str, reward: float) -> None:
+    async def hook(tenant: str, user: str, arm: str, reward: float, previous: float | None = None) -> None:
         calls.append((tenant, user, arm, reward))
 
     service = FeedbackService(settings, store, PreferenceStore(client), hook)

@@ -172,6 +172,20 @@ def test_forget_and_export_cover_the_assignment(proxy: RunningProxy, fake_upstre
     assert chat(proxy, fake_upstream, "fay")[0] == "none"
 
 
+def test_a_segment_exports_its_members_and_every_persona_version(proxy: RunningProxy) -> None:
+    admin(proxy, "PUT", "/admin/segments/field", json={"description": "d", "persona": "Brief."})
+    admin(proxy, "PUT", "/admin/segments/field", json={"description": "d", "persona": "Briefer."})
+    for user in ("u2", "u1"):
+        admin(proxy, "PUT", f"/admin/users/{user}/segment", json={"segment": "field"})
+    admin(proxy, "POST", "/admin/segments/field/persona/rollback", json={"version": 1})
+    exported = admin(proxy, "GET", "/admin/segments/field/export").json()
+    assert exported["members"] == ["u1", "u2"] and exported["current_version"] == 1
+    assert [(v["version"], v["text"]) for v in exported["versions"]] == [(1, "Brief."), (2, "Briefer.")]
+    assert exported["versions"][0]["provenance"] == {"source": "admin"}
+    assert admin(proxy, "GET", "/admin/segments/field/export", tenant="tenant-b").status_code == 404
+    assert admin(proxy, "GET", "/admin/segments/nope/export").status_code == 404
+
+
 def test_responses_and_messages_resolve_the_same_way(redis_url: str, fake_upstream: FakeUpstream) -> None:
     settings = proxy_settings(
         redis_url, fake_upstream, anthropic_api_base=fake_upstream.root_url, persona_read_timeout_s=2.0

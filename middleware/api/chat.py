@@ -56,7 +56,8 @@ async def chat_completions(request: Request) -> Response:
 async def reranked(request: Request, services: Services, call: Admitted) -> Answer:
     """The rerank mode's work: the candidates, the reranker's pick, every candidate's tokens counted."""
     settings, body, found, user = services.settings, call.body, call.found, call.user
-    reranker_name = require_enabled(settings, request.headers.get(RERANKER_HEADER) or settings.reranker)
+    named = call.arm.reranker if call.arm is not None else request.headers.get(RERANKER_HEADER)
+    reranker_name = require_enabled(settings, named or settings.reranker)
     reranker = await services.rerankers.aget(reranker_name)
     upstream, body["model"] = services.upstreams.route(body["model"])
     end_user = (

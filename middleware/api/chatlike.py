@@ -6,15 +6,19 @@
   (`identity.app_caller`);
 - the body, decoded once and checked by the route's own validator;
 - the end user (`identity.end_user_id`; with a user token, naming anyone else is a 403);
-- the persona mode (`X-Persona-Mode`; rerank only where the route offers it);
+- the persona mode (`X-Persona-Mode`, else the tenant's default mode in `PERSONA_POLICY`; rerank only
+  where the route offers it); in auto mode the arm (`Policy.choose`, README "Auto mode"), whose
+  posteriors ride in the persona read's round trip (`Quotas.admit_and_personalize_auto`);
 - the tenant's caps (`Quotas.check_body`) and admission (`Quotas.admit_and_personalize`: the quota
   check rides in the persona reads' round trip), which give a lease and the persona resolved as
-  own > segment > tenant default > none (`personalize.resolve`; the segment from `X-Persona-Segment`
-  or `metadata.segment`, else the user's assigned one).
+  own for the routed context > own > segment > tenant default > none (`personalize.resolve`; the
+  context from `X-Persona-Context` or `metadata.context`, else routed by the last user turn, README
+  "Contexts"; the segment from `X-Persona-Segment` or `metadata.segment`, else the user's assigned
+  one).
 
 `answer` runs the route's work and answers, the same on every route:
 
-- `x-persona-version`, `x-persona-source` and `x-persona-overhead-ms` headers, and the overhead metric (the time the proxy
+- `x-persona-version`, `x-persona-source`, `x-persona-context` and `x-persona-overhead-ms` headers, and the overhead metric (the time the proxy
   spent before the work started upstream), plus the upstream's relayed headers;
 - `x-persona-response-id`: the answer's id for `POST /v1/feedback`; its feedback record (the arm, the
   app's conversation as admitted, the answer) is written in the background once the body is known
@@ -39,9 +43,12 @@ from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
 
 from middleware.api.deps import json_body
+from middleware.config import PERSONA_MODES
 from middleware.errors import InvalidRequest, PersonaError
 from middleware.feedback.answers import RESPONSE_ID_HEADER, PendingAnswer
 from middleware.identity import app_caller, bind_user, end_user_id, request_segment
+from middleware.personalize.contexts import GENERAL, last_user_text, valid_tag
+from middleware.personalize.policy import Arm
 from middleware.personalize.resolve import NOTHING
 from middleware.personalize.service import ActivePersona
 from middleware.quotas.service import Lease
@@ -51,9 +58,11 @@ from middleware.upstream import ClientDisconnected, cancel_on_disconnect, monoto
 VERSION_HEADER = "x-persona-version"
 SOURCE_HEADER = "x-persona-source"
 OVERHEAD_HEADER = "x-persona-overhead-ms"
+CONTEXT_HEADER = "x-persona-context"
 MODE_HEADER = "x-persona-mode"
+ARM_HEADER = "x-persona-arm"
 RERANKER_HEADER = "x-persona-reranker"
-MODES = ("inject", "off", "rerank")
+MODES = PERSONA_MODES
 CLIENT_CLOSED_REQUEST = 499
 
 
@@ -99,19 +108,28 @@ class Admitted:
     # The app's conversation as it arrived (chat and Messages `messages`, Responses `input`): the
     # feedback record's prompt (routes place the persona in copies, never in this value).
     prompt: Any = None
+    arm: Arm | None = None  # the auto mode's choice (`found` then holds the block the arm injects)
 
     @property
     def version(self) -> int | None:
         return self.found.version if self.found is not None else None
 
+    @property
+    def context(self) -> str | None:
+        return self.found.context if self.found is not None else None
 
-def persona_mode(request: Request, *, rerank: bool = True) -> str:
-    mode = request.headers.get(MODE_HEADER, "inject").strip().lower() or "inject"
+
+def persona_mode(request: Request, *, rerank: bool = True, default: str = "inject") -> str:
+    """X-Persona-Mode, or `default` (the tenant's mode in `PERSONA_POLICY`) when the request names none."""
+    named = request.headers.get(MODE_HEADER)
+    if named is None and default == "rerank" and not rerank:
+        return "inject"  # a tenant's default rerank applies where the route reranks
+    mode = (named if named is not None else default).strip().lower() or default
     if mode not in MODES:
         raise InvalidRequest(f"{MODE_HEADER} must be one of {', '.join(MODES)}", param=MODE_HEADER)
     if mode == "rerank" and not rerank:
         raise InvalidRequest(
-            f"{MODE_HEADER}: rerank is available on /v1/chat/completions only; use inject or off here",
+            f"{MODE_HEADER}: rerank is available on /v1/chat/completions only; use inject, off or auto here",
             param=MODE_HEADER,
         )
     return mode
@@ -132,16 +150,22 @@ async def admit(
     user = end_user_id(request.headers, body)
     if token_user is not None:  # a user token acts for its own user only
         user = bind_user(token_user, user)
-    mode = persona_mode(request, rerank=rerank_cost is not None)
+    mode = persona_mode(request, rerank=rerank_cost is not None, default=services.policy.default_mode(tenant))
+    tag = context_tag(request.headers, body)
     quotas = services.quotas
     quotas.check_body(tenant, body)
+    if mode == "auto" and user is not None:
+        return await _admit_auto(request, services, tenant, user, body, started, rerank_cost, tag)
+    mode = "inject" if mode == "auto" else mode  # without an end user there is no policy to ask
     cost = rerank_cost if mode == "rerank" and rerank_cost is not None else 1
     resolved = NOTHING
     if user is not None and mode != "off":
-        # own > segment (named by the request, else assigned) > tenant default > none, one round trip
+        # own for the routed context > own > segment (named by the request, else assigned) >
+        # tenant default > none, one round trip
         segment = request_segment(request.headers, body)
+        text = routing_text(body.get("messages") if "messages" in body else body.get("input"))
         lease, resolved = await quotas.admit_and_personalize(
-            tenant, user, cost, services.resolver, segment=segment
+            tenant, user, cost, services.resolver, segment=segment, tag=tag, text=text
         )
         if resolved.persona is not None:
             services.metrics.persona_injected.inc()
@@ -155,7 +179,9 @@ def pending_answer(request: Request, services: Services, call: Admitted) -> Pend
     """The answer's id and what its feedback record will say (the arm: the persona mode, a rerank
     with its reranker)."""
     arm = call.mode
-    if arm == "rerank":
+    if call.arm is not None:
+        arm = call.arm.name
+    elif arm == "rerank":
         arm = f"rerank:{request.headers.get(RERANKER_HEADER) or services.settings.reranker}"
     return services.answers.open(
         call.tenant,
@@ -168,14 +194,80 @@ def pending_answer(request: Request, services: Services, call: Admitted) -> Pend
     )
 
 
-def persona_headers(version: int | None, overhead_ms: float, source: str = "none") -> dict[str, str]:
+async def _admit_auto(
+    request: Request,
+    services: Services,
+    tenant: str,
+    user: str,
+    body: dict[str, Any],
+    started: float,
+    rerank_cost: int | None,
+    tag: str | None,
+) -> Admitted:
+    """The auto mode's admission: quota, persona and posteriors in one round trip, then the arm."""
+    quotas, personalizer = services.quotas, services.resolver.personalizer
+    segment = request_segment(request.headers, body)
+    text = routing_text(body.get("messages") if "messages" in body else body.get("input"))
+    lease, resolved, posteriors = await quotas.admit_and_personalize_auto(
+        tenant, user, 1, services.resolver, segment=segment, tag=tag, text=text
+    )
+    arm = services.policy.choose(tenant, posteriors, rerank=rerank_cost is not None)
+    found, source = resolved.persona, resolved.source
+    if arm.mode == "off":
+        found, source = None, "none"
+    elif found is not None and not arm.exemplars:
+        found = found._replace(block=personalizer.block_without_exemplars(found))
+    if arm.mode == "rerank" and rerank_cost is not None and rerank_cost > 1:
+        try:  # one call was admitted with the read: the other variants now
+            await (await quotas.admit(tenant, user, rerank_cost - 1)).release()
+        except BaseException:
+            await lease.release()
+            raise
+    if found is not None:
+        services.metrics.persona_injected.inc()
+    prompt = body.get("messages", body.get("input"))
+    return Admitted(tenant, user, body, arm.mode, lease, found, started, source, prompt, arm)
+
+
+def persona_headers(
+    version: int | None, overhead_ms: float, source: str = "none", context: str | None = None
+) -> dict[str, str]:
     """`source`: where the persona came from (`personalize.resolve.SOURCES`); its version is the
-    version of that persona line (the user's, the segment's or the tenant default's)."""
+    version of that persona line (the user's, a context's, the segment's or the tenant default's);
+    `context`: the context persona used, else `general`."""
     return {
         VERSION_HEADER: str(version) if version is not None else "none",
         SOURCE_HEADER: source if version is not None else "none",
+        CONTEXT_HEADER: context or GENERAL,
         OVERHEAD_HEADER: f"{overhead_ms:.3f}",
     }
+
+
+def context_tag(headers: Mapping[str, str], body: Mapping[str, object]) -> str | None:
+    """The request's context tag: `X-Persona-Context`, else `metadata.context`; None when untagged.
+    A malformed tag is a 400 (README "Contexts")."""
+    tag = headers.get(CONTEXT_HEADER)
+    if tag is None:
+        metadata = body.get("metadata")
+        found = metadata.get("context") if isinstance(metadata, dict) else None
+        if found is None:
+            return None
+        if not isinstance(found, str):
+            raise InvalidRequest("metadata.context must be a string", param="metadata.context")
+        tag = found
+    tag = tag.strip()
+    if not valid_tag(tag):
+        raise InvalidRequest(
+            "a context tag is 1-64 letters, digits, '.', '_' or '-' (and not 'general')", param=CONTEXT_HEADER
+        )
+    return tag
+
+
+def routing_text(messages: object) -> str:
+    """The last user turn a request is routed by (`messages`/`input` as sent, or a plain string)."""
+    if isinstance(messages, str):
+        return messages
+    return last_user_text(messages) if isinstance(messages, list) else ""
 
 
 async def answer(
@@ -194,13 +286,15 @@ async def answer(
     lease = call.lease
     overhead_ms = monotonic_ms(call.started)
     metrics.overhead_seconds.observe(overhead_ms / 1000.0)
-    headers = persona_headers(call.version, overhead_ms, call.source)
+    headers = persona_headers(call.version, overhead_ms, call.source, call.context)
+    if call.arm is not None:
+        headers[ARM_HEADER] = call.arm.name
 
     def count(outcome: str) -> None:
         if framing.metric_route is None:
-            metrics.chat_requests.labels(call.mode, outcome).inc()
+            metrics.chat_calls(call.mode, outcome).inc()
         else:
-            metrics.route_requests.labels(framing.metric_route, call.mode, outcome).inc()
+            metrics.route_calls(framing.metric_route, call.mode, outcome).inc()
 
     try:
         result = await cancel_on_disconnect(request.receive, work)

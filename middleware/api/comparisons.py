@@ -24,6 +24,7 @@ from fastapi import APIRouter, Path, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from middleware.api.chatlike import context_tag
 from middleware.api.deps import AppTenant, ServicesDep, caller_user
 from middleware.api.responses import JSONBytes
 from middleware.candidates.generate import Candidate
@@ -54,6 +55,9 @@ class ComparisonCreate(BaseModel):
     persona: bool = Field(default=True, description="inject the user's persona into every candidate")
     max_tokens: int | None = Field(default=None, ge=1, le=65_536)
     stream: bool = False
+    metadata: dict[str, Any] | None = Field(
+        default=None, description='{"context": "<tag>"}: the context of the comparison (README "Contexts")'
+    )
     idempotency_key: str | None = Field(default=None, min_length=1, max_length=MAX_KEY_CHARS)
 
 
@@ -94,6 +98,7 @@ async def create_comparison(
         session_id=body.session_id,
         persona=body.persona and not off,
         extra={"max_tokens": body.max_tokens} if body.max_tokens else {},
+        context_tag=context_tag(request.headers, {"metadata": body.metadata}),
         idempotency_key=key,
         request_hash=request_hash,
     )

@@ -43,7 +43,7 @@ async def add_preferences(
         key = item.idempotency_key
         if key is None and header_key:
             key = header_key if len(items) == 1 else f"{header_key}:{i}"
-        record_id, _, data = to_record(item, user, key)
+        record_id, _, data = to_record(item, user, key, request.headers.get("x-persona-context"))
         records.append((user, record_id, data))
     flags = await add_feedback(services.preferences, tenant, records)
     listing = [{"id": r[1], "user": r[0], "created": f} for r, f in zip(records, flags, strict=True)]

@@ -28,12 +28,44 @@ class PersonaPut(BaseModel):
 
     text: str = Field(min_length=1, max_length=20_000)
     exemplars: list[ExemplarIn] = Field(default_factory=list, max_length=50)
+    context: str | None = Field(
+        default=None, max_length=64, description="store it as this context's persona (used for the tag)"
+    )
 
 
 class RollbackIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     version: int = Field(ge=1)
+    context: str | None = Field(
+        default=None, max_length=64, description="roll back this context's persona line instead"
+    )
+
+
+class ContextPersonaPublic(BaseModel):
+    """The current persona of one of the user's contexts (README "Contexts")."""
+
+    context: str
+    text: str
+    version: int
+    version_id: str
+    exemplars: list[dict[str, Any]]
+    provenance: dict[str, Any]
+    created_at: str
+    routed: bool = Field(description="the router has a centroid for it (untagged calls can reach it)")
+
+    @classmethod
+    def of(cls, context: str, persona: Persona, *, routed: bool) -> ContextPersonaPublic:
+        return cls(
+            context=context,
+            text=persona.text,
+            version=persona.version,
+            version_id=persona.version_id,
+            exemplars=[e.model_dump(mode="json", exclude_none=True) for e in persona.exemplars],
+            provenance=persona.provenance,
+            created_at=persona.created_at,
+            routed=routed,
+        )
 
 
 class PersonaPublic(BaseModel):
@@ -44,9 +76,14 @@ class PersonaPublic(BaseModel):
     exemplars: list[dict[str, Any]]
     provenance: dict[str, Any]
     created_at: str
+    contexts: list[ContextPersonaPublic] = Field(
+        default_factory=list, description="the current persona of each of the user's contexts"
+    )
 
     @classmethod
-    def of(cls, user: str, persona: Persona) -> PersonaPublic:
+    def of(
+        cls, user: str, persona: Persona, contexts: list[ContextPersonaPublic] | None = None
+    ) -> PersonaPublic:
         return cls(
             user=user,
             text=persona.text,
@@ -55,6 +92,7 @@ class PersonaPublic(BaseModel):
             exemplars=[e.model_dump(mode="json", exclude_none=True) for e in persona.exemplars],
             provenance=persona.provenance,
             created_at=persona.created_at,
+            contexts=contexts or [],
         )
 
 
@@ -71,6 +109,9 @@ class AdapterPublic(BaseModel):
 
 
 class PersonaVersionPublic(BaseModel):
+    context: str | None = Field(
+        default=None, description="the context's line this version is on; null: general"
+    )
     version: int
     version_id: str
     created_at: str

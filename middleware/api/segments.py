@@ -153,6 +153,23 @@ async def delete_segment(segment: SegmentName, tenant: AdminTenant, services: Se
     return {"segment": segment, "deleted": True}
 
 
+@router.get("/admin/segments/{segment}/export")
+async def export_segment(segment: SegmentName, tenant: AdminTenant, services: ServicesDep) -> dict[str, Any]:
+    """Everything stored for the segment: its record, its members, and every version of its persona
+    with text and provenance (which members and pairs each version was induced from)."""
+    record = await services.segments.get(tenant, segment)
+    if record is None:
+        raise NotFound(f"segment {segment!r} does not exist", param="segment")
+    line = keys.segment_line(tenant, segment)
+    current = await services.personas.line_current(line)
+    return {
+        **record,
+        "members": await services.segments.members(tenant, segment),
+        "current_version": current.version if current is not None else None,
+        "versions": [persona_view(p) for p in await services.personas.line_versions(line)],
+    }
+
+
 async def _existing(services: Services, tenant: str, segment: str) -> None:
     if await services.segments.get(tenant, segment) is None:
         raise NotFound(f"segment {segment!r} does not exist", param="segment")

@@ -22,6 +22,7 @@ from middleware.candidates.variants import DEFAULT_VARIANTS, Variant, plans
 from middleware.errors import Conflict, NotFound, UpstreamError, ValidationFailed
 from middleware.idempotency import keyed_id
 from middleware.models import Message, PreferencePair
+from middleware.personalize.contexts import last_user_text
 from middleware.personalize.service import Personalizer
 from middleware.store.comparisons import Claim, ComparisonStore
 from middleware.store.preferences import PreferenceStore
@@ -56,6 +57,7 @@ class Prepared:
     block: str | None  # the persona block every candidate carries
     extra: dict[str, Any]
     request_hash: str | None = None  # the fingerprint of a keyed creation's request
+    context_tag: str | None = None  # the app's context tag: routes the persona, tags the pairs
 
     def header(self) -> dict[str, Any]:
         return {
@@ -96,6 +98,7 @@ class ComparisonService:
         extra: dict[str, Any] | None = None,
         idempotency_key: str | None = None,
         request_hash: str | None = None,
+        context_tag: str | None = None,
     ) -> Prepared:
         """With an idempotency key the comparison's id is derived from it (see `replay`)."""
         history: list[dict[str, Any]] = []
@@ -105,7 +108,9 @@ class ComparisonService:
         version: int | None = None
         block: str | None = None
         if persona:
-            found = await self._personalizer.current(tenant, user)
+            found = await self._personalizer.current(
+                tenant, user, tag=context_tag, text=last_user_text(conversation)
+            )
             if found is not None:
                 version, block = found.version, found.block
         return Prepared(
@@ -122,6 +127,7 @@ class ComparisonService:
             block=block,
             extra=extra or {},
             request_hash=request_hash if idempotency_key else None,
+            context_tag=context_tag,
         )
 
     async def replay(
@@ -181,6 +187,7 @@ class ComparisonService:
         created = int(time.time())
         record = {
             **prepared.header(),
+            "context_tag": prepared.context_tag,
             "tenant": prepared.tenant,
             "conversation": prepared.conversation,
             "new_messages": prepared.new_messages,
@@ -327,6 +334,7 @@ def judgement_records(
             timestamp=now,
             source=SOURCE,
             item_id=cid,
+            context_tag=comparison.get("context_tag"),
         )
         data = pair.model_dump(mode="json")
         data.update(

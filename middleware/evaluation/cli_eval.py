@@ -9,6 +9,7 @@ from typing import Any
 from middleware.config import Settings
 from middleware.evaluation.judge_scorer import LLMJudgeScorer
 from middleware.evaluation.offline import DEFAULT_MIN_PAIRS, evaluate, plot_per_user
+from middleware.evaluation.router_eval import describe, router_accuracy
 from middleware.evaluation.scorers import GlobalScorer, LoraScorer, make_scorer
 from middleware.preferences.formats import load_pairs_by_user
 
@@ -100,6 +101,14 @@ def run_eval(
             report.notes["baseline_judge"] = judges[1].summary()
         totals = {k: sum(j.summary()[k] for j in judges) for k in LLM_TOTALS}
         report.notes["llm"] = {"model": main.model, **totals}
+    # The context router on the same split (README "Contexts"): pure Python, a few seconds.
+    report.notes["router"] = router_accuracy(
+        pairs_by_user,
+        min_pairs=settings.context_min_pairs,
+        threshold=settings.context_route_threshold,
+        train_fraction=train_fraction,
+        seed=seed,
+    )
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(report.to_json())
@@ -117,6 +126,7 @@ def run_eval(
             f"[95% CI {report.gain_ci_low:+.3f}, {report.gain_ci_high:+.3f}], "
             f"{report.users_improved} users better, {report.users_worse} worse"
         )
+    print(describe(report.notes["router"]))
     if "llm" in report.notes:
         llm, judge = report.notes["llm"], report.notes["judge"]
         print(

@@ -7,7 +7,8 @@
   (`PERSONA_FEEDBACK_SENTIMENT_ALPHA`), so one outburst moves the reward a little, a lasting mood more.
 - The store adds a signal and recomputes the reward in one script: a retried signal (same
   `idempotency_key`, or the same content) counts once.
-- When the reward changes, `on_reward(tenant, user, arm, reward)` is called (the policy's update).
+- When the reward changes, `on_reward(tenant, user, arm, reward, previous)` is called (the auto mode's
+  policy update, `Policy.on_reward`; `previous`: the answer's reward before, None for its first).
 - Pairs implied by signals go to the user's preference log as `source: implicit` with the weight
   `PERSONA_FEEDBACK_IMPLICIT_WEIGHT` (explicit judgements weigh 1): an edit (the edited text over the
   answer); a positive signal on an answer to a prompt whose earlier answer was regenerated or thumbed
@@ -58,10 +59,14 @@ class SignalIn(BaseModel):
 class RewardHook(Protocol):
     """Called when an answer's reward changes (e.g. to update the per-user policy of its arm)."""
 
-    async def __call__(self, tenant: str, user: str, arm: str, reward: float) -> None: ...
+    async def __call__(
+        self, tenant: str, user: str, arm: str, reward: float, previous: float | None = None
+    ) -> None: ...
 
 
-async def no_reward_hook(tenant: str, user: str, arm: str, reward: float) -> None:
+async def no_reward_hook(
+    tenant: str, user: str, arm: str, reward: float, previous: float | None = None
+) -> None:
     """The default hook: rewards are only stored."""
 
 
@@ -174,7 +179,9 @@ class FeedbackService:
         if added.new:
             if added.reward is not None and added.reward != added.previous_reward:
                 try:
-                    await self._on_reward(tenant, user, str(record.get("arm") or "inject"), added.reward)
+                    await self._on_reward(
+                        tenant, user, str(record.get("arm") or "inject"), added.reward, added.previous_reward
+                    )
                 except Exception:  # the signal is stored; the policy catches up with the next one
                     log.exception("on_reward hook failed")
             pairs = await self._implied_pairs(tenant, user, item, record)

@@ -8,6 +8,7 @@ from typing import Any
 from middleware.config import Settings
 from middleware.errors import NotEnoughData, PersonaError
 from middleware.identity import validate_user_id
+from middleware.induction.contexts import induce_contexts
 from middleware.services import build_services
 
 
@@ -27,7 +28,11 @@ async def run_induce(
     validate_user_id(user)
     services = build_services(settings)
     try:
-        return await services.induction.induce(tenant, user, model=model, progress=print_progress)
+        result = await services.induction.induce(tenant, user, model=model, progress=print_progress)
+        contexts = await induce_contexts(
+            services.induction, tenant, user, model=model, progress=print_progress
+        )
+        return {**result, **contexts}
     except NotEnoughData as exc:
         return {"status": "not_enough_data", "code": exc.code, "message": exc.message}
     except PersonaError as exc:

@@ -28,6 +28,7 @@ from arq.worker import Worker, func
 from middleware.config import Settings
 from middleware.errors import NotFound, PersonaError, StoreUnavailable, UpstreamError
 from middleware.induction.adapters import AdapterTrainer, adapter_wanted
+from middleware.induction.contexts import induce_contexts
 from middleware.induction.pipeline import Induction
 from middleware.induction.queue import (
     REFRESH,
@@ -150,9 +151,13 @@ async def run_refresh(
             await queue.update(job_id, progress=event)
 
     try:
-        result = await induction.induce(
-            tenant, user, model=record.get("model") or None, job_id=job_id, progress=progress
-        )
+        model = record.get("model") or None
+        result = await induction.induce(tenant, user, model=model, job_id=job_id, progress=progress)
+        # The context personas and their router, after the general persona (README "Contexts").
+        result = {
+            **result,
+            **await induce_contexts(induction, tenant, user, model=model, job_id=job_id, progress=progress),
+        }
     except JobCancelled:
         return {"status": "cancelled"}
     except PersonaError as exc:

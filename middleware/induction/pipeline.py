@@ -22,6 +22,7 @@ from middleware.llm import CallBudget
 from middleware.models import Persona, PreferencePair
 from middleware.quotas.service import Quotas
 from middleware.store import keys
+from middleware.store.contexts import ContextStore
 from middleware.store.personas import PersonaStore
 from middleware.store.preferences import PreferenceStore
 from middleware.upstream import UpstreamRouter
@@ -92,6 +93,7 @@ class Induction:
     personas: PersonaStore
     preferences: PreferenceStore
     quotas: Quotas
+    contexts: ContextStore  # the per-context persona lines (`induction.contexts`)
 
     async def load_plan(self, tenant: str, user: str) -> Plan:
         return plan_for(await self.preferences.pairs(tenant, user), self.settings, user)

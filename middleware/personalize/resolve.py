@@ -12,6 +12,7 @@ from typing import Any, NamedTuple
 
 from middleware.personalize.service import ActivePersona, Personalizer
 from middleware.store.personas import PersonaReadFailed
+from middleware.store.policy import Posteriors
 from middleware.store.segments import PersonaReader, PersonaReads
 
 # The values of the `x-persona-source` header.
@@ -46,10 +47,17 @@ class Resolver:
         self.personalizer = personalizer
         self._reader = reader
 
-    def of(self, reads: PersonaReads, *, context: str | None = None) -> Resolved:
-        """The persona the reads resolve to. `context` is the context the call was routed to: the
-        first step of the order (the user's persona for that context) goes here, before the
-        general one; until context personas are read, a routed call takes the general persona."""
+    def of(self, reads: PersonaReads, *, tag: str | None = None, text: str = "") -> Resolved:
+        """The persona the reads resolve to. First step: the user's persona for the context the
+        call routes to (its `tag`, else its last user turn `text`; `Personalizer.route`)."""
+        personalizer = self.personalizer
+        route = personalizer.route(reads.contexts, tag=tag, text=text)
+        personalizer.count_route(route)
+        if route.context is not None:
+            blob = reads.contexts[b"c:" + route.context.encode()]
+            return Resolved(
+                personalizer.from_blob(blob, context=route.context), "user-context", reads.segment
+            )
         own = self.personalizer.from_blob(reads.own)
         if own is not None:
             return Resolved(own, "user", reads.segment)
@@ -59,7 +67,7 @@ class Resolver:
         return Resolved(None, "none", reads.segment)
 
     async def read(
-        self, tenant: str, user: str, *, segment: str | None = None, context: str | None = None
+        self, tenant: str, user: str, *, segment: str | None = None, tag: str | None = None, text: str = ""
     ) -> Resolved:
         """Read and resolve (no quota check rides along); a sick Redis resolves to nothing."""
         with self.personalizer.tracing.span("persona.read", tenant, user) as span:
@@ -68,4 +76,16 @@ class Resolver:
             except PersonaReadFailed as exc:
                 self.personalizer.read_failed(exc, quiet=exc.skipped)
                 return NOTHING
-            return traced(span, self.of(reads, context=context))
+            return traced(span, self.of(reads, tag=tag, text=text))
+
+    async def read_with_policy(
+        self, tenant: str, user: str, *, segment: str | None = None, tag: str | None = None, text: str = ""
+    ) -> tuple[Resolved, tuple[Posteriors, Posteriors] | None]:
+        """`read`, with the auto mode's posteriors in the same round trip (None when Redis failed)."""
+        with self.personalizer.tracing.span("persona.read", tenant, user) as span:
+            try:
+                reads, posteriors = await self._reader.read_with_policy(tenant, user, segment)
+            except PersonaReadFailed as exc:
+                self.personalizer.read_failed(exc, quiet=exc.skipped)
+                return NOTHING, None
+            return traced(span, self.of(reads, tag=tag, text=text)), posteriors

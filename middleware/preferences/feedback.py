@@ -17,9 +17,18 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from middleware.errors import ValidationFailed
 from middleware.models import Message, PreferencePair
+from middleware.personalize.contexts import valid_tag
 from middleware.store.preferences import PreferenceStore
 
 SOURCE = "feedback"
+
+
+class FeedbackMetadata(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    context: str | None = Field(
+        default=None, description='the context the judgement was made in (README "Contexts")'
+    )
 
 
 class FeedbackIn(BaseModel):
@@ -35,6 +44,7 @@ class FeedbackIn(BaseModel):
     idempotency_key: str | None = Field(default=None, min_length=1, max_length=256)
     timestamp: str | None = Field(default=None, max_length=64)
     item_id: str | None = Field(default=None, max_length=256)
+    metadata: FeedbackMetadata | None = None
 
 
 def record_id(pair: PreferencePair, idempotency_key: str | None) -> str:
@@ -43,9 +53,18 @@ def record_id(pair: PreferencePair, idempotency_key: str | None) -> str:
     return pair.stable_id()
 
 
-def to_record(item: FeedbackIn, user: str, idempotency_key: str | None) -> tuple[str, str, dict[str, Any]]:
+def to_record(
+    item: FeedbackIn, user: str, idempotency_key: str | None, context_tag: str | None = None
+) -> tuple[str, str, dict[str, Any]]:
+    """`context_tag` (the request's `X-Persona-Context`) applies when the item names no context."""
     if item.chosen.model_dump() == item.rejected.model_dump():
         raise ValidationFailed("'chosen' and 'rejected' are the same message", param="rejected")
+    tag = (item.metadata.context if item.metadata else None) or context_tag
+    if tag is not None and not valid_tag(tag):
+        raise ValidationFailed(
+            "a context tag is 1-64 letters, digits, '.', '_' or '-' (and not 'general')",
+            param="metadata.context",
+        )
     pair = PreferencePair(
         user_id=user,
         context=item.context,
@@ -55,6 +74,7 @@ def to_record(item: FeedbackIn, user: str, idempotency_key: str | None) -> tuple
         timestamp=item.timestamp or datetime.now(UTC).isoformat(),
         source=SOURCE,
         item_id=item.item_id,
+        context_tag=tag,
     )
     pid = record_id(pair, idempotency_key)
     return pid, "pair", pair.model_copy(update={"id": pid}).model_dump(mode="json")

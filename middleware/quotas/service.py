@@ -26,6 +26,7 @@ from middleware.personalize.resolve import NOTHING, Resolved, Resolver, traced
 from middleware.quota_policy import LimitsTable, TenantLimits
 from middleware.quotas.usage import StreamUsage, tokens_in_body, tokens_used
 from middleware.store.guard import STORE_ERRORS
+from middleware.store.policy import Posteriors
 from middleware.store.ratelimits import REASONS, RateLimitStore
 from middleware.tracing import TRACING_OFF, Tracing
 
@@ -165,14 +166,16 @@ class Quotas:
         resolver: Resolver,
         *,
         segment: str | None = None,
-        context: str | None = None,
+        tag: str | None = None,
+        text: str = "",
     ) -> tuple[Lease, Resolved]:
         """The chat path: admission and the persona reads in one round trip (one pipeline), bounded
-        by the persona read timeout; a failure lets the call through without a persona."""
+        by the persona read timeout; a failure lets the call through without a persona. `tag` and
+        `text` (the last user turn) route to a context persona (`Resolver.of`)."""
         limits = self.limits(tenant)
         if not limits.metered:
             return Lease(self, tenant, None), await resolver.read(
-                tenant, user, segment=segment, context=context
+                tenant, user, segment=segment, tag=tag, text=text
             )
         call, lease = self._call(tenant, user, cost, limits)
         personalizer = resolver.personalizer
@@ -191,7 +194,44 @@ class Quotas:
             if reason:
                 self.refuse(tenant, REASONS[reason], wait_ms / 1000.0)
         with self._tracing.span("persona.read", tenant, user) as span:
-            return Lease(self, tenant, lease or None), traced(span, resolver.of(reads, context=context))
+            return Lease(self, tenant, lease or None), traced(span, resolver.of(reads, tag=tag, text=text))
+
+    async def admit_and_personalize_auto(
+        self,
+        tenant: str,
+        user: str,
+        cost: int,
+        resolver: Resolver,
+        *,
+        segment: str | None = None,
+        tag: str | None = None,
+        text: str = "",
+    ) -> tuple[Lease, Resolved, tuple[Posteriors, Posteriors] | None]:
+        """`admit_and_personalize` for the auto mode: the user's and the tenant's posteriors ride in the
+        same round trip. A failure lets the call through without persona, quota or posteriors."""
+        limits = self.limits(tenant)
+        if not limits.metered:
+            resolved, posteriors = await resolver.read_with_policy(
+                tenant, user, segment=segment, tag=tag, text=text
+            )
+            return Lease(self, tenant, None), resolved, posteriors
+        call, lease = self._call(tenant, user, cost, limits)
+        personalizer = resolver.personalizer
+        with self._tracing.span("quota.admit", tenant, user):
+            try:
+                reason, wait_ms, reads, posteriors = await asyncio.wait_for(
+                    self.store.admit_and_read(call, tenant, user, segment, policy=True),
+                    personalizer.read_timeout_s,
+                )
+            except STORE_ERRORS as exc:
+                self._skipped(exc)
+                personalizer.read_failed(exc)
+                return Lease(self, tenant, None), NOTHING, None
+            if reason:
+                self.refuse(tenant, REASONS[reason], wait_ms / 1000.0)
+        with self._tracing.span("persona.read", tenant, user) as span:
+            resolved = resolver.of(reads, tag=tag, text=text)
+            return Lease(self, tenant, lease or None), traced(span, resolved), posteriors
 
     def _skipped(self, exc: BaseException) -> None:
         self._metrics.quota_store_failures.inc()

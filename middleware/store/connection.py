@@ -203,6 +203,14 @@ def is_cluster(redis: Redis) -> bool:
     return isinstance(redis, RedisCluster)
 
 
+def one_slot_pipeline(redis: Redis) -> Any:
+    """A pipeline of commands on keys of one hash slot: MULTI/EXEC on a single server or Sentinel
+    group; on a cluster (whose pipelines have no MULTI) the commands go in order to the slot's master,
+    each atomic by itself. Used only where a reader seeing the commands land one by one is harmless
+    (docs/SCALING.md)."""
+    return redis.pipeline(transaction=not is_cluster(redis))
+
+
 async def reachable(redis: Redis, timeout_s: float = 1.0) -> bool:
     """Does Redis answer a PING within `timeout_s`?"""
     try:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 
 from middleware.store import keys
+from middleware.store.connection import one_slot_pipeline
 from middleware.store.guard import STORE_ERRORS, fail_closed
 
 log = logging.getLogger("middleware.store")
@@ -130,7 +131,7 @@ class FeedbackStore:
     ) -> dict[str, str]:
         """Note the answer's latest verdict among the answers to one prompt; returns them all."""
         key = keys.feedback_prompt(tenant, user, digest)
-        pipe = self._redis.pipeline(transaction=True)
+        pipe = one_slot_pipeline(self._redis)
         pipe.hset(key, response_id, verdict)
         pipe.expire(key, self._ttl_s)
         pipe.hgetall(key)

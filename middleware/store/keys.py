@@ -11,6 +11,12 @@ match one user only. Ids without those characters keep the key they always had.
     pm:{t:u}:persona:v<N>          one persona version (JSON blob)
     pm:{t:u}:persona:versions      sorted set of version numbers
     pm:{t:u}:persona:seq           version counter
+    pm:{t:u}:contexts              hash: `router` -> the context router, `c:<name>` -> the current
+                                   persona of context <name> (one HGETALL beside the persona GET)
+    pm:{t:u}:contexts:names        set of the user's context names (every line ever stored)
+    pm:{t:u}:ctx:<name>:v<N>       one context persona version (JSON blob)
+    pm:{t:u}:ctx:<name>:versions   sorted set of the context's version numbers
+    pm:{t:u}:ctx:<name>:seq        the context's version counter
     pm:{t:u}:prefs                 Stream of preference records (source of truth)
     pm:{t:u}:prefs:ids             set of preference ids already stored (idempotent writes)
     pm:{t:u}:comparisons:<id>      pending four-way comparison (TTL)
@@ -22,6 +28,7 @@ match one user only. Ids without those characters keep the key they always had.
     pm:{t:u}:job-lock              the user's running refresh (mutual exclusion, TTL)
     pm:{t:u}:job-pending           the user's queued/running refresh job id (deduplication)
     pm:{t:u}:jobs                  ids of the user's jobs (deleted with their records on forget)
+    pm:{t:u}:policy                the user's auto-mode posteriors per arm (hash, see store/policy.py)
     pm:{t:u}:feedback:<id>         an answer's feedback record and its signals (hash, TTL)
     pm:{t:u}:feedback-prompt:<d>   answers to one prompt digest -> their latest verdict (hash, TTL)
     pm:{t:u}:sentiment             the user's smoothed follow-up sentiment (hash)
@@ -32,6 +39,7 @@ match one user only. Ids without those characters keep the key they always had.
     pm:evaluations:<t>:<id>...     online evaluation runs (see evaluation_* below): the run, its
                                    trial ids (list), one hash per trial, per-user trial counters
     pm:jobs:...                    job records and tenant slots (middleware.store.jobs)
+    pm:{policy:<t>}:arms           the tenant's auto-mode posteriors per arm (the new users' prior)
 
 A tenant's segments, its operator-assigned memberships and its default persona share the hash tag
 `{segments:<t>}`, so the chat path resolves user -> segment -> segment persona -> tenant default in
@@ -87,6 +95,32 @@ def persona_versions(tenant: str, user: str) -> str:
 
 def persona_seq(tenant: str, user: str) -> str:
     return f"{user_tag(tenant, user)}:persona:seq"
+
+
+def contexts(tenant: str, user: str) -> str:
+    """Hash: `router` -> the router's centroids, `c:<name>` -> context <name>'s current persona."""
+    return f"{user_tag(tenant, user)}:contexts"
+
+
+def context_names(tenant: str, user: str) -> str:
+    return f"{user_tag(tenant, user)}:contexts:names"
+
+
+def context_version(tenant: str, user: str, name: str, version: int) -> str:
+    return f"{user_tag(tenant, user)}:ctx:{name}:v{version}"
+
+
+def context_version_prefix(tenant: str, user: str, name: str) -> str:
+    """What every `context_version` key of one context line starts with."""
+    return f"{user_tag(tenant, user)}:ctx:{name}:v"
+
+
+def context_versions(tenant: str, user: str, name: str) -> str:
+    return f"{user_tag(tenant, user)}:ctx:{name}:versions"
+
+
+def context_seq(tenant: str, user: str, name: str) -> str:
+    return f"{user_tag(tenant, user)}:ctx:{name}:seq"
 
 
 def prefs(tenant: str, user: str) -> str:
@@ -239,6 +273,21 @@ def tokens_day(tenant: str, day: str) -> str:
 def pending_comparisons(tenant: str, user: str) -> str:
     """Sorted set of the user's pending comparison ids, scored by the time each one expires."""
     return f"{user_tag(tenant, user)}:comparisons:pending"
+
+
+# --- the auto-mode policy (middleware/store/policy.py) ---------------------------------------------
+def policy_user(tenant: str, user: str) -> str:
+    """Hash of the user's discounted successes and failures, pulls and reward sums per arm."""
+    return f"{user_tag(tenant, user)}:policy"
+
+
+def _policy_tag(tenant: str) -> str:
+    return f"{PREFIX}:{{policy:{tenant}}}"
+
+
+def policy_tenant(tenant: str) -> str:
+    """The same hash for the whole tenant (every user's rewards): the prior of a new user."""
+    return f"{_policy_tag(tenant)}:arms"
 
 
 # --- persona lines: a user's, a segment's, the tenant default's -------------------------------------

@@ -89,6 +89,21 @@ class PersonaStore:
             raise PersonaReadFailed(str(exc) or type(exc).__name__) from exc
         return blob
 
+    async def read_current(self, tenant: str, user: str) -> tuple[bytes | None, dict[bytes, bytes]]:
+        """The current-persona blob and the user's context hash (`keys.contexts`): one pipeline, one
+        round trip, bounded and guarded like `read_current_blob`."""
+        if time.monotonic() < self._open_until:
+            raise PersonaReadFailed("persona store recently failed; read skipped", skipped=True)
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.get(keys.persona_current(tenant, user))
+        pipe.hgetall(keys.contexts(tenant, user))
+        try:
+            blob, contexts = await asyncio.wait_for(pipe.execute(), self._read_timeout_s)
+        except STORE_ERRORS as exc:
+            self._open_until = time.monotonic() + self._breaker_s
+            raise PersonaReadFailed(str(exc) or type(exc).__name__) from exc
+        return blob, contexts
+
     # --- admin ---------------------------------------------------------------------------------------
     # A user's persona line and a segment's or the tenant default's (keys.PersonaLine) are one
     # machinery: versions, current copy, rollback. The user methods name the user's line.

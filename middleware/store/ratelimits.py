@@ -18,7 +18,9 @@ from redis.asyncio.client import Pipeline
 from redis.commands.core import AsyncScript
 
 from middleware.store import keys
+from middleware.store.connection import one_slot_pipeline
 from middleware.store.guard import resolved
+from middleware.store.policy import Posteriors, parse, queue_policy_reads
 from middleware.store.segments import RESOLVE, PersonaReads, ScriptPipelines, queue_reads, reads_of
 
 WINDOW_MS = 60_000
@@ -149,15 +151,27 @@ class RateLimitStore:
         self, call: tuple[list[str], list[Any]], tenant: str, user: str, segment: str | None
     ) -> tuple[int, int, PersonaReads]:
         """One round trip: the admission and the persona reads of the chat path (the user's current
-        persona, and the segment's or tenant default's, `store/segments.py`)."""
+        persona and context hash, and the segment's or tenant default's, `store/segments.py`)."""
+        reason, wait_ms, reads, _ = await self.admit_and_read(call, tenant, user, segment, policy=False)
+        return reason, wait_ms, reads
+
+    async def admit_and_read(
+        self, call: tuple[list[str], list[Any]], tenant: str, user: str, segment: str | None, *, policy: bool
+    ) -> tuple[int, int, PersonaReads, tuple[Posteriors, Posteriors] | None]:
+        """`admit_and_read_personas` and, with `policy`, the user's and the tenant's auto-mode
+        posteriors (`store/policy.py`), still one round trip."""
 
         def build(pipe: Pipeline) -> None:
             # execute_command: redis-py's cluster pipeline blocks its evalsha() method, not the command
             pipe.execute_command("EVALSHA", self._admit.sha, len(call[0]), *call[0], *call[1])
             queue_reads(pipe, self._resolve_sha, tenant, user, segment)
+            if policy:
+                queue_policy_reads(pipe, tenant, user)
 
-        (reason, wait_ms), own, shared = await self._chat_pipelines.run(build)
-        return int(reason), int(wait_ms), reads_of(own, shared)
+        replies = await self._chat_pipelines.run(build)
+        (reason, wait_ms), own, contexts, shared = replies[:4]
+        posteriors = (parse(replies[4]), parse(replies[5])) if policy else None
+        return int(reason), int(wait_ms), reads_of(own, contexts, shared), posteriors
 
     async def record_calls(self, tenant: str, calls: int, *, rpm: int, window_ms: int = WINDOW_MS) -> None:
         await self._record(keys=[keys.rate_log(tenant)], args=[calls, rpm, window_ms])
@@ -189,7 +203,7 @@ class RateLimitStore:
         """Count a stored comparison as pending again (no limit: it exists already), e.g. when a retry
         finds the comparison a timed-out creation stored after its slot had been dropped."""
         key = keys.pending_comparisons(tenant, user)
-        pipe = self._redis.pipeline(transaction=True)
+        pipe = one_slot_pipeline(self._redis)
         pipe.zadd(key, {comparison_id: expires_at_ms}, nx=True)
         pipe.pexpireat(key, expires_at_ms, gt=True)
         pipe.pexpireat(key, expires_at_ms, nx=True)

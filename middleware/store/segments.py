@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Any, NamedTuple
 
 import orjson
@@ -24,6 +25,7 @@ from redis.exceptions import NoScriptError
 from middleware.store import keys
 from middleware.store.guard import STORE_ERRORS, fail_closed, resolved
 from middleware.store.personas import PersonaReadFailed
+from middleware.store.policy import Posteriors, parse, queue_policy_reads
 
 # KEYS[1] assignments hash, KEYS[2] the tenant default's current persona.
 # ARGV[1] user, ARGV[2] the segment the request names ('' for none), ARGV[3] the segments' key prefix
@@ -49,14 +51,17 @@ class PersonaReads(NamedTuple):
     shared_source: str  # "segment" | "tenant" | "none"
     segment: str | None
     shared: bytes | None
+    # The user's context hash (`keys.contexts`: context personas and router), read beside `own`.
+    contexts: Mapping[bytes, bytes] = MappingProxyType({})
 
 
 NO_READS = PersonaReads(None, "none", None, None)
 
 
 def queue_reads(pipe: Pipeline, resolve_sha: str, tenant: str, user: str, segment: str | None) -> None:
-    """Add the persona reads of one chat call to a pipeline: two commands, read by `reads_of`."""
+    """Add the persona reads of one chat call to a pipeline: three commands, read by `reads_of`."""
     pipe.get(keys.persona_current(tenant, user))
+    pipe.hgetall(keys.contexts(tenant, user))
     pipe.execute_command(  # not evalsha(): redis-py's cluster pipeline blocks that method
         "EVALSHA",
         resolve_sha,
@@ -69,11 +74,11 @@ def queue_reads(pipe: Pipeline, resolve_sha: str, tenant: str, user: str, segmen
     )
 
 
-def reads_of(own: bytes | None, resolved_reply: list[Any]) -> PersonaReads:
+def reads_of(own: bytes | None, contexts: dict[bytes, bytes], resolved_reply: list[Any]) -> PersonaReads:
     source = resolved_reply[0].decode() if isinstance(resolved_reply[0], bytes) else str(resolved_reply[0])
     segment = resolved_reply[1].decode() if isinstance(resolved_reply[1], bytes) else resolved_reply[1]
     shared = resolved_reply[2] if len(resolved_reply) > 2 else None
-    return PersonaReads(own, source, segment or None, shared)
+    return PersonaReads(own, source, segment or None, shared, contexts)
 
 
 class ScriptPipelines:
@@ -124,18 +129,29 @@ class PersonaReader:
         self._open_until = 0.0
 
     async def read(self, tenant: str, user: str, segment: str | None) -> PersonaReads:
+        reads, _ = await self.read_with_policy(tenant, user, segment, policy=False)
+        return reads
+
+    async def read_with_policy(
+        self, tenant: str, user: str, segment: str | None, *, policy: bool = True
+    ) -> tuple[PersonaReads, tuple[Posteriors, Posteriors] | None]:
+        """The persona reads and, with `policy`, the user's and the tenant's auto-mode posteriors
+        (`store/policy.py`) in the same pipeline."""
         if time.monotonic() < self._open_until:
             raise PersonaReadFailed("persona store recently failed; read skipped", skipped=True)
 
         def build(pipe: Pipeline) -> None:
             queue_reads(pipe, self._resolve_sha, tenant, user, segment)
+            if policy:
+                queue_policy_reads(pipe, tenant, user)
 
         try:
-            own, shared = await asyncio.wait_for(self._pipelines.run(build), self._read_timeout_s)
+            replies = await asyncio.wait_for(self._pipelines.run(build), self._read_timeout_s)
         except STORE_ERRORS as exc:
             self._open_until = time.monotonic() + self._breaker_s
             raise PersonaReadFailed(str(exc) or type(exc).__name__) from exc
-        return reads_of(own, shared)
+        posteriors = (parse(replies[3]), parse(replies[4])) if policy else None
+        return reads_of(replies[0], replies[1], replies[2]), posteriors
 
 
 class SegmentStore:

@@ -157,7 +157,7 @@ async def export_user(redis: Redis, tenant: str, user: str) -> dict[str, Any]:
             feedback[rest.split(":", 1)[1]] = await _dump_key(redis, key)
         elif rest.startswith("sessions:"):
             sessions[rest.split(":", 1)[1]] = await _dump_key(redis, key)
-        elif not rest.startswith(("persona", "prefs")):
+        elif not rest.startswith(("persona", "prefs", "ctx:", "contexts")):
             other.append({"key": key, "value": await _dump_key(redis, key)})
 
     job_ids = sorted(_text(j) or "" for j in await fail_closed(redis.smembers(keys.user_jobs(tenant, user))))
@@ -166,6 +166,7 @@ async def export_user(redis: Redis, tenant: str, user: str) -> dict[str, Any]:
         raw = await fail_closed(redis.hgetall(keys.job_record(job_id)))
         if raw:
             jobs.append({_text(k): _json_or_text(v) for k, v in raw.items()})
+    contexts = await _export_contexts(redis, tenant, user, found)
     return {
         "tenant": tenant,
         "user": user,
@@ -174,6 +175,7 @@ async def export_user(redis: Redis, tenant: str, user: str) -> dict[str, Any]:
         "segment": _text(await fail_closed(redis.hget(keys.segment_members(tenant), user))),
         "persona": current.model_dump(mode="json") if current else None,
         "persona_versions": versions,
+        "contexts": contexts,
         "preferences": [
             {"id": r.id, "kind": r.kind, "stream_id": r.stream_id, "data": r.data} for r in records
         ],
@@ -185,6 +187,31 @@ async def export_user(redis: Redis, tenant: str, user: str) -> dict[str, Any]:
         "other_keys": other,
         "keys": found,
     }
+
+
+async def _export_contexts(redis: Redis, tenant: str, user: str, found: list[str]) -> dict[str, Any]:
+    """The context personas: each line's current version and all versions, and the router."""
+    raw = await fail_closed(redis.hgetall(keys.contexts(tenant, user)))
+    fields = {_text(k) or "": v for k, v in raw.items()}
+    names = sorted(
+        _text(n) or "" for n in await fail_closed(redis.smembers(keys.context_names(tenant, user)))
+    )
+    lines: dict[str, Any] = {}
+    for name in names:
+        prefix = keys.context_version_prefix(tenant, user, name)
+        version_keys = [k for k in found if k.startswith(prefix) and k[len(prefix) :].isdigit()]
+        blobs = await fail_closed(redis.mget(version_keys)) if version_keys else []
+        versions = sorted(
+            (Persona.model_validate_json(b).model_dump(mode="json") for b in blobs if b),
+            key=lambda v: v["version"],
+        )
+        current = fields.get(f"c:{name}")
+        lines[name] = {
+            "current": Persona.model_validate_json(current).model_dump(mode="json") if current else None,
+            "versions": versions,
+        }
+    router = fields.get("router")
+    return {"lines": lines, "router": _json_or_text(router) if router else None}
 
 
 async def _dump_key(redis: Redis, key: str) -> Any:

@@ -1,0 +1,99 @@
+"""Per-context personas in the refresh job, after the general persona (README "Contexts").
+
+The user's pairs are grouped by context (`personalize.contexts.group_pairs`: by tag, else by
+clustering the prompts); each group with at least `PERSONA_CONTEXT_MIN_PAIRS` pairs runs the same
+SynthesizeMe steps as the general persona, with a budget of its own, and stores a new version on its
+own line (`ContextStore.save`). Then the router's centroids are rebuilt from the groups. One context
+failing (too few consistent traces, budget, upstream) leaves that context as it was and is reported.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from middleware.errors import PersonaError
+from middleware.induction.context import PROMPT_VERSION, Progress, report
+from middleware.induction.pipeline import (
+    Induction,
+    Plan,
+    llm_context,
+    new_budget,
+    run_steps,
+    split,
+    time_order,
+)
+from middleware.personalize.contexts import build_router, group_pairs, prompt_text
+
+
+async def induce_contexts(
+    induction: Induction,
+    tenant: str,
+    user: str,
+    *,
+    model: str | None = None,
+    job_id: str | None = None,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Induce a persona for each of the user's contexts with enough pairs; store them and the
+    router. Returns {"contexts": {name: summary}, "router": {...}}."""
+    settings, contexts = induction.settings, induction.contexts
+    model = model or settings.induction_model
+    pairs = time_order(await induction.preferences.pairs(tenant, user))
+    groups = group_pairs(
+        pairs,
+        min_pairs=settings.context_min_pairs,
+        max_contexts=settings.context_max,
+        min_margin=settings.context_cluster_margin,
+    )
+    results: dict[str, Any] = {}
+    for group in groups:
+        await report(progress, stage="context", context=group.name, pairs=len(group.pairs))
+        train, validation = split(group.pairs, settings.induction_validation_fraction)
+        started = time.perf_counter()
+        ctx = llm_context(induction.upstreams, settings, model, new_budget(settings))
+        try:
+            induced = await run_steps(ctx, Plan(train, validation), settings, progress=progress)
+        except PersonaError as exc:
+            results[group.name] = {"status": "failed", "pairs": len(group.pairs), "error": exc.code}
+            continue
+        finally:
+            await induction.quotas.record_job(tenant, ctx.usage.calls, ctx.usage.total_tokens)
+        provenance: dict[str, Any] = {
+            "source": "induction",
+            "method": "synthesizeme",
+            "grouping": group.grouping,
+            "job_id": job_id,
+            "model": model,
+            "prompt_template_version": PROMPT_VERSION,
+            "source_preference_ids": [p.stable_id() for p in group.pairs],
+            "train_ids": [p.stable_id() for p in train],
+            "validation_ids": [p.stable_id() for p in validation],
+            "kept_trace_ids": [t.pair.stable_id() for t in induced.kept],
+            "exemplar_ids": [p.stable_id() for p in induced.selection.exemplars],
+            "validation_accuracy": induced.selection.accuracy,
+            "seed": settings.induction_seed,
+            "cost": {**ctx.usage.as_dict(), "wall_s": round(time.perf_counter() - started, 3)},
+        }
+        persona = await contexts.save(
+            tenant, user, group.name, induced.text, induced.selection.exemplars, provenance
+        )
+        results[group.name] = {
+            "status": "complete",
+            "version": persona.version,
+            "version_id": persona.version_id,
+            "grouping": group.grouping,
+            "pairs": len(group.pairs),
+            "validation_accuracy": induced.selection.accuracy,
+        }
+    routed = {
+        g.name: (g.grouping, [prompt_text(p) for p in g.pairs])
+        for g in groups
+        if results[g.name]["status"] == "complete" or g.name in await contexts.names(tenant, user)
+    }
+    router = build_router(routed)
+    await contexts.set_router(tenant, user, router.model_dump_json().encode())
+    return {
+        "contexts": results,
+        "router": {"router_id": router.router_id, "contexts": sorted(routed)},
+    }
