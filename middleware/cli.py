@@ -276,10 +276,33 @@ def eval_(
             help="int8 encoder of the global/lora scorers: off | attention | all (default: PERSONA_LORA_QUANTIZE)"
         ),
     ] = None,
+    cold_start: Annotated[
+        bool,
+        typer.Option(
+            "--cold-start",
+            help="the cold-start curve of the lora family instead (global, segment, own, own+segment "
+            "adapters vs 0/2/5/10/all own pairs); --scorer is not used",
+        ),
+    ] = False,
+    segments_k: Annotated[int, typer.Option(min=2, max=64, help="--cold-start: learned segments")] = 4,
+    folds: Annotated[int, typer.Option(min=2, help="--cold-start: cross-fitting folds of users")] = 5,
 ) -> None:
     """Offline evaluation: time-ordered hold-out, both orders, bootstrap CI."""
-    from middleware.evaluation.cli_eval import run_eval
+    from middleware.evaluation.cli_eval import run_cold_start, run_eval
 
+    if cold_start:
+        run_cold_start(
+            data=data,
+            users=users,
+            out=out,
+            plot=plot,
+            format=format,
+            seed=seed,
+            folds=folds,
+            segments_k=segments_k,
+            quantize=quantize,
+        )
+        return
     run_eval(
         data=data,
         scorer=scorer,

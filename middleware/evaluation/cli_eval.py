@@ -136,3 +136,65 @@ def run_eval(
             + (f"; {judge['judge_errors']} judge calls failed" if judge["judge_errors"] else "")
         )
     return report.model_dump(mode="json")
+
+
+def run_cold_start(
+    data: Path,
+    users: int | None,
+    out: Path | None,
+    plot: Path | None,
+    format: str = "native",
+    seed: int = 0,
+    *,
+    own_pairs: tuple[int | None, ...] | None = None,
+    folds: int | None = None,
+    segments_k: int | None = None,
+    member_cap: int | None = None,
+    train_fraction: float = 0.7,
+    progress: bool = True,
+    settings: Settings | None = None,
+    quantize: str | None = None,
+    model_opts: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """`persona eval --cold-start`: the cold-start curve of the lora family (`cold_start.py`); prints the
+    table, writes the JSON report to `out` and the chart to `plot`; returns the report as a dict."""
+    from middleware.evaluation import cold_start
+    from middleware.rerank.lora import LoraRewardModel, TextEncoder
+
+    if settings is None:
+        settings = Settings()
+    opts: dict[str, Any] = {"seed": seed, "num_threads": settings.torch_threads, **(model_opts or {})}
+    encoder = TextEncoder(
+        opts.pop("encoder_path", None),
+        quantize=quantize or settings.lora_quantize,
+        cache_dir=Path(settings.cache_dir),
+        **({"max_length": opts.pop("max_length")} if "max_length" in opts else {}),
+    )
+
+    def factory() -> Any:
+        return LoraRewardModel(encoder, cache_size=100_000, **opts)
+
+    report = cold_start.cold_start_curve(
+        load_pairs_by_user(data, format),
+        model_factory=factory,
+        own_pairs=own_pairs or cold_start.DEFAULT_OWN_PAIRS,
+        users=users,
+        folds=folds or cold_start.DEFAULT_FOLDS,
+        segments_k=segments_k or cold_start.DEFAULT_SEGMENTS_K,
+        member_cap=member_cap or cold_start.DEFAULT_MEMBER_CAP,
+        train_fraction=train_fraction,
+        seed=seed,
+        progress=progress,
+        data=str(data),
+    )
+    report.notes["encoder"] = encoder.describe()
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(report.to_json())
+    if plot is not None:
+        cold_start.plot_curve(report, plot)
+    print(cold_start.format_table(report))
+    print(
+        f"({report.n_test_pairs} held-out pairs, {report.folds} folds, k={report.segments_k} segments, {report.elapsed_s:.0f} s)"
+    )
+    return report.model_dump(mode="json")

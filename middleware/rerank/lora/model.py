@@ -258,13 +258,15 @@ class LoraRewardModel:
         extra: dict[str, str] | None = None,
         stop: Callable[[], bool] | None = None,
         progress: Callable[[int, int], None] | None = None,
+        prior: Hashable | None = None,
     ) -> bytes:
         """Train the user's adapter on their pairs (each weighted by its `weight`: implied pairs count
         less); returns the adapter as bytes (and caches it).
 
         `stop` is asked between training steps (and before and after encoding the pairs): once it
         returns True, `training.TrainingStopped` is raised and nothing is cached. `progress(done,
-        total)` hears of every step."""
+        total)` hears of every step. `prior`: the key of a cached adapter (a segment's) to start from
+        and regularise toward."""
         if not pairs:
             raise NotEnoughData(f"no preference pairs to train an adapter for user {user!r}")
         steps = training.Steps(stop=stop, progress=progress)
@@ -273,7 +275,7 @@ class LoraRewardModel:
         weights = [p.pair_weight for p in pairs]
         w = None if all(x == 1.0 for x in weights) else np.asarray(weights, dtype=np.float32)
         return self.train_user_features(
-            user, xc, xr, strength=strength, cache=cache, extra=extra, steps=steps, weights=w
+            user, xc, xr, strength=strength, cache=cache, extra=extra, steps=steps, weights=w, prior=prior
         )
 
     def train_user_features(
@@ -287,16 +289,27 @@ class LoraRewardModel:
         extra: dict[str, str] | None = None,
         steps: training.Steps | None = None,
         weights: np.ndarray | None = None,
+        prior: Hashable | None = None,
     ) -> bytes:
-        """Train `user`'s adapter on feature rows; strength "auto" = chosen by CV, None = off."""
+        """Train `user`'s adapter on feature rows; strength "auto" = chosen by CV, None = off (the
+        global head, or the prior: the cached adapter under the key `prior`, see `training.py`)."""
         self.require_head()
         if xc.shape[0] == 0:
             raise NotEnoughData(f"no preference pairs to train an adapter for user {user!r}")
+        prior_state = None
+        if prior is not None:
+            item = self.adapters.get(prior)
+            if item is None:
+                raise NotEnoughData(f"no cached adapter {prior!r} to train user {user!r}'s adapter from")
+            prior_state = item.state
         started = time.perf_counter()
         with self.lock:
-            state, chosen, cv = training.train_adapter(self, xc, xr, strength, weights, steps=steps)
+            state, chosen, cv = training.train_adapter(
+                self, xc, xr, strength, weights, steps=steps, prior=prior_state
+            )
             meta = {
                 **(extra or {}),
+                **({"prior": str(prior)} if prior is not None else {}),
                 "format": ADAPTER_FORMAT,
                 "user": str(user),
                 "head_id": str(self.head_id),

@@ -4,6 +4,12 @@ user's LoRA adapter (full-batch L-BFGS, anchored to the global head, strength ch
 A user's training is a sequence of fits (one per CV fold and strength, then the final one). A
 `Steps` object counts them for progress and carries a `stop` check, asked before every fit and at
 every L-BFGS evaluation: once it says stop, training raises `TrainingStopped` at once.
+
+An adapter can be trained with a *prior*, another adapter's state (a segment's, docs/METHOD.md §4):
+training then starts from the prior, the anchor pulls the scores toward the prior's instead of the
+global head's, the ridge pulls lora_B toward the prior's, and "off" means the prior itself. With few
+pairs the user's model is the prior's; their own pairs move it only as far as cross-validation on
+them supports.
 """
 
 from __future__ import annotations
@@ -100,6 +106,26 @@ def _global_scores(model: LoraRewardModel, x: Any) -> Any:
         return model.model(x)
 
 
+def _base_scores(model: LoraRewardModel, x: Any, prior: dict[str, Any] | None) -> Any:
+    """Scores of what the adapter is anchored to: the global head, or the prior adapter."""
+    if prior is None:
+        return _global_scores(model, x)
+    model.set_adapter_state(prior)
+    return model.model(x)
+
+
+def off_state(model: LoraRewardModel, prior: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The adapter that adds nothing to its base: the prior's tensors, or the init with lora_B zeroed
+    (which scores exactly like the global head)."""
+    if prior is not None:
+        return {k: v.detach().clone() for k, v in prior.items()}
+    state = {k: v.detach().clone() for k, v in model.init_adapter.items()}
+    for key in state:
+        if "lora_B" in key:
+            state[key].zero_()
+    return state
+
+
 def fit_adapter(
     model: LoraRewardModel,
     xc: Any,
@@ -109,19 +135,27 @@ def fit_adapter(
     w: Any = None,
     *,
     stop: Steps | None = None,
+    prior: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Train the LoRA params from the fixed init on (xc, xr), each pair weighted by `w` (None: all
-    1); return the adapter state (one step of `stop`, which may end it at any L-BFGS evaluation)."""
+    """Train the LoRA params from the fixed init (or from `prior`) on (xc, xr), each pair weighted by
+    `w` (None: all 1); return the adapter state (one step of `stop`, which may end it at any L-BFGS
+    evaluation)."""
     torch = torch_module()
     if stop is not None:
         stop.check()
     net = model.model
-    model.set_adapter_state(model.init_adapter)
     with torch.no_grad():
-        gc = _global_scores(model, xc)
-        gr = _global_scores(model, xr)
+        gc = _base_scores(model, xc, prior)
+        gr = _base_scores(model, xr, prior)
+    model.set_adapter_state(model.init_adapter if prior is None else prior)
     named = [(n, p) for n, p in net.named_parameters() if "lora_" in n]
     params = [p for _, p in named]
+    # the ridge's centre: zero, or the prior's lora_B (the state dict names lack the adapter name)
+    centre = {
+        n: (prior or {}).get(n.replace(".default.", "."), torch.zeros_like(p)).detach().clone()
+        for n, p in named
+        if "lora_B" in n
+    }
     # full-batch L-BFGS: a user has tens of pairs, so a few dozen iterations converge
     opt = torch.optim.LBFGS(params, lr=1.0, max_iter=steps, line_search_fn="strong_wolfe")
     net.train()
@@ -135,8 +169,8 @@ def fit_adapter(
         losses = torch.nn.functional.softplus(-(sc - sr))
         bt = losses.mean() if w is None else (losses * w).sum() / w.sum()
         anchor = ((sc - gc) ** 2 + (sr - gr) ** 2).mean()
-        # a light ridge on lora_B keeps directions the user's pairs do not constrain at zero
-        ridge = sum((p**2).sum() for n, p in named if "lora_B" in n)
+        # a light ridge on lora_B keeps directions the user's pairs do not constrain at zero (at the prior)
+        ridge = sum(((p - centre[n]) ** 2).sum() for n, p in named if "lora_B" in n)
         loss = bt + strength * anchor + 1e-2 * ridge
         loss.backward()
         return loss
@@ -151,12 +185,19 @@ def fit_adapter(
 
 
 def pair_loglik(
-    model: LoraRewardModel, xc: Any, xr: Any, state: dict[str, Any] | None, w: Any = None
+    model: LoraRewardModel,
+    xc: Any,
+    xr: Any,
+    state: dict[str, Any] | None,
+    w: Any = None,
+    *,
+    prior: dict[str, Any] | None = None,
 ) -> float:
+    """Log-likelihood of the pairs under `state` (None: under the base, the global head or `prior`)."""
     torch = torch_module()
     with torch.inference_mode():
         if state is None:
-            margin = _global_scores(model, xc) - _global_scores(model, xr)
+            margin = _base_scores(model, xc, prior) - _base_scores(model, xr, prior)
         else:
             model.set_adapter_state(state)
             margin = model.model(xc) - model.model(xr)
@@ -172,8 +213,9 @@ def choose_strength(
     weights: np.ndarray | None = None,
     *,
     steps: Steps | None = None,
+    prior: dict[str, Any] | None = None,
 ) -> tuple[float | None, dict[str, float]]:
-    """Pick the anchor penalty (or None = off) by k-fold CV on the user's own train pairs."""
+    """Pick the anchor penalty (or None = off: the base itself) by k-fold CV on the user's own train pairs."""
     torch = torch_module()
     n = xc.shape[0]
     if n < 4:
@@ -193,9 +235,9 @@ def choose_strength(
         vc, vr = tc_all[val_idx], tr_all[val_idx]
         tw = None if w_all is None else w_all[train_idx]
         vw = None if w_all is None else w_all[val_idx]
-        totals["off"] += pair_loglik(model, vc, vr, None, vw)
+        totals["off"] += pair_loglik(model, vc, vr, None, vw, prior=prior)
         for s in model.strengths:
-            state = fit_adapter(model, tc, tr, s, model.user_steps, tw, stop=steps)
+            state = fit_adapter(model, tc, tr, s, model.user_steps, tw, stop=steps, prior=prior)
             totals[str(s)] += pair_loglik(model, vc, vr, state, vw)
     best = max(totals, key=lambda name: (totals[name], name == "off"))
     return (None if best == "off" else float(best)), {key: v / n for key, v in totals.items()}
@@ -209,6 +251,7 @@ def train_adapter(
     weights: np.ndarray | None = None,
     *,
     steps: Steps | None = None,
+    prior: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], float | None, dict[str, float]]:
     """(adapter state, chosen strength or None = off, CV log-likelihoods); each pair weighted by
     `weights` (None: all 1). Call under `model.lock`."""
@@ -219,19 +262,16 @@ def train_adapter(
     cv: dict[str, float] = {}
     chosen: float | None
     if strength == "auto":
-        chosen, cv = choose_strength(model, xc, xr, weights=weights, steps=steps)
+        chosen, cv = choose_strength(model, xc, xr, weights=weights, steps=steps, prior=prior)
     else:
         chosen = None if strength is None else float(strength)
-    if chosen is None:  # "off": the init adapter with lora_B zeroed scores exactly like the head
-        state = {k: v.detach().clone() for k, v in model.init_adapter.items()}
-        for key in state:
-            if "lora_B" in key:
-                state[key].zero_()
+    if chosen is None:
+        state = off_state(model, prior)
     else:
         tc = torch.from_numpy(xc).to(model.device)
         tr = torch.from_numpy(xr).to(model.device)
         w = None if weights is None else torch.from_numpy(weights.astype(np.float32)).to(model.device)
-        state = fit_adapter(model, tc, tr, chosen, model.user_steps, w, stop=steps)
+        state = fit_adapter(model, tc, tr, chosen, model.user_steps, w, stop=steps, prior=prior)
     steps.check()
     if steps.done < steps.total:  # "off" needs no final fit
         steps.done = steps.total - 1
