@@ -8,7 +8,9 @@ export LITELLM_LOCAL_MODEL_COST_MAP=True
 mkdir -p test-artifacts
 export PERSONA_TEST_ARTIFACTS="${PERSONA_TEST_ARTIFACTS:-$PWD/test-artifacts}"
 if [[ $# -eq 0 ]]; then
-  set -- -q
+  # three test processes (pytest-xdist): most tests wait on servers they started, so three keep two
+  # cores busy; with arguments, pytest runs as they say (add `-n 3` to spread them too)
+  set -- -q -n 3
 fi
 rc=0
 .venv/bin/python -m pytest "$@" || rc=$?

@@ -82,7 +82,11 @@ def lproxy(
     redis_url: str, fake_upstream: FakeUpstream, head: tuple[LoraRewardModel, Path]
 ) -> Iterator[RunningProxy]:
     settings = proxy_settings(
-        redis_url, fake_upstream, lora_head_path=str(head[1]), lora_threads=2, rerankers_enabled=["judge", "lora"]
+        redis_url,
+        fake_upstream,
+        lora_head_path=str(head[1]),
+        lora_threads=2,
+        rerankers_enabled=["judge", "lora"],
     )
     with start_proxy(settings) as running:
         yield running
@@ -287,6 +291,7 @@ async def test_cli_queues_adapter_training_for_every_user_with_a_persona(
     from typer.testing import CliRunner
 
     from middleware.cli import app as cli_app
+
     settings = job_settings(redis_url, fake_upstream, lora_head_path=str(head[1]), lora_threads=2)
     async with store_services(settings) as services:
         for user in ("ann", "bob", "dee"):
@@ -334,7 +339,9 @@ async def test_a_cancelled_adapter_training_stops_between_steps_and_stores_nothi
     second_step, thread_ended = threading.Event(), threading.Event()
     real_fit, real_train_user = training.fit_adapter, LoraRewardModel.train_user
 
-    def held_fit(model: LoraRewardModel, *args: Any, stop: training.Steps | None = None) -> Any:
+    def held_fit(
+        model: LoraRewardModel, *args: Any, stop: training.Steps | None = None, **kwargs: Any
+    ) -> Any:
         """The real fit; the second one waits until the worker has passed the cancel on (so the
         cancel lands mid-training on a machine of any speed)."""
         fits["started"] += 1
@@ -344,7 +351,7 @@ async def test_a_cancelled_adapter_training_stops_between_steps_and_stores_nothi
             asked = stop.stop if stop is not None else None
             while asked is not None and not asked() and time.monotonic() < deadline:
                 time.sleep(0.01)
-        state = real_fit(model, *args, stop=stop)
+        state = real_fit(model, *args, stop=stop, **kwargs)
         fits["finished"] += 1
         return state
 
