@@ -40,6 +40,14 @@ _bootstrap_main() {
   if [[ $test_mode -eq 1 ]] && ! { command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; }; then
     apt_pkgs+=(nodejs npm)
   fi
+  # the cluster and Sentinel tests create clusters with redis-cli
+  if [[ $test_mode -eq 1 ]] && _have_redis_server && ! command -v redis-cli >/dev/null 2>&1; then
+    apt_pkgs+=(redis-tools)
+  fi
+  # the TLS cluster test makes its certificates with the openssl command (not in minimal images)
+  if [[ $test_mode -eq 1 ]] && ! command -v openssl >/dev/null 2>&1; then
+    apt_pkgs+=(openssl)
+  fi
   # the benchmarks' load generator (benchmarks/_harness.py); small, so test set-ups get it too
   if [[ $test_mode -eq 1 ]] && ! command -v wrk >/dev/null 2>&1; then
     apt_pkgs+=(wrk)
