@@ -9,13 +9,16 @@ import logging
 import os
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import typer
+
+if TYPE_CHECKING:
+    from middleware.services import Services
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
@@ -36,6 +39,28 @@ def settings() -> Any:
 
 def configure_logging(level: str = "INFO") -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def run_with_services(command: str, work: Callable[[Services], Awaitable[dict[str, Any]]]) -> None:
+    """Run `work` with the services built from the settings (closed afterwards) and print its JSON
+    result; a PersonaError is printed as `persona <command>: <message>` and exits 1."""
+    from middleware.errors import PersonaError
+    from middleware.services import build_services
+
+    async def run() -> dict[str, Any]:
+        services = build_services(settings())
+        try:
+            return await work(services)
+        finally:
+            await services.close()
+
+    configure_logging()
+    try:
+        result = asyncio.run(run())
+    except PersonaError as exc:
+        typer.echo(f"persona {command}: {exc.message}", err=True)
+        raise typer.Exit(code=1) from exc
+    typer.echo(json.dumps(result, indent=2))
 
 
 def masked_url(url: str) -> str:
@@ -224,36 +249,24 @@ def segments_learn(
 ) -> None:
     """Group the tenant's users by their preference data into K ordinary segments and assign them
     (k-means over each user's mean chosen-minus-rejected answer vector)."""
-    from middleware.errors import PersonaError
     from middleware.identity import validate_segment
     from middleware.induction.learn_segments import learn_segments
-    from middleware.services import build_services
 
-    async def run() -> dict[str, Any]:
+    async def learn(services: Services) -> dict[str, Any]:
         validate_segment(f"{prefix}-{k}", param="prefix")
-        services = build_services(settings())
-        try:
-            learned = await learn_segments(
-                services.users,
-                services.preferences,
-                services.segments,
-                tenant,
-                k=k,
-                prefix=prefix,
-                min_pairs=min_pairs,
-                seed=seed,
-            )
-            return learned.as_dict()
-        finally:
-            await services.close()
+        learned = await learn_segments(
+            services.users,
+            services.preferences,
+            services.segments,
+            tenant,
+            k=k,
+            prefix=prefix,
+            min_pairs=min_pairs,
+            seed=seed,
+        )
+        return learned.as_dict()
 
-    configure_logging()
-    try:
-        result = asyncio.run(run())
-    except PersonaError as exc:
-        typer.echo(f"persona segments learn: {exc.message}", err=True)
-        raise typer.Exit(code=1) from exc
-    typer.echo(json.dumps(result, indent=2))
+    run_with_services("segments learn", learn)
 
 
 @app.command(name="eval")
@@ -341,26 +354,14 @@ def train_adapters(
 ) -> None:
     """Queue lora adapter training for users with a persona (the worker trains them; no LLM calls).
     Run it after `persona train-reward-head`: adapters of the old head are no longer used."""
-    from middleware.errors import PersonaError
     from middleware.induction.adapters import enqueue_adapter_training
-    from middleware.services import build_services
 
-    async def run() -> dict[str, Any]:
-        services = build_services(settings())
-        try:
-            return await enqueue_adapter_training(
-                services.settings, services.users, services.jobs, tenant, users or None
-            )
-        finally:
-            await services.close()
+    async def queue(services: Services) -> dict[str, Any]:
+        return await enqueue_adapter_training(
+            services.settings, services.users, services.jobs, tenant, users or None
+        )
 
-    configure_logging()
-    try:
-        result = asyncio.run(run())
-    except PersonaError as exc:
-        typer.echo(f"persona train-adapters: {exc.message}", err=True)
-        raise typer.Exit(code=1) from exc
-    typer.echo(json.dumps(result, indent=2))
+    run_with_services("train-adapters", queue)
 
 
 @app.command()
