@@ -117,6 +117,22 @@ async def run_locked(queue: JobQueue, settings: Settings, job_id: str, body: Job
         await jobs.release_lock(tenant, user, job_id, segment=segment)
 
 
+async def begin_attempt(
+    queue: JobQueue, settings: Settings, job_id: str, record: dict[str, Any]
+) -> tuple[int, dict[str, Any] | None]:
+    """Count this attempt and mark the job running; past `jobs_max_attempts`, the job fails instead and
+    its result comes back as the second value."""
+    attempts = await queue.store.count_attempt(job_id)
+    if attempts > settings.jobs_max_attempts:
+        error = {
+            "code": "too_many_attempts",
+            "message": f"gave up after {settings.jobs_max_attempts} attempts",
+        }
+        return attempts, await finish(queue, record, job_id, "failed", error=error)
+    await queue.update(job_id, state="running", started_at=now_iso())
+    return attempts, None
+
+
 async def run_refresh(
     queue: JobQueue,
     settings: Settings,
@@ -126,19 +142,9 @@ async def run_refresh(
     record: dict[str, Any],
 ) -> dict[str, Any]:
     tenant, user = record["tenant"], record["user"]
-    attempts = await queue.store.count_attempt(job_id)
-    if attempts > settings.jobs_max_attempts:
-        return await finish(
-            queue,
-            record,
-            job_id,
-            "failed",
-            error={
-                "code": "too_many_attempts",
-                "message": f"gave up after {settings.jobs_max_attempts} attempts",
-            },
-        )
-    await queue.update(job_id, state="running", started_at=now_iso())
+    attempts, gave_up = await begin_attempt(queue, settings, job_id, record)
+    if gave_up is not None:
+        return gave_up
     last_write = 0.0
 
     async def progress(event: dict[str, Any]) -> None:
@@ -176,14 +182,9 @@ async def run_segment_refresh(
     record: dict[str, Any],
 ) -> dict[str, Any]:
     tenant, segment = record["tenant"], record["segment"]
-    attempts = await queue.store.count_attempt(job_id)
-    if attempts > settings.jobs_max_attempts:
-        error = {
-            "code": "too_many_attempts",
-            "message": f"gave up after {settings.jobs_max_attempts} attempts",
-        }
-        return await finish(queue, record, job_id, "failed", error=error)
-    await queue.update(job_id, state="running", started_at=now_iso())
+    attempts, gave_up = await begin_attempt(queue, settings, job_id, record)
+    if gave_up is not None:
+        return gave_up
 
     async def progress(event: dict[str, Any]) -> None:
         if await queue.stopped(job_id):
