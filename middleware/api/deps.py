@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 from urllib.parse import unquote
 
 import orjson
 from fastapi import Depends, Path, Request
 
-from middleware.errors import InvalidJSON, InvalidRequest
+from middleware.errors import InvalidJSON, InvalidRequest, ValidationFailed
 from middleware.identity import (
     USER_HEADER,
     app_caller,
@@ -97,3 +97,16 @@ def caller_user(request: Request, body_user: str | None, *, required: bool) -> s
             code="missing_user",
         )
     return None
+
+
+Item = TypeVar("Item")
+
+
+def batch(body: Item | list[Item], limit: int, noun: str) -> list[Item]:
+    """A write route's body as a list: one item, or a batch of 1 to `limit` (422 otherwise)."""
+    items = body if isinstance(body, list) else [body]
+    if not items:
+        raise ValidationFailed(f"the list of {noun} is empty")
+    if len(items) > limit:
+        raise ValidationFailed(f"at most {limit} {noun} per call")
+    return items

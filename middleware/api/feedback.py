@@ -12,9 +12,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from middleware.api.deps import AppTenant, ServicesDep, caller_user
+from middleware.api.deps import AppTenant, ServicesDep, batch, caller_user
 from middleware.api.responses import JSONBytes
-from middleware.errors import ValidationFailed
 from middleware.feedback.signals import SignalIn
 from middleware.induction.triggers import refresh_if_due
 
@@ -26,11 +25,7 @@ MAX_BATCH = 100
 async def send_feedback(
     body: SignalIn | list[SignalIn], request: Request, tenant: AppTenant, services: ServicesDep
 ) -> Response:
-    items = body if isinstance(body, list) else [body]
-    if not items:
-        raise ValidationFailed("the list of signals is empty")
-    if len(items) > MAX_BATCH:
-        raise ValidationFailed(f"at most {MAX_BATCH} signals per call")
+    items = batch(body, MAX_BATCH, "signals")
     user = caller_user(request, None, required=False)
     results = await services.feedback.send(tenant, user, items)
     created = sum(r.created for r in results)

@@ -10,9 +10,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from middleware.api.deps import AppTenant, ServicesDep, caller_user, token_user
+from middleware.api.deps import AppTenant, ServicesDep, batch, caller_user, token_user
 from middleware.api.responses import JSONBytes
-from middleware.errors import ValidationFailed
 from middleware.identity import bind_user, validate_user_id
 from middleware.induction.triggers import refresh_if_due
 from middleware.preferences.feedback import FeedbackIn, add_feedback, to_record
@@ -25,11 +24,7 @@ MAX_BATCH = 1000
 async def add_preferences(
     body: FeedbackIn | list[FeedbackIn], request: Request, tenant: AppTenant, services: ServicesDep
 ) -> Response:
-    items = body if isinstance(body, list) else [body]
-    if not items:
-        raise ValidationFailed("the list of preferences is empty")
-    if len(items) > MAX_BATCH:
-        raise ValidationFailed(f"at most {MAX_BATCH} preferences per call")
+    items = batch(body, MAX_BATCH, "preferences")
     header_key = request.headers.get("idempotency-key")
     records = []
     for i, item in enumerate(items):
