@@ -148,6 +148,9 @@ def serve(
             http="httptools",
             access_log=False,
             log_level=log_level,
+            # The client's address and scheme are never used, so uvicorn's X-Forwarded-* rewriting
+            # only runs where an operator asks for it (FORWARDED_ALLOW_IPS, uvicorn's own variable).
+            proxy_headers="FORWARDED_ALLOW_IPS" in os.environ,
         )
 
 

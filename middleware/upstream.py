@@ -434,22 +434,28 @@ class ClientDisconnected(Exception):
 async def cancel_on_disconnect(
     receive: Callable[[], Awaitable[MutableMapping[str, Any]]], work: Awaitable[T]
 ) -> T:
-    """Run `work`; if the client disconnects first, cancel it (which aborts the upstream request)."""
-    task = asyncio.ensure_future(work)
+    """Run `work`; if the client disconnects first, cancel it (which aborts the upstream request).
+
+    `work` runs in the caller's own task; one watcher task waits for the disconnect and cancels the
+    caller (a second task for the work, and `asyncio.wait` over both, cost more than the work's own
+    Python on a fast call)."""
+    caller = asyncio.current_task()
+    assert caller is not None
+    gone = False
 
     async def wait_for_disconnect() -> None:
+        nonlocal gone
         while (await receive())["type"] != "http.disconnect":
             pass
+        gone = True
+        caller.cancel()
 
-    watcher = asyncio.ensure_future(wait_for_disconnect())
+    watcher = asyncio.get_running_loop().create_task(wait_for_disconnect())
     try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        return await work
+    except asyncio.CancelledError:
+        if gone and caller.uncancel() == 0:  # our own cancel, nobody else's: the client went away
+            raise ClientDisconnected() from None
+        raise
     finally:
         watcher.cancel()
-        if not task.done():
-            task.cancel()
-            with contextlib.suppress(BaseException):
-                await task
-    if task.cancelled():
-        raise ClientDisconnected()
-    return task.result()

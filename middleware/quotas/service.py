@@ -221,10 +221,11 @@ class Quotas:
         # persona.read is the resolving of what it brought back.
         with self._tracing.span("quota.admit", tenant, user):
             try:
-                reason, wait_ms, reads, posteriors = await asyncio.wait_for(
-                    self.store.admit_and_read(call, tenant, user, segment, policy=policy),
-                    personalizer.read_timeout_s,
-                )
+                # asyncio.timeout, not wait_for: no task of its own for the read
+                async with asyncio.timeout(personalizer.read_timeout_s):
+                    reason, wait_ms, reads, posteriors = await self.store.admit_and_read(
+                        call, tenant, user, segment, policy=policy
+                    )
             except STORE_ERRORS as exc:
                 self._skipped(exc)
                 personalizer.read_failed(exc)

@@ -146,7 +146,8 @@ class PersonaReader:
                 queue_policy_reads(pipe, tenant, user)
 
         try:
-            replies = await asyncio.wait_for(self._pipelines.run(build), self._read_timeout_s)
+            async with asyncio.timeout(self._read_timeout_s):  # no task of its own, unlike wait_for
+                replies = await self._pipelines.run(build)
         except STORE_ERRORS as exc:
             self._open_until = time.monotonic() + self._breaker_s
             raise PersonaReadFailed(str(exc) or type(exc).__name__) from exc
