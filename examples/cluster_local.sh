@@ -47,6 +47,15 @@ for node in "${nodes[@]}"; do wait_until 10 redis-cli -p "${node##*:}" ping; don
 redis-cli --cluster create "${nodes[@]}" --cluster-replicas 1 --cluster-yes >/dev/null
 cluster_ok() { redis-cli -p "$BASE_PORT" cluster info | grep -q "cluster_state:ok"; }
 wait_until 30 cluster_ok
+# every master's replica in sync, so the first write that waits for a replica (WAIT) is confirmed
+replicas_online() {
+  for node in "${nodes[@]}"; do
+    local info; info="$(redis-cli -p "${node##*:}" info replication)"
+    grep -q "role:master" <<<"$info" || continue
+    grep -q "slave0:.*state=online" <<<"$info" || return 1
+  done
+}
+wait_until 30 replicas_online
 echo "cluster: ${nodes[*]}"
 
 # --- the job queue's Redis, beside the cluster -------------------------------------------------------

@@ -115,7 +115,7 @@ class Metrics:
         )
         self.policy_arms = Counter(
             "persona_policy_arm",
-            "Arms the auto mode chose, by arm (README \"Auto mode\")",
+            'Arms the auto mode chose, by arm (README "Auto mode")',
             ["arm"],
             registry=self.registry,
         )

@@ -36,6 +36,7 @@ from middleware.store.policy import PolicyStore
 from middleware.store.preferences import PreferenceStore
 from middleware.store.segments import PersonaReader, SegmentStore
 from middleware.store.users import UserIndex
+from middleware.store.write_behind import WriteBehind
 from middleware.tracing import TRACING_OFF, Tracing
 from middleware.upstream import UpstreamRouter
 from middleware.user_tokens import UserTokens
@@ -104,8 +105,10 @@ def build_services(settings: Settings, tracing: Tracing = TRACING_OFF) -> Servic
     contexts = ContextStore(redis)
     personalizer = Personalizer(personas, settings, metrics, tracing)
     upstreams = UpstreamRouter(settings, http, metrics.upstream_retries.inc)
-    quotas = Quotas(settings, redis, metrics, tracing)
-    feedback_store = FeedbackStore(redis, ttl_s=settings.feedback_ttl_s)
+    # the writes after an answer (a call's tokens and slot, its feedback record): one round trip
+    write_behind = WriteBehind(redis, on_failure=metrics.store_write_failures.inc)
+    quotas = Quotas(settings, redis, metrics, tracing, write_behind)
+    feedback_store = FeedbackStore(redis, ttl_s=settings.feedback_ttl_s, write_behind=write_behind)
     policy = Policy(settings, PolicyStore(redis), metrics)
     on_reward: RewardHook = policy.on_reward  # rewards from /v1/feedback update the auto mode's policy
     rerankers = RerankerRegistry(settings, RerankResources(upstreams, personas)).load_entry_points()

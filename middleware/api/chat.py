@@ -70,7 +70,13 @@ async def reranked(request: Request, services: Services, call: Admitted) -> Answ
     block = found.block if found is not None else None
     show_details = request.headers.get(DETAILS_HEADER, "").lower() in ("1", "true", "yes")
     result = await rerank(
-        reranker, reranker_name, upstream, body, block=block, end_user=end_user, metrics=services.metrics,
+        reranker,
+        reranker_name,
+        upstream,
+        body,
+        block=block,
+        end_user=end_user,
+        metrics=services.metrics,
         metering=Metering(services.quotas, call.tenant, user),  # the scorer's own upstream calls count too
     )
     await services.quotas.add_usage(

@@ -25,7 +25,8 @@
   (a stream's text is collected as it passes);
 - the work runs cancelled as soon as the client goes away (499, counted);
 - the metric of the route's calls by mode and outcome ("ok", "stream", "error" or what the work names);
-- the lease counts the answer's tokens (a stream's as it passes) and gives back its slot at the end;
+- the lease counts the answer's tokens (a stream's as it passes) and gives back its slot at the end,
+  both written behind the answer (`store/write_behind.py`);
 - a stream goes back as it arrives, anything else as one body.
 
 The route says how its answers are framed (`Framing`: media types, its metric, and how an error becomes
@@ -320,11 +321,12 @@ async def answer(
         headers.update(relay)
     if result.headers:
         headers.update(result.headers)
+    # the call's tokens and its concurrency slot are written behind the answer (Lease.finish)
     if isinstance(result.body, bytes):
         if result.counted:
-            await lease.release()
+            lease.finish(0)
         elif lease.active:
-            await lease.settle(result.body)
+            lease.settle(result.body)
         if result.status < 400:
             pending = pending_answer(request, services, call)
             headers[RESPONSE_ID_HEADER] = pending.response_id
@@ -337,7 +339,7 @@ async def answer(
         )
     body = result.body
     if result.counted:
-        await lease.release()
+        lease.finish(0)
     elif lease.active:
         body = lease.guard_stream(body)
     if result.status < 400:

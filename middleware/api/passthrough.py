@@ -175,6 +175,6 @@ async def _forward(request: Request, services: Services, *, plain: bool, lease: 
     if upstream.headers.get("content-type", "").startswith("application/json"):
         # a whole JSON answer (embeddings, completions): read it to count its usage
         data = b"".join([chunk async for chunk in body_chunks(upstream)])
-        await lease.settle(data)
+        lease.settle(data)
         return relayed_whole(upstream, data)
     return relayed_response(upstream, wrap=lease.guard_stream)

@@ -3,13 +3,13 @@ a feedback record written off the hot path.
 
 The route opens a `PendingAnswer` before the upstream call; the answer layer hands it the body (or
 lets a stream pass through `PendingAnswer.watch`, which only keeps references to the chunks). The
-record is then written by a background task in one pipelined round trip (`FeedbackStore.write`):
-building it (prompt digest, texts) happens in that task too, so the answer never waits for it.
+record is then written behind the answer, in the round trip that carries the other writes after
+answers (`store/write_behind.py`): building it (prompt digest, texts) happens there too, so the
+answer never waits for it.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 import os
@@ -22,7 +22,7 @@ import orjson
 
 from middleware.config import Settings
 from middleware.models import message_text
-from middleware.store.feedback import FeedbackStore
+from middleware.store.feedback import FeedbackStore, Record
 
 log = logging.getLogger("middleware.feedback")
 
@@ -155,7 +155,6 @@ class FeedbackRecorder:
         self.keep_text = settings.feedback_keep_text
         self._max_chars = settings.feedback_text_max_chars
         self._queue: list[tuple[PendingAnswer, bytes | None]] = []
-        self._flusher: asyncio.Task[None] | None = None
 
     def open(
         self,
@@ -173,11 +172,23 @@ class FeedbackRecorder:
         )
 
     def spawn(self, pending: PendingAnswer, body: bytes | None) -> None:
-        """Queue the answer's record; one background task writes whatever is queued, so answers that
-        finish together share one round trip."""
+        """Queue the answer's record; it is built and written behind the answer, with whatever else
+        is waiting then, in one round trip (`store/write_behind.py`)."""
         self._queue.append((pending, body))
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.get_running_loop().create_task(self._flush())
+        self._store.write_later(self._take)
+
+    def _take(self) -> list[Record]:
+        batch, self._queue = self._queue, []
+        records = []
+        for pending, body in batch:
+            assert pending.user is not None
+            try:
+                records.append(
+                    (pending.tenant, pending.user, pending.response_id, self.record(pending, body))
+                )
+            except Exception:  # a record is never worth failing anything for
+                log.exception("feedback record not built")
+        return records
 
     def record(self, pending: PendingAnswer, body: bytes | None) -> bytes:
         record: dict[str, Any] = {
@@ -197,22 +208,6 @@ class FeedbackRecorder:
                 record["answer"] = answer_text(body)[: self._max_chars]
         return orjson.dumps(record)
 
-    async def _flush(self) -> None:
-        while self._queue:
-            batch, self._queue = self._queue, []
-            records = []
-            for pending, body in batch:
-                assert pending.user is not None
-                try:
-                    records.append(
-                        (pending.tenant, pending.user, pending.response_id, self.record(pending, body))
-                    )
-                except Exception:  # a record is never worth failing anything for
-                    log.exception("feedback record not built")
-            if records:
-                await self._store.write(records)
-
     async def drain(self) -> None:
         """Wait for the queued records to be written (shutdown, tests)."""
-        while self._flusher is not None and not self._flusher.done():
-            await asyncio.gather(self._flusher, return_exceptions=True)
+        await self._store.drain()

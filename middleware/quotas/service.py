@@ -28,6 +28,7 @@ from middleware.quotas.usage import StreamUsage, tokens_in_body, tokens_used
 from middleware.store.guard import STORE_ERRORS
 from middleware.store.policy import Posteriors
 from middleware.store.ratelimits import REASONS, RateLimitStore
+from middleware.store.write_behind import WriteBehind
 from middleware.tracing import TRACING_OFF, Tracing
 
 log = logging.getLogger("middleware.quotas")
@@ -42,7 +43,11 @@ def utc_day(now: float) -> tuple[str, int]:
 
 
 class Lease:
-    """An admitted call: counts its tokens and gives back its concurrency slot when done."""
+    """An admitted call: counts its tokens and gives back its concurrency slot when done.
+
+    A call that ends with an answer settles (`settle`, `guard_stream`): its tokens and its slot are
+    written behind the answer (`store/write_behind.py`). A call that ends otherwise (an error, a
+    refusal further on) releases its slot at once (`release`)."""
 
     __slots__ = ("_quotas", "_released", "_tenant", "_token")
 
@@ -65,14 +70,18 @@ class Lease:
         except STORE_ERRORS as exc:  # the lease expires on its own
             log.warning("could not release a concurrency slot: %s", type(exc).__name__)
 
-    async def settle(self, answer: bytes) -> None:
-        """A whole answer came back: count its tokens, release the slot."""
-        if self._quotas.counts_tokens(self._tenant):
-            await self._quotas.add_tokens(self._tenant, tokens_in_body(answer))
-        await self.release()
+    def finish(self, tokens: int) -> None:
+        """The call answered, having used `tokens`: count them and give back the slot, behind the answer."""
+        lease = None if self._released else self._token
+        self._released = True
+        self._quotas.settle_later(self._tenant, tokens, lease)
+
+    def settle(self, answer: bytes) -> None:
+        """A whole answer came back: count its tokens, give back the slot (both behind the answer)."""
+        self.finish(tokens_in_body(answer) if self._quotas.counts_tokens(self._tenant) else 0)
 
     async def guard_stream(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-        """Pass a stream through, counting the tokens its events report; release at its end."""
+        """Pass a stream through, counting the tokens its events report; settle at its end."""
         usage = StreamUsage() if self._quotas.counts_tokens(self._tenant) else None
         try:
             async for chunk in chunks:
@@ -80,17 +89,20 @@ class Lease:
                     usage.feed(chunk)
                 yield chunk
         finally:
-            if usage is not None:
-                await self._quotas.add_tokens(self._tenant, usage.total())
-            await self.release()
+            self.finish(usage.total() if usage is not None else 0)
 
 
 class Quotas:
     def __init__(
-        self, settings: Settings, redis: Redis, metrics: Metrics, tracing: Tracing = TRACING_OFF
+        self,
+        settings: Settings,
+        redis: Redis,
+        metrics: Metrics,
+        tracing: Tracing = TRACING_OFF,
+        write_behind: WriteBehind | None = None,
     ) -> None:
         self.limits = LimitsTable(settings.limits)
-        self.store = RateLimitStore(redis)
+        self.store = RateLimitStore(redis, write_behind)
         self._metrics = metrics
         self._tracing = tracing
         self._lease_ms = int(settings.upstream_total_timeout_s * 1000) + 60_000
@@ -258,6 +270,13 @@ class Quotas:
     # --- tokens -----------------------------------------------------------------------------------
     def counts_tokens(self, tenant: str) -> bool:
         return self.limits(tenant).tokens_per_day is not None
+
+    def settle_later(self, tenant: str, tokens: int, lease: str | None) -> None:
+        """A finished call's tokens (counted where the tenant has a daily limit) and its lease, written
+        behind its answer."""
+        tokens = tokens if self.counts_tokens(tenant) else 0
+        if tokens > 0 or lease is not None:
+            self.store.settle_later(tenant, utc_day(time.time())[0], tokens, lease)
 
     async def add_tokens(self, tenant: str, tokens: int) -> None:
         if tokens <= 0 or not self.counts_tokens(tenant):

@@ -10,6 +10,7 @@ from every signal stored (two signals at once never lose one). A global owner ke
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
@@ -17,6 +18,7 @@ from redis.asyncio import Redis
 from middleware.store import keys
 from middleware.store.connection import one_slot_pipeline
 from middleware.store.guard import STORE_ERRORS, fail_closed
+from middleware.store.write_behind import Command, WriteBehind
 
 log = logging.getLogger("middleware.store")
 
@@ -70,13 +72,49 @@ def _number(value: bytes | str | None) -> float | None:
     return float(value)
 
 
+# KEYS: the answer's hash. ARGV: the record, the ttl in s. A record written behind its answer.
+_PUT_RECORD = """
+redis.call('HSET', KEYS[1], 'record', ARGV[1])
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
+return 0
+"""
+
+# An answer's record as the recorder hands it over: tenant, user, answer id, the record's JSON.
+Record = tuple[str, str, str, bytes]
+
+
 class FeedbackStore:
-    def __init__(self, redis: Redis, ttl_s: int) -> None:
+    def __init__(self, redis: Redis, ttl_s: int, write_behind: WriteBehind | None = None) -> None:
         self._redis = redis
         self._ttl_s = ttl_s
         self._add_signal = redis.register_script(_ADD_SIGNAL)
+        # the writes after an answer; shared with the other parts that have some (`Services`)
+        self._write_behind = write_behind or WriteBehind(redis)
+        self._put_record_sha = self._write_behind.script(_PUT_RECORD)
+        self._takers: dict[Callable[[], list[Record]], None] = {}
 
-    async def write(self, records: list[tuple[str, str, str, bytes]]) -> None:
+    def write_later(self, take: Callable[[], list[Record]]) -> None:
+        """Write the records `take` hands over at the next flush, behind their answers (two commands
+        each: the record with its expiry, and its owner)."""
+        self._takers[take] = None
+        self._write_behind.soon(self._record_commands)
+
+    def _record_commands(self) -> list[Command]:
+        takers, self._takers = self._takers, {}
+        commands: list[Command] = []
+        ttl_s = self._ttl_s
+        for take in takers:
+            for tenant, user, response_id, record in take():
+                key = keys.feedback(tenant, user, response_id)
+                commands.append(("EVALSHA", self._put_record_sha, 1, key, record, ttl_s))
+                commands.append(("SET", keys.feedback_owner(response_id), f"{tenant}\n{user}", "EX", ttl_s))
+        return commands
+
+    async def drain(self) -> None:
+        """Wait until the records asked for are written."""
+        await self._write_behind.drain()
+
+    async def write(self, records: list[Record]) -> None:
         """Answers' records (tenant, user, answer id, record) and their owners: one pipelined round
         trip for all of them. Best effort (logged): a fault loses only the feedback on these
         answers, never an answer."""

@@ -22,6 +22,7 @@ from middleware.store.connection import one_slot_pipeline
 from middleware.store.guard import resolved
 from middleware.store.policy import Posteriors, parse, queue_policy_reads
 from middleware.store.segments import RESOLVE, PersonaReads, ScriptPipelines, queue_reads, reads_of
+from middleware.store.write_behind import Command, WriteBehind
 
 WINDOW_MS = 60_000
 # Reasons, in the order the script returns them.
@@ -100,9 +101,29 @@ return 0
 """
 
 
+# KEYS: the in-flight set, the tokens of the day. ARGV: tokens to add, the day key's ttl in s, then
+# the leases to give back. What the calls that ended since the last flush leave behind (`WriteBehind`).
+SETTLE = """
+local tokens = tonumber(ARGV[1])
+if tokens > 0 then
+  redis.call('INCRBY', KEYS[2], tokens)
+  redis.call('EXPIRE', KEYS[2], tonumber(ARGV[2]))
+end
+if #ARGV > 2 then redis.call('ZREM', KEYS[1], unpack(ARGV, 3)) end
+return 0
+"""
+SETTLE_LEASES_MAX = 1000  # leases per SETTLE call (Lua's unpack has a stack limit)
+TOKENS_TTL_S = 2 * 86400
+
+
 class RateLimitStore:
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, write_behind: WriteBehind | None = None) -> None:
         self._redis = redis
+        # the writes after an answer; shared with the other parts that have some (`Services`)
+        self._write_behind = write_behind = write_behind or WriteBehind(redis)
+        self._settle_sha = write_behind.script(SETTLE)
+        # (tenant, day) -> tokens to add and leases to give back, until the next flush
+        self._settling: dict[tuple[str, str], tuple[int, list[str]]] = {}
         self._admit: AsyncScript = redis.register_script(ADMIT)
         self._reserve: AsyncScript = redis.register_script(RESERVE_PENDING)
         self._record: AsyncScript = redis.register_script(RECORD)
@@ -179,11 +200,31 @@ class RateLimitStore:
     async def release(self, tenant: str, lease: str) -> None:
         await resolved(self._redis.zrem(keys.in_flight(tenant), lease))
 
+    def settle_later(self, tenant: str, day: str, tokens: int, lease: str | None) -> None:
+        """Count a finished call's tokens and give back its lease, written behind its answer: the
+        calls that end before the next flush share one SETTLE per tenant."""
+        added, leases = self._settling.get((tenant, day), (0, []))
+        if lease is not None:
+            leases.append(lease)
+        self._settling[(tenant, day)] = (added + max(0, tokens), leases)
+        self._write_behind.soon(self._settle_commands)
+
+    def _settle_commands(self) -> list[Command]:
+        settling, self._settling = self._settling, {}
+        commands: list[Command] = []
+        for (tenant, day), (tokens, leases) in settling.items():
+            keys_ = (keys.in_flight(tenant), keys.tokens_day(tenant, day))
+            for start in range(0, max(1, len(leases)), SETTLE_LEASES_MAX):
+                chunk = leases[start : start + SETTLE_LEASES_MAX]
+                commands.append(("EVALSHA", self._settle_sha, 2, *keys_, tokens, TOKENS_TTL_S, *chunk))
+                tokens = 0  # counted once, with the first chunk
+        return commands
+
     async def add_tokens(self, tenant: str, day: str, tokens: int) -> None:
         key = keys.tokens_day(tenant, day)
         pipe = self._redis.pipeline(transaction=False)
         pipe.incrby(key, tokens)
-        pipe.expire(key, 2 * 86400)
+        pipe.expire(key, TOKENS_TTL_S)
         await pipe.execute()
 
     async def tokens_used(self, tenant: str, day: str) -> int:

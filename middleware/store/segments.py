@@ -12,6 +12,7 @@ single Redis or a Sentinel group, one per slot (done concurrently) on a Cluster.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
@@ -91,6 +92,13 @@ class ScriptPipelines:
         self._redis = redis
         self._scripts = scripts
         self._loaded = False
+
+    def add(self, script: str) -> str:
+        """One more script these pipelines may call; returns its SHA1 for EVALSHA."""
+        if script not in self._scripts:
+            self._scripts = (*self._scripts, script)
+            self._loaded = False
+        return hashlib.sha1(script.encode()).hexdigest()
 
     async def run(self, build: Callable[[Pipeline], None]) -> list[Any]:
         for attempt in (1, 2):
