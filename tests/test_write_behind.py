@@ -1,0 +1,69 @@
+"""Writes behind answers (store/write_behind.py): folded, written once, never failing an answer."""
+
+from __future__ import annotations
+
+import time
+
+import orjson
+from redis.asyncio import Redis
+
+from middleware.store import keys
+from middleware.store.feedback import FeedbackStore
+from middleware.store.ratelimits import RateLimitStore
+from middleware.store.write_behind import WriteBehind
+from tests.support.redis_server import RedisServer
+
+
+async def test_calls_that_end_together_share_one_settle_per_tenant(redis_url: str) -> None:
+    client = Redis.from_url(redis_url)
+    store = RateLimitStore(client, WriteBehind(client))
+    tenants = [f"wb-a-{time.monotonic_ns()}", f"wb-b-{time.monotonic_ns()}"]
+    day = "20261126"
+    for tenant in tenants:
+        await client.zadd(keys.in_flight(tenant), {f"lease-{i}": 2_000_000_000_000 for i in range(10)})
+    for i in range(10):
+        for tenant in tenants:
+            store.settle_later(tenant, day, 7 + i, f"lease-{i}")
+    # everything asked for in this turn goes in one flush: one SETTLE per tenant and day
+    assert [len(command) for command in store._settle_commands()] == [7 + 10] * 2
+    for i in range(10):
+        for tenant in tenants:
+            store.settle_later(tenant, day, 7 + i, f"lease-{i}")
+    await store._write_behind.drain()
+    for tenant in tenants:
+        assert int(await client.get(keys.tokens_day(tenant, day))) == sum(7 + i for i in range(10))
+        assert 0 < await client.ttl(keys.tokens_day(tenant, day)) <= 2 * 86400
+        assert await client.zcard(keys.in_flight(tenant)) == 0
+    await client.aclose()
+
+
+async def test_a_redis_that_lost_its_scripts_counts_tokens_once(redis_url: str) -> None:
+    client = Redis.from_url(redis_url)
+    behind = WriteBehind(client)
+    store = RateLimitStore(client, behind)
+    feedback = FeedbackStore(client, ttl_s=600, write_behind=behind)
+    tenant, day = f"wb-flush-{time.monotonic_ns()}", "20261126"
+    store.settle_later(tenant, day, 5, None)
+    await behind.drain()
+    await client.script_flush()  # as after a restart: the next flush meets NOSCRIPT and is sent again
+    store.settle_later(tenant, day, 5, None)
+    record = orjson.dumps({"arm": "inject"})
+    feedback.write_later(lambda: [(tenant, "u", "pmr_flushed", record)])
+    await behind.drain()
+    assert int(await client.get(keys.tokens_day(tenant, day))) == 10
+    assert await client.hget(keys.feedback(tenant, "u", "pmr_flushed"), "record") == record
+    assert await client.get(keys.feedback_owner("pmr_flushed")) == f"{tenant}\nu".encode()
+    await client.aclose()
+
+
+async def test_a_flush_to_a_dead_redis_is_counted_not_raised(fresh_redis: RedisServer) -> None:
+    client = Redis.from_url(fresh_redis.url, socket_timeout=0.5, socket_connect_timeout=0.5)
+    lost: list[int] = []
+    behind = WriteBehind(client, on_failure=lost.append)
+    store = RateLimitStore(client, behind)
+    fresh_redis.stop()
+    store.settle_later("t", "20261126", 3, "lease")
+    store.settle_later("t2", "20261126", 4, None)
+    await behind.drain()  # returns: the fault stays in the write-behind
+    assert lost == [2]
+    await client.aclose()
