@@ -34,6 +34,7 @@ from middleware.store.feedback import FeedbackStore
 from middleware.store.personas import PersonaStore
 from middleware.store.policy import PolicyStore
 from middleware.store.preferences import PreferenceStore
+from middleware.store.response_owners import ResponseOwners
 from middleware.store.segments import PersonaReader, SegmentStore
 from middleware.store.users import UserIndex
 from middleware.store.write_behind import WriteBehind
@@ -71,6 +72,8 @@ class Services:
     # answer's reward changes (tenant, user, arm, reward).
     answers: FeedbackRecorder
     feedback: FeedbackService
+    # Which tenant created each Responses API response id (recorded behind the answer).
+    response_owners: ResponseOwners
     on_reward: RewardHook
     tracing: Tracing = TRACING_OFF
 
@@ -145,6 +148,7 @@ def build_services(settings: Settings, tracing: Tracing = TRACING_OFF) -> Servic
         induction=Induction(settings, upstreams, personas, preferences, quotas, contexts),
         adapters=AdapterTrainer(settings, personas, preferences),
         answers=FeedbackRecorder(feedback_store, settings),
+        response_owners=ResponseOwners(redis, settings.response_owner_ttl_s, write_behind),
         feedback=FeedbackService(settings, feedback_store, preferences, on_reward),
         on_reward=on_reward,
         tracing=tracing,

@@ -67,3 +67,17 @@ async def test_a_flush_to_a_dead_redis_is_counted_not_raised(fresh_redis: RedisS
     await behind.drain()  # returns: the fault stays in the write-behind
     assert lost == [2]
     await client.aclose()
+
+
+async def test_a_response_owner_recorded_behind_is_found_at_once(redis_url: str) -> None:
+    from middleware.store.response_owners import ResponseOwner, ResponseOwners
+
+    client = Redis.from_url(redis_url)
+    owners = ResponseOwners(client, ttl_s=60, write_behind=WriteBehind(client))
+    response_id = f"resp_behind_{time.monotonic_ns()}"
+    owners.record_later(response_id, ResponseOwner("tenant-a", True, 12))
+    # asked before the flush ran: the read waits for this process's own writes on their way
+    assert await owners.owner(response_id) == ResponseOwner("tenant-a", True, 12)
+    assert 0 < await client.ttl(keys.response_owner(response_id)) <= 60
+    assert await owners.owner("resp_never_made") is None
+    await client.aclose()

@@ -36,7 +36,7 @@ from middleware.personalize.placement import (
     with_instructions,
 )
 from middleware.services import Services
-from middleware.store.response_owners import ResponseOwner, ResponseOwners
+from middleware.store.response_owners import ResponseOwner
 from middleware.upstream import PassthroughUpstream, body_chunks, relayed_headers
 
 router = APIRouter(tags=["responses"])
@@ -61,10 +61,6 @@ def validate_responses_body(body: Any) -> dict[str, Any]:
     return body
 
 
-def owners(services: Services) -> ResponseOwners:
-    return ResponseOwners(services.redis, services.settings.response_owner_ttl_s)
-
-
 def responses_upstream(request: Request, services: Services) -> PassthroughUpstream:
     found: PassthroughUpstream | None = getattr(request.app.state, _UPSTREAM, None)
     if found is None:
@@ -79,20 +75,17 @@ async def owned(
     services: Services, tenant: str, response_id: str, *, param: str | None = None
 ) -> ResponseOwner:
     """The record of a response this tenant created; 404 (as the upstream words it) otherwise."""
-    owner = await owners(services).owner(response_id)
+    owner = await services.response_owners.owner(response_id)
     if owner is None or owner.tenant != tenant:
         raise NotFound(f"Response with id '{response_id}' not found.", param=param)
     return owner
 
 
-async def remember(services: Services, response_id: str | None, owner: ResponseOwner) -> None:
-    """Record the owner; a Redis fault loses only later retrieval, never the answer in hand."""
-    if response_id is None:
-        return
-    try:
-        await owners(services).record(response_id, owner)
-    except PersonaError as exc:
-        log.warning("could not record the owner of a response: %s", exc)
+def remember(services: Services, response_id: str | None, owner: ResponseOwner) -> None:
+    """Record the owner, behind the answer; a Redis fault loses only later retrieval, never the
+    answer in hand."""
+    if response_id is not None:
+        services.response_owners.record_later(response_id, owner)
 
 
 @router.post(ROUTE)
@@ -155,7 +148,7 @@ async def _finished(services: Services, data: bytes, owner: ResponseOwner, store
     else:
         response_id = response_id_of(data)
     if store:
-        await remember(services, response_id, owner)
+        remember(services, response_id, owner)
     return data
 
 
@@ -188,7 +181,7 @@ async def _restored_events(
             if not recorded and restorer.response_id is not None:
                 recorded = True
                 if store:
-                    await remember(services, restorer.response_id, owner)
+                    remember(services, restorer.response_id, owner)
             if out:
                 yield out
         tail = restorer.flush()
@@ -226,7 +219,7 @@ async def delete_response(response_id: str, request: Request) -> Response:
     await owned(services, tenant, response_id)
     relayed = await forward(request, services)
     if 200 <= relayed.status_code < 300:
-        await owners(services).forget(response_id)
+        await services.response_owners.forget(response_id)
     return relayed
 
 

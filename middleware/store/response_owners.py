@@ -14,6 +14,7 @@ from redis.asyncio import Redis
 
 from middleware.store import keys
 from middleware.store.guard import fail_closed
+from middleware.store.write_behind import Command, WriteBehind
 
 
 class ResponseOwner(NamedTuple):
@@ -25,16 +26,31 @@ class ResponseOwner(NamedTuple):
 
 
 class ResponseOwners:
-    def __init__(self, redis: Redis, ttl_s: int) -> None:
+    def __init__(self, redis: Redis, ttl_s: int, write_behind: WriteBehind | None = None) -> None:
         self._redis = redis
         self._ttl_s = ttl_s
+        self._write_behind = write_behind or WriteBehind(redis)
+        self._waiting: list[Command] = []
 
     async def record(self, response_id: str, owner: ResponseOwner) -> None:
-        value = orjson.dumps({"t": owner.tenant, "p": owner.personalized, "n": owner.app_chars})
-        await fail_closed(self._redis.set(keys.response_owner(response_id), value, ex=self._ttl_s))
+        await fail_closed(self._redis.set(keys.response_owner(response_id), _value(owner), ex=self._ttl_s))
+
+    def record_later(self, response_id: str, owner: ResponseOwner) -> None:
+        """Record the owner behind the answer (`store/write_behind.py`): it reaches Redis as the answer
+        leaves, before the app can ask for the response again; `owner` waits for it in this process."""
+        self._waiting.append(("SET", keys.response_owner(response_id), _value(owner), "EX", self._ttl_s))
+        self._write_behind.soon(self._take)
+
+    def _take(self) -> list[Command]:
+        waiting, self._waiting = self._waiting, []
+        return waiting
 
     async def owner(self, response_id: str) -> ResponseOwner | None:
         raw = await fail_closed(self._redis.get(keys.response_owner(response_id)))
+        if raw is None and self._write_behind.busy:
+            # a record of this process may still be on its way: read again once it is written
+            await self._write_behind.drain()
+            raw = await fail_closed(self._redis.get(keys.response_owner(response_id)))
         if raw is None:
             return None
         found = orjson.loads(raw)
@@ -42,3 +58,7 @@ class ResponseOwners:
 
     async def forget(self, response_id: str) -> None:
         await fail_closed(self._redis.delete(keys.response_owner(response_id)))
+
+
+def _value(owner: ResponseOwner) -> bytes:
+    return orjson.dumps({"t": owner.tenant, "p": owner.personalized, "n": owner.app_chars})

@@ -67,6 +67,11 @@ class WriteBehind:
                 if self._on_failure is not None:
                     self._on_failure(len(commands))
 
+    @property
+    def busy(self) -> bool:
+        """Whether writes asked for are not all written yet."""
+        return self._task is not None and not self._task.done()
+
     async def drain(self) -> None:
         """Wait until everything asked for is written (shutdown, tests)."""
         while self._task is not None and not self._task.done():
