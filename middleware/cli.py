@@ -302,6 +302,10 @@ def eval_(
     ] = False,
     segments_k: Annotated[int, typer.Option(min=2, max=64, help="--cold-start: learned segments")] = 4,
     folds: Annotated[int, typer.Option(min=2, help="--cold-start: cross-fitting folds of users")] = 5,
+    own_users: Annotated[
+        int | None,
+        typer.Option(min=2, help="--cold-start: train the costly own adapters for N of the users only"),
+    ] = None,
 ) -> None:
     """Offline evaluation: time-ordered hold-out, both orders, bootstrap CI."""
     from middleware.evaluation.cli_eval import run_cold_start, run_eval
@@ -315,6 +319,7 @@ def eval_(
             format=format,
             seed=seed,
             folds=folds,
+            own_users=own_users,
             segments_k=segments_k,
             quantize=quantize,
         )

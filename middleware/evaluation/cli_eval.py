@@ -147,6 +147,7 @@ def run_cold_start(
     seed: int = 0,
     *,
     own_pairs: tuple[int | None, ...] | None = None,
+    own_users: int | None = None,
     folds: int | None = None,
     segments_k: int | None = None,
     member_cap: int | None = None,
@@ -179,6 +180,7 @@ def run_cold_start(
         model_factory=factory,
         own_pairs=own_pairs or cold_start.DEFAULT_OWN_PAIRS,
         users=users,
+        own_users=own_users,
         folds=folds or cold_start.DEFAULT_FOLDS,
         segments_k=segments_k or cold_start.DEFAULT_SEGMENTS_K,
         member_cap=member_cap or cold_start.DEFAULT_MEMBER_CAP,
@@ -195,6 +197,6 @@ def run_cold_start(
         cold_start.plot_curve(report, plot)
     print(cold_start.format_table(report))
     print(
-        f"({report.n_test_pairs} held-out pairs, {report.folds} folds, k={report.segments_k} segments, {report.elapsed_s:.0f} s)"
+        f"({report.n_users} users, own adapters for {report.n_own_users}; {report.n_test_pairs} held-out pairs, {report.folds} folds, k={report.segments_k} segments, {report.elapsed_s:.0f} s)"
     )
     return report.model_dump(mode="json")

@@ -1,27 +1,41 @@
 """The cold-start curve of the `lora` scorer family (`persona eval --cold-start`, docs/METHOD.md §4).
 
 Mean per-user accuracy on each user's held-out pairs (the latest ~30%, as in `offline.py`) against the
-number of the user's own train pairs the model may use: their earliest 0, 2, 5, 10 and all train
-pairs, for five ways of scoring:
+number k of the user's own train pairs the model may use: their earliest 0, 2, 5, 10 and all train
+pairs, for six ways of scoring:
 
 * `global`: the global head;
-* `segment`: the adapter of the user's segment, trained on the pooled train pairs of the segment's
-  *other* members (at most `member_cap` per member, so no member dominates, and at most `max_pool` in
-  all, a seeded sample: the adapter's full-batch training stays bounded). Membership is the one an
-  operator or the app gives: the nearest learned segment to the user's taste vector over their train
-  split (`induction/learn_segments.py`); it does not change with the x axis;
-* `segment-inferred`: the segment a newcomer is put in from their own first k pairs alone (nearest
-  centroid of the taste vector of those pairs); with 0 pairs there is none, and the global head scores;
+* `segment`: the adapter of the learned segment a newcomer is put in from their first k pairs alone
+  (nearest centroid of the taste vector of those pairs, `induction/learn_segments.py`). With 0 pairs
+  nothing is known of the user's taste, so there is no learned segment and the global head scores;
+* `segment-fit`: the same choice made by the model itself: of the global head and the segment
+  adapters, the one under which the user's first k pairs are likeliest (ties and 0 pairs: global);
+* `segment-assigned`: the adapter of the segment the user belongs to by all their train pairs (nearest
+  centroid of their whole train split). It stands for an assignment an operator or the app makes
+  without the user's judgements; with learned segments nobody can make it for a newcomer, since it uses
+  more of the user's own pairs than the x axis allows (never their held-out ones): an upper bound of
+  what a perfect learned assignment could give, not a newcomer's path;
 * `own`: an adapter trained on the user's first k pairs (strength by cross-validation; with fewer than
   4 pairs there is nothing to cross-validate and the adapter is off, i.e. the global head);
-* `own+segment`: the same with the segment adapter as the prior (`rerank/lora/training.py`): training
-  starts from the segment's adapter and is anchored to its scores, "off" is the segment adapter itself.
+* `own+segment`: the same with the adapter of `segment` (the newcomer's segment at k) as the prior
+  (`rerank/lora/training.py`): training starts from it and is anchored to its scores, "off" is the
+  segment adapter itself; with 0 pairs it is the global head.
+
+The own adapters are what costs (about 60 cross-validated adapter fits per user): with `own_users`
+they are trained for a seeded sample of that many evaluated users only, and the `own` and
+`own+segment` points (and their gains, paired with `global` on the same users) are over that sample;
+the other conditions are over all evaluated users.
+
+Segment adapters are trained on the pooled train pairs of the segment's members (at most `member_cap`
+per member, so no member dominates, and at most `max_pool` in all, a seeded sample: the adapter's
+full-batch training stays bounded).
 
 Nothing learnt about a user comes from their held-out pairs, and nothing that scores a user comes from
-their other pairs except what the x axis allows: the evaluated users are split into `folds`; for each
-fold the global head, the segments (k-means over the taste vectors) and the segment adapters are
-trained on everyone else's train pairs (cross-fitting), and the fold's users are then assigned and
-scored. The global head is therefore also trained without the user, the fair baseline for a newcomer.
+their other pairs except what the x axis allows (`segment-assigned` excepted, as said): the evaluated
+users are split into `folds`; for each fold the global head, the segments (k-means over the taste
+vectors) and the segment adapters are trained on everyone else's train pairs (cross-fitting), and the
+fold's users are then assigned and scored. The global head is therefore also trained without the
+user, the fair baseline for a newcomer.
 
 Each pair is scored once per candidate (the scores do not depend on the order the candidates are
 listed in); a pair counts when the chosen answer scores strictly higher, the both-orders rule of
@@ -46,7 +60,9 @@ from middleware.evaluation.offline import DEFAULT_MIN_PAIRS, bootstrap_ci, split
 from middleware.induction.learn_segments import kmeans, taste_vector
 from middleware.models import PreferencePair
 
-CONDITIONS = ("global", "segment", "segment-inferred", "own", "own+segment")
+CONDITIONS = ("global", "segment", "segment-fit", "segment-assigned", "own", "own+segment")
+OWN_CONDITIONS = ("own", "own+segment")  # the costly ones, see `own_users`
+GLOBAL = -1  # the segment index of "no segment: the global head"
 DEFAULT_OWN_PAIRS: tuple[int | None, ...] = (0, 2, 5, 10, None)  # None: all the user's train pairs
 DEFAULT_SEGMENTS_K = 4
 DEFAULT_FOLDS = 5
@@ -73,10 +89,16 @@ class CurvePoint(BaseModel):
 class UserCurve(BaseModel):
     user: str
     fold: int
-    segment: int = Field(description="the assigned segment (index within the user's fold)")
+    segment: int = Field(description="the segment by all train pairs (index within the user's fold)")
+    picked: dict[str, dict[str, int]] = Field(
+        default_factory=dict,
+        description="segment / segment-fit -> own_pairs -> the segment used (-1: none, the global head)",
+    )
     n_train: int
     n_test: int
-    accuracy: dict[str, dict[str, float]] = Field(description="condition -> own_pairs -> accuracy")
+    accuracy: dict[str, dict[str, float]] = Field(
+        description="condition -> own_pairs -> accuracy (no own conditions for users without own adapters)"
+    )
 
 
 class ColdStartReport(BaseModel):
@@ -89,6 +111,7 @@ class ColdStartReport(BaseModel):
     member_cap: int
     max_pool: int
     n_users: int = Field(description="evaluated users (each has at least max(own_pairs) train pairs)")
+    n_own_users: int = Field(description="of them, the users the own adapters were trained for")
     n_users_eligible: int
     n_test_pairs: int
     n_pool_users: int = Field(description="users whose train pairs train heads and segments")
@@ -152,6 +175,7 @@ def cold_start_curve(
     model_factory: Any,
     own_pairs: Sequence[int | None] = DEFAULT_OWN_PAIRS,
     users: int | None = None,
+    own_users: int | None = None,
     folds: int = DEFAULT_FOLDS,
     segments_k: int = DEFAULT_SEGMENTS_K,
     member_cap: int = DEFAULT_MEMBER_CAP,
@@ -176,6 +200,9 @@ def cold_start_curve(
     if len(chosen) < 2:
         raise NotEnoughData(f"the cold-start curve needs at least 2 users with {need}+ train pairs")
     folds = max(2, min(folds, len(chosen)))
+    with_own = set(chosen)
+    if own_users is not None and own_users < len(chosen):
+        with_own = set(random.Random(seed + 1).sample(chosen, own_users))
     pool = sorted(train)  # every user's train pairs (the held-out parts of the evaluated users never)
 
     # features once: every train pair of every user, and the evaluated users' held-out pairs
@@ -232,7 +259,9 @@ def cold_start_curve(
                 picked = _capped(picked, max_pool, rng)
                 model.train_user_features(("segment", j), sc[picked], sr[picked])
             for u in members:
-                results.append(_user_curve(model, u, f, train[u], rows, tastes[u], centres, ks, labels))
+                results.append(
+                    _user_curve(model, u, f, train[u], rows, tastes[u], centres, ks, labels, u in with_own)
+                )
                 if bar is not None:
                     bar.update(1)
     finally:
@@ -242,17 +271,17 @@ def cold_start_curve(
     points: list[CurvePoint] = []
     versus_own: list[CurvePoint] = []
     for label in labels:
-        base = [r.accuracy["global"][label] for r in results]
         for condition in CONDITIONS:
-            points.append(
-                _point(condition, label, [r.accuracy[condition][label] for r in results], base, seed)
-            )
+            scored = [r for r in results if condition in r.accuracy]
+            accs = [r.accuracy[condition][label] for r in scored]
+            points.append(_point(condition, label, accs, [r.accuracy["global"][label] for r in scored], seed))
+        owned = [r for r in results if "own" in r.accuracy]
         versus_own.append(
             _point(
                 "own+segment",
                 label,
-                [r.accuracy["own+segment"][label] for r in results],
-                [r.accuracy["own"][label] for r in results],
+                [r.accuracy["own+segment"][label] for r in owned],
+                [r.accuracy["own"][label] for r in owned],
                 seed,
             )
         )
@@ -266,6 +295,7 @@ def cold_start_curve(
         member_cap=member_cap,
         max_pool=max_pool,
         n_users=len(chosen),
+        n_own_users=len(with_own),
         n_users_eligible=len(eligible),
         n_test_pairs=sum(len(test[u]) for u in chosen),
         n_pool_users=len(pool),
@@ -281,6 +311,22 @@ def cold_start_curve(
     )
 
 
+def _loglik(model: Any, xc: np.ndarray, xr: np.ndarray, key: Any) -> float:
+    margin = np.asarray(model.score_features(xc, user=key)) - np.asarray(model.score_features(xr, user=key))
+    return float(-np.logaddexp(0.0, -margin).sum())
+
+
+def _best_fit(model: Any, xc: np.ndarray, xr: np.ndarray, k: int) -> int:
+    """Of the global head (GLOBAL) and the k segment adapters, the one under which the pairs are
+    likeliest; the global head wins ties."""
+    best, best_ll = GLOBAL, _loglik(model, xc, xr, None)
+    for j in range(k):
+        ll = _loglik(model, xc, xr, ("segment", j))
+        if ll > best_ll:
+            best, best_ll = j, ll
+    return best
+
+
 def _user_curve(
     model: Any,
     user: str,
@@ -291,31 +337,50 @@ def _user_curve(
     centres: np.ndarray,
     ks: Sequence[int | None],
     labels: Sequence[str],
+    with_own: bool,
 ) -> UserCurve:
     tc, tr = rows[f"test:{user}"]
     xc, xr = rows[f"train:{user}"]
-    segment = int(np.argmax(centres @ taste))
-    glob = _accuracy(model, tc, tr, None)
-    seg = _accuracy(model, tc, tr, ("segment", segment))
-    acc: dict[str, dict[str, float]] = {c: {} for c in CONDITIONS}
+    assigned = int(np.argmax(centres @ taste))
+    scored: dict[int, float] = {}
+
+    def accuracy_of(segment: int) -> float:  # each segment adapter scores the held-out pairs once
+        if segment not in scored:
+            scored[segment] = _accuracy(model, tc, tr, None if segment == GLOBAL else ("segment", segment))
+        return scored[segment]
+
+    conditions = CONDITIONS if with_own else [c for c in CONDITIONS if c not in OWN_CONDITIONS]
+    acc: dict[str, dict[str, float]] = {c: {} for c in conditions}
+    picked: dict[str, dict[str, int]] = {"segment": {}, "segment-fit": {}}
     for k, label in zip(ks, labels, strict=True):
         n = len(train) if k is None else min(k, len(train))
-        acc["global"][label] = glob
-        acc["segment"][label] = seg
-        if n == 0:
-            acc["segment-inferred"][label] = glob
-            acc["own"][label] = glob
-            acc["own+segment"][label] = seg
+        inferred = int(np.argmax(centres @ taste_vector(train[:n]))) if n else GLOBAL
+        fitted = _best_fit(model, xc[:n], xr[:n], len(centres)) if n else GLOBAL
+        picked["segment"][label], picked["segment-fit"][label] = inferred, fitted
+        acc["global"][label] = accuracy_of(GLOBAL)
+        acc["segment"][label] = accuracy_of(inferred)
+        acc["segment-fit"][label] = accuracy_of(fitted)
+        acc["segment-assigned"][label] = accuracy_of(assigned)
+        if not with_own:
             continue
-        inferred = int(np.argmax(centres @ taste_vector(train[:n])))
-        acc["segment-inferred"][label] = _accuracy(model, tc, tr, ("segment", inferred))
+        if n == 0:
+            acc["own"][label] = acc["own+segment"][label] = accuracy_of(GLOBAL)
+            continue
         own_key, prior_key = ("own", user, n), ("own+segment", user, n)
         model.train_user_features(own_key, xc[:n], xr[:n])
         acc["own"][label] = _accuracy(model, tc, tr, own_key)
-        model.train_user_features(prior_key, xc[:n], xr[:n], prior=("segment", segment))
+        model.train_user_features(prior_key, xc[:n], xr[:n], prior=("segment", inferred))
         acc["own+segment"][label] = _accuracy(model, tc, tr, prior_key)
         model.forget({own_key, prior_key}.__contains__)
-    return UserCurve(user=user, fold=fold, segment=segment, n_train=len(train), n_test=len(tc), accuracy=acc)
+    return UserCurve(
+        user=user,
+        fold=fold,
+        segment=assigned,
+        picked=picked,
+        n_train=len(train),
+        n_test=len(tc),
+        accuracy=acc,
+    )
 
 
 def format_table(report: ColdStartReport) -> str:
@@ -343,6 +408,27 @@ def format_table(report: ColdStartReport) -> str:
     return "\n".join(lines)
 
 
+def format_markdown(report: ColdStartReport) -> str:
+    """The curve as a Markdown table (README, docs/METHOD.md): per condition and own_pairs, the mean
+    accuracy [95% CI], then the paired gain over global [95% CI]."""
+    lines = [
+        "| own pairs | " + " | ".join(report.own_pairs) + " |",
+        "|---|" + "---|" * len(report.own_pairs),
+    ]
+    for condition in CONDITIONS:
+        cells = []
+        for label in report.own_pairs:
+            p = report.point(condition, label)
+            cell = f"{p.mean_accuracy:.3f} [{p.ci[0]:.3f}, {p.ci[1]:.3f}]"
+            if condition != "global":
+                cell += f"<br>{p.gain:+.3f} [{p.gain_ci[0]:+.3f}, {p.gain_ci[1]:+.3f}]"
+            cells.append(cell)
+        lines.append(f"| {condition} | " + " | ".join(cells) + " |")
+    cells = [f"{p.gain:+.3f} [{p.gain_ci[0]:+.3f}, {p.gain_ci[1]:+.3f}]" for p in report.own_segment_vs_own]
+    lines.append("| own+segment − own | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def plot_curve(report: ColdStartReport, path: str | Path) -> Path:
     """PNG: accuracy vs own pairs per condition (95% CI bars), and the gains over global."""
     import matplotlib
@@ -354,7 +440,7 @@ def plot_curve(report: ColdStartReport, path: str | Path) -> Path:
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(7.5, 7.0), sharex=True)
     for i, condition in enumerate(CONDITIONS):
         pts = [report.point(condition, label) for label in report.own_pairs]
-        shift = (i - 2) * 0.05
+        shift = (i - (len(CONDITIONS) - 1) / 2) * 0.05
         means = np.array([p.mean_accuracy for p in pts])
         err = np.array([[p.mean_accuracy - p.ci[0] for p in pts], [p.ci[1] - p.mean_accuracy for p in pts]])
         top.errorbar(xs + shift, means, yerr=err, marker="o", ms=4, capsize=3, label=condition)
