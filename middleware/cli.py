@@ -306,6 +306,9 @@ def eval_(
         int | None,
         typer.Option(min=2, help="--cold-start: train the costly own adapters for N of the users only"),
     ] = None,
+    segment_pool: Annotated[
+        int | None, typer.Option(min=10, help="--cold-start: pairs a segment adapter is trained on at most")
+    ] = None,
 ) -> None:
     """Offline evaluation: time-ordered hold-out, both orders, bootstrap CI."""
     from middleware.evaluation.cli_eval import run_cold_start, run_eval
@@ -320,6 +323,7 @@ def eval_(
             seed=seed,
             folds=folds,
             own_users=own_users,
+            max_pool=segment_pool,
             segments_k=segments_k,
             quantize=quantize,
         )
