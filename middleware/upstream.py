@@ -27,6 +27,7 @@ from tenacity import (
     stop_after_attempt,
     wait_exponential_jitter,
 )
+from yarl import URL
 
 from middleware.config import Settings
 from middleware.errors import UpstreamError, UpstreamNotConfigured, UpstreamTimeout
@@ -186,7 +187,7 @@ class PassthroughUpstream:
         path: str = "/chat/completions",
     ) -> None:
         base = (settings.upstream_api_base or "").rstrip("/")
-        self._url = f"{base}{path}"
+        self._url = URL(f"{base}{path}")  # parsed once, not on every call
         self._settings = settings
         self._session = session
         self._on_retry = on_retry

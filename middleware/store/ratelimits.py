@@ -20,9 +20,10 @@ from redis.commands.core import AsyncScript
 from middleware.store import keys
 from middleware.store.connection import one_slot_pipeline
 from middleware.store.guard import resolved
+from middleware.store.pipelines import Command, ScriptPipelines
 from middleware.store.policy import Posteriors, parse, queue_policy_reads
-from middleware.store.segments import RESOLVE, PersonaReads, ScriptPipelines, queue_reads, reads_of
-from middleware.store.write_behind import Command, WriteBehind
+from middleware.store.segments import RESOLVE, PersonaReads, queue_reads, reads_of
+from middleware.store.write_behind import WriteBehind
 
 WINDOW_MS = 60_000
 # Reasons, in the order the script returns them.
@@ -117,7 +118,10 @@ TOKENS_TTL_S = 2 * 86400
 
 
 class RateLimitStore:
-    def __init__(self, redis: Redis, write_behind: WriteBehind | None = None) -> None:
+    def __init__(
+        self, redis: Redis, write_behind: WriteBehind | None = None, *, reads: Redis | None = None
+    ) -> None:
+        """`reads`: the client of `admit_and_read` (the hot path's, bounded by its caller's timeout)."""
         self._redis = redis
         # the writes after an answer; shared with the other parts that have some (`Services`)
         self._write_behind = write_behind = write_behind or WriteBehind(redis)
@@ -128,7 +132,7 @@ class RateLimitStore:
         self._reserve: AsyncScript = redis.register_script(RESERVE_PENDING)
         self._record: AsyncScript = redis.register_script(RECORD)
         self._resolve_sha = redis.register_script(RESOLVE).sha
-        self._chat_pipelines = ScriptPipelines(redis, ADMIT, RESOLVE)
+        self._chat_pipelines = ScriptPipelines(reads or redis, ADMIT, RESOLVE, riders=write_behind)
 
     @staticmethod
     def admit_call(
@@ -207,7 +211,7 @@ class RateLimitStore:
         if lease is not None:
             leases.append(lease)
         self._settling[(tenant, day)] = (added + max(0, tokens), leases)
-        self._write_behind.soon(self._settle_commands)
+        self._write_behind.later(self._settle_commands)
 
     def _settle_commands(self) -> list[Command]:
         settling, self._settling = self._settling, {}

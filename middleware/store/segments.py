@@ -12,20 +12,19 @@ single Redis or a Sentinel group, one per slot (done concurrently) on a Cluster.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
 import orjson
-from redis.asyncio import Redis, RedisCluster
+from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
-from redis.exceptions import NoScriptError
 
 from middleware.store import keys
-from middleware.store.guard import STORE_ERRORS, fail_closed, resolved
+from middleware.store.guard import STORE_ERRORS, fail_closed
 from middleware.store.personas import PersonaReadFailed
+from middleware.store.pipelines import Riders, ScriptPipelines
 from middleware.store.policy import Posteriors, parse, queue_policy_reads
 
 # KEYS[1] assignments hash, KEYS[2] the tenant default's current persona.
@@ -82,55 +81,20 @@ def reads_of(own: bytes | None, contexts: dict[bytes, bytes], resolved_reply: li
     return PersonaReads(own, source, segment or None, shared, contexts)
 
 
-class ScriptPipelines:
-    """Pipelines that call scripts by EVALSHA. EVALSHA goes straight into the pipeline (redis-py's
-    pipelined Script would check SCRIPT EXISTS first, one more round trip on every call); the first
-    pipeline of a process loads the scripts in the same round trip, and when Redis lacks one later
-    (a restart, a flush) the scripts are loaded and the pipeline sent once more."""
-
-    def __init__(self, redis: Redis, *scripts: str) -> None:
-        self._redis = redis
-        self._scripts = scripts
-        self._loaded = False
-
-    def add(self, script: str) -> str:
-        """One more script these pipelines may call; returns its SHA1 for EVALSHA."""
-        if script not in self._scripts:
-            self._scripts = (*self._scripts, script)
-            self._loaded = False
-        return hashlib.sha1(script.encode()).hexdigest()
-
-    async def run(self, build: Callable[[Pipeline], None]) -> list[Any]:
-        for attempt in (1, 2):
-            preload = not self._loaded
-            if preload and isinstance(self._redis, RedisCluster):
-                # a cluster: SCRIPT LOAD goes to every master itself (its pipeline refuses the command)
-                for script in self._scripts:
-                    await resolved(self._redis.script_load(script))
-                preload = False
-            pipe = self._redis.pipeline(transaction=False)
-            if preload:
-                for script in self._scripts:
-                    pipe.script_load(script)
-            build(pipe)
-            try:
-                result: list[Any] = await pipe.execute()
-            except NoScriptError:
-                if attempt == 2:
-                    raise
-                self._loaded = False
-                continue
-            self._loaded = True
-            return result[len(self._scripts) :] if preload else result
-        raise AssertionError("unreachable")  # pragma: no cover
-
-
 class PersonaReader:
     """The chat path's persona read when no quota check rides with it: the user's GET and the
     `RESOLVE` script in one pipeline, bounded in time, skipped for `breaker_s` after a failure."""
 
-    def __init__(self, redis: Redis, *, read_timeout_s: float = 0.05, breaker_s: float = 0.5) -> None:
-        self._pipelines = ScriptPipelines(redis, RESOLVE)
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        read_timeout_s: float = 0.05,
+        breaker_s: float = 0.5,
+        riders: Riders | None = None,
+    ) -> None:
+        """`riders`: the writes behind earlier answers that ride with the read (`store/write_behind.py`)."""
+        self._pipelines = ScriptPipelines(redis, RESOLVE, riders=riders)
         self._resolve_sha = redis.register_script(RESOLVE).sha
         self._read_timeout_s = read_timeout_s
         self._breaker_s = breaker_s
