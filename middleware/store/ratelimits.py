@@ -14,15 +14,14 @@ from __future__ import annotations
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
 from redis.commands.core import AsyncScript
 
 from middleware.store import keys
 from middleware.store.connection import one_slot_pipeline
 from middleware.store.guard import resolved
 from middleware.store.pipelines import Command, ScriptPipelines
-from middleware.store.policy import Posteriors, parse, queue_policy_reads
-from middleware.store.segments import RESOLVE, PersonaReads, queue_reads, reads_of
+from middleware.store.policy import Posteriors, parse, policy_read_commands
+from middleware.store.segments import RESOLVE, PersonaReads, read_commands, reads_of
 from middleware.store.write_behind import WriteBehind
 
 WINDOW_MS = 60_000
@@ -186,14 +185,11 @@ class RateLimitStore:
         """`admit_and_read_personas` and, with `policy`, the user's and the tenant's auto-mode
         posteriors (`store/policy.py`), still one round trip."""
 
-        def build(pipe: Pipeline) -> None:
-            # execute_command: redis-py's cluster pipeline blocks its evalsha() method, not the command
-            pipe.execute_command("EVALSHA", self._admit.sha, len(call[0]), *call[0], *call[1])
-            queue_reads(pipe, self._resolve_sha, tenant, user, segment)
-            if policy:
-                queue_policy_reads(pipe, tenant, user)
-
-        replies = await self._chat_pipelines.run(build)
+        commands: list[Command] = [("EVALSHA", self._admit.sha, len(call[0]), *call[0], *call[1])]
+        commands += read_commands(self._resolve_sha, tenant, user, segment)
+        if policy:
+            commands += policy_read_commands(tenant, user)
+        replies = await self._chat_pipelines.run(commands)
         (reason, wait_ms), own, contexts, shared = replies[:4]
         posteriors = (parse(replies[4]), parse(replies[5])) if policy else None
         return int(reason), int(wait_ms), reads_of(own, contexts, shared), posteriors

@@ -19,13 +19,12 @@ from typing import Any, NamedTuple
 
 import orjson
 from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
 
 from middleware.store import keys
 from middleware.store.guard import STORE_ERRORS, fail_closed
 from middleware.store.personas import PersonaReadFailed
-from middleware.store.pipelines import Riders, ScriptPipelines
-from middleware.store.policy import Posteriors, parse, queue_policy_reads
+from middleware.store.pipelines import Command, Riders, ScriptPipelines, as_dict
+from middleware.store.policy import Posteriors, parse, policy_read_commands
 
 # KEYS[1] assignments hash, KEYS[2] the tenant default's current persona.
 # ARGV[1] user, ARGV[2] the segment the request names ('' for none), ARGV[3] the segments' key prefix
@@ -58,27 +57,30 @@ class PersonaReads(NamedTuple):
 NO_READS = PersonaReads(None, "none", None, None)
 
 
-def queue_reads(pipe: Pipeline, resolve_sha: str, tenant: str, user: str, segment: str | None) -> None:
-    """Add the persona reads of one chat call to a pipeline: three commands, read by `reads_of`."""
-    pipe.get(keys.persona_current(tenant, user))
-    pipe.hgetall(keys.contexts(tenant, user))
-    pipe.execute_command(  # not evalsha(): redis-py's cluster pipeline blocks that method
-        "EVALSHA",
-        resolve_sha,
-        2,
-        keys.segment_members(tenant),
-        keys.tenant_default_line(tenant).current,
-        user,
-        segment or "",
-        keys.segment_base(tenant, ""),
-    )
+def read_commands(resolve_sha: str, tenant: str, user: str, segment: str | None) -> list[Command]:
+    """The persona reads of one chat call: three commands, their replies read by `reads_of`."""
+    return [
+        ("GET", keys.persona_current(tenant, user)),
+        ("HGETALL", keys.contexts(tenant, user)),
+        (
+            "EVALSHA",
+            resolve_sha,
+            2,
+            keys.segment_members(tenant),
+            keys.tenant_default_line(tenant).current,
+            user,
+            segment or "",
+            keys.segment_base(tenant, ""),
+        ),
+    ]
 
 
-def reads_of(own: bytes | None, contexts: dict[bytes, bytes], resolved_reply: list[Any]) -> PersonaReads:
+def reads_of(own: bytes | None, contexts: Any, resolved_reply: list[Any]) -> PersonaReads:
+    """`contexts`: the context hash as a dict or HGETALL's flat reply."""
     source = resolved_reply[0].decode() if isinstance(resolved_reply[0], bytes) else str(resolved_reply[0])
     segment = resolved_reply[1].decode() if isinstance(resolved_reply[1], bytes) else resolved_reply[1]
     shared = resolved_reply[2] if len(resolved_reply) > 2 else None
-    return PersonaReads(own, source, segment or None, shared, contexts)
+    return PersonaReads(own, source, segment or None, shared, as_dict(contexts))
 
 
 class PersonaReader:
@@ -112,14 +114,12 @@ class PersonaReader:
         if time.monotonic() < self._open_until:
             raise PersonaReadFailed("persona store recently failed; read skipped", skipped=True)
 
-        def build(pipe: Pipeline) -> None:
-            queue_reads(pipe, self._resolve_sha, tenant, user, segment)
-            if policy:
-                queue_policy_reads(pipe, tenant, user)
-
+        commands = read_commands(self._resolve_sha, tenant, user, segment)
+        if policy:
+            commands += policy_read_commands(tenant, user)
         try:
             async with asyncio.timeout(self._read_timeout_s):  # no task of its own, unlike wait_for
-                replies = await self._pipelines.run(build)
+                replies = await self._pipelines.run(commands)
         except STORE_ERRORS as exc:
             self._open_until = time.monotonic() + self._breaker_s
             raise PersonaReadFailed(str(exc) or type(exc).__name__) from exc

@@ -22,10 +22,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
-from functools import partial
 
 from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
 
 from middleware.store.guard import STORE_ERRORS
 from middleware.store.pipelines import Command, ScriptPipelines, sha1
@@ -131,11 +129,6 @@ class WriteBehind:
             commands = self._collect()
             try:
                 async with asyncio.timeout(self._timeout_s):
-                    await self._pipelines.run(partial(_send, commands))
+                    await self._pipelines.run(commands)
             except STORE_ERRORS as exc:
                 self.lost(len(commands), exc)
-
-
-def _send(commands: list[Command], pipe: Pipeline) -> None:
-    for command in commands:
-        pipe.execute_command(*command)
