@@ -23,7 +23,9 @@ def main(argv: list[str]) -> int:
     names, extra = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
     unknown = [n for n in names if n not in SCRIPTS]
     if unknown:
-        print(f"unknown benchmark(s): {', '.join(unknown)}; choose from {', '.join(SCRIPTS)}", file=sys.stderr)
+        print(
+            f"unknown benchmark(s): {', '.join(unknown)}; choose from {', '.join(SCRIPTS)}", file=sys.stderr
+        )
         return 2
     status = 0
     for name in names or list(SCRIPTS):

@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _harness as h
 from litellm_proxy import OUT
-from proxy_overhead import BODY, EXEMPLAR, LIMITS_ON, PERSONA, SEGMENT_BODY, plant_contexts, spread
+from proxy_overhead import BODY, EXEMPLAR, LIMITS_ON, PERSONA, SEGMENT_BODY, plant_contexts
 
 ROUTED_BODY = {**BODY, "user": "bench-ctx"}
 CONFIGS = {
@@ -58,7 +58,9 @@ def prepare(proxy: str, redis_url: str) -> None:
     for user in ("bench-user", "bench-ctx"):
         h.put_persona(proxy, user, PERSONA, [EXEMPLAR, EXEMPLAR])
     plant_contexts(redis_url, "bench-ctx")
-    httpx.put(f"{proxy}/admin/segments/bench-seg", json={"persona": PERSONA}, headers=admin).raise_for_status()
+    httpx.put(
+        f"{proxy}/admin/segments/bench-seg", json={"persona": PERSONA}, headers=admin
+    ).raise_for_status()
     httpx.put(
         f"{proxy}/admin/users/bench-segment-user/segment", json={"segment": "bench-seg"}, headers=admin
     ).raise_for_status()
@@ -75,7 +77,9 @@ def main() -> None:
     rps: dict[str, list[float]] = {name: [] for name in names}
     cpu: dict[str, list[float]] = {name: [] for name in names}
     with h.redis() as redis, h.fake_upstream() as upstream, contextlib.ExitStack() as stack:
-        urls = {name: stack.enter_context(h.proxy(redis.url, upstream, **env)) for name, env in CONFIGS.items()}
+        urls = {
+            name: stack.enter_context(h.proxy(redis.url, upstream, **env)) for name, env in CONFIGS.items()
+        }
         prepare(urls["bare"], redis.url)
         with httpx.Client(headers={"Authorization": f"Bearer {h.APP_KEY}"}) as client:
             for name, (config, body) in ROWS.items():
@@ -95,7 +99,9 @@ def main() -> None:
                 pid = h.PIDS[urls[config]]
                 before = h.cpu_seconds(pid)
                 loaded = h.wrk(url, body, connections=args.connections, seconds=args.seconds)
-                cpu[name].append((h.cpu_seconds(pid) - before) * 1000.0 / max(loaded["rps"] * args.seconds, 1))
+                cpu[name].append(
+                    (h.cpu_seconds(pid) - before) * 1000.0 / max(loaded["rps"] * args.seconds, 1)
+                )
                 rps[name].append(loaded["rps"])
                 single = h.wrk(url, body, connections=1, seconds=args.seconds)
                 if loaded["non_2xx"] or single["non_2xx"]:
@@ -124,7 +130,7 @@ def main() -> None:
         rows.append(row)
         print(
             f"{name:<34}{row['p50_ms']:>11.3f}{row['added_us']:>19.0f}"
-            f"{f'{min(paired):.0f}..{max(paired):.0f}':>14}{row['rps']:>12.0f}{spread(rps[name]):>13}"
+            f"{f'{min(paired):.0f}..{max(paired):.0f}':>14}{row['rps']:>12.0f}{f'{min(rps[name]):.0f}-{max(rps[name]):.0f}':>13}"
             f"{row['cpu_ms_per_request']:>11.3f}"
         )
     OUT.mkdir(parents=True, exist_ok=True)
