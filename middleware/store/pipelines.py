@@ -17,6 +17,7 @@ import hashlib
 from collections.abc import Sequence
 from typing import Any, Protocol
 
+from hiredis import pack_command
 from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import NoScriptError, ResponseError
 
@@ -107,8 +108,9 @@ async def send(redis: Redis, commands: Sequence[Command]) -> list[Any]:
     """Send `commands` in one round trip; an error reply is returned in its place, not raised.
 
     On one server (or a Sentinel group's master) they go out on one pooled connection as one write,
-    and the replies are read as Redis sent them: redis-py's pipeline object, its reply callbacks, and
-    its checks and retries around every command cost a tenth of a hot-path call's CPU. A Cluster gets
+    packed by hiredis, and the replies are read as Redis sent them: redis-py's pipeline object, its
+    packing in Python, its reply callbacks, and its checks and retries around every command cost a
+    fifth of a hot-path call's CPU. A Cluster gets
     redis-py's cluster pipeline, which routes each command to its slot's node."""
     if isinstance(redis, RedisCluster):
         pipe = redis.pipeline(transaction=False)
@@ -121,7 +123,9 @@ async def send(redis: Redis, commands: Sequence[Command]) -> list[Any]:
     pool = redis.connection_pool
     connection = await pool.get_connection()
     try:
-        await connection.send_packed_command(connection.pack_commands(commands), check_health=False)
+        # hiredis packs in C what redis-py's asyncio connection packs in Python, argument by argument
+        packed = b"".join(pack_command(command) for command in commands)  # type: ignore[arg-type]  # its stub types a 1-tuple
+        await connection.send_packed_command(packed, check_health=False)
         replies: list[Any] = []
         for _ in commands:
             try:
