@@ -33,7 +33,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _harness as h
 from litellm_proxy import OUT
-from proxy_overhead import BODY, EXEMPLAR, LIMITS_ON, PERSONA, SEGMENT_BODY, plant_contexts
+from proxy_overhead import (
+    BODY,
+    EXEMPLAR,
+    LIMITS_ON,
+    PERSONA,
+    SEGMENT_BODY,
+    plant_contexts,
+    put_segment_persona,
+)
 
 ROUTED_BODY = {**BODY, "user": "bench-ctx"}
 CONFIGS = {
@@ -54,16 +62,10 @@ ROWS = {
 
 
 def prepare(proxy: str, redis_url: str) -> None:
-    admin = {"Authorization": f"Bearer {h.ADMIN_KEY}", "X-Persona-Tenant": "bench"}
     for user in ("bench-user", "bench-ctx"):
         h.put_persona(proxy, user, PERSONA, [EXEMPLAR, EXEMPLAR])
     plant_contexts(redis_url, "bench-ctx")
-    httpx.put(
-        f"{proxy}/admin/segments/bench-seg", json={"persona": PERSONA}, headers=admin
-    ).raise_for_status()
-    httpx.put(
-        f"{proxy}/admin/users/bench-segment-user/segment", json={"segment": "bench-seg"}, headers=admin
-    ).raise_for_status()
+    put_segment_persona(proxy)
 
 
 def main() -> None:

@@ -379,6 +379,17 @@ def contexts_cost(runs: int, seconds: float) -> None:
 SEGMENT_BODY = {**BODY, "user": "bench-segment-user"}
 
 
+def put_segment_persona(proxy: str) -> None:
+    """A segment `bench-seg` with a persona, and `bench-segment-user` (no persona of its own) in it."""
+    admin = {"Authorization": f"Bearer {h.ADMIN_KEY}", "X-Persona-Tenant": "bench"}
+    httpx.put(
+        f"{proxy}/admin/segments/bench-seg", json={"persona": PERSONA}, headers=admin
+    ).raise_for_status()
+    httpx.put(
+        f"{proxy}/admin/users/bench-segment-user/segment", json={"segment": "bench-seg"}, headers=admin
+    ).raise_for_status()
+
+
 async def _store_round_trips(url: str, blocks: int, per_block: int) -> dict[str, list[float]]:
     """Median ms per block of the chat path's store round trip, today's (ADMIT + the user's GET) and
     with the resolution (ADMIT + GET + RESOLVE), for a user with a persona and one with a segment's;
@@ -473,12 +484,7 @@ def segments_cost(runs: int, seconds: float, baseline_src: Path) -> None:
         h.proxy(redis.url, upstream, limits=limits) as after,
     ):
         h.put_persona(after, "bench-user", PERSONA, [EXEMPLAR, EXEMPLAR])
-        httpx.put(
-            f"{after}/admin/segments/bench-seg", json={"persona": PERSONA}, headers=admin
-        ).raise_for_status()
-        httpx.put(
-            f"{after}/admin/users/bench-segment-user/segment", json={"segment": "bench-seg"}, headers=admin
-        ).raise_for_status()
+        put_segment_persona(after)
         httpx.put(f"{after}/admin/tenant/persona", json={"text": PERSONA}, headers=admin).raise_for_status()
         cases = {
             "before: own persona": (f"{before}/v1/chat/completions", BODY),
