@@ -1,4 +1,4 @@
-"""Run the benchmarks: `python -m benchmarks [proxy|induction|rerank|rerank-mode|chaos ...]` (all by default).
+"""Run the benchmarks: `python -m benchmarks [proxy|features|induction|rerank|rerank-mode|chaos ...]` (all by default).
 
 Each benchmark is its own script and prints its own figures; arguments after `--` go to each.
 """
@@ -12,6 +12,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 SCRIPTS = {
     "proxy": "proxy_overhead.py",
+    "features": "feature_costs.py",
     "induction": "induction_cost.py",
     "rerank": "rerank_cost.py",
     "rerank-mode": "rerank_mode.py",
@@ -23,7 +24,9 @@ def main(argv: list[str]) -> int:
     names, extra = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
     unknown = [n for n in names if n not in SCRIPTS]
     if unknown:
-        print(f"unknown benchmark(s): {', '.join(unknown)}; choose from {', '.join(SCRIPTS)}", file=sys.stderr)
+        print(
+            f"unknown benchmark(s): {', '.join(unknown)}; choose from {', '.join(SCRIPTS)}", file=sys.stderr
+        )
         return 2
     status = 0
     for name in names or list(SCRIPTS):

@@ -98,10 +98,11 @@ def proxy(
     upstream_base: str,
     root: Path = ROOT,
     environ: dict[str, str] | None = None,
+    workers: int = 1,
     **settings: str,
 ) -> Iterator[str]:
     """`persona serve` from the checkout at `root` (another checkout: a baseline in the same run), with
-    these PERSONA_ settings plus any other variables in `environ` (OTEL_*)."""
+    these PERSONA_ settings plus any other variables in `environ` (OTEL_*), in `workers` processes."""
     port = free_port()
     env = {
         **(environ or {}),
@@ -114,6 +115,8 @@ def proxy(
         **{f"PERSONA_{k.upper()}": v for k, v in settings.items()},
     }
     args = [sys.executable, "-m", "middleware", "serve", "--port", str(port), "--log-level", "warning"]
+    if workers > 1:
+        args += ["--workers", str(workers)]
     if root != ROOT:  # that checkout's package, not the one installed in the environment
         env["PYTHONPATH"] = str(root)
     with process(args, env, cwd=root) as proc:

@@ -136,7 +136,9 @@ async def preferences_loop(client: httpx.AsyncClient, figures: Figures, until: f
         }
         headers = {**APP, "Idempotency-Key": f"chaos-{i}"}
         while time.monotonic() < until + 10:  # a 503 is retried with the same key
-            response = await timed(figures, "preference", client.post("/v1/preferences", json=body, headers=headers))
+            response = await timed(
+                figures, "preference", client.post("/v1/preferences", json=body, headers=headers)
+            )
             if response is not None and response.status_code in (200, 201):
                 figures.acknowledged.setdefault(response.json()["data"][0]["id"], time.monotonic())
                 break
@@ -226,8 +228,16 @@ async def run(proxy_url: str, redis: Any, seconds: float, chat_connections: int)
         until = start + seconds
         tasks = [asyncio.create_task(faults(redis, figures, start, seconds))]
         tasks += [asyncio.create_task(loads["chat"](client, figures, until)) for _ in range(chat_connections)]
-        tasks += [asyncio.create_task(loop(client, figures, until)) for name, loop in loads.items() if name != "chat"]
-        for phase, at in (("before the kill", 0.0), ("after the restart", seconds / 8 + 4), ("after the pause", seconds / 2 + 6)):
+        tasks += [
+            asyncio.create_task(loop(client, figures, until))
+            for name, loop in loads.items()
+            if name != "chat"
+        ]
+        for phase, at in (
+            ("before the kill", 0.0),
+            ("after the restart", seconds / 8 + 4),
+            ("after the pause", seconds / 2 + 6),
+        ):
             await asyncio.sleep(max(0.0, start + at - time.monotonic()))
             tasks.append(asyncio.create_task(refresh(client, figures, phase)))
         await asyncio.gather(*tasks)
@@ -271,7 +281,9 @@ def report(figures: Figures, redis_url: str) -> int:
         f"{len(lost) - len(in_window)} outside that window)"
     )
     print(f"longest request: {longest:.2f} s")
-    print("refresh jobs: " + "; ".join(f"{j['phase']}: {j['state']} in {j['seconds']} s" for j in figures.jobs))
+    print(
+        "refresh jobs: " + "; ".join(f"{j['phase']}: {j['state']} in {j['seconds']} s" for j in figures.jobs)
+    )
     every_answer = chat_ok == len(chat) and all(answered_ok[k] == len(c) for k, c in answered.items())
     met = every_answer and len(lost) == len(in_window) and longest <= 2.0
     print(
@@ -282,7 +294,9 @@ def report(figures: Figures, redis_url: str) -> int:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seconds", type=float, default=24.0, help="length of the load (at least 16)")
     parser.add_argument("--chat-connections", type=int, default=4)
     args = parser.parse_args()
@@ -299,7 +313,9 @@ def main() -> int:
         "PERSONA_WORKER_POLL_S": "0.1",
     }
     try:
-        with h.proxy(redis.url, upstream.base_url, **{k.removeprefix("PERSONA_").lower(): v for k, v in env.items()}) as url:
+        with h.proxy(
+            redis.url, upstream.base_url, **{k.removeprefix("PERSONA_").lower(): v for k, v in env.items()}
+        ) as url:
             worker_env = {
                 **env,
                 "PERSONA_REDIS_URL": redis.url,
@@ -318,7 +334,10 @@ def main() -> int:
                     timeout=TIMEOUT_S,
                 )
                 seed.raise_for_status()
-                print(f"chaos run: {seconds:.0f} s of load, {args.chat_connections} chat connections", flush=True)
+                print(
+                    f"chaos run: {seconds:.0f} s of load, {args.chat_connections} chat connections",
+                    flush=True,
+                )
                 figures = asyncio.run(run(url, redis, seconds, args.chat_connections))
                 alive = worker.poll() is None
         print(f"worker process alive at the end: {alive}")

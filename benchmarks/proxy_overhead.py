@@ -163,7 +163,9 @@ def feedback_cost(runs: int, seconds: float) -> None:
     bodies = {"chat": BODY, "chat, stream": {**BODY, "stream": True}}
     names = list(configs)
     with h.redis() as redis, h.fake_upstream() as upstream, contextlib.ExitStack() as stack:
-        urls = {name: stack.enter_context(h.proxy(redis.url, upstream, **env)) for name, env in configs.items()}
+        urls = {
+            name: stack.enter_context(h.proxy(redis.url, upstream, **env)) for name, env in configs.items()
+        }
         h.put_persona(urls["records off"], "bench-user", PERSONA, [EXEMPLAR, EXEMPLAR])
         p50: dict[tuple[str, str], list[float]] = {(c, b): [] for c in configs for b in bodies}
         cpu: dict[tuple[str, str], list[float]] = {(c, b): [] for c in configs for b in bodies}
@@ -183,7 +185,9 @@ def feedback_cost(runs: int, seconds: float) -> None:
                     p50[(name, body_name)].append(result["p50_ms"])
                     cpu[(name, body_name)].append((h.cpu_seconds(pid) - before) * 1000.0 / requests)
         written = sum(1 for _ in redis_client(redis.url).scan_iter(match="pm:feedback-owner:*", count=1000))
-    print(f"{runs} slices x {seconds:.0f} s at c=1 per configuration, rotating order (wrk -t1); records: {written}")
+    print(
+        f"{runs} slices x {seconds:.0f} s at c=1 per configuration, rotating order (wrk -t1); records: {written}"
+    )
     print(
         f"{'configuration':<36}{'p50 ms':>9}{'spread':>15}{'added (paired)':>16}{'spread':>17}"
         f"{'ratio':>7}{'CPU ms/req':>12}{'added':>8}"
@@ -205,7 +209,9 @@ def feedback_cost(runs: int, seconds: float) -> None:
                 f"{own_cpu:>12.3f}{own_cpu - base_cpu:>8.3f}"
             )
     verdict = "met" if worst <= 0.1 else "NOT met"
-    print(f"feedback records, worst added p50 at c=1 (median of paired slices): {worst:.3f} ms ({verdict}: <= 0.1 ms)")
+    print(
+        f"feedback records, worst added p50 at c=1 (median of paired slices): {worst:.3f} ms ({verdict}: <= 0.1 ms)"
+    )
     print(f"feedback records, worst added proxy CPU per request: {worst_cpu:.3f} ms")
 
 
@@ -373,6 +379,17 @@ def contexts_cost(runs: int, seconds: float) -> None:
 SEGMENT_BODY = {**BODY, "user": "bench-segment-user"}
 
 
+def put_segment_persona(proxy: str) -> None:
+    """A segment `bench-seg` with a persona, and `bench-segment-user` (no persona of its own) in it."""
+    admin = {"Authorization": f"Bearer {h.ADMIN_KEY}", "X-Persona-Tenant": "bench"}
+    httpx.put(
+        f"{proxy}/admin/segments/bench-seg", json={"persona": PERSONA}, headers=admin
+    ).raise_for_status()
+    httpx.put(
+        f"{proxy}/admin/users/bench-segment-user/segment", json={"segment": "bench-seg"}, headers=admin
+    ).raise_for_status()
+
+
 async def _store_round_trips(url: str, blocks: int, per_block: int) -> dict[str, list[float]]:
     """Median ms per block of the chat path's store round trip, today's (ADMIT + the user's GET) and
     with the resolution (ADMIT + GET + RESOLVE), for a user with a persona and one with a segment's;
@@ -467,12 +484,7 @@ def segments_cost(runs: int, seconds: float, baseline_src: Path) -> None:
         h.proxy(redis.url, upstream, limits=limits) as after,
     ):
         h.put_persona(after, "bench-user", PERSONA, [EXEMPLAR, EXEMPLAR])
-        httpx.put(
-            f"{after}/admin/segments/bench-seg", json={"persona": PERSONA}, headers=admin
-        ).raise_for_status()
-        httpx.put(
-            f"{after}/admin/users/bench-segment-user/segment", json={"segment": "bench-seg"}, headers=admin
-        ).raise_for_status()
+        put_segment_persona(after)
         httpx.put(f"{after}/admin/tenant/persona", json={"text": PERSONA}, headers=admin).raise_for_status()
         cases = {
             "before: own persona": (f"{before}/v1/chat/completions", BODY),
@@ -623,6 +635,7 @@ def main() -> None:
     )
     parser.add_argument("--side-by-side", action="store_true", help="chat and responses beside the upstream")
     parser.add_argument("--with-litellm", action="store_true", help="side by side, with LiteLLM's proxy too")
+    parser.add_argument("--workers", type=int, default=1, help="side by side, with `serve --workers N` too")
     args = parser.parse_args()
     if args.segments:
         segments_cost(args.runs, args.seconds, args.segments)
@@ -638,6 +651,7 @@ def main() -> None:
             seconds=args.seconds,
             connections=args.connections,
             with_litellm=args.with_litellm,
+            workers=args.workers,
         )
         side_by_side.report(result)
         side_by_side.save(result)

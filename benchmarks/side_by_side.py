@@ -35,7 +35,9 @@ def run(
     seconds: float,
     connections: int,
     with_litellm: bool,
+    workers: int = 1,
 ) -> dict[str, Any]:
+    """`workers` > 1: `persona serve --workers N` measured too, as the row `proxy xN`."""
     with ExitStack() as stack:
         redis = stack.enter_context(h.redis())
         upstream = stack.enter_context(h.fake_upstream())
@@ -44,6 +46,10 @@ def run(
         slow_proxy = stack.enter_context(h.proxy(redis.url, slow_upstream))
         h.put_persona(proxy, "bench-user", *persona)
         servers = {"upstream": upstream, "proxy": f"{proxy}/v1"}
+        if workers > 1:
+            servers[f"proxy x{workers}"] = (
+                f"{stack.enter_context(h.proxy(redis.url, upstream, workers=workers))}/v1"
+            )
         if with_litellm:
             servers["litellm"] = f"{stack.enter_context(litellm_proxy(upstream))}/v1"
         return measure(servers, paths, slow_upstream, f"{slow_proxy}/v1", runs, seconds, connections)
@@ -117,6 +123,13 @@ def report(result: dict[str, Any]) -> None:
             f"({'met' if statistics.median(added) <= 0.5 else 'NOT met'}: <= 0.5); "
             f"p99 c={c} {p99:.2f} ms ({'met' if p99 <= 10 else 'NOT met'}: <= 10)"
         )
+        for server, m in servers.items():
+            if server.startswith("proxy x"):
+                scaling = [w / max(o, 1e-9) for w, o in zip(m["rps"], ours["rps"], strict=True)]
+                print(
+                    f"{label}: {server}: {statistics.median(m['rps']):.0f} req/s, "
+                    f"{statistics.median(scaling):.2f}x one process (spread {spread(scaling)})"
+                )
         if "litellm" in servers:
             ratios = [
                 o / max(theirs, 1e-9)

@@ -76,11 +76,15 @@ class Services:
     response_owners: ResponseOwners
     on_reward: RewardHook
     tracing: Tracing = TRACING_OFF
+    # The hot path's own client (no socket timeout: its callers bound every command), when not `redis`.
+    hot_redis: Redis | None = None
 
     async def close(self) -> None:
         await self.answers.drain()
         await self.http.close()
         await self.redis.aclose()
+        if self.hot_redis is not None:
+            await self.hot_redis.aclose()
         if self.jobs_redis is not self.redis:
             await self.jobs_redis.aclose()
 
@@ -95,6 +99,9 @@ def build_services(settings: Settings, tracing: Tracing = TRACING_OFF) -> Servic
     metrics = Metrics()
     http = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=settings.upstream_max_connections, ttl_dns_cache=300),
+        # Every tenant's calls share this session: an upstream's cookie must never follow one tenant's
+        # call into another's (and filtering cookies on every request costs time besides).
+        cookie_jar=aiohttp.DummyCookieJar(),
         # tracing on: an upstream.call span and its traceparent on every upstream request
         trace_configs=tracing.aiohttp_trace_configs() or None,
     )
@@ -109,8 +116,13 @@ def build_services(settings: Settings, tracing: Tracing = TRACING_OFF) -> Servic
     personalizer = Personalizer(personas, settings, metrics, tracing)
     upstreams = UpstreamRouter(settings, http, metrics.upstream_retries.inc)
     # the writes after an answer (a call's tokens and slot, its feedback record): one round trip
-    write_behind = WriteBehind(redis, on_failure=metrics.store_write_failures.inc)
-    quotas = Quotas(settings, redis, metrics, tracing, write_behind)
+    # The hot path's client: its reads and the write-behind run under their own asyncio timeouts,
+    # so its connections need no socket timeout (`create_redis`).
+    hot_redis = create_redis(settings, caller_timeouts=True)
+    write_behind = WriteBehind(
+        hot_redis, on_failure=metrics.store_write_failures.inc, timeout_s=settings.redis_socket_timeout_s
+    )
+    quotas = Quotas(settings, redis, metrics, tracing, write_behind, reads=hot_redis)
     feedback_store = FeedbackStore(redis, ttl_s=settings.feedback_ttl_s, write_behind=write_behind)
     policy = Policy(settings, PolicyStore(redis), metrics)
     on_reward: RewardHook = policy.on_reward  # rewards from /v1/feedback update the auto mode's policy
@@ -130,9 +142,10 @@ def build_services(settings: Settings, tracing: Tracing = TRACING_OFF) -> Servic
         resolver=Resolver(
             personalizer,
             PersonaReader(
-                redis,
+                hot_redis,
                 read_timeout_s=settings.persona_read_timeout_s,
                 breaker_s=settings.persona_read_breaker_s,
+                riders=write_behind,
             ),
         ),
         segments=SegmentStore(redis),
@@ -152,4 +165,5 @@ def build_services(settings: Settings, tracing: Tracing = TRACING_OFF) -> Servic
         feedback=FeedbackService(settings, feedback_store, preferences, on_reward),
         on_reward=on_reward,
         tracing=tracing,
+        hot_redis=hot_redis,
     )

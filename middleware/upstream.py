@@ -27,6 +27,7 @@ from tenacity import (
     stop_after_attempt,
     wait_exponential_jitter,
 )
+from yarl import URL
 
 from middleware.config import Settings
 from middleware.errors import UpstreamError, UpstreamNotConfigured, UpstreamTimeout
@@ -186,7 +187,7 @@ class PassthroughUpstream:
         path: str = "/chat/completions",
     ) -> None:
         base = (settings.upstream_api_base or "").rstrip("/")
-        self._url = f"{base}{path}"
+        self._url = URL(f"{base}{path}")  # parsed once, not on every call
         self._settings = settings
         self._session = session
         self._on_retry = on_retry
@@ -430,17 +431,24 @@ class ClientDisconnected(Exception):
     """The client went away before the answer was ready; the upstream call was cancelled."""
 
 
+# A call still running after this long starts watching for its client going away. A real LLM call
+# takes seconds, so an abandoned one is still cut short; a fast one never pays for the watching task.
+WATCH_AFTER_S = 0.05
+
+
 async def cancel_on_disconnect(
     receive: Callable[[], Awaitable[MutableMapping[str, Any]]], work: Awaitable[T]
 ) -> T:
     """Run `work`; if the client disconnects first, cancel it (which aborts the upstream request).
 
-    `work` runs in the caller's own task; one watcher task waits for the disconnect and cancels the
-    caller (a second task for the work, and `asyncio.wait` over both, cost more than the work's own
-    Python on a fast call)."""
+    `work` runs in the caller's own task. Once it has run `WATCH_AFTER_S`, one watcher task waits for
+    the disconnect and cancels the caller (a task per call, and a second one for the work with
+    `asyncio.wait` over both, cost more than a fast call's own Python)."""
     caller = asyncio.current_task()
     assert caller is not None
+    loop = asyncio.get_running_loop()
     gone = False
+    watcher: asyncio.Task[None] | None = None
 
     async def wait_for_disconnect() -> None:
         nonlocal gone
@@ -449,7 +457,11 @@ async def cancel_on_disconnect(
         gone = True
         caller.cancel()
 
-    watcher = asyncio.get_running_loop().create_task(wait_for_disconnect())
+    def watch() -> None:
+        nonlocal watcher
+        watcher = loop.create_task(wait_for_disconnect())
+
+    timer = loop.call_later(WATCH_AFTER_S, watch)
     try:
         return await work
     except asyncio.CancelledError:
@@ -457,4 +469,6 @@ async def cancel_on_disconnect(
             raise ClientDisconnected() from None
         raise
     finally:
-        watcher.cancel()
+        timer.cancel()
+        if watcher is not None:
+            watcher.cancel()

@@ -42,6 +42,7 @@ from typing import Any
 
 from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from middleware.api.deps import json_body
 from middleware.config import PERSONA_MODES
@@ -118,6 +119,27 @@ class Admitted:
     @property
     def context(self) -> str | None:
         return self.found.context if self.found is not None else None
+
+
+class StreamedAnswer(StreamingResponse):
+    """A stream relayed to the client and cut short when the client goes away (its body's generators
+    closed, which aborts the upstream call), without the two tasks and the task group starlette
+    starts for every stream on this server: the stream is sent from the request's own task, and the
+    watch for a disconnect starts only if the stream lasts (`cancel_on_disconnect`)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await super().__call__(scope, receive, send)
+            return
+        try:
+            await cancel_on_disconnect(receive, self.stream_response(send))
+        except ClientDisconnected:
+            closing = getattr(self.body_iterator, "aclose", None)
+            if closing is not None:
+                await closing()
+            return
+        if self.background is not None:
+            await self.background()
 
 
 def persona_mode(request: Request, *, rerank: bool = True, default: str = "inject") -> str:
@@ -346,7 +368,7 @@ async def answer(
         pending = pending_answer(request, services, call)
         headers[RESPONSE_ID_HEADER] = pending.response_id
         body = pending.watch(body)
-    return StreamingResponse(
+    return StreamedAnswer(
         body,
         status_code=result.status,
         media_type=result.media_type or framing.stream_media_type,

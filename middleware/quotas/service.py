@@ -100,9 +100,11 @@ class Quotas:
         metrics: Metrics,
         tracing: Tracing = TRACING_OFF,
         write_behind: WriteBehind | None = None,
+        reads: Redis | None = None,
     ) -> None:
+        """`reads`: the client of the hot path's admission-and-persona round trip (default `redis`)."""
         self.limits = LimitsTable(settings.limits)
-        self.store = RateLimitStore(redis, write_behind)
+        self.store = RateLimitStore(redis, write_behind, reads=reads)
         self._metrics = metrics
         self._tracing = tracing
         self._lease_ms = int(settings.upstream_total_timeout_s * 1000) + 60_000

@@ -129,10 +129,16 @@ class _BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
     one instead of failing at once when all are in use."""
 
 
-def create_redis(settings: Settings, url: str | None = None) -> Redis:
-    """The client for `url` (default: `PERSONA_REDIS_URL`)."""
+def create_redis(settings: Settings, url: str | None = None, *, caller_timeouts: bool = False) -> Redis:
+    """The client for `url` (default: `PERSONA_REDIS_URL`).
+
+    `caller_timeouts`: no socket timeout on replies, for a client whose every command runs under its
+    caller's own `asyncio.timeout` (the hot path's reads, the write-behind): redis-py would otherwise
+    arm and cancel a timer for each reply of a pipeline, a tenth of the proxy's CPU per call."""
     target = parse_redis_url(url or settings.redis_url)
     kwargs = _connection_kwargs(settings, target)
+    if caller_timeouts:
+        kwargs["socket_timeout"] = None
     if target.topology == "cluster":
         cluster = RedisCluster(
             startup_nodes=[ClusterNode(host, port) for host, port in target.nodes],
@@ -180,7 +186,7 @@ def create_redis(settings: Settings, url: str | None = None) -> Redis:
         max_connections=settings.redis_max_connections,
         timeout=settings.redis_connect_timeout_s,
         socket_connect_timeout=settings.redis_connect_timeout_s,
-        socket_timeout=settings.redis_socket_timeout_s,
+        socket_timeout=kwargs["socket_timeout"],
         retry_on_timeout=False,
     )
     return Redis(connection_pool=pool)

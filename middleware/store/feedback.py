@@ -18,7 +18,8 @@ from redis.asyncio import Redis
 from middleware.store import keys
 from middleware.store.connection import one_slot_pipeline
 from middleware.store.guard import STORE_ERRORS, fail_closed
-from middleware.store.write_behind import Command, WriteBehind
+from middleware.store.pipelines import Command
+from middleware.store.write_behind import WriteBehind
 
 log = logging.getLogger("middleware.store")
 
@@ -97,7 +98,7 @@ class FeedbackStore:
         """Write the records `take` hands over at the next flush, behind their answers (two commands
         each: the record with its expiry, and its owner)."""
         self._takers[take] = None
-        self._write_behind.soon(self._record_commands)
+        self._write_behind.later(self._record_commands)
 
     def _record_commands(self) -> list[Command]:
         takers, self._takers = self._takers, {}
@@ -131,6 +132,10 @@ class FeedbackStore:
 
     async def owner(self, response_id: str) -> tuple[str, str] | None:
         raw = await fail_closed(self._redis.get(keys.feedback_owner(response_id)))
+        if raw is None and self._write_behind.busy:
+            # the record of an answer of this process may still be on its way: read again once written
+            await self._write_behind.drain()
+            raw = await fail_closed(self._redis.get(keys.feedback_owner(response_id)))
         if raw is None:
             return None
         tenant, _, user = (raw.decode() if isinstance(raw, bytes) else raw).partition("\n")

@@ -16,11 +16,11 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
 from redis.exceptions import NoScriptError
 
 from middleware.store import keys
 from middleware.store.guard import fail_closed
+from middleware.store.pipelines import Command, as_dict
 
 # KEYS[1]: a posterior hash. ARGV: discount, arm, reward in [0, 1], ttl in ms (0: none), and the
 # reward this one replaces ("" for a new one). A new reward: every arm's discounted sums are multiplied
@@ -73,10 +73,10 @@ class ArmStats(NamedTuple):
 Posteriors = dict[str, ArmStats]
 
 
-def parse(raw: dict[Any, Any] | None) -> Posteriors:
-    """A posterior hash as read (bytes or str fields) -> stats per arm."""
+def parse(raw: dict[Any, Any] | list[Any] | None) -> Posteriors:
+    """A posterior hash as read (bytes or str fields; a dict, or HGETALL's flat reply) -> stats per arm."""
     found: dict[str, dict[str, float]] = {}
-    for name, value in (raw or {}).items():
+    for name, value in as_dict(raw).items():
         field = name.decode() if isinstance(name, bytes) else str(name)
         arm, _, kind = field.rpartition(":")
         try:
@@ -89,10 +89,9 @@ def parse(raw: dict[Any, Any] | None) -> Posteriors:
     }
 
 
-def queue_policy_reads(pipe: Pipeline, tenant: str, user: str) -> None:
-    """Add the reads of the user's and the tenant's posteriors to a pipeline (two replies)."""
-    pipe.hgetall(keys.policy_user(tenant, user))
-    pipe.hgetall(keys.policy_tenant(tenant))
+def policy_read_commands(tenant: str, user: str) -> list[Command]:
+    """The reads of the user's and the tenant's posteriors (two replies, each read by `parse`)."""
+    return [("HGETALL", keys.policy_user(tenant, user)), ("HGETALL", keys.policy_tenant(tenant))]
 
 
 class PolicyStore:

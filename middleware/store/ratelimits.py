@@ -14,15 +14,15 @@ from __future__ import annotations
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
 from redis.commands.core import AsyncScript
 
 from middleware.store import keys
 from middleware.store.connection import one_slot_pipeline
 from middleware.store.guard import resolved
-from middleware.store.policy import Posteriors, parse, queue_policy_reads
-from middleware.store.segments import RESOLVE, PersonaReads, ScriptPipelines, queue_reads, reads_of
-from middleware.store.write_behind import Command, WriteBehind
+from middleware.store.pipelines import Command, ScriptPipelines
+from middleware.store.policy import Posteriors, parse, policy_read_commands
+from middleware.store.segments import RESOLVE, PersonaReads, read_commands, reads_of
+from middleware.store.write_behind import WriteBehind
 
 WINDOW_MS = 60_000
 # Reasons, in the order the script returns them.
@@ -117,7 +117,10 @@ TOKENS_TTL_S = 2 * 86400
 
 
 class RateLimitStore:
-    def __init__(self, redis: Redis, write_behind: WriteBehind | None = None) -> None:
+    def __init__(
+        self, redis: Redis, write_behind: WriteBehind | None = None, *, reads: Redis | None = None
+    ) -> None:
+        """`reads`: the client of `admit_and_read` (the hot path's, bounded by its caller's timeout)."""
         self._redis = redis
         # the writes after an answer; shared with the other parts that have some (`Services`)
         self._write_behind = write_behind = write_behind or WriteBehind(redis)
@@ -128,7 +131,7 @@ class RateLimitStore:
         self._reserve: AsyncScript = redis.register_script(RESERVE_PENDING)
         self._record: AsyncScript = redis.register_script(RECORD)
         self._resolve_sha = redis.register_script(RESOLVE).sha
-        self._chat_pipelines = ScriptPipelines(redis, ADMIT, RESOLVE)
+        self._chat_pipelines = ScriptPipelines(reads or redis, ADMIT, RESOLVE, riders=write_behind)
 
     @staticmethod
     def admit_call(
@@ -182,14 +185,11 @@ class RateLimitStore:
         """`admit_and_read_personas` and, with `policy`, the user's and the tenant's auto-mode
         posteriors (`store/policy.py`), still one round trip."""
 
-        def build(pipe: Pipeline) -> None:
-            # execute_command: redis-py's cluster pipeline blocks its evalsha() method, not the command
-            pipe.execute_command("EVALSHA", self._admit.sha, len(call[0]), *call[0], *call[1])
-            queue_reads(pipe, self._resolve_sha, tenant, user, segment)
-            if policy:
-                queue_policy_reads(pipe, tenant, user)
-
-        replies = await self._chat_pipelines.run(build)
+        commands: list[Command] = [("EVALSHA", self._admit.sha, len(call[0]), *call[0], *call[1])]
+        commands += read_commands(self._resolve_sha, tenant, user, segment)
+        if policy:
+            commands += policy_read_commands(tenant, user)
+        replies = await self._chat_pipelines.run(commands)
         (reason, wait_ms), own, contexts, shared = replies[:4]
         posteriors = (parse(replies[4]), parse(replies[5])) if policy else None
         return int(reason), int(wait_ms), reads_of(own, contexts, shared), posteriors
@@ -207,7 +207,7 @@ class RateLimitStore:
         if lease is not None:
             leases.append(lease)
         self._settling[(tenant, day)] = (added + max(0, tokens), leases)
-        self._write_behind.soon(self._settle_commands)
+        self._write_behind.later(self._settle_commands)
 
     def _settle_commands(self) -> list[Command]:
         settling, self._settling = self._settling, {}

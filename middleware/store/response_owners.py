@@ -14,7 +14,8 @@ from redis.asyncio import Redis
 
 from middleware.store import keys
 from middleware.store.guard import fail_closed
-from middleware.store.write_behind import Command, WriteBehind
+from middleware.store.pipelines import Command
+from middleware.store.write_behind import WriteBehind
 
 
 class ResponseOwner(NamedTuple):

@@ -12,21 +12,19 @@ single Redis or a Sentinel group, one per slot (done concurrently) on a Cluster.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
 import orjson
-from redis.asyncio import Redis, RedisCluster
-from redis.asyncio.client import Pipeline
-from redis.exceptions import NoScriptError
+from redis.asyncio import Redis
 
 from middleware.store import keys
-from middleware.store.guard import STORE_ERRORS, fail_closed, resolved
+from middleware.store.guard import STORE_ERRORS, fail_closed
 from middleware.store.personas import PersonaReadFailed
-from middleware.store.policy import Posteriors, parse, queue_policy_reads
+from middleware.store.pipelines import Command, Riders, ScriptPipelines, as_dict
+from middleware.store.policy import Posteriors, parse, policy_read_commands
 
 # KEYS[1] assignments hash, KEYS[2] the tenant default's current persona.
 # ARGV[1] user, ARGV[2] the segment the request names ('' for none), ARGV[3] the segments' key prefix
@@ -59,78 +57,46 @@ class PersonaReads(NamedTuple):
 NO_READS = PersonaReads(None, "none", None, None)
 
 
-def queue_reads(pipe: Pipeline, resolve_sha: str, tenant: str, user: str, segment: str | None) -> None:
-    """Add the persona reads of one chat call to a pipeline: three commands, read by `reads_of`."""
-    pipe.get(keys.persona_current(tenant, user))
-    pipe.hgetall(keys.contexts(tenant, user))
-    pipe.execute_command(  # not evalsha(): redis-py's cluster pipeline blocks that method
-        "EVALSHA",
-        resolve_sha,
-        2,
-        keys.segment_members(tenant),
-        keys.tenant_default_line(tenant).current,
-        user,
-        segment or "",
-        keys.segment_base(tenant, ""),
-    )
+def read_commands(resolve_sha: str, tenant: str, user: str, segment: str | None) -> list[Command]:
+    """The persona reads of one chat call: three commands, their replies read by `reads_of`."""
+    return [
+        ("GET", keys.persona_current(tenant, user)),
+        ("HGETALL", keys.contexts(tenant, user)),
+        (
+            "EVALSHA",
+            resolve_sha,
+            2,
+            keys.segment_members(tenant),
+            keys.tenant_default_line(tenant).current,
+            user,
+            segment or "",
+            keys.segment_base(tenant, ""),
+        ),
+    ]
 
 
-def reads_of(own: bytes | None, contexts: dict[bytes, bytes], resolved_reply: list[Any]) -> PersonaReads:
+def reads_of(own: bytes | None, contexts: Any, resolved_reply: list[Any]) -> PersonaReads:
+    """`contexts`: the context hash as a dict or HGETALL's flat reply."""
     source = resolved_reply[0].decode() if isinstance(resolved_reply[0], bytes) else str(resolved_reply[0])
     segment = resolved_reply[1].decode() if isinstance(resolved_reply[1], bytes) else resolved_reply[1]
     shared = resolved_reply[2] if len(resolved_reply) > 2 else None
-    return PersonaReads(own, source, segment or None, shared, contexts)
-
-
-class ScriptPipelines:
-    """Pipelines that call scripts by EVALSHA. EVALSHA goes straight into the pipeline (redis-py's
-    pipelined Script would check SCRIPT EXISTS first, one more round trip on every call); the first
-    pipeline of a process loads the scripts in the same round trip, and when Redis lacks one later
-    (a restart, a flush) the scripts are loaded and the pipeline sent once more."""
-
-    def __init__(self, redis: Redis, *scripts: str) -> None:
-        self._redis = redis
-        self._scripts = scripts
-        self._loaded = False
-
-    def add(self, script: str) -> str:
-        """One more script these pipelines may call; returns its SHA1 for EVALSHA."""
-        if script not in self._scripts:
-            self._scripts = (*self._scripts, script)
-            self._loaded = False
-        return hashlib.sha1(script.encode()).hexdigest()
-
-    async def run(self, build: Callable[[Pipeline], None]) -> list[Any]:
-        for attempt in (1, 2):
-            preload = not self._loaded
-            if preload and isinstance(self._redis, RedisCluster):
-                # a cluster: SCRIPT LOAD goes to every master itself (its pipeline refuses the command)
-                for script in self._scripts:
-                    await resolved(self._redis.script_load(script))
-                preload = False
-            pipe = self._redis.pipeline(transaction=False)
-            if preload:
-                for script in self._scripts:
-                    pipe.script_load(script)
-            build(pipe)
-            try:
-                result: list[Any] = await pipe.execute()
-            except NoScriptError:
-                if attempt == 2:
-                    raise
-                self._loaded = False
-                continue
-            self._loaded = True
-            return result[len(self._scripts) :] if preload else result
-        raise AssertionError("unreachable")  # pragma: no cover
+    return PersonaReads(own, source, segment or None, shared, as_dict(contexts))
 
 
 class PersonaReader:
     """The chat path's persona read when no quota check rides with it: the user's GET and the
     `RESOLVE` script in one pipeline, bounded in time, skipped for `breaker_s` after a failure."""
 
-    def __init__(self, redis: Redis, *, read_timeout_s: float = 0.05, breaker_s: float = 0.5) -> None:
-        self._pipelines = ScriptPipelines(redis, RESOLVE)
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        read_timeout_s: float = 0.05,
+        breaker_s: float = 0.5,
+        riders: Riders | None = None,
+    ) -> None:
+        """`riders`: the writes behind earlier answers that ride with the read (`store/write_behind.py`)."""
+        self._pipelines = ScriptPipelines(redis, RESOLVE, riders=riders)
         self._resolve_sha = redis.register_script(RESOLVE).sha
         self._read_timeout_s = read_timeout_s
         self._breaker_s = breaker_s
@@ -148,14 +114,12 @@ class PersonaReader:
         if time.monotonic() < self._open_until:
             raise PersonaReadFailed("persona store recently failed; read skipped", skipped=True)
 
-        def build(pipe: Pipeline) -> None:
-            queue_reads(pipe, self._resolve_sha, tenant, user, segment)
-            if policy:
-                queue_policy_reads(pipe, tenant, user)
-
+        commands = read_commands(self._resolve_sha, tenant, user, segment)
+        if policy:
+            commands += policy_read_commands(tenant, user)
         try:
             async with asyncio.timeout(self._read_timeout_s):  # no task of its own, unlike wait_for
-                replies = await self._pipelines.run(build)
+                replies = await self._pipelines.run(commands)
         except STORE_ERRORS as exc:
             self._open_until = time.monotonic() + self._breaker_s
             raise PersonaReadFailed(str(exc) or type(exc).__name__) from exc

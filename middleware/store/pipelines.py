@@ -1,0 +1,150 @@
+"""Pipelines that call scripts by EVALSHA, and carry writes that ride along with them.
+
+EVALSHA goes straight into the pipeline (redis-py's pipelined Script would check SCRIPT EXISTS first,
+one more round trip on every call); the first pipeline of a process loads the scripts in the same
+round trip, and when Redis lacks one later (a restart, a flush) the scripts are loaded and the
+pipeline sent once more.
+
+A read on the hot path can take writes that wait behind earlier answers (`store/write_behind.py`)
+with it: they go first in its pipeline (a slot given back counts before this call's own admission),
+their replies are not the reader's, and their failure is only theirs: a reply of theirs that is an
+error is reported to the write-behind, never raised to the reader.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from hiredis import pack_command
+from redis.asyncio import Redis, RedisCluster
+from redis.exceptions import NoScriptError, ResponseError
+
+from middleware.store.guard import resolved
+
+# A command as redis-py sends it: its name and arguments.
+Command = tuple[str | int | float | bytes, ...]
+
+
+class Riders(Protocol):
+    """Writes that may ride with a read (`WriteBehind`)."""
+
+    @property
+    def scripts(self) -> Sequence[str]: ...
+
+    def take(self) -> list[Command]: ...
+
+    def lost(self, count: int, error: BaseException) -> None: ...
+
+
+def sha1(script: str) -> str:
+    return hashlib.sha1(script.encode()).hexdigest()
+
+
+class ScriptPipelines:
+    def __init__(self, redis: Redis, *scripts: str, riders: Riders | None = None) -> None:
+        """`riders`: where the writes that ride with these pipelines come from (None: no riders)."""
+        self._redis = redis
+        self._scripts = scripts
+        self._riders = riders
+        self._loaded: tuple[str, ...] = ()  # the scripts this process loaded (and Redis still has)
+
+    def add(self, script: str) -> str:
+        """One more script these pipelines may call; returns its SHA1 for EVALSHA."""
+        if script not in self._scripts:
+            self._scripts = (*self._scripts, script)
+        return sha1(script)
+
+    def _all_scripts(self) -> tuple[str, ...]:
+        if self._riders is None:
+            return self._scripts
+        return (*self._scripts, *(s for s in self._riders.scripts if s not in self._scripts))
+
+    async def run(self, commands: Sequence[Command]) -> list[Any]:
+        """The replies to `commands` (the riders' left out), as Redis sent them (HGETALL: a flat list,
+        or a dict on a cluster: `as_dict` reads either)."""
+        riding = self._riders.take() if self._riders is not None else []
+        try:
+            return await self._run(commands, riding)
+        except BaseException as exc:  # a failed or cancelled read loses the writes that rode with it
+            if riding and self._riders is not None:
+                self._riders.lost(len(riding), exc)
+            raise
+
+    async def _run(self, commands: Sequence[Command], riding: list[Command]) -> list[Any]:
+        for attempt in (1, 2):
+            scripts = self._all_scripts()
+            preload = scripts if scripts != self._loaded else ()
+            if preload and isinstance(self._redis, RedisCluster):
+                # a cluster: SCRIPT LOAD goes to every master itself (its pipeline refuses the command)
+                for script in preload:
+                    await resolved(self._redis.script_load(script))
+                self._loaded, preload = scripts, ()
+            loads: list[Command] = [("SCRIPT", "LOAD", script) for script in preload]
+            result = await send(self._redis, [*loads, *riding, *commands])
+            missing = next((r for r in result if isinstance(r, NoScriptError)), None)
+            if missing is not None:
+                if attempt == 2:
+                    raise missing
+                self._loaded = ()  # Redis lost them (a restart, a flush): load them all again
+                continue
+            self._loaded = scripts
+            written, replies = (
+                result[len(loads) : len(loads) + len(riding)],
+                result[len(loads) + len(riding) :],
+            )
+            failed = [reply for reply in written if isinstance(reply, Exception)]
+            if failed and self._riders is not None:
+                self._riders.lost(len(failed), failed[0])
+            for reply in replies:
+                if isinstance(reply, Exception):
+                    raise reply
+            return replies
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
+async def send(redis: Redis, commands: Sequence[Command]) -> list[Any]:
+    """Send `commands` in one round trip; an error reply is returned in its place, not raised.
+
+    On one server (or a Sentinel group's master) they go out on one pooled connection as one write,
+    packed by hiredis, and the replies are read as Redis sent them: redis-py's pipeline object, its
+    packing in Python, its reply callbacks, and its checks and retries around every command cost a
+    fifth of a hot-path call's CPU. A Cluster gets
+    redis-py's cluster pipeline, which routes each command to its slot's node."""
+    if isinstance(redis, RedisCluster):
+        pipe = redis.pipeline(transaction=False)
+        for command in commands:
+            pipe.execute_command(*command)
+        try:
+            return list(await pipe.execute(raise_on_error=False))
+        except NoScriptError as missing:  # the cluster pipeline raises it whatever it was asked
+            return [missing]
+    pool = redis.connection_pool
+    connection = await pool.get_connection()
+    try:
+        # hiredis packs in C what redis-py's asyncio connection packs in Python, argument by argument
+        packed = b"".join(pack_command(command) for command in commands)  # type: ignore[arg-type]  # its stub types a 1-tuple
+        await connection.send_packed_command(packed, check_health=False)
+        replies: list[Any] = []
+        for _ in commands:
+            try:
+                replies.append(await connection.read_response())
+            except ResponseError as error:  # an error reply: read whole, the connection stays in step
+                replies.append(error)
+        return replies
+    except BaseException:
+        await connection.disconnect(nowait=True)  # replies may be left unread: never reuse it
+        raise
+    finally:
+        await pool.release(connection)
+
+
+def as_dict(reply: Any) -> dict[Any, Any]:
+    """A hash as read: HGETALL's flat [field, value, ...] reply, a dict already, or None."""
+    if isinstance(reply, dict):
+        return reply
+    if not reply:
+        return {}
+    pairs = iter(reply)
+    return dict(zip(pairs, pairs, strict=True))
