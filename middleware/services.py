@@ -145,7 +145,6 @@ def build_services(settings: Settings, tracing: Tracing = TRACING_OFF) -> Servic
                 hot_redis,
                 read_timeout_s=settings.persona_read_timeout_s,
                 breaker_s=settings.persona_read_breaker_s,
-                riders=write_behind,
             ),
         ),
         segments=SegmentStore(redis),

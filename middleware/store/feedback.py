@@ -98,7 +98,7 @@ class FeedbackStore:
         """Write the records `take` hands over at the next flush, behind their answers (two commands
         each: the record with its expiry, and its owner)."""
         self._takers[take] = None
-        self._write_behind.later(self._record_commands)
+        self._write_behind.soon(self._record_commands)
 
     def _record_commands(self) -> list[Command]:
         takers, self._takers = self._takers, {}

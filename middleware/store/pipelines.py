@@ -1,21 +1,16 @@
-"""Pipelines that call scripts by EVALSHA, and carry writes that ride along with them.
+"""Pipelines that call scripts by EVALSHA, sent in one round trip.
 
 EVALSHA goes straight into the pipeline (redis-py's pipelined Script would check SCRIPT EXISTS first,
 one more round trip on every call); the first pipeline of a process loads the scripts in the same
 round trip, and when Redis lacks one later (a restart, a flush) the scripts are loaded and the
 pipeline sent once more.
-
-A read on the hot path can take writes that wait behind earlier answers (`store/write_behind.py`)
-with it: they go first in its pipeline (a slot given back counts before this call's own admission),
-their replies are not the reader's, and their failure is only theirs: a reply of theirs that is an
-error is reported to the write-behind, never raised to the reader.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any
 
 from hiredis import pack_command
 from redis.asyncio import Redis, RedisCluster
@@ -27,27 +22,14 @@ from middleware.store.guard import resolved
 Command = tuple[str | int | float | bytes, ...]
 
 
-class Riders(Protocol):
-    """Writes that may ride with a read (`WriteBehind`)."""
-
-    @property
-    def scripts(self) -> Sequence[str]: ...
-
-    def take(self) -> list[Command]: ...
-
-    def lost(self, count: int, error: BaseException) -> None: ...
-
-
 def sha1(script: str) -> str:
     return hashlib.sha1(script.encode()).hexdigest()
 
 
 class ScriptPipelines:
-    def __init__(self, redis: Redis, *scripts: str, riders: Riders | None = None) -> None:
-        """`riders`: where the writes that ride with these pipelines come from (None: no riders)."""
+    def __init__(self, redis: Redis, *scripts: str) -> None:
         self._redis = redis
         self._scripts = scripts
-        self._riders = riders
         self._loaded: tuple[str, ...] = ()  # the scripts this process loaded (and Redis still has)
 
     def add(self, script: str) -> str:
@@ -56,25 +38,11 @@ class ScriptPipelines:
             self._scripts = (*self._scripts, script)
         return sha1(script)
 
-    def _all_scripts(self) -> tuple[str, ...]:
-        if self._riders is None:
-            return self._scripts
-        return (*self._scripts, *(s for s in self._riders.scripts if s not in self._scripts))
-
     async def run(self, commands: Sequence[Command]) -> list[Any]:
-        """The replies to `commands` (the riders' left out), as Redis sent them (HGETALL: a flat list,
-        or a dict on a cluster: `as_dict` reads either)."""
-        riding = self._riders.take() if self._riders is not None else []
-        try:
-            return await self._run(commands, riding)
-        except BaseException as exc:  # a failed or cancelled read loses the writes that rode with it
-            if riding and self._riders is not None:
-                self._riders.lost(len(riding), exc)
-            raise
-
-    async def _run(self, commands: Sequence[Command], riding: list[Command]) -> list[Any]:
+        """The replies to `commands` (HGETALL: a flat list, or a dict on a cluster: `as_dict` reads
+        either); an error reply is raised."""
         for attempt in (1, 2):
-            scripts = self._all_scripts()
+            scripts = self._scripts
             preload = scripts if scripts != self._loaded else ()
             if preload and isinstance(self._redis, RedisCluster):
                 # a cluster: SCRIPT LOAD goes to every master itself (its pipeline refuses the command)
@@ -82,7 +50,7 @@ class ScriptPipelines:
                     await resolved(self._redis.script_load(script))
                 self._loaded, preload = scripts, ()
             loads: list[Command] = [("SCRIPT", "LOAD", script) for script in preload]
-            result = await send(self._redis, [*loads, *riding, *commands])
+            result = await send(self._redis, [*loads, *commands])
             missing = next((r for r in result if isinstance(r, NoScriptError)), None)
             if missing is not None:
                 if attempt == 2:
@@ -90,13 +58,7 @@ class ScriptPipelines:
                 self._loaded = ()  # Redis lost them (a restart, a flush): load them all again
                 continue
             self._loaded = scripts
-            written, replies = (
-                result[len(loads) : len(loads) + len(riding)],
-                result[len(loads) + len(riding) :],
-            )
-            failed = [reply for reply in written if isinstance(reply, Exception)]
-            if failed and self._riders is not None:
-                self._riders.lost(len(failed), failed[0])
+            replies = result[len(loads) :]
             for reply in replies:
                 if isinstance(reply, Exception):
                     raise reply

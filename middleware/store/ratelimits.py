@@ -131,7 +131,7 @@ class RateLimitStore:
         self._reserve: AsyncScript = redis.register_script(RESERVE_PENDING)
         self._record: AsyncScript = redis.register_script(RECORD)
         self._resolve_sha = redis.register_script(RESOLVE).sha
-        self._chat_pipelines = ScriptPipelines(reads or redis, ADMIT, RESOLVE, riders=write_behind)
+        self._chat_pipelines = ScriptPipelines(reads or redis, ADMIT, RESOLVE)
 
     @staticmethod
     def admit_call(
@@ -207,7 +207,7 @@ class RateLimitStore:
         if lease is not None:
             leases.append(lease)
         self._settling[(tenant, day)] = (added + max(0, tokens), leases)
-        self._write_behind.later(self._settle_commands)
+        self._write_behind.soon(self._settle_commands)
 
     def _settle_commands(self) -> list[Command]:
         settling, self._settling = self._settling, {}

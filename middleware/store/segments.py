@@ -23,7 +23,7 @@ from redis.asyncio import Redis
 from middleware.store import keys
 from middleware.store.guard import STORE_ERRORS, fail_closed
 from middleware.store.personas import PersonaReadFailed
-from middleware.store.pipelines import Command, Riders, ScriptPipelines, as_dict
+from middleware.store.pipelines import Command, ScriptPipelines, as_dict
 from middleware.store.policy import Posteriors, parse, policy_read_commands
 
 # KEYS[1] assignments hash, KEYS[2] the tenant default's current persona.
@@ -93,10 +93,8 @@ class PersonaReader:
         *,
         read_timeout_s: float = 0.05,
         breaker_s: float = 0.5,
-        riders: Riders | None = None,
     ) -> None:
-        """`riders`: the writes behind earlier answers that ride with the read (`store/write_behind.py`)."""
-        self._pipelines = ScriptPipelines(redis, RESOLVE, riders=riders)
+        self._pipelines = ScriptPipelines(redis, RESOLVE)
         self._resolve_sha = redis.register_script(RESOLVE).sha
         self._read_timeout_s = read_timeout_s
         self._breaker_s = breaker_s
