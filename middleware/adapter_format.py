@@ -10,7 +10,15 @@ from typing import Any
 
 import orjson
 
-ADAPTER_FACTS = ("head_id", "strength", "n_pairs", "trained_at", "train_seconds", "persona_version_id")
+ADAPTER_FACTS = (
+    "head_id",
+    "strength",
+    "n_pairs",
+    "n_implicit",
+    "trained_at",
+    "train_seconds",
+    "persona_version_id",
+)
 
 
 def safetensors_metadata(blob: bytes) -> dict[str, str]:

@@ -166,7 +166,11 @@ async def test_every_store_operation_runs_on_a_cluster(
         assert await feedback.owner("resp_fb") == (T, USERS[4])
         added = await feedback.add_signal(T, USERS[4], "resp_fb", "s1", b"{}", 1.0)
         assert added is not None and added.new
-        assert await feedback.mark_prompt(T, USERS[4], "d1", "resp_fb", "up") == {"resp_fb": "up"}
+        marked = await feedback.mark_prompt(T, USERS[4], "d1", "resp_fb", "up")
+        assert (marked.before, marked.latest) == (None, {"resp_fb": "up"})
+        pair_record = ("implicit_1", "pair", {"id": "implicit_1"})
+        assert await services.preferences.add(T, USERS[4], [pair_record]) == [True]
+        assert await services.preferences.withdraw(T, USERS[4], ["implicit_1", "nope"]) == ["implicit_1"]
         for user in USERS:
             await policy.reward(T, user, "inject", 1.0, discount=1.0, tenant_discount=1.0, ttl_ms=60_000)
         assert (await policy.tenant_posteriors(T))["inject"].pulls == len(USERS)

@@ -292,6 +292,72 @@ def test_thumbs_up_and_down_on_the_same_prompt(keeping: RunningProxy, fake_upstr
     assert (pair["chosen"]["content"], pair["rejected"]["content"]) == ("good one", "bad one")
 
 
+def posteriors(proxy: RunningProxy, user: str = "alice") -> dict[str, float]:
+    """The user's posterior hash of the auto mode's policy, as numbers."""
+    r = redis.Redis.from_url(proxy.settings.redis_url)
+    try:
+        raw = r.hgetall(keys.policy_user("tenant-a", user))
+    finally:
+        r.close()
+    return {k.decode(): float(v) for k, v in raw.items()}  # type: ignore[union-attr]
+
+
+def pairs_shown(proxy: RunningProxy) -> list[tuple[str, str]]:
+    return [(p["chosen"]["content"], p["rejected"]["content"]) for p in implicit(proxy)]
+
+
+def test_a_changed_verdict_counts_only_the_latest(keeping: RunningProxy, fake_upstream: FakeUpstream) -> None:
+    fake_upstream.script(Reply(content="first one"), Reply(content="second one"))
+    first, second = ask(keeping, "same prompt"), ask(keeping, "same prompt")
+    record(keeping, first), record(keeping, second)
+    with app_client(keeping) as c:
+        send(c, {"response_id": second, "signal": "thumbs_down"})
+        up = send(c, {"response_id": first, "signal": "thumbs_up"}).json()["data"][0]
+        assert up["reward"] == 1.0 and up["implied_pairs"] == 1
+        assert pairs_shown(keeping) == [("first one", "second one")]
+
+        # up, then down on the same answer: the reward of a down, and no pair left from the up
+        down = send(c, {"response_id": first, "signal": "thumbs_down"})
+        assert down.status_code == 201 and down.json()["data"][0]["reward"] == 0.0
+        assert pairs_shown(keeping) == []
+        # two answers rewarded once each (the latest verdicts: two downs), not three rewards
+        stats = posteriors(keeping)
+        assert stats["inject:n"] == 2 and stats["inject:r"] == pytest.approx(0.0)
+        assert stats["inject:s"] == pytest.approx(0.0) and stats["inject:f"] > 1.9
+
+        # down, then up on the other answer: the pair follows the latest verdicts
+        again = send(c, {"response_id": second, "signal": "thumbs_up"}).json()["data"][0]
+        assert again["reward"] == 1.0 and again["implied_pairs"] == 1
+        assert pairs_shown(keeping) == [("second one", "first one")]
+        stats = posteriors(keeping)
+        assert stats["inject:n"] == 2 and stats["inject:r"] == pytest.approx(1.0)
+
+        # the first verdict sent again (no idempotency key) is the latest once more
+        back = send(c, {"response_id": first, "signal": "thumbs_up"}).json()["data"][0]
+        assert back["created"] is True and back["reward"] == 1.0
+        assert pairs_shown(keeping) == []  # both up: neither is preferred
+        assert send(c, {"response_id": first, "signal": "thumbs_up"}).json()["created"] == 0  # a retry
+    stats = posteriors(keeping)
+    assert stats["inject:n"] == 2 and stats["inject:r"] == pytest.approx(2.0)
+
+
+def test_a_retried_verdict_does_not_undo_a_later_one(keeping: RunningProxy) -> None:
+    rid = ask(keeping, "keyed")
+    record(keeping, rid)
+    with app_client(keeping) as c:
+        up = {"response_id": rid, "signal": "thumbs_up", "idempotency_key": "up-1"}
+        down = {"response_id": rid, "signal": "thumbs_down", "idempotency_key": "down-1"}
+        assert send(c, up).json()["data"][0]["reward"] == 1.0
+        assert send(c, down).json()["data"][0]["reward"] == 0.0
+        late = send(c, up)  # the first request retried after the second one: still the same signal
+        item = late.json()["data"][0]
+        assert late.status_code == 200 and (item["created"], item["reward"]) == (False, 0.0)
+        assert send(c, down).json()["created"] == 0
+    stats = posteriors(keeping)
+    assert stats["inject:n"] == 1 and stats["inject:r"] == pytest.approx(0.0)
+    assert stats["inject:s"] == pytest.approx(0.0) and stats["inject:f"] == pytest.approx(1.0)
+
+
 def test_no_pairs_without_kept_texts(proxy: RunningProxy) -> None:
     rid = ask(proxy, "x")
     record(proxy, rid)

@@ -226,7 +226,9 @@ def test_int8_falls_back_to_fp32_where_no_quantized_engine_runs(
     assert (fallback.encode(texts) * encoder.encode(texts)).sum(1).min() > 0.999  # the fp32 encoder
 
 
-def test_an_early_candidate_is_encoded_before_scoring(trained: Trained, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_early_candidate_is_encoded_before_scoring(
+    trained: Trained, monkeypatch: pytest.MonkeyPatch
+) -> None:
     model, _, test = trained
     reranker = LoraReranker(model)
     context = [m.model_dump() for m in test[0].context]
@@ -242,3 +244,70 @@ def test_an_early_candidate_is_encoded_before_scoring(trained: Trained, monkeypa
     assert isinstance(score, float)
     with pytest.raises(AssertionError, match="encode a prepared text"):
         asyncio.run(reranker.score(context, ["a candidate nobody prepared"], user="terse"))
+
+
+def _margins(model: LoraRewardModel, pairs: list[PreferencePair], user: str | None) -> list[float]:
+    """How much the model (the user's adapter, or the global head) prefers each pair's chosen answer."""
+    margins = []
+    for p in pairs:
+        chosen, rejected = model.score(p.context, [p.chosen.content, p.rejected.content], user=user)
+        margins.append(chosen - rejected)
+    return margins
+
+
+def _taken_back(pairs: list[PreferencePair], weight: float | None) -> list[PreferencePair]:
+    """The same pairs the other way round, as pairs implied by feedback signals."""
+    return [
+        p.model_copy(
+            update={"chosen": p.rejected, "rejected": p.chosen, "source": "implicit", "weight": weight}
+        )
+        for p in pairs
+    ]
+
+
+def test_implicit_pairs_count_by_their_weight(trained: Trained) -> None:
+    """12 explicit pairs prefer the short answer; as many implicit pairs (the setting's weight, 0.5)
+    say the opposite on the same answers. Weighted, the adapter follows the explicit taste (the
+    pair's best margin is ln 2, short of the anchor's pull); counted at full weight the two cancel and
+    the crowd's taste for long answers (the global head) wins."""
+    from middleware.config import Settings
+
+    model, _, _ = trained
+    implicit_weight = Settings.model_fields["feedback_implicit_weight"].default
+    assert implicit_weight == 0.5
+    explicit = planted_pairs("mixed", True, 12, seed=3)
+    held_out = planted_pairs("mixed", True, 12, seed=4)
+    assert max(_margins(model, explicit, None)) < 0  # the global head prefers every long answer
+    # (the module's model caches two adapters: each is measured right after its training)
+    model.train_user("unweighted", explicit + _taken_back(explicit, None), strength=0.03)
+    unweighted = _margins(model, explicit, "unweighted")
+    model.train_user("weighted", explicit + _taken_back(explicit, implicit_weight), strength=0.03)
+    weighted = _margins(model, explicit, "weighted")
+    assert min(weighted) > 0  # every explicit preference holds
+    assert sum(_margins(model, held_out, "weighted")) > 0  # and carries over to answers not trained on
+    assert sum(unweighted) < 0 and sum(weighted) - sum(unweighted) > 0.2 * len(explicit)
+    meta = model.adapter_metadata("weighted")
+    assert meta is not None and (meta["n_pairs"], meta["n_implicit"], meta["n_weighted"]) == (
+        "24",
+        "12",
+        "12",
+    )
+
+
+def test_a_pair_of_weight_zero_changes_nothing(trained: Trained) -> None:
+    """The weight reaches all a pair adds to the training loss, its preference and its anchor (which
+    holds the scores of the pair's answers near the global head's): 12 pairs of other answers with
+    the opposite taste leave the adapter's scores as without them at weight 0, and move them at 1."""
+    model, _, _ = trained
+    explicit = planted_pairs("zero", True, 12, seed=5)
+    opposite = planted_pairs("zero", False, 12, seed=7)
+    held_out = planted_pairs("zero", True, 12, seed=6)
+    model.train_user("alone", explicit, strength=0.03)
+    alone = _margins(model, held_out, "alone")
+    moved = {}
+    for weight in (0.0, 1.0):
+        weighted = [p.model_copy(update={"source": "implicit", "weight": weight}) for p in opposite]
+        model.train_user(f"with-{weight}", explicit + weighted, strength=0.03)
+        after = _margins(model, held_out, f"with-{weight}")
+        moved[weight] = max(abs(a - b) for a, b in zip(alone, after, strict=True))
+    assert moved[0.0] < 0.05 < 1.0 < moved[1.0], moved

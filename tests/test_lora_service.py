@@ -115,8 +115,12 @@ async def test_worker_trains_and_stores_the_adapter_under_the_persona_version(
     redis_url: str, fake_upstream: FakeUpstream, head: tuple[LoraRewardModel, Path]
 ) -> None:
     settings = job_settings(redis_url, fake_upstream, lora_head_path=str(head[1]), lora_threads=2)
+    pairs = make_pairs("walter", 6)
+    for i in (1, 4):  # two pairs implied by feedback signals, at the setting's weight
+        update = {"source": "implicit", "weight": settings.feedback_implicit_weight}
+        pairs[i] = pairs[i].model_copy(update=update)
     async with store_services(settings) as services:
-        await services.preferences.add_pairs(T, "walter", make_pairs("walter", 6))
+        await services.preferences.add_pairs(T, "walter", pairs)
     fake_upstream.responder = InductionResponder()
     with start_proxy(settings) as running, admin(running) as http:
         job_id = http.post("/admin/users/walter/persona/refresh").json()["job_id"]
@@ -125,8 +129,13 @@ async def test_worker_trains_and_stores_the_adapter_under_the_persona_version(
         shown = http.get("/admin/users/walter/adapter")
         listed = http.get("/admin/users/walter/persona/versions").json()
         missing = http.get("/admin/users/walter/adapter", params={"version": 2})
+        persona = http.get("/admin/users/walter/persona").json()
     assert job["state"] == "complete", job
     facts = job["result"]["adapter"]
+    # the persona version and its adapter both say how many implied pairs they used
+    assert persona["provenance"]["implicit_pairs"] == job["result"]["implicit_pairs"] == 2
+    assert facts["implicit_pairs"] == 2 and facts["pairs"] == 6
+    assert shown.json()["n_implicit"] == 2 and listed[0]["adapter"]["n_implicit"] == 2
     # operators see the adapter beside its persona version
     assert shown.status_code == 200, shown.text
     body = shown.json()

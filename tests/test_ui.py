@@ -152,14 +152,64 @@ def test_collect_best_and_worst_and_continue_with_the_best(
     assert (last["best"], last["worst"], last["rationale"]) == (1, 3, "Short.")
 
 
+def stored_token(page: Any) -> str | None:
+    token: str | None = page.evaluate("() => sessionStorage.getItem('persona.token')")
+    return token
+
+
 def test_the_token_leaves_the_url_and_survives_a_reload(ui_proxy: RunningProxy, page: Any) -> None:
-    sign_in(page, ui_proxy, "mina")
+    token = user_token(ui_proxy, "mina")
+    page.goto(f"{ui_proxy.url}/ui#token={token}")
     page.wait_for_selector("#workspace:not([hidden])")
     assert page.text_content("#whoami-user") == "mina"
     assert "token" not in page.url  # not left in the address bar or history
+    assert stored_token(page) == token
     page.reload()
     page.wait_for_selector("#workspace:not([hidden])")
     assert page.text_content("#whoami-user") == "mina"
+
+
+def test_a_reload_before_the_first_answer_keeps_the_token(ui_proxy: RunningProxy, page: Any) -> None:
+    """The token has left the URL while the first profile read is still unanswered: it is stored."""
+    held: list[Any] = []
+
+    def hold_the_first(route: Any) -> None:
+        if not held:
+            held.append(route)  # left unanswered: sign-in waits on it
+        else:
+            route.continue_()
+
+    page.route("**/ui/profile", hold_the_first)
+    with page.expect_request("**/ui/profile"):
+        sign_in(page, ui_proxy, "mina")
+    assert "token" not in page.url
+    assert page.locator("#workspace").is_hidden()
+    page.reload()
+    page.wait_for_selector("#workspace:not([hidden])")
+    assert page.text_content("#whoami-user") == "mina"
+
+
+def test_a_failing_first_read_is_retried_not_taken_for_a_bad_token(ui_proxy: RunningProxy, page: Any) -> None:
+    """Redis away for a moment (503) or a dropped connection does not sign the user out."""
+    from playwright.sync_api import expect
+
+    answered: list[str] = []
+
+    def fail_twice(route: Any) -> None:
+        answered.append(route.request.url)
+        if len(answered) == 1:
+            route.fulfill(status=503, json={"error": {"message": "redis is unavailable"}})
+        elif len(answered) == 2:
+            route.abort("connectionreset")
+        else:
+            route.continue_()
+
+    page.route("**/ui/profile", fail_twice)
+    sign_in(page, ui_proxy, "mina")
+    page.wait_for_selector("#workspace:not([hidden])")
+    assert page.text_content("#whoami-user") == "mina"
+    assert len(answered) == 3 and stored_token(page) is not None
+    expect(page.locator("#status")).to_have_text("")  # the retry notice goes once signed in
 
 
 def test_a_bad_token_or_the_app_key_cannot_sign_in(ui_proxy: RunningProxy, page: Any) -> None:

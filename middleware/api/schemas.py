@@ -103,6 +103,9 @@ class AdapterPublic(BaseModel):
     head_id: str | None = Field(None, description="the global reward head the adapter was trained on")
     strength: str | None = Field(None, description='anchor strength chosen by cross-validation, or "off"')
     n_pairs: int | None = Field(None, description="preference pairs it was trained on")
+    n_implicit: int | None = Field(
+        None, description="of them, pairs implied by feedback signals (weighted less, README Feedback)"
+    )
     trained_at: str | None = None
     train_seconds: float | None = None
     persona_version_id: str | None = None

@@ -7,6 +7,9 @@
   (`PERSONA_FEEDBACK_SENTIMENT_ALPHA`), so one outburst moves the reward a little, a lasting mood more.
 - The store adds a signal and recomputes the reward in one script: a retried signal (same
   `idempotency_key`, or the same content) counts once.
+- Thumbs up and thumbs down are one verdict per answer: the latest replaces the earlier one, so the
+  reward is that of the latest alone (a verdict sent again without `idempotency_key` after another
+  one is the latest again; with a key already used it is a retry and changes nothing).
 - When the reward changes, `on_reward(tenant, user, arm, reward, previous)` is called (the auto mode's
   policy update, `Policy.on_reward`; `previous`: the answer's reward before, None for its first).
 - Pairs implied by signals go to the user's preference log as `source: implicit` with the weight
@@ -14,6 +17,8 @@
   answer); a positive signal on an answer to a prompt whose earlier answer was regenerated or thumbed
   down (new over old); thumbs up against thumbs down on two answers to the same prompt. They need the
   texts (`PERSONA_FEEDBACK_KEEP_TEXT`, or the edited text given in the signal for the chosen side).
+  These follow each answer's latest verdict: when it changes, the pairs the earlier one implied and
+  the latest does not are withdrawn from the log.
 """
 
 from __future__ import annotations
@@ -40,6 +45,12 @@ log = logging.getLogger("middleware.feedback")
 SignalType = Literal["thumbs_up", "thumbs_down", "regenerate", "copy", "edit", "follow_up", "dwell"]
 POSITIVE = ("thumbs_up", "copy")
 IMPLICIT = "implicit"
+# signals that are one verdict per answer (the latest replaces the earlier), by their slot
+VERDICT_SLOTS = {"thumbs_up": "thumbs", "thumbs_down": "thumbs"}
+# what a signal says of an answer among the answers to the same prompt
+PROMPT_VERDICTS = {"thumbs_up": "up", "copy": "up", "thumbs_down": "down", "regenerate": "regenerate"}
+# the kinds of pair implied by verdicts on two answers to one prompt
+VERDICT_PAIR_KINDS = ("thumbs", "regenerate")
 
 
 class SignalIn(BaseModel):
@@ -168,6 +179,7 @@ class FeedbackService:
         added = await self._store.add_signal(
             tenant, user, item.response_id, sid, signal, self.pull(item), score,
             self._settings.feedback_sentiment_alpha,
+            verdict_slot=VERDICT_SLOTS.get(item.signal), retake=item.idempotency_key is None,
         )  # fmt: skip
         if added is None:  # expired since the owner was read
             raise NotFound(
@@ -193,32 +205,28 @@ class FeedbackService:
         if item.signal == "edit" and item.text and record.get("answer") and item.text != record["answer"]:
             edited = {**record, "answer": item.text}
             found.append(("edit", f"{rid}:edited:{signal_id(item)}", rid, edited, record))
-        verdict = {"thumbs_up": "up", "copy": "up", "thumbs_down": "down", "regenerate": "regenerate"}.get(
-            item.signal
-        )
+        verdict = PROMPT_VERDICTS.get(item.signal)
         digest = record.get("prompt_digest")
+        stale: list[str] = []
         if verdict is not None and digest:
-            others = await self._store.mark_prompt(tenant, user, digest, rid, verdict)
+            marked = await self._store.mark_prompt(tenant, user, digest, rid, verdict)
+            others = marked.latest
             others.pop(rid, None)
-            if verdict == "up":
-                losers = [o for o, v in others.items() if v in ("down", "regenerate")]
-                winners: list[str] = []
-            else:
-                losers, winners = [], [o for o, v in others.items() if v == "up"]
-            ids = losers + winners
-            for other_id, raw in zip(ids, await self._store.records(tenant, user, ids), strict=True):
+            implied = _verdict_pairs(rid, verdict, others)
+            ids = [c if c != rid else r for _, c, r in implied]
+            for (kind, chosen_id, rejected_id), raw in zip(
+                implied, await self._store.records(tenant, user, ids), strict=True
+            ):
                 if raw is None:
                     continue
                 other = orjson.loads(raw)
-                kind = (
-                    "thumbs"
-                    if "down" in (verdict, others[other_id]) and "up" in (verdict, others[other_id])
-                    else "regenerate"
-                )
-                if other_id in losers:
-                    found.append((kind, rid, other_id, record, other))
-                else:
-                    found.append((kind, other_id, rid, other, record))
+                sides = (record, other) if chosen_id == rid else (other, record)
+                found.append((kind, chosen_id, rejected_id, *sides))
+            if marked.before not in (None, verdict):
+                stale = _stale_pairs(rid, list(others), {pair_id(*p) for p in implied})
+        if stale:
+            withdrawn = await self._preferences.withdraw(tenant, user, stale)
+            log.info("%d implied pair(s) withdrawn: the answer's verdict changed", len(withdrawn))
         records = []
         for kind, chosen_id, rejected_id, chosen, rejected in found:
             if not (
@@ -243,6 +251,32 @@ class FeedbackService:
         if not records:
             return 0
         return sum(await self._preferences.add(tenant, user, records))
+
+
+def _verdict_pairs(response_id: str, verdict: str, others: dict[str, str]) -> list[tuple[str, str, str]]:
+    """(kind, chosen id, rejected id) of the pairs this answer's verdict implies against the latest
+    verdicts of the other answers to its prompt: up over down (thumbs) or over regenerated
+    (regenerate); down or regenerated under up."""
+    implied = []
+    for other, theirs in others.items():
+        kind = "thumbs" if {verdict, theirs} == {"up", "down"} else "regenerate"
+        if verdict == "up" and theirs in ("down", "regenerate"):
+            implied.append((kind, response_id, other))
+        elif verdict != "up" and theirs == "up":
+            implied.append((kind, other, response_id))
+    return implied
+
+
+def _stale_pairs(response_id: str, others: list[str], implied_now: set[str]) -> list[str]:
+    """The ids of every pair verdicts could imply between this answer and the others to its prompt
+    (either side, either kind) that its latest verdict does not imply."""
+    possible = [
+        pair_id(kind, *sides)
+        for other in others
+        for kind in VERDICT_PAIR_KINDS
+        for sides in ((response_id, other), (other, response_id))
+    ]
+    return [p for p in possible if p not in implied_now]
 
 
 def _now() -> str:

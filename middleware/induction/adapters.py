@@ -155,6 +155,7 @@ class AdapterTrainer:
             "strength": meta.get("strength"),
             "head_id": meta.get("head_id"),
             "pairs": len(pairs),
+            "implicit_pairs": sum(1 for p in pairs if p.source == "implicit"),
             "seconds": round(seconds, 3),
         }
 

@@ -1,10 +1,12 @@
 """Feedback records: what an answer was (written once, off the hot path) and the signals it got.
 
 One hash per answer under the user's hash tag (`keys.feedback`): `record` (the answer's JSON),
-`s:<signal id>` (each signal as received), `c:<signal id>` (its pull on the reward) and `reward`.
+`s:<signal id>` (each signal as received), `c:<signal id>` (its pull on the reward), `reward`, and
+`v:<slot>` (the signal id of the answer's latest verdict in a slot, e.g. thumbs up or down).
 A signal is added by one script, so a retried signal counts once and the reward is always computed
-from every signal stored (two signals at once never lose one). A global owner key
-(`keys.feedback_owner`) finds the record from the bare answer id; forget deletes both.
+from every signal that counts (two signals at once never lose one). A verdict replaces the earlier
+verdict of its slot: the earlier one's pull is dropped (its `s:` stays, as received). A global owner
+key (`keys.feedback_owner`) finds the record from the bare answer id; forget deletes both.
 """
 
 from __future__ import annotations
@@ -24,16 +26,28 @@ from middleware.store.write_behind import WriteBehind
 log = logging.getLogger("middleware.store")
 
 # KEYS: the answer's hash, the user's sentiment hash.
-# ARGV: signal id, signal JSON, pull (a number), sentiment score ('' unless a follow-up), alpha.
+# ARGV: signal id, signal JSON, pull (a number), sentiment score ('' unless a follow-up), alpha,
+# verdict slot ('' for a signal that is no verdict), '1' when a stored verdict sent again takes the
+# slot back (a verdict without idempotency key: the same content is the same id).
 # A follow-up's pull is multiplied by the user's smoothed sentiment after this score is folded in.
 # Returns {status, reward, previous reward, record, smoothed sentiment}: status -1 (no such answer),
-# 0 (this signal was already stored), 1 (new).
+# 0 (this signal was already stored and counts as it did), 1 (new, or a verdict that is the latest again).
 _ADD_SIGNAL = """
 local record = redis.call('HGET', KEYS[1], 'record')
 if not record then return {-1, '', '', '', ''} end
 local previous = redis.call('HGET', KEYS[1], 'reward') or ''
+local slot = ARGV[6]
+local current = false
+if slot ~= '' then current = redis.call('HGET', KEYS[1], 'v:' .. slot) end
 if redis.call('HSETNX', KEYS[1], 's:' .. ARGV[1], ARGV[2]) == 0 then
-  return {0, previous, previous, record, ''}
+  if slot == '' or ARGV[7] ~= '1' or current == ARGV[1] then
+    return {0, previous, previous, record, ''}
+  end
+  redis.call('HSET', KEYS[1], 's:' .. ARGV[1], ARGV[2])
+end
+if slot ~= '' then
+  if current and current ~= ARGV[1] then redis.call('HDEL', KEYS[1], 'c:' .. current) end
+  redis.call('HSET', KEYS[1], 'v:' .. slot, ARGV[1])
 end
 local pull = tonumber(ARGV[3])
 local smoothed = ''
@@ -65,6 +79,12 @@ class SignalAdded:
     previous_reward: float | None
     record: bytes
     sentiment: float | None  # the user's smoothed sentiment after a follow-up
+
+
+@dataclass(frozen=True)
+class PromptVerdicts:
+    before: str | None  # this answer's verdict before this one (None: it had none)
+    latest: dict[str, str]  # answer id -> its latest verdict, among the answers to one prompt
 
 
 def _number(value: bytes | str | None) -> float | None:
@@ -151,8 +171,13 @@ class FeedbackStore:
         pull: float,
         sentiment: float | None = None,
         alpha: float = 0.3,
+        verdict_slot: str | None = None,
+        retake: bool = False,
     ) -> SignalAdded | None:
-        """Store one signal once and recompute the answer's reward; None when the answer is unknown."""
+        """Store one signal once and recompute the answer's reward; None when the answer is unknown.
+        With `verdict_slot` the signal replaces the answer's earlier verdict in that slot (only the
+        latest counts); `retake`: a verdict already stored, sent again after another, is the latest
+        again (else it is a retry and changes nothing)."""
         status, reward, previous, record, smoothed = await fail_closed(
             self._add_signal(
                 keys=[keys.feedback(tenant, user, response_id), keys.sentiment(tenant, user)],
@@ -162,6 +187,8 @@ class FeedbackStore:
                     repr(float(pull)),
                     "" if sentiment is None else repr(sentiment),
                     repr(alpha),
+                    verdict_slot or "",
+                    "1" if retake else "0",
                 ],
             )
         )
@@ -171,15 +198,19 @@ class FeedbackStore:
 
     async def mark_prompt(
         self, tenant: str, user: str, digest: str, response_id: str, verdict: str
-    ) -> dict[str, str]:
-        """Note the answer's latest verdict among the answers to one prompt; returns them all."""
+    ) -> PromptVerdicts:
+        """Note the answer's latest verdict among the answers to one prompt; returns its verdict
+        before and the latest of them all."""
         key = keys.feedback_prompt(tenant, user, digest)
         pipe = one_slot_pipeline(self._redis)
+        pipe.hget(key, response_id)
         pipe.hset(key, response_id, verdict)
         pipe.expire(key, self._ttl_s)
         pipe.hgetall(key)
-        *_, found = await fail_closed(pipe.execute())
-        return {_text(k): _text(v) for k, v in found.items()}
+        before, *_, found = await fail_closed(pipe.execute())
+        return PromptVerdicts(
+            None if before is None else _text(before), {_text(k): _text(v) for k, v in found.items()}
+        )
 
     async def records(self, tenant: str, user: str, response_ids: list[str]) -> list[bytes | None]:
         if not response_ids:

@@ -38,6 +38,40 @@ return added
 """
 
 
+# KEYS: stream, ids set. ARGV: record ids. Each id still stored leaves the set and its entry the stream
+# (searched from the newest, in pages, until all are found). Returns the ids removed.
+_WITHDRAW_SCRIPT = """
+local wanted, left, removed = {}, 0, {}
+for i = 1, #ARGV do
+  if redis.call('SREM', KEYS[2], ARGV[i]) == 1 then
+    wanted[ARGV[i]] = true
+    left = left + 1
+    removed[#removed + 1] = ARGV[i]
+  end
+end
+local last = '+'
+while left > 0 do
+  local entries = redis.call('XREVRANGE', KEYS[1], last, '-', 'COUNT', 200)
+  if #entries == 0 then break end
+  for _, entry in ipairs(entries) do
+    local fields = entry[2]
+    for j = 1, #fields, 2 do
+      if fields[j] == 'id' then
+        if wanted[fields[j + 1]] then
+          redis.call('XDEL', KEYS[1], entry[1])
+          wanted[fields[j + 1]] = nil
+          left = left - 1
+        end
+        break
+      end
+    end
+  end
+  last = '(' .. entries[#entries][1]
+end
+return removed
+"""
+
+
 @dataclass(frozen=True)
 class Record:
     id: str
@@ -54,6 +88,7 @@ class PreferenceStore:
         self._redis = redis
         self._replication = replication or Replication()
         self._add = redis.register_script(_ADD_SCRIPT)
+        self._withdraw = redis.register_script(_WITHDRAW_SCRIPT)
 
     async def add(self, tenant: str, user: str, records: list[tuple[str, str, dict[str, Any]]]) -> list[bool]:
         """Append (id, kind, data) records; returns which ones were new. Fails closed (503), also when
@@ -71,6 +106,16 @@ class PreferenceStore:
         )
         await fail_closed(self._redis.sadd(keys.tenant_users(tenant), user))
         return [bool(int(f)) for f in flags]
+
+    async def withdraw(self, tenant: str, user: str, record_ids: list[str]) -> list[str]:
+        """Remove these records from the log (ids not stored are skipped; an id withdrawn can be
+        added again); returns the ids removed. Fails closed (503), like `add`."""
+        if not record_ids:
+            return []
+        removed = await self._replication.script(
+            self._redis, self._withdraw, [keys.prefs(tenant, user), keys.pref_ids(tenant, user)], record_ids
+        )
+        return [r.decode() if isinstance(r, bytes) else str(r) for r in removed]
 
     async def add_pairs(self, tenant: str, user: str, pairs: list[PreferencePair]) -> list[bool]:
         records = []

@@ -274,6 +274,8 @@ class LoraRewardModel:
         xc, xr = self.pair_features(pairs)
         weights = [p.pair_weight for p in pairs]
         w = None if all(x == 1.0 for x in weights) else np.asarray(weights, dtype=np.float32)
+        implicit = sum(1 for p in pairs if p.source == "implicit")  # implied by feedback signals
+        extra = {**(extra or {}), "n_implicit": str(implicit)}
         return self.train_user_features(
             user, xc, xr, strength=strength, cache=cache, extra=extra, steps=steps, weights=w, prior=prior
         )

@@ -167,8 +167,10 @@ def fit_adapter(
         sc = net(xc)
         sr = net(xr)
         losses = torch.nn.functional.softplus(-(sc - sr))
+        drift = (sc - gc) ** 2 + (sr - gr) ** 2
+        # a pair's weight scales all it adds, its preference and its anchor: weight 0 is no pair at all
         bt = losses.mean() if w is None else (losses * w).sum() / w.sum()
-        anchor = ((sc - gc) ** 2 + (sr - gr) ** 2).mean()
+        anchor = drift.mean() if w is None else (drift * w).sum() / w.sum()
         # a light ridge on lora_B keeps directions the user's pairs do not constrain at zero (at the prior)
         ridge = sum(((p - centre[n]) ** 2).sum() for n, p in named if "lora_B" in n)
         loss = bt + strength * anchor + 1e-2 * ridge

@@ -9,12 +9,38 @@
   }
 
   // The page signs in with an end-user token minted by the app's backend (POST /v1/user-tokens) and
-  // handed over as /ui#token=<token> (or ?token=); it is kept in sessionStorage and taken out of the URL.
+  // handed over as /ui#token=<token> (or ?token=); it is kept in sessionStorage and taken out of the URL,
+  // in that order, so a reload at any moment (even before the first answer) still finds it.
   function tokenFromUrl() {
     const found = new URLSearchParams(location.hash.slice(1)).get("token")
       || new URLSearchParams(location.search).get("token");
-    if (found) history.replaceState(null, "", location.pathname);
+    if (found) {
+      sessionStorage.setItem("persona.token", found);
+      history.replaceState(null, "", location.pathname);
+    }
     return found;
+  }
+
+  // A refusal (400/401/403) says the token is no good; a 429, a 5xx (Redis briefly away: 503) or a
+  // dropped connection says nothing about it, so sign-in asks again after these pauses.
+  const SIGNIN_RETRY_MS = [250, 500, 1000, 2000, 4000];
+
+  function transient(resp) {
+    return resp === null || resp.status === 429 || resp.status >= 500;
+  }
+
+  async function fetchProfile() {
+    try { return await fetch("/ui/profile", { headers: headers() }); } catch (e) { return null; }
+  }
+
+  async function profileForSignIn() {
+    for (const pause of SIGNIN_RETRY_MS) {
+      const resp = await fetchProfile();
+      if (!transient(resp)) return resp;
+      status("Signing in… the server did not answer, trying again.");
+      await new Promise((resolve) => setTimeout(resolve, pause));
+    }
+    return fetchProfile();
   }
 
   function headers() {
@@ -30,15 +56,18 @@
     try { return (await resp.json()).error.message; } catch (e) { return resp.status + " " + resp.statusText; }
   }
 
-  async function loadProfile() {
-    const resp = await fetch("/ui/profile", { headers: headers() });
-    if (!resp.ok) { status(await errorText(resp), true); return false; }
-    const p = await resp.json();
+  function showProfile(p) {
     $("persona-text").textContent = p.persona ? p.persona.text : "No persona yet.";
     $("persona-version").textContent = p.persona ? "version " + p.persona.version : "";
     $("judgement-count").textContent = p.judgements;
     $("record-count").textContent = p.records;
-    return true;
+  }
+
+  async function loadProfile() {
+    const resp = await fetchProfile();
+    if (resp === null) { status("The server cannot be reached.", true); return; }
+    if (!resp.ok) { status(await errorText(resp), true); return; }
+    showProfile(await resp.json());
   }
 
   async function loadHistory() {
@@ -66,10 +95,16 @@
 
   async function signIn(token) {
     state.token = token;
-    const resp = await fetch("/ui/profile", { headers: headers() });
-    if (!resp.ok) { status(await errorText(resp), true); sessionStorage.removeItem("persona.token"); return; }
-    state.user = (await resp.json()).user;
-    await loadProfile();
+    const resp = await profileForSignIn();
+    if (resp === null) { status("The server cannot be reached; reload the page to try again.", true); return; }
+    if (!resp.ok) {
+      status(await errorText(resp), true);
+      if (!transient(resp)) sessionStorage.removeItem("persona.token");
+      return;
+    }
+    const profile = await resp.json();
+    state.user = profile.user;
+    showProfile(profile);
     sessionStorage.setItem("persona.token", token);
     $("signin").hidden = true; $("workspace").hidden = false; $("whoami").hidden = false;
     $("whoami-user").textContent = state.user;
