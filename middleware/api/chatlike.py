@@ -42,6 +42,7 @@ from typing import Any
 
 from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
+from starlette.background import BackgroundTask
 from starlette.types import Receive, Scope, Send
 
 from middleware.api.deps import json_body
@@ -137,7 +138,6 @@ class StreamedAnswer(StreamingResponse):
             closing = getattr(self.body_iterator, "aclose", None)
             if closing is not None:
                 await closing()
-            return
         if self.background is not None:
             await self.background()
 
@@ -360,6 +360,7 @@ async def answer(
             headers=headers,
         )
     body = result.body
+    background = None  # the feedback record of an answer that has one, written after the stream
     if result.counted:
         lease.finish(0)
     elif lease.active:
@@ -368,9 +369,11 @@ async def answer(
         pending = pending_answer(request, services, call)
         headers[RESPONSE_ID_HEADER] = pending.response_id
         body = pending.watch(body)
+        background = BackgroundTask(pending.ended)
     return StreamedAnswer(
         body,
         status_code=result.status,
         media_type=result.media_type or framing.stream_media_type,
         headers=headers,
+        background=background,
     )

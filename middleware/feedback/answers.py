@@ -128,13 +128,18 @@ class PendingAnswer:
 
     def watch(self, stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         """Pass a stream through unchanged; its chunks are kept (when the text is kept) for the record
-        written once the stream ends."""
-        if self.user is None or not self.recorder.enabled:
-            return stream
-        if not self.recorder.keep_text:
-            self.finish(None)
+        written once the stream ends. Without the text, the record waits for `ended` (the response's
+        background, after its last byte): queued at the start, its write would share the event loop
+        with the stream it describes."""
+        if self.user is None or not self.recorder.enabled or not self.recorder.keep_text:
             return stream
         return self._watched(stream)
+
+    async def ended(self) -> None:
+        """The watched stream was sent (or its client went away): write the record if `watch` kept
+        no text to write it with."""
+        if not self.recorder.keep_text:
+            self.finish(None)
 
     async def _watched(self, stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         chunks: list[bytes] = []
