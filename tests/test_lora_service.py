@@ -384,8 +384,11 @@ async def test_a_cancelled_adapter_training_stops_between_steps_and_stores_nothi
         def progress() -> dict[str, Any]:
             return dict(http.get(f"/admin/jobs/{job_id}").json().get("progress") or {})
 
-        while (await asyncio.to_thread(progress)).get("done", 0) < 1:  # the first step is on record
-            await asyncio.sleep(0.05)
+        async def first_step_recorded() -> None:
+            while (await asyncio.to_thread(progress)).get("done", 0) < 1:
+                await asyncio.sleep(0.05)
+
+        await asyncio.wait_for(first_step_recorded(), 60)  # a dead job fails here, never hangs
         assert (await asyncio.to_thread(http.post, f"/admin/jobs/{job_id}/cancel")).status_code == 200
         await asyncio.wait_for(worker, 60)
         assert thread_ended.is_set()  # the job ended only once the training thread had stopped

@@ -13,11 +13,11 @@ always picking the user's largest context, and over users with at least two cont
 
 from __future__ import annotations
 
-import random
 import re
 from statistics import mean
 from typing import Any
 
+from middleware.evaluation.offline import bootstrap_ci
 from middleware.models import PreferencePair
 from middleware.personalize.contexts import Router, build_router, prompt_text
 from middleware.preferences.formats import time_split
@@ -43,14 +43,6 @@ def without_label(text: str) -> str:
     for label in _LABELS:
         text = label.sub("", text, count=1)
     return text
-
-
-def _ci(values: list[float], seed: int, n: int = 2000) -> tuple[float, float]:
-    if not values:
-        return (0.0, 0.0)
-    rng = random.Random(seed)
-    means = sorted(mean(rng.choices(values, k=len(values))) for _ in range(n))
-    return means[int(0.025 * n)], means[int(0.975 * n) - 1]
 
 
 def router_accuracy(
@@ -95,7 +87,7 @@ def router_accuracy(
                 majority.append(base / n)
                 pooled_right, pooled_n = pooled_right + right, pooled_n + n
                 contexts_per_user.append(len(kept))
-        low, high = _ci(per_user, seed)
+        low, high = bootstrap_ci(per_user, seed=seed) if per_user else (0.0, 0.0)
         results[variant] = {
             "users": len(per_user),
             "held_out_pairs": pooled_n,

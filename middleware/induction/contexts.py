@@ -86,10 +86,11 @@ async def induce_contexts(
             "pairs": len(group.pairs),
             "validation_accuracy": induced.selection.accuracy,
         }
+    stored = set(await contexts.names(tenant, user))  # one read, not one per group
     routed = {
         g.name: (g.grouping, [prompt_text(p) for p in g.pairs])
         for g in groups
-        if results[g.name]["status"] == "complete" or g.name in await contexts.names(tenant, user)
+        if results[g.name]["status"] == "complete" or g.name in stored
     }
     router = build_router(routed)
     await contexts.set_router(tenant, user, router.model_dump_json().encode())

@@ -50,17 +50,9 @@ class Resolver:
     def of(self, reads: PersonaReads, *, tag: str | None = None, text: str = "") -> Resolved:
         """The persona the reads resolve to. First step: the user's persona for the context the
         call routes to (its `tag`, else its last user turn `text`; `Personalizer.route`)."""
-        personalizer = self.personalizer
-        route = personalizer.route(reads.contexts, tag=tag, text=text)
-        personalizer.count_route(route)
-        if route.context is not None:
-            blob = reads.contexts[b"c:" + route.context.encode()]
-            return Resolved(
-                personalizer.from_blob(blob, context=route.context), "user-context", reads.segment
-            )
-        own = self.personalizer.from_blob(reads.own)
-        if own is not None:
-            return Resolved(own, "user", reads.segment)
+        found = self.personalizer.resolve(reads.own, reads.contexts, tag=tag, text=text)
+        if found is not None:
+            return Resolved(found, "user-context" if found.context is not None else "user", reads.segment)
         shared = self.personalizer.from_blob(reads.shared)
         if shared is not None:
             return Resolved(shared, reads.shared_source, reads.segment)

@@ -80,9 +80,7 @@ class Personalizer:
             try:
                 blob, contexts = await self._store.read_current(tenant, user)
             except PersonaReadFailed as exc:
-                self._metrics.persona_read_failures.inc()
-                if not exc.skipped:
-                    log.warning("persona read failed, continuing without persona: %s", exc)
+                self.read_failed(exc, quiet=exc.skipped)
                 return None
             found = self.resolve(blob, contexts, tag=tag, text=text)
             if span is not None:

@@ -7,6 +7,7 @@ from typing import Any
 
 import httpx
 
+from middleware.sdk._common import compact
 from middleware.sdk.types import FeedbackResult
 
 
@@ -24,11 +25,8 @@ def _signals(
         return [dict(item) for item in items]
     if response_id is None or signal is None:
         raise ValueError("response_id and signal are required (or items=[...])")
-    one: dict[str, Any] = {"response_id": response_id, "signal": signal}
-    for name, given in (("value", value), ("text", text), ("idempotency_key", idempotency_key)):
-        if given is not None:
-            one[name] = given
-    return [one]
+    one = {"response_id": response_id, "signal": signal, "value": value, "text": text}
+    return [compact({**one, "idempotency_key": idempotency_key})]  # the fields not given left out
 
 
 class Feedback:
