@@ -162,7 +162,8 @@ async def test_every_store_operation_runs_on_a_cluster(
         await services.contexts.save(T, USERS[4], "cooking", "likes recipes short", [], {})
         assert list(await services.contexts.current(T, USERS[4])) == ["cooking"]
         feedback, policy = FeedbackStore(r, ttl_s=600), PolicyStore(r)
-        await feedback.write([(T, USERS[4], "resp_fb", b'{"arm": "inject"}')])
+        feedback.write_later(lambda: [(T, USERS[4], "resp_fb", b'{"arm": "inject"}')])
+        await feedback.drain()
         assert await feedback.owner("resp_fb") == (T, USERS[4])
         added = await feedback.add_signal(T, USERS[4], "resp_fb", "s1", b"{}", 1.0)
         assert added is not None and added.new
@@ -187,7 +188,7 @@ async def test_every_store_operation_runs_on_a_cluster(
         assert not [k for k in await every_key(redis_cluster) if keys.segment_base(T, "field") in k]
 
         owners = ResponseOwners(r, ttl_s=60)
-        await owners.record("resp_1", ResponseOwner(T, True, 3))
+        owners.record_later("resp_1", ResponseOwner(T, True, 3))
         assert await owners.owner("resp_1") == ResponseOwner(T, True, 3)
 
         # export and forget: SCAN on every master, deletes split by slot

@@ -406,7 +406,9 @@ async def test_sentiment_is_smoothed_and_reward_changes_reach_the_hook(redis_url
     rewards = []
     for i in range(8):
         rid = f"pmr_s{i}_{user}"
-        await store.write([("t", user, rid, orjson.dumps({"arm": "rerank:judge", "prompt_digest": f"d{i}"}))])
+        records = [("t", user, rid, orjson.dumps({"arm": "rerank:judge", "prompt_digest": f"d{i}"}))]
+        store.write_later(records.copy)
+        await store.drain()
         text = "I love it, wonderful, thank you!" if i < 7 else "This is terrible, awful, useless garbage!"
         [result] = await service.send("t", None, [SignalIn(response_id=rid, signal="follow_up", text=text)])
         rewards.append(result.reward)

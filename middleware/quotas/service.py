@@ -274,9 +274,8 @@ class Quotas:
         return self.limits(tenant).tokens_per_day is not None
 
     def settle_later(self, tenant: str, tokens: int, lease: str | None) -> None:
-        """A finished call's tokens (counted where the tenant has a daily limit) and its lease, written
-        behind its answer."""
-        tokens = tokens if self.counts_tokens(tenant) else 0
+        """A finished call's tokens (0 where the tenant has no daily limit: `Lease` counts only then) and
+        its lease, written behind its answer."""
         if tokens > 0 or lease is not None:
             self.store.settle_later(tenant, utc_day(time.time())[0], tokens, lease)
 

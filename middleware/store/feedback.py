@@ -11,7 +11,6 @@ key (`keys.feedback_owner`) finds the record from the bare answer id; forget del
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -19,11 +18,9 @@ from redis.asyncio import Redis
 
 from middleware.store import keys
 from middleware.store.connection import one_slot_pipeline
-from middleware.store.guard import STORE_ERRORS, fail_closed
+from middleware.store.guard import fail_closed
 from middleware.store.pipelines import Command
 from middleware.store.write_behind import WriteBehind
-
-log = logging.getLogger("middleware.store")
 
 # KEYS: the answer's hash, the user's sentiment hash.
 # ARGV: signal id, signal JSON, pull (a number), sentiment score ('' unless a follow-up), alpha,
@@ -134,21 +131,6 @@ class FeedbackStore:
     async def drain(self) -> None:
         """Wait until the records asked for are written."""
         await self._write_behind.drain()
-
-    async def write(self, records: list[Record]) -> None:
-        """Answers' records (tenant, user, answer id, record) and their owners: one pipelined round
-        trip for all of them. Best effort (logged): a fault loses only the feedback on these
-        answers, never an answer."""
-        pipe = self._redis.pipeline(transaction=False)
-        for tenant, user, response_id, record in records:
-            key = keys.feedback(tenant, user, response_id)
-            pipe.hset(key, "record", record)  # type: ignore[arg-type]  # bytes are stored as they are
-            pipe.expire(key, self._ttl_s)
-            pipe.set(keys.feedback_owner(response_id), f"{tenant}\n{user}", ex=self._ttl_s)
-        try:
-            await pipe.execute()
-        except STORE_ERRORS as exc:
-            log.warning("%d feedback record(s) not stored: %s", len(records), type(exc).__name__)
 
     async def owner(self, response_id: str) -> tuple[str, str] | None:
         raw = await fail_closed(self._redis.get(keys.feedback_owner(response_id)))

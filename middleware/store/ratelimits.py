@@ -130,8 +130,8 @@ class RateLimitStore:
         self._admit: AsyncScript = redis.register_script(ADMIT)
         self._reserve: AsyncScript = redis.register_script(RESERVE_PENDING)
         self._record: AsyncScript = redis.register_script(RECORD)
-        self._resolve_sha = redis.register_script(RESOLVE).sha
         self._chat_pipelines = ScriptPipelines(reads or redis, ADMIT, RESOLVE)
+        self._resolve_sha = self._chat_pipelines.add(RESOLVE)
 
     @staticmethod
     def admit_call(

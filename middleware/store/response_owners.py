@@ -33,9 +33,6 @@ class ResponseOwners:
         self._write_behind = write_behind or WriteBehind(redis)
         self._waiting: list[Command] = []
 
-    async def record(self, response_id: str, owner: ResponseOwner) -> None:
-        await fail_closed(self._redis.set(keys.response_owner(response_id), _value(owner), ex=self._ttl_s))
-
     def record_later(self, response_id: str, owner: ResponseOwner) -> None:
         """Record the owner behind the answer (`store/write_behind.py`): it reaches Redis as the answer
         leaves, before the app can ask for the response again; `owner` waits for it in this process."""

@@ -95,7 +95,7 @@ class PersonaReader:
         breaker_s: float = 0.5,
     ) -> None:
         self._pipelines = ScriptPipelines(redis, RESOLVE)
-        self._resolve_sha = redis.register_script(RESOLVE).sha
+        self._resolve_sha = self._pipelines.add(RESOLVE)
         self._read_timeout_s = read_timeout_s
         self._breaker_s = breaker_s
         self._open_until = 0.0

@@ -36,7 +36,6 @@ class WriteBehind:
     ) -> None:
         """`on_failure(commands)`: told how many commands a fault lost; `timeout_s`: how long a flush
         may take (the client may have no socket timeout of its own)."""
-        self._scripts: tuple[str, ...] = ()
         self._pipelines = ScriptPipelines(redis)
         self._on_failure = on_failure
         self._timeout_s = timeout_s
