@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 from middleware.errors import PersonaError
-from middleware.induction.context import PROMPT_VERSION, Progress, report
+from middleware.induction.context import Progress, report
 from middleware.induction.pipeline import (
     Induction,
     Plan,
@@ -23,6 +23,7 @@ from middleware.induction.pipeline import (
     split,
     time_order,
 )
+from middleware.induction.provenance import INDUCTION, induced_provenance
 from middleware.personalize.contexts import build_router, group_pairs, prompt_text
 
 
@@ -59,22 +60,18 @@ async def induce_contexts(
             continue
         finally:
             await induction.quotas.record_job(tenant, ctx.usage.calls, ctx.usage.total_tokens)
-        provenance: dict[str, Any] = {
-            "source": "induction",
-            "method": "synthesizeme",
-            "grouping": group.grouping,
-            "job_id": job_id,
-            "model": model,
-            "prompt_template_version": PROMPT_VERSION,
-            "source_preference_ids": [p.stable_id() for p in group.pairs],
-            "train_ids": [p.stable_id() for p in train],
-            "validation_ids": [p.stable_id() for p in validation],
-            "kept_trace_ids": [t.pair.stable_id() for t in induced.kept],
-            "exemplar_ids": [p.stable_id() for p in induced.selection.exemplars],
-            "validation_accuracy": induced.selection.accuracy,
-            "seed": settings.induction_seed,
-            "cost": {**ctx.usage.as_dict(), "wall_s": round(time.perf_counter() - started, 3)},
-        }
+        provenance = induced_provenance(
+            INDUCTION,
+            scope={"grouping": group.grouping},
+            ctx=ctx,
+            job_id=job_id,
+            train=train,
+            validation=validation,
+            kept=induced.kept,
+            selection=induced.selection,
+            seed=settings.induction_seed,
+            started=started,
+        )
         persona = await contexts.save(
             tenant, user, group.name, induced.text, induced.selection.exemplars, provenance
         )

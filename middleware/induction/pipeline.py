@@ -15,7 +15,8 @@ from typing import Any
 from middleware.config import Settings
 from middleware.errors import BudgetExceeded, NotEnoughData
 from middleware.induction.bootstrap import Trace, bootstrap
-from middleware.induction.context import PROMPT_VERSION, LLMContext, Progress, report
+from middleware.induction.context import LLMContext, Progress, report
+from middleware.induction.provenance import INDUCTION, SEGMENT_INDUCTION, induced_provenance
 from middleware.induction.select import Selection, select_exemplars
 from middleware.induction.synthesize import synthesize
 from middleware.llm import CallBudget
@@ -135,27 +136,22 @@ class Induction:
             induced = await run_steps(ctx, plan, settings, progress=progress)
         finally:  # the calls count against the tenant's quotas, whether the run succeeded or not
             await self.quotas.record_job(tenant, ctx.usage.calls, ctx.usage.total_tokens)
-        kept, text, selection = induced.kept, induced.text, induced.selection
-        provenance: dict[str, Any] = {
-            "source": "induction",
-            "method": "synthesizeme",
-            "job_id": job_id,
-            "model": model,
-            "prompt_template_version": PROMPT_VERSION,
-            "source_preference_ids": [p.stable_id() for p in plan.train + plan.validation],
-            "train_ids": [p.stable_id() for p in plan.train],
-            "validation_ids": [p.stable_id() for p in plan.validation],
-            # pairs implied by feedback signals (weighted below explicit judgements, README "Feedback")
-            "implicit_pairs": sum(1 for p in plan.train + plan.validation if p.source == "implicit"),
-            "kept_trace_ids": [t.pair.stable_id() for t in kept],
-            "exemplar_ids": [p.stable_id() for p in selection.exemplars],
-            "validation_accuracy": selection.accuracy,
-            "candidate_scores": selection.scores,
-            "seed": settings.induction_seed,
-            "cost": {**ctx.usage.as_dict(), "wall_s": round(time.perf_counter() - started, 3)},
-        }
+        provenance = induced_provenance(
+            INDUCTION,
+            ctx=ctx,
+            job_id=job_id,
+            train=plan.train,
+            validation=plan.validation,
+            kept=induced.kept,
+            selection=induced.selection,
+            seed=settings.induction_seed,
+            started=started,
+            weighed=True,
+        )
         await report(progress, stage="store")
-        persona = await self.personas.save(tenant, user, text, selection.exemplars, provenance)
+        persona = await self.personas.save(
+            tenant, user, induced.text, induced.selection.exemplars, provenance
+        )
         if since_refresh:
             await self.preferences.consume_since_refresh(tenant, user, since_refresh)
         return summary(persona, reused=False)
@@ -200,23 +196,23 @@ class Induction:
             induced = await run_steps(ctx, plan, settings, progress=progress)
         finally:
             await self.quotas.record_job(tenant, ctx.usage.calls, ctx.usage.total_tokens)
-        provenance: dict[str, Any] = {
-            "source": "segment-induction",
-            "method": "synthesizeme",
-            "segment": segment,
-            "job_id": job_id,
-            "model": model,
-            "prompt_template_version": PROMPT_VERSION,
-            "members": by_member,
-            "pairs_per_member_cap": settings.segment_pairs_per_member,
-            "source_preference_ids": [p.stable_id() for p in plan.train + plan.validation],
-            "train_ids": [p.stable_id() for p in plan.train],
-            "validation_ids": [p.stable_id() for p in plan.validation],
-            "kept_trace_ids": [t.pair.stable_id() for t in induced.kept],
-            "validation_accuracy": induced.selection.accuracy,
-            "seed": settings.induction_seed,
-            "cost": {**ctx.usage.as_dict(), "wall_s": round(time.perf_counter() - started, 3)},
-        }
+        provenance = induced_provenance(
+            SEGMENT_INDUCTION,
+            scope={
+                "segment": segment,
+                "members": by_member,
+                "pairs_per_member_cap": settings.segment_pairs_per_member,
+            },
+            ctx=ctx,
+            job_id=job_id,
+            train=plan.train,
+            validation=plan.validation,
+            kept=induced.kept,
+            selection=induced.selection,
+            seed=settings.induction_seed,
+            started=started,
+            exemplars=False,
+        )
         await report(progress, stage="store")
         persona = await self.personas.save_line(line, induced.text, [], provenance)
         return summary(persona, reused=False)
