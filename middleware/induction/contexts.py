@@ -5,6 +5,7 @@ clustering the prompts); each group with at least `PERSONA_CONTEXT_MIN_PAIRS` pa
 SynthesizeMe steps as the general persona, with a budget of its own, and stores a new version on its
 own line (`ContextStore.save`). Then the router's centroids are rebuilt from the groups. One context
 failing (too few consistent traces, budget, upstream) leaves that context as it was and is reported.
+A retried job (same job id) keeps the context versions an earlier try stored and induces only the rest.
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ from middleware.induction.pipeline import (
     split,
     time_order,
 )
-from middleware.induction.provenance import INDUCTION, induced_provenance
-from middleware.personalize.contexts import build_router, group_pairs, prompt_text
+from middleware.induction.provenance import INDUCTION, induced_provenance, made_by
+from middleware.models import Persona, PreferencePair
+from middleware.personalize.contexts import Group, build_router, group_pairs, prompt_text
 
 
 async def induce_contexts(
@@ -32,17 +34,20 @@ async def induce_contexts(
     tenant: str,
     user: str,
     *,
+    pairs: list[PreferencePair] | None = None,
     model: str | None = None,
     job_id: str | None = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Induce a persona for each of the user's contexts with enough pairs; store them and the
-    router. Returns {"contexts": {name: summary}, "router": {...}}."""
+    router. `pairs`: the user's pairs as the refresh read them (`Induction.read_pairs`), else read
+    here. Returns {"contexts": {name: summary}, "router": {...}}."""
     settings, contexts = induction.settings, induction.contexts
     model = model or settings.induction_model
-    pairs = time_order(await induction.preferences.pairs(tenant, user))
+    if pairs is None:
+        pairs = await induction.preferences.pairs(tenant, user)
     groups = group_pairs(
-        pairs,
+        time_order(pairs),
         min_pairs=settings.context_min_pairs,
         max_contexts=settings.context_max,
         min_margin=settings.context_cluster_margin,
@@ -50,6 +55,11 @@ async def induce_contexts(
     results: dict[str, Any] = {}
     for group in groups:
         await report(progress, stage="context", context=group.name, pairs=len(group.pairs))
+        if job_id is not None:
+            done = made_by(await contexts.versions(tenant, user, group.name), job_id)
+            if done is not None:  # stored by an earlier try of this job
+                results[group.name] = context_summary(group, done, reused=True)
+                continue
         train, validation = split(group.pairs, settings.induction_validation_fraction)
         started = time.perf_counter()
         ctx = llm_context(induction.upstreams, settings, model, new_budget(settings))
@@ -75,14 +85,7 @@ async def induce_contexts(
         persona = await contexts.save(
             tenant, user, group.name, induced.text, induced.selection.exemplars, provenance
         )
-        results[group.name] = {
-            "status": "complete",
-            "version": persona.version,
-            "version_id": persona.version_id,
-            "grouping": group.grouping,
-            "pairs": len(group.pairs),
-            "validation_accuracy": induced.selection.accuracy,
-        }
+        results[group.name] = context_summary(group, persona, reused=False)
     stored = set(await contexts.names(tenant, user))  # one read, not one per group
     routed = {
         g.name: (g.grouping, [prompt_text(p) for p in g.pairs])
@@ -94,4 +97,16 @@ async def induce_contexts(
     return {
         "contexts": results,
         "router": {"router_id": router.router_id, "contexts": sorted(routed)},
+    }
+
+
+def context_summary(group: Group, persona: Persona, *, reused: bool) -> dict[str, Any]:
+    return {
+        "status": "complete",
+        "version": persona.version,
+        "version_id": persona.version_id,
+        "grouping": group.grouping,
+        "pairs": len(group.pairs),
+        "validation_accuracy": persona.provenance.get("validation_accuracy"),
+        "reused": reused,
     }

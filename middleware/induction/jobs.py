@@ -2,7 +2,7 @@
 
 - Acknowledged: arq keeps a job in its queue until a worker finishes it; a worker killed mid-job
   leaves an in-progress marker that expires after `jobs_timeout_s + jobs_in_progress_grace_s`, then
-  any worker runs the job again (and `induce` notices a version the dead try already stored).
+  any worker runs the job again (and keeps the versions the dead try already stored: `provenance.made_by`).
 - Retried: upstream/store failures are retried with back-off up to `jobs_max_attempts` starts;
   bad data, budgets and malformed LLM output fail at once with a clear error.
 - Deduplicated per user at enqueue time (`JobQueue.enqueue_refresh`), and mutually exclusive per
@@ -187,18 +187,21 @@ async def run_refresh(
     progress = progress_reporter(queue, job_id)
     try:
         model = record.get("model") or None
-        result = await induction.induce(tenant, user, model=model, job_id=job_id, progress=progress)
+        pairs = await induction.read_pairs(tenant, user)  # once, for every step below
+        result = await induction.induce(
+            tenant, user, pairs=pairs, model=model, job_id=job_id, progress=progress
+        )
         # The context personas and their router, after the general persona (README "Contexts").
-        result = {
-            **result,
-            **await induce_contexts(induction, tenant, user, model=model, job_id=job_id, progress=progress),
-        }
+        contexts = await induce_contexts(
+            induction, tenant, user, pairs=pairs.pairs, model=model, job_id=job_id, progress=progress
+        )
+        result = {**result, **contexts}
     except JobCancelled:
         return {"status": "cancelled"}
     except PersonaError as exc:
         return await retry_or_fail(queue, record, job_id, exc, attempts, settings)
     # The persona is stored; the user's lora adapter follows it (never fails the refresh).
-    result = {**result, **await adapters.after_refresh(tenant, user, result)}
+    result = {**result, **await adapters.after_refresh(tenant, user, result, pairs=pairs.pairs)}
     return await finish(queue, record, job_id, "complete", result=result)
 
 

@@ -11,7 +11,7 @@ from typing import Any
 from middleware.induction.bootstrap import Trace
 from middleware.induction.context import PROMPT_VERSION, LLMContext
 from middleware.induction.select import Selection
-from middleware.models import PreferencePair
+from middleware.models import Persona, PreferencePair
 
 INDUCTION = "induction"
 SEGMENT_INDUCTION = "segment-induction"
@@ -21,6 +21,14 @@ METHOD = "synthesizeme"
 def admin_provenance() -> dict[str, Any]:
     """A version an operator wrote (a user's, a context's, a segment's or the tenant default's)."""
     return {"source": "admin"}
+
+
+def made_by(versions: list[Persona], job_id: str | None) -> Persona | None:
+    """The newest of `versions` that job `job_id` stored: how a retried job (same id) finds the work
+    an earlier try already did (a crash after the save) and skips it."""
+    if job_id is None:
+        return None
+    return next((v for v in reversed(versions) if v.provenance.get("job_id") == job_id), None)
 
 
 def ids(pairs: list[PreferencePair]) -> list[str]:
