@@ -13,6 +13,7 @@ The chat path reads both hashes in the pipeline that already reads the persona
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 from redis.asyncio import Redis
@@ -90,8 +91,15 @@ def parse(raw: dict[Any, Any] | list[Any] | None) -> Posteriors:
 
 
 def policy_read_commands(tenant: str, user: str) -> list[Command]:
-    """The reads of the user's and the tenant's posteriors (two replies, each read by `parse`)."""
+    """The reads of the user's and the tenant's posteriors; their replies, in this order, are read by
+    `posteriors_of`."""
     return [("HGETALL", keys.policy_user(tenant, user)), ("HGETALL", keys.policy_tenant(tenant))]
+
+
+def posteriors_of(replies: Sequence[Any], at: int) -> tuple[Posteriors, Posteriors]:
+    """What `policy_read_commands` found: the user's and the tenant's posteriors, its replies from
+    `replies[at]` on."""
+    return parse(replies[at]), parse(replies[at + 1])
 
 
 class PolicyStore:
