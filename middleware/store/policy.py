@@ -8,7 +8,8 @@ hash slot, and applies the discount and the reward at once, so rewards arriving 
 several proxy processes are never lost. Both scripts go in one pipeline (one round trip).
 
 The chat path reads both hashes in the pipeline that already reads the persona
-(`RateLimitStore.admit_and_read`, or `PersonaReader.read_with_policy` when the tenant is not metered).
+(`RateLimitStore.admit_and_read`, or `PersonaReader.read` when the tenant is not metered, both with
+`policy`).
 """
 
 from __future__ import annotations

@@ -171,20 +171,19 @@ class RateLimitStore:
         reason, wait_ms = await self._admit(keys=call[0], args=call[1])
         return int(reason), int(wait_ms)
 
-    async def admit_and_read_personas(
-        self, call: tuple[list[str], list[Any]], tenant: str, user: str, segment: str | None
-    ) -> tuple[int, int, PersonaReads]:
-        """One round trip: the admission and the persona reads of the chat path (the user's current
-        persona and context hash, and the segment's or tenant default's, `store/segments.py`)."""
-        reason, wait_ms, reads, _ = await self.admit_and_read(call, tenant, user, segment, policy=False)
-        return reason, wait_ms, reads
-
     async def admit_and_read(
-        self, call: tuple[list[str], list[Any]], tenant: str, user: str, segment: str | None, *, policy: bool
+        self,
+        call: tuple[list[str], list[Any]],
+        tenant: str,
+        user: str,
+        segment: str | None,
+        *,
+        policy: bool = False,
     ) -> tuple[int, int, PersonaReads, tuple[Posteriors, Posteriors] | None]:
-        """`admit_and_read_personas` and, with `policy`, the user's and the tenant's auto-mode
-        posteriors (`store/policy.py`), still one round trip."""
-
+        """One round trip: the admission and the persona reads of the chat path (the user's current
+        persona and context hash, and the segment's or tenant default's, `store/segments.py`) and,
+        with `policy`, the user's and the tenant's auto-mode posteriors (`store/policy.py`; None
+        without)."""
         # Each part's replies start where its commands do, read by the module that lists them.
         commands: list[Command] = [("EVALSHA", self._admit.sha, len(call[0]), *call[0], *call[1])]
         reads_at = len(commands)

@@ -102,15 +102,11 @@ class PersonaReader:
         self._breaker_s = breaker_s
         self._open_until = 0.0
 
-    async def read(self, tenant: str, user: str, segment: str | None) -> PersonaReads:
-        reads, _ = await self.read_with_policy(tenant, user, segment, policy=False)
-        return reads
-
-    async def read_with_policy(
-        self, tenant: str, user: str, segment: str | None, *, policy: bool = True
+    async def read(
+        self, tenant: str, user: str, segment: str | None, *, policy: bool = False
     ) -> tuple[PersonaReads, tuple[Posteriors, Posteriors] | None]:
         """The persona reads and, with `policy`, the user's and the tenant's auto-mode posteriors
-        (`store/policy.py`) in the same pipeline."""
+        (`store/policy.py`) in the same pipeline (None without)."""
         if time.monotonic() < self._open_until:
             raise PersonaReadFailed("persona store recently failed; read skipped", skipped=True)
 
