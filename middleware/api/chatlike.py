@@ -25,8 +25,9 @@
   (a stream's text is collected as it passes);
 - the work runs cancelled as soon as the client goes away (499, counted);
 - the metric of the route's calls by mode and outcome ("ok", "stream", "error" or what the work names);
-- the lease counts the answer's tokens (a stream's as it passes) and gives back its slot at the end,
-  both written behind the answer (`store/write_behind.py`);
+- the lease counts the answer's tokens (a stream's as it passes; or those the work reports in
+  `Answer.tokens`, a rerank's every candidate's) and gives back its slot at the end, both written
+  behind the answer (`store/write_behind.py`);
 - a stream goes back as it arrives, anything else as one body.
 
 The route says how its answers are framed (`Framing`: media types, its metric, and how an error becomes
@@ -92,7 +93,9 @@ class Answer:
     outcome: str | None = None  # the metric's outcome label; by default "stream" or "ok"
     status: int = 200
     media_type: str | None = None  # None: the route's Framing decides
-    counted: bool = False  # the work counted its tokens itself (the lease only gives back its slot)
+    # The tokens the work used, when it counted them itself (a rerank: every candidate's); None: the
+    # lease counts the answer's own. Either way they are written behind the answer with the slot.
+    tokens: int | None = None
 
 
 @dataclass(frozen=True)
@@ -322,8 +325,8 @@ async def answer(
         headers.update(result.headers)
     # the call's tokens and its concurrency slot are written behind the answer (Lease.finish)
     if isinstance(result.body, bytes):
-        if result.counted:
-            lease.finish(0)
+        if result.tokens is not None:
+            lease.finish(result.tokens)
         elif lease.active:
             lease.settle(result.body)
         if result.status < 400:
@@ -338,8 +341,8 @@ async def answer(
         )
     body = result.body
     background = None  # the feedback record of an answer that has one, written after the stream
-    if result.counted:
-        lease.finish(0)
+    if result.tokens is not None:
+        lease.finish(result.tokens)
     elif lease.active:
         body = lease.guard_stream(body)
     if result.status < 400:

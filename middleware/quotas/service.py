@@ -254,10 +254,14 @@ class Quotas:
             self._metrics.quota_store_failures.inc()
             log.warning("tokens not counted, the store failed: %s", type(exc).__name__)
 
+    def tokens_of(self, tenant: str, *usages: Any) -> int:
+        """The tokens of upstream `usage` dicts (either API's shape) that count against the tenant's
+        tokens per day (0 where it has no such limit)."""
+        return sum(tokens_used(u) for u in usages) if self.counts_tokens(tenant) else 0
+
     async def add_usage(self, tenant: str, *usages: Any) -> None:
-        """Count upstream `usage` dicts (either API's shape) against the tenant's tokens per day."""
-        if self.counts_tokens(tenant):
-            await self.add_tokens(tenant, sum(tokens_used(u) for u in usages))
+        """Count upstream `usage` dicts (either API's shape) against the tenant's tokens per day, now."""
+        await self.add_tokens(tenant, self.tokens_of(tenant, *usages))
 
     # --- background jobs ---------------------------------------------------------------------------
     async def record_job(self, tenant: str, calls: int, tokens: int) -> None:
