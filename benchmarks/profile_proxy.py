@@ -1,6 +1,6 @@
 """Where the proxy's CPU goes under load: py-spy flame graphs of `persona serve` while wrk drives it.
 
-    .venv/bin/python benchmarks/profile_proxy.py [--seconds 15] [--path /chat/completions] [--limits]
+    .venv/bin/python benchmarks/profile_proxy.py [--seconds 15] [--path /chat/completions] [--limits | --everything]
 
 Writes `benchmarks/out/profiles/<name>.svg` (flame graph) and `<name>.txt` (collapsed stacks), and
 prints the functions with the largest share of samples, inclusive, so a change can be aimed at what
@@ -49,12 +49,22 @@ def main() -> None:
     parser.add_argument("--path", default="/chat/completions")
     parser.add_argument("--name", default="chat")
     parser.add_argument("--limits", action="store_true", help="with every rate limit on")
+    parser.add_argument(
+        "--everything",
+        action="store_true",
+        help="as a production deployment runs: every rate limit, feedback records, a user with 10 contexts",
+    )
     args = parser.parse_args()
     body = po.RESPONSES_BODY if args.path == "/responses" else po.BODY
-    settings = {"limits": json.dumps(po.LIMITS_ON)} if args.limits else {}
+    settings = {"limits": json.dumps(po.LIMITS_ON)} if args.limits or args.everything else {}
+    if args.everything:
+        settings["feedback_records"] = "true"
+        body = {**body, "user": "bench-ctx"}
     PROFILES.mkdir(parents=True, exist_ok=True)
     with h.redis() as redis, h.fake_upstream() as upstream, h.proxy(redis.url, upstream, **settings) as proxy:
-        h.put_persona(proxy, "bench-user", po.PERSONA, [po.EXEMPLAR, po.EXEMPLAR])
+        for user in ("bench-user", "bench-ctx"):
+            h.put_persona(proxy, user, po.PERSONA, [po.EXEMPLAR, po.EXEMPLAR])
+        po.plant_contexts(redis.url, "bench-ctx")
         url = f"{proxy}/v1{args.path}"
         h.wrk(url, body, connections=16, seconds=2)  # warm-up
         pid = h.PIDS[proxy]

@@ -11,7 +11,9 @@ alternating, and the median is reported.
 `--with-litellm` (or `--side-by-side` without it) runs chat completions and the Responses API through
 the proxy beside the upstream alone and LiteLLM's own proxy (built once into its own venv under
 `benchmarks/out/`), prints the ratio, the targets, stream time to first byte added, and writes JSON +
-PNG under `benchmarks/out/` (benchmarks/side_by_side.py).
+PNG under `benchmarks/out/` (benchmarks/side_by_side.py). With `--everything` the proxy runs as a
+production deployment would: every rate limit on, feedback records written, and the calls made for a
+user with 10 context personas (routed by the last user turn).
 
 `--contexts` measures what the context router costs: the same proxy, c=1, alternating, for a user
 with a general persona only and a user with a general persona and 10 context personas whose calls are
@@ -636,6 +638,11 @@ def main() -> None:
     parser.add_argument("--side-by-side", action="store_true", help="chat and responses beside the upstream")
     parser.add_argument("--with-litellm", action="store_true", help="side by side, with LiteLLM's proxy too")
     parser.add_argument("--workers", type=int, default=1, help="side by side, with `serve --workers N` too")
+    parser.add_argument(
+        "--everything",
+        action="store_true",
+        help="side by side with every production feature on: limits, feedback records, 10 contexts",
+    )
     args = parser.parse_args()
     if args.segments:
         segments_cost(args.runs, args.seconds, args.segments)
@@ -643,7 +650,20 @@ def main() -> None:
     if args.side_by_side or args.with_litellm:
         import side_by_side
 
-        paths = (("chat completions", "/chat/completions", BODY), ("responses", "/responses", RESPONSES_BODY))
+        paths: tuple[tuple[str, str, dict[str, Any]], ...] = (
+            ("chat completions", "/chat/completions", BODY),
+            ("responses", "/responses", RESPONSES_BODY),
+        )
+        settings: dict[str, str] = {}
+        prepare = None
+        if args.everything:
+            # as a production deployment runs: every limit, feedback records, a user with contexts
+            settings = {"limits": json.dumps(LIMITS_ON), "feedback_records": "true"}
+            paths = tuple((label, path, {**body, "user": "bench-ctx"}) for label, path, body in paths)
+
+            def prepare(_proxy: str, redis_url: str) -> None:
+                plant_contexts(redis_url, "bench-ctx")
+
         result = side_by_side.run(
             paths,
             (PERSONA, [EXEMPLAR, EXEMPLAR]),
@@ -652,6 +672,8 @@ def main() -> None:
             connections=args.connections,
             with_litellm=args.with_litellm,
             workers=args.workers,
+            settings=settings,
+            prepare=prepare,
         )
         side_by_side.report(result)
         side_by_side.save(result)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import statistics
+from collections.abc import Callable
 from contextlib import ExitStack
 from typing import Any
 
@@ -36,23 +37,33 @@ def run(
     connections: int,
     with_litellm: bool,
     workers: int = 1,
+    settings: dict[str, str] | None = None,
+    prepare: Callable[[str, str], None] | None = None,
 ) -> dict[str, Any]:
-    """`workers` > 1: `persona serve --workers N` measured too, as the row `proxy xN`."""
+    """`workers` > 1: `persona serve --workers N` measured too, as the row `proxy xN`. Every proxy
+    runs with `settings` (PERSONA_ settings); `prepare(proxy_url, redis_url)` stores what the
+    bodies' users need beyond their own persona."""
+    settings = settings or {}
     with ExitStack() as stack:
         redis = stack.enter_context(h.redis())
         upstream = stack.enter_context(h.fake_upstream())
         slow_upstream = stack.enter_context(h.fake_upstream(delay_ms=STREAM_DELAY_MS))
-        proxy = stack.enter_context(h.proxy(redis.url, upstream))
-        slow_proxy = stack.enter_context(h.proxy(redis.url, slow_upstream))
-        h.put_persona(proxy, "bench-user", *persona)
+        proxy = stack.enter_context(h.proxy(redis.url, upstream, **settings))
+        slow_proxy = stack.enter_context(h.proxy(redis.url, slow_upstream, **settings))
+        for user in sorted({str(body["user"]) for _, _, body in paths}):
+            h.put_persona(proxy, user, *persona)
+        if prepare is not None:
+            prepare(proxy, redis.url)
         servers = {"upstream": upstream, "proxy": f"{proxy}/v1"}
         if workers > 1:
             servers[f"proxy x{workers}"] = (
-                f"{stack.enter_context(h.proxy(redis.url, upstream, workers=workers))}/v1"
+                f"{stack.enter_context(h.proxy(redis.url, upstream, workers=workers, **settings))}/v1"
             )
         if with_litellm:
             servers["litellm"] = f"{stack.enter_context(litellm_proxy(upstream))}/v1"
-        return measure(servers, paths, slow_upstream, f"{slow_proxy}/v1", runs, seconds, connections)
+        result = measure(servers, paths, slow_upstream, f"{slow_proxy}/v1", runs, seconds, connections)
+        result["settings"] = settings
+        return result
 
 
 def measure(

@@ -10,12 +10,13 @@ import openai
 import redis
 
 from middleware.evaluation.router_eval import router_accuracy
+from middleware.induction.contexts import induce_contexts
 from middleware.models import Message, PreferencePair
 from middleware.personalize.contexts import Router, build_router, group_pairs, prompt_text
 from middleware.store import keys
-from tests.contexts_data import CODE_CALL, COOKING_CALL, UNRELATED_CALL, planted_pairs
+from tests.contexts_data import CODE_CALL, COOKING, COOKING_CALL, UNRELATED_CALL, planted_pairs
 from tests.induction_fakes import InductionResponder, make_pairs
-from tests.jobs_support import drain, store_services
+from tests.jobs_support import drain, job_settings, store_services
 from tests.support.fake_upstream import FakeUpstream, Reply
 from tests.support.metrics import sample
 from tests.support.proxy import APP_KEY_A, APP_KEY_B, RunningProxy
@@ -143,6 +144,45 @@ async def test_refresh_job_induces_context_personas_and_the_router_routes_chat(
     assert sample(jproxy.url, "persona_context_routed_total", decision="similar") == 2
     assert sample(jproxy.url, "persona_context_routed_total", decision="tag") == 2
     assert sample(jproxy.url, "persona_context_routed_total", decision="general") == 2
+
+
+async def test_a_retried_job_keeps_the_context_personas_its_first_try_stored(
+    redis_url: str, fake_upstream: FakeUpstream
+) -> None:
+    """The same job id again (a worker that died, a job retried after a failure): the contexts an
+    earlier try stored are kept as they are, without an LLM call, and only the others are induced."""
+    responder = InductionResponder(persona=seen_persona)
+
+    def code_fails(body: dict[str, Any]) -> Reply | dict[str, Any] | None:
+        if "Python" in str(body["messages"]):  # the code context's calls get malformed answers
+            return Reply(content="not json")
+        return responder(body)
+
+    async with store_services(job_settings(redis_url, fake_upstream)) as services:
+        pairs = planted_pairs(U, tagged=True)
+        await services.preferences.add_pairs(T, U, pairs)
+        fake_upstream.responder = code_fails
+        first = await induce_contexts(services.induction, T, U, pairs=pairs, job_id="job-1")
+        assert first["contexts"]["cooking"]["status"] == "complete"
+        assert first["contexts"]["code"]["status"] == "failed"
+
+        fake_upstream.responder = responder
+        sent_before = len(fake_upstream.chat_requests)
+        again = await induce_contexts(services.induction, T, U, job_id="job-1")
+        sent = [str(r.body) for r in fake_upstream.chat_requests[sent_before:]]
+        assert again["contexts"]["cooking"] == {**first["contexts"]["cooking"], "reused": True}
+        assert again["contexts"]["code"]["status"] == "complete" and not again["contexts"]["code"]["reused"]
+        assert sent and not [body for body in sent if any(prompt in body for prompt in COOKING)]
+        assert sorted(again["router"]["contexts"]) == ["code", "cooking"]
+        for name in ("cooking", "code"):
+            versions = await services.contexts.versions(T, U, name)
+            assert [(v.version, v.provenance["job_id"]) for v in versions] == [(1, "job-1")]
+
+        other = await induce_contexts(services.induction, T, U, job_id="job-2")  # a new job: all anew
+        assert {n: (c["version"], c["reused"]) for n, c in other["contexts"].items()} == {
+            "cooking": (2, False),
+            "code": (2, False),
+        }
 
 
 async def test_context_rollback_export_forget_and_tenant_isolation(

@@ -117,3 +117,52 @@ async def test_a_cancel_is_recognised_by_type_not_by_text(
         await services.redis.set(result_key_prefix + job_id, result)
         record = await queue.get(job_id)
     assert record is not None and record["state"] == "failed" and record["error"]["code"] == code
+
+
+async def test_progress_writes_are_throttled_and_every_stage_end_is_kept(
+    redis_url: str, fake_upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A burst of progress events makes few writes into the job's record: the first event of each
+    stage and each completed count, else at most one every `PROGRESS_EVERY_S` (on a clock the test
+    moves); the record ends with the burst's last event."""
+    settings = job_settings(redis_url, fake_upstream)
+    async with store_services(settings) as services:
+        queue = JobQueue(settings, services.redis)
+        job_id, _ = await queue.enqueue_refresh(T, U)
+        written: list[dict[str, Any]] = []
+        real_update = queue.update
+
+        async def counted_update(job: str, **fields: Any) -> None:
+            if "progress" in fields:
+                written.append(fields["progress"])
+            await real_update(job, **fields)
+
+        monkeypatch.setattr(queue, "update", counted_update)
+        now = [100.0]
+        progress = jobs.progress_reporter(queue, job_id, clock=lambda: now[0])
+
+        for done in range(1, 101):  # a burst within one interval: its first and its completed count
+            await progress({"stage": "bootstrap", "done": done, "total": 100})
+        assert [(e["stage"], e["done"]) for e in written] == [("bootstrap", 1), ("bootstrap", 100)]
+
+        await progress({"stage": "synthesize", "kept": 7})  # a new stage: written at once
+        assert jobs.PROGRESS_EVERY_S == 0.2
+        for done in range(1, 51):  # a burst over 0.54 s, an event every 11 ms
+            now[0] = 101.0 + (done - 1) * 0.011
+            await progress({"stage": "select", "done": done, "total": 50})
+        assert [(e["stage"], e.get("done")) for e in written[2:]] == [
+            ("synthesize", None),
+            ("select", 1),
+            ("select", 20),  # 0.209 s after the last write
+            ("select", 39),
+            ("select", 50),  # the count completed
+        ]
+        record = await queue.record(job_id)
+        assert record is not None and record["progress"] == {"stage": "select", "done": 50, "total": 50}
+
+        await queue.cancel(job_id)  # a stopped job: no more writes, and the run is told to stop
+        with pytest.raises(JobCancelled):
+            await progress({"stage": "store"})
+        quiet = jobs.progress_reporter(queue, job_id, cancels=False)
+        await quiet({"stage": "adapter", "done": 1, "total": 3})
+    assert len(written) == 7

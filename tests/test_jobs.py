@@ -6,8 +6,12 @@ import asyncio
 import time
 from typing import Any
 
+import pytest
+
 from middleware.induction.jobs import enqueue_due_refreshes
+from middleware.models import PreferencePair
 from middleware.store import keys
+from middleware.store.preferences import PreferenceStore
 from tests.induction_fakes import InductionResponder, make_pairs
 from tests.jobs_support import drain, job_settings, store_services
 from tests.support.fake_upstream import FakeUpstream, Reply
@@ -40,6 +44,29 @@ async def test_refresh_runs_on_worker_and_reports_progress(
         persona = http.get(f"/admin/users/{U}/persona").json()
         assert persona["version"] == 1 and persona["provenance"]["job_id"] == job_id
         assert persona["provenance"]["model"] == "fake-judge"
+
+
+async def test_a_refresh_reads_the_users_pairs_once(
+    jproxy: RunningProxy, fake_upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The general persona and the context personas of one refresh learn from one read of the pairs."""
+    await add_pairs(jproxy, U, 6, T)
+    fake_upstream.responder = InductionResponder()
+    reads: list[str] = []
+    real_pairs = PreferenceStore.pairs
+
+    async def counted(self: PreferenceStore, tenant: str, user: str) -> list[PreferencePair]:
+        reads.append(user)
+        return await real_pairs(self, tenant, user)
+
+    with client(jproxy) as http:
+        job_id = http.post(f"/admin/users/{U}/persona/refresh").json()["job_id"]
+        monkeypatch.setattr(PreferenceStore, "pairs", counted)
+        await drain(jproxy.settings)
+        job = http.get(f"/admin/jobs/{job_id}").json()
+    assert job["state"] == "complete", job
+    assert job["result"]["train_pairs"] + job["result"]["validation_pairs"] == 6
+    assert reads == [U]
 
 
 async def test_refresh_is_deduplicated_per_user(jproxy: RunningProxy, fake_upstream: FakeUpstream) -> None:

@@ -26,6 +26,7 @@ from middleware.api.schemas import (
 )
 from middleware.errors import InvalidRequest, NotEnoughData, NotFound
 from middleware.induction.adapters import enqueue_adapter_training
+from middleware.induction.provenance import admin_provenance
 from middleware.models import PreferencePair
 from middleware.personalize.contexts import RouterSpec, valid_tag
 from middleware.services import Services
@@ -80,7 +81,7 @@ async def put_persona(
         found = (await services.contexts.current(tenant, user)).get(context)
         if found is None or found.text != body.text or _shown(found.exemplars) != _shown(exemplars):
             found = await services.contexts.save(
-                tenant, user, context, body.text, exemplars, provenance={"source": "admin"}
+                tenant, user, context, body.text, exemplars, provenance=admin_provenance()
             )
         return ContextPersonaPublic.of(
             context, found, routed=context in await _routed(services, tenant, user)
@@ -88,7 +89,7 @@ async def put_persona(
     current = await services.personas.get(tenant, user)
     if current is not None and current.text == body.text and _shown(current.exemplars) == _shown(exemplars):
         return PersonaPublic.of(user, current)
-    persona = await services.personas.save(tenant, user, body.text, exemplars, provenance={"source": "admin"})
+    persona = await services.personas.save(tenant, user, body.text, exemplars, provenance=admin_provenance())
     return PersonaPublic.of(user, persona)
 
 

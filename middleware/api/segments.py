@@ -21,6 +21,7 @@ from middleware.api.responses import JSONBytes, job_accepted
 from middleware.api.schemas import PersonaVersionPublic, RollbackIn
 from middleware.errors import NotEnoughData, NotFound
 from middleware.identity import validate_segment
+from middleware.induction.provenance import admin_provenance
 from middleware.models import Persona
 from middleware.services import Services
 from middleware.store import keys
@@ -98,7 +99,7 @@ async def _save_if_new(personas: PersonaStore, line: keys.PersonaLine, text: str
     current = await personas.line_current(line)
     if current is not None and current.text == text and not current.exemplars:
         return current
-    return await personas.save_line(line, text, [], provenance={"source": "admin"})
+    return await personas.save_line(line, text, [], provenance=admin_provenance())
 
 
 # --- segments ---------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from middleware.adapter_format import safetensors_metadata
 from middleware.config import Settings
 from middleware.errors import PersonaError
 from middleware.induction.queue import JobCancelled, JobQueue
+from middleware.models import PreferencePair
 from middleware.store.personas import PersonaStore
 from middleware.store.preferences import PreferenceStore
 from middleware.store.users import UserIndex
@@ -81,16 +82,20 @@ class AdapterTrainer:
         self._preferences = preferences
         self._model = ModelHolder(settings)
 
-    async def after_refresh(self, tenant: str, user: str, result: dict[str, Any]) -> dict[str, Any]:
-        """Train and store the adapter for the persona version in `result`; returns what goes into the
-        job result: {"adapter": facts} or {"warnings": [...]} (or nothing when training is off)."""
+    async def after_refresh(
+        self, tenant: str, user: str, result: dict[str, Any], *, pairs: list[PreferencePair] | None = None
+    ) -> dict[str, Any]:
+        """Train and store the adapter for the persona version in `result` (on `pairs`: the refresh's
+        own read of the user's pairs, else read here); returns what goes into the job result:
+        {"adapter": facts} or {"warnings": [...]} (or nothing when training is off)."""
         why_not = adapter_wanted(self.settings)
         if why_not == "off":
             return {}
         if why_not is not None:
             return {"warnings": [f"no lora adapter trained: {why_not}"]}
         try:
-            return {"adapter": await self.train_and_store(tenant, user, int(result["version"]), result)}
+            version = int(result["version"])
+            return {"adapter": await self.train_and_store(tenant, user, version, result, pairs=pairs)}
         except Exception as exc:  # the persona is stored; the adapter is a best effort
             log.warning("lora adapter training failed for %s/%s: %s", tenant, user, exc)
             return {"warnings": [f"lora adapter training failed: {type(exc).__name__}: {exc}"]}
@@ -102,16 +107,19 @@ class AdapterTrainer:
         version: int,
         result: dict[str, Any],
         *,
+        pairs: list[PreferencePair] | None = None,
         stopped: Callable[[], Awaitable[bool]] | None = None,
         progress: Callable[[dict[str, Any]], Awaitable[None]] | None = None,
     ) -> dict[str, Any]:
-        """Train the adapter (in a thread) and store it beside persona `version`.
+        """Train the adapter (in a thread) on `pairs` (default: the user's pairs, read here) and
+        store it beside persona `version`.
 
         With `stopped`, a stop seen while training tells the training thread to stop at its next step
         (`train_user(stop=)`), waits for it (at most `STOP_GRACE_S`) and raises `JobCancelled`;
         nothing is stored. `progress` hears {"stage": "adapter", "done", "total"} (training steps)."""
         model = await self._model.get()
-        pairs = await self._preferences.pairs(tenant, user)
+        if pairs is None:
+            pairs = await self._preferences.pairs(tenant, user)
         extra = {
             "tenant": tenant,
             "persona_version": str(version),

@@ -28,9 +28,12 @@ async def run_induce(
     validate_user_id(user)
     services = build_services(settings)
     try:
-        result = await services.induction.induce(tenant, user, model=model, progress=print_progress)
+        pairs = await services.induction.read_pairs(tenant, user)  # once, for both steps
+        result = await services.induction.induce(
+            tenant, user, pairs=pairs, model=model, progress=print_progress
+        )
         contexts = await induce_contexts(
-            services.induction, tenant, user, model=model, progress=print_progress
+            services.induction, tenant, user, pairs=pairs.pairs, model=model, progress=print_progress
         )
         return {**result, **contexts}
     except NotEnoughData as exc:

@@ -5,6 +5,7 @@ clustering the prompts); each group with at least `PERSONA_CONTEXT_MIN_PAIRS` pa
 SynthesizeMe steps as the general persona, with a budget of its own, and stores a new version on its
 own line (`ContextStore.save`). Then the router's centroids are rebuilt from the groups. One context
 failing (too few consistent traces, budget, upstream) leaves that context as it was and is reported.
+A retried job (same job id) keeps the context versions an earlier try stored and induces only the rest.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import time
 from typing import Any
 
 from middleware.errors import PersonaError
-from middleware.induction.context import PROMPT_VERSION, Progress, report
+from middleware.induction.context import Progress, report
 from middleware.induction.pipeline import (
     Induction,
     Plan,
@@ -23,7 +24,9 @@ from middleware.induction.pipeline import (
     split,
     time_order,
 )
-from middleware.personalize.contexts import build_router, group_pairs, prompt_text
+from middleware.induction.provenance import INDUCTION, induced_provenance, made_by
+from middleware.models import Persona, PreferencePair
+from middleware.personalize.contexts import Group, build_router, group_pairs, prompt_text
 
 
 async def induce_contexts(
@@ -31,17 +34,20 @@ async def induce_contexts(
     tenant: str,
     user: str,
     *,
+    pairs: list[PreferencePair] | None = None,
     model: str | None = None,
     job_id: str | None = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Induce a persona for each of the user's contexts with enough pairs; store them and the
-    router. Returns {"contexts": {name: summary}, "router": {...}}."""
+    router. `pairs`: the user's pairs as the refresh read them (`Induction.read_pairs`), else read
+    here. Returns {"contexts": {name: summary}, "router": {...}}."""
     settings, contexts = induction.settings, induction.contexts
     model = model or settings.induction_model
-    pairs = time_order(await induction.preferences.pairs(tenant, user))
+    if pairs is None:
+        pairs = await induction.preferences.pairs(tenant, user)
     groups = group_pairs(
-        pairs,
+        time_order(pairs),
         min_pairs=settings.context_min_pairs,
         max_contexts=settings.context_max,
         min_margin=settings.context_cluster_margin,
@@ -49,6 +55,11 @@ async def induce_contexts(
     results: dict[str, Any] = {}
     for group in groups:
         await report(progress, stage="context", context=group.name, pairs=len(group.pairs))
+        if job_id is not None:
+            done = made_by(await contexts.versions(tenant, user, group.name), job_id)
+            if done is not None:  # stored by an earlier try of this job
+                results[group.name] = context_summary(group, done, reused=True)
+                continue
         train, validation = split(group.pairs, settings.induction_validation_fraction)
         started = time.perf_counter()
         ctx = llm_context(induction.upstreams, settings, model, new_budget(settings))
@@ -59,33 +70,22 @@ async def induce_contexts(
             continue
         finally:
             await induction.quotas.record_job(tenant, ctx.usage.calls, ctx.usage.total_tokens)
-        provenance: dict[str, Any] = {
-            "source": "induction",
-            "method": "synthesizeme",
-            "grouping": group.grouping,
-            "job_id": job_id,
-            "model": model,
-            "prompt_template_version": PROMPT_VERSION,
-            "source_preference_ids": [p.stable_id() for p in group.pairs],
-            "train_ids": [p.stable_id() for p in train],
-            "validation_ids": [p.stable_id() for p in validation],
-            "kept_trace_ids": [t.pair.stable_id() for t in induced.kept],
-            "exemplar_ids": [p.stable_id() for p in induced.selection.exemplars],
-            "validation_accuracy": induced.selection.accuracy,
-            "seed": settings.induction_seed,
-            "cost": {**ctx.usage.as_dict(), "wall_s": round(time.perf_counter() - started, 3)},
-        }
+        provenance = induced_provenance(
+            INDUCTION,
+            scope={"grouping": group.grouping},
+            ctx=ctx,
+            job_id=job_id,
+            train=train,
+            validation=validation,
+            kept=induced.kept,
+            selection=induced.selection,
+            seed=settings.induction_seed,
+            started=started,
+        )
         persona = await contexts.save(
             tenant, user, group.name, induced.text, induced.selection.exemplars, provenance
         )
-        results[group.name] = {
-            "status": "complete",
-            "version": persona.version,
-            "version_id": persona.version_id,
-            "grouping": group.grouping,
-            "pairs": len(group.pairs),
-            "validation_accuracy": induced.selection.accuracy,
-        }
+        results[group.name] = context_summary(group, persona, reused=False)
     stored = set(await contexts.names(tenant, user))  # one read, not one per group
     routed = {
         g.name: (g.grouping, [prompt_text(p) for p in g.pairs])
@@ -97,4 +97,16 @@ async def induce_contexts(
     return {
         "contexts": results,
         "router": {"router_id": router.router_id, "contexts": sorted(routed)},
+    }
+
+
+def context_summary(group: Group, persona: Persona, *, reused: bool) -> dict[str, Any]:
+    return {
+        "status": "complete",
+        "version": persona.version,
+        "version_id": persona.version_id,
+        "grouping": group.grouping,
+        "pairs": len(group.pairs),
+        "validation_accuracy": persona.provenance.get("validation_accuracy"),
+        "reused": reused,
     }

@@ -2,7 +2,7 @@
 
 - Acknowledged: arq keeps a job in its queue until a worker finishes it; a worker killed mid-job
   leaves an in-progress marker that expires after `jobs_timeout_s + jobs_in_progress_grace_s`, then
-  any worker runs the job again (and `induce` notices a version the dead try already stored).
+  any worker runs the job again (and keeps the versions the dead try already stored: `provenance.made_by`).
 - Retried: upstream/store failures are retried with back-off up to `jobs_max_attempts` starts;
   bad data, budgets and malformed LLM output fail at once with a clear error.
 - Deduplicated per user at enqueue time (`JobQueue.enqueue_refresh`), and mutually exclusive per
@@ -133,6 +133,45 @@ async def begin_attempt(
     return attempts, None
 
 
+PROGRESS_EVERY_S = 0.2
+"""A job's progress is written into its record at most this often (see `progress_reporter`)."""
+
+ProgressWriter = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+def progress_reporter(
+    queue: JobQueue,
+    job_id: str,
+    *,
+    cancels: bool = True,
+    every_s: float = PROGRESS_EVERY_S,
+    clock: Callable[[], float] = time.monotonic,
+) -> ProgressWriter:
+    """The `progress` callback of one job: each event goes into the job's record, at most once every
+    `every_s`. An event that starts a stage, completes its count (`done == total`) or has no count is
+    always written, so the record never stays behind at the end of a stage.
+
+    A stopped job (cancelled, or its user forgotten) gets no more writes. With `cancels` the callback
+    then raises `JobCancelled`, which ends the run at its next step; without, the caller stops by
+    itself (adapter training first tells its thread)."""
+    last_stage: Any = None
+    last_write: float | None = None
+
+    async def progress(event: dict[str, Any]) -> None:
+        nonlocal last_stage, last_write
+        if await queue.stopped(job_id):
+            if cancels:
+                raise JobCancelled()
+            return
+        now, stage = clock(), event.get("stage")
+        due = last_write is None or now - last_write >= every_s
+        if due or stage != last_stage or event.get("done") == event.get("total"):
+            last_stage, last_write = stage, now
+            await queue.update(job_id, progress=event)
+
+    return progress
+
+
 async def run_refresh(
     queue: JobQueue,
     settings: Settings,
@@ -145,31 +184,24 @@ async def run_refresh(
     attempts, gave_up = await begin_attempt(queue, settings, job_id, record)
     if gave_up is not None:
         return gave_up
-    last_write = 0.0
-
-    async def progress(event: dict[str, Any]) -> None:
-        nonlocal last_write
-        if await queue.stopped(job_id):
-            raise JobCancelled()
-        final = event.get("stage") == "store" or event.get("done") == event.get("total")
-        if final or time.monotonic() - last_write > 0.2:
-            last_write = time.monotonic()
-            await queue.update(job_id, progress=event)
-
+    progress = progress_reporter(queue, job_id)
     try:
         model = record.get("model") or None
-        result = await induction.induce(tenant, user, model=model, job_id=job_id, progress=progress)
+        pairs = await induction.read_pairs(tenant, user)  # once, for every step below
+        result = await induction.induce(
+            tenant, user, pairs=pairs, model=model, job_id=job_id, progress=progress
+        )
         # The context personas and their router, after the general persona (README "Contexts").
-        result = {
-            **result,
-            **await induce_contexts(induction, tenant, user, model=model, job_id=job_id, progress=progress),
-        }
+        contexts = await induce_contexts(
+            induction, tenant, user, pairs=pairs.pairs, model=model, job_id=job_id, progress=progress
+        )
+        result = {**result, **contexts}
     except JobCancelled:
         return {"status": "cancelled"}
     except PersonaError as exc:
         return await retry_or_fail(queue, record, job_id, exc, attempts, settings)
     # The persona is stored; the user's lora adapter follows it (never fails the refresh).
-    result = {**result, **await adapters.after_refresh(tenant, user, result)}
+    result = {**result, **await adapters.after_refresh(tenant, user, result, pairs=pairs.pairs)}
     return await finish(queue, record, job_id, "complete", result=result)
 
 
@@ -185,12 +217,7 @@ async def run_segment_refresh(
     attempts, gave_up = await begin_attempt(queue, settings, job_id, record)
     if gave_up is not None:
         return gave_up
-
-    async def progress(event: dict[str, Any]) -> None:
-        if await queue.stopped(job_id):
-            raise JobCancelled()
-        await queue.update(job_id, progress=event)
-
+    progress = progress_reporter(queue, job_id)
     try:
         if await segments.get(tenant, segment) is None:
             raise NotFound(f"segment {segment!r} does not exist (deleted while queued?)", param="segment")
@@ -225,11 +252,8 @@ async def run_adapter_training(
         error = {"code": "not_found", "message": f"user {user!r} has no persona to train an adapter beside"}
         return await finish(queue, record, job_id, "failed", error=error)
     result = {"version": persona.version, "version_id": persona.version_id}
-
-    async def progress(event: dict[str, Any]) -> None:
-        if not await queue.stopped(job_id):  # a forgotten user's record is not written again
-            await queue.update(job_id, progress=event)
-
+    # training stops by itself on a cancel (`stopped=`): its progress only stops writing
+    progress = progress_reporter(queue, job_id, cancels=False)
     try:
         facts = await adapters.train_and_store(
             tenant, user, persona.version, result, stopped=lambda: queue.stopped(job_id), progress=progress

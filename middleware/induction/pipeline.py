@@ -15,7 +15,8 @@ from typing import Any
 from middleware.config import Settings
 from middleware.errors import BudgetExceeded, NotEnoughData
 from middleware.induction.bootstrap import Trace, bootstrap
-from middleware.induction.context import PROMPT_VERSION, LLMContext, Progress, report
+from middleware.induction.context import LLMContext, Progress, report
+from middleware.induction.provenance import INDUCTION, SEGMENT_INDUCTION, induced_provenance, made_by
 from middleware.induction.select import Selection, select_exemplars
 from middleware.induction.synthesize import synthesize
 from middleware.llm import CallBudget
@@ -84,6 +85,16 @@ def plan_for(pairs: list[PreferencePair], settings: Settings, user: str) -> Plan
 
 
 @dataclass(frozen=True)
+class UserPairs:
+    """One read of a user's preference pairs, shared by the steps of a refresh (the general persona,
+    the context personas, the adapter), so that they all learn from the same pairs.
+    `new_since_refresh` is read first: every pair it counts is among `pairs`."""
+
+    pairs: list[PreferencePair]
+    new_since_refresh: int
+
+
+@dataclass(frozen=True)
 class Induction:
     """The whole pipeline for one user at a time: reads the user's pairs, calls the LLM, stores the
     new persona version."""
@@ -95,29 +106,30 @@ class Induction:
     quotas: Quotas
     contexts: ContextStore  # the per-context persona lines (`induction.contexts`)
 
-    async def load_plan(self, tenant: str, user: str) -> Plan:
-        return plan_for(await self.preferences.pairs(tenant, user), self.settings, user)
+    async def read_pairs(self, tenant: str, user: str) -> UserPairs:
+        """The user's pairs, read once for all the steps of a refresh (`UserPairs`)."""
+        new_since_refresh = await self.preferences.pairs_since_refresh(tenant, user)
+        return UserPairs(await self.preferences.pairs(tenant, user), new_since_refresh)
 
     async def already_done(self, tenant: str, user: str, job_id: str | None) -> Persona | None:
         """A retried job whose first try already stored its version (crash after the save)."""
         if job_id is None:
             return None
-        for persona in reversed(await self.personas.list_versions(tenant, user)):
-            if persona.provenance.get("job_id") == job_id:
-                return persona
-        return None
+        return made_by(await self.personas.list_versions(tenant, user), job_id)
 
     async def induce(
         self,
         tenant: str,
         user: str,
         *,
+        pairs: UserPairs | None = None,
         model: str | None = None,
         job_id: str | None = None,
         progress: Progress | None = None,
         budget: CallBudget | None = None,
     ) -> dict[str, Any]:
         """Run the whole pipeline and store a new persona version; returns a summary of the run.
+        `pairs`: the user's pairs as the caller read them (`read_pairs`), else read here.
 
         Raises NotEnoughData, BudgetExceeded, LLMOutputError or UpstreamError without storing anything.
         """
@@ -128,36 +140,32 @@ class Induction:
         if existing is not None:
             return summary(existing, reused=True)
 
-        since_refresh = await self.preferences.pairs_since_refresh(tenant, user)
-        plan = await self.load_plan(tenant, user)
+        if pairs is None:
+            pairs = await self.read_pairs(tenant, user)
+        plan = plan_for(pairs.pairs, settings, user)
         ctx = llm_context(self.upstreams, settings, model, budget or new_budget(settings))
         try:
             induced = await run_steps(ctx, plan, settings, progress=progress)
         finally:  # the calls count against the tenant's quotas, whether the run succeeded or not
             await self.quotas.record_job(tenant, ctx.usage.calls, ctx.usage.total_tokens)
-        kept, text, selection = induced.kept, induced.text, induced.selection
-        provenance: dict[str, Any] = {
-            "source": "induction",
-            "method": "synthesizeme",
-            "job_id": job_id,
-            "model": model,
-            "prompt_template_version": PROMPT_VERSION,
-            "source_preference_ids": [p.stable_id() for p in plan.train + plan.validation],
-            "train_ids": [p.stable_id() for p in plan.train],
-            "validation_ids": [p.stable_id() for p in plan.validation],
-            # pairs implied by feedback signals (weighted below explicit judgements, README "Feedback")
-            "implicit_pairs": sum(1 for p in plan.train + plan.validation if p.source == "implicit"),
-            "kept_trace_ids": [t.pair.stable_id() for t in kept],
-            "exemplar_ids": [p.stable_id() for p in selection.exemplars],
-            "validation_accuracy": selection.accuracy,
-            "candidate_scores": selection.scores,
-            "seed": settings.induction_seed,
-            "cost": {**ctx.usage.as_dict(), "wall_s": round(time.perf_counter() - started, 3)},
-        }
+        provenance = induced_provenance(
+            INDUCTION,
+            ctx=ctx,
+            job_id=job_id,
+            train=plan.train,
+            validation=plan.validation,
+            kept=induced.kept,
+            selection=induced.selection,
+            seed=settings.induction_seed,
+            started=started,
+            weighed=True,
+        )
         await report(progress, stage="store")
-        persona = await self.personas.save(tenant, user, text, selection.exemplars, provenance)
-        if since_refresh:
-            await self.preferences.consume_since_refresh(tenant, user, since_refresh)
+        persona = await self.personas.save(
+            tenant, user, induced.text, induced.selection.exemplars, provenance
+        )
+        if pairs.new_since_refresh:
+            await self.preferences.consume_since_refresh(tenant, user, pairs.new_since_refresh)
         return summary(persona, reused=False)
 
     async def induce_segment(
@@ -179,10 +187,9 @@ class Induction:
         model = model or settings.induction_model
         started = time.perf_counter()
         line = keys.segment_line(tenant, segment)
-        if job_id is not None:
-            for done in reversed(await self.personas.line_versions(line)):
-                if done.provenance.get("job_id") == job_id:
-                    return summary(done, reused=True)
+        done = made_by(await self.personas.line_versions(line), job_id) if job_id is not None else None
+        if done is not None:
+            return summary(done, reused=True)
         rng = random.Random(f"{settings.induction_seed}:{segment}")
         pooled: list[PreferencePair] = []
         by_member: dict[str, list[str]] = {}
@@ -200,23 +207,23 @@ class Induction:
             induced = await run_steps(ctx, plan, settings, progress=progress)
         finally:
             await self.quotas.record_job(tenant, ctx.usage.calls, ctx.usage.total_tokens)
-        provenance: dict[str, Any] = {
-            "source": "segment-induction",
-            "method": "synthesizeme",
-            "segment": segment,
-            "job_id": job_id,
-            "model": model,
-            "prompt_template_version": PROMPT_VERSION,
-            "members": by_member,
-            "pairs_per_member_cap": settings.segment_pairs_per_member,
-            "source_preference_ids": [p.stable_id() for p in plan.train + plan.validation],
-            "train_ids": [p.stable_id() for p in plan.train],
-            "validation_ids": [p.stable_id() for p in plan.validation],
-            "kept_trace_ids": [t.pair.stable_id() for t in induced.kept],
-            "validation_accuracy": induced.selection.accuracy,
-            "seed": settings.induction_seed,
-            "cost": {**ctx.usage.as_dict(), "wall_s": round(time.perf_counter() - started, 3)},
-        }
+        provenance = induced_provenance(
+            SEGMENT_INDUCTION,
+            scope={
+                "segment": segment,
+                "members": by_member,
+                "pairs_per_member_cap": settings.segment_pairs_per_member,
+            },
+            ctx=ctx,
+            job_id=job_id,
+            train=plan.train,
+            validation=plan.validation,
+            kept=induced.kept,
+            selection=induced.selection,
+            seed=settings.induction_seed,
+            started=started,
+            exemplars=False,
+        )
         await report(progress, stage="store")
         persona = await self.personas.save_line(line, induced.text, [], provenance)
         return summary(persona, reused=False)

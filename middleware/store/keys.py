@@ -76,25 +76,65 @@ def user_pattern(tenant: str, user: str) -> str:
     return f"{user_tag(tenant, user)}:*"
 
 
+# --- persona lines: a user's, a segment's, the tenant default's -------------------------------------
+class PersonaLine(str):
+    """The keys of one line of persona versions (a user's, a segment's or a tenant's default), named
+    by their common prefix (the string itself): the current blob, the versions, their counter. The
+    one spelling of these keys: the user's builders below (`persona_current`, ...) go through it."""
+
+    __slots__ = ()
+
+    @property
+    def base(self) -> str:
+        return str(self)
+
+    @property
+    def current(self) -> str:
+        return f"{self.base}:persona"
+
+    @property
+    def version_prefix(self) -> str:
+        """What every `version` key of the line starts with."""
+        return f"{self.base}:persona:v"
+
+    def version(self, version: int) -> str:
+        return f"{self.version_prefix}{version}"
+
+    @property
+    def versions(self) -> str:
+        return f"{self.base}:persona:versions"
+
+    @property
+    def seq(self) -> str:
+        return f"{self.base}:persona:seq"
+
+    def adapter(self, version: int) -> str:
+        return f"{self.base}:adapter:v{version}"
+
+
+def user_line(tenant: str, user: str) -> PersonaLine:
+    return PersonaLine(user_tag(tenant, user))
+
+
 def persona_current(tenant: str, user: str) -> str:
-    return f"{user_tag(tenant, user)}:persona"
+    return user_line(tenant, user).current
 
 
 def persona_version(tenant: str, user: str, version: int) -> str:
-    return f"{user_tag(tenant, user)}:persona:v{version}"
+    return user_line(tenant, user).version(version)
 
 
 def persona_version_prefix(tenant: str, user: str) -> str:
     """What every `persona_version` key of the user starts with."""
-    return f"{user_tag(tenant, user)}:persona:v"
+    return user_line(tenant, user).version_prefix
 
 
 def persona_versions(tenant: str, user: str) -> str:
-    return f"{user_tag(tenant, user)}:persona:versions"
+    return user_line(tenant, user).versions
 
 
 def persona_seq(tenant: str, user: str) -> str:
-    return f"{user_tag(tenant, user)}:persona:seq"
+    return user_line(tenant, user).seq
 
 
 def contexts(tenant: str, user: str) -> str:
@@ -107,7 +147,7 @@ def context_names(tenant: str, user: str) -> str:
 
 
 def context_version(tenant: str, user: str, name: str, version: int) -> str:
-    return f"{user_tag(tenant, user)}:ctx:{name}:v{version}"
+    return f"{context_version_prefix(tenant, user, name)}{version}"
 
 
 def context_version_prefix(tenant: str, user: str, name: str) -> str:
@@ -138,7 +178,7 @@ def comparison_prefix(tenant: str, user: str) -> str:
 
 
 def comparison(tenant: str, user: str, comparison_id: str) -> str:
-    return f"{user_tag(tenant, user)}:comparisons:{comparison_id}"
+    return f"{comparison_prefix(tenant, user)}{comparison_id}"
 
 
 def comparison_claim(tenant: str, user: str, comparison_id: str) -> str:
@@ -158,7 +198,7 @@ def session(tenant: str, user: str, session_id: str) -> str:
 
 
 def adapter(tenant: str, user: str, version: int) -> str:
-    return f"{user_tag(tenant, user)}:adapter:v{version}"
+    return user_line(tenant, user).adapter(version)
 
 
 def user_meta(tenant: str, user: str) -> str:
@@ -288,40 +328,6 @@ def _policy_tag(tenant: str) -> str:
 def policy_tenant(tenant: str) -> str:
     """The same hash for the whole tenant (every user's rewards): the prior of a new user."""
     return f"{_policy_tag(tenant)}:arms"
-
-
-# --- persona lines: a user's, a segment's, the tenant default's -------------------------------------
-class PersonaLine(str):
-    """The keys of one line of persona versions (a user's, a segment's or a tenant's default), named
-    by their common prefix (the string itself): the current blob, the versions, their counter."""
-
-    __slots__ = ()
-
-    @property
-    def base(self) -> str:
-        return str(self)
-
-    @property
-    def current(self) -> str:
-        return f"{self.base}:persona"
-
-    @property
-    def versions(self) -> str:
-        return f"{self.base}:persona:versions"
-
-    @property
-    def seq(self) -> str:
-        return f"{self.base}:persona:seq"
-
-    def version(self, version: int) -> str:
-        return f"{self.base}:persona:v{version}"
-
-    def adapter(self, version: int) -> str:
-        return f"{self.base}:adapter:v{version}"
-
-
-def user_line(tenant: str, user: str) -> PersonaLine:
-    return PersonaLine(user_tag(tenant, user))
 
 
 # --- segments (middleware/store/segments.py): one hash tag per tenant -------------------------------
