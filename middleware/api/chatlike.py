@@ -22,7 +22,7 @@
   spent before the work started upstream), plus the upstream's relayed headers;
 - `x-persona-response-id`: the answer's id for `POST /v1/feedback`; its feedback record (the arm, the
   app's conversation as admitted, the answer) is written in the background once the body is known
-  (a stream's text is collected as it passes);
+  (a stream's chunks are kept as they are sent, and its record queued after its last byte);
 - the work runs cancelled as soon as the client goes away (499, counted);
 - the metric of the route's calls by mode and outcome ("ok", "stream", "error" or what the work names);
 - the lease counts the answer's tokens (a stream's as it passes; or those the work reports in
@@ -49,7 +49,7 @@ from starlette.types import Receive, Scope, Send
 from middleware.api.deps import json_body
 from middleware.config import PERSONA_MODES
 from middleware.errors import InvalidRequest, PersonaError
-from middleware.feedback.answers import RESPONSE_ID_HEADER, PendingAnswer
+from middleware.feedback.answers import RESPONSE_ID_HEADER, KeptChunks, PendingAnswer
 from middleware.identity import app_caller, bind_user, end_user_id, request_segment
 from middleware.personalize.contexts import GENERAL, last_user_text, valid_tag
 from middleware.personalize.policy import Arm
@@ -128,7 +128,28 @@ class StreamedAnswer(StreamingResponse):
     """A stream relayed to the client and cut short when the client goes away (its body's generators
     closed, which aborts the upstream call), without the two tasks and the task group starlette
     starts for every stream on this server: the stream is sent from the request's own task, and the
-    watch for a disconnect starts only if the stream lasts (`cancel_on_disconnect`)."""
+    watch for a disconnect starts only if the stream lasts (`cancel_on_disconnect`). With `kept`, each
+    chunk sent is also kept there (while it has room) for the answer's feedback record."""
+
+    def __init__(self, *args: Any, kept: KeptChunks | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.kept = kept
+
+    async def stream_response(self, send: Send) -> None:
+        kept = self.kept
+        if kept is None:
+            await super().stream_response(send)
+            return
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        chunks, room = kept.chunks, kept.room
+        async for chunk in self.body_iterator:
+            if not isinstance(chunk, bytes):
+                chunk = chunk.encode(self.charset) if isinstance(chunk, str) else bytes(chunk)
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            if room > 0:
+                chunks.append(chunk)
+                room -= len(chunk)
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -340,7 +361,7 @@ async def answer(
             headers=headers,
         )
     body = result.body
-    background = None  # the feedback record of an answer that has one, written after the stream
+    background = kept = None  # the feedback record of an answer that has one, queued after the stream
     if result.tokens is not None:
         lease.finish(result.tokens)
     elif lease.active:
@@ -348,7 +369,7 @@ async def answer(
     if result.status < 400:
         pending = pending_answer(request, services, call)
         headers[RESPONSE_ID_HEADER] = pending.response_id
-        body = pending.watch(body)
+        kept = pending.keep_stream()
         background = BackgroundTask(pending.ended)
     return StreamedAnswer(
         body,
@@ -356,4 +377,5 @@ async def answer(
         media_type=result.media_type or framing.stream_media_type,
         headers=headers,
         background=background,
+        kept=kept,
     )

@@ -1,11 +1,13 @@
 """Addressable answers: every answer gets an id (`x-persona-response-id`) and, when it has an end user,
 a feedback record written off the hot path.
 
-The route opens a `PendingAnswer` before the upstream call; the answer layer hands it the body (or
-lets a stream pass through `PendingAnswer.watch`, which only keeps references to the chunks). The
-record is then written behind the answer, in the round trip that carries the other writes after
-answers (`store/write_behind.py`): building it (prompt digest, texts) happens there too, so the
-answer never waits for it.
+The route opens a `PendingAnswer` before the upstream call; the answer layer hands it the body (or,
+for a stream whose text is kept, the chunks as they were sent: `PendingAnswer.keep_stream`, only
+references, and the record once the last byte is out: `PendingAnswer.ended`). The record is then
+written behind the answer, in the round trip that carries the other writes after answers
+(`store/write_behind.py`): building it (prompt digest, texts) happens there too, so the answer never
+waits for it. A stream's text is read from its events without parsing each one where they have the
+usual shape (`answer_text`).
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +31,11 @@ log = logging.getLogger("middleware.feedback")
 
 RESPONSE_ID_HEADER = "x-persona-response-id"
 ID_PREFIX = "pmr_"
+# How many bytes of a stream are kept per character of text the record keeps: an event carries a few
+# characters in a couple of hundred bytes of JSON (chat chunks, Responses and Messages deltas), so the
+# cap on the text comes well before this cap on the bytes (events with logprobs are larger: a long
+# answer's kept text may then end earlier).
+STREAM_BYTES_PER_CHAR = 128
 
 
 def new_response_id() -> str:
@@ -92,6 +100,17 @@ def answer_text(body: bytes) -> str:
             return _event_text(orjson.loads(stripped))
         except orjson.JSONDecodeError:
             return ""
+    # the last line may be cut short (a client gone, the kept bytes' cap): read on its own
+    cut = max(body.rfind(b"\n"), body.rfind(b"\r")) + 1
+    whole, rest = body[:cut], body[cut:]
+    text = _common_stream_text(whole)
+    if text is None:
+        text = _parsed_stream_text(whole)
+    return text + _parsed_stream_text(rest) if rest else text
+
+
+def _parsed_stream_text(body: bytes) -> str:
+    """The text of every `data:` event of a stream, each parsed."""
     text = []
     for line in body.splitlines():
         if not line.startswith(b"data:"):
@@ -104,6 +123,94 @@ def answer_text(body: bytes) -> str:
         except orjson.JSONDecodeError:
             continue
     return "".join(text)
+
+
+# The streams of the three APIs as their servers write them (compact JSON, keys in their usual
+# order) are read without parsing each event: an expression finds the texts in the whole stream at
+# once, and counts check that it found every event's. A quoted key or value cannot match inside a JSON
+# string (there every quote is escaped), so each match and count is of the JSON itself. Any other
+# stream is parsed event by event (`_parsed_stream_text`); both read the same text.
+_JSON_TEXT = rb'"([^"\\]*(?:\\.[^"\\]*)*)"'
+# chat completions: at each `choices`, the first choice's delta: its text, or no text (empty, `null`,
+# the role alone), or no choice (the usage at the end); anything else is the second group: parse
+_CHAT_CHOICES = re.compile(
+    rb'"choices":\[(?:\{"index":[0-9]+,"delta":\{(?:"role":"assistant",?)?(?:"content":'
+    + _JSON_TEXT
+    + rb'|"content":null[,}]|\})|\]|(.))'
+)
+# the type of each event (b"" for an event without one first)
+_EVENT_TYPES = re.compile(rb'data:(?<![^\r\n]data:)(?: ?\{"type":"([a-z_.]+)")?')
+# the Responses API's text deltas (of the events below, only they have a `delta`)
+_RESPONSES_DELTAS = re.compile(rb'"delta":' + _JSON_TEXT)
+# Anthropic Messages: a content block's delta, its text or a delta of another kind (no text)
+_MESSAGES_DELTAS = re.compile(
+    rb'\{"type":"content_block_delta","index":[0-9]+,"delta":\{"type":"(?:text_delta","text":'
+    + _JSON_TEXT
+    + rb'|(?:input_json|thinking|signature)_delta")'
+)
+_TEXT_DELTAS = {b"response.output_text.delta": _RESPONSES_DELTAS, b"content_block_delta": _MESSAGES_DELTAS}
+# The events with no text of their own: the text is in the deltas (`response.completed` repeats it in
+# `response.output`, which `_event_text` does not read).
+_NO_TEXT_EVENTS = frozenset(
+    (
+        b"response.created",
+        b"response.in_progress",
+        b"response.queued",
+        b"response.completed",
+        b"response.incomplete",
+        b"response.output_item.added",
+        b"response.output_item.done",
+        b"response.content_part.added",
+        b"response.content_part.done",
+        b"response.output_text.done",
+        b"response.function_call_arguments.done",
+        b"message_start",
+        b"content_block_start",
+        b"content_block_stop",
+        b"message_delta",
+        b"message_stop",
+        b"ping",
+    )
+)
+_CHAT_END = (b"data: [DONE]\n\n", b"data: [DONE]\r\n\r\n")
+
+
+def _common_stream_text(body: bytes) -> str | None:
+    """The text of a stream of whole lines whose events all have a common shape; None otherwise."""
+    if body.startswith(b'data: {"id":'):
+        return _chat_stream_text(body)
+    return _typed_stream_text(body)
+
+
+def _chat_stream_text(body: bytes) -> str | None:
+    """Chat completions: every event a chunk with choices, the last one perhaps `[DONE]`."""
+    if b'"message":' in body:  # a choice's `message` would come before its delta: parse
+        return None
+    found = _CHAT_CHOICES.findall(body)
+    texts = [text for text, other in found if not other]
+    if len(texts) != len(found) or body.count(b"data:") != len(found) + body.endswith(_CHAT_END):
+        return None
+    return _json_text(texts)
+
+
+def _typed_stream_text(body: bytes) -> str | None:
+    """The Responses API and Messages: every event typed, all of one text delta's type or of none."""
+    kinds = _EVENT_TYPES.findall(body)
+    deltas = set(kinds) - _NO_TEXT_EVENTS
+    if not deltas:
+        return ""
+    if len(deltas) != 1 or (kind := deltas.pop()) not in _TEXT_DELTAS:
+        return None
+    texts = _TEXT_DELTAS[kind].findall(body)
+    return _json_text(texts) if len(texts) == kinds.count(kind) else None
+
+
+def _json_text(texts: Iterable[bytes]) -> str | None:
+    """The JSON strings' contents (as written, escapes and all) decoded as one string."""
+    try:
+        return str(orjson.loads(b'"' + b"".join(texts) + b'"'))
+    except orjson.JSONDecodeError:
+        return None
 
 
 @dataclass
@@ -120,35 +227,37 @@ class PendingAnswer:
     model: str | None
     prompt: Any
     created: float = field(default_factory=time.time)
+    kept: KeptChunks | None = None  # a stream's chunks, when its text is kept (`keep_stream`)
 
     def finish(self, body: bytes | None) -> None:
         """The whole answer (or None: the text is not known); the record is written in the background."""
         if self.user is not None and self.recorder.enabled:
             self.recorder.spawn(self, body)
 
-    def watch(self, stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-        """Pass a stream through unchanged; its chunks are kept (when the text is kept) for the record
-        written once the stream ends. Without the text, the record waits for `ended` (the response's
-        background, after its last byte): queued at the start, its write would share the event loop
-        with the stream it describes."""
-        if self.user is None or not self.recorder.enabled or not self.recorder.keep_text:
-            return stream
-        return self._watched(stream)
+    def keep_stream(self) -> KeptChunks | None:
+        """Where the streaming answer keeps the chunks it sends, when the record keeps the text (None:
+        there is no text to keep). Either way the record is queued by `ended` (the response's
+        background, after its last byte): queued earlier, building and writing it would share the
+        event loop with the stream it describes."""
+        if self.user is not None and self.recorder.enabled and self.recorder.keep_text:
+            self.kept = KeptChunks(self.recorder.stream_bytes_kept)
+        return self.kept
 
     async def ended(self) -> None:
-        """The watched stream was sent (or its client went away): write the record if `watch` kept
-        no text to write it with."""
-        if not self.recorder.keep_text:
-            self.finish(None)
+        """The stream was sent (or its client went away): queue its record, with the text of what was
+        sent when it is kept."""
+        self.finish(None if self.kept is None else b"".join(self.kept.chunks))
 
-    async def _watched(self, stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-        chunks: list[bytes] = []
-        try:
-            async for chunk in stream:
-                chunks.append(chunk)
-                yield chunk
-        finally:
-            self.recorder.spawn(self, b"".join(chunks))
+
+class KeptChunks:
+    """The chunks of a streamed answer, as sent, for the text of its record: the streaming answer
+    appends each one it sent while `room` (in bytes) is left; it never waits for them."""
+
+    __slots__ = ("chunks", "room")
+
+    def __init__(self, room: int) -> None:
+        self.chunks: list[bytes] = []
+        self.room = room
 
 
 class FeedbackRecorder:
@@ -159,6 +268,8 @@ class FeedbackRecorder:
         self.enabled = settings.feedback_records
         self.keep_text = settings.feedback_keep_text
         self._max_chars = settings.feedback_text_max_chars
+        # a stream's text is read from its first bytes, enough for the kept characters
+        self.stream_bytes_kept = settings.feedback_text_max_chars * STREAM_BYTES_PER_CHAR
         self._queue: list[tuple[PendingAnswer, bytes | None]] = []
 
     def open(
