@@ -125,6 +125,24 @@ def proxy(
         yield f"http://127.0.0.1:{port}"
 
 
+@contextmanager
+def floor_proxy(redis_port: int, upstream_base: str, personas: dict[str, str]) -> Iterator[str]:
+    """`floor_proxy.py` (the least a Python proxy with a persona does) in front of `upstream_base`,
+    with `personas` (user -> text) stored where it reads them."""
+    import redis as redis_py
+
+    with redis_py.Redis(port=redis_port) as client:
+        for user, text in personas.items():
+            client.set(f"persona:{user}", text)
+    port = free_port()
+    script = str(Path(__file__).resolve().parent / "floor_proxy.py")
+    args = [sys.executable, script, "--port", str(port), "--upstream", upstream_base]
+    with process([*args, "--redis-port", str(redis_port)], {"PYTHONPATH": str(ROOT)}) as proc:
+        wait_http(f"http://127.0.0.1:{port}/")
+        PIDS[f"http://127.0.0.1:{port}"] = proc.pid
+        yield f"http://127.0.0.1:{port}"
+
+
 def put_persona(
     proxy_url: str, user: str, text: str, exemplars: list[dict[str, object]] | None = None
 ) -> None:

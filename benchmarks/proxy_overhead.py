@@ -639,6 +639,9 @@ def main() -> None:
     parser.add_argument("--with-litellm", action="store_true", help="side by side, with LiteLLM's proxy too")
     parser.add_argument("--workers", type=int, default=1, help="side by side, with `serve --workers N` too")
     parser.add_argument(
+        "--floor", action="store_true", help="side by side, with floor_proxy.py (the least a proxy does) too"
+    )
+    parser.add_argument(
         "--everything",
         action="store_true",
         help="side by side with every production feature on: limits, feedback records, 10 contexts",
@@ -674,6 +677,7 @@ def main() -> None:
             workers=args.workers,
             settings=settings,
             prepare=prepare,
+            floor=args.floor,
         )
         side_by_side.report(result)
         side_by_side.save(result)

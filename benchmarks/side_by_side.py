@@ -39,10 +39,12 @@ def run(
     workers: int = 1,
     settings: dict[str, str] | None = None,
     prepare: Callable[[str, str], None] | None = None,
+    floor: bool = False,
 ) -> dict[str, Any]:
     """`workers` > 1: `persona serve --workers N` measured too, as the row `proxy xN`. Every proxy
     runs with `settings` (PERSONA_ settings); `prepare(proxy_url, redis_url)` stores what the
-    bodies' users need beyond their own persona."""
+    bodies' users need beyond their own persona. `floor`: `floor_proxy.py` (the least a Python proxy
+    with a persona does) measured too, as the row `floor`, its stream time to first byte as well."""
     settings = settings or {}
     with ExitStack() as stack:
         redis = stack.enter_context(h.redis())
@@ -59,9 +61,14 @@ def run(
             servers[f"proxy x{workers}"] = (
                 f"{stack.enter_context(h.proxy(redis.url, upstream, workers=workers, **settings))}/v1"
             )
+        slow = {"proxy": f"{slow_proxy}/v1"}
+        if floor:
+            personas = {str(body["user"]): persona[0] for _, _, body in paths}
+            servers["floor"] = f"{stack.enter_context(h.floor_proxy(redis.port, upstream, personas))}/v1"
+            slow["floor"] = f"{stack.enter_context(h.floor_proxy(redis.port, slow_upstream, personas))}/v1"
         if with_litellm:
             servers["litellm"] = f"{stack.enter_context(litellm_proxy(upstream))}/v1"
-        result = measure(servers, paths, slow_upstream, f"{slow_proxy}/v1", runs, seconds, connections)
+        result = measure(servers, paths, slow_upstream, slow, runs, seconds, connections)
         result["settings"] = settings
         return result
 
@@ -70,7 +77,7 @@ def measure(
     servers: dict[str, str],
     paths: tuple[tuple[str, str, dict[str, Any]], ...],
     slow_upstream: str,
-    slow_proxy: str,
+    slow_proxies: dict[str, str],
     runs: int,
     seconds: float,
     connections: int,
@@ -93,10 +100,11 @@ def measure(
                 row["p99_ms"].append(loaded["p99_ms"])
                 row["c1_p50_ms"].append(single["p50_ms"])
     first_byte = {
-        label: ttfb.added_ttfb(
-            f"{slow_upstream}{path}", f"{slow_proxy}{path}", {**body, "stream": True}, runs=runs, count=100
+        f"{label} {server}" if server != "proxy" else label: ttfb.added_ttfb(
+            f"{slow_upstream}{path}", f"{slow}{path}", {**body, "stream": True}, runs=runs, count=100
         )
         for label, path, body in paths
+        for server, slow in slow_proxies.items()
     }
     return {
         "runs": runs,
@@ -154,6 +162,18 @@ def report(result: dict[str, Any]) -> None:
             f"{label}, stream: time to first byte added {statistics.median(first):.3f} ms, spread {spread(first)} "
             f"({'met' if statistics.median(first) <= 0.5 else 'NOT met'}: <= 0.5)"
         )
+        if "floor" in servers:
+            floor = servers["floor"]
+            floor_added = [
+                p - d for p, d in zip(floor["c1_p50_ms"], servers["upstream"]["c1_p50_ms"], strict=True)
+            ]
+            floor_first = result["ttfb_added_ms"][f"{label} floor"]
+            print(
+                f"{label}: the floor (floor_proxy.py): {statistics.median(floor['rps']):.0f} req/s, "
+                f"added p50 c=1 {statistics.median(floor_added):.3f} ms, p99 c={c} "
+                f"{statistics.median(floor['p99_ms']):.2f} ms, stream time to first byte added "
+                f"{statistics.median(floor_first):.3f} ms (spread {spread(floor_first)})"
+            )
 
 
 def save(result: dict[str, Any], name: str = "proxy_overhead") -> None:
