@@ -40,8 +40,8 @@ from tests.induction_fakes import InductionResponder, make_pairs
 from tests.jobs_support import drain, job_settings, store_services
 from tests.support.dropin import PERSONA_MARK, give_persona
 from tests.support.fake_upstream import FakeUpstream
+from tests.support.ports import free_port
 from tests.support.proxy import APP_KEY_A, app_client, start_proxy
-from tests.support.redis_server import _free_port
 from tests.support.redis_topologies import LocalCluster, make_certificates
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -354,8 +354,8 @@ def test_the_cluster_example_runs_as_written() -> None:
     env = {
         **os.environ,
         "BASE_PORT": str(_free_block()),
-        "PROXY_1_PORT": str(_free_port()),
-        "PROXY_2_PORT": str(_free_port()),
+        "PROXY_1_PORT": str(free_port()),
+        "PROXY_2_PORT": str(free_port()),
     }
     env.pop("PERSONA_UPSTREAM_API_BASE", None)
     done = subprocess.run(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,15 +15,10 @@ from pathlib import Path
 import httpx
 
 from tests.support.fake_upstream import FakeUpstream
+from tests.support.ports import free_port
 from tests.support.proxy import ADMIN_KEY, APP_KEY_A, APP_KEY_B
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def process_env(redis_url: str, upstream: FakeUpstream, **settings: str) -> dict[str, str]:

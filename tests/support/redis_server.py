@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from tests.support.ports import SHARED_REDIS_PORT, free_port
+
 _SEARCH_DIRS = ("/usr/sbin", "/usr/bin", "/usr/local/bin", "/opt/homebrew/bin")
 
 
@@ -27,15 +29,6 @@ def find_redis_server() -> str:
     raise FileNotFoundError(
         "redis-server not found (run scripts/bootstrap.sh, or apt-get install redis-server)"
     )
-
-
-def _free_port(host: str = "127.0.0.1") -> int:
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind((host, 0))
-            port = int(s.getsockname()[1])
-        if port != 6379:
-            return port
 
 
 def ping(host: str, port: int, timeout: float = 0.5) -> bool:
@@ -64,10 +57,10 @@ class RedisServer:
         extra_args: list[str] | None = None,
         startup_timeout: float = 10.0,
     ) -> None:
-        if port == 6379:
+        if port == SHARED_REDIS_PORT:
             raise ValueError("port 6379 belongs to the shared Redis; tests use their own port")
         self.host = host
-        self.port = port or _free_port(host)
+        self.port = port or free_port(host)
         self._port_fixed = port is not None
         self.appendonly = appendonly
         self.extra_args = list(extra_args or [])
@@ -142,7 +135,7 @@ class RedisServer:
             # the port may have been taken between choosing and binding; pick another
             # (only when the caller did not ask for this exact port, i.e. not on restart)
             if attempt + 1 < attempts and not self._port_fixed:
-                self.port = _free_port(self.host)
+                self.port = free_port(self.host)
         raise RuntimeError(f"redis-server did not start on port {self.port}: {self._log_tail()}")
 
     def _wait_ready(self) -> bool:

@@ -17,7 +17,8 @@ import pytest
 import redis
 from redis.crc import key_slot
 
-from tests.support.redis_server import RedisServer, _free_port, find_redis_server, ping
+from tests.support.ports import free_port
+from tests.support.redis_server import RedisServer, find_redis_server, ping
 
 NODE_TIMEOUT_MS = 2000
 # A replica's first full copy starts at once (the default waits 5 s for more replicas to join).
@@ -101,11 +102,11 @@ class LocalCluster:
                 "--cluster-config-file", "nodes.conf",
                 "--cluster-node-timeout", str(NODE_TIMEOUT_MS),
                 # an explicit bus port: the default (port + 10000) fails above port 55535
-                "--cluster-port", str(_free_port()),
+                "--cluster-port", str(free_port()),
                 *FAST_SYNC,
             ]  # fmt: skip
             if self.tls is not None:
-                self.tls_ports.append(_free_port())
+                self.tls_ports.append(free_port())
                 extra += [
                     "--tls-port", str(self.tls_ports[-1]), "--tls-cluster", "yes", "--tls-replication", "yes",
                     "--tls-cert-file", str(self.tls / "server.crt"), "--tls-key-file", str(self.tls / "server.key"),
@@ -217,7 +218,7 @@ class Sentinel:
     """One `redis-server --sentinel` process with its own config file."""
 
     def __init__(self, master_port: int, master_name: str, down_after_ms: int) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="persona-sentinel-"))
         conf = self.dir / "sentinel.conf"
         conf.write_text(
