@@ -18,6 +18,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from tests.support.lifecycle import stop_process  # noqa: E402
 from tests.support.ports import free_port  # noqa: E402
 from tests.support.redis_server import RedisServer  # noqa: E402
 
@@ -56,11 +57,7 @@ def process(
         try:
             yield proc
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop_process(proc)
             if proc.returncode not in (0, -15, None):
                 log.seek(0)
                 sys.stderr.write(log.read().decode(errors="replace")[-3000:])

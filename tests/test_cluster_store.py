@@ -286,8 +286,7 @@ def test_redis_urls() -> None:
 
 async def test_a_password_protected_cluster(fake_upstream: FakeUpstream) -> None:
     """An ACL user and password in the URL reach every node."""
-    cluster = LocalCluster(password="n0de-secret").start()
-    try:
+    with LocalCluster(password="n0de-secret") as cluster:
         settings = Settings(
             redis_url=f"redis+cluster://default:n0de-secret@{cluster.url.split('://', 1)[1]}",
             jobs_redis_url="redis://127.0.0.1:1/0",
@@ -301,15 +300,12 @@ async def test_a_password_protected_cluster(fake_upstream: FakeUpstream) -> None
         with pytest.raises(STORE_ERRORS):
             await asyncio.wait_for(wrong.get("k"), 5)
         await wrong.aclose()
-    finally:
-        cluster.stop()
 
 
 async def test_a_cluster_over_tls(tmp_path: Path) -> None:
     """rediss+cluster:// with the CA in the URL: every node is reached over TLS (the plain ports are
     never named), and a client that does not trust the CA is refused."""
-    cluster = LocalCluster(tls=make_certificates(tmp_path)).start()
-    try:
+    with LocalCluster(tls=make_certificates(tmp_path)) as cluster:
         settings = Settings(
             redis_url=cluster.tls_url, jobs_redis_url="redis://127.0.0.1:1/0", embedded_redis=False
         )
@@ -325,8 +321,6 @@ async def test_a_cluster_over_tls(tmp_path: Path) -> None:
         with pytest.raises(STORE_ERRORS):
             await asyncio.wait_for(untrusted.get("k"), 10)
         await untrusted.aclose()
-    finally:
-        cluster.stop()
 
 
 def _free_block() -> int:

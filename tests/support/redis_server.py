@@ -9,9 +9,11 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from types import TracebackType
 
+from tests.support.lifecycle import Started, stop_process
 from tests.support.ports import SHARED_REDIS_PORT, free_port
 
 _SEARCH_DIRS = ("/usr/sbin", "/usr/bin", "/usr/local/bin", "/opt/homebrew/bin")
@@ -41,7 +43,7 @@ def ping(host: str, port: int, timeout: float = 0.5) -> bool:
         return False
 
 
-class RedisServer:
+class RedisServer(Started):
     """``redis-server`` on a free loopback port with its own temporary directory.
 
     ``appendonly=True`` turns on the AOF with ``appendfsync everysec`` so that ``kill()`` then
@@ -187,6 +189,15 @@ class RedisServer:
         self._signal(signal.SIGCONT)
         self.paused = False
 
+    @contextmanager
+    def while_paused(self) -> Iterator[None]:
+        """``pause()`` for the ``with`` block, ``resume()`` after it however it ends."""
+        self.pause()
+        try:
+            yield
+        finally:
+            self.resume()
+
     def restart(self) -> RedisServer:
         """Start again on the same port and directory (so an AOF is replayed). Kills first if running."""
         if self.running:
@@ -214,25 +225,9 @@ class RedisServer:
             if self.paused:
                 os.kill(self.proc.pid, signal.SIGCONT)
                 self.paused = False
-            self.proc.terminate()
-            try:
-                self.proc.wait(5.0)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5.0)
+            stop_process(self.proc, timeout=5.0)
         self.proc = None
         shutil.rmtree(self.dir, ignore_errors=True)
-
-    def __enter__(self) -> RedisServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         state = "paused" if self.paused else ("running" if self.running else "stopped")

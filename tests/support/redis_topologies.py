@@ -17,6 +17,7 @@ import pytest
 import redis
 from redis.crc import key_slot
 
+from tests.support.lifecycle import Started, stop_process
 from tests.support.ports import free_port
 from tests.support.redis_server import RedisServer, find_redis_server, ping
 
@@ -59,7 +60,7 @@ def _replica_online(master: RedisServer, password: str | None = None) -> bool:
     return isinstance(replica, dict) and replica.get("state") == "online"
 
 
-class LocalCluster:
+class LocalCluster(Started):
     """Six `redis-server --cluster-enabled yes` nodes joined by `redis-cli --cluster create`."""
 
     def __init__(
@@ -235,17 +236,11 @@ class Sentinel:
         wait_for(lambda: ping("127.0.0.1", self.port), 10, f"sentinel on {self.port}")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc, timeout=5.0)
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-class SentinelGroup:
+class SentinelGroup(Started):
     """A master, its replica and three sentinels watching them (quorum 2)."""
 
     def __init__(self, master_name: str = "persona", down_after_ms: int = 1000) -> None:
@@ -315,11 +310,8 @@ class SentinelGroup:
 @pytest.fixture(scope="module")
 def redis_cluster() -> Iterator[LocalCluster]:
     """A 3-master, 3-replica cluster shared by one test module (use `cluster_url` for a flushed one)."""
-    cluster = LocalCluster().start()
-    try:
+    with LocalCluster() as cluster:
         yield cluster
-    finally:
-        cluster.stop()
 
 
 @pytest.fixture
@@ -331,18 +323,12 @@ def cluster_url(redis_cluster: LocalCluster) -> str:
 @pytest.fixture
 def fresh_cluster() -> Iterator[LocalCluster]:
     """A cluster of this test's own (safe to kill nodes of)."""
-    cluster = LocalCluster().start()
-    try:
+    with LocalCluster() as cluster:
         yield cluster
-    finally:
-        cluster.stop()
 
 
 @pytest.fixture
 def fresh_sentinel_group() -> Iterator[SentinelGroup]:
     """A Sentinel group of this test's own (safe to kill its master)."""
-    group = SentinelGroup().start()
-    try:
+    with SentinelGroup() as group:
         yield group
-    finally:
-        group.stop()

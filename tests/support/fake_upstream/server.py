@@ -6,14 +6,14 @@ import argparse
 import asyncio
 import time
 from collections.abc import Callable
-from types import TracebackType
 
 from tests.support.fake_upstream.app import make_app
 from tests.support.fake_upstream.models import RecordedRequest, Reply, Responder
+from tests.support.lifecycle import Started
 from tests.support.server_thread import ServerThread
 
 
-class FakeUpstream:
+class FakeUpstream(Started):
     """The fake served from a background thread on 127.0.0.1 (a free port)."""
 
     def __init__(self, *, port: int = 0, default_delay: float = 0.0) -> None:
@@ -27,17 +27,6 @@ class FakeUpstream:
 
     def stop(self) -> None:
         self._server.stop()
-
-    def __enter__(self) -> FakeUpstream:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     @property
     def port(self) -> int:
