@@ -315,6 +315,19 @@ def test_redis_pause_resume_and_kill(fresh_redis: RedisServer) -> None:
     r2.close()
 
 
+def test_redis_while_paused_resumes_however_the_block_ends(fresh_redis: RedisServer) -> None:
+    r = redis.Redis.from_url(fresh_redis.url, socket_timeout=0.3)
+    r.set("a", 1)
+    with pytest.raises(redis.exceptions.TimeoutError), fresh_redis.while_paused():
+        assert fresh_redis.paused
+        r.get("a")
+    assert not fresh_redis.paused
+    r2 = redis.Redis.from_url(fresh_redis.url, socket_timeout=2)
+    assert r2.get("a") == b"1"
+    r.close()
+    r2.close()
+
+
 def wait_until(condition: Callable[[], bool], timeout: float, interval: float = 0.02) -> bool:
     deadline = time.monotonic() + timeout
     while not condition():
