@@ -27,7 +27,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 from middleware.config import Settings  # noqa: E402
 from middleware.services import build_services  # noqa: E402
 from tests.induction_fakes import InductionResponder, make_pairs  # noqa: E402
-from tests.support.fake_upstream import FakeUpstream, Reply  # noqa: E402
+from tests.support.fake_upstream import FakeUpstream  # noqa: E402
 from tests.support.redis_server import RedisServer  # noqa: E402
 
 
@@ -40,7 +40,7 @@ async def one_refresh(
         judge_right=lambda request, persona, n: n > 0 or int(request[1:]) % 2 == 0,
     )
     upstream.reset()
-    upstream.responder = lambda body: Reply(json=responder(body), delay=latency)
+    upstream.responder = responder.slowed(latency)
     services = build_services(settings)
     try:
         await services.preferences.add_pairs("bench", user, make_pairs(user, pairs))

@@ -149,8 +149,7 @@ async def test_cancelled_job_never_changes_persona(jproxy: RunningProxy, fake_up
 
 async def test_running_job_cancelled_midway(jproxy: RunningProxy, fake_upstream: FakeUpstream) -> None:
     await add_pairs(jproxy, U, 8, T)
-    responder = InductionResponder()
-    fake_upstream.responder = lambda body: Reply(json=responder(body), delay=0.15)
+    fake_upstream.responder = InductionResponder().slowed(0.15)
     settings = jproxy.settings.model_copy(update={"induction_concurrency": 1})
     with client(jproxy) as http:
         http.put(f"/admin/users/{U}/persona", json={"text": "keep me"})
@@ -215,12 +214,9 @@ async def test_tenant_concurrency_cap(redis_url: str, fake_upstream: FakeUpstrea
 
 
 async def test_auto_refresh_after_n_new_pairs(jproxy: RunningProxy, fake_upstream: FakeUpstream) -> None:
-    from middleware.services import build_services
-
     settings = jproxy.settings.model_copy(update={"auto_refresh_after": 5})
-    services = build_services(settings)
     fake_upstream.responder = InductionResponder()
-    try:
+    async with store_services(settings) as services:
         queue = services.jobs
 
         async def due() -> int:
@@ -235,5 +231,3 @@ async def test_auto_refresh_after_n_new_pairs(jproxy: RunningProxy, fake_upstrea
         assert (await services.personas.get(T, U)) is not None
         assert await services.preferences.pairs_since_refresh(T, U) == 0
         assert await due() == 0
-    finally:
-        await services.close()
