@@ -178,3 +178,46 @@ def wrk(
         "p99_ms": percentiles["99"],
         "non_2xx": float(errors.group(1)) if errors else 0.0,
     }
+
+
+def proxy_pid(url: str) -> int:
+    """The process id of the proxy (started by `proxy`, or registered in PIDS) that serves `url`."""
+    return next(pid for base, pid in PIDS.items() if url == base or url.startswith(f"{base}/"))
+
+
+def wrk_cpu(url: str, body: dict[str, object], *, connections: int, seconds: float) -> dict[str, float]:
+    """`wrk`, plus `cpu_ms`: the CPU time the proxy serving `url` spent per request during the run
+    (steadier than req/s on a shared machine)."""
+    pid = proxy_pid(url)
+    before = cpu_seconds(pid)
+    result = wrk(url, body, connections=connections, seconds=seconds)
+    served = result["rps"] * max(1, round(seconds))  # wrk runs whole seconds
+    return {**result, "cpu_ms": (cpu_seconds(pid) - before) * 1000.0 / max(served, 1.0)}
+
+
+def reported_overhead(url: str, count: int, body: dict[str, object]) -> list[float]:
+    """x-persona-overhead-ms of `count` sequential calls."""
+    with httpx.Client(headers={"Authorization": f"Bearer {APP_KEY}"}, timeout=10) as client:
+        return [float(client.post(url, json=body).headers["x-persona-overhead-ms"]) for _ in range(count)]
+
+
+def c1_rounds(
+    cases: dict[str, tuple[str, dict[str, object]]], runs: int, seconds: float, overhead_calls: int
+) -> tuple[dict[str, list[dict[str, float]]], dict[str, list[float]]]:
+    """Each case (name -> chat URL and body) warmed up, then `runs` rounds in which every case in turn
+    runs wrk at c=1 for `seconds` and makes `overhead_calls` calls for the proxy's own measure
+    (x-persona-overhead-ms). Returns the wrk results and the overheads, by case."""
+    for url, body in cases.values():
+        wrk(url, body, connections=1, seconds=2)  # warm-up
+    results: dict[str, list[dict[str, float]]] = {name: [] for name in cases}
+    overhead: dict[str, list[float]] = {name: [] for name in cases}
+    for _ in range(runs):
+        for name, (url, body) in cases.items():
+            results[name].append(wrk(url, body, connections=1, seconds=seconds))
+            overhead[name] += reported_overhead(url, overhead_calls, body)
+    return results, overhead
+
+
+def spread(values: list[float], digits: int = 3) -> str:
+    """min-max of `values` ("-" for fewer than two)."""
+    return f"{min(values):.{digits}f}-{max(values):.{digits}f}" if len(values) > 1 else "-"
