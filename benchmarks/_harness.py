@@ -74,13 +74,9 @@ def fake_upstream(delay_ms: float = 0.0) -> Iterator[str]:
         yield f"http://127.0.0.1:{port}/v1"
 
 
-@contextmanager
-def redis() -> Iterator[RedisServer]:
-    server = RedisServer().start()
-    try:
-        yield server
-    finally:
-        server.stop()
+def redis() -> RedisServer:
+    """A private redis-server for a `with` block (started on entry, stopped on exit)."""
+    return RedisServer()
 
 
 @contextmanager
