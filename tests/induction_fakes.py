@@ -91,3 +91,15 @@ class InductionResponder:
     def slowed(self, delay_s: float) -> Callable[[dict[str, Any]], Reply]:
         """These answers, each after `delay_s` seconds (so a kill or a cancel lands mid-job)."""
         return lambda body: Reply(json=self(body), delay=delay_s)
+
+    def after_503s(self, count: int) -> Callable[[dict[str, Any]], Reply | dict[str, Any] | None]:
+        """A 503 for each of the first `count` calls, then these answers."""
+        left = [count]
+
+        def respond(body: dict[str, Any]) -> Reply | dict[str, Any] | None:
+            if left[0]:
+                left[0] -= 1
+                return Reply(status=503)
+            return self(body)
+
+        return respond

@@ -116,16 +116,8 @@ async def test_transient_upstream_errors_are_retried(
     jproxy: RunningProxy, fake_upstream: FakeUpstream
 ) -> None:
     await add_pairs(jproxy, U, 5, T)
-    responder = InductionResponder()
-    state = {"failures": 0}
-
-    def flaky(body: dict[str, Any]) -> Reply | dict[str, Any] | None:
-        if state["failures"] < 3:  # one job attempt's worth of 503s (the upstream retries 3 times)
-            state["failures"] += 1
-            return Reply(status=503)
-        return responder(body)
-
-    fake_upstream.responder = flaky
+    # one job attempt's worth of 503s (the upstream call is tried 3 times)
+    fake_upstream.responder = InductionResponder().after_503s(3)
     with client(jproxy) as http:
         job_id = http.post(f"/admin/users/{U}/persona/refresh").json()["job_id"]
         await drain(jproxy.settings.model_copy(update={"induction_concurrency": 1}))
