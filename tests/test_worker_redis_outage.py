@@ -17,17 +17,9 @@ from tests.support.fake_upstream import FakeUpstream
 from tests.support.lifecycle import stop_process
 from tests.support.processes import quick_worker_env, start_worker
 from tests.support.redis_server import RedisServer
+from tests.support.waiting import await_until
 
 T = "tenant-a"
-
-
-async def until(condition: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(0.05)
-    return True
 
 
 async def refresh(redis_url: str, upstream: FakeUpstream, user: str) -> dict[str, Any] | None:
@@ -56,7 +48,7 @@ async def test_worker_survives_a_redis_restart_and_a_pause(
         assert first is not None and first["state"] == "complete", log.read_text()[-2000:]
 
         server.kill()
-        assert await until(lambda: logged("Redis unreachable") >= 1, timeout=15), log.read_text()[-2000:]
+        assert await await_until(lambda: logged("Redis unreachable") >= 1, timeout=15), log.read_text()[-2000:]
         await asyncio.sleep(3)  # the outage lasts a few seconds
         assert worker.poll() is None, log.read_text()[-2000:]
         server.restart()
@@ -68,7 +60,7 @@ async def test_worker_survives_a_redis_restart_and_a_pause(
         with server.while_paused():
             paused_at = time.monotonic()
             # Noticed once a command passes the socket timeout (later on a loaded machine).
-            assert await until(lambda: logged("Redis unreachable") > outages, timeout=10), log.read_text()[-2000:]
+            assert await await_until(lambda: logged("Redis unreachable") > outages, timeout=10), log.read_text()[-2000:]
             await asyncio.sleep(max(0.0, 5 - (time.monotonic() - paused_at)))  # a pause of at least 5 s
         assert worker.poll() is None, log.read_text()[-2000:]
         after_pause = await refresh(server.url, fake_upstream, "after-pause")
