@@ -94,7 +94,7 @@ def serving(env: Mapping[str, str], log: Path, *, workers: int = 1) -> Iterator[
 
 def quick_worker_env(redis_url: str, upstream: FakeUpstream) -> dict[str, str]:
     """A worker's environment with fast job settings, one induction call at a time, and a job whose
-    worker died taken up again within seconds (its lock outlives it by 4 + 0.5 s)."""
+    worker died taken up again within seconds (its in-progress marker expires after 4 + 0.5 s)."""
     return process_env(
         redis_url,
         upstream,
