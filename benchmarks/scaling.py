@@ -102,20 +102,17 @@ def users_of(path: Path, limit: int) -> list[str]:
 
 async def _fill(settings: Any, users: dict[str, list[str]]) -> None:
     from middleware.preferences.importer import run_import
-    from middleware.services import build_services
     from middleware.store import keys
+    from tests.jobs_support import store_services
 
     for name, fmt in FILES.items():
         await run_import(settings, DATA / f"{name}.jsonl.gz", format=fmt, tenant=name, progress=False)
-    services = build_services(settings)
-    try:
+    async with store_services(settings) as services:
         for tenant, ids in users.items():
             for user in ids:
                 await services.induction.induce(tenant, user)
                 version = (await services.personas.get(tenant, user)).version  # type: ignore[union-attr]
                 await services.redis.set(keys.adapter(tenant, user, version), os.urandom(ADAPTER_BYTES))
-    finally:
-        await services.close()
 
 
 def kind_of(key: str) -> str:
