@@ -414,8 +414,8 @@ async def _store_round_trips(url: str, blocks: int, per_block: int) -> dict[str,
 
     cases = {
         "today: ADMIT + GET": today,
-        "resolve, own persona": lambda: store.admit_and_read_personas(call, "bench", "own", None),
-        "resolve, segment persona": lambda: store.admit_and_read_personas(call, "bench", "member", None),
+        "resolve, own persona": lambda: store.admit_and_read(call, "bench", "own", None),
+        "resolve, segment persona": lambda: store.admit_and_read(call, "bench", "member", None),
     }
     out: dict[str, list[float]] = {name: [] for name in cases}
     for run in cases.values():  # warm-up (and the scripts loaded in this process)

@@ -82,6 +82,7 @@ class Services:
     async def close(self) -> None:
         await self.answers.drain()
         await self.http.close()
+        self.upstreams.close()
         await self.redis.aclose()
         if self.hot_redis is not None:
             await self.hot_redis.aclose()
@@ -114,7 +115,7 @@ def build_services(settings: Settings, tracing: Tracing = TRACING_OFF) -> Servic
     preferences = PreferenceStore(redis, replication)
     contexts = ContextStore(redis)
     personalizer = Personalizer(personas, settings, metrics, tracing)
-    upstreams = UpstreamRouter(settings, http, metrics.upstream_retries.inc)
+    upstreams = UpstreamRouter(settings, metrics.upstream_retries.inc, tracing)
     # the writes after an answer (a call's tokens and slot, its feedback record): one round trip
     # The hot path's client: its reads and the write-behind run under their own asyncio timeouts,
     # so its connections need no socket timeout (`create_redis`).

@@ -7,7 +7,7 @@ rest itself: `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPL
 
 The spans of one call: a server span (`TracedRequests`; the app's own `traceparent`, if it sent one, is
 its parent) and inside it `quota.admit`, `persona.read` and one `upstream.call` per HTTP request to an
-upstream (`aiohttp_trace_configs`: from sending to the answer's headers, retries each their own; a
+upstream (`start_upstream_call`: from sending to the answer's headers, retries each their own; a
 stream's body is timed by the server span), which carries that span's W3C `traceparent`. Attributes never hold
 persona text; the end user's id only with `PERSONA_TRACE_USER_IDS=true`.
 
@@ -126,41 +126,54 @@ class Tracing:
     def tracer(self) -> Tracer | None:
         return self._tracer
 
+    def start_upstream_call(self, method: str, host: str, port: int) -> tuple[Span, dict[str, str]]:
+        """An `upstream.call` span, started (`end_upstream_call` ends it), and the headers that carry
+        it upstream (W3C `traceparent`). Only when tracing is on."""
+        from opentelemetry import propagate, trace
+
+        assert self._tracer is not None
+        span = self._tracer.start_span(
+            "upstream.call",
+            kind=trace.SpanKind.CLIENT,
+            attributes={"http.request.method": method, "server.address": host, "server.port": port},
+        )
+        headers: dict[str, str] = {}
+        propagate.inject(headers, context=trace.set_span_in_context(span))
+        return span, headers
+
+    @staticmethod
+    def end_upstream_call(
+        span: Span, *, status: int | None = None, error: BaseException | None = None
+    ) -> None:
+        """End an `upstream.call` span with the answer's status, or the error the call raised."""
+        from opentelemetry import trace
+
+        if error is not None:
+            span.record_exception(error)
+            span.set_status(trace.StatusCode.ERROR, type(error).__name__)
+        elif status is not None:
+            span.set_attribute("http.response.status_code", status)
+            if status >= 500:
+                span.set_status(trace.StatusCode.ERROR)
+        span.end()
+
     def aiohttp_trace_configs(self) -> list[aiohttp.TraceConfig]:
-        """Hooks for the upstream HTTP session: an `upstream.call` span per request, its
-        `traceparent` sent with it (none when tracing is off)."""
+        """Hooks for the aiohttp session of the routes passed through: an `upstream.call` span per
+        request, its `traceparent` sent with it (none when tracing is off)."""
         if self._tracer is None:
             return []
         import aiohttp
-        from opentelemetry import propagate, trace
-
-        tracer = self._tracer
 
         async def started(_: Any, context: Any, params: aiohttp.TraceRequestStartParams) -> None:
-            span = tracer.start_span(
-                "upstream.call",
-                kind=trace.SpanKind.CLIENT,
-                attributes={
-                    "http.request.method": params.method,
-                    "server.address": params.url.host or "",
-                    "server.port": params.url.port or 0,
-                },
-            )
-            context.span = span
-            propagate.inject(params.headers, context=trace.set_span_in_context(span))
+            url = params.url
+            context.span, headers = self.start_upstream_call(params.method, url.host or "", url.port or 0)
+            params.headers.update(headers)
 
         async def answered(_: Any, context: Any, params: aiohttp.TraceRequestEndParams) -> None:
-            span: Span = context.span
-            span.set_attribute("http.response.status_code", params.response.status)
-            if params.response.status >= 500:
-                span.set_status(trace.StatusCode.ERROR)
-            span.end()
+            self.end_upstream_call(context.span, status=params.response.status)
 
         async def failed(_: Any, context: Any, params: aiohttp.TraceRequestExceptionParams) -> None:
-            span: Span = context.span
-            span.record_exception(params.exception)
-            span.set_status(trace.StatusCode.ERROR, type(params.exception).__name__)
-            span.end()
+            self.end_upstream_call(context.span, error=params.exception)
 
         config = aiohttp.TraceConfig()
         config.on_request_start.append(started)

@@ -1,10 +1,11 @@
 """Forwarding a chat call upstream.
 
 Two paths behind one interface:
-- `PassthroughUpstream`: OpenAI-compatible upstreams get the request body as JSON bytes over a pooled
-  aiohttp session and the answer back as bytes, unchanged, never buffered when streaming.
-  (Measured: litellm costs ~4 ms CPU per call and httpx was ~6x slower than aiohttp under
-  concurrency; see docs/ARCHITECTURE.md, "Performance of the hot path".)
+- `PassthroughUpstream`: OpenAI-compatible upstreams get the request body as JSON bytes over the lean
+  client's keep-alive connections (`upstream_http.py`) and the answer back as bytes, unchanged, never
+  buffered when streaming. (Measured: litellm costs ~4 ms CPU per call, httpx was ~6x slower than
+  aiohttp under concurrency, and aiohttp ~6x the lean client's CPU per call; see docs/ARCHITECTURE.md,
+  "Performance of the hot path".)
 - `LitellmUpstream`: any other provider, translated by litellm.
 
 Both retry 429/5xx/connection errors before the first byte (one tenacity loop, `retrying`), with
@@ -27,10 +28,11 @@ from tenacity import (
     stop_after_attempt,
     wait_exponential_jitter,
 )
-from yarl import URL
 
 from middleware.config import Settings
 from middleware.errors import UpstreamError, UpstreamNotConfigured, UpstreamTimeout
+from middleware.tracing import TRACING_OFF, Tracing
+from middleware.upstream_http import LeanClient, LeanResponse, UpstreamConnectionError
 
 RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
 # Provider prefixes that need litellm's translation even when an OpenAI-compatible base is set.
@@ -100,6 +102,22 @@ class Upstream(Protocol):
         """Open the stream (errors before the first byte raise here) and return its SSE bytes."""
 
 
+def lean_client(settings: Settings) -> LeanClient:
+    """The lean client of the OpenAI-compatible base in the settings, its credentials framed in."""
+    headers = {"Content-Type": "application/json"}
+    key = settings.upstream_api_key.get_secret_value()
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    return LeanClient(
+        settings.upstream_api_base or "",
+        headers,
+        limit=settings.upstream_max_connections,
+        connect_timeout_s=settings.upstream_connect_timeout_s,
+        read_timeout_s=settings.upstream_first_token_timeout_s,
+        total_timeout_s=settings.upstream_total_timeout_s,
+    )
+
+
 class UpstreamStatus(Exception):
     def __init__(self, status: int, body: bytes, headers: Mapping[str, str] | None = None) -> None:
         super().__init__(f"upstream answered {status}")
@@ -111,6 +129,8 @@ class UpstreamStatus(Exception):
 def _is_retryable(exc: BaseException) -> bool:
     if isinstance(exc, UpstreamStatus):
         return exc.status in RETRYABLE_STATUS
+    if isinstance(exc, UpstreamConnectionError):
+        return True
     return isinstance(exc, aiohttp.ClientConnectionError) and not isinstance(exc, aiohttp.ServerTimeoutError)
 
 
@@ -179,47 +199,51 @@ def stream_error_event(error: UpstreamError) -> bytes:
 
 
 class PassthroughUpstream:
+    """An OpenAI-compatible base's `path` (chat completions, the Responses API) over the lean client
+    (`upstream_http.py`): the body as JSON bytes, the answer back as bytes, a stream as it arrives."""
+
     def __init__(
         self,
         settings: Settings,
-        session: aiohttp.ClientSession,
+        client: LeanClient,
         on_retry: Callable[[], None],
         path: str = "/chat/completions",
+        tracing: Tracing = TRACING_OFF,
     ) -> None:
-        base = (settings.upstream_api_base or "").rstrip("/")
-        self._url = URL(f"{base}{path}")  # parsed once, not on every call
         self._settings = settings
-        self._session = session
+        self._client = client
         self._on_retry = on_retry
-        key = settings.upstream_api_key.get_secret_value()
-        self._headers = {"Content-Type": "application/json"}
-        if key:
-            self._headers["Authorization"] = f"Bearer {key}"
-        self._timeout = aiohttp.ClientTimeout(
-            total=settings.upstream_total_timeout_s,
-            sock_connect=settings.upstream_connect_timeout_s,
-            sock_read=settings.upstream_first_token_timeout_s,
-        )
+        self._path = path
+        self._tracing = tracing
 
-    async def _open(self, payload: bytes) -> aiohttp.ClientResponse:
-        async def attempt() -> aiohttp.ClientResponse:
-            response = await self._session.post(
-                self._url, data=payload, headers=self._headers, timeout=self._timeout
-            )
+    async def _post(self, payload: bytes) -> LeanResponse:
+        if not self._tracing.enabled:
+            return await self._client.post(self._path, payload)
+        pool = self._client.pool
+        span, headers = self._tracing.start_upstream_call("POST", pool.host, pool.port)
+        try:
+            response = await self._client.post(self._path, payload, headers)
+        except BaseException as exc:
+            self._tracing.end_upstream_call(span, error=exc)
+            raise
+        self._tracing.end_upstream_call(span, status=response.status)
+        return response
+
+    async def _open(self, payload: bytes) -> LeanResponse:
+        async def attempt() -> LeanResponse:
+            response = await self._post(payload)
             if response.status in RETRYABLE_STATUS:
-                body = await response.read()
-                response.release()
-                raise UpstreamStatus(response.status, body, response.headers)
+                raise UpstreamStatus(response.status, await response.read(), response.headers)
             return response
 
         try:
             return await retrying(self._settings, attempt, self._on_retry)
         except UpstreamStatus as exc:
             raise error_from_upstream(exc.status, exc.body, exc.headers) from None
-        except (aiohttp.ServerTimeoutError, TimeoutError) as exc:
+        except TimeoutError as exc:
             raise UpstreamTimeout("the upstream did not answer in time") from exc
-        except aiohttp.ClientError as exc:
-            raise UpstreamError(f"could not reach the upstream: {type(exc).__name__}") from exc
+        except UpstreamConnectionError as exc:
+            raise UpstreamError(f"could not reach the upstream: {exc}") from exc
 
     async def complete(self, body: dict[str, Any], relay: dict[str, str] | None = None) -> bytes:
         response = await self._open(orjson.dumps(body))
@@ -227,10 +251,10 @@ class PassthroughUpstream:
             relay.update(relayed_headers(response.headers))
         try:
             data = await response.read()
-        except (aiohttp.ServerTimeoutError, TimeoutError) as exc:
+        except TimeoutError as exc:
             raise UpstreamTimeout("the upstream did not finish in time") from exc
-        except aiohttp.ClientError as exc:
-            raise UpstreamError(f"the upstream connection failed: {type(exc).__name__}") from exc
+        except UpstreamConnectionError as exc:
+            raise UpstreamError(f"the upstream connection failed: {exc}") from exc
         finally:
             response.release()
         if response.status >= 400:
@@ -243,25 +267,42 @@ class PassthroughUpstream:
             relay.update(relayed_headers(response.headers))
         return self._relay(response)
 
-    async def open(self, body: dict[str, Any]) -> aiohttp.ClientResponse:
-        """The upstream response once it answered 2xx (errors raise here); the caller reads it."""
+    async def open(self, body: dict[str, Any]) -> LeanResponse:
+        """The upstream response once it answered 2xx (errors raise here); the caller reads it
+        (`answer_chunks`)."""
         response = await self._open(orjson.dumps(body))
         if response.status >= 400:
             data = await response.read()
-            response.release()
             raise error_from_upstream(response.status, data, response.headers)
         return response
 
-    async def _relay(self, response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+    async def _relay(self, response: LeanResponse) -> AsyncIterator[bytes]:
         try:
-            async for chunk in body_chunks(response):
+            async for chunk in answer_chunks(response):
                 yield chunk
         except UpstreamError as exc:
             yield stream_error_event(exc)
 
 
+async def answer_chunks(response: LeanResponse) -> AsyncIterator[bytes]:
+    """A lean client's answer body as it arrives. A stalled or broken body raises
+    UpstreamTimeout/UpstreamError; a reader that stops early drops the connection (the upstream sees
+    the abort at once), one that read to the end gives it back to the pool."""
+    chunks = response.chunks()
+    try:
+        async for chunk in chunks:
+            yield chunk
+    except TimeoutError as exc:
+        raise UpstreamTimeout("the upstream stopped sending in time") from exc
+    except UpstreamConnectionError as exc:
+        raise UpstreamError(f"the upstream stream broke: {exc}") from exc
+    finally:
+        await chunks.aclose()
+        response.close()
+
+
 async def body_chunks(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
-    """An upstream body as it arrives. A stalled or broken body raises UpstreamTimeout/UpstreamError.
+    """An aiohttp upstream body (the routes passed through, `forward.py`) as it arrives. A stalled or broken body raises UpstreamTimeout/UpstreamError.
 
     The response is closed (not released) at the end: that drops the connection, so the upstream sees
     the abort at once when the client went away mid-stream."""
@@ -379,17 +420,35 @@ def litellm_headers(response: Any) -> dict[str, str]:
 
 
 class UpstreamRouter:
-    """Chooses the path for a model name and resolves aliases."""
+    """Chooses the path for a model name and resolves aliases. It owns the lean client of the
+    OpenAI-compatible base, when one is set (`close` it)."""
 
     def __init__(
-        self, settings: Settings, session: aiohttp.ClientSession, on_retry: Callable[[], None]
+        self, settings: Settings, on_retry: Callable[[], None], tracing: Tracing = TRACING_OFF
     ) -> None:
         self._settings = settings
         self._on_retry = on_retry
-        self._passthrough = (
-            PassthroughUpstream(settings, session, on_retry) if settings.upstream_api_base else None
-        )
+        self._tracing = tracing
+        self._client = lean_client(settings) if settings.upstream_api_base else None
+        self._paths: dict[str, PassthroughUpstream] = {}
+        self._passthrough = self.passthrough("/chat/completions") if self._client is not None else None
         self._litellm: LitellmUpstream | None = None
+
+    def passthrough(self, path: str) -> PassthroughUpstream:
+        """The OpenAI-compatible base's `path` (one per path, sharing the connections)."""
+        if self._client is None:
+            raise UpstreamNotConfigured(
+                f"no OpenAI-compatible upstream base is set: {UPSTREAM_SETTINGS_HINT}"
+            )
+        found = self._paths.get(path)
+        if found is None:
+            found = PassthroughUpstream(self._settings, self._client, self._on_retry, path, self._tracing)
+            self._paths[path] = found
+        return found
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
 
     def litellm(self) -> LitellmUpstream:
         if self._litellm is None:

@@ -109,7 +109,7 @@ async def test_every_store_operation_runs_on_a_cluster(
             T, USERS[0], cost=1, rpm=100, user_rpm=10, concurrency=5, lease="l1", lease_ms=60_000,
             tokens_per_day=1000, day="20260101", ms_to_day_end=1000,
         )  # fmt: skip
-        reason, _, reads = await limits.admit_and_read_personas(call, T, USERS[0], None)
+        reason, _, reads, _ = await limits.admit_and_read(call, T, USERS[0], None)
         assert reason == 0 and reads.own is not None and b"v1 of user-0" in reads.own
         # the segment resolution script's keys share the tenant's slot
         assert key_slot(keys.segment_members(T).encode()) == key_slot(

@@ -73,9 +73,12 @@ def test_provider_prefixed_models_route_to_litellm_in_auto_mode(
 ) -> None:
     upstream, model = proxy.services.upstreams.route("anthropic/claude-x")
     assert isinstance(upstream, LitellmUpstream) and model == "anthropic/claude-x"
-    # The others take the pass-through path: aiohttp's request reaches the upstream, the model named as
-    # the upstream knows it (litellm's would come from the openai client, with its own user agent).
+    # The others take the pass-through path: the lean client's request reaches the upstream, the model
+    # named as the upstream knows it (litellm's would come from the openai client, with its own user agent).
     for requested in ("openai/gpt-x", "meta-llama/Llama-3-8B"):  # vLLM-style names stay on the fast path
         sdk(proxy).chat.completions.create(model=requested, messages=[{"role": "user", "content": "q"}])
-    seen = [(r.body["model"], "aiohttp" in r.headers["user-agent"]) for r in fake_upstream.chat_requests]
+    seen = [
+        (r.body["model"], r.headers["user-agent"] == "persona-middleware")
+        for r in fake_upstream.chat_requests
+    ]
     assert seen == [("gpt-x", True), ("meta-llama/Llama-3-8B", True)]

@@ -4,19 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar, cast
 
 import httpx
 import openai
 import pytest
-from openai.types.chat import ChatCompletionMessageParam
+import redis
+from openai.types.chat import ChatCompletion, ChatCompletionMessageParam
+from redis.asyncio import Redis as AsyncRedis
 
+from middleware.quotas.service import utc_day
 from middleware.rerank.hookspec import EndUser
 from middleware.rerank.registry import RerankerRegistry
+from middleware.store import keys
 from tests.support.fake_upstream import FakeUpstream, Reply
 from tests.support.metrics import sample
 from tests.support.proxy import APP_KEY_A, RunningProxy, proxy_settings, start_proxy
+from tests.support.redis_topologies import wait_for
 
 MESSAGES: list[ChatCompletionMessageParam] = [{"role": "system", "content": "Be helpful."}, {"role": "user", "content": "Name a fruit."}]
 
@@ -287,6 +293,79 @@ def test_rerank_answers_with_the_chat_headers_and_metrics(proxy: RunningProxy, f
         sdk(proxy, "shortest").chat.completions.create(model="fake-model", messages=MESSAGES)
     assert sample(proxy.url, "persona_chat_requests_total", mode="rerank", outcome="error") == 1.0
     assert sample(proxy.url, "persona_overhead_seconds_count") == 2.0
+
+
+class MeddlesWithRedis(ShortestFirst):
+    """Scores as ShortestFirst, once a Redis command of the test's has run (the call is admitted by
+    then, and its answer is about to go back)."""
+
+    def __init__(self, redis_url: str, *command: str | int) -> None:
+        self._redis_url, self._command = redis_url, command
+
+    async def score(
+        self, context: Sequence[dict[str, Any]], candidates: Sequence[str], *, user: EndUser | None
+    ) -> list[float]:
+        async with AsyncRedis.from_url(self._redis_url) as client:
+            await client.execute_command(*self._command)
+        return await super().score(context, candidates, user=user)
+
+
+def tokens_today(redis_url: str) -> int:
+    with redis.Redis.from_url(redis_url) as client:
+        return int(cast(Any, client.get(keys.tokens_day("tenant-a", utc_day(time.time())[0]))) or 0)
+
+
+def test_a_rerank_answers_before_its_tokens_are_written_and_they_count_after(
+    redis_url: str, fake_upstream: FakeUpstream
+) -> None:
+    """Every candidate's tokens are written behind the answer with the call's slot: an answer never
+    waits for them, and a Redis that cannot write (paused, or failing the write) costs no answer."""
+    settings = proxy_settings(
+        redis_url,
+        fake_upstream,
+        rerankers_enabled=["shortest", "paused", "failing"],
+        limits={"default": {"tokens_per_day": 10**6}},
+        persona_read_timeout_s=2.0,  # a loaded machine must not skip the admission
+        redis_socket_timeout_s=10.0,  # the writes wait out the pause below rather than give up
+    )
+    day_key = keys.tokens_day("tenant-a", utc_day(time.time())[0])
+    with start_proxy(settings) as proxy:
+        registry(proxy).add("shortest", lambda settings, resources: ShortestFirst())
+        # writes paused from scoring on (reads still served); unpaused by the test below
+        registry(proxy).add(
+            "paused",
+            lambda settings, resources: MeddlesWithRedis(redis_url, "CLIENT", "PAUSE", 20_000, "WRITE"),
+        )
+        # the day's key made a hash: the write behind the answer fails
+        as_hash = "redis.call('DEL', KEYS[1]); return redis.call('HSET', KEYS[1], 'x', '1')"
+        registry(proxy).add(
+            "failing", lambda settings, resources: MeddlesWithRedis(redis_url, "EVAL", as_hash, 1, day_key)
+        )
+        fake_upstream.responder = by_variant
+
+        def ask(reranker: str) -> ChatCompletion:
+            api = sdk(proxy, reranker).with_options(timeout=5)
+            return api.chat.completions.create(model="fake-model", messages=MESSAGES)
+
+        first = ask("shortest")
+        assert first.choices[0].message.content == "kiwi" and first.usage is not None
+        wait_for(lambda: tokens_today(redis_url) > 0, 5, "the first rerank's tokens")
+        one_rerank = tokens_today(redis_url)  # every candidate's tokens, counted in one write
+        assert one_rerank > first.usage.total_tokens  # more than the chosen one's
+
+        try:
+            assert ask("paused").choices[0].message.content == "kiwi"
+            assert tokens_today(redis_url) == one_rerank  # answered while the write still waits
+        finally:
+            with redis.Redis.from_url(redis_url) as client:
+                client.execute_command("CLIENT", "UNPAUSE")
+        wait_for(lambda: tokens_today(redis_url) > one_rerank, 5, "the paused rerank's tokens")
+        assert tokens_today(redis_url) == 2 * one_rerank
+
+        assert sample(proxy.url, "persona_store_write_failures_total") == 0.0
+        # the chosen answer, not the first candidate's: the scorer ran, and the answer stands
+        assert ask("failing").choices[0].message.content == "kiwi"
+        wait_for(lambda: sample(proxy.url, "persona_store_write_failures_total") > 0, 5, "the lost write")
 
 
 async def test_a_slow_reranker_build_runs_once_and_off_the_event_loop() -> None:

@@ -83,6 +83,35 @@ async def test_a_response_owner_recorded_behind_is_found_at_once(redis_url: str)
     await client.aclose()
 
 
+async def test_a_feedback_owner_written_behind_is_found_at_once(redis_url: str) -> None:
+    client = Redis.from_url(redis_url)
+    behind = WriteBehind(client)
+    feedback = FeedbackStore(client, ttl_s=600, write_behind=behind)
+    response_id = f"pmr_behind_{time.monotonic_ns()}"
+    feedback.write_later(lambda: [("tenant-a", "alice", response_id, orjson.dumps({"arm": "inject"}))])
+    assert behind.busy  # asked before the flush ran: the lookup waits for the record on its way
+    assert await feedback.owner(response_id) == ("tenant-a", "alice")
+    assert await feedback.owner("pmr_never_made") is None
+    await client.aclose()
+
+
+async def test_a_read_through_reads_again_only_after_writes_it_waited_for(redis_url: str) -> None:
+    client = Redis.from_url(redis_url)
+    behind = WriteBehind(client)
+    key = f"wb-read-{time.monotonic_ns()}"
+    reads: list[bytes | None] = []
+
+    async def read() -> bytes | None:
+        reads.append(await client.get(key))
+        return reads[-1]
+
+    assert await behind.read_through(read) is None and reads == [None]  # nothing on its way: one read
+    behind.soon(lambda: [("SET", key, "written")])
+    assert await behind.read_through(read) == b"written" and reads == [None, None, b"written"]
+    assert await behind.read_through(read) == b"written" and len(reads) == 4  # found: no second read
+    await client.aclose()
+
+
 async def test_one_failing_write_neither_stops_the_others_nor_goes_unnoticed(redis_url: str) -> None:
     client = Redis.from_url(redis_url)
     lost: list[int] = []

@@ -79,11 +79,11 @@ async def reranked(request: Request, services: Services, call: Admitted) -> Answ
         metrics=services.metrics,
         metering=Metering(services.quotas, call.tenant, user),  # the scorer's own upstream calls count too
     )
-    await services.quotas.add_usage(
+    chosen = reranked_answer(result, body, details=show_details)
+    # every candidate's tokens, written with the call's slot behind the answer (`chatlike.answer`)
+    chosen.tokens = services.quotas.tokens_of(
         call.tenant, *(c.completion.get("usage") for c in result.candidates if c.completion)
     )
-    chosen = reranked_answer(result, body, details=show_details)
-    chosen.counted = True
     return chosen
 
 

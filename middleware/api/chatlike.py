@@ -8,7 +8,7 @@
 - the end user (`identity.end_user_id`; with a user token, naming anyone else is a 403);
 - the persona mode (`X-Persona-Mode`, else the tenant's default mode in `PERSONA_POLICY`; rerank only
   where the route offers it); in auto mode the arm (`Policy.choose`, README "Auto mode"), whose
-  posteriors ride in the persona read's round trip (`Quotas.admit_and_personalize_auto`);
+  posteriors ride in the persona read's round trip (`Quotas.admit_and_personalize` with `policy`);
 - the tenant's caps (`Quotas.check_body`) and admission (`Quotas.admit_and_personalize`: the quota
   check rides in the persona reads' round trip), which give a lease and the persona resolved as
   own for the routed context > own > segment > tenant default > none (`personalize.resolve`; the
@@ -25,8 +25,9 @@
   (a stream's text is collected as it passes);
 - the work runs cancelled as soon as the client goes away (499, counted);
 - the metric of the route's calls by mode and outcome ("ok", "stream", "error" or what the work names);
-- the lease counts the answer's tokens (a stream's as it passes) and gives back its slot at the end,
-  both written behind the answer (`store/write_behind.py`);
+- the lease counts the answer's tokens (a stream's as it passes; or those the work reports in
+  `Answer.tokens`, a rerank's every candidate's) and gives back its slot at the end, both written
+  behind the answer (`store/write_behind.py`);
 - a stream goes back as it arrives, anything else as one body.
 
 The route says how its answers are framed (`Framing`: media types, its metric, and how an error becomes
@@ -52,7 +53,6 @@ from middleware.feedback.answers import RESPONSE_ID_HEADER, PendingAnswer
 from middleware.identity import app_caller, bind_user, end_user_id, request_segment
 from middleware.personalize.contexts import GENERAL, last_user_text, valid_tag
 from middleware.personalize.policy import Arm
-from middleware.personalize.resolve import NOTHING
 from middleware.personalize.service import ActivePersona
 from middleware.quotas.service import Lease
 from middleware.services import Services
@@ -93,7 +93,9 @@ class Answer:
     outcome: str | None = None  # the metric's outcome label; by default "stream" or "ok"
     status: int = 200
     media_type: str | None = None  # None: the route's Framing decides
-    counted: bool = False  # the work counted its tokens itself (the lease only gives back its slot)
+    # The tokens the work used, when it counted them itself (a rerank: every candidate's); None: the
+    # lease counts the answer's own. Either way they are written behind the answer with the slot.
+    tokens: int | None = None
 
 
 @dataclass(frozen=True)
@@ -177,25 +179,38 @@ async def admit(
     tag = context_tag(request.headers, body)
     quotas = services.quotas
     quotas.check_body(tenant, body)
-    if mode == "auto" and user is not None:
-        return await _admit_auto(request, services, tenant, user, body, started, rerank_cost, tag)
-    mode = "inject" if mode == "auto" else mode  # without an end user there is no policy to ask
+    if mode == "auto" and user is None:
+        mode = "inject"  # without an end user there is no policy to ask
     cost = rerank_cost if mode == "rerank" and rerank_cost is not None else 1
-    resolved = NOTHING
+    found, source, arm = None, "none", None
     if user is not None and mode != "off":
         # own for the routed context > own > segment (named by the request, else assigned) >
-        # tenant default > none, one round trip
+        # tenant default > none, and in auto mode the posteriors: one round trip
         segment = request_segment(request.headers, body)
         text = routing_text(body.get("messages") if "messages" in body else body.get("input"))
-        lease, resolved = await quotas.admit_and_personalize(
-            tenant, user, cost, services.resolver, segment=segment, tag=tag, text=text
+        lease, resolved, posteriors = await quotas.admit_and_personalize(
+            tenant, user, cost, services.resolver, segment=segment, tag=tag, text=text, policy=mode == "auto"
         )
-        if resolved.persona is not None:
+        found, source = resolved.persona, resolved.source
+        if mode == "auto":
+            arm = services.policy.choose(tenant, posteriors, rerank=rerank_cost is not None)
+            mode = arm.mode
+            if mode == "off":
+                found, source = None, "none"
+            elif found is not None and not arm.exemplars:
+                found = found._replace(block=services.resolver.personalizer.block_without_exemplars(found))
+            if mode == "rerank" and rerank_cost is not None and rerank_cost > 1:
+                try:  # one call was admitted with the read: the other variants now
+                    await (await quotas.admit(tenant, user, rerank_cost - 1)).release()
+                except BaseException:
+                    await lease.release()
+                    raise
+        if found is not None:
             services.metrics.persona_injected.inc()
     else:
         lease = await quotas.admit(tenant, user, cost)
     prompt = body.get("messages", body.get("input"))
-    return Admitted(tenant, user, body, mode, lease, resolved.persona, started, resolved.source, prompt)
+    return Admitted(tenant, user, body, mode, lease, found, started, source, prompt, arm)
 
 
 def pending_answer(request: Request, services: Services, call: Admitted) -> PendingAnswer:
@@ -215,41 +230,6 @@ def pending_answer(request: Request, services: Services, call: Admitted) -> Pend
         model=call.body.get("model"),
         prompt=call.prompt,
     )
-
-
-async def _admit_auto(
-    request: Request,
-    services: Services,
-    tenant: str,
-    user: str,
-    body: dict[str, Any],
-    started: float,
-    rerank_cost: int | None,
-    tag: str | None,
-) -> Admitted:
-    """The auto mode's admission: quota, persona and posteriors in one round trip, then the arm."""
-    quotas, personalizer = services.quotas, services.resolver.personalizer
-    segment = request_segment(request.headers, body)
-    text = routing_text(body.get("messages") if "messages" in body else body.get("input"))
-    lease, resolved, posteriors = await quotas.admit_and_personalize_auto(
-        tenant, user, 1, services.resolver, segment=segment, tag=tag, text=text
-    )
-    arm = services.policy.choose(tenant, posteriors, rerank=rerank_cost is not None)
-    found, source = resolved.persona, resolved.source
-    if arm.mode == "off":
-        found, source = None, "none"
-    elif found is not None and not arm.exemplars:
-        found = found._replace(block=personalizer.block_without_exemplars(found))
-    if arm.mode == "rerank" and rerank_cost is not None and rerank_cost > 1:
-        try:  # one call was admitted with the read: the other variants now
-            await (await quotas.admit(tenant, user, rerank_cost - 1)).release()
-        except BaseException:
-            await lease.release()
-            raise
-    if found is not None:
-        services.metrics.persona_injected.inc()
-    prompt = body.get("messages", body.get("input"))
-    return Admitted(tenant, user, body, arm.mode, lease, found, started, source, prompt, arm)
 
 
 def persona_headers(
@@ -345,8 +325,8 @@ async def answer(
         headers.update(result.headers)
     # the call's tokens and its concurrency slot are written behind the answer (Lease.finish)
     if isinstance(result.body, bytes):
-        if result.counted:
-            lease.finish(0)
+        if result.tokens is not None:
+            lease.finish(result.tokens)
         elif lease.active:
             lease.settle(result.body)
         if result.status < 400:
@@ -361,8 +341,8 @@ async def answer(
         )
     body = result.body
     background = None  # the feedback record of an answer that has one, written after the stream
-    if result.counted:
-        lease.finish(0)
+    if result.tokens is not None:
+        lease.finish(result.tokens)
     elif lease.active:
         body = lease.guard_stream(body)
     if result.status < 400:

@@ -37,13 +37,12 @@ from middleware.personalize.placement import (
 )
 from middleware.services import Services
 from middleware.store.response_owners import ResponseOwner
-from middleware.upstream import PassthroughUpstream, body_chunks, relayed_headers
+from middleware.upstream import PassthroughUpstream, answer_chunks, relayed_headers
 
 router = APIRouter(tags=["responses"])
 log = logging.getLogger("middleware.api.responses")
 
 ROUTE = "/v1/responses"
-_UPSTREAM = "responses_upstream"
 RESPONSES = Framing(metric_route=ROUTE)
 
 
@@ -59,16 +58,6 @@ def validate_responses_body(body: Any) -> dict[str, Any]:
     if not isinstance(body.get("model"), str) or not body["model"]:
         raise ValidationFailed("'model' is required and must be a string", param="model")
     return body
-
-
-def responses_upstream(request: Request, services: Services) -> PassthroughUpstream:
-    found: PassthroughUpstream | None = getattr(request.app.state, _UPSTREAM, None)
-    if found is None:
-        found = PassthroughUpstream(
-            services.settings, services.http, services.metrics.upstream_retries.inc, path="/responses"
-        )
-        setattr(request.app.state, _UPSTREAM, found)
-    return found
 
 
 async def owned(
@@ -109,7 +98,7 @@ async def create_response(request: Request) -> Response:
     store = body.get("store") is not False
     relay: dict[str, str] = {}
     if isinstance(upstream, PassthroughUpstream):
-        work = _lean(responses_upstream(request, services), services, body, owner, store, relay)
+        work = _lean(services.upstreams.passthrough("/responses"), services, body, owner, store, relay)
     else:
         work = _bridged(services, body, owner, store)
     return await answer(request, services, call, work, framing=RESPONSES, relay=relay)
@@ -128,7 +117,7 @@ async def _lean(
         opened = await lean.open(body)
         relay.update(relayed_headers(opened.headers))
         sent = body.get("instructions")
-        return Answer(_restored_events(services, body_chunks(opened), owner, store, sent))
+        return Answer(_restored_events(services, answer_chunks(opened), owner, store, sent))
     return Answer(await _finished(services, await lean.complete(body, relay), owner, store))
 
 

@@ -10,7 +10,7 @@ and counted as a fallback. `personalized=False` is the non-personalized baseline
 the same judge with an empty persona and no exemplars.
 
 The harness is synchronous; `judge_orders` (the `PairwiseScorer` hook of `offline.evaluate`) runs
-one event loop with its own aiohttp session for all users. Each user has an induction budget
+one event loop with its own upstream router (and its connections) for all users. Each user has an induction budget
 (calls/tokens, by default the refresh budget of the settings) and a judging budget (2 calls per
 held-out pair and attempt); LLM calls share one concurrency limit.
 """
@@ -21,8 +21,6 @@ import asyncio
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Literal
-
-import aiohttp
 
 from middleware.config import Settings
 from middleware.errors import PersonaError
@@ -115,20 +113,19 @@ class LLMJudgeScorer:
             from tqdm import tqdm
 
             bar = tqdm(total=len(test_by_user), desc=f"eval {self.name}", unit="user", leave=False)
-        connector = aiohttp.TCPConnector(limit=self.concurrency * 2, ttl_dns_cache=300)
+        router = UpstreamRouter(self.settings, lambda: None)
         try:
-            async with aiohttp.ClientSession(connector=connector) as http:
-                router = UpstreamRouter(self.settings, http, lambda: None)
 
-                async def one(user: str) -> tuple[str, list[Orders]]:
-                    async with users:
-                        orders = await self._user(router, calls, user, test_by_user[user])
-                    if bar is not None:
-                        bar.update(1)
-                    return user, orders
+            async def one(user: str) -> tuple[str, list[Orders]]:
+                async with users:
+                    orders = await self._user(router, calls, user, test_by_user[user])
+                if bar is not None:
+                    bar.update(1)
+                return user, orders
 
-                results = dict(await asyncio.gather(*(one(u) for u in sorted(test_by_user))))
+            results = dict(await asyncio.gather(*(one(u) for u in sorted(test_by_user))))
         finally:
+            router.close()
             if bar is not None:
                 bar.close()
         self._refuse_if_nothing_answered()

@@ -59,24 +59,21 @@ class Resolver:
         return Resolved(None, "none", reads.segment)
 
     async def read(
-        self, tenant: str, user: str, *, segment: str | None = None, tag: str | None = None, text: str = ""
-    ) -> Resolved:
-        """Read and resolve (no quota check rides along); a sick Redis resolves to nothing."""
-        with self.personalizer.tracing.span("persona.read", tenant, user) as span:
-            try:
-                reads = await self._reader.read(tenant, user, segment)
-            except PersonaReadFailed as exc:
-                self.personalizer.read_failed(exc, quiet=exc.skipped)
-                return NOTHING
-            return traced(span, self.of(reads, tag=tag, text=text))
-
-    async def read_with_policy(
-        self, tenant: str, user: str, *, segment: str | None = None, tag: str | None = None, text: str = ""
+        self,
+        tenant: str,
+        user: str,
+        *,
+        segment: str | None = None,
+        tag: str | None = None,
+        text: str = "",
+        policy: bool = False,
     ) -> tuple[Resolved, tuple[Posteriors, Posteriors] | None]:
-        """`read`, with the auto mode's posteriors in the same round trip (None when Redis failed)."""
+        """Read and resolve (no quota check rides along) and, with `policy`, the auto mode's
+        posteriors in the same round trip (None without, or when Redis failed: a sick Redis
+        resolves to nothing)."""
         with self.personalizer.tracing.span("persona.read", tenant, user) as span:
             try:
-                reads, posteriors = await self._reader.read_with_policy(tenant, user, segment)
+                reads, posteriors = await self._reader.read(tenant, user, segment, policy=policy)
             except PersonaReadFailed as exc:
                 self.personalizer.read_failed(exc, quiet=exc.skipped)
                 return NOTHING, None

@@ -182,53 +182,19 @@ class Quotas:
         segment: str | None = None,
         tag: str | None = None,
         text: str = "",
-    ) -> tuple[Lease, Resolved]:
+        policy: bool = False,
+    ) -> tuple[Lease, Resolved, tuple[Posteriors, Posteriors] | None]:
         """The chat path: admission and the persona reads in one round trip (one pipeline), bounded
-        by the persona read timeout; a failure lets the call through without a persona. `tag` and
-        `text` (the last user turn) route to a context persona (`Resolver.of`)."""
-        lease, resolved, _ = await self._admit_and_resolve(
-            tenant, user, cost, resolver, segment, tag, text, False
-        )
-        return lease, resolved
-
-    async def admit_and_personalize_auto(
-        self,
-        tenant: str,
-        user: str,
-        cost: int,
-        resolver: Resolver,
-        *,
-        segment: str | None = None,
-        tag: str | None = None,
-        text: str = "",
-    ) -> tuple[Lease, Resolved, tuple[Posteriors, Posteriors] | None]:
-        """`admit_and_personalize` for the auto mode: the user's and the tenant's posteriors ride in the
-        same round trip. A failure lets the call through without persona, quota or posteriors."""
-        return await self._admit_and_resolve(tenant, user, cost, resolver, segment, tag, text, True)
-
-    async def _admit_and_resolve(
-        self,
-        tenant: str,
-        user: str,
-        cost: int,
-        resolver: Resolver,
-        segment: str | None,
-        tag: str | None,
-        text: str,
-        policy: bool,
-    ) -> tuple[Lease, Resolved, tuple[Posteriors, Posteriors] | None]:
+        by the persona read timeout; a failure lets the call through without persona or quota. `tag`
+        and `text` (the last user turn) route to a context persona (`Resolver.of`). With `policy`
+        (the auto mode) the user's and the tenant's posteriors ride in the same round trip (None
+        without, or after a failure)."""
         limits = self.limits(tenant)
         if not limits.metered:
-            if policy:
-                resolved, posteriors = await resolver.read_with_policy(
-                    tenant, user, segment=segment, tag=tag, text=text
-                )
-                return Lease(self, tenant, None), resolved, posteriors
-            return (
-                Lease(self, tenant, None),
-                await resolver.read(tenant, user, segment=segment, tag=tag, text=text),
-                None,
+            resolved, posteriors = await resolver.read(
+                tenant, user, segment=segment, tag=tag, text=text, policy=policy
             )
+            return Lease(self, tenant, None), resolved, posteriors
         call, lease = self._call(tenant, user, cost, limits)
         personalizer = resolver.personalizer
         # One round trip holds the admission and the persona reads: its span is quota.admit, and
@@ -288,10 +254,14 @@ class Quotas:
             self._metrics.quota_store_failures.inc()
             log.warning("tokens not counted, the store failed: %s", type(exc).__name__)
 
+    def tokens_of(self, tenant: str, *usages: Any) -> int:
+        """The tokens of upstream `usage` dicts (either API's shape) that count against the tenant's
+        tokens per day (0 where it has no such limit)."""
+        return sum(tokens_used(u) for u in usages) if self.counts_tokens(tenant) else 0
+
     async def add_usage(self, tenant: str, *usages: Any) -> None:
-        """Count upstream `usage` dicts (either API's shape) against the tenant's tokens per day."""
-        if self.counts_tokens(tenant):
-            await self.add_tokens(tenant, sum(tokens_used(u) for u in usages))
+        """Count upstream `usage` dicts (either API's shape) against the tenant's tokens per day, now."""
+        await self.add_tokens(tenant, self.tokens_of(tenant, *usages))
 
     # --- background jobs ---------------------------------------------------------------------------
     async def record_job(self, tenant: str, calls: int, tokens: int) -> None:

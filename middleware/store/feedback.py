@@ -133,11 +133,9 @@ class FeedbackStore:
         await self._write_behind.drain()
 
     async def owner(self, response_id: str) -> tuple[str, str] | None:
-        raw = await fail_closed(self._redis.get(keys.feedback_owner(response_id)))
-        if raw is None and self._write_behind.busy:
-            # the record of an answer of this process may still be on its way: read again once written
-            await self._write_behind.drain()
-            raw = await fail_closed(self._redis.get(keys.feedback_owner(response_id)))
+        key = keys.feedback_owner(response_id)
+        # the record of an answer of this process may still be on its way
+        raw = await self._write_behind.read_through(lambda: fail_closed(self._redis.get(key)))
         if raw is None:
             return None
         tenant, _, user = (raw.decode() if isinstance(raw, bytes) else raw).partition("\n")

@@ -8,11 +8,13 @@ hash slot, and applies the discount and the reward at once, so rewards arriving 
 several proxy processes are never lost. Both scripts go in one pipeline (one round trip).
 
 The chat path reads both hashes in the pipeline that already reads the persona
-(`RateLimitStore.admit_and_read`, or `PersonaReader.read_with_policy` when the tenant is not metered).
+(`RateLimitStore.admit_and_read`, or `PersonaReader.read` when the tenant is not metered, both with
+`policy`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 from redis.asyncio import Redis
@@ -90,8 +92,15 @@ def parse(raw: dict[Any, Any] | list[Any] | None) -> Posteriors:
 
 
 def policy_read_commands(tenant: str, user: str) -> list[Command]:
-    """The reads of the user's and the tenant's posteriors (two replies, each read by `parse`)."""
+    """The reads of the user's and the tenant's posteriors; their replies, in this order, are read by
+    `posteriors_of`."""
     return [("HGETALL", keys.policy_user(tenant, user)), ("HGETALL", keys.policy_tenant(tenant))]
+
+
+def posteriors_of(replies: Sequence[Any], at: int) -> tuple[Posteriors, Posteriors]:
+    """What `policy_read_commands` found: the user's and the tenant's posteriors, its replies from
+    `replies[at]` on."""
+    return parse(replies[at]), parse(replies[at + 1])
 
 
 class PolicyStore:

@@ -20,7 +20,7 @@ from middleware.store import keys
 from middleware.store.connection import one_slot_pipeline
 from middleware.store.guard import resolved
 from middleware.store.pipelines import Command, ScriptPipelines
-from middleware.store.policy import Posteriors, parse, policy_read_commands
+from middleware.store.policy import Posteriors, policy_read_commands, posteriors_of
 from middleware.store.segments import RESOLVE, PersonaReads, read_commands, reads_of
 from middleware.store.write_behind import WriteBehind
 
@@ -171,28 +171,30 @@ class RateLimitStore:
         reason, wait_ms = await self._admit(keys=call[0], args=call[1])
         return int(reason), int(wait_ms)
 
-    async def admit_and_read_personas(
-        self, call: tuple[list[str], list[Any]], tenant: str, user: str, segment: str | None
-    ) -> tuple[int, int, PersonaReads]:
-        """One round trip: the admission and the persona reads of the chat path (the user's current
-        persona and context hash, and the segment's or tenant default's, `store/segments.py`)."""
-        reason, wait_ms, reads, _ = await self.admit_and_read(call, tenant, user, segment, policy=False)
-        return reason, wait_ms, reads
-
     async def admit_and_read(
-        self, call: tuple[list[str], list[Any]], tenant: str, user: str, segment: str | None, *, policy: bool
+        self,
+        call: tuple[list[str], list[Any]],
+        tenant: str,
+        user: str,
+        segment: str | None,
+        *,
+        policy: bool = False,
     ) -> tuple[int, int, PersonaReads, tuple[Posteriors, Posteriors] | None]:
-        """`admit_and_read_personas` and, with `policy`, the user's and the tenant's auto-mode
-        posteriors (`store/policy.py`), still one round trip."""
-
+        """One round trip: the admission and the persona reads of the chat path (the user's current
+        persona and context hash, and the segment's or tenant default's, `store/segments.py`) and,
+        with `policy`, the user's and the tenant's auto-mode posteriors (`store/policy.py`; None
+        without)."""
+        # Each part's replies start where its commands do, read by the module that lists them.
         commands: list[Command] = [("EVALSHA", self._admit.sha, len(call[0]), *call[0], *call[1])]
+        reads_at = len(commands)
         commands += read_commands(self._resolve_sha, tenant, user, segment)
+        policy_at = len(commands)
         if policy:
             commands += policy_read_commands(tenant, user)
         replies = await self._chat_pipelines.run(commands)
-        (reason, wait_ms), own, contexts, shared = replies[:4]
-        posteriors = (parse(replies[4]), parse(replies[5])) if policy else None
-        return int(reason), int(wait_ms), reads_of(own, contexts, shared), posteriors
+        reason, wait_ms = replies[0]
+        posteriors = posteriors_of(replies, policy_at) if policy else None
+        return int(reason), int(wait_ms), reads_of(replies, reads_at), posteriors
 
     async def record_calls(self, tenant: str, calls: int, *, rpm: int, window_ms: int = WINDOW_MS) -> None:
         await self._record(keys=[keys.rate_log(tenant)], args=[calls, rpm, window_ms])

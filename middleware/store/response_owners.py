@@ -44,11 +44,9 @@ class ResponseOwners:
         return waiting
 
     async def owner(self, response_id: str) -> ResponseOwner | None:
-        raw = await fail_closed(self._redis.get(keys.response_owner(response_id)))
-        if raw is None and self._write_behind.busy:
-            # a record of this process may still be on its way: read again once it is written
-            await self._write_behind.drain()
-            raw = await fail_closed(self._redis.get(keys.response_owner(response_id)))
+        key = keys.response_owner(response_id)
+        # a record of this process may still be on its way
+        raw = await self._write_behind.read_through(lambda: fail_closed(self._redis.get(key)))
         if raw is None:
             return None
         found = orjson.loads(raw)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
@@ -24,7 +24,7 @@ from middleware.store import keys
 from middleware.store.guard import STORE_ERRORS, fail_closed
 from middleware.store.personas import PersonaReadFailed
 from middleware.store.pipelines import Command, ScriptPipelines, as_dict
-from middleware.store.policy import Posteriors, parse, policy_read_commands
+from middleware.store.policy import Posteriors, policy_read_commands, posteriors_of
 
 # KEYS[1] assignments hash, KEYS[2] the tenant default's current persona.
 # ARGV[1] user, ARGV[2] the segment the request names ('' for none), ARGV[3] the segments' key prefix
@@ -58,7 +58,7 @@ NO_READS = PersonaReads(None, "none", None, None)
 
 
 def read_commands(resolve_sha: str, tenant: str, user: str, segment: str | None) -> list[Command]:
-    """The persona reads of one chat call: three commands, their replies read by `reads_of`."""
+    """The persona reads of one chat call; their replies, in this order, are read by `reads_of`."""
     return [
         ("GET", keys.persona_current(tenant, user)),
         ("HGETALL", keys.contexts(tenant, user)),
@@ -75,8 +75,10 @@ def read_commands(resolve_sha: str, tenant: str, user: str, segment: str | None)
     ]
 
 
-def reads_of(own: bytes | None, contexts: Any, resolved_reply: list[Any]) -> PersonaReads:
-    """`contexts`: the context hash as a dict or HGETALL's flat reply."""
+def reads_of(replies: Sequence[Any], at: int) -> PersonaReads:
+    """What `read_commands` found: its replies, from `replies[at]` on, in the order it lists them
+    (the user's current persona, the context hash as a dict or HGETALL's flat reply, RESOLVE's)."""
+    own, contexts, resolved_reply = replies[at], replies[at + 1], replies[at + 2]
     source = resolved_reply[0].decode() if isinstance(resolved_reply[0], bytes) else str(resolved_reply[0])
     segment = resolved_reply[1].decode() if isinstance(resolved_reply[1], bytes) else resolved_reply[1]
     shared = resolved_reply[2] if len(resolved_reply) > 2 else None
@@ -100,19 +102,16 @@ class PersonaReader:
         self._breaker_s = breaker_s
         self._open_until = 0.0
 
-    async def read(self, tenant: str, user: str, segment: str | None) -> PersonaReads:
-        reads, _ = await self.read_with_policy(tenant, user, segment, policy=False)
-        return reads
-
-    async def read_with_policy(
-        self, tenant: str, user: str, segment: str | None, *, policy: bool = True
+    async def read(
+        self, tenant: str, user: str, segment: str | None, *, policy: bool = False
     ) -> tuple[PersonaReads, tuple[Posteriors, Posteriors] | None]:
         """The persona reads and, with `policy`, the user's and the tenant's auto-mode posteriors
-        (`store/policy.py`) in the same pipeline."""
+        (`store/policy.py`) in the same pipeline (None without)."""
         if time.monotonic() < self._open_until:
             raise PersonaReadFailed("persona store recently failed; read skipped", skipped=True)
 
         commands = read_commands(self._resolve_sha, tenant, user, segment)
+        policy_at = len(commands)  # where the posteriors' replies start
         if policy:
             commands += policy_read_commands(tenant, user)
         try:
@@ -121,8 +120,7 @@ class PersonaReader:
         except STORE_ERRORS as exc:
             self._open_until = time.monotonic() + self._breaker_s
             raise PersonaReadFailed(str(exc) or type(exc).__name__) from exc
-        posteriors = (parse(replies[3]), parse(replies[4])) if policy else None
-        return reads_of(replies[0], replies[1], replies[2]), posteriors
+        return reads_of(replies, 0), posteriors_of(replies, policy_at) if policy else None
 
 
 class SegmentStore:

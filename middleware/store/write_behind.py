@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from redis.asyncio import Redis
 
@@ -25,6 +26,7 @@ from middleware.store.guard import STORE_ERRORS
 from middleware.store.pipelines import Command, ScriptPipelines
 
 log = logging.getLogger("middleware.store")
+T = TypeVar("T")
 
 # A part hands over the commands of the writes it has waiting (and forgets them).
 Part = Callable[[], list[Command]]
@@ -62,6 +64,16 @@ class WriteBehind:
         """Wait until everything asked for is written (a lookup that missed it, shutdown, tests)."""
         while self._task is not None and not self._task.done():
             await asyncio.gather(self._task, return_exceptions=True)
+
+    async def read_through(self, read: Callable[[], Awaitable[T | None]]) -> T | None:
+        """`read()`; when it finds nothing while this process still has writes on their way, once more
+        after they are written: a lookup of what a write behind an answer stores (a feedback record's
+        owner, a stored response's) finds it even when asked before the flush."""
+        found = await read()
+        if found is None and self.busy:
+            await self.drain()
+            found = await read()
+        return found
 
     async def _flush(self) -> None:
         while self._parts:

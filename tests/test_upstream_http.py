@@ -1,0 +1,311 @@
+"""The lean upstream client (middleware/upstream_http.py) against real sockets: small HTTP servers in
+the test's own event loop that answer, stall, close or misbehave as each test needs."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import pytest
+
+from middleware.upstream_http import LeanClient, UpstreamConnectionError, UpstreamReadTimeout
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, "Server"], Awaitable[None]]
+
+
+@dataclass
+class Server:
+    port: int = 0
+    connections: int = 0
+    open_now: int = 0
+    most_open: int = 0
+    requests: list[bytes] = field(default_factory=list)
+    closed: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+async def read_request(reader: asyncio.StreamReader, server: Server) -> bytes | None:
+    """One request's head and body (by Content-Length); None when the client closed."""
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+    except (asyncio.IncompleteReadError, ConnectionError):
+        return None
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":", 1)[1])
+    body = await reader.readexactly(length)
+    server.requests.append(head + body)
+    return body
+
+
+def answer(body: bytes, *, status: int = 200, extra: bytes = b"") -> bytes:
+    return b"HTTP/1.1 %d OK\r\ncontent-type: application/json\r\n%scontent-length: %d\r\n\r\n%s" % (
+        status,
+        extra,
+        len(body),
+        body,
+    )
+
+
+@asynccontextmanager
+async def serving(handler: Handler) -> AsyncIterator[Server]:
+    server = Server()
+
+    async def connected(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        server.connections += 1
+        server.open_now += 1
+        server.most_open = max(server.most_open, server.open_now)
+        try:
+            await handler(reader, writer, server)
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
+            pass  # the client went away, or the test ended
+        finally:
+            server.open_now -= 1
+            writer.close()
+            server.closed.set()
+
+    listening = await asyncio.start_server(connected, "127.0.0.1", 0)
+    server.port = listening.sockets[0].getsockname()[1]
+    async with listening:
+        yield server
+
+
+def client(server: Server, **overrides: float) -> LeanClient:
+    settings = {"limit": 8, "connect_timeout_s": 2.0, "read_timeout_s": 5.0, "total_timeout_s": 10.0}
+    settings.update(overrides)
+    return LeanClient(
+        f"http://127.0.0.1:{server.port}/v1",
+        {"Content-Type": "application/json", "Authorization": "Bearer sk-up"},
+        limit=int(settings["limit"]),
+        connect_timeout_s=settings["connect_timeout_s"],
+        read_timeout_s=settings["read_timeout_s"],
+        total_timeout_s=settings["total_timeout_s"],
+    )
+
+
+async def echo_forever(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Server) -> None:
+    while (body := await read_request(reader, server)) is not None:
+        writer.write(answer(b'{"echo":' + body + b"}", extra=b"x-request-id: req-1\r\nx-ratelimit-a: 1\r\n"))
+        await writer.drain()
+
+
+async def test_calls_reuse_one_kept_alive_connection_and_frame_the_request() -> None:
+    async with serving(echo_forever) as server:
+        lean = client(server)
+        for i in range(3):
+            response = await lean.post("/chat/completions", b'{"n":%d}' % i)
+            assert response.status == 200
+            assert response.headers["x-request-id"] == "req-1"
+            assert await response.read() == b'{"echo":{"n":%d}}' % i
+        lean.close()
+    assert server.connections == 1
+    head = server.requests[0].split(b"\r\n\r\n")[0].split(b"\r\n")
+    assert head[0] == b"POST /v1/chat/completions HTTP/1.1"
+    assert f"Host: 127.0.0.1:{server.port}".encode() in head
+    assert b"Authorization: Bearer sk-up" in head
+    assert b"Content-Length: 7" in head
+    assert not any(line.lower().startswith(b"accept-encoding") for line in head)
+
+
+async def test_a_chunked_stream_arrives_whole_and_in_order_with_back_pressure() -> None:
+    pieces = [b"data: %06d %s\n\n" % (i, b"x" * 4000) for i in range(300)]  # ~1.2 MB
+
+    async def chunked(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Server) -> None:
+        while await read_request(reader, server) is not None:
+            writer.write(
+                b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+            )
+            for piece in pieces:
+                writer.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+                await writer.drain()
+            writer.write(b"0\r\n\r\n")
+            await writer.drain()
+
+    async with serving(chunked) as server:
+        lean = client(server)
+        response = await lean.post("/chat/completions", b"{}")
+        received = []
+        async for chunk in response.chunks():
+            received.append(chunk)
+            if len(received) == 1:
+                await asyncio.sleep(0.05)  # a slow reader: the client pauses the socket meanwhile
+        assert b"".join(received) == b"".join(pieces)
+        # read to its end: the connection went back to the pool and serves the next call
+        again = await lean.post("/chat/completions", b"{}")
+        assert len(b"".join([c async for c in again.chunks()])) == len(b"".join(pieces))
+        lean.close()
+    assert server.connections == 1
+
+
+async def test_a_connection_the_server_closed_while_idle_is_replaced_without_an_error() -> None:
+    async def one_answer_then_close(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Server
+    ) -> None:
+        body = await read_request(reader, server)
+        writer.write(answer(b'{"ok":' + (body or b"0") + b"}"))
+        await writer.drain()
+        # keep-alive was promised, but the second request is dropped unanswered (closed idle)
+        await reader.readuntil(b"\r\n\r\n")
+
+    async with serving(one_answer_then_close) as server:
+        lean = client(server)
+        assert await (await lean.post("/x", b"1")).read() == b'{"ok":1}'
+        assert await (await lean.post("/x", b"2")).read() == b'{"ok":2}'
+        lean.close()
+    assert server.connections == 2  # the first (its reuse dropped unanswered), then the fresh retry
+
+
+async def test_a_first_connection_closed_before_answering_is_an_error_not_a_retry() -> None:
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Server) -> None:
+        await read_request(reader, server)
+
+    async with serving(hang_up) as server:
+        lean = client(server)
+        with pytest.raises(UpstreamConnectionError):
+            await lean.post("/x", b"{}")
+        lean.close()
+    assert server.connections == 1
+
+
+async def test_silence_after_the_headers_times_out_and_drops_the_connection() -> None:
+    async def stall(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Server) -> None:
+        await read_request(reader, server)
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n")
+        await writer.drain()
+        await reader.read()  # until the client gives up
+
+    async with serving(stall) as server:
+        lean = client(server, read_timeout_s=0.2)
+        response = await lean.post("/x", b"{}")
+        started = asyncio.get_running_loop().time()
+        chunks = response.chunks()
+        assert await anext(chunks) == b"hello"
+        with pytest.raises(UpstreamReadTimeout):
+            await anext(chunks)
+        assert 0.15 <= asyncio.get_running_loop().time() - started < 2.0
+        await asyncio.wait_for(server.closed.wait(), 5)
+        assert lean.pool.open_connections == 0
+        lean.close()
+
+
+async def test_a_slow_trickle_runs_out_of_total_time() -> None:
+    async def trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Server) -> None:
+        await read_request(reader, server)
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+        for _ in range(100):
+            writer.write(b"1\r\n.\r\n")
+            await writer.drain()
+            await asyncio.sleep(0.05)
+
+    async with serving(trickle) as server:
+        lean = client(server, read_timeout_s=1.0, total_timeout_s=0.3)
+        response = await lean.post("/x", b"{}")
+        with pytest.raises(UpstreamReadTimeout, match="ran out of time"):
+            await response.read()
+        lean.close()
+
+
+async def test_nothing_listening_is_a_connection_error() -> None:
+    async with serving(echo_forever) as server:
+        port = server.port
+    lean = LeanClient(
+        f"http://127.0.0.1:{port}", {}, limit=1, connect_timeout_s=1, read_timeout_s=1, total_timeout_s=1
+    )
+    with pytest.raises(UpstreamConnectionError, match="could not connect"):
+        await lean.post("/x", b"{}")
+    assert lean.pool.open_connections == 0
+    lean.close()
+
+
+async def test_no_more_connections_than_the_limit_and_every_waiter_served() -> None:
+    async def slow_echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Server) -> None:
+        while (body := await read_request(reader, server)) is not None:
+            await asyncio.sleep(0.02)
+            writer.write(answer(body))
+            await writer.drain()
+
+    async with serving(slow_echo) as server:
+        lean = client(server, limit=2)
+
+        async def call(i: int) -> bytes:
+            return await (await lean.post("/x", b"%d" % i)).read()
+
+        answers = await asyncio.gather(*(call(i) for i in range(10)))
+        assert answers == [b"%d" % i for i in range(10)]
+        assert server.most_open <= 2
+        assert lean.pool.open_connections <= 2
+        lean.close()
+
+
+async def test_a_cancelled_waiter_gives_its_turn_back() -> None:
+    release = asyncio.Event()
+
+    async def held(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Server) -> None:
+        while (body := await read_request(reader, server)) is not None:
+            await release.wait()
+            writer.write(answer(body))
+            await writer.drain()
+
+    async with serving(held) as server:
+        lean = client(server, limit=1)
+        first = asyncio.create_task(lean.post("/x", b"1"))
+        await asyncio.sleep(0)
+        waiting = asyncio.create_task(lean.post("/x", b"2"))
+        await asyncio.sleep(0.05)
+        waiting.cancel()
+        release.set()
+        assert await (await first).read() == b"1"
+        assert await (await lean.post("/x", b"3")).read() == b"3"
+        assert lean.pool.open_connections == 1
+        lean.close()
+
+
+async def test_garbage_instead_of_http_is_a_connection_error() -> None:
+    async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Server) -> None:
+        await read_request(reader, server)
+        writer.write(b"SMTP ready\r\n\r\n")
+        await writer.drain()
+        await reader.read()
+
+    async with serving(garbage) as server:
+        lean = client(server)
+        with pytest.raises(UpstreamConnectionError, match="not valid HTTP"):
+            await lean.post("/x", b"{}")
+        lean.close()
+
+
+async def test_a_body_without_a_length_ends_with_the_connection() -> None:
+    async def until_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Server) -> None:
+        await read_request(reader, server)
+        writer.write(b'HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\r\n{"whole":')
+        await writer.drain()
+        writer.write(b"true}")
+        await writer.drain()
+
+    async with serving(until_close) as server:
+        lean = client(server)
+        assert await (await lean.post("/x", b"{}")).read() == b'{"whole":true}'
+        assert lean.pool.open_connections == 0  # not kept: it ended by closing
+        lean.close()
+
+
+async def test_a_reader_that_stops_early_drops_the_connection() -> None:
+    async def endless(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Server) -> None:
+        await read_request(reader, server)
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+        while True:
+            writer.write(b"3\r\nabc\r\n")
+            await writer.drain()
+            await asyncio.sleep(0.01)
+
+    async with serving(endless) as server:
+        lean = client(server)
+        response = await lean.post("/x", b"{}")
+        chunks = response.chunks()
+        assert (await anext(chunks)).startswith(b"abc")
+        await chunks.aclose()
+        await asyncio.wait_for(server.closed.wait(), 5)  # the upstream saw the abort
+        assert lean.pool.open_connections == 0
+        lean.close()
