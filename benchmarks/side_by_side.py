@@ -24,10 +24,6 @@ from litellm_proxy import OUT, litellm_proxy
 STREAM_DELAY_MS = 20.0
 
 
-def spread(values: list[float], digits: int = 3) -> str:
-    return f"{min(values):.{digits}f}-{max(values):.{digits}f}" if len(values) > 1 else "-"
-
-
 def run(
     paths: tuple[tuple[str, str, dict[str, Any]], ...],
     persona: tuple[str, list[dict[str, Any]]],
@@ -127,8 +123,8 @@ def report(result: dict[str, Any]) -> None:
         for server, m in servers.items():
             print(
                 f"{label:<18}{server:<10}{statistics.median(m['rps']):>12.0f}"
-                f"{spread(m['rps'], 0):>14}{statistics.median(m['p50_ms']):>9.2f}"
-                f"{statistics.median(m['p99_ms']):>9.2f}{spread(m['p99_ms']):>14}{statistics.median(m['c1_p50_ms']):>9.3f}"
+                f"{h.spread(m['rps'], 0):>14}{statistics.median(m['p50_ms']):>9.2f}"
+                f"{statistics.median(m['p99_ms']):>9.2f}{h.spread(m['p99_ms']):>14}{statistics.median(m['c1_p50_ms']):>9.3f}"
             )
     print()
     for label, servers in rows.items():
@@ -138,7 +134,7 @@ def report(result: dict[str, Any]) -> None:
         p99 = statistics.median(ours["p99_ms"])
         line = (
             f"{label}: {rps:.0f} req/s ({'met' if rps >= 3000 else 'NOT met'}: >= 3000); "
-            f"added p50 c=1 {statistics.median(added):.3f} ms, spread {spread(added)} "
+            f"added p50 c=1 {statistics.median(added):.3f} ms, spread {h.spread(added)} "
             f"({'met' if statistics.median(added) <= 0.5 else 'NOT met'}: <= 0.5); "
             f"p99 c={c} {p99:.2f} ms ({'met' if p99 <= 10 else 'NOT met'}: <= 10)"
         )
@@ -147,7 +143,7 @@ def report(result: dict[str, Any]) -> None:
                 scaling = [w / max(o, 1e-9) for w, o in zip(m["rps"], ours["rps"], strict=True)]
                 print(
                     f"{label}: {server}: {statistics.median(m['rps']):.0f} req/s, "
-                    f"{statistics.median(scaling):.2f}x one process (spread {spread(scaling)})"
+                    f"{statistics.median(scaling):.2f}x one process (spread {h.spread(scaling)})"
                 )
         if "litellm" in servers:
             ratios = [
@@ -155,11 +151,11 @@ def report(result: dict[str, Any]) -> None:
                 for o, theirs in zip(ours["rps"], servers["litellm"]["rps"], strict=True)
             ]
             ratio = statistics.median(ratios)
-            line += f"; {ratio:.1f}x LiteLLM, spread {spread(ratios)} ({'met' if ratio >= 30 else 'NOT met'}: >= 30x)"
+            line += f"; {ratio:.1f}x LiteLLM, spread {h.spread(ratios)} ({'met' if ratio >= 30 else 'NOT met'}: >= 30x)"
         print(line)
         first = result["ttfb_added_ms"][label]
         print(
-            f"{label}, stream: time to first byte added {statistics.median(first):.3f} ms, spread {spread(first)} "
+            f"{label}, stream: time to first byte added {statistics.median(first):.3f} ms, spread {h.spread(first)} "
             f"({'met' if statistics.median(first) <= 0.5 else 'NOT met'}: <= 0.5)"
         )
         if "floor" in servers:

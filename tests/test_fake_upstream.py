@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
 from typing import Any, Literal
 
 import httpx
@@ -17,6 +16,7 @@ from pydantic import BaseModel, Field
 
 from tests.support.fake_upstream import FakeUpstream, Reply, schema_instance
 from tests.support.redis_server import RedisServer
+from tests.support.waiting import wait_until
 
 MESSAGES: list[ChatCompletionMessageParam] = [
     {"role": "system", "content": "be brief"},
@@ -315,13 +315,17 @@ def test_redis_pause_resume_and_kill(fresh_redis: RedisServer) -> None:
     r2.close()
 
 
-def wait_until(condition: Callable[[], bool], timeout: float, interval: float = 0.02) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(interval)
-    return True
+def test_redis_while_paused_resumes_however_the_block_ends(fresh_redis: RedisServer) -> None:
+    r = redis.Redis.from_url(fresh_redis.url, socket_timeout=0.3)
+    r.set("a", 1)
+    with pytest.raises(redis.exceptions.TimeoutError), fresh_redis.while_paused():
+        assert fresh_redis.paused
+        r.get("a")
+    assert not fresh_redis.paused
+    r2 = redis.Redis.from_url(fresh_redis.url, socket_timeout=2)
+    assert r2.get("a") == b"1"
+    r.close()
+    r2.close()
 
 
 def aof_holds(server: RedisServer, client: redis.Redis, needle: bytes) -> bool:
