@@ -168,7 +168,7 @@ def report(result: dict[str, Any]) -> None:
                 f"{label}: the floor (floor_proxy.py): {statistics.median(floor['rps']):.0f} req/s, "
                 f"added p50 c=1 {statistics.median(floor_added):.3f} ms, p99 c={c} "
                 f"{statistics.median(floor['p99_ms']):.2f} ms, stream time to first byte added "
-                f"{statistics.median(floor_first):.3f} ms (spread {spread(floor_first)})"
+                f"{statistics.median(floor_first):.3f} ms (spread {h.spread(floor_first)})"
             )
 
 

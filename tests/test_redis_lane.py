@@ -45,7 +45,7 @@ async def test_the_calls_of_one_turn_go_in_one_write_and_each_gets_its_own_repli
         writes.append(data)
         real_write(data)
 
-    protocol.transport.write = counting  # type: ignore[method-assign]
+    protocol.transport.write = counting  # type: ignore[method-assign,assignment]
     replies = await asyncio.gather(
         *(
             lane.execute([("SET", f"lane:{i}", str(i)), ("GET", f"lane:{i}"), ("INCR", "lane:n")])
@@ -73,7 +73,7 @@ async def test_a_caller_that_stops_waiting_leaves_the_connection_in_step(own_red
     lane = lane_to(own_redis)
     blocker = Redis(host=own_redis.host, port=own_redis.port)
     await lane.execute([("SET", "k", "v")])
-    await blocker.execute_command("CLIENT", "PAUSE", "300", "ALL")  # nothing answered for 0.3 s
+    await blocker.client_pause(300, all=True)  # nothing answered for 0.3 s
     with pytest.raises(TimeoutError):
         async with asyncio.timeout(0.05):
             await lane.execute([("GET", "k"), ("SET", "k", "w")])
