@@ -170,7 +170,11 @@ def test_json_schema_output_is_valid(fake_upstream: FakeUpstream) -> None:
 
 def test_json_schema_uses_responder_dict(fake_upstream: FakeUpstream) -> None:
     fake_upstream.responder = lambda body: {"answer": 42}
-    schema: dict[str, object] = {"type": "object", "properties": {"answer": {"type": "integer"}}, "required": ["answer"]}
+    schema: dict[str, object] = {
+        "type": "object",
+        "properties": {"answer": {"type": "integer"}},
+        "required": ["answer"],
+    }
     with client_for(fake_upstream) as client:
         resp = client.chat.completions.create(
             model="m",
@@ -360,3 +364,18 @@ def test_isolated_fake_upstream_is_separate(
     with client_for(isolated_fake_upstream) as client:
         client.chat.completions.create(model="m", messages=MESSAGES)
     assert len(isolated_fake_upstream.requests) == 1 and fake_upstream.requests == []
+
+
+def test_the_responses_api_waits_its_delay_before_the_headers(fake_upstream: FakeUpstream) -> None:
+    """As on chat completions: the time-to-first-byte benchmarks delay both APIs alike."""
+    fake_upstream.script(Reply(content="late", delay=0.3), Reply(content="at once"))
+    timings = []
+    for _ in range(2):
+        started = time.monotonic()
+        with httpx.stream(
+            "POST", f"{fake_upstream.base_url}/responses", json={"model": "m", "input": "q", "stream": True}
+        ) as r:
+            assert r.status_code == 200
+            timings.append(time.monotonic() - started)
+            assert b"response.completed" in r.read()
+    assert timings[0] >= 0.3 > timings[1]
