@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import tempfile
@@ -19,6 +18,8 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from tests.support.lifecycle import stop_process  # noqa: E402
+from tests.support.ports import free_port  # noqa: E402
 from tests.support.redis_server import RedisServer  # noqa: E402
 
 APP_KEY = "sk-bench-app"
@@ -33,12 +34,6 @@ def cpu_seconds(pid: int) -> float:
 
 
 ADMIN_KEY = "sk-bench-admin"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_http(url: str, timeout: float = 90.0) -> None:
@@ -62,11 +57,7 @@ def process(
         try:
             yield proc
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop_process(proc)
             if proc.returncode not in (0, -15, None):
                 log.seek(0)
                 sys.stderr.write(log.read().decode(errors="replace")[-3000:])
@@ -83,13 +74,9 @@ def fake_upstream(delay_ms: float = 0.0) -> Iterator[str]:
         yield f"http://127.0.0.1:{port}/v1"
 
 
-@contextmanager
-def redis() -> Iterator[RedisServer]:
-    server = RedisServer().start()
-    try:
-        yield server
-    finally:
-        server.stop()
+def redis() -> RedisServer:
+    """A private redis-server for a `with` block (started on entry, stopped on exit)."""
+    return RedisServer()
 
 
 @contextmanager
@@ -121,6 +108,24 @@ def proxy(
         env["PYTHONPATH"] = str(root)
     with process(args, env, cwd=root) as proc:
         wait_http(f"http://127.0.0.1:{port}/healthz")
+        PIDS[f"http://127.0.0.1:{port}"] = proc.pid
+        yield f"http://127.0.0.1:{port}"
+
+
+@contextmanager
+def floor_proxy(redis_port: int, upstream_base: str, personas: dict[str, str]) -> Iterator[str]:
+    """`floor_proxy.py` (the least a Python proxy with a persona does) in front of `upstream_base`,
+    with `personas` (user -> text) stored where it reads them."""
+    import redis as redis_py
+
+    with redis_py.Redis(port=redis_port) as client:
+        for user, text in personas.items():
+            client.set(f"persona:{user}", text)
+    port = free_port()
+    script = str(Path(__file__).resolve().parent / "floor_proxy.py")
+    args = [sys.executable, script, "--port", str(port), "--upstream", upstream_base]
+    with process([*args, "--redis-port", str(redis_port)], {"PYTHONPATH": str(ROOT)}) as proc:
+        wait_http(f"http://127.0.0.1:{port}/")
         PIDS[f"http://127.0.0.1:{port}"] = proc.pid
         yield f"http://127.0.0.1:{port}"
 
@@ -187,3 +192,46 @@ def wrk(
         "p99_ms": percentiles["99"],
         "non_2xx": float(errors.group(1)) if errors else 0.0,
     }
+
+
+def proxy_pid(url: str) -> int:
+    """The process id of the proxy (started by `proxy`, or registered in PIDS) that serves `url`."""
+    return next(pid for base, pid in PIDS.items() if url == base or url.startswith(f"{base}/"))
+
+
+def wrk_cpu(url: str, body: dict[str, object], *, connections: int, seconds: float) -> dict[str, float]:
+    """`wrk`, plus `cpu_ms`: the CPU time the proxy serving `url` spent per request during the run
+    (steadier than req/s on a shared machine)."""
+    pid = proxy_pid(url)
+    before = cpu_seconds(pid)
+    result = wrk(url, body, connections=connections, seconds=seconds)
+    served = result["rps"] * max(1, round(seconds))  # wrk runs whole seconds
+    return {**result, "cpu_ms": (cpu_seconds(pid) - before) * 1000.0 / max(served, 1.0)}
+
+
+def reported_overhead(url: str, count: int, body: dict[str, object]) -> list[float]:
+    """x-persona-overhead-ms of `count` sequential calls."""
+    with httpx.Client(headers={"Authorization": f"Bearer {APP_KEY}"}, timeout=10) as client:
+        return [float(client.post(url, json=body).headers["x-persona-overhead-ms"]) for _ in range(count)]
+
+
+def c1_rounds(
+    cases: dict[str, tuple[str, dict[str, object]]], runs: int, seconds: float, overhead_calls: int
+) -> tuple[dict[str, list[dict[str, float]]], dict[str, list[float]]]:
+    """Each case (name -> chat URL and body) warmed up, then `runs` rounds in which every case in turn
+    runs wrk at c=1 for `seconds` and makes `overhead_calls` calls for the proxy's own measure
+    (x-persona-overhead-ms). Returns the wrk results and the overheads, by case."""
+    for url, body in cases.values():
+        wrk(url, body, connections=1, seconds=2)  # warm-up
+    results: dict[str, list[dict[str, float]]] = {name: [] for name in cases}
+    overhead: dict[str, list[float]] = {name: [] for name in cases}
+    for _ in range(runs):
+        for name, (url, body) in cases.items():
+            results[name].append(wrk(url, body, connections=1, seconds=seconds))
+            overhead[name] += reported_overhead(url, overhead_calls, body)
+    return results, overhead
+
+
+def spread(values: list[float], digits: int = 3) -> str:
+    """min-max of `values` ("-" for fewer than two)."""
+    return f"{min(values):.{digits}f}-{max(values):.{digits}f}" if len(values) > 1 else "-"

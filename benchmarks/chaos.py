@@ -302,9 +302,6 @@ def main() -> int:
     args = parser.parse_args()
     seconds = max(16.0, args.seconds)
 
-    upstream = FakeUpstream().start()
-    upstream.responder = InductionResponder()
-    redis = h.RedisServer(appendonly=True).start()
     env = {
         "PERSONA_INDUCTION_MODEL": "fake-judge",
         "PERSONA_JOBS_RETRY_DEFER_S": "0.5",
@@ -312,7 +309,8 @@ def main() -> int:
         "PERSONA_JOBS_IN_PROGRESS_GRACE_S": "1",
         "PERSONA_WORKER_POLL_S": "0.1",
     }
-    try:
+    with FakeUpstream() as upstream, h.RedisServer(appendonly=True) as redis:
+        upstream.responder = InductionResponder()
         with h.proxy(
             redis.url, upstream.base_url, **{k.removeprefix("PERSONA_").lower(): v for k, v in env.items()}
         ) as url:
@@ -343,9 +341,6 @@ def main() -> int:
         print(f"worker process alive at the end: {alive}")
         status = report(figures, redis.url)
         return status if alive else 1
-    finally:
-        redis.stop()
-        upstream.stop()
 
 
 if __name__ == "__main__":

@@ -98,12 +98,8 @@ def main() -> None:
             for name in order:
                 config, body = ROWS[name]
                 url = f"{urls[config]}/v1/chat/completions"
-                pid = h.PIDS[urls[config]]
-                before = h.cpu_seconds(pid)
-                loaded = h.wrk(url, body, connections=args.connections, seconds=args.seconds)
-                cpu[name].append(
-                    (h.cpu_seconds(pid) - before) * 1000.0 / max(loaded["rps"] * args.seconds, 1)
-                )
+                loaded = h.wrk_cpu(url, body, connections=args.connections, seconds=args.seconds)
+                cpu[name].append(loaded["cpu_ms"])
                 rps[name].append(loaded["rps"])
                 single = h.wrk(url, body, connections=1, seconds=args.seconds)
                 if loaded["non_2xx"] or single["non_2xx"]:

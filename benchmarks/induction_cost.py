@@ -25,9 +25,9 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 from middleware.config import Settings  # noqa: E402
-from middleware.services import build_services  # noqa: E402
 from tests.induction_fakes import InductionResponder, make_pairs  # noqa: E402
-from tests.support.fake_upstream import FakeUpstream, Reply  # noqa: E402
+from tests.jobs_support import store_services  # noqa: E402
+from tests.support.fake_upstream import FakeUpstream  # noqa: E402
 from tests.support.redis_server import RedisServer  # noqa: E402
 
 
@@ -40,9 +40,8 @@ async def one_refresh(
         judge_right=lambda request, persona, n: n > 0 or int(request[1:]) % 2 == 0,
     )
     upstream.reset()
-    upstream.responder = lambda body: Reply(json=responder(body), delay=latency)
-    services = build_services(settings)
-    try:
+    upstream.responder = responder.slowed(latency)
+    async with store_services(settings) as services:
         await services.preferences.add_pairs("bench", user, make_pairs(user, pairs))
         started = time.perf_counter()
         result = await services.induction.induce("bench", user)
@@ -50,8 +49,6 @@ async def one_refresh(
         await services.redis.delete(
             *[k async for k in services.redis.scan_iter(match=f"pm:{{bench:{user}}}:*")]
         )
-    finally:
-        await services.close()
     cost = result["cost"]
     return {
         "pairs": pairs,

@@ -23,11 +23,12 @@ from fastapi import FastAPI
 
 from middleware.app import create_app
 from middleware.config import Settings
-from middleware.services import build_services
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _harness as h
+
+from tests.jobs_support import store_services
 
 ROUTES = ("/v1/chat/completions", "/v1/responses", "/v1/messages")
 KEY = (b"authorization", b"Bearer sk-bench")
@@ -103,13 +104,10 @@ async def compare(upstream: str, runs: int, count: int) -> None:
     full = create_app(settings)
     full.build_middleware_stack = lambda: FastAPI.build_middleware_stack(full)  # type: ignore[method-assign]
     apps = {"FastAPI stack": full, "lean dispatch": lean}
-    services = build_services(settings)  # no call here reaches Redis or the upstream
-    for app in apps.values():
-        app.state.services = services
-    try:
+    async with store_services(settings) as services:  # no call here reaches Redis or the upstream
+        for app in apps.values():
+            app.state.services = services
         await measure(apps, runs, count)
-    finally:
-        await services.close()
 
 
 async def measure(apps: dict[str, Any], runs: int, count: int) -> None:

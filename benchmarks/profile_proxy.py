@@ -48,6 +48,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--path", default="/chat/completions")
     parser.add_argument("--name", default="chat")
+    parser.add_argument("--connections", type=int, default=16, help="wrk's connections (1: the c=1 path)")
     parser.add_argument("--limits", action="store_true", help="with every rate limit on")
     parser.add_argument(
         "--everything",
@@ -70,7 +71,9 @@ def main() -> None:
         pid = h.PIDS[proxy]
         collapsed, svg = PROFILES / f"{args.name}.txt", PROFILES / f"{args.name}.svg"
         load = threading.Thread(
-            target=h.wrk, args=(url, body), kwargs={"connections": 16, "seconds": args.seconds * 2 + 2}
+            target=h.wrk,
+            args=(url, body),
+            kwargs={"connections": args.connections, "seconds": args.seconds * 2 + 2},
         )
         load.start()
         for out, fmt in ((collapsed, "raw"), (svg, "flamegraph")):

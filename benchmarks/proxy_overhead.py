@@ -122,15 +122,11 @@ def limits_cost(runs: int, seconds: float) -> None:
         h.proxy(redis.url, upstream, limits=json.dumps(LIMITS_ON)) as on,
     ):
         h.put_persona(off, "bench-user", PERSONA, [EXEMPLAR, EXEMPLAR])
-        urls = {"limits off": f"{off}/v1/chat/completions", "limits on": f"{on}/v1/chat/completions"}
-        for url in urls.values():
-            h.wrk(url, BODY, connections=1, seconds=2)  # warm-up
-        results: dict[str, list[dict[str, float]]] = {name: [] for name in urls}
-        overhead: dict[str, list[float]] = {name: [] for name in urls}
-        for _ in range(runs):
-            for name, url in urls.items():
-                results[name].append(h.wrk(url, BODY, connections=1, seconds=seconds))
-                overhead[name] += reported_overhead(url, 300)
+        cases = {
+            "limits off": (f"{off}/v1/chat/completions", BODY),
+            "limits on": (f"{on}/v1/chat/completions", BODY),
+        }
+        results, overhead = h.c1_rounds(cases, runs, seconds, overhead_calls=300)
     errors = sum(r["non_2xx"] for rs in results.values() for r in rs)
     print(f"{runs} runs x {seconds:.0f} s at c=1, wrk -t1, median of runs; non-2xx responses: {errors:.0f}")
     print(f"{'path':<28}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}")
@@ -178,14 +174,13 @@ def feedback_cost(runs: int, seconds: float) -> None:
             order = names[run % len(names) :] + names[: run % len(names)]
             for body_name, body in bodies.items():
                 for name in order:
-                    pid = h.PIDS[urls[name]]
-                    before = h.cpu_seconds(pid)
-                    result = h.wrk(f"{urls[name]}/v1/chat/completions", body, connections=1, seconds=seconds)
+                    result = h.wrk_cpu(
+                        f"{urls[name]}/v1/chat/completions", body, connections=1, seconds=seconds
+                    )
                     if result["non_2xx"]:
                         raise SystemExit(f"{name}: {result['non_2xx']:.0f} non-2xx answers")
-                    requests = max(result["rps"] * seconds, 1.0)
                     p50[(name, body_name)].append(result["p50_ms"])
-                    cpu[(name, body_name)].append((h.cpu_seconds(pid) - before) * 1000.0 / requests)
+                    cpu[(name, body_name)].append(result["cpu_ms"])
         written = sum(1 for _ in redis_client(redis.url).scan_iter(match="pm:feedback-owner:*", count=1000))
     print(
         f"{runs} slices x {seconds:.0f} s at c=1 per configuration, rotating order (wrk -t1); records: {written}"
@@ -206,8 +201,8 @@ def feedback_cost(runs: int, seconds: float) -> None:
             if name != "records off":
                 worst, worst_cpu = max(worst, added), max(worst_cpu, own_cpu - base_cpu)
             print(
-                f"{body_name + ', ' + name:<36}{statistics.median(values):>9.3f}{spread(values):>15}"
-                f"{added:>16.3f}{spread(paired):>17}{statistics.median(values) / statistics.median(base):>7.3f}"
+                f"{body_name + ', ' + name:<36}{statistics.median(values):>9.3f}{h.spread(values):>15}"
+                f"{added:>16.3f}{h.spread(paired):>17}{statistics.median(values) / statistics.median(base):>7.3f}"
                 f"{own_cpu:>12.3f}{own_cpu - base_cpu:>8.3f}"
             )
     verdict = "met" if worst <= 0.1 else "NOT met"
@@ -246,7 +241,6 @@ def tracing_cost(runs: int, seconds: float, connections: int) -> None:
                 "tracing on": f"{on}/v1/chat/completions",
                 "tracing on, 1% sampled": f"{one_percent}/v1/chat/completions",
             }
-            pids = {name: h.PIDS[url.removesuffix("/v1/chat/completions")] for name, url in urls.items()}
             for url in urls.values():
                 h.wrk(url, BODY, connections=connections, seconds=2)  # warm-up
             c1: dict[str, list[dict[str, float]]] = {name: [] for name in urls}
@@ -256,11 +250,9 @@ def tracing_cost(runs: int, seconds: float, connections: int) -> None:
             for _ in range(runs):
                 for name, url in urls.items():
                     c1[name].append(h.wrk(url, BODY, connections=1, seconds=seconds / 2))
-                    own[name].append(statistics.median(reported_overhead(url, 200)))
-                    before = h.cpu_seconds(pids[name])
-                    loaded[name].append(h.wrk(url, BODY, connections=connections, seconds=seconds))
-                    served = loaded[name][-1]["rps"] * max(1, round(seconds))
-                    cpu_ms[name].append((h.cpu_seconds(pids[name]) - before) * 1000.0 / max(served, 1.0))
+                    own[name].append(statistics.median(h.reported_overhead(url, 200, BODY)))
+                    loaded[name].append(h.wrk_cpu(url, BODY, connections=connections, seconds=seconds))
+                    cpu_ms[name].append(loaded[name][-1]["cpu_ms"])
     errors = sum(r["non_2xx"] for rs in (*c1.values(), *loaded.values()) for r in rs)
     print(f"{runs} runs, wrk -t1, median of runs (spread min-max); non-2xx responses: {errors:.0f}")
     print(
@@ -271,9 +263,9 @@ def tracing_cost(runs: int, seconds: float, connections: int) -> None:
         p50 = [r["p50_ms"] for r in c1[name]]
         rps = [r["rps"] for r in loaded[name]]
         print(
-            f"{name:<26}{statistics.median(p50):>12.3f}{spread(p50):>14}{statistics.median(own[name]):>12.3f}"
-            f"{spread(own[name]):>14}{statistics.median(rps):>12.0f}{f'{min(rps):.0f}-{max(rps):.0f}':>12}"
-            f"{statistics.median(cpu_ms[name]):>12.3f}{spread(cpu_ms[name]):>14}"
+            f"{name:<26}{statistics.median(p50):>12.3f}{h.spread(p50):>14}{statistics.median(own[name]):>12.3f}"
+            f"{h.spread(own[name]):>14}{statistics.median(rps):>12.0f}{f'{min(rps):.0f}-{max(rps):.0f}':>12}"
+            f"{statistics.median(cpu_ms[name]):>12.3f}{h.spread(cpu_ms[name]):>14}"
         )
     for name in ("tracing on", "tracing on, 1% sampled"):
         added = statistics.median(r["p50_ms"] for r in c1[name]) - statistics.median(
@@ -287,12 +279,6 @@ def tracing_cost(runs: int, seconds: float, connections: int) -> None:
             f"{name} vs off: added p50 at c=1 {added:.3f} ms; throughput ratio at c={connections} "
             f"{ratio:.3f}; added CPU {cpu:.3f} ms per request"
         )
-
-
-def reported_overhead(url: str, count: int, body: dict[str, object] = BODY) -> list[float]:
-    """x-persona-overhead-ms of `count` sequential calls."""
-    with httpx.Client(headers={"Authorization": f"Bearer {h.APP_KEY}"}, timeout=10) as client:
-        return [float(client.post(url, json=body).headers["x-persona-overhead-ms"]) for _ in range(count)]
 
 
 TOPICS = (
@@ -349,26 +335,20 @@ def contexts_cost(runs: int, seconds: float) -> None:
         with httpx.Client(headers={"Authorization": f"Bearer {h.APP_KEY}"}) as client:
             routed = client.post(url, json=bodies["10 contexts, routed"]).headers["x-persona-context"]
         print(f"the routed user's call goes to: {routed}")
-        for body in bodies.values():
-            h.wrk(url, body, connections=1, seconds=2)  # warm-up
-        results: dict[str, list[dict[str, float]]] = {name: [] for name in bodies}
-        overhead: dict[str, list[float]] = {name: [] for name in bodies}
-        for _ in range(runs):
-            for name, body in bodies.items():
-                results[name].append(h.wrk(url, body, connections=1, seconds=seconds))
-                overhead[name].extend(reported_overhead(url, 200, body))
+        cases = {name: (url, body) for name, body in bodies.items()}
+        results, overhead = h.c1_rounds(cases, runs, seconds, overhead_calls=200)
     print(f"{runs} runs x {seconds:.0f} s at c=1, wrk -t1, median of runs (spread min-max)")
     print(f"{'user':<24}{'p50 ms':>10}{'spread':>16}{'p99 ms':>10}")
     for name, rs in results.items():
         p50 = [r["p50_ms"] for r in rs]
-        print(f"{name:<24}{statistics.median(p50):>10.3f}{spread(p50):>16}{median(rs, 'p99_ms'):>10.3f}")
+        print(f"{name:<24}{statistics.median(p50):>10.3f}{h.spread(p50):>16}{median(rs, 'p99_ms'):>10.3f}")
     per_run = [
         c["p50_ms"] - g["p50_ms"]
         for g, c in zip(results["general only"], results["10 contexts, routed"], strict=True)
     ]
     added = statistics.median(per_run)
     print(
-        f"added p50 by routing, c=1 (wrk): {added:.3f} ms, per run {spread(per_run)} ({'met' if added <= 0.5 else 'NOT met'}: <= 0.5 ms)"
+        f"added p50 by routing, c=1 (wrk): {added:.3f} ms, per run {h.spread(per_run)} ({'met' if added <= 0.5 else 'NOT met'}: <= 0.5 ms)"
     )
     own = {name: statistics.median(values) for name, values in overhead.items()}
     print(
@@ -460,13 +440,13 @@ def store_round_trips(redis_url: str, blocks: int = 30, per_block: int = 300) ->
     print(f"store round trip of the chat path, in-process, {blocks} alternating blocks x {per_block} calls:")
     print(f"{'case':<28}{'p50 ms':>9}{'spread of block p50s':>24}")
     for name, values in found.items():
-        print(f"{name:<28}{statistics.median(values):>9.3f}{spread(values):>24}")
+        print(f"{name:<28}{statistics.median(values):>9.3f}{h.spread(values):>24}")
     base = statistics.median(found["today: ADMIT + GET"])
     for name in ("resolve, own persona", "resolve, segment persona"):
         added = statistics.median(found[name]) - base
         paired = [a - b for a, b in zip(found[name], found["today: ADMIT + GET"], strict=True)]
         print(
-            f"{name}: added {added:.3f} ms p50 (block-paired differences {spread(paired)}); "
+            f"{name}: added {added:.3f} ms p50 (block-paired differences {h.spread(paired)}); "
             f"{'met' if added <= 0.2 else 'NOT met'}: <= 0.2"
         )
 
@@ -493,14 +473,7 @@ def segments_cost(runs: int, seconds: float, baseline_src: Path) -> None:
             "after: own persona": (f"{after}/v1/chat/completions", BODY),
             "after: segment persona": (f"{after}/v1/chat/completions", SEGMENT_BODY),
         }
-        for url, body in cases.values():
-            h.wrk(url, body, connections=1, seconds=2)  # warm-up
-        results: dict[str, list[dict[str, float]]] = {name: [] for name in cases}
-        overhead: dict[str, list[float]] = {name: [] for name in cases}
-        for _ in range(runs):
-            for name, (url, body) in cases.items():
-                results[name].append(h.wrk(url, body, connections=1, seconds=seconds))
-                overhead[name] += reported_overhead(url, 300, body)
+        results, overhead = h.c1_rounds(cases, runs, seconds, overhead_calls=300)
     errors = sum(r["non_2xx"] for rs in results.values() for r in rs)
     print(f"{runs} runs x {seconds:.0f} s at c=1, limits on, wrk -t1; non-2xx responses: {errors:.0f}")
     print(f"baseline: {baseline_src}")
@@ -508,7 +481,7 @@ def segments_cost(runs: int, seconds: float, baseline_src: Path) -> None:
     for name, rs in results.items():
         p50s = [r["p50_ms"] for r in rs]
         print(
-            f"{name:<26}{median(rs, 'rps'):>9.0f}{statistics.median(p50s):>9.3f}{spread(p50s):>14}"
+            f"{name:<26}{median(rs, 'rps'):>9.0f}{statistics.median(p50s):>9.3f}{h.spread(p50s):>14}"
             f"{median(rs, 'p99_ms'):>9.3f}{statistics.median(overhead[name]):>9.3f}"
         )
     base = median(results["before: own persona"], "p50_ms")
@@ -520,10 +493,6 @@ def segments_cost(runs: int, seconds: float, baseline_src: Path) -> None:
         print(
             f"{name}: added p50 {added:.3f} ms (wrk), {added_own:.3f} ms (x-persona-overhead-ms); {verdict}: <= 0.2"
         )
-
-
-def spread(values: list[float]) -> str:
-    return f"{min(values):.3f}-{max(values):.3f}" if len(values) > 1 else "-"
 
 
 def api_table(upstream: str, proxies: dict[str, str], runs: int, seconds: float, connections: int) -> None:
@@ -544,15 +513,12 @@ def api_table(upstream: str, proxies: dict[str, str], runs: int, seconds: float,
             for name, proxy in proxies.items():
                 through = h.wrk(f"{proxy}/v1{path}", body, connections=1, seconds=seconds / 2)
                 added[name, label].append(through["p50_ms"] - direct["p50_ms"])
-                pid = h.PIDS[proxy]
-                cpu_before = h.cpu_seconds(pid)
-                loaded = h.wrk(f"{proxy}/v1{path}", body, connections=connections, seconds=seconds)
+                loaded = h.wrk_cpu(f"{proxy}/v1{path}", body, connections=connections, seconds=seconds)
                 if loaded["non_2xx"]:
                     raise SystemExit(f"{name} {label}: {loaded['non_2xx']:.0f} non-2xx answers")
                 rps[name, label].append(loaded["rps"])
                 p99[name, label].append(loaded["p99_ms"])
-                requests = loaded["rps"] * max(1, round(seconds))
-                cpu_ms[name, label].append((h.cpu_seconds(pid) - cpu_before) * 1000.0 / max(requests, 1.0))
+                cpu_ms[name, label].append(loaded["cpu_ms"])
     for name in proxies:
         title = f" ({name})" if len(proxies) > 1 else ""
         print(f"\nAPIs{title}, {runs} runs (median, spread min-max)")
@@ -563,9 +529,9 @@ def api_table(upstream: str, proxies: dict[str, str], runs: int, seconds: float,
         for label, _, _ in APIS:
             a, r, c, t = added[name, label], rps[name, label], cpu_ms[name, label], p99[name, label]
             print(
-                f"{label:<28}{statistics.median(a):>18.3f}{spread(a):>16}{statistics.median(r):>14.0f}"
-                f"{f'{min(r):.0f}-{max(r):.0f}':>14}{statistics.median(c):>18.3f}{spread(c):>14}"
-                f"{statistics.median(t):>16.2f}{spread(t):>16}"
+                f"{label:<28}{statistics.median(a):>18.3f}{h.spread(a):>16}{statistics.median(r):>14.0f}"
+                f"{f'{min(r):.0f}-{max(r):.0f}':>14}{statistics.median(c):>18.3f}{h.spread(c):>14}"
+                f"{statistics.median(t):>16.2f}{h.spread(t):>16}"
             )
         for label, base in (
             ("responses", "chat completions"),
@@ -610,7 +576,7 @@ def ttfb_against(root: Path, runs: int) -> None:
             print(
                 f"{label:<28}"
                 + "".join(
-                    f"{name}: {statistics.median(a):.3f} ms ({spread(a)})   " for name, a in added.items()
+                    f"{name}: {statistics.median(a):.3f} ms ({h.spread(a)})   " for name, a in added.items()
                 )
             )
 
@@ -638,6 +604,9 @@ def main() -> None:
     parser.add_argument("--side-by-side", action="store_true", help="chat and responses beside the upstream")
     parser.add_argument("--with-litellm", action="store_true", help="side by side, with LiteLLM's proxy too")
     parser.add_argument("--workers", type=int, default=1, help="side by side, with `serve --workers N` too")
+    parser.add_argument(
+        "--floor", action="store_true", help="side by side, with floor_proxy.py (the least a proxy does) too"
+    )
     parser.add_argument(
         "--everything",
         action="store_true",
@@ -674,6 +643,7 @@ def main() -> None:
             workers=args.workers,
             settings=settings,
             prepare=prepare,
+            floor=args.floor,
         )
         side_by_side.report(result)
         side_by_side.save(result)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gzip
 import json
 import os
@@ -60,25 +61,20 @@ def spread(values: list[float]) -> str:
 def failover(runs: int) -> None:
     from tests.support.failover import cluster_kill, drill, sentinel_kill
 
-    upstream = FakeUpstream().start()
-    try:
+    with FakeUpstream() as upstream:
         for topology in ("cluster", "sentinel"):
             summaries = []
             for _ in range(runs):
-                jobs = RedisServer().start()
-                if topology == "cluster":
-                    cluster = LocalCluster().start()
-                    kill, restart = cluster_kill(cluster)
-                    url, jobs_url, stop = cluster.url, jobs.url, cluster.stop
-                else:
-                    group = SentinelGroup().start()
-                    kill, restart = sentinel_kill(group)
-                    url, jobs_url, stop = group.url, "", group.stop
-                try:
+                with RedisServer() as jobs, contextlib.ExitStack() as stack:
+                    if topology == "cluster":
+                        cluster = stack.enter_context(LocalCluster())
+                        kill, restart = cluster_kill(cluster)
+                        url, jobs_url = cluster.url, jobs.url
+                    else:
+                        group = stack.enter_context(SentinelGroup())
+                        kill, restart = sentinel_kill(group)
+                        url, jobs_url = group.url, ""
                     figures = asyncio.run(drill(topology, url, jobs_url, upstream, kill, restart))
-                finally:
-                    stop()
-                    jobs.stop()
                 summary = figures.summary()
                 print(json.dumps(summary), flush=True)
                 summaries.append(summary)
@@ -91,8 +87,6 @@ def failover(runs: int) -> None:
                   f"{sum(int(s['writes_refused_503']) for s in summaries)}")  # fmt: skip
             print(f"  jobs: {[s['job'] for s in summaries]}, attempts {[s['job_attempts'] for s in summaries]}, "
                   f"worker alive {[s['worker_alive'] for s in summaries]}")  # fmt: skip
-    finally:
-        upstream.stop()
 
 
 # --- memory ------------------------------------------------------------------------------------------
@@ -108,20 +102,17 @@ def users_of(path: Path, limit: int) -> list[str]:
 
 async def _fill(settings: Any, users: dict[str, list[str]]) -> None:
     from middleware.preferences.importer import run_import
-    from middleware.services import build_services
     from middleware.store import keys
+    from tests.jobs_support import store_services
 
     for name, fmt in FILES.items():
         await run_import(settings, DATA / f"{name}.jsonl.gz", format=fmt, tenant=name, progress=False)
-    services = build_services(settings)
-    try:
+    async with store_services(settings) as services:
         for tenant, ids in users.items():
             for user in ids:
                 await services.induction.induce(tenant, user)
                 version = (await services.personas.get(tenant, user)).version  # type: ignore[union-attr]
                 await services.redis.set(keys.adapter(tenant, user, version), os.urandom(ADAPTER_BYTES))
-    finally:
-        await services.close()
 
 
 def kind_of(key: str) -> str:
@@ -135,10 +126,8 @@ def memory(n_users: int) -> None:
     from tests.induction_fakes import InductionResponder
     from tests.support.proxy import proxy_settings
 
-    upstream = FakeUpstream().start()
-    upstream.responder = InductionResponder()
-    server = RedisServer().start()
-    try:
+    with FakeUpstream() as upstream, RedisServer() as server:
+        upstream.responder = InductionResponder()
         users = {name: users_of(DATA / f"{name}.jsonl.gz", n_users) for name in FILES}
         settings = proxy_settings(server.url, upstream, induction_model="fake-judge")
         asyncio.run(_fill(settings, users))
@@ -173,9 +162,6 @@ def memory(n_users: int) -> None:
         info = r.info("memory")
         print(f"used_memory {info['used_memory']} bytes for {r.dbsize()} keys")
         r.close()
-    finally:
-        server.stop()
-        upstream.stop()
 
 
 # --- throughput --------------------------------------------------------------------------------------
@@ -184,26 +170,19 @@ BODY = {"model": "fake-model", "messages": [{"role": "user", "content": "hello"}
 
 def throughput(runs: int, seconds: float) -> None:
     results: dict[str, list[dict[str, float]]] = defaultdict(list)
-    jobs = RedisServer().start()
-    cluster = LocalCluster().start()
-    try:
-        with h.fake_upstream() as upstream, h.redis() as standalone:
-            proxies = {
-                "standalone": h.proxy(standalone.url, upstream),
-                "cluster": h.proxy(cluster.url, upstream, jobs_redis_url=jobs.url),
+    with RedisServer() as jobs, LocalCluster() as cluster:
+        with h.fake_upstream() as upstream, h.redis() as standalone, contextlib.ExitStack() as stack:
+            urls = {
+                "standalone": stack.enter_context(h.proxy(standalone.url, upstream)),
+                "cluster": stack.enter_context(h.proxy(cluster.url, upstream, jobs_redis_url=jobs.url)),
             }
-            urls = {name: ctx.__enter__() for name, ctx in proxies.items()}
-            try:
-                for url in urls.values():
-                    h.put_persona(url, "bench-user", "Prefers short answers.")
-                for _ in range(runs):
-                    for name, url in urls.items():
-                        results[name].append(
-                            h.wrk(f"{url}/v1/chat/completions", BODY, connections=16, seconds=seconds)
-                        )
-            finally:
-                for ctx in proxies.values():
-                    ctx.__exit__(None, None, None)
+            for url in urls.values():
+                h.put_persona(url, "bench-user", "Prefers short answers.")
+            for _ in range(runs):
+                for name, url in urls.items():
+                    results[name].append(
+                        h.wrk(f"{url}/v1/chat/completions", BODY, connections=16, seconds=seconds)
+                    )
         for name, rows in results.items():
             print(f"== one proxy process, persona injected, c=16, Redis {name}")
             print(f"  req/s: {spread([r['rps'] for r in rows])}")
@@ -247,9 +226,6 @@ def throughput(runs: int, seconds: float) -> None:
                 admits.append(float(re.findall(r"([\d.]+) requests per second", out)[-1]))
         print(f"== one Redis master (one core), GET, 50 clients: {spread(rates)} ops/s")
         print(f"== one Redis master, the admission script (limits off), 50 clients: {spread(admits)} calls/s")
-    finally:
-        cluster.stop()
-        jobs.stop()
 
 
 def main() -> None:

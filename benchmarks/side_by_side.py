@@ -24,10 +24,6 @@ from litellm_proxy import OUT, litellm_proxy
 STREAM_DELAY_MS = 20.0
 
 
-def spread(values: list[float], digits: int = 3) -> str:
-    return f"{min(values):.{digits}f}-{max(values):.{digits}f}" if len(values) > 1 else "-"
-
-
 def run(
     paths: tuple[tuple[str, str, dict[str, Any]], ...],
     persona: tuple[str, list[dict[str, Any]]],
@@ -39,10 +35,12 @@ def run(
     workers: int = 1,
     settings: dict[str, str] | None = None,
     prepare: Callable[[str, str], None] | None = None,
+    floor: bool = False,
 ) -> dict[str, Any]:
     """`workers` > 1: `persona serve --workers N` measured too, as the row `proxy xN`. Every proxy
     runs with `settings` (PERSONA_ settings); `prepare(proxy_url, redis_url)` stores what the
-    bodies' users need beyond their own persona."""
+    bodies' users need beyond their own persona. `floor`: `floor_proxy.py` (the least a Python proxy
+    with a persona does) measured too, as the row `floor`, its stream time to first byte as well."""
     settings = settings or {}
     with ExitStack() as stack:
         redis = stack.enter_context(h.redis())
@@ -59,9 +57,14 @@ def run(
             servers[f"proxy x{workers}"] = (
                 f"{stack.enter_context(h.proxy(redis.url, upstream, workers=workers, **settings))}/v1"
             )
+        slow = {"proxy": f"{slow_proxy}/v1"}
+        if floor:
+            personas = {str(body["user"]): persona[0] for _, _, body in paths}
+            servers["floor"] = f"{stack.enter_context(h.floor_proxy(redis.port, upstream, personas))}/v1"
+            slow["floor"] = f"{stack.enter_context(h.floor_proxy(redis.port, slow_upstream, personas))}/v1"
         if with_litellm:
             servers["litellm"] = f"{stack.enter_context(litellm_proxy(upstream))}/v1"
-        result = measure(servers, paths, slow_upstream, f"{slow_proxy}/v1", runs, seconds, connections)
+        result = measure(servers, paths, slow_upstream, slow, runs, seconds, connections)
         result["settings"] = settings
         return result
 
@@ -70,7 +73,7 @@ def measure(
     servers: dict[str, str],
     paths: tuple[tuple[str, str, dict[str, Any]], ...],
     slow_upstream: str,
-    slow_proxy: str,
+    slow_proxies: dict[str, str],
     runs: int,
     seconds: float,
     connections: int,
@@ -93,10 +96,11 @@ def measure(
                 row["p99_ms"].append(loaded["p99_ms"])
                 row["c1_p50_ms"].append(single["p50_ms"])
     first_byte = {
-        label: ttfb.added_ttfb(
-            f"{slow_upstream}{path}", f"{slow_proxy}{path}", {**body, "stream": True}, runs=runs, count=100
+        f"{label} {server}" if server != "proxy" else label: ttfb.added_ttfb(
+            f"{slow_upstream}{path}", f"{slow}{path}", {**body, "stream": True}, runs=runs, count=100
         )
         for label, path, body in paths
+        for server, slow in slow_proxies.items()
     }
     return {
         "runs": runs,
@@ -119,8 +123,8 @@ def report(result: dict[str, Any]) -> None:
         for server, m in servers.items():
             print(
                 f"{label:<18}{server:<10}{statistics.median(m['rps']):>12.0f}"
-                f"{spread(m['rps'], 0):>14}{statistics.median(m['p50_ms']):>9.2f}"
-                f"{statistics.median(m['p99_ms']):>9.2f}{spread(m['p99_ms']):>14}{statistics.median(m['c1_p50_ms']):>9.3f}"
+                f"{h.spread(m['rps'], 0):>14}{statistics.median(m['p50_ms']):>9.2f}"
+                f"{statistics.median(m['p99_ms']):>9.2f}{h.spread(m['p99_ms']):>14}{statistics.median(m['c1_p50_ms']):>9.3f}"
             )
     print()
     for label, servers in rows.items():
@@ -130,7 +134,7 @@ def report(result: dict[str, Any]) -> None:
         p99 = statistics.median(ours["p99_ms"])
         line = (
             f"{label}: {rps:.0f} req/s ({'met' if rps >= 3000 else 'NOT met'}: >= 3000); "
-            f"added p50 c=1 {statistics.median(added):.3f} ms, spread {spread(added)} "
+            f"added p50 c=1 {statistics.median(added):.3f} ms, spread {h.spread(added)} "
             f"({'met' if statistics.median(added) <= 0.5 else 'NOT met'}: <= 0.5); "
             f"p99 c={c} {p99:.2f} ms ({'met' if p99 <= 10 else 'NOT met'}: <= 10)"
         )
@@ -139,7 +143,7 @@ def report(result: dict[str, Any]) -> None:
                 scaling = [w / max(o, 1e-9) for w, o in zip(m["rps"], ours["rps"], strict=True)]
                 print(
                     f"{label}: {server}: {statistics.median(m['rps']):.0f} req/s, "
-                    f"{statistics.median(scaling):.2f}x one process (spread {spread(scaling)})"
+                    f"{statistics.median(scaling):.2f}x one process (spread {h.spread(scaling)})"
                 )
         if "litellm" in servers:
             ratios = [
@@ -147,13 +151,25 @@ def report(result: dict[str, Any]) -> None:
                 for o, theirs in zip(ours["rps"], servers["litellm"]["rps"], strict=True)
             ]
             ratio = statistics.median(ratios)
-            line += f"; {ratio:.1f}x LiteLLM, spread {spread(ratios)} ({'met' if ratio >= 30 else 'NOT met'}: >= 30x)"
+            line += f"; {ratio:.1f}x LiteLLM, spread {h.spread(ratios)} ({'met' if ratio >= 30 else 'NOT met'}: >= 30x)"
         print(line)
         first = result["ttfb_added_ms"][label]
         print(
-            f"{label}, stream: time to first byte added {statistics.median(first):.3f} ms, spread {spread(first)} "
+            f"{label}, stream: time to first byte added {statistics.median(first):.3f} ms, spread {h.spread(first)} "
             f"({'met' if statistics.median(first) <= 0.5 else 'NOT met'}: <= 0.5)"
         )
+        if "floor" in servers:
+            floor = servers["floor"]
+            floor_added = [
+                p - d for p, d in zip(floor["c1_p50_ms"], servers["upstream"]["c1_p50_ms"], strict=True)
+            ]
+            floor_first = result["ttfb_added_ms"][f"{label} floor"]
+            print(
+                f"{label}: the floor (floor_proxy.py): {statistics.median(floor['rps']):.0f} req/s, "
+                f"added p50 c=1 {statistics.median(floor_added):.3f} ms, p99 c={c} "
+                f"{statistics.median(floor['p99_ms']):.2f} ms, stream time to first byte added "
+                f"{statistics.median(floor_first):.3f} ms (spread {h.spread(floor_first)})"
+            )
 
 
 def save(result: dict[str, Any], name: str = "proxy_overhead") -> None:

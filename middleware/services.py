@@ -28,6 +28,7 @@ from middleware.quotas.service import Quotas
 from middleware.rerank.registry import RerankerRegistry
 from middleware.rerank.resources import RerankResources
 from middleware.store.comparisons import ComparisonStore
+from middleware.store.connection import close_redis
 from middleware.store.contexts import ContextStore
 from middleware.store.evaluations import EvaluationStore
 from middleware.store.feedback import FeedbackStore
@@ -85,7 +86,7 @@ class Services:
         self.upstreams.close()
         await self.redis.aclose()
         if self.hot_redis is not None:
-            await self.hot_redis.aclose()
+            await close_redis(self.hot_redis)
         if self.jobs_redis is not self.redis:
             await self.jobs_redis.aclose()
 

@@ -135,23 +135,20 @@ class LeanResponse:
 
     def release(self) -> None:
         """Give the connection back if the answer was read to its end, else drop it."""
-        if self._finished:
-            return
-        self._finished = True
-        self._cancel_timer()
-        connection, self._connection = self._connection, None
-        if connection is not None:
-            connection.finished(self._done and self._error is None and self._keep_alive)
+        self._finish(self._done and self._error is None and self._keep_alive)
 
     def close(self) -> None:
         """Drop the connection (the upstream sees the abort at once)."""
+        self._finish(False)
+
+    def _finish(self, reusable: bool) -> None:
         if self._finished:
             return
         self._finished = True
         self._cancel_timer()
         connection, self._connection = self._connection, None
         if connection is not None:
-            connection.finished(False)
+            connection.finished(reusable)
 
     async def _wait(self) -> None:
         if self._error is not None:

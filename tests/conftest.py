@@ -25,11 +25,8 @@ pytest_plugins = ["tests.support.proxy", "tests.jobs_support", "tests.support.re
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
     """One redis-server for the whole session (use ``redis_url`` for a flushed database)."""
-    server = RedisServer().start()
-    try:
+    with RedisServer() as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
@@ -72,11 +69,8 @@ def fresh_redis(redis_factory: Callable[..., RedisServer]) -> RedisServer:
 
 @pytest.fixture(scope="session")
 def fake_upstream_server() -> Iterator[FakeUpstream]:
-    fake = FakeUpstream().start()
-    try:
+    with FakeUpstream() as fake:
         yield fake
-    finally:
-        fake.stop()
 
 
 @pytest.fixture
@@ -92,8 +86,5 @@ def fake_upstream(fake_upstream_server: FakeUpstream) -> Iterator[FakeUpstream]:
 @pytest.fixture
 def isolated_fake_upstream() -> Iterator[FakeUpstream]:
     """A fake upstream of this test's own (own port): nothing a previous test left in flight reaches it."""
-    fake = FakeUpstream().start()
-    try:
+    with FakeUpstream() as fake:
         yield fake
-    finally:
-        fake.stop()

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from middleware.models import Message, PreferencePair
+from tests.support.fake_upstream.models import Reply
 
 _A_RE = re.compile(r"<completion_a>\n(.*?)\n</completion_a>", re.S)
 _REQ_RE = re.compile(r"<conversation>\n\[user\] (.*?)\n", re.S)
@@ -86,3 +87,19 @@ class InductionResponder:
             right = self.judge_right(request, persona_text, len(_EXAMPLES_RE.findall(data)))
             return {"reasoning": "judged", "preferred": truth if right else other}
         raise AssertionError(f"unexpected schema {name}")
+
+    def slowed(self, delay_s: float) -> Callable[[dict[str, Any]], Reply]:
+        """These answers, each after `delay_s` seconds (so a kill or a cancel lands mid-job)."""
+        return lambda body: Reply(json=self(body), delay=delay_s)
+
+    def after_503s(self, count: int) -> Callable[[dict[str, Any]], Reply | dict[str, Any] | None]:
+        """A 503 for each of the first `count` calls, then these answers."""
+        left = [count]
+
+        def respond(body: dict[str, Any]) -> Reply | dict[str, Any] | None:
+            if left[0]:
+                left[0] -= 1
+                return Reply(status=503)
+            return self(body)
+
+        return respond

@@ -106,13 +106,10 @@ def test_jobs_are_tenant_scoped_and_admin_only(proxy: RunningProxy) -> None:
 def _add(proxy: RunningProxy, pairs: list[Any]) -> None:
     import asyncio
 
-    from middleware.services import build_services
+    from tests.jobs_support import store_services
 
     async def run() -> None:
-        services = build_services(proxy.settings)
-        try:
+        async with store_services(proxy.settings) as services:
             await services.preferences.add_pairs("tenant-a", U, pairs)
-        finally:
-            await services.close()
 
     asyncio.run(run())

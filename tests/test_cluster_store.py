@@ -40,8 +40,8 @@ from tests.induction_fakes import InductionResponder, make_pairs
 from tests.jobs_support import drain, job_settings, store_services
 from tests.support.dropin import PERSONA_MARK, give_persona
 from tests.support.fake_upstream import FakeUpstream
+from tests.support.ports import free_port
 from tests.support.proxy import APP_KEY_A, app_client, start_proxy
-from tests.support.redis_server import _free_port
 from tests.support.redis_topologies import LocalCluster, make_certificates
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -286,8 +286,7 @@ def test_redis_urls() -> None:
 
 async def test_a_password_protected_cluster(fake_upstream: FakeUpstream) -> None:
     """An ACL user and password in the URL reach every node."""
-    cluster = LocalCluster(password="n0de-secret").start()
-    try:
+    with LocalCluster(password="n0de-secret") as cluster:
         settings = Settings(
             redis_url=f"redis+cluster://default:n0de-secret@{cluster.url.split('://', 1)[1]}",
             jobs_redis_url="redis://127.0.0.1:1/0",
@@ -301,15 +300,12 @@ async def test_a_password_protected_cluster(fake_upstream: FakeUpstream) -> None
         with pytest.raises(STORE_ERRORS):
             await asyncio.wait_for(wrong.get("k"), 5)
         await wrong.aclose()
-    finally:
-        cluster.stop()
 
 
 async def test_a_cluster_over_tls(tmp_path: Path) -> None:
     """rediss+cluster:// with the CA in the URL: every node is reached over TLS (the plain ports are
     never named), and a client that does not trust the CA is refused."""
-    cluster = LocalCluster(tls=make_certificates(tmp_path)).start()
-    try:
+    with LocalCluster(tls=make_certificates(tmp_path)) as cluster:
         settings = Settings(
             redis_url=cluster.tls_url, jobs_redis_url="redis://127.0.0.1:1/0", embedded_redis=False
         )
@@ -325,8 +321,6 @@ async def test_a_cluster_over_tls(tmp_path: Path) -> None:
         with pytest.raises(STORE_ERRORS):
             await asyncio.wait_for(untrusted.get("k"), 10)
         await untrusted.aclose()
-    finally:
-        cluster.stop()
 
 
 def _free_block() -> int:
@@ -354,8 +348,8 @@ def test_the_cluster_example_runs_as_written() -> None:
     env = {
         **os.environ,
         "BASE_PORT": str(_free_block()),
-        "PROXY_1_PORT": str(_free_port()),
-        "PROXY_2_PORT": str(_free_port()),
+        "PROXY_1_PORT": str(free_port()),
+        "PROXY_2_PORT": str(free_port()),
     }
     env.pop("PERSONA_UPSTREAM_API_BASE", None)
     done = subprocess.run(

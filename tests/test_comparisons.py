@@ -303,11 +303,8 @@ def test_judgement_fails_closed_and_can_be_retried(
     try:
         with client(running) as c:
             cid = create(c).json()["id"]
-            fresh_redis.pause()
-            try:
+            with fresh_redis.while_paused():
                 down = c.post(f"/v1/comparisons/{cid}/judgement", json={"best": 0, "worst": 1})
-            finally:
-                fresh_redis.resume()
             assert down.status_code == 503
             assert down.json()["error"]["code"] == "store_unavailable"
             retry = c.post(f"/v1/comparisons/{cid}/judgement", json={"best": 0, "worst": 1})

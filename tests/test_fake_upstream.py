@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
 from typing import Any, Literal
 
 import httpx
@@ -17,6 +16,7 @@ from pydantic import BaseModel, Field
 
 from tests.support.fake_upstream import FakeUpstream, Reply, schema_instance
 from tests.support.redis_server import RedisServer
+from tests.support.waiting import wait_until
 
 MESSAGES: list[ChatCompletionMessageParam] = [
     {"role": "system", "content": "be brief"},
@@ -170,7 +170,11 @@ def test_json_schema_output_is_valid(fake_upstream: FakeUpstream) -> None:
 
 def test_json_schema_uses_responder_dict(fake_upstream: FakeUpstream) -> None:
     fake_upstream.responder = lambda body: {"answer": 42}
-    schema: dict[str, object] = {"type": "object", "properties": {"answer": {"type": "integer"}}, "required": ["answer"]}
+    schema: dict[str, object] = {
+        "type": "object",
+        "properties": {"answer": {"type": "integer"}},
+        "required": ["answer"],
+    }
     with client_for(fake_upstream) as client:
         resp = client.chat.completions.create(
             model="m",
@@ -315,13 +319,17 @@ def test_redis_pause_resume_and_kill(fresh_redis: RedisServer) -> None:
     r2.close()
 
 
-def wait_until(condition: Callable[[], bool], timeout: float, interval: float = 0.02) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(interval)
-    return True
+def test_redis_while_paused_resumes_however_the_block_ends(fresh_redis: RedisServer) -> None:
+    r = redis.Redis.from_url(fresh_redis.url, socket_timeout=0.3)
+    r.set("a", 1)
+    with pytest.raises(redis.exceptions.TimeoutError), fresh_redis.while_paused():
+        assert fresh_redis.paused
+        r.get("a")
+    assert not fresh_redis.paused
+    r2 = redis.Redis.from_url(fresh_redis.url, socket_timeout=2)
+    assert r2.get("a") == b"1"
+    r.close()
+    r2.close()
 
 
 def aof_holds(server: RedisServer, client: redis.Redis, needle: bytes) -> bool:
@@ -356,3 +364,18 @@ def test_isolated_fake_upstream_is_separate(
     with client_for(isolated_fake_upstream) as client:
         client.chat.completions.create(model="m", messages=MESSAGES)
     assert len(isolated_fake_upstream.requests) == 1 and fake_upstream.requests == []
+
+
+def test_the_responses_api_waits_its_delay_before_the_headers(fake_upstream: FakeUpstream) -> None:
+    """As on chat completions: the time-to-first-byte benchmarks delay both APIs alike."""
+    fake_upstream.script(Reply(content="late", delay=0.3), Reply(content="at once"))
+    timings = []
+    for _ in range(2):
+        started = time.monotonic()
+        with httpx.stream(
+            "POST", f"{fake_upstream.base_url}/responses", json={"model": "m", "input": "q", "stream": True}
+        ) as r:
+            assert r.status_code == 200
+            timings.append(time.monotonic() - started)
+            assert b"response.completed" in r.read()
+    assert timings[0] >= 0.3 > timings[1]

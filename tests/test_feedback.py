@@ -225,11 +225,8 @@ def test_redis_down_is_a_503_that_says_a_retry_is_safe(
         rid = ask(proxy)
         record(proxy, rid)
         body = {"response_id": rid, "signal": "thumbs_up", "idempotency_key": "once"}
-        fresh_redis.pause()
-        try:
+        with fresh_redis.while_paused():
             down = send(c, body)
-        finally:
-            fresh_redis.resume()
         assert down.status_code == 503
         assert down.json()["error"]["code"] == "store_unavailable"
         assert "retrying the same request is safe" in down.json()["error"]["message"]

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,15 +18,10 @@ import openai
 import pytest
 
 from tests.support.fake_upstream import FakeUpstream
+from tests.support.ports import free_port
 from tests.support.proxy import APP_KEY_A, proxy_settings, start_proxy
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def without_upstream_settings(env: dict[str, str]) -> dict[str, str]:

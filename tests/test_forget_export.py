@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 
 from middleware.store import keys
 from tests.induction_fakes import InductionResponder, make_pairs
-from tests.jobs_support import drain, job_settings
+from tests.jobs_support import drain, job_settings, store_services
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.proxy import RunningProxy
 
@@ -25,14 +25,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 async def populate(proxy: RunningProxy, r: aioredis.Redis, tenant: str, user: str) -> str:
     """Pairs, two persona versions (one induced by a job), an adapter, a comparison, a session."""
-    from middleware.services import build_services
-
-    services = build_services(proxy.settings)
-    try:
+    async with store_services(proxy.settings) as services:
         await services.preferences.add_pairs(tenant, user, make_pairs(user, 5, rationale="why"))
         await services.personas.save(tenant, user, f"persona of {user}", [], {"source": "admin"})
-    finally:
-        await services.close()
     with httpx.Client(base_url=proxy.url, headers=proxy.admin_headers(tenant)) as http:
         job_id: str = http.post(f"/admin/users/{user}/persona/refresh").json()["job_id"]
     await drain(proxy.settings)
@@ -128,15 +123,10 @@ async def _decoded(it: object) -> AsyncIterator[str]:
 
 
 async def test_cli_export_and_forget(redis_url: str, fake_upstream: FakeUpstream) -> None:
-    from middleware.services import build_services
-
     settings = job_settings(redis_url, fake_upstream)
-    services = build_services(settings)
-    try:
+    async with store_services(settings) as services:
         await services.preferences.add_pairs(T, U, make_pairs(U, 3))
         await services.personas.save(T, U, "cli persona", [], {})
-    finally:
-        await services.close()
     env = {**os.environ, "PERSONA_REDIS_URL": redis_url}
 
     def cli(*args: str) -> dict[str, Any]:

@@ -49,12 +49,8 @@ def test_timed_out_writes_are_honest_and_retries_store_each_once(
             response = client.post("/v1/preferences", json=feedback(i), headers={"Idempotency-Key": f"write-{i}"})
             return response, time.monotonic() - started
 
-        fresh_redis.pause()
-        try:
-            with ThreadPoolExecutor(WRITES) as pool:
-                stalled = list(pool.map(write, range(WRITES)))
-        finally:
-            fresh_redis.resume()
+        with fresh_redis.while_paused(), ThreadPoolExecutor(WRITES) as pool:
+            stalled = list(pool.map(write, range(WRITES)))
         for response, seconds in stalled:
             assert response.status_code == 503, response.text
             error = response.json()["error"]
@@ -80,11 +76,8 @@ def test_a_persona_put_retried_after_a_503_adds_one_version(
     body = {"text": "Prefers short answers.", "exemplars": [EXEMPLAR]}
     with start_proxy(settings) as proxy, admin_client(proxy) as admin:
         assert admin.put("/admin/users/alice/persona", json={"text": "first"}).json()["version"] == 1
-        fresh_redis.pause()
-        try:
+        with fresh_redis.while_paused():
             stalled = admin.put("/admin/users/alice/persona", json=body)
-        finally:
-            fresh_redis.resume()
         assert stalled.status_code == 503 and "may or may not" in stalled.json()["error"]["message"]
         retried = admin.put("/admin/users/alice/persona", json=body)
         again = admin.put("/admin/users/alice/persona", json=body)  # as if the first retry had timed out

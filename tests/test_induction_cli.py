@@ -10,8 +10,8 @@ from pydantic import BaseModel
 from middleware.errors import BudgetExceeded
 from middleware.induction.cli_induce import run_induce
 from middleware.llm import CallBudget, Usage, strict_schema
-from middleware.services import build_services
 from tests.induction_fakes import InductionResponder, make_pairs
+from tests.jobs_support import store_services
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.proxy import proxy_settings
 
@@ -20,12 +20,9 @@ async def test_induce_command_runs_the_pipeline_with_progress(
     redis_url: str, fake_upstream: FakeUpstream, capsys: pytest.CaptureFixture[str]
 ) -> None:
     settings = proxy_settings(redis_url, fake_upstream)
-    services = build_services(settings)
-    try:
+    async with store_services(settings) as services:
         await services.preferences.add_pairs("default", "carol", make_pairs("carol", 6))
         await services.preferences.add_pairs("default", "dave", make_pairs("dave", 2))
-    finally:
-        await services.close()
     fake_upstream.responder = InductionResponder()
 
     result = await run_induce(settings, tenant="default", user="carol", model="fake-model-large")

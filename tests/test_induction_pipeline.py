@@ -11,8 +11,9 @@ import pytest
 
 from middleware.errors import BudgetExceeded, LLMOutputError, NotEnoughData, UpstreamError
 from middleware.induction.pipeline import Induction, split, time_order
-from middleware.services import Services, build_services
+from middleware.services import Services
 from tests.induction_fakes import InductionResponder, make_pairs
+from tests.jobs_support import store_services
 from tests.support.fake_upstream import FakeUpstream, Reply
 from tests.support.proxy import proxy_settings
 
@@ -21,13 +22,9 @@ T, U = "tenant-a", "alice"
 
 @pytest.fixture
 async def services(redis_url: str, fake_upstream: FakeUpstream) -> AsyncIterator[Services]:
-    svc = build_services(
-        proxy_settings(redis_url, fake_upstream, induction_model="fake-judge", induction_concurrency=4)
-    )
-    try:
+    settings = proxy_settings(redis_url, fake_upstream, induction_model="fake-judge", induction_concurrency=4)
+    async with store_services(settings) as svc:
         yield svc
-    finally:
-        await svc.close()
 
 
 def with_settings(services: Services, **changes: Any) -> Induction:

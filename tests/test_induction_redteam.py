@@ -9,7 +9,7 @@ import httpx
 import openai
 
 from tests.induction_fakes import InductionResponder, make_pairs
-from tests.jobs_support import drain
+from tests.jobs_support import drain, store_services
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.proxy import APP_KEY_A, RunningProxy
 
@@ -47,13 +47,8 @@ def gullible_responder() -> InductionResponder:
 async def test_hostile_rationales_stay_inside_the_persona_block(
     jproxy: RunningProxy, fake_upstream: FakeUpstream
 ) -> None:
-    from middleware.services import build_services
-
-    services = build_services(jproxy.settings)
-    try:
+    async with store_services(jproxy.settings) as services:
         await services.preferences.add_pairs(T, U, make_pairs(U, 6, rationale=RATIONALE, system=APP_SYSTEM))
-    finally:
-        await services.close()
     responder = gullible_responder()
     fake_upstream.responder = lambda body: responder.__call__(body)
 

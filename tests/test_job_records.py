@@ -19,7 +19,7 @@ from middleware.induction.queue import REFRESH, JobCancelled, JobQueue
 from middleware.store import keys
 from tests.induction_fakes import InductionResponder, make_pairs
 from tests.jobs_support import drain, job_settings, store_services
-from tests.support.fake_upstream import FakeUpstream, Reply
+from tests.support.fake_upstream import FakeUpstream
 from tests.support.proxy import RunningProxy
 from tests.support.proxy import admin_client as client
 
@@ -29,16 +29,8 @@ T, U = "tenant-a", "alice"
 async def test_a_successful_retry_clears_the_earlier_error(jproxy: RunningProxy, fake_upstream: FakeUpstream) -> None:
     async with store_services(jproxy.settings) as services:
         await services.preferences.add_pairs(T, U, make_pairs(U, 5))
-    responder = InductionResponder()
-    failures = {"left": 3}  # one attempt's worth of 503s (the upstream call is tried 3 times)
-
-    def flaky(body: dict[str, Any]) -> Reply | str | dict[str, Any] | None:
-        if failures["left"]:
-            failures["left"] -= 1
-            return Reply(status=503)
-        return responder(body)
-
-    fake_upstream.responder = flaky
+    # one attempt's worth of 503s (the upstream call is tried 3 times)
+    fake_upstream.responder = InductionResponder().after_503s(3)
     with client(jproxy) as http:
         job_id = http.post(f"/admin/users/{U}/persona/refresh").json()["job_id"]
         await drain(jproxy.settings.model_copy(update={"induction_concurrency": 1}))

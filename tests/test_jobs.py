@@ -116,16 +116,8 @@ async def test_transient_upstream_errors_are_retried(
     jproxy: RunningProxy, fake_upstream: FakeUpstream
 ) -> None:
     await add_pairs(jproxy, U, 5, T)
-    responder = InductionResponder()
-    state = {"failures": 0}
-
-    def flaky(body: dict[str, Any]) -> Reply | dict[str, Any] | None:
-        if state["failures"] < 3:  # one job attempt's worth of 503s (the upstream retries 3 times)
-            state["failures"] += 1
-            return Reply(status=503)
-        return responder(body)
-
-    fake_upstream.responder = flaky
+    # one job attempt's worth of 503s (the upstream call is tried 3 times)
+    fake_upstream.responder = InductionResponder().after_503s(3)
     with client(jproxy) as http:
         job_id = http.post(f"/admin/users/{U}/persona/refresh").json()["job_id"]
         await drain(jproxy.settings.model_copy(update={"induction_concurrency": 1}))
@@ -149,8 +141,7 @@ async def test_cancelled_job_never_changes_persona(jproxy: RunningProxy, fake_up
 
 async def test_running_job_cancelled_midway(jproxy: RunningProxy, fake_upstream: FakeUpstream) -> None:
     await add_pairs(jproxy, U, 8, T)
-    responder = InductionResponder()
-    fake_upstream.responder = lambda body: Reply(json=responder(body), delay=0.15)
+    fake_upstream.responder = InductionResponder().slowed(0.15)
     settings = jproxy.settings.model_copy(update={"induction_concurrency": 1})
     with client(jproxy) as http:
         http.put(f"/admin/users/{U}/persona", json={"text": "keep me"})
@@ -215,12 +206,9 @@ async def test_tenant_concurrency_cap(redis_url: str, fake_upstream: FakeUpstrea
 
 
 async def test_auto_refresh_after_n_new_pairs(jproxy: RunningProxy, fake_upstream: FakeUpstream) -> None:
-    from middleware.services import build_services
-
     settings = jproxy.settings.model_copy(update={"auto_refresh_after": 5})
-    services = build_services(settings)
     fake_upstream.responder = InductionResponder()
-    try:
+    async with store_services(settings) as services:
         queue = services.jobs
 
         async def due() -> int:
@@ -235,5 +223,3 @@ async def test_auto_refresh_after_n_new_pairs(jproxy: RunningProxy, fake_upstrea
         assert (await services.personas.get(T, U)) is not None
         assert await services.preferences.pairs_since_refresh(T, U) == 0
         assert await due() == 0
-    finally:
-        await services.close()

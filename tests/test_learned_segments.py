@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from middleware.cli import app
 from middleware.models import Message, PreferencePair
-from middleware.services import build_services
+from tests.jobs_support import store_services
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.proxy import proxy_settings
 
@@ -68,14 +68,11 @@ def test_two_planted_tastes_are_recovered(
     rng.shuffle(users)
 
     async def seed_and_read(after: bool) -> dict[str, str | None]:
-        services = build_services(settings)
-        try:
+        async with store_services(settings) as services:
             if not after:
                 for user in users:
                     await services.preferences.add_pairs(T, user, planted(user, groups[user], rng))
             return {u: await services.segments.assigned(T, u) for u in users}
-        finally:
-            await services.close()
 
     assert set(asyncio.run(seed_and_read(False)).values()) == {None}
     monkeypatch.setenv("PERSONA_REDIS_URL", redis_url)
@@ -89,11 +86,8 @@ def test_two_planted_tastes_are_recovered(
     assert terse_segments | thorough_segments == {"learned-1", "learned-2"}
 
     async def stored() -> list[dict[str, object]]:
-        services = build_services(settings)
-        try:
+        async with store_services(settings) as services:
             return await services.segments.all(T)
-        finally:
-            await services.close()
 
     names = [s["name"] for s in asyncio.run(stored())]
     assert names == ["learned-1", "learned-2"]

@@ -17,13 +17,12 @@ import pytest
 from openai.types.chat import ChatCompletionMessageParam
 from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector
-from prometheus_client.parser import text_string_to_metric_families
 
 from middleware.induction.queue import JobQueue
-from middleware.services import build_services
 from tests.induction_fakes import InductionResponder, make_pairs
-from tests.jobs_support import job_settings
-from tests.support.fake_upstream import FakeUpstream, Reply
+from tests.jobs_support import job_settings, store_services
+from tests.support.fake_upstream import FakeUpstream
+from tests.support.metrics import sample, sample_in
 from tests.support.processes import ServeProcess, process_env, serving, workers
 from tests.support.proxy import ADMIN_KEY, APP_KEY_A
 
@@ -34,15 +33,6 @@ MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hello
 def fresh_connections() -> httpx.Client:
     """A client that opens a new connection per request, so the kernel hands each to any worker."""
     return httpx.Client(limits=httpx.Limits(max_keepalive_connections=0), timeout=30)
-
-
-def sample(text: str, name: str, **labels: str) -> float:
-    """The value of one sample in a Prometheus exposition (0 when absent)."""
-    for family in text_string_to_metric_families(text):
-        for found in family.samples:
-            if found.name == name and all(found.labels.get(k) == v for k, v in labels.items()):
-                return float(found.value)
-    return 0.0
 
 
 def chats_per_process(folder: Path) -> dict[int, float]:
@@ -95,8 +85,8 @@ def test_two_workers_add_their_metrics_up(
     assert len(served) == 2, (per_process, proxy.output()[-2000:])
     assert sum(served) == sent
     for text in scrapes:  # whichever process answered the scrape shows the sum of both
-        assert sample(text, "persona_chat_requests_total", mode="inject", outcome="ok") == sent
-        assert sample(text, "persona_serving_processes") == 2
+        assert sample_in(text, "persona_chat_requests_total", mode="inject", outcome="ok") == sent
+        assert sample_in(text, "persona_serving_processes") == 2
         assert 'pid="' not in text
     assert "Metrics of the 2 processes" in proxy.output()
 
@@ -105,8 +95,7 @@ def test_serve_keeps_its_own_metrics_folder_for_the_run(
     redis_url: str, fake_upstream: FakeUpstream, tmp_path: Path
 ) -> None:
     with serving(process_env(redis_url, fake_upstream), tmp_path / "serve.log", workers=2) as proxy:
-        metrics = httpx.get(f"{proxy.url}/metrics").text
-        assert sample(metrics, "persona_serving_processes") == 2
+        assert sample(proxy.url, "persona_serving_processes") == 2
         logged = re.search(r"Metrics of the 2 processes: (\S+)", proxy.output())
         assert logged is not None, proxy.output()
         folder = Path(logged.group(1))
@@ -170,10 +159,7 @@ async def test_two_workers_run_each_job_once(
     redis_url: str, fake_upstream: FakeUpstream, tmp_path: Path
 ) -> None:
     settings = job_settings(redis_url, fake_upstream)
-    services = build_services(settings)
-    queue = JobQueue(settings, services.redis)
-    responder = InductionResponder()
-    fake_upstream.responder = lambda body: Reply(json=responder(body), delay=0.02)
+    fake_upstream.responder = InductionResponder().slowed(0.02)
     users = [f"user-{n}" for n in range(8)]
     env = process_env(
         redis_url,
@@ -184,7 +170,8 @@ async def test_two_workers_run_each_job_once(
         jobs_retry_defer_s="0.2",
     )
     logs = [tmp_path / "worker-1.log", tmp_path / "worker-2.log"]
-    try:
+    async with store_services(settings) as services:
+        queue = JobQueue(settings, services.redis)
         for user in users:
             await services.preferences.add_pairs("tenant-a", user, make_pairs(user, 5))
         job_ids = [(await queue.enqueue_refresh("tenant-a", user))[0] for user in users]
@@ -203,5 +190,3 @@ async def test_two_workers_run_each_job_once(
         assert ran[0] | ran[1] == set(job_ids)
         assert not ran[0] & ran[1]
         assert ran[0] and ran[1], [log.read_text()[-2000:] for log in logs]
-    finally:
-        await services.close()

@@ -321,16 +321,15 @@ def test_a_paused_redis_costs_the_call_nothing_but_the_choice(
     """The posteriors are read with the persona, within its timeout: when Redis does not answer the call
     goes on with the fallback arm, no persona, and a 503 only where a reward must be written."""
     config = {"default": {"arms": ["off", "inject"], "mode": "auto"}}
-    with running(fresh_redis.url, fake_upstream, [], policy=config, redis_socket_timeout_s=0.5) as proxy:
-        fresh_redis.pause()
-        try:
-            started = time.monotonic()
-            assert ask(client(proxy, mode=None), "jim") == "inject"
-            assert time.monotonic() - started < 10  # not a wait on Redis (its socket timeout is 0.5 s)
-            with admin_client(proxy) as http:
-                assert reward(http, "jim", "inject", 1.0).status_code == 503
-        finally:
-            fresh_redis.resume()
+    with (
+        running(fresh_redis.url, fake_upstream, [], policy=config, redis_socket_timeout_s=0.5) as proxy,
+        fresh_redis.while_paused(),
+    ):
+        started = time.monotonic()
+        assert ask(client(proxy, mode=None), "jim") == "inject"
+        assert time.monotonic() - started < 10  # not a wait on Redis (its socket timeout is 0.5 s)
+        with admin_client(proxy) as http:
+            assert reward(http, "jim", "inject", 1.0).status_code == 503
 
 
 def test_feedback_on_an_answer_rewards_the_arm_that_gave_it(

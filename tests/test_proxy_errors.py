@@ -91,8 +91,7 @@ def test_too_large_body_is_413(redis_url: str, fake_upstream: FakeUpstream) -> N
 def test_fields_that_redirect_the_upstream_are_refused(
     proxy: RunningProxy, fake_upstream: FakeUpstream, field: str
 ) -> None:
-    attacker = FakeUpstream().start()
-    try:
+    with FakeUpstream() as attacker:
         value: Any = attacker.base_url if field != "extra_headers" else {"Authorization": "Bearer x"}
         with pytest.raises(openai.BadRequestError) as err:
             sdk(proxy).chat.completions.create(
@@ -101,8 +100,6 @@ def test_fields_that_redirect_the_upstream_are_refused(
         assert err.value.body["param"] == field  # type: ignore[index]
         assert attacker.requests == []
         assert fake_upstream.chat_requests == []
-    finally:
-        attacker.stop()
 
 
 def test_unknown_route_and_method_are_openai_shaped(proxy: RunningProxy) -> None:

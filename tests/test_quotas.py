@@ -350,14 +350,12 @@ def test_quotas_fail_open_when_redis_is_down(
 
 
 async def test_induction_calls_count_against_the_tenant(redis_url: str, fake_upstream: FakeUpstream) -> None:
-    from middleware.services import build_services
     from tests.induction_fakes import InductionResponder, make_pairs
+    from tests.jobs_support import store_services
 
     limits = {"default": {"requests_per_minute": 1000, "tokens_per_day": 10**9}}
-    services = build_services(
-        proxy_settings(redis_url, fake_upstream, induction_model="fake-judge", limits=limits)
-    )
-    try:
+    settings = proxy_settings(redis_url, fake_upstream, induction_model="fake-judge", limits=limits)
+    async with store_services(settings) as services:
         await services.preferences.add_pairs("tenant-a", "alice", make_pairs("alice", 10))
         fake_upstream.responder = InductionResponder()
         await services.induction.induce("tenant-a", "alice")
@@ -368,8 +366,6 @@ async def test_induction_calls_count_against_the_tenant(redis_url: str, fake_ups
         assert client.llen("pm:{limits:tenant-a}:rpm") == calls
         assert int(cast(Any, client.get(f"pm:{{limits:tenant-a}}:tokens:{day}")) or 0) > 0
         client.close()
-    finally:
-        await services.close()
 
 
 def judging(body: dict[str, Any]) -> str | dict[str, Any]:

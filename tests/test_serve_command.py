@@ -14,14 +14,9 @@ from pathlib import Path
 import httpx
 
 from tests.support.fake_upstream import FakeUpstream
+from tests.support.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_serve_starts_a_local_redis_when_none_is_reachable(tmp_path: Path, fake_upstream: FakeUpstream) -> None:

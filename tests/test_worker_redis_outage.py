@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -12,35 +11,24 @@ from typing import Any
 import pytest
 
 from middleware.induction.queue import JobQueue
-from middleware.services import build_services
 from tests.induction_fakes import InductionResponder, make_pairs
-from tests.jobs_support import job_settings
+from tests.jobs_support import job_settings, store_services
 from tests.support.fake_upstream import FakeUpstream
+from tests.support.lifecycle import stop_process
+from tests.support.processes import quick_worker_env, start_worker
 from tests.support.redis_server import RedisServer
-from tests.test_jobs_crash import start_worker
+from tests.support.waiting import await_until
 
 T = "tenant-a"
-
-
-async def until(condition: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(0.05)
-    return True
 
 
 async def refresh(redis_url: str, upstream: FakeUpstream, user: str) -> dict[str, Any] | None:
     """Enqueue one refresh for a user with enough pairs and wait for the worker to finish it."""
     settings = job_settings(redis_url, upstream)
-    services = build_services(settings)
-    try:
+    async with store_services(settings) as services:
         await services.preferences.add_pairs(T, user, make_pairs(user, 5))
         job_id, _ = await JobQueue(settings, services.redis).enqueue_refresh(T, user)
         return await JobQueue(settings, services.redis).wait(job_id, timeout=30)
-    finally:
-        await services.close()
 
 
 @pytest.mark.slow
@@ -50,7 +38,7 @@ async def test_worker_survives_a_redis_restart_and_a_pause(
     server = redis_factory()
     fake_upstream.responder = InductionResponder()
     log = tmp_path / "worker.log"
-    worker = start_worker(server.url, fake_upstream, log)
+    worker = start_worker(quick_worker_env(server.url, fake_upstream), log)
 
     def logged(text: str) -> int:
         return log.read_text(errors="replace").count(text)
@@ -60,7 +48,7 @@ async def test_worker_survives_a_redis_restart_and_a_pause(
         assert first is not None and first["state"] == "complete", log.read_text()[-2000:]
 
         server.kill()
-        assert await until(lambda: logged("Redis unreachable") >= 1, timeout=15), log.read_text()[-2000:]
+        assert await await_until(lambda: logged("Redis unreachable") >= 1, timeout=15), log.read_text()[-2000:]
         await asyncio.sleep(3)  # the outage lasts a few seconds
         assert worker.poll() is None, log.read_text()[-2000:]
         server.restart()
@@ -69,23 +57,15 @@ async def test_worker_survives_a_redis_restart_and_a_pause(
         assert logged("Redis reachable again") >= 1
 
         outages = logged("Redis unreachable")
-        server.pause()
-        paused_at = time.monotonic()
-        try:
+        with server.while_paused():
+            paused_at = time.monotonic()
             # Noticed once a command passes the socket timeout (later on a loaded machine).
-            assert await until(lambda: logged("Redis unreachable") > outages, timeout=10), log.read_text()[-2000:]
+            assert await await_until(lambda: logged("Redis unreachable") > outages, timeout=10), log.read_text()[-2000:]
             await asyncio.sleep(max(0.0, 5 - (time.monotonic() - paused_at)))  # a pause of at least 5 s
-        finally:
-            server.resume()
         assert worker.poll() is None, log.read_text()[-2000:]
         after_pause = await refresh(server.url, fake_upstream, "after-pause")
         assert after_pause is not None and after_pause["state"] == "complete", log.read_text()[-2000:]
         assert logged("Redis reachable again") >= 2
         assert worker.poll() is None
     finally:
-        if worker.poll() is None:
-            worker.terminate()
-            try:
-                worker.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                worker.kill()
+        stop_process(worker)

@@ -27,10 +27,12 @@ from urllib.parse import parse_qsl, unquote
 
 from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
 from redis.asyncio.cluster import ClusterNode
+from redis.asyncio.connection import Connection
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 
 from middleware.config import Settings
 from middleware.store.guard import STORE_ERRORS
+from middleware.store.lane import RedisLane, attach, lane_of
 
 Topology = Literal["standalone", "sentinel", "cluster"]
 _SCHEMES: dict[str, tuple[Topology, bool]] = {
@@ -189,7 +191,30 @@ def create_redis(settings: Settings, url: str | None = None, *, caller_timeouts:
         socket_timeout=kwargs["socket_timeout"],
         retry_on_timeout=False,
     )
-    return Redis(connection_pool=pool)
+    client = Redis(connection_pool=pool)
+    if caller_timeouts and pool.connection_class is Connection:  # plain TCP: the hot path's lane
+        options = pool.connection_kwargs
+        attach(
+            client,
+            RedisLane(
+                options.get("host", "localhost"),
+                int(options.get("port", 6379)),
+                username=options.get("username"),
+                password=options.get("password"),
+                db=int(options.get("db") or 0),
+                connect_timeout_s=settings.redis_connect_timeout_s,
+                stall_s=settings.redis_socket_timeout_s,
+            ),
+        )
+    return client
+
+
+async def close_redis(client: Redis) -> None:
+    """Close a client made by `create_redis`, and its lane if it has one."""
+    lane = lane_of(client)
+    if lane is not None:
+        lane.close()
+    await client.aclose()
 
 
 def jobs_redis_url(settings: Settings) -> str:

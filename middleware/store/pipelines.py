@@ -17,9 +17,8 @@ from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import NoScriptError, ResponseError
 
 from middleware.store.guard import resolved
-
-# A command as redis-py sends it: its name and arguments.
-Command = tuple[str | int | float | bytes, ...]
+from middleware.store.lane import Command as Command  # a command as redis-py sends it: its name and arguments
+from middleware.store.lane import lane_of
 
 
 def sha1(script: str) -> str:
@@ -74,6 +73,9 @@ async def send(redis: Redis, commands: Sequence[Command]) -> list[Any]:
     packing in Python, its reply callbacks, and its checks and retries around every command cost a
     fifth of a hot-path call's CPU. A Cluster gets
     redis-py's cluster pipeline, which routes each command to its slot's node."""
+    lane = lane_of(redis)
+    if lane is not None:  # the hot path's client: pipelined with every other call's (store/lane.py)
+        return await lane.execute(commands)
     if isinstance(redis, RedisCluster):
         pipe = redis.pipeline(transaction=False)
         for command in commands:

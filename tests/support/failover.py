@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,10 +25,9 @@ import redis
 
 from middleware.config import Settings
 from middleware.induction.jobs import build_worker
-from middleware.services import build_services
 from middleware.store import keys
 from tests.induction_fakes import InductionResponder, make_pairs
-from tests.jobs_support import FAST_JOBS
+from tests.jobs_support import FAST_JOBS, store_services
 from tests.support.dropin import give_persona
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.proxy import APP_KEY_A, proxy_settings, start_proxy
@@ -144,21 +144,13 @@ async def _write_loop(base: str, figures: Figures, stop: asyncio.Event) -> None:
             await asyncio.sleep(0.02)
 
 
-def slowed(responder: InductionResponder, delay_s: float) -> Any:
-    async def respond(body: dict[str, Any]) -> Any:
-        await asyncio.sleep(delay_s)
-        return responder(body)
-
-    return respond
-
-
 async def drill(
     topology: str,
     redis_url: str,
     jobs_url: str,
     upstream: FakeUpstream,
-    kill: Any,
-    restart_when_replaced: Any,
+    kill: Callable[[], None],
+    restart_when_replaced: Callable[[], bool],
     *,
     before_s: float = 2.0,
     max_window_s: float = 20.0,
@@ -166,7 +158,7 @@ async def drill(
 ) -> Figures:
     """Run the load, `kill()` the user's master after `before_s`, and measure until persona and
     writes are back (bounded by `max_window_s`) plus `after_s`; then let the job finish."""
-    upstream.responder = slowed(InductionResponder(), 0.15)
+    upstream.responder = InductionResponder().slowed(0.15)
     settings: Settings = proxy_settings(
         redis_url,
         upstream,
@@ -176,11 +168,8 @@ async def drill(
         redis_wait_timeout_ms=1000,
     )
     figures = Figures(topology)
-    services = build_services(settings)
-    try:
+    async with store_services(settings) as services:
         await services.preferences.add_pairs(TENANT, USER, make_pairs(USER, 8))
-    finally:
-        await services.close()
     worker = build_worker(settings, handle_signals=False)
     worker_task = asyncio.create_task(worker.async_run())
     stop = asyncio.Event()
@@ -216,13 +205,10 @@ async def drill(
                     break
                 await asyncio.sleep(0.2)
             figures.worker_alive = not worker_task.done()
-            services = build_services(settings)
-            try:
+            async with store_services(settings) as services:
                 records = await services.preferences.records(TENANT, USER)
                 stored = {r.data.get("item_id") for r in records}
                 figures.writes_found = sum(1 for w in figures.writes_acked if w in stored)
-            finally:
-                await services.close()
         finally:
             stop.set()
             await admin.aclose()
@@ -235,17 +221,18 @@ async def drill(
     return figures
 
 
-def cluster_kill(cluster: LocalCluster) -> tuple[Any, Any]:
-    """kill -9 the master of the user's slot; restart it once its replica has taken the slot."""
+def kill_master(current_master: Callable[[], RedisServer]) -> tuple[Callable[[], None], Callable[[], bool]]:
+    """`kill()`: kill -9 the server `current_master()` names. `restart_when_replaced()`: once another
+    server is named master, start the killed one again (it comes back as a replica); says if it did."""
     victim: list[RedisServer] = []
 
     def kill() -> None:
-        victim.append(cluster.master_of(keys.persona_current(TENANT, USER)))
+        victim.append(current_master())
         victim[0].kill()
 
     def restart_when_replaced() -> bool:
         try:
-            now = cluster.master_of(keys.persona_current(TENANT, USER))
+            now = current_master()
         except (redis.RedisError, OSError, LookupError, StopIteration):  # a moment without an answer
             return False
         if now is victim[0]:
@@ -256,21 +243,11 @@ def cluster_kill(cluster: LocalCluster) -> tuple[Any, Any]:
     return kill, restart_when_replaced
 
 
-def sentinel_kill(group: SentinelGroup) -> tuple[Any, Any]:
-    victim: list[RedisServer] = []
+def cluster_kill(cluster: LocalCluster) -> tuple[Callable[[], None], Callable[[], bool]]:
+    """The master of the user's slot."""
+    return kill_master(lambda: cluster.master_of(keys.persona_current(TENANT, USER)))
 
-    def kill() -> None:
-        victim.append(group.master())
-        victim[0].kill()
 
-    def restart_when_replaced() -> bool:
-        try:
-            now = group.master()
-        except (redis.RedisError, OSError, LookupError, StopIteration):
-            return False
-        if now is victim[0]:
-            return False
-        victim[0].restart()
-        return True
-
-    return kill, restart_when_replaced
+def sentinel_kill(group: SentinelGroup) -> tuple[Callable[[], None], Callable[[], bool]]:
+    """The master the sentinels name."""
+    return kill_master(group.master)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,15 +15,11 @@ from pathlib import Path
 import httpx
 
 from tests.support.fake_upstream import FakeUpstream
+from tests.support.lifecycle import stop_process
+from tests.support.ports import free_port
 from tests.support.proxy import ADMIN_KEY, APP_KEY_A, APP_KEY_B
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def process_env(redis_url: str, upstream: FakeUpstream, **settings: str) -> dict[str, str]:
@@ -68,17 +63,6 @@ class ServeProcess:
         return self.log.read_text(errors="replace")
 
 
-def _stop(process: subprocess.Popen[str], sig: int = signal.SIGINT) -> None:
-    if process.poll() is not None:
-        return
-    process.send_signal(sig)
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=10)
-
-
 @contextmanager
 def serving(env: Mapping[str, str], log: Path, *, workers: int = 1) -> Iterator[ServeProcess]:
     """`persona serve --workers N` on a free port, up once every worker answers /readyz; stopped
@@ -105,7 +89,35 @@ def serving(env: Mapping[str, str], log: Path, *, workers: int = 1) -> Iterator[
             time.sleep(0.1)
         yield running
     finally:
-        _stop(process)
+        stop_process(process, signal.SIGINT, timeout=30)
+
+
+def quick_worker_env(redis_url: str, upstream: FakeUpstream) -> dict[str, str]:
+    """A worker's environment with fast job settings, one induction call at a time, and a job whose
+    worker died taken up again within seconds (its in-progress marker expires after 4 + 0.5 s)."""
+    return process_env(
+        redis_url,
+        upstream,
+        induction_model="fake-judge",
+        induction_concurrency="1",
+        jobs_timeout_s="4",
+        jobs_in_progress_grace_s="0.5",
+        worker_poll_s="0.05",
+        jobs_retry_defer_s="0.2",
+    )
+
+
+def start_worker(env: Mapping[str, str], log: Path) -> subprocess.Popen[str]:
+    """A `persona worker` process; its output is added to `log` (a restarted worker's too)."""
+    with log.open("a") as sink:
+        return subprocess.Popen(
+            [sys.executable, "-m", "middleware", "worker"],
+            cwd=ROOT,
+            env=dict(env),
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
 
 
 @contextmanager
@@ -114,18 +126,8 @@ def workers(env: Mapping[str, str], logs: list[Path]) -> Iterator[list[subproces
     started: list[subprocess.Popen[str]] = []
     try:
         for log in logs:
-            with log.open("w") as sink:
-                started.append(
-                    subprocess.Popen(
-                        [sys.executable, "-m", "middleware", "worker"],
-                        cwd=ROOT,
-                        env=dict(env),
-                        stdout=sink,
-                        stderr=subprocess.STDOUT,
-                        text=True,
-                    )
-                )
+            started.append(start_worker(env, log))
         yield started
     finally:
         for process in started:
-            _stop(process, signal.SIGTERM)
+            stop_process(process)

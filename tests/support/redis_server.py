@@ -9,8 +9,12 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from types import TracebackType
+
+from tests.support.lifecycle import Started, stop_process
+from tests.support.ports import SHARED_REDIS_PORT, free_port
 
 _SEARCH_DIRS = ("/usr/sbin", "/usr/bin", "/usr/local/bin", "/opt/homebrew/bin")
 
@@ -29,15 +33,6 @@ def find_redis_server() -> str:
     )
 
 
-def _free_port(host: str = "127.0.0.1") -> int:
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind((host, 0))
-            port = int(s.getsockname()[1])
-        if port != 6379:
-            return port
-
-
 def ping(host: str, port: int, timeout: float = 0.5) -> bool:
     """True when the server answers ``PING`` with ``+PONG`` (``-LOADING`` counts as not ready)."""
     try:
@@ -48,7 +43,7 @@ def ping(host: str, port: int, timeout: float = 0.5) -> bool:
         return False
 
 
-class RedisServer:
+class RedisServer(Started):
     """``redis-server`` on a free loopback port with its own temporary directory.
 
     ``appendonly=True`` turns on the AOF with ``appendfsync everysec`` so that ``kill()`` then
@@ -64,10 +59,10 @@ class RedisServer:
         extra_args: list[str] | None = None,
         startup_timeout: float = 10.0,
     ) -> None:
-        if port == 6379:
+        if port == SHARED_REDIS_PORT:
             raise ValueError("port 6379 belongs to the shared Redis; tests use their own port")
         self.host = host
-        self.port = port or _free_port(host)
+        self.port = port or free_port(host)
         self._port_fixed = port is not None
         self.appendonly = appendonly
         self.extra_args = list(extra_args or [])
@@ -142,7 +137,7 @@ class RedisServer:
             # the port may have been taken between choosing and binding; pick another
             # (only when the caller did not ask for this exact port, i.e. not on restart)
             if attempt + 1 < attempts and not self._port_fixed:
-                self.port = _free_port(self.host)
+                self.port = free_port(self.host)
         raise RuntimeError(f"redis-server did not start on port {self.port}: {self._log_tail()}")
 
     def _wait_ready(self) -> bool:
@@ -194,6 +189,15 @@ class RedisServer:
         self._signal(signal.SIGCONT)
         self.paused = False
 
+    @contextmanager
+    def while_paused(self) -> Iterator[None]:
+        """``pause()`` for the ``with`` block, ``resume()`` after it however it ends."""
+        self.pause()
+        try:
+            yield
+        finally:
+            self.resume()
+
     def restart(self) -> RedisServer:
         """Start again on the same port and directory (so an AOF is replayed). Kills first if running."""
         if self.running:
@@ -221,25 +225,9 @@ class RedisServer:
             if self.paused:
                 os.kill(self.proc.pid, signal.SIGCONT)
                 self.paused = False
-            self.proc.terminate()
-            try:
-                self.proc.wait(5.0)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5.0)
+            stop_process(self.proc, timeout=5.0)
         self.proc = None
         shutil.rmtree(self.dir, ignore_errors=True)
-
-    def __enter__(self) -> RedisServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         state = "paused" if self.paused else ("running" if self.running else "stopped")

@@ -9,15 +9,18 @@ from __future__ import annotations
 import shutil
 import subprocess
 import tempfile
-import time
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from pathlib import Path
 
 import pytest
 import redis
 from redis.crc import key_slot
 
-from tests.support.redis_server import RedisServer, _free_port, find_redis_server, ping
+from tests.support.lifecycle import Started, stop_process
+from tests.support.ports import free_port
+from tests.support.redis_server import RedisServer, find_redis_server, ping
+from tests.support.waiting import wait_until
 
 NODE_TIMEOUT_MS = 2000
 # A replica's first full copy starts at once (the default waits 5 s for more replicas to join).
@@ -25,30 +28,29 @@ FAST_SYNC = ["--repl-diskless-sync-delay", "0"]
 
 
 def wait_for(condition: Callable[[], bool], timeout: float, what: str, interval: float = 0.05) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    """`wait_until`, a Redis error counting as not yet; TimeoutError at the deadline."""
+
+    def holds() -> bool:
         try:
-            if condition():
-                return
+            return condition()
         except (redis.RedisError, OSError):
-            pass
-        time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
+            return False
+
+    if not wait_until(holds, timeout, interval):
+        raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
 
 
-def _client(server: RedisServer, password: str | None = None) -> redis.Redis:
+def _client(server: RedisServer | Sentinel, password: str | None = None) -> redis.Redis:
+    """A client of one server (callers close it: `with closing(_client(...))`)."""
     return redis.Redis(
         host=server.host, port=server.port, password=password, socket_timeout=2, socket_connect_timeout=1
     )
 
 
 def _info(server: RedisServer, section: str, password: str | None = None) -> dict[str, object]:
-    client = _client(server, password)
-    try:
+    with closing(_client(server, password)) as client:
         info: dict[str, object] = client.info(section)  # type: ignore[assignment]
         return info
-    finally:
-        client.close()
 
 
 def _replica_online(master: RedisServer, password: str | None = None) -> bool:
@@ -58,7 +60,7 @@ def _replica_online(master: RedisServer, password: str | None = None) -> bool:
     return isinstance(replica, dict) and replica.get("state") == "online"
 
 
-class LocalCluster:
+class LocalCluster(Started):
     """Six `redis-server --cluster-enabled yes` nodes joined by `redis-cli --cluster create`."""
 
     def __init__(
@@ -101,11 +103,11 @@ class LocalCluster:
                 "--cluster-config-file", "nodes.conf",
                 "--cluster-node-timeout", str(NODE_TIMEOUT_MS),
                 # an explicit bus port: the default (port + 10000) fails above port 55535
-                "--cluster-port", str(_free_port()),
+                "--cluster-port", str(free_port()),
                 *FAST_SYNC,
             ]  # fmt: skip
             if self.tls is not None:
-                self.tls_ports.append(_free_port())
+                self.tls_ports.append(free_port())
                 extra += [
                     "--tls-port", str(self.tls_ports[-1]), "--tls-cluster", "yes", "--tls-replication", "yes",
                     "--tls-cert-file", str(self.tls / "server.crt"), "--tls-key-file", str(self.tls / "server.key"),
@@ -114,10 +116,9 @@ class LocalCluster:
             node = RedisServer(extra_args=extra).start()
             self.nodes.append(node)
             if self.password:  # set once up (the readiness check pings without a password)
-                client = _client(node)
-                client.config_set("masterauth", self.password)
-                client.config_set("requirepass", self.password)
-                client.close()
+                with closing(_client(node)) as client:
+                    client.config_set("masterauth", self.password)
+                    client.config_set("requirepass", self.password)
         addresses = [f"{n.host}:{n.port}" for n in self.nodes]
         subprocess.run(
             [cli, *(["-a", self.password, "--no-auth-warning"] if self.password else []),
@@ -137,12 +138,9 @@ class LocalCluster:
     def healthy(self) -> bool:
         """Every live node sees the cluster ok, each master has a replica in sync."""
         for node in self.live():
-            client = _client(node, self.password)
-            try:
+            with closing(_client(node, self.password)) as client:
                 if client.execute_command("CLUSTER INFO")["cluster_state"] != "ok":  # type: ignore[no-untyped-call]
                     return False
-            finally:
-                client.close()
         masters = self.masters()
         if len(masters) != self.count // (1 + self.replicas_per_master):
             return False
@@ -151,23 +149,17 @@ class LocalCluster:
     def master_of(self, key: str) -> RedisServer:
         """The live node that serves `key`'s slot as master (asked of the cluster itself)."""
         slot = key_slot(key.encode())
-        client = _client(self.live()[0], self.password)
-        try:
+        with closing(_client(self.live()[0], self.password)) as client:
             for start, end, master, *_ in client.execute_command("CLUSTER SLOTS"):  # type: ignore[no-untyped-call]
                 if int(start) <= slot <= int(end):
                     port = int(master[1])
                     return next(n for n in self.nodes if n.port == port)
-        finally:
-            client.close()
         raise LookupError(f"no master for slot {slot}")
 
     def flush(self) -> None:
         for node in self.masters():
-            client = _client(node, self.password)
-            try:
+            with closing(_client(node, self.password)) as client:
                 client.flushall()
-            finally:
-                client.close()
 
     def stop(self) -> None:
         for node in self.nodes:
@@ -217,7 +209,7 @@ class Sentinel:
     """One `redis-server --sentinel` process with its own config file."""
 
     def __init__(self, master_port: int, master_name: str, down_after_ms: int) -> None:
-        self.port = _free_port()
+        self.host, self.port = "127.0.0.1", free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="persona-sentinel-"))
         conf = self.dir / "sentinel.conf"
         conf.write_text(
@@ -234,17 +226,11 @@ class Sentinel:
         wait_for(lambda: ping("127.0.0.1", self.port), 10, f"sentinel on {self.port}")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc, timeout=5.0)
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-class SentinelGroup:
+class SentinelGroup(Started):
     """A master, its replica and three sentinels watching them (quorum 2)."""
 
     def __init__(self, master_name: str = "persona", down_after_ms: int = 1000) -> None:
@@ -278,30 +264,21 @@ class SentinelGroup:
 
     def _sentinels_agree(self) -> bool:
         for sentinel in self.sentinels:
-            client = redis.Redis(host="127.0.0.1", port=sentinel.port, socket_timeout=2)
-            try:
+            with closing(_client(sentinel)) as client:
                 state = client.sentinel_master(self.master_name)  # type: ignore[no-untyped-call]
-            finally:
-                client.close()
             if int(state["num-other-sentinels"]) < 2 or int(state["num-slaves"]) < 1:
                 return False
         return True
 
     def master(self) -> RedisServer:
         """The server the sentinels name as master now."""
-        client = redis.Redis(host="127.0.0.1", port=self.sentinels[0].port, socket_timeout=2)
-        try:
+        with closing(_client(self.sentinels[0])) as client:
             _, port = client.sentinel_get_master_addr_by_name(self.master_name)  # type: ignore[no-untyped-call]
-        finally:
-            client.close()
         return next(s for s in self.servers if s.port == int(port))
 
     def flush(self) -> None:
-        client = _client(self.master())
-        try:
+        with closing(_client(self.master())) as client:
             client.flushall()
-        finally:
-            client.close()
 
     def stop(self) -> None:
         for sentinel in self.sentinels:
@@ -314,11 +291,8 @@ class SentinelGroup:
 @pytest.fixture(scope="module")
 def redis_cluster() -> Iterator[LocalCluster]:
     """A 3-master, 3-replica cluster shared by one test module (use `cluster_url` for a flushed one)."""
-    cluster = LocalCluster().start()
-    try:
+    with LocalCluster() as cluster:
         yield cluster
-    finally:
-        cluster.stop()
 
 
 @pytest.fixture
@@ -330,18 +304,12 @@ def cluster_url(redis_cluster: LocalCluster) -> str:
 @pytest.fixture
 def fresh_cluster() -> Iterator[LocalCluster]:
     """A cluster of this test's own (safe to kill nodes of)."""
-    cluster = LocalCluster().start()
-    try:
+    with LocalCluster() as cluster:
         yield cluster
-    finally:
-        cluster.stop()
 
 
 @pytest.fixture
 def fresh_sentinel_group() -> Iterator[SentinelGroup]:
     """A Sentinel group of this test's own (safe to kill its master)."""
-    group = SentinelGroup().start()
-    try:
+    with SentinelGroup() as group:
         yield group
-    finally:
-        group.stop()

@@ -6,10 +6,11 @@ import contextlib
 import socket
 import threading
 import time
-from types import TracebackType
 from typing import Any
 
 import uvicorn
+
+from tests.support.lifecycle import Started
 
 
 def _loop_name() -> str:
@@ -20,7 +21,7 @@ def _loop_name() -> str:
     return "uvloop"
 
 
-class ServerThread:
+class ServerThread(Started):
     """Serve ``app`` on 127.0.0.1 in a daemon thread.
 
     The listening socket is bound before the thread starts (port 0 unless ``port`` is given),
@@ -123,14 +124,3 @@ class ServerThread:
             with contextlib.suppress(OSError):
                 self._sock.close()
             self._sock = None
-
-    def __enter__(self) -> ServerThread:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

@@ -284,6 +284,14 @@ class FakeUpstreamApp:
 
     async def _responses(self, body: dict[str, Any], rec: RecordedRequest, receive: Any, send: Any) -> None:
         reply = await self._resolve(body)
+        delay = reply.delay if reply is not None else self.default_delay
+        if delay > 0:  # before the headers, as on chat completions
+            watch = _DisconnectWatch(rec, receive)
+            try:
+                if await watch.wait(delay):
+                    return
+            finally:
+                watch.close()
         if reply is not None and reply.status != 200:
             await self._send_error_reply(send, rec, reply)
             return

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import time
 from collections.abc import Callable
-from types import TracebackType
 
 from tests.support.fake_upstream.app import make_app
 from tests.support.fake_upstream.models import RecordedRequest, Reply, Responder
+from tests.support.lifecycle import Started
 from tests.support.server_thread import ServerThread
+from tests.support.waiting import await_until, wait_until
 
 
-class FakeUpstream:
+class FakeUpstream(Started):
     """The fake served from a background thread on 127.0.0.1 (a free port)."""
 
     def __init__(self, *, port: int = 0, default_delay: float = 0.0) -> None:
@@ -27,17 +26,6 @@ class FakeUpstream:
 
     def stop(self) -> None:
         self._server.stop()
-
-    def __enter__(self) -> FakeUpstream:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     @property
     def port(self) -> int:
@@ -91,13 +79,7 @@ class FakeUpstream:
 
     def wait_for(self, predicate: Callable[[], bool], timeout: float = 5.0, interval: float = 0.01) -> bool:
         """Poll ``predicate`` until true or ``timeout``; returns its last value."""
-        deadline = time.monotonic() + timeout
-        while True:
-            if predicate():
-                return True
-            if time.monotonic() >= deadline:
-                return bool(predicate())
-            time.sleep(interval)
+        return wait_until(predicate, timeout, interval)
 
     def wait_for_requests(self, n: int, timeout: float = 5.0) -> list[RecordedRequest]:
         self.wait_for(lambda: len(self.app.requests) >= n, timeout)
@@ -107,13 +89,7 @@ class FakeUpstream:
         self, predicate: Callable[[], bool], timeout: float = 5.0, interval: float = 0.01
     ) -> bool:
         """``wait_for`` for async tests (does not block the event loop)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            if predicate():
-                return True
-            if time.monotonic() >= deadline:
-                return bool(predicate())
-            await asyncio.sleep(interval)
+        return await await_until(predicate, timeout, interval)
 
 
 def main(argv: list[str] | None = None) -> None:
