@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import random
-import time
+from contextlib import closing
 from typing import Any
 
 import httpx
@@ -25,6 +25,7 @@ from tests.support.fake_upstream.responses_api import build_response
 from tests.support.fake_upstream.responses_api import stream_events as responses_events
 from tests.support.fake_upstream.sse import stream_events as chat_events
 from tests.support.proxy import APP_KEY_A, proxy_settings, start_proxy
+from tests.support.waiting import wait_until
 
 TEXT = 'Line one,\n"quoted" \\ back\tslash, é, 日本, emoji 😀 and \u2028 done.'
 
@@ -186,11 +187,11 @@ def test_a_stream_whose_client_went_away_keeps_the_text_it_was_sent(
             chunks = response.iter_bytes()
             next(chunks)
             next(chunks)
-        store = redis.Redis.from_url(redis_url)
-        deadline = time.monotonic() + 5
-        while (raw := store.hget(keys.feedback("tenant-a", "alice", response_id), "record")) is None:
-            assert time.monotonic() < deadline, "no record"
-            time.sleep(0.01)
-        store.close()
+        with closing(redis.Redis.from_url(redis_url)) as store:
+            key = keys.feedback("tenant-a", "alice", response_id)
+            assert wait_until(
+                lambda: bool(store.hexists(key, "record")), timeout=5
+            )  # written behind the answer
+            raw = store.hget(key, "record")
     kept = orjson.loads(raw)["answer"]  # type: ignore[arg-type]
     assert kept.startswith("w0 ") and whole.startswith(kept) and len(kept) < len(whole)
