@@ -8,7 +8,9 @@ template with two exemplars, as in benchmarks/proxy_overhead.py. Rows: the sent 
 (the upstream encoded it as orjson does) against the whole object parsed and written again (what an
 upstream that escapes it otherwise gets, and what every answer got before the swap); the id of a
 response without persona read off its front against parsed; the owner record queued alone. The owner
-record's writes go to a stub (its Redis round trip, behind the answer, is not counted).
+record's writes go to a stub (its Redis round trip, behind the answer, is not counted). The same
+response streamed (the fake's events, one chunk each) through the stream restorer, with the swap and
+parsing every event that carries `instructions`.
 
 CPU time of the process (`time.process_time`), the median of the runs. No server, no sockets, no Redis.
 
@@ -32,11 +34,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's 
 from middleware.api.openai_responses import Created
 from middleware.models import Persona
 from middleware.personalize.block import render_persona_block
-from middleware.personalize.placement import InstructionsSwap, response_id_of, with_instructions
+from middleware.personalize.placement import (
+    InstructionsSwap,
+    ResponsesStreamRestorer,
+    response_id_of,
+    with_instructions,
+)
 from middleware.services import Services
 from middleware.store.response_owners import ResponseOwner
 from tests.support.fake_upstream.models import Reply
-from tests.support.fake_upstream.responses_api import build_response
+from tests.support.fake_upstream.responses_api import build_response, stream_events
 
 APP = "You are a helpful assistant for the ACME store."
 PERSONA = (
@@ -77,6 +84,14 @@ def sent_instructions() -> tuple[str, int | None]:
     return with_instructions(APP, block)
 
 
+def restored_stream(events: list[bytes], app_chars: int | None, swap: InstructionsSwap | None) -> list[bytes]:
+    """The events through the stream restorer, one chunk each (as the upstream sends them)."""
+    restorer = ResponsesStreamRestorer(app_chars, swap=swap)
+    out = [restorer.feed(event) for event in events]
+    out.append(restorer.flush())
+    return out
+
+
 def cpu_us(call: Callable[[], object], calls: int) -> float:
     started = time.process_time()
     for _ in range(calls):
@@ -107,6 +122,12 @@ def main(runs: int, calls: int) -> None:
         "id, parsed": lambda: orjson.loads(plain).get("id"),
         "record alone": lambda: owners.record_later(response_id, personalized),
     }
+    events = stream_events(orjson.loads(data))
+    for swap in (swapped.swap, None):
+        assert b"user_preferences" not in b"".join(restored_stream(events, app_chars, swap))
+    known = swapped.swap
+    cases[f"stream of {len(events)} events, swap"] = lambda: restored_stream(events, app_chars, known)
+    cases[f"stream of {len(events)} events, parse"] = lambda: restored_stream(events, app_chars, None)
     samples: dict[str, list[float]] = {label: [] for label in cases}
     for _ in range(runs):
         for label, call in cases.items():

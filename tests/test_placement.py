@@ -190,3 +190,45 @@ def test_response_id_read_off_the_front_or_parsed() -> None:
         b'{"output":[{"id":"msg_1"}],"id":"resp_2"}',
         "resp_2",
     )
+
+
+@given(
+    event_order=st.permutations(["type", "sequence_number", "response"]),
+    order=st.permutations(list(_response(None))),
+    spaced=st.booleans(),
+)
+def test_stream_response_id_is_the_responses_own_in_any_key_order(
+    event_order: list[str], order: list[str], spaced: bool
+) -> None:
+    n = len(APP)
+    separators = (", ", ": ") if spaced else (",", ":")
+    response = {key: _response(SENT)[key] for key in order}
+    events = [
+        {"type": "response.created", "sequence_number": 0, "response": response},
+        {"type": "response.output_item.added", "sequence_number": 1, "item": {"id": "msg_1"}},
+        {"type": "response.completed", "sequence_number": 2, "response": response},
+    ]
+    raw = b"".join(
+        b"event: "
+        + str(event["type"]).encode()
+        + b"\ndata: "
+        + json.dumps({k: event[k] for k in event_order if k in event} | event, separators=separators).encode()
+        + b"\n\n"
+        for event in events
+    )
+    key = b'"instructions": ' if spaced else b'"instructions":'
+    for restore, swap in ((True, InstructionsSwap(SENT, n)), (True, None), (False, None)):
+        restorer = ResponsesStreamRestorer(n, restore=restore, swap=swap)
+        out = restorer.feed(raw) + restorer.flush()
+        assert restorer.response_id == "resp_top"
+        if not restore:
+            assert out == raw
+        elif swap is not None:  # swapped in place, every other byte as it came
+            assert out == raw.replace(key + json.dumps(SENT).encode(), key + json.dumps(APP).encode())
+        else:
+            shown = [json.loads(line[5:]) for line in out.split(b"\n") if line.startswith(b"data:")]
+            assert [e.get("response") for e in shown] == [
+                _response(APP, persona=SENT),
+                None,
+                _response(APP, persona=SENT),
+            ]

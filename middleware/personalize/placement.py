@@ -31,6 +31,14 @@ _EVENT_END = re.compile(rb"\r?\n\r?\n")
 _SEQUENCE = re.compile(rb'"sequence_number"\s*:\s*(\d+)')
 # A Response object's `id` as its first member, a plain ASCII string (anything else is parsed).
 _FIRST_ID = re.compile(rb'[ \t\r\n]*\{[ \t\r\n]*"id"[ \t\r\n]*:[ \t\r\n]*"([\x20\x21\x23-\x5b\x5d-\x7e]*)"')
+# The response id of a response.* event written as the API writes it (`type`, `sequence_number`,
+# then `response`, whose first member is `id`), from the start of its data line; anything else is parsed.
+_EVENT_RESPONSE_ID = re.compile(
+    rb'^data: ?\{"type":"(?:'
+    + b"|".join(re.escape(name.encode()) for name in sorted(RESPONSE_EVENTS))
+    + rb')",(?:"sequence_number":\d+,)?"response":\{"id":"([\x20\x21\x23-\x5b\x5d-\x7e]*)"',
+    re.MULTILINE,
+)
 _INSTRUCTIONS_KEY = b'"instructions"'
 _COLON_AFTER = re.compile(rb"[ \t\r\n]*:[ \t\r\n]*")
 _MEMBER_OPENERS = frozenset(b"{,")
@@ -215,17 +223,26 @@ class ResponsesStreamRestorer:
             self._last_event = raw
         if b'"instructions"' not in raw or (not self._restore and self.response_id is not None):
             return raw
-        if self._swap is not None and self.response_id is not None:
-            swapped = self._swap.apply(raw)
+        if self.response_id is None:
+            first = _EVENT_RESPONSE_ID.search(raw)
+            if first is not None:
+                self.response_id = first.group(1).decode("ascii")
+        swapped = self._swap.apply(raw) if self._swap is not None else None
+        if self.response_id is not None:
             if swapped is not None:
                 return swapped
-        lines = raw.split(b"\n")
+            if not self._restore:
+                return raw
+        # parsed: for the response id where it was not read off the front, and to restore
+        # `instructions` where the swap found nothing (rewritten)
+        rewrite = self._restore and swapped is None
+        lines = (raw if swapped is None else swapped).split(b"\n")
         for i, line in enumerate(lines):
             if line.startswith(b"data:"):
-                lines[i] = self._data_line(line)
+                lines[i] = self._data_line(line, rewrite=rewrite)
         return b"\n".join(lines)
 
-    def _data_line(self, line: bytes) -> bytes:
+    def _data_line(self, line: bytes, *, rewrite: bool) -> bytes:
         payload = line[5:]
         trailing = b"\r" if payload.endswith(b"\r") else b""
         try:
@@ -239,7 +256,7 @@ class ResponsesStreamRestorer:
             return line
         if self.response_id is None and isinstance(response.get("id"), str):
             self.response_id = response["id"]
-        if not self._restore:
+        if not rewrite:
             return line
         restore_response(response, self._app_chars)
         return b"data: " + orjson.dumps(event) + trailing
