@@ -42,7 +42,8 @@ The API table (same run) puts the other routes beside chat completions: /v1/resp
 injected (non-stream and stream) and /v1/embeddings passed through: p50 added at c=1 and req/s at
 c=16, median of the runs with their spread. Targets: Responses within 10% of chat's throughput; a
 pass-through route adds <= 0.5 ms p50 at c=1. `--apis-only` runs just that table; with
-`--against DIR` it measures the checkout at DIR too, alternately in the same run, as the baseline. Three views of latency are printed: saturated at c=16 (queueing
+`--against DIR` it measures the checkout at DIR too, alternately in the same run, as the baseline
+(with `--everything`, both as a production deployment runs them). Three views of latency are printed: saturated at c=16 (queueing
 dominates: by Little's law p50 ~ 16 / throughput), paced at about 1,000 req/s over 16 connections
 (the target rate, below saturation), and c=1.
 """
@@ -610,7 +611,8 @@ def main() -> None:
     parser.add_argument(
         "--everything",
         action="store_true",
-        help="side by side with every production feature on: limits, feedback records, 10 contexts",
+        help="side by side (or --apis-only --against) with every production feature on: limits, "
+        "feedback records, 10 contexts",
     )
     args = parser.parse_args()
     if args.segments:
@@ -661,14 +663,17 @@ def main() -> None:
         tracing_cost(args.runs, args.seconds, args.connections)
         return
 
+    everything = {"limits": json.dumps(LIMITS_ON), "feedback_records": "true"} if args.everything else {}
     if args.apis_only and args.against is not None:
         with (
             h.redis() as redis,
             h.fake_upstream() as upstream,
-            h.proxy(redis.url, upstream, root=args.against.resolve()) as before,
-            h.proxy(redis.url, upstream) as proxy,
+            h.proxy(redis.url, upstream, root=args.against.resolve(), **everything) as before,
+            h.proxy(redis.url, upstream, **everything) as proxy,
         ):
             h.put_persona(proxy, "bench-user", PERSONA, [EXEMPLAR, EXEMPLAR])  # one Redis: both see it
+            if args.everything:  # the user's calls routed among 10 context personas
+                plant_contexts(redis.url, "bench-user")
             api_table(
                 upstream,
                 {"baseline": before, "this checkout": proxy},

@@ -108,6 +108,8 @@ class Quotas:
         self._metrics = metrics
         self._tracing = tracing
         self._lease_ms = int(settings.upstream_total_timeout_s * 1000) + 60_000
+        # an admission alone (no persona read) is bounded as any store command is
+        self._admit_timeout_s = settings.redis_socket_timeout_s
 
     # --- caps (400) -------------------------------------------------------------------------------
     def check_body(self, tenant: str, body: Mapping[str, Any]) -> TenantLimits:
@@ -164,7 +166,8 @@ class Quotas:
         call, lease = self._call(tenant, user, cost, limits)
         with self._tracing.span("quota.admit", tenant, user):
             try:
-                reason, wait_ms = await self.store.admit(call)
+                async with asyncio.timeout(self._admit_timeout_s):
+                    reason, wait_ms = await self.store.admit(call)
             except STORE_ERRORS as exc:
                 self._skipped(exc)
                 return Lease(self, tenant, None)

@@ -127,10 +127,11 @@ class RateLimitStore:
         self._settle_sha = write_behind.script(SETTLE)
         # (tenant, day) -> tokens to add and leases to give back, until the next flush
         self._settling: dict[tuple[str, str], tuple[int, list[str]]] = {}
-        self._admit: AsyncScript = redis.register_script(ADMIT)
         self._reserve: AsyncScript = redis.register_script(RESERVE_PENDING)
         self._record: AsyncScript = redis.register_script(RECORD)
+        # the hot path's admissions (alone, or with the persona reads): on the hot client
         self._chat_pipelines = ScriptPipelines(reads or redis, ADMIT, RESOLVE)
+        self._admit_sha = self._chat_pipelines.add(ADMIT)
         self._resolve_sha = self._chat_pipelines.add(RESOLVE)
 
     @staticmethod
@@ -167,9 +168,13 @@ class RateLimitStore:
         )
 
     async def admit(self, call: tuple[list[str], list[Any]]) -> tuple[int, int]:
-        """(reason index, retry after ms); (0, 0) when admitted. Store errors propagate."""
-        reason, wait_ms = await self._admit(keys=call[0], args=call[1])
+        """(reason index, retry after ms); (0, 0) when admitted. Store errors propagate; on the hot
+        client, the caller bounds the time."""
+        [(reason, wait_ms)] = await self._chat_pipelines.run([self._admit_command(call)])
         return int(reason), int(wait_ms)
+
+    def _admit_command(self, call: tuple[list[str], list[Any]]) -> Command:
+        return ("EVALSHA", self._admit_sha, len(call[0]), *call[0], *call[1])
 
     async def admit_and_read(
         self,
@@ -185,7 +190,7 @@ class RateLimitStore:
         with `policy`, the user's and the tenant's auto-mode posteriors (`store/policy.py`; None
         without)."""
         # Each part's replies start where its commands do, read by the module that lists them.
-        commands: list[Command] = [("EVALSHA", self._admit.sha, len(call[0]), *call[0], *call[1])]
+        commands: list[Command] = [self._admit_command(call)]
         reads_at = len(commands)
         commands += read_commands(self._resolve_sha, tenant, user, segment)
         policy_at = len(commands)
