@@ -55,6 +55,35 @@ def test_plain_response_carries_the_persona_upstream_and_hides_it_from_the_app(
     assert "openai-organization" not in raw.headers
 
 
+@pytest.mark.parametrize(
+    ("persona", "swapped"),
+    [
+        # ASCII only: the sent text is found in the indented JSON, swapped, the upstream's bytes kept
+        ("Prefers short answers.", True),
+        # non-ASCII, written as \u escapes: not found as sent, so parsed and rewritten
+        ("Préfère les réponses courtes.", False),
+    ],
+)
+def test_instructions_restored_however_the_upstream_encodes_the_response(
+    proxy: RunningProxy, fake_upstream: FakeUpstream, persona: str, swapped: bool
+) -> None:
+    give_persona(proxy, "noor", text=f"{persona} {PERSONA_MARK}")
+    fake_upstream.script(Reply(content="ok", indented=True))
+    raw = client(proxy).responses.with_raw_response.create(
+        model="fake-model", input="hello", instructions=APP_INSTRUCTIONS, user="noor"
+    )
+    response = raw.parse()
+    assert_persona_once_after(sent_bodies(fake_upstream)[-1]["instructions"], APP_INSTRUCTIONS)
+    assert response.instructions == APP_INSTRUCTIONS and response.output_text == "ok"
+    text = raw.http_response.text
+    assert PERSONA_MARK not in text and "\\u00e9" not in text and "é" not in text
+    assert text.startswith('{\n  "id": ') is swapped  # kept as the upstream wrote it, or rewritten
+    # the owner was recorded under the response's own id (not an output item's)
+    assert response.output[0].id != response.id
+    again = client(proxy).responses.retrieve(response.id)
+    assert again.instructions == APP_INSTRUCTIONS
+
+
 def test_no_app_instructions_gives_the_block_alone_and_null_back(proxy: RunningProxy, fake_upstream: FakeUpstream) -> None:
     give_persona(proxy, "bob")
     response = client(proxy).responses.create(model="fake-model", input="hi", extra_headers={"X-Persona-User": "bob"})

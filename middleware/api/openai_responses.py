@@ -29,9 +29,11 @@ from middleware.errors import (
 )
 from middleware.identity import tenant_for_app_key
 from middleware.personalize.placement import (
+    InstructionsSwap,
     ResponsesStreamRestorer,
     error_event,
     response_id_of,
+    restore_response,
     restore_response_bytes,
     with_instructions,
 )
@@ -49,11 +51,10 @@ RESPONSES = Framing(metric_route=ROUTE)
 def validate_responses_body(body: Any) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise ValidationFailed("the request body must be a JSON object")
-    forbidden = sorted(FORBIDDEN_FIELDS.intersection(body))
-    if forbidden:
+    if not FORBIDDEN_FIELDS.isdisjoint(body):
+        forbidden = min(FORBIDDEN_FIELDS.intersection(body))
         raise ForbiddenField(
-            f"field {forbidden[0]!r} is not allowed: the proxy decides where requests go",
-            param=forbidden[0],
+            f"field {forbidden!r} is not allowed: the proxy decides where requests go", param=forbidden
         )
     if not isinstance(body.get("model"), str) or not body["model"]:
         raise ValidationFailed("'model' is required and must be a string", param="model")
@@ -82,63 +83,105 @@ async def create_response(request: Request) -> Response:
     services: Services = request.app.state.services
     call = await admit(request, services, validate_responses_body)
     body = call.body
-    owner = ResponseOwner(call.tenant, False, None)
     try:
         previous = body.get("previous_response_id")
         if isinstance(previous, str) and previous:
             await owned(services, call.tenant, previous, param="previous_response_id")
-        if call.found is not None:
+        store = body.get("store") is not False
+        if call.found is None:
+            created = Created(services, ResponseOwner(call.tenant, False, None), store)
+        else:
             instructions, app_chars = with_instructions(body.get("instructions"), call.found.block)
             body["instructions"] = instructions
             owner = ResponseOwner(call.tenant, True, app_chars)
+            created = Created(services, owner, store, InstructionsSwap(instructions, app_chars))
         upstream, body["model"] = services.upstreams.route(body["model"])
     except BaseException:
         await call.lease.release()
         raise
-    store = body.get("store") is not False
     relay: dict[str, str] = {}
     if isinstance(upstream, PassthroughUpstream):
-        work = _lean(services.upstreams.passthrough("/responses"), services, body, owner, store, relay)
+        work = _lean(services.upstreams.passthrough("/responses"), body, created, relay)
     else:
-        work = _bridged(services, body, owner, store)
+        work = _bridged(services, body, created)
     return await answer(request, services, call, work, framing=RESPONSES, relay=relay)
 
 
+class Created:
+    """What the answer to one created response needs: the app's own instructions restored in it (the
+    sent text swapped back in place, `swap`; None: nothing was added) and its owner recorded as soon
+    as its id is known (unless `store` is false)."""
+
+    __slots__ = ("owner", "services", "store", "swap")
+
+    def __init__(
+        self, services: Services, owner: ResponseOwner, store: bool, swap: InstructionsSwap | None = None
+    ) -> None:
+        self.services = services
+        self.owner = owner
+        self.store = store
+        self.swap = swap
+
+    def whole(self, data: bytes) -> bytes:
+        """A whole Response object, restored; its owner recorded."""
+        if self.owner.personalized:
+            data, response_id = restore_response_bytes(data, self.owner.app_chars, self.swap)
+        elif self.store:
+            response_id = response_id_of(data)
+        if self.store:
+            remember(self.services, response_id, self.owner)
+        return data
+
+    def response(self, response: dict[str, Any]) -> bytes:
+        """A Response object as a dict (litellm's bridge): restored in place, its owner recorded."""
+        if self.owner.personalized:
+            restore_response(response, self.owner.app_chars)
+        if self.store:
+            found = response.get("id")
+            remember(self.services, found if isinstance(found, str) else None, self.owner)
+        return orjson.dumps(response)
+
+    async def events(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        """The event stream with the app's instructions restored; the owner recorded before the app
+        sees the response id; a mid-stream failure sent as a Responses `error` event."""
+        owner = self.owner
+        restorer = ResponsesStreamRestorer(owner.app_chars, restore=owner.personalized, swap=self.swap)
+        recorded = not self.store
+        try:
+            async for chunk in chunks:
+                out = restorer.feed(chunk)
+                if not recorded and restorer.response_id is not None:
+                    recorded = True
+                    remember(self.services, restorer.response_id, owner)
+                if out:
+                    yield out
+            tail = restorer.flush()
+            if tail:
+                yield tail
+        except PersonaError as exc:
+            self.services.metrics.route_requests.labels(ROUTE, "stream", "broken").inc()
+            yield restorer.flush() + error_event(
+                exc.message, exc.code or "upstream_error", restorer.last_sequence
+            )
+
+
 async def _lean(
-    lean: PassthroughUpstream,
-    services: Services,
-    body: dict[str, Any],
-    owner: ResponseOwner,
-    store: bool,
-    relay: dict[str, str],
+    lean: PassthroughUpstream, body: dict[str, Any], created: Created, relay: dict[str, str]
 ) -> Answer:
     """An OpenAI-compatible upstream's /responses: JSON bytes in, bytes out."""
     if body.get("stream"):
         opened = await lean.open(body)
         relay.update(relayed_headers(opened.headers))
-        sent = body.get("instructions")
-        return Answer(_restored_events(services, answer_chunks(opened), owner, store, sent))
-    return Answer(await _finished(services, await lean.complete(body, relay), owner, store))
+        return Answer(created.events(answer_chunks(opened)))
+    return Answer(created.whole(await lean.complete(body, relay)))
 
 
-async def _bridged(services: Services, body: dict[str, Any], owner: ResponseOwner, store: bool) -> Answer:
+async def _bridged(services: Services, body: dict[str, Any], created: Created) -> Answer:
     """A provider-prefixed model: litellm's Responses bridge."""
     result = await services.upstreams.litellm().responses(body)
     if body.get("stream"):
-        return Answer(_restored_events(services, _litellm_events(result), owner, store))
-    data = orjson.dumps(result.model_dump(exclude_none=True))
-    return Answer(await _finished(services, data, owner, store))
-
-
-async def _finished(services: Services, data: bytes, owner: ResponseOwner, store: bool) -> bytes:
-    """A whole Response object: the app's instructions restored, its owner recorded."""
-    if owner.personalized:
-        data, response_id = restore_response_bytes(data, owner.app_chars)
-    else:
-        response_id = response_id_of(data)
-    if store:
-        remember(services, response_id, owner)
-    return data
+        return Answer(created.events(_litellm_events(result)))
+    return Answer(created.response(result.model_dump(exclude_none=True)))
 
 
 async def _litellm_events(stream: Any) -> AsyncIterator[bytes]:
@@ -151,36 +194,6 @@ async def _litellm_events(stream: Any) -> AsyncIterator[bytes]:
         raise
     except Exception as exc:
         raise UpstreamError(f"the upstream stream broke: {exc}") from exc
-
-
-async def _restored_events(
-    services: Services,
-    chunks: AsyncIterator[bytes],
-    owner: ResponseOwner,
-    store: bool,
-    sent: str | None = None,
-) -> AsyncIterator[bytes]:
-    """The event stream with the app's instructions restored; the owner recorded before the app
-    sees the response id; a mid-stream failure sent as a Responses `error` event."""
-    restorer = ResponsesStreamRestorer(owner.app_chars, restore=owner.personalized, sent=sent)
-    recorded = False
-    try:
-        async for chunk in chunks:
-            out = restorer.feed(chunk)
-            if not recorded and restorer.response_id is not None:
-                recorded = True
-                if store:
-                    remember(services, restorer.response_id, owner)
-            if out:
-                yield out
-        tail = restorer.flush()
-        if tail:
-            yield tail
-    except PersonaError as exc:
-        services.metrics.route_requests.labels(ROUTE, "stream", "broken").inc()
-        yield restorer.flush() + error_event(
-            exc.message, exc.code or "upstream_error", restorer.last_sequence
-        )
 
 
 # --- a stored response: only its owner reaches it --------------------------------------------

@@ -29,6 +29,20 @@ RESPONSE_EVENTS = frozenset(
 )
 _EVENT_END = re.compile(rb"\r?\n\r?\n")
 _SEQUENCE = re.compile(rb'"sequence_number"\s*:\s*(\d+)')
+# A Response object's `id` as its first member, a plain ASCII string (anything else is parsed).
+_FIRST_ID = re.compile(rb'[ \t\r\n]*\{[ \t\r\n]*"id"[ \t\r\n]*:[ \t\r\n]*"([\x20\x21\x23-\x5b\x5d-\x7e]*)"')
+# The response id of a response.* event written as the API writes it (`type`, `sequence_number`,
+# then `response`, whose first member is `id`), from the start of its data line; anything else is parsed.
+_EVENT_RESPONSE_ID = re.compile(
+    rb'^data: ?\{"type":"(?:'
+    + b"|".join(re.escape(name.encode()) for name in sorted(RESPONSE_EVENTS))
+    + rb')",(?:"sequence_number":\d+,)?"response":\{"id":"([\x20\x21\x23-\x5b\x5d-\x7e]*)"',
+    re.MULTILINE,
+)
+_INSTRUCTIONS_KEY = b'"instructions"'
+_COLON_AFTER = re.compile(rb"[ \t\r\n]*:[ \t\r\n]*")
+_MEMBER_OPENERS = frozenset(b"{,")
+_JSON_SPACE = frozenset(b" \t\r\n")
 
 
 def with_instructions(instructions: Any, block: str) -> tuple[str, int | None]:
@@ -68,8 +82,17 @@ def restore_response(response: dict[str, Any], app_chars: int | None) -> None:
         response["instructions"] = app_instructions(response["instructions"], app_chars)
 
 
-def restore_response_bytes(data: bytes, app_chars: int | None) -> tuple[bytes, str | None]:
-    """A whole Response JSON with the app's instructions restored, and the response id."""
+def restore_response_bytes(
+    data: bytes, app_chars: int | None, swap: InstructionsSwap | None = None
+) -> tuple[bytes, str | None]:
+    """A whole Response JSON with the app's instructions restored, and the response id.
+
+    With `swap` (the instructions sent are known) the upstream's bytes are kept and only the
+    instructions' text is replaced; parsed and rewritten when the upstream encoded them otherwise."""
+    if swap is not None:
+        swapped = swap.apply(data)
+        if swapped is not None:
+            return swapped, response_id_of(swapped)
     response = orjson.loads(data)
     if not isinstance(response, dict):
         return data, None
@@ -79,7 +102,11 @@ def restore_response_bytes(data: bytes, app_chars: int | None) -> tuple[bytes, s
 
 
 def response_id_of(data: bytes) -> str | None:
-    """The id of a whole Response JSON (no persona to hide)."""
+    """The `id` of a whole Response JSON: read off the front where it is the object's first member
+    (as the API writes it), else parsed; never the id of an output item (a member of a nested object)."""
+    first = _FIRST_ID.match(data)
+    if first is not None:
+        return first.group(1).decode("ascii")
     try:
         response = orjson.loads(data)
     except orjson.JSONDecodeError:
@@ -88,23 +115,69 @@ def response_id_of(data: bytes) -> str | None:
     return found if isinstance(found, str) else None
 
 
+class InstructionsSwap:
+    """Puts the app's own `instructions` back into JSON text without parsing it: the value of every
+    `instructions` member that is exactly the text sent upstream (encoded as orjson encodes it) is
+    replaced by the app's own; every other byte stays as the upstream wrote it.
+
+    A member, never text inside a string: the key's opening quote follows `{` or `,` (whitespace
+    between), and inside a JSON string every quote is escaped. The sent text holds the persona block,
+    which nothing but the echo of the request's instructions carries."""
+
+    __slots__ = ("_own", "_sent")
+
+    def __init__(self, sent: str, app_chars: int | None) -> None:
+        self._sent = orjson.dumps(sent)
+        self._own = orjson.dumps(app_instructions(sent, app_chars))
+
+    def apply(self, data: bytes) -> bytes | None:
+        """`data` with the app's instructions in place of those sent; None when no `instructions`
+        member holds the sent text as encoded here (the upstream escaped it otherwise: parse)."""
+        sent = self._sent
+        parts: list[bytes] = []
+        end = 0
+        # the short key is looked for, the long value compared where it starts (a search for the
+        # value itself would prepare its whole text on every call)
+        key = data.find(_INSTRUCTIONS_KEY)
+        while key >= 0:
+            value = _member_value(data, key)
+            if value > 0 and data.startswith(sent, value):
+                parts.append(data[end:value])
+                parts.append(self._own)
+                end = value + len(sent)
+            key = data.find(_INSTRUCTIONS_KEY, max(end, key + len(_INSTRUCTIONS_KEY)))
+        if not parts:
+            return None
+        parts.append(data[end:])
+        return b"".join(parts)
+
+
+def _member_value(data: bytes, key: int) -> int:
+    """Where the value of the member whose key `"instructions"` starts at `key` begins; -1 when those
+    bytes are not a member's key."""
+    i = key - 1
+    while i >= 0 and data[i] in _JSON_SPACE:
+        i -= 1
+    if i < 0 or data[i] not in _MEMBER_OPENERS:
+        return -1
+    colon = _COLON_AFTER.match(data, key + len(_INSTRUCTIONS_KEY))
+    return -1 if colon is None else colon.end()
+
+
 class ResponsesStreamRestorer:
     """Relays a Responses API event stream, restoring `instructions` in the response.* events.
 
     Every other event is passed on byte for byte. `response_id` is known once response.created
     went by; `last_sequence` is the last `sequence_number` seen (for a closing error event)."""
 
-    def __init__(self, app_chars: int | None, *, restore: bool = True, sent: str | None = None) -> None:
+    def __init__(
+        self, app_chars: int | None, *, restore: bool = True, swap: InstructionsSwap | None = None
+    ) -> None:
         self._app_chars = app_chars
         self._restore = restore
-        # Fast path when the instructions sent upstream are known: swap their JSON text in place
-        # (the upstream encodes them as orjson does in the common case; otherwise parse and rewrite).
-        self._swap: tuple[bytes, bytes] | None = None
-        if restore and sent is not None:
-            self._swap = (
-                b'"instructions":' + orjson.dumps(sent),
-                b'"instructions":' + orjson.dumps(app_instructions(sent, app_chars)),
-            )
+        # When the instructions sent upstream are known, their JSON text is swapped in place (the
+        # upstream encodes them as orjson does in the common case; otherwise parse and rewrite).
+        self._swap = swap if restore else None
         self._pending = b""
         self.response_id: str | None = None
         self._last_event = b""
@@ -150,15 +223,26 @@ class ResponsesStreamRestorer:
             self._last_event = raw
         if b'"instructions"' not in raw or (not self._restore and self.response_id is not None):
             return raw
-        if self._swap is not None and self.response_id is not None and self._swap[0] in raw:
-            return raw.replace(self._swap[0], self._swap[1])
-        lines = raw.split(b"\n")
+        if self.response_id is None:
+            first = _EVENT_RESPONSE_ID.search(raw)
+            if first is not None:
+                self.response_id = first.group(1).decode("ascii")
+        swapped = self._swap.apply(raw) if self._swap is not None else None
+        if self.response_id is not None:
+            if swapped is not None:
+                return swapped
+            if not self._restore:
+                return raw
+        # parsed: for the response id where it was not read off the front, and to restore
+        # `instructions` where the swap found nothing (rewritten)
+        rewrite = self._restore and swapped is None
+        lines = (raw if swapped is None else swapped).split(b"\n")
         for i, line in enumerate(lines):
             if line.startswith(b"data:"):
-                lines[i] = self._data_line(line)
+                lines[i] = self._data_line(line, rewrite=rewrite)
         return b"\n".join(lines)
 
-    def _data_line(self, line: bytes) -> bytes:
+    def _data_line(self, line: bytes, *, rewrite: bool) -> bytes:
         payload = line[5:]
         trailing = b"\r" if payload.endswith(b"\r") else b""
         try:
@@ -172,7 +256,7 @@ class ResponsesStreamRestorer:
             return line
         if self.response_id is None and isinstance(response.get("id"), str):
             self.response_id = response["id"]
-        if not self._restore:
+        if not rewrite:
             return line
         restore_response(response, self._app_chars)
         return b"data: " + orjson.dumps(event) + trailing

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import inspect
+import json
 import logging
 import threading
 import time
@@ -308,7 +309,9 @@ class FakeUpstreamApp:
         if body.get("store", True) is not False and self.record:  # benchmarks keep nothing
             self.stored_responses.put(response, [*history, *responses_api.input_items(body)])
         if not body.get("stream"):
-            await self._send_simple(send, rec, 200, orjson.dumps(response), _extra(reply))
+            indented = reply is not None and reply.indented
+            data = json.dumps(response, indent=2).encode() if indented else orjson.dumps(response)
+            await self._send_simple(send, rec, 200, data, _extra(reply))
             return
         events = responses_api.stream_events(response)
         rec.status = 200

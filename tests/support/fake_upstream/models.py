@@ -25,6 +25,9 @@ class Reply:
     fail_mid_stream: bool = False  # send some of the body, then drop the connection
     finish_reason: str | None = None
     headers: dict[str, str] | None = None  # extra response headers, e.g. {"retry-after": "0"}
+    # a Response object (Responses API) indented, every non-ASCII character a \u escape, as Python's
+    # json.dumps writes it, instead of orjson's compact bytes
+    indented: bool = False
 
 
 Responder = Callable[[dict[str, Any]], "Reply | str | dict[str, Any] | Awaitable[Any] | None"]
