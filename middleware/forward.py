@@ -16,7 +16,8 @@ from yarl import URL
 
 from middleware.config import Settings
 from middleware.errors import UpstreamError, UpstreamTimeout
-from middleware.upstream import body_chunks, stream_error_event
+from middleware.upstream import UpstreamAnswer, UpstreamRouter, body_chunks, stream_error_event, traced
+from middleware.upstream_http import LeanResponse, UpstreamConnectionError
 
 HOP_BY_HOP = frozenset(
     {
@@ -91,11 +92,22 @@ def anthropic_target(settings: Settings) -> Target | None:
     return Target(settings.anthropic_api_base.rstrip("/"), {"x-api-key": key} if key else {})
 
 
-class RawForwarder:
-    """Sends one request to `target.base + path` and hands back the open upstream response."""
+# Not sent by the lean client: it frames the body's length itself and sends the body at once.
+LEAN_DROPPED = frozenset({"content-length", "expect"})
 
-    def __init__(self, settings: Settings, session: aiohttp.ClientSession) -> None:
+
+class RawForwarder:
+    """Sends one request to `target.base + path` and hands back the open upstream response.
+
+    A POST whose body came whole (embeddings, completions, moderations: most of what passes through)
+    goes over the upstream router's lean client of that base (`UpstreamRouter.raw_client`); other
+    methods and bodies still arriving (uploads) go over the aiohttp session."""
+
+    def __init__(
+        self, settings: Settings, session: aiohttp.ClientSession, upstreams: UpstreamRouter | None = None
+    ) -> None:
         self._session = session
+        self._upstreams = upstreams
         self._timeout = aiohttp.ClientTimeout(
             total=settings.upstream_total_timeout_s,
             sock_connect=settings.upstream_connect_timeout_s,
@@ -110,7 +122,11 @@ class RawForwarder:
         query: str,
         headers: dict[str, str],
         body: bytes | AsyncIterator[bytes] | None,
-    ) -> aiohttp.ClientResponse:
+    ) -> UpstreamAnswer:
+        if method == "POST" and isinstance(body, bytes) and self._upstreams is not None:
+            return await self._open_lean(
+                self._upstreams, target, path + (f"?{query}" if query else ""), headers, body
+            )
         url = URL(target.base + path + (f"?{query}" if query else ""), encoded=True)
         try:
             return await self._session.request(
@@ -127,13 +143,26 @@ class RawForwarder:
         except aiohttp.ClientError as exc:
             raise UpstreamError(f"could not reach the upstream: {type(exc).__name__}") from exc
 
+    @staticmethod
+    async def _open_lean(
+        upstreams: UpstreamRouter, target: Target, path: str, headers: dict[str, str], body: bytes
+    ) -> LeanResponse:
+        client = upstreams.raw_client(target.base, target.auth_headers)
+        sent = {name: value for name, value in headers.items() if name not in LEAN_DROPPED}
+        try:
+            return await traced(upstreams.tracing, client, "POST", path, body, sent)
+        except TimeoutError as exc:
+            raise UpstreamTimeout("the upstream did not answer in time") from exc
+        except UpstreamConnectionError as exc:
+            raise UpstreamError(f"could not reach the upstream: {exc}") from exc
+
 
 def openai_stream_error(error: UpstreamError) -> bytes:
     return stream_error_event(error)
 
 
 async def relay_body(
-    response: aiohttp.ClientResponse,
+    response: UpstreamAnswer,
     sse_errors: bool,
     error_frame: Callable[[UpstreamError], bytes] = openai_stream_error,
 ) -> AsyncIterator[bytes]:

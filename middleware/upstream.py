@@ -104,12 +104,17 @@ class Upstream(Protocol):
 
 def lean_client(settings: Settings) -> LeanClient:
     """The lean client of the OpenAI-compatible base in the settings, its credentials framed in."""
-    headers = {"Content-Type": "application/json"}
+    headers = {"User-Agent": "persona-middleware", "Accept": "*/*", "Content-Type": "application/json"}
     key = settings.upstream_api_key.get_secret_value()
     if key:
         headers["Authorization"] = f"Bearer {key}"
+    return lean_client_for(settings, settings.upstream_api_base or "", headers)
+
+
+def lean_client_for(settings: Settings, base: str, headers: dict[str, str]) -> LeanClient:
+    """A lean client of `base` with these fixed headers and the upstream timeouts of the settings."""
     return LeanClient(
-        settings.upstream_api_base or "",
+        base,
         headers,
         limit=settings.upstream_max_connections,
         connect_timeout_s=settings.upstream_connect_timeout_s,
@@ -216,22 +221,9 @@ class PassthroughUpstream:
         self._path = path
         self._tracing = tracing
 
-    async def _post(self, payload: bytes) -> LeanResponse:
-        if not self._tracing.enabled:
-            return await self._client.post(self._path, payload)
-        pool = self._client.pool
-        span, headers = self._tracing.start_upstream_call("POST", pool.host, pool.port)
-        try:
-            response = await self._client.post(self._path, payload, headers)
-        except BaseException as exc:
-            self._tracing.end_upstream_call(span, error=exc)
-            raise
-        self._tracing.end_upstream_call(span, status=response.status)
-        return response
-
     async def _open(self, payload: bytes) -> LeanResponse:
         async def attempt() -> LeanResponse:
-            response = await self._post(payload)
+            response = await traced(self._tracing, self._client, "POST", self._path, payload)
             if response.status in RETRYABLE_STATUS:
                 raise UpstreamStatus(response.status, await response.read(), response.headers)
             return response
@@ -284,6 +276,27 @@ class PassthroughUpstream:
             yield stream_error_event(exc)
 
 
+async def traced(
+    tracing: Tracing,
+    client: LeanClient,
+    method: str,
+    path: str,
+    body: bytes,
+    headers: dict[str, str] | None = None,
+) -> LeanResponse:
+    """`client.request`, in an `upstream.call` span carried by its `traceparent` when tracing is on."""
+    if not tracing.enabled:
+        return await client.request(method, path, body, headers)
+    span, carried = tracing.start_upstream_call(method, client.pool.host, client.pool.port)
+    try:
+        response = await client.request(method, path, body, {**(headers or {}), **carried})
+    except BaseException as exc:
+        tracing.end_upstream_call(span, error=exc)
+        raise
+    tracing.end_upstream_call(span, status=response.status)
+    return response
+
+
 async def answer_chunks(response: LeanResponse) -> AsyncIterator[bytes]:
     """A lean client's answer body as it arrives. A stalled or broken body raises
     UpstreamTimeout/UpstreamError; a reader that stops early drops the connection (the upstream sees
@@ -301,11 +314,20 @@ async def answer_chunks(response: LeanResponse) -> AsyncIterator[bytes]:
         response.close()
 
 
-async def body_chunks(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
-    """An aiohttp upstream body (the routes passed through, `forward.py`) as it arrives. A stalled or broken body raises UpstreamTimeout/UpstreamError.
+# An upstream answer of the routes passed through (`forward.py`): the lean client's, or aiohttp's.
+UpstreamAnswer = aiohttp.ClientResponse | LeanResponse
 
-    The response is closed (not released) at the end: that drops the connection, so the upstream sees
-    the abort at once when the client went away mid-stream."""
+
+async def body_chunks(response: UpstreamAnswer) -> AsyncIterator[bytes]:
+    """An upstream body as it arrives. A stalled or broken body raises UpstreamTimeout/UpstreamError.
+
+    An aiohttp response is closed (not released) at the end: that drops the connection, so the
+    upstream sees the abort at once when the client went away mid-stream (`answer_chunks` does the
+    same for the lean client's, and gives the connection back when the body was read whole)."""
+    if isinstance(response, LeanResponse):
+        async for chunk in answer_chunks(response):
+            yield chunk
+        return
     try:
         async for chunk in response.content.iter_any():
             yield chunk
@@ -431,6 +453,7 @@ class UpstreamRouter:
         self._tracing = tracing
         self._client = lean_client(settings) if settings.upstream_api_base else None
         self._paths: dict[str, PassthroughUpstream] = {}
+        self._raw: dict[str, LeanClient] = {}
         self._passthrough = self.passthrough("/chat/completions") if self._client is not None else None
         self._litellm: LitellmUpstream | None = None
 
@@ -446,9 +469,22 @@ class UpstreamRouter:
             self._paths[path] = found
         return found
 
+    def raw_client(self, base: str, auth_headers: dict[str, str]) -> LeanClient:
+        """A lean client of `base` for the routes passed through (one per base, the credentials
+        framed in; the app's own headers go with each request)."""
+        found = self._raw.get(base)
+        if found is None:
+            found = self._raw[base] = lean_client_for(self._settings, base, auth_headers)
+        return found
+
+    @property
+    def tracing(self) -> Tracing:
+        return self._tracing
+
     def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
+        for client in (self._client, *self._raw.values()):
+            if client is not None:
+                client.close()
 
     def litellm(self) -> LitellmUpstream:
         if self._litellm is None:

@@ -133,6 +133,12 @@ class LeanResponse:
         finally:
             self.release()
 
+    async def __aenter__(self) -> LeanResponse:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.release()
+
     def release(self) -> None:
         """Give the connection back if the answer was read to its end, else drop it."""
         self._finish(self._done and self._error is None and self._keep_alive)
@@ -495,29 +501,38 @@ class LeanClient:
             keepalive_s=keepalive_s,
             ssl_context=ssl_context,
         )
-        lines = [f"Host: {self.pool.host_header}", "User-Agent: persona-middleware", "Accept: */*"]
-        lines += [f"{name}: {value}" for name, value in headers.items()]
+        lines = [f"Host: {self.pool.host_header}"] + [f"{name}: {value}" for name, value in headers.items()]
         self._headers = ("\r\n".join(lines) + "\r\n").encode("latin-1")
         self._read_timeout_s = read_timeout_s
         self._total_timeout_s = total_timeout_s
-        self._request_lines: dict[str, bytes] = {}
+        self._request_lines: dict[tuple[str, str], bytes] = {}
 
-    def request_line(self, path: str) -> bytes:
-        """`POST <base path + path> HTTP/1.1` and the fixed headers, framed once per path."""
-        found = self._request_lines.get(path)
+    def request_line(self, method: str, path: str) -> bytes:
+        """`<method> <base path + path> HTTP/1.1` and the fixed headers, framed once per method and
+        path (a path with a query string is framed anew each time)."""
+        found = self._request_lines.get((method, path))
         if found is None:
             target = self.base.raw_path.rstrip("/") + path
-            found = f"POST {target} HTTP/1.1\r\n".encode("latin-1") + self._headers
-            self._request_lines[path] = found
+            found = f"{method} {target} HTTP/1.1\r\n".encode("latin-1") + self._headers
+            if "?" not in path:
+                self._request_lines[(method, path)] = found
         return found
 
     async def post(self, path: str, body: bytes, extra_headers: dict[str, str] | None = None) -> LeanResponse:
-        """Send `body` (JSON) to `path` (under the base); the answer once its headers came. Raises
+        """Send `body` to `path` (under the base); the answer once its headers came. Raises
         UpstreamConnectionError or UpstreamReadTimeout (TimeoutError)."""
-        head = self.request_line(path)
+        return await self.request("POST", path, body, extra_headers)
+
+    async def request(
+        self, method: str, path: str, body: bytes, headers: dict[str, str] | None = None
+    ) -> LeanResponse:
+        """`method` with `body` (its length known; empty for none) to `path` (under the base, with its
+        query string, as encoded), with `headers` besides the fixed ones. Not for HEAD (an answer
+        without a body it announces) nor `Expect: 100-continue`."""
+        head = self.request_line(method, path)
         extra = b""
-        if extra_headers:
-            extra = "".join(f"{k}: {v}\r\n" for k, v in extra_headers.items()).encode("latin-1")
+        if headers:
+            extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items()).encode("latin-1")
         data = b"%sContent-Length: %d\r\n%s\r\n%s" % (head, len(body), extra, body)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._total_timeout_s

@@ -6,23 +6,23 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-import aiohttp
 from fastapi import Request
 from starlette.responses import Response, StreamingResponse
 
 from middleware.errors import PayloadTooLarge, UpstreamError
 from middleware.forward import RawForwarder, forwarded_response_headers, openai_stream_error, relay_body
 from middleware.services import Services
-from middleware.upstream import ClientDisconnected
+from middleware.upstream import ClientDisconnected, UpstreamAnswer
 
 _FORWARDER = "raw_forwarder"
 
 
 def forwarder(request: Request, services: Services) -> RawForwarder:
-    """The app's one RawForwarder (over the shared aiohttp session), made on first use."""
+    """The app's one RawForwarder (the upstream router's lean clients and the shared aiohttp
+    session), made on first use."""
     found: RawForwarder | None = getattr(request.app.state, _FORWARDER, None)
     if found is None:
-        found = RawForwarder(services.settings, services.http)
+        found = RawForwarder(services.settings, services.http, services.upstreams)
         setattr(request.app.state, _FORWARDER, found)
     return found
 
@@ -69,7 +69,7 @@ class KnownLengthResponse(StreamingResponse):
 
 
 def relayed_response(
-    upstream: aiohttp.ClientResponse,
+    upstream: UpstreamAnswer,
     extra_headers: dict[str, str] | None = None,
     error_frame: Callable[[UpstreamError], bytes] = openai_stream_error,
     wrap: Callable[[AsyncIterator[bytes]], AsyncIterator[bytes]] | None = None,
@@ -84,14 +84,14 @@ def relayed_response(
     return response
 
 
-def relayed_whole(upstream: aiohttp.ClientResponse, data: bytes) -> Response:
+def relayed_whole(upstream: UpstreamAnswer, data: bytes) -> Response:
     """The upstream's status and headers with its body, already read whole (`data`)."""
     response = Response(data, status_code=upstream.status)
     response.raw_headers = _raw_headers(upstream, None)
     return response
 
 
-def _raw_headers(upstream: aiohttp.ClientResponse, extra: dict[str, str] | None) -> list[tuple[bytes, bytes]]:
+def _raw_headers(upstream: UpstreamAnswer, extra: dict[str, str] | None) -> list[tuple[bytes, bytes]]:
     raw = [
         (name.lower().encode("latin-1"), value.encode("latin-1"))
         for name, value in forwarded_response_headers(upstream.headers.items())
