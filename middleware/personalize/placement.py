@@ -201,11 +201,11 @@ class ResponsesStreamRestorer:
                 out.append(self._event(data[end : match.end()]))
                 end = match.end()
         else:
-            cut = data.find(b"\n\n")
+            cut = _past_blank_line(data, 0)
             while cut >= 0:
-                out.append(self._event(data[end : cut + 2]))
-                end = cut + 2
-                cut = data.find(b"\n\n", end)
+                out.append(self._event(data[end:cut]))
+                end = cut
+                cut = _past_blank_line(data, end)
         self._pending = data[end:]
         return out[0] if len(out) == 1 else b"".join(out)
 
@@ -260,6 +260,19 @@ class ResponsesStreamRestorer:
             return line
         restore_response(response, self._app_chars)
         return b"data: " + orjson.dumps(event) + trailing
+
+
+def _past_blank_line(data: bytes, start: int) -> int:
+    """Where the first event from `start` ends (just past its `\n\n`); -1 when none ends there.
+
+    Newlines are looked for one by one: a search for one byte is a memchr, one for two bytes a loop
+    over every byte (a response.* event is kilobytes long, with a few newlines)."""
+    newline = data.find(b"\n", start)
+    while newline >= 0:
+        if data[newline + 1 : newline + 2] == b"\n":
+            return newline + 2
+        newline = data.find(b"\n", newline + 1)
+    return -1
 
 
 def error_event(message: str, code: str, sequence_number: int | None) -> bytes:

@@ -1,0 +1,151 @@
+"""CPU per call of chat completions and the Responses API through the proxy's app, in one process,
+routes alternating: the persona injected (a user with a persona and two exemplars, as in
+benchmarks/proxy_overhead.py), feedback records on, not streamed.
+
+The ASGI app is called directly (no HTTP server, no load generator); Redis is a private redis-server
+and the upstream the fake, each in its own process, so the figures are the proxy's own work: the
+prelude, the round trips' client side, the answer and the writes behind it. CPU time of this process
+(`time.process_time`), the median of the runs: a difference between the routes of a few µs is what
+the Responses route adds. `--root DIR` measures the checkout at DIR instead (e.g. a baseline).
+
+    .venv/bin/python benchmarks/route_cpu.py [--runs 7] [--calls 1500] [--root DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+
+APP_KEY = "sk-bench"
+ADMIN_KEY = "sk-bench-admin"
+INSTRUCTIONS = "You are a helpful assistant for the ACME store."
+QUESTION = "Which running shoes would you recommend for a beginner?"
+ROUTES = {
+    "chat completions": (
+        "/v1/chat/completions",
+        {
+            "model": "fake-model",
+            "messages": [{"role": "system", "content": INSTRUCTIONS}, {"role": "user", "content": QUESTION}],
+            "user": "bench-user",
+        },
+    ),
+    "responses": (
+        "/v1/responses",
+        {"model": "fake-model", "instructions": INSTRUCTIONS, "input": QUESTION, "user": "bench-user"},
+    ),
+}
+
+
+async def cpu_us(app: Any, path: str, body: bytes, calls: int) -> float:
+    """CPU µs per call over `calls` calls (each must answer 200)."""
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"authorization", b"Bearer " + APP_KEY.encode()),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    statuses: list[int] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            statuses.append(message["status"])
+
+    started = time.process_time()
+    for _ in range(calls):
+        sent = False
+
+        async def receive() -> dict[str, Any]:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            await asyncio.Future()  # the client stays
+            raise AssertionError
+
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "POST",
+            "scheme": "http",
+            "path": path,
+            "raw_path": path.encode(),
+            "query_string": b"",
+            "root_path": "",
+            "headers": headers,
+            "client": ("127.0.0.1", 1234),
+            "server": ("127.0.0.1", 8080),
+        }
+        await app(scope, receive, send)
+    elapsed = time.process_time() - started
+    assert set(statuses) == {200}, set(statuses)
+    return elapsed / calls * 1e6
+
+
+async def measure(redis_url: str, upstream: str, runs: int, calls: int) -> None:
+    import httpx
+
+    from middleware.app import create_app
+    from middleware.config import Settings
+
+    print(f"app of {Path(sys.modules['middleware'].__file__ or '').parent.parent}")
+    bench = importlib.import_module("proxy_overhead")  # the persona and exemplar of the proxy benchmark
+    settings = Settings(
+        api_keys={APP_KEY: "bench"},
+        admin_key=ADMIN_KEY,  # type: ignore[arg-type]
+        embedded_redis=False,
+        redis_url=redis_url,
+        upstream_api_base=upstream,
+        upstream_api_key="sk-upstream",  # type: ignore[arg-type]
+    )
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://proxy") as admin:
+            stored = await admin.put(
+                "/admin/users/bench-user/persona",
+                json={"text": bench.PERSONA, "exemplars": [bench.EXEMPLAR, bench.EXEMPLAR]},
+                headers={"Authorization": f"Bearer {ADMIN_KEY}", "X-Persona-Tenant": "bench"},
+            )
+            stored.raise_for_status()
+        cases = {label: (path, json.dumps(body).encode()) for label, (path, body) in ROUTES.items()}
+        for path, body in cases.values():
+            await cpu_us(app, path, body, max(1, calls // 5))  # warm-up
+        samples: dict[str, list[float]] = {label: [] for label in cases}
+        for _ in range(runs):
+            for label, (path, body) in cases.items():
+                samples[label].append(await cpu_us(app, path, body, calls))
+    base = statistics.median(samples["chat completions"])
+    print(f"CPU µs per call, median of {runs} runs x {calls} calls, routes alternating")
+    for label, values in samples.items():
+        us = statistics.median(values)
+        print(f"{label:<18}{us:>8.1f}{us - base:>+8.1f}   ({min(values):.1f}-{max(values):.1f})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--calls", type=int, default=1500)
+    parser.add_argument("--root", type=Path, default=HERE.parent, help="the checkout whose app is measured")
+    args = parser.parse_args()
+    sys.path.insert(0, str(HERE))
+    import _harness as h  # (puts this checkout first on the path)
+
+    sys.path.insert(0, str(args.root.resolve()))  # the measured checkout's package, before it
+
+    with h.redis() as redis, h.fake_upstream() as upstream:
+        asyncio.run(measure(redis.url, upstream, args.runs, args.calls))
+
+
+if __name__ == "__main__":
+    main()
