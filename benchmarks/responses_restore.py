@@ -45,18 +45,13 @@ from middleware.store.response_owners import ResponseOwner
 from tests.support.fake_upstream.models import Reply
 from tests.support.fake_upstream.responses_api import build_response, stream_events
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from proxy_overhead import EXEMPLAR as BENCH_EXEMPLAR
+from proxy_overhead import PERSONA
+
 APP = "You are a helpful assistant for the ACME store."
-PERSONA = (
-    "Values brevity and concrete recommendations over general advice. Prefers answers that name "
-    "specific products with one-line reasons, dislikes marketing language, and appreciates a short "
-    "caveat when evidence is thin."
-)
-EXEMPLAR = {
-    "context": [{"role": "user", "content": "Best budget laptop?"}],
-    "chosen": {"role": "assistant", "content": "ThinkPad E14: solid keyboard, easy repairs."},
-    "rejected": {"role": "assistant", "content": "There are many great laptops out there to consider..."},
-    "user_id": "bench-user",
-}
+EXEMPLAR = {**BENCH_EXEMPLAR, "user_id": "bench-user"}
+
 ANSWER = (
     "For a beginner, a neutral, well-cushioned daily trainer is the safest start: Brooks Ghost 16 "
     "(smooth, forgiving), ASICS Novablast 4 (bouncy, light) or Saucony Ride 17 (stable, durable). "

@@ -19,7 +19,6 @@ import importlib
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -47,47 +46,12 @@ ROUTES = {
 
 async def cpu_us(app: Any, path: str, body: bytes, calls: int) -> float:
     """CPU µs per call over `calls` calls (each must answer 200)."""
-    headers = [
-        (b"content-type", b"application/json"),
-        (b"authorization", b"Bearer " + APP_KEY.encode()),
-        (b"content-length", str(len(body)).encode()),
-    ]
-    statuses: list[int] = []
+    import _harness as h  # imported by `main` first, after this checkout went first on the path
 
-    async def send(message: dict[str, Any]) -> None:
-        if message["type"] == "http.response.start":
-            statuses.append(message["status"])
-
-    started = time.process_time()
-    for _ in range(calls):
-        sent = False
-
-        async def receive() -> dict[str, Any]:
-            nonlocal sent
-            if not sent:
-                sent = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            await asyncio.Future()  # the client stays
-            raise AssertionError
-
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0"},
-            "http_version": "1.1",
-            "method": "POST",
-            "scheme": "http",
-            "path": path,
-            "raw_path": path.encode(),
-            "query_string": b"",
-            "root_path": "",
-            "headers": headers,
-            "client": ("127.0.0.1", 1234),
-            "server": ("127.0.0.1", 8080),
-        }
-        await app(scope, receive, send)
-    elapsed = time.process_time() - started
-    assert set(statuses) == {200}, set(statuses)
-    return elapsed / calls * 1e6
+    headers = [(b"content-type", b"application/json"), (b"authorization", b"Bearer " + APP_KEY.encode())]
+    cpu_ms, statuses = await h.asgi_cpu_ms(app, path, headers, body, calls)
+    assert statuses == {200}, statuses
+    return cpu_ms * 1000.0
 
 
 async def measure(redis_url: str, upstream: str, runs: int, calls: int) -> None:
