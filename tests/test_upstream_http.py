@@ -4,13 +4,16 @@ the test's own event loop that answer, stall, close or misbehave as each test ne
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
 from middleware.upstream_http import LeanClient, UpstreamConnectionError, UpstreamReadTimeout
+from tests.support.redis_topologies import make_certificates
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, "Server"], Awaitable[None]]
 
@@ -50,7 +53,7 @@ def answer(body: bytes, *, status: int = 200, extra: bytes = b"") -> bytes:
 
 
 @asynccontextmanager
-async def serving(handler: Handler) -> AsyncIterator[Server]:
+async def serving(handler: Handler, tls: ssl.SSLContext | None = None) -> AsyncIterator[Server]:
     server = Server()
 
     async def connected(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -66,7 +69,7 @@ async def serving(handler: Handler) -> AsyncIterator[Server]:
             writer.close()
             server.closed.set()
 
-    listening = await asyncio.start_server(connected, "127.0.0.1", 0)
+    listening = await asyncio.start_server(connected, "127.0.0.1", 0, ssl=tls)
     server.port = listening.sockets[0].getsockname()[1]
     async with listening:
         yield server
@@ -309,3 +312,25 @@ async def test_a_reader_that_stops_early_drops_the_connection() -> None:
         await asyncio.wait_for(server.closed.wait(), 5)  # the upstream saw the abort
         assert lean.pool.open_connections == 0
         lean.close()
+
+
+async def test_an_https_base_is_verified_against_the_trusted_authorities(tmp_path: Path) -> None:
+    certificates = make_certificates(tmp_path)
+    server_side = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_side.load_cert_chain(certificates / "server.crt", certificates / "server.key")
+    async with serving(echo_forever, tls=server_side) as server:
+        settings = {"limit": 2, "connect_timeout_s": 5, "read_timeout_s": 5, "total_timeout_s": 10}
+        trusting = LeanClient(
+            f"https://127.0.0.1:{server.port}/v1",
+            {},
+            ssl_context=ssl.create_default_context(cafile=str(certificates / "ca.crt")),
+            **settings,
+        )
+        for i in range(2):  # the TLS connection is kept and reused too
+            assert await (await trusting.post("/x", b"%d" % i)).read() == b'{"echo":%d}' % i
+        trusting.close()
+        assert server.connections == 1
+        stranger = LeanClient(f"https://127.0.0.1:{server.port}/v1", {}, **settings)  # the system's CAs
+        with pytest.raises(UpstreamConnectionError, match="could not connect"):
+            await stranger.post("/x", b"{}")
+        stranger.close()
