@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -319,7 +320,12 @@ async def test_an_https_base_is_verified_against_the_trusted_authorities(tmp_pat
     server_side = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server_side.load_cert_chain(certificates / "server.crt", certificates / "server.key")
     async with serving(echo_forever, tls=server_side) as server:
-        settings = {"limit": 2, "connect_timeout_s": 5, "read_timeout_s": 5, "total_timeout_s": 10}
+        settings: dict[str, Any] = {
+            "limit": 2,
+            "connect_timeout_s": 5,
+            "read_timeout_s": 5,
+            "total_timeout_s": 10,
+        }
         trusting = LeanClient(
             f"https://127.0.0.1:{server.port}/v1",
             {},
