@@ -89,18 +89,15 @@ async def test_a_stopped_server_fails_the_waiting_calls_and_the_lane_reconnects(
 ) -> None:
     lane = lane_to(own_redis, stall_s=0.2)
     await lane.execute([("SET", "k", "v")])
-    own_redis.pause()  # SIGSTOP: the connection stays open, nothing answers
-    try:
+    with own_redis.while_paused():  # SIGSTOP: the connection stays open, nothing answers
         stuck = asyncio.create_task(lane.execute([("GET", "k")]))
-        await asyncio.sleep(0.3)
-        assert not stuck.done()
+        done, _ = await asyncio.wait({stuck}, timeout=0.3)  # outlasts stall_s
+        assert not done
         with pytest.raises(TimeoutError):  # the next call finds the oldest stalled, drops, reconnects
             async with asyncio.timeout(0.5):
                 await lane.execute([("GET", "k")])
         with pytest.raises(RedisConnectionError):
             await stuck
-    finally:
-        own_redis.resume()
     assert await lane.execute([("GET", "k")]) == [b"v"]
     assert lane.connections_made >= 2  # dropped and made anew (maybe once more, racing the resume)
     lane.close()
@@ -121,8 +118,7 @@ async def test_a_password_and_a_database_from_the_url_are_used(own_redis: RedisS
     admin = Redis(host=own_redis.host, port=own_redis.port)
     await admin.config_set("requirepass", "s3cret")
     await admin.aclose()
-    server = own_redis
-    settings = Settings(redis_url=f"redis://:s3cret@{server.host}:{server.port}/3")
+    settings = Settings(redis_url=f"redis://:s3cret@{own_redis.host}:{own_redis.port}/3")
     hot = create_redis(settings, caller_timeouts=True)
     lane = lane_of(hot)
     assert lane is not None
@@ -130,7 +126,7 @@ async def test_a_password_and_a_database_from_the_url_are_used(own_redis: RedisS
     assert set_reply == b"OK" and b" db=3 " in info
     assert lane.connections_made == 1
     await close_redis(hot)
-    wrong = RedisLane(server.host, server.port, password="nope")
+    wrong = RedisLane(own_redis.host, own_redis.port, password="nope")
     with pytest.raises(AuthenticationError):
         await wrong.execute([("PING",)])
     wrong.close()
@@ -142,3 +138,10 @@ def test_only_plain_tcp_hot_clients_get_a_lane(redis_url: str) -> None:
     assert lane_of(create_redis(settings)) is None  # the other clients keep redis-py's pool
     tls = Settings(redis_url=redis_url.replace("redis://", "rediss://"))
     assert lane_of(create_redis(tls, caller_timeouts=True)) is None
+
+
+async def test_an_empty_batch_answers_at_once_and_leaves_the_lane_in_step(redis_url: str) -> None:
+    lane = lane_for(redis_url)
+    assert await asyncio.wait_for(lane.execute([]), 1) == []
+    assert await asyncio.wait_for(lane.execute([("ECHO", "next")]), 1) == [b"next"]
+    lane.close()

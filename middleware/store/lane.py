@@ -107,6 +107,8 @@ class RedisLane:
 
     async def execute(self, commands: Sequence[Command]) -> list[Any]:
         """The replies to `commands`, in order; an error reply is returned in its place."""
+        if not commands:  # nothing to send: a waiter for no replies would never be settled
+            return []
         loop = asyncio.get_running_loop()
         protocol = self._protocol
         if protocol is None:

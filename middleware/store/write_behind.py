@@ -84,6 +84,8 @@ class WriteBehind:
                     commands.extend(part())
                 except Exception:  # one part's bug never costs the others their writes
                     log.exception("a write-behind part failed to build its commands")
+            if not commands:  # every part had nothing (or failed to build): no round trip
+                continue
             try:
                 async with asyncio.timeout(self._timeout_s):
                     await self._pipelines.run(commands)
