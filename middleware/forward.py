@@ -16,8 +16,15 @@ from yarl import URL
 
 from middleware.config import Settings
 from middleware.errors import UpstreamError, UpstreamTimeout
-from middleware.upstream import UpstreamAnswer, UpstreamRouter, body_chunks, stream_error_event, traced
-from middleware.upstream_http import LeanResponse, UpstreamConnectionError
+from middleware.upstream import (
+    UpstreamAnswer,
+    UpstreamRouter,
+    body_chunks,
+    lean_errors,
+    stream_error_event,
+    traced,
+)
+from middleware.upstream_http import LeanResponse
 
 HOP_BY_HOP = frozenset(
     {
@@ -149,12 +156,8 @@ class RawForwarder:
     ) -> LeanResponse:
         client = upstreams.raw_client(target.base, target.auth_headers)
         sent = {name: value for name, value in headers.items() if name not in LEAN_DROPPED}
-        try:
+        with lean_errors("the upstream did not answer in time", "could not reach the upstream"):
             return await traced(upstreams.tracing, client, "POST", path, body, sent)
-        except TimeoutError as exc:
-            raise UpstreamTimeout("the upstream did not answer in time") from exc
-        except UpstreamConnectionError as exc:
-            raise UpstreamError(f"could not reach the upstream: {exc}") from exc
 
 
 def openai_stream_error(error: UpstreamError) -> bytes:

@@ -17,7 +17,8 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, MutableMapping
+from contextlib import contextmanager
 from typing import Any, Protocol, TypeVar
 
 import aiohttp
@@ -229,24 +230,18 @@ class PassthroughUpstream:
             return response
 
         try:
-            return await retrying(self._settings, attempt, self._on_retry)
+            with lean_errors("the upstream did not answer in time", "could not reach the upstream"):
+                return await retrying(self._settings, attempt, self._on_retry)
         except UpstreamStatus as exc:
             raise error_from_upstream(exc.status, exc.body, exc.headers) from None
-        except TimeoutError as exc:
-            raise UpstreamTimeout("the upstream did not answer in time") from exc
-        except UpstreamConnectionError as exc:
-            raise UpstreamError(f"could not reach the upstream: {exc}") from exc
 
     async def complete(self, body: dict[str, Any], relay: dict[str, str] | None = None) -> bytes:
         response = await self._open(orjson.dumps(body))
         if relay is not None:
             relay.update(relayed_headers(response.headers))
         try:
-            data = await response.read()
-        except TimeoutError as exc:
-            raise UpstreamTimeout("the upstream did not finish in time") from exc
-        except UpstreamConnectionError as exc:
-            raise UpstreamError(f"the upstream connection failed: {exc}") from exc
+            with lean_errors("the upstream did not finish in time", "the upstream connection failed"):
+                data = await response.read()
         finally:
             response.release()
         if response.status >= 400:
@@ -276,6 +271,18 @@ class PassthroughUpstream:
             yield stream_error_event(exc)
 
 
+@contextmanager
+def lean_errors(timed_out: str, broken: str) -> Iterator[None]:
+    """The lean client's errors as the proxy's: a timeout -> UpstreamTimeout(`timed_out`), a failed
+    connection -> UpstreamError(`broken`: what failed)."""
+    try:
+        yield
+    except TimeoutError as exc:
+        raise UpstreamTimeout(timed_out) from exc
+    except UpstreamConnectionError as exc:
+        raise UpstreamError(f"{broken}: {exc}") from exc
+
+
 async def traced(
     tracing: Tracing,
     client: LeanClient,
@@ -303,12 +310,9 @@ async def answer_chunks(response: LeanResponse) -> AsyncIterator[bytes]:
     the abort at once), one that read to the end gives it back to the pool."""
     chunks = response.chunks()
     try:
-        async for chunk in chunks:
-            yield chunk
-    except TimeoutError as exc:
-        raise UpstreamTimeout("the upstream stopped sending in time") from exc
-    except UpstreamConnectionError as exc:
-        raise UpstreamError(f"the upstream stream broke: {exc}") from exc
+        with lean_errors("the upstream stopped sending in time", "the upstream stream broke"):
+            async for chunk in chunks:
+                yield chunk
     finally:
         await chunks.aclose()
         response.close()

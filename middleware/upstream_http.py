@@ -474,8 +474,9 @@ class ConnectionPool:
         return self._open
 
     @property
-    def idle_connections(self) -> int:
-        return len(self._idle)
+    def waiting(self) -> int:
+        """Callers waiting for a connection (all `limit` are in use)."""
+        return sum(1 for waiter in self._waiters if not waiter.done())
 
 
 class LeanClient:

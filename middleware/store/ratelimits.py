@@ -130,7 +130,7 @@ class RateLimitStore:
         self._reserve: AsyncScript = redis.register_script(RESERVE_PENDING)
         self._record: AsyncScript = redis.register_script(RECORD)
         # the hot path's admissions (alone, or with the persona reads): on the hot client
-        self._chat_pipelines = ScriptPipelines(reads or redis, ADMIT, RESOLVE)
+        self._chat_pipelines = ScriptPipelines(reads or redis)
         self._admit_sha = self._chat_pipelines.add(ADMIT)
         self._resolve_sha = self._chat_pipelines.add(RESOLVE)
 

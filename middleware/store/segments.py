@@ -96,7 +96,7 @@ class PersonaReader:
         read_timeout_s: float = 0.05,
         breaker_s: float = 0.5,
     ) -> None:
-        self._pipelines = ScriptPipelines(redis, RESOLVE)
+        self._pipelines = ScriptPipelines(redis)
         self._resolve_sha = self._pipelines.add(RESOLVE)
         self._read_timeout_s = read_timeout_s
         self._breaker_s = breaker_s
