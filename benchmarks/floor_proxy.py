@@ -52,6 +52,7 @@ class Request(asyncio.Protocol):
         self.parser = httptools.HttpRequestParser(self)
         self.body: list[bytes] = []
         self.url = b""
+        self.answering: set[asyncio.Task[None]] = set()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
@@ -70,7 +71,9 @@ class Request(asyncio.Protocol):
         if self.parser.get_method() != b"POST":  # a readiness probe
             self.transport.write(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
             return
-        asyncio.get_running_loop().create_task(self.answer(self.url, body))
+        task = asyncio.get_running_loop().create_task(self.answer(self.url, body))
+        self.answering.add(task)  # a reference until done: the loop keeps only a weak one
+        task.add_done_callback(self.answering.discard)
 
     async def answer(self, url: bytes, raw: bytes) -> None:
         body = orjson.loads(raw)
