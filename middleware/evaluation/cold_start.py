@@ -408,27 +408,6 @@ def format_table(report: ColdStartReport) -> str:
     return "\n".join(lines)
 
 
-def format_markdown(report: ColdStartReport) -> str:
-    """The curve as a Markdown table (README, docs/METHOD.md): per condition and own_pairs, the mean
-    accuracy [95% CI], then the paired gain over global [95% CI]."""
-    lines = [
-        "| own pairs | " + " | ".join(report.own_pairs) + " |",
-        "|---|" + "---|" * len(report.own_pairs),
-    ]
-    for condition in CONDITIONS:
-        cells = []
-        for label in report.own_pairs:
-            p = report.point(condition, label)
-            cell = f"{p.mean_accuracy:.3f} [{p.ci[0]:.3f}, {p.ci[1]:.3f}]"
-            if condition != "global":
-                cell += f"<br>{p.gain:+.3f} [{p.gain_ci[0]:+.3f}, {p.gain_ci[1]:+.3f}]"
-            cells.append(cell)
-        lines.append(f"| {condition} | " + " | ".join(cells) + " |")
-    cells = [f"{p.gain:+.3f} [{p.gain_ci[0]:+.3f}, {p.gain_ci[1]:+.3f}]" for p in report.own_segment_vs_own]
-    lines.append("| own+segment − own | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
 def plot_curve(report: ColdStartReport, path: str | Path) -> Path:
     """PNG: accuracy vs own pairs per condition (95% CI bars), and the gains over global."""
     import matplotlib

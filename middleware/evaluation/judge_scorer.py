@@ -113,6 +113,7 @@ class LLMJudgeScorer:
             from tqdm import tqdm
 
             bar = tqdm(total=len(test_by_user), desc=f"eval {self.name}", unit="user", leave=False)
+        # its connections are as many as the calls in flight, which `calls` bounds to `concurrency`
         router = UpstreamRouter(self.settings, lambda: None)
         try:
 

@@ -163,7 +163,7 @@ class Personalizer:
         return block
 
     def read_failed(self, exc: BaseException, *, quiet: bool = False) -> None:
-        """Count a persona read that failed outside `current` (the chat goes on without a persona);
+        """Count a persona read that failed (the chat goes on without a persona);
         `quiet`: not logged (a read skipped while the store is known to be down)."""
         self._metrics.persona_read_failures.inc()
         if not quiet:
