@@ -17,7 +17,7 @@ from redis.asyncio import Redis
 
 from middleware.quota_policy import LimitsConfig
 from middleware.quotas.service import utc_day
-from middleware.quotas.usage import tokens_in_body, tokens_in_sse, tokens_used
+from middleware.quotas.usage import StreamUsage, tokens_in_body, tokens_in_sse, tokens_used
 from middleware.store import keys
 from middleware.store.ratelimits import RateLimitStore
 from tests.support.fake_upstream import FakeUpstream, Reply
@@ -260,6 +260,41 @@ def test_usage_is_counted_in_both_apis_shapes() -> None:
         b'data: {"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":1}}\n\ndata: [DONE]\n\n'
     )
     assert tokens_in_sse(events) == 7
+
+
+# A Responses stream as the API writes it: the Response object's `usage` is null until the last event;
+# a text delta quoting a `usage` member (escaped, so not a member) counts nothing.
+RESPONSES_USAGE_STREAM = (
+    b'event: response.created\ndata: {"type":"response.created","response":{"id":"r1","usage":null,'
+    b'"tools":[{"type":"function","parameters":{"properties":{"usage":{"type":"object"}}}}]}}\n\n'
+    b'event: response.output_text.delta\ndata: {"type":"response.output_text.delta",'
+    b'"delta":"say \\"usage\\":{\\"input_tokens\\":900}"}\n\n'
+    b'event: response.in_progress\ndata: {"type":"response.in_progress","usage" : null,'
+    b'"response":{"id":"r1","usage": null}}\n\n'
+    b'event: response.completed\ndata: {"type":"response.completed","usage":null,"response":{"id":"r1",'
+    b'"usage" :{"input_tokens":11,"input_tokens_details":{"cached_tokens":0},"output_tokens":5}}}\n\n'
+)
+
+
+def test_a_streams_usage_is_counted_wherever_the_chunks_are_cut() -> None:
+    for cut in range(1, len(RESPONSES_USAGE_STREAM)):
+        usage = StreamUsage()
+        usage.feed(RESPONSES_USAGE_STREAM[:cut])
+        usage.feed(RESPONSES_USAGE_STREAM[cut:])
+        assert usage.total() == 16, cut
+    # Anthropic repeats its counts cumulatively: each field counts with its largest value
+    messages = StreamUsage()
+    for event in (
+        b'data: {"type":"message_start","message":{"usage":{"input_tokens":9,"output_tokens":1}}}\n\n',
+        b'data: {"type":"message_delta","usage":{"output_tokens":4}}\n\n',
+        b'data: {"type":"message_delta","usage":{"output_tokens":12}}',  # the last line without its newline
+    ):
+        messages.feed(event)
+    assert messages.total() == 21
+    # only null usage (and the tools' schema, whose `usage` is no answer's): nothing counted
+    nothing = StreamUsage()
+    nothing.feed(RESPONSES_USAGE_STREAM.rsplit(b"event: response.completed", 1)[0])
+    assert nothing.total() == 0
 
 
 def test_caps_apply_without_persona_limits(limited: RunningProxy, fake_upstream: FakeUpstream) -> None:

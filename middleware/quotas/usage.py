@@ -6,6 +6,7 @@ Messages: `{"input_tokens", "output_tokens"}` (Anthropic adds cache read/creatio
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -19,6 +20,11 @@ _FIELDS = (
     "cache_creation_input_tokens",
     "cache_read_input_tokens",
 )
+_USAGE_KEY = b'"usage"'
+# What follows a `usage` key when its value is null (a Response object's stream events before the
+# last say `"usage":null`). In JSON text a quoted key cannot be found inside a string: there every
+# quote is escaped.
+_NULL_VALUE = re.compile(rb"[ \t\r\n]*:[ \t\r\n]*null")
 
 
 def tokens_used(usage: Any) -> int:
@@ -39,7 +45,7 @@ def tokens_used(usage: Any) -> int:
 
 def usage_in_body(raw: bytes) -> Any:
     """The `usage` of a whole JSON answer or of one stream event (None when it has none)."""
-    if b'"usage"' not in raw:
+    if not _has_usage(raw):
         return None
     try:
         data = orjson.loads(raw)
@@ -53,6 +59,17 @@ def usage_in_body(raw: bytes) -> Any:
     if usage is None and isinstance(data.get("message"), dict):  # Anthropic message_start
         usage = data["message"].get("usage")
     return usage
+
+
+def _has_usage(raw: bytes) -> bool:
+    """Whether `raw` has a `usage` key whose value is not null (only those are worth parsing)."""
+    key = raw.find(_USAGE_KEY)
+    while key >= 0:
+        end = key + len(_USAGE_KEY)
+        if _NULL_VALUE.match(raw, end) is None:
+            return True
+        key = raw.find(_USAGE_KEY, end)
+    return False
 
 
 def tokens_in_body(raw: bytes) -> int:
@@ -98,10 +115,20 @@ class StreamUsage:
         return tokens_used(self._fields)
 
     def _lines(self, text: bytes) -> None:
-        if b'"usage"' not in text:
-            return
-        for line in text.split(b"\n"):
-            if line.startswith(b"data:") and b'"usage"' in line:
+        """Whole lines: the `data:` lines with a `usage` key (found in the text, not line by line:
+        the Responses API's events are kilobytes long)."""
+        key = text.find(_USAGE_KEY)
+        while key >= 0:
+            if _NULL_VALUE.match(text, key + len(_USAGE_KEY)) is not None:
+                key = text.find(_USAGE_KEY, key + len(_USAGE_KEY))
+                continue
+            start = text.rfind(b"\n", 0, key) + 1
+            end = text.find(b"\n", key)
+            if end < 0:
+                end = len(text)
+            line = text[start:end]
+            key = text.find(_USAGE_KEY, end)
+            if line.startswith(b"data:"):
                 usage = usage_in_body(line[5:].strip())
                 if isinstance(usage, Mapping):
                     for name in (*_FIELDS, "total_tokens"):
