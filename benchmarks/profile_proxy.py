@@ -1,6 +1,7 @@
 """Where the proxy's CPU goes under load: py-spy flame graphs of `persona serve` while wrk drives it.
 
-    .venv/bin/python benchmarks/profile_proxy.py [--seconds 15] [--path /chat/completions] [--limits | --everything]
+    .venv/bin/python benchmarks/profile_proxy.py [--seconds 15] [--path /chat/completions] [--stream]
+        [--limits | --everything]
 
 Writes `benchmarks/out/profiles/<name>.svg` (flame graph) and `<name>.txt` (collapsed stacks), and
 prints the functions with the largest share of samples, inclusive, so a change can be aimed at what
@@ -49,6 +50,7 @@ def main() -> None:
     parser.add_argument("--path", default="/chat/completions")
     parser.add_argument("--name", default="chat")
     parser.add_argument("--connections", type=int, default=16, help="wrk's connections (1: the c=1 path)")
+    parser.add_argument("--stream", action="store_true", help="streamed answers")
     parser.add_argument("--limits", action="store_true", help="with every rate limit on")
     parser.add_argument(
         "--everything",
@@ -61,6 +63,8 @@ def main() -> None:
     if args.everything:
         settings["feedback_records"] = "true"
         body = {**body, "user": "bench-ctx"}
+    if args.stream:
+        body = {**body, "stream": True}
     PROFILES.mkdir(parents=True, exist_ok=True)
     with h.redis() as redis, h.fake_upstream() as upstream, h.proxy(redis.url, upstream, **settings) as proxy:
         for user in ("bench-user", "bench-ctx"):

@@ -611,7 +611,7 @@ def main() -> None:
     parser.add_argument(
         "--everything",
         action="store_true",
-        help="side by side (or --apis-only --against) with every production feature on: limits, "
+        help="with every production feature on (side by side, --apis-only, the default table): limits, "
         "feedback records, 10 contexts",
     )
     args = parser.parse_args()
@@ -683,8 +683,10 @@ def main() -> None:
             )
         ttfb_against(args.against.resolve(), args.runs)
         return
-    with h.redis() as redis, h.fake_upstream() as upstream, h.proxy(redis.url, upstream) as proxy:
+    with h.redis() as redis, h.fake_upstream() as upstream, h.proxy(redis.url, upstream, **everything) as proxy:
         h.put_persona(proxy, "bench-user", PERSONA, [EXEMPLAR, EXEMPLAR])
+        if args.everything:
+            plant_contexts(redis.url, "bench-user")
         if args.apis_only:
             api_table(upstream, {"proxy": proxy}, args.runs, args.seconds, args.connections)
             return
