@@ -457,7 +457,7 @@ class UpstreamRouter:
         self._tracing = tracing
         self._client = lean_client(settings) if settings.upstream_api_base else None
         self._paths: dict[str, PassthroughUpstream] = {}
-        self._raw: dict[str, LeanClient] = {}
+        self._raw: dict[tuple[str, tuple[tuple[str, str], ...]], LeanClient] = {}
         self._passthrough = self.passthrough("/chat/completions") if self._client is not None else None
         self._litellm: LitellmUpstream | None = None
 
@@ -474,11 +474,13 @@ class UpstreamRouter:
         return found
 
     def raw_client(self, base: str, auth_headers: dict[str, str]) -> LeanClient:
-        """A lean client of `base` for the routes passed through (one per base, the credentials
-        framed in; the app's own headers go with each request)."""
-        found = self._raw.get(base)
+        """A lean client of `base` for the routes passed through (one per base and credentials, which
+        are framed in: an Anthropic base may be the OpenAI-compatible one, under another key; the
+        app's own headers go with each request)."""
+        key = (base, tuple(auth_headers.items()))
+        found = self._raw.get(key)
         if found is None:
-            found = self._raw[base] = lean_client_for(self._settings, base, auth_headers)
+            found = self._raw[key] = lean_client_for(self._settings, base, auth_headers)
         return found
 
     @property

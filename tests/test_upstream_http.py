@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 
+from middleware.config import Settings
+from middleware.upstream import UpstreamRouter
 from middleware.upstream_http import LeanClient, UpstreamConnectionError, UpstreamReadTimeout
 from tests.support.redis_topologies import make_certificates
 from tests.support.waiting import await_until
@@ -345,3 +347,22 @@ async def test_an_https_base_is_verified_against_the_trusted_authorities(tmp_pat
         with pytest.raises(UpstreamConnectionError, match="could not connect"):
             await stranger.post("/x", b"{}")
         stranger.close()
+
+
+async def test_one_base_under_two_keys_gets_a_client_per_key() -> None:
+    # An Anthropic base may be the OpenAI-compatible one (a gateway speaking both), under its own key:
+    # each request passed through carries the credentials of its own target.
+    async with serving(echo_forever) as server:
+        base = f"http://127.0.0.1:{server.port}"
+        settings = Settings(upstream_api_base=base, upstream_api_key="sk-openai", embedded_redis=False)
+        router = UpstreamRouter(settings, on_retry=lambda: None)
+        openai_key = {"Authorization": "Bearer sk-openai"}
+        openai = router.raw_client(base, openai_key)
+        anthropic = router.raw_client(base, {"x-api-key": "sk-anthropic"})
+        assert router.raw_client(base, dict(openai_key)) is openai
+        await (await openai.post("/embeddings", b"{}")).read()
+        await (await anthropic.post("/v1/messages", b"{}")).read()
+        router.close()
+    first, second = (request.split(b"\r\n\r\n")[0].split(b"\r\n") for request in server.requests)
+    assert b"Authorization: Bearer sk-openai" in first and not any(b"x-api-key" in h for h in first)
+    assert b"x-api-key: sk-anthropic" in second and not any(b"Authorization" in h for h in second)
