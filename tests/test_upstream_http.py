@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import SecretStr
 
 from middleware.config import Settings
 from middleware.upstream import UpstreamRouter
@@ -354,7 +355,7 @@ async def test_one_base_under_two_keys_gets_a_client_per_key() -> None:
     # each request passed through carries the credentials of its own target.
     async with serving(echo_forever) as server:
         base = f"http://127.0.0.1:{server.port}"
-        settings = Settings(upstream_api_base=base, upstream_api_key="sk-openai", embedded_redis=False)
+        settings = Settings(upstream_api_base=base, upstream_api_key=SecretStr("sk-openai"), embedded_redis=False)
         router = UpstreamRouter(settings, on_retry=lambda: None)
         openai_key = {"Authorization": "Bearer sk-openai"}
         openai = router.raw_client(base, openai_key)
