@@ -60,11 +60,11 @@ async def induce_contexts(
             if done is not None:  # stored by an earlier try of this job
                 results[group.name] = context_summary(group, done, reused=True)
                 continue
-        train, validation = split(group.pairs, settings.induction_validation_fraction)
+        plan = Plan(*split(group.pairs, settings.induction_validation_fraction))
         started = time.perf_counter()
         ctx = llm_context(induction.upstreams, settings, model, new_budget(settings))
         try:
-            induced = await run_steps(ctx, Plan(train, validation), settings, progress=progress)
+            induced = await run_steps(ctx, plan, settings, progress=progress)
         except PersonaError as exc:
             results[group.name] = {"status": "failed", "pairs": len(group.pairs), "error": exc.code}
             continue
@@ -75,10 +75,8 @@ async def induce_contexts(
             scope={"grouping": group.grouping},
             ctx=ctx,
             job_id=job_id,
-            train=train,
-            validation=validation,
-            kept=induced.kept,
-            selection=induced.selection,
+            plan=plan,
+            induced=induced,
             seed=settings.induction_seed,
             started=started,
         )

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from middleware.induction.bootstrap import Trace
 from middleware.induction.context import PROMPT_VERSION, LLMContext
@@ -16,6 +16,20 @@ from middleware.models import Persona, PreferencePair
 INDUCTION = "induction"
 SEGMENT_INDUCTION = "segment-induction"
 METHOD = "synthesizeme"
+
+
+class Split(Protocol):
+    """How a run's pairs were split (`pipeline.Plan`, which imports this module)."""
+
+    train: list[PreferencePair]
+    validation: list[PreferencePair]
+
+
+class Outcome(Protocol):
+    """What a run's steps kept and selected (`pipeline.Induced`)."""
+
+    kept: list[Trace]
+    selection: Selection
 
 
 def admin_provenance() -> dict[str, Any]:
@@ -41,22 +55,22 @@ def induced_provenance(
     ctx: LLMContext,
     scope: Mapping[str, Any] | None = None,
     job_id: str | None,
-    train: list[PreferencePair],
-    validation: list[PreferencePair],
-    kept: list[Trace],
-    selection: Selection,
+    plan: Split,
+    induced: Outcome,
     seed: int,
     started: float,
     exemplars: bool = True,
     weighed: bool = False,
 ) -> dict[str, Any]:
     """An induced version: where its pairs came from (`scope`: a context's grouping, a segment's
-    members), the model, how the pairs were split, the traces kept, the validation accuracy, and the
-    run's cost (`ctx`: the run's LLM calls; `started`: `time.perf_counter()` when the run began).
+    members), the model, how the pairs were split (`plan`), the traces kept and the validation accuracy
+    (`induced`), and the run's cost (`ctx`: the run's LLM calls; `started`: `time.perf_counter()` when
+    the run began).
 
     `exemplars`: the version stores exemplars (a segment's stores none). `weighed`: it also records
     how many pairs were implied by feedback and every candidate exemplar set's score."""
-    pairs = train + validation
+    pairs = plan.train + plan.validation
+    selection = induced.selection
     return {
         "source": source,
         "method": METHOD,
@@ -65,11 +79,11 @@ def induced_provenance(
         "model": ctx.model,
         "prompt_template_version": PROMPT_VERSION,
         "source_preference_ids": ids(pairs),
-        "train_ids": ids(train),
-        "validation_ids": ids(validation),
+        "train_ids": ids(plan.train),
+        "validation_ids": ids(plan.validation),
         # pairs implied by feedback signals (weighted below explicit judgements, README "Feedback")
         **({"implicit_pairs": sum(1 for p in pairs if p.source == "implicit")} if weighed else {}),
-        "kept_trace_ids": [t.pair.stable_id() for t in kept],
+        "kept_trace_ids": [t.pair.stable_id() for t in induced.kept],
         **({"exemplar_ids": ids(selection.exemplars)} if exemplars else {}),
         "validation_accuracy": selection.accuracy,
         **({"candidate_scores": selection.scores} if weighed else {}),
