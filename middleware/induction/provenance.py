@@ -37,11 +37,10 @@ def admin_provenance() -> dict[str, Any]:
     return {"source": "admin"}
 
 
-def made_by(versions: list[Persona], job_id: str | None) -> Persona | None:
+def made_by(versions: list[Persona], job_id: str) -> Persona | None:
     """The newest of `versions` that job `job_id` stored: how a retried job (same id) finds the work
-    an earlier try already did (a crash after the save) and skips it."""
-    if job_id is None:
-        return None
+    an earlier try already did (a crash after the save) and skips it. A run without a job id has no
+    earlier try: its callers skip the read of the versions."""
     return next((v for v in reversed(versions) if v.provenance.get("job_id") == job_id), None)
 
 
