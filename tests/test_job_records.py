@@ -1,5 +1,6 @@
-"""Job records tell the truth: a retry's success clears the earlier error, a cancelled adapter training
-stays cancelled and stores nothing, and a cancel is recognised by the exception's type."""
+"""Job records tell the truth: a job failed by a transient upstream error is retried and the retry's
+success clears the earlier error, a cancelled adapter training stays cancelled and stores nothing,
+and a cancel is recognised by the exception's type."""
 
 from __future__ import annotations
 
@@ -26,7 +27,9 @@ from tests.support.proxy import admin_client as client
 T, U = "tenant-a", "alice"
 
 
-async def test_a_successful_retry_clears_the_earlier_error(jproxy: RunningProxy, fake_upstream: FakeUpstream) -> None:
+async def test_a_transient_upstream_error_is_retried_and_the_success_clears_it(
+    jproxy: RunningProxy, fake_upstream: FakeUpstream
+) -> None:
     async with store_services(jproxy.settings) as services:
         await services.preferences.add_pairs(T, U, make_pairs(U, 5))
     # one attempt's worth of 503s (the upstream call is tried 3 times)

@@ -112,19 +112,6 @@ async def test_failed_job_keeps_current_persona(jproxy: RunningProxy, fake_upstr
         assert current["text"] == "hand-written persona" and current["version"] == 1
 
 
-async def test_transient_upstream_errors_are_retried(
-    jproxy: RunningProxy, fake_upstream: FakeUpstream
-) -> None:
-    await add_pairs(jproxy, U, 5, T)
-    # one job attempt's worth of 503s (the upstream call is tried 3 times)
-    fake_upstream.responder = InductionResponder().after_503s(3)
-    with client(jproxy) as http:
-        job_id = http.post(f"/admin/users/{U}/persona/refresh").json()["job_id"]
-        await drain(jproxy.settings.model_copy(update={"induction_concurrency": 1}))
-        job = http.get(f"/admin/jobs/{job_id}").json()
-    assert job["state"] == "complete" and job["attempts"] == 2
-
-
 async def test_cancelled_job_never_changes_persona(jproxy: RunningProxy, fake_upstream: FakeUpstream) -> None:
     await add_pairs(jproxy, U, 5, T)
     fake_upstream.responder = InductionResponder()
