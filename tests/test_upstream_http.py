@@ -206,15 +206,40 @@ async def test_a_connection_the_server_closed_while_idle_is_replaced_without_an_
         body = await read_request(reader, server)
         writer.write(answer(b'{"ok":' + (body or b"0") + b"}"))
         await writer.drain()
-        # keep-alive was promised, but the second request is dropped unanswered (closed idle)
-        await reader.readuntil(b"\r\n\r\n")
+        # keep-alive was promised, yet the connection is closed once answered (an upstream whose idle
+        # timeout is shorter than the client's)
 
     async with serving(one_answer_then_close) as server:
+        lean = client(server)
+        assert await (await lean.post("/x", b"1")).read() == b'{"ok":1}'
+        # closed while idle in the pool, before the next call: the server hung up, and the pool saw it
+        assert await await_until(lambda: server.open_now == 0 and lean.pool.open_connections == 0, 5)
+        assert await (await lean.post("/x", b"2")).read() == b'{"ok":2}'
+        lean.close()
+    assert server.connections == 2
+    # each request sent once, the second on the new connection (none went to the closed one and back)
+    assert [request.split(b"\r\n\r\n", 1)[1] for request in server.requests] == [b"1", b"2"]
+
+
+async def test_a_reused_connection_closed_before_the_first_byte_is_retried_on_a_new_one() -> None:
+    async def one_answer_then_drop_the_next(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Server
+    ) -> None:
+        body = await read_request(reader, server)
+        writer.write(answer(b'{"ok":' + (body or b"0") + b"}"))
+        await writer.drain()
+        # keep-alive was promised, but the next request is read and dropped unanswered (the server
+        # closed the connection as it came)
+        await read_request(reader, server)
+
+    async with serving(one_answer_then_drop_the_next) as server:
         lean = client(server)
         assert await (await lean.post("/x", b"1")).read() == b'{"ok":1}'
         assert await (await lean.post("/x", b"2")).read() == b'{"ok":2}'
         lean.close()
     assert server.connections == 2  # the first (its reuse dropped unanswered), then the fresh retry
+    # the second request reached the kept connection, then went again on the new one
+    assert [request.split(b"\r\n\r\n", 1)[1] for request in server.requests] == [b"1", b"2", b"2"]
 
 
 async def test_a_first_connection_closed_before_answering_is_an_error_not_a_retry() -> None:
