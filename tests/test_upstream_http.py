@@ -16,7 +16,7 @@ from pydantic import SecretStr
 
 from middleware.config import Settings
 from middleware.upstream import UpstreamRouter
-from middleware.upstream_http import LeanClient, UpstreamConnectionError, UpstreamReadTimeout
+from middleware.upstream_http import HIGH_WATER, LeanClient, UpstreamConnectionError, UpstreamReadTimeout
 from tests.support.redis_topologies import make_certificates
 from tests.support.waiting import await_until
 
@@ -117,32 +117,84 @@ async def test_calls_reuse_one_kept_alive_connection_and_frame_the_request() -> 
     assert not any(line.lower().startswith(b"accept-encoding") for line in head)
 
 
+@dataclass
+class Stream:
+    """How far a streaming server got with one answer."""
+
+    pieces: int = 0  # chunks handed to its transport
+    written: int = 0  # their bytes
+    draining: bool = False  # waiting in drain: its buffers are full, the client does not read
+    ended: bool = False  # the last chunk went out
+
+
+def numbered(i: int) -> bytes:
+    return b"data: %06d %s\n\n" % (i, b"x" * 4000)
+
+
 async def test_a_chunked_stream_arrives_whole_and_in_order_with_back_pressure() -> None:
-    pieces = [b"data: %06d %s\n\n" % (i, b"x" * 4000) for i in range(300)]  # ~1.2 MB
+    # The server sends numbered pieces until the test lets it finish, then `tail` more; it ends on its
+    # own after 64 MB, far more than the socket buffers hold, so a client that never stops reading gets
+    # the whole answer (and the test fails) instead of an endless one.
+    finish = asyncio.Event()
+    most = 64 * 1024 * 1024 // len(numbered(0))
+    tail = 64
+    one_read = 256 * 1024  # the most asyncio's socket transport reads at once
+    streams: list[Stream] = []
 
     async def chunked(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Server) -> None:
         while await read_request(reader, server) is not None:
+            stream = Stream()
+            streams.append(stream)
             writer.write(
                 b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
             )
-            for piece in pieces:
+            last: int | None = None  # numbered pieces until the test lets it finish, then `tail` more
+            while last is None or stream.pieces < last:
+                if last is None and (finish.is_set() or stream.pieces >= most):
+                    last = stream.pieces + tail
+                    continue
+                piece = numbered(stream.pieces)
                 writer.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+                stream.pieces += 1
+                stream.written += len(piece)
+                stream.draining = True
                 await writer.drain()
+                stream.draining = False
             writer.write(b"0\r\n\r\n")
             await writer.drain()
+            stream.ended = True
+
+    looks: list[int] = []
+
+    def held_up() -> bool:
+        """The server waits in drain and wrote nothing more over three looks (or it ended)."""
+        stream = streams[0]
+        looks.append(stream.written)
+        return stream.ended or (stream.draining and looks[-3:] == [stream.written] * 3)
 
     async with serving(chunked) as server:
         lean = client(server)
         response = await lean.post("/chat/completions", b"{}")
-        received = []
-        async for chunk in response.chunks():
-            received.append(chunk)
-            if len(received) == 1:
-                await asyncio.sleep(0.05)  # a slow reader: the client pauses the socket meanwhile
-        assert b"".join(received) == b"".join(pieces)
+        chunks = response.chunks()
+        received = [await anext(chunks)]
+        # the reader holds off: the client stops reading the socket once it holds HIGH_WATER, and the
+        # server's writes wait, far from the end of the answer
+        assert await await_until(held_up, 10)
+        stream = streams[0]
+        assert not stream.ended
+        assert stream.draining
+        held = stream.written
+        # all the client took in meanwhile comes as one chunk: its high-water mark and one read at most
+        received.append(await anext(chunks))
+        assert len(received[-1]) <= HIGH_WATER + one_read
+        # the reader reads on: the socket is read again, the server's writes go on, and the answer ends
+        finish.set()
+        received += [chunk async for chunk in chunks]
+        assert stream.ended and stream.written > held
+        assert b"".join(received) == b"".join(numbered(i) for i in range(stream.pieces))
         # read to its end: the connection went back to the pool and serves the next call
         again = await lean.post("/chat/completions", b"{}")
-        assert len(b"".join([c async for c in again.chunks()])) == len(b"".join(pieces))
+        assert b"".join([c async for c in again.chunks()]) == b"".join(numbered(i) for i in range(tail))
         lean.close()
     assert server.connections == 1
 
@@ -154,15 +206,40 @@ async def test_a_connection_the_server_closed_while_idle_is_replaced_without_an_
         body = await read_request(reader, server)
         writer.write(answer(b'{"ok":' + (body or b"0") + b"}"))
         await writer.drain()
-        # keep-alive was promised, but the second request is dropped unanswered (closed idle)
-        await reader.readuntil(b"\r\n\r\n")
+        # keep-alive was promised, yet the connection is closed once answered (an upstream whose idle
+        # timeout is shorter than the client's)
 
     async with serving(one_answer_then_close) as server:
+        lean = client(server)
+        assert await (await lean.post("/x", b"1")).read() == b'{"ok":1}'
+        # closed while idle in the pool, before the next call: the server hung up, and the pool saw it
+        assert await await_until(lambda: server.open_now == 0 and lean.pool.open_connections == 0, 5)
+        assert await (await lean.post("/x", b"2")).read() == b'{"ok":2}'
+        lean.close()
+    assert server.connections == 2
+    # each request sent once, the second on the new connection (none went to the closed one and back)
+    assert [request.split(b"\r\n\r\n", 1)[1] for request in server.requests] == [b"1", b"2"]
+
+
+async def test_a_reused_connection_closed_before_the_first_byte_is_retried_on_a_new_one() -> None:
+    async def one_answer_then_drop_the_next(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Server
+    ) -> None:
+        body = await read_request(reader, server)
+        writer.write(answer(b'{"ok":' + (body or b"0") + b"}"))
+        await writer.drain()
+        # keep-alive was promised, but the next request is read and dropped unanswered (the server
+        # closed the connection as it came)
+        await read_request(reader, server)
+
+    async with serving(one_answer_then_drop_the_next) as server:
         lean = client(server)
         assert await (await lean.post("/x", b"1")).read() == b'{"ok":1}'
         assert await (await lean.post("/x", b"2")).read() == b'{"ok":2}'
         lean.close()
     assert server.connections == 2  # the first (its reuse dropped unanswered), then the fresh retry
+    # the second request reached the kept connection, then went again on the new one
+    assert [request.split(b"\r\n\r\n", 1)[1] for request in server.requests] == [b"1", b"2", b"2"]
 
 
 async def test_a_first_connection_closed_before_answering_is_an_error_not_a_retry() -> None:
