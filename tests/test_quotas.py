@@ -4,6 +4,7 @@ at most R calls in any window, entries merge field by field, and proxies sharing
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import threading
 import time
@@ -371,7 +372,7 @@ def test_the_persona_read_and_the_quota_share_one_round_trip(
 
 
 def test_quotas_fail_open_when_redis_is_down(
-    redis_factory: Callable[..., RedisServer], fake_upstream: FakeUpstream
+    redis_factory: Callable[..., RedisServer], fake_upstream: FakeUpstream, caplog: pytest.LogCaptureFixture
 ) -> None:
     server = redis_factory()
     limits = {"default": {"requests_per_minute": 1, "concurrency": 1}}
@@ -379,9 +380,13 @@ def test_quotas_fail_open_when_redis_is_down(
         assert chat(limited, "u1").status_code == 200
         assert_429(chat(limited, "u1"), "requests_per_minute")
         server.kill()
-        assert [chat(limited, "u1").status_code for _ in range(3)] == [200, 200, 200]
+        with caplog.at_level(logging.WARNING, logger="middleware"):
+            assert [chat(limited, "u1").status_code for _ in range(3)] == [200, 200, 200]
         text = httpx.get(f"{limited.url}/metrics", timeout=5).text
     assert re.search(r"persona_quota_store_failures_total ([1-9][0-9.]*)", text)
+    # the operator's log says what the fault was, not only its type
+    skipped = [r.getMessage() for r in caplog.records if "quota check skipped" in r.getMessage()]
+    assert skipped and all(re.search(r"the store failed: \w+: \S", message) for message in skipped), skipped
 
 
 async def test_induction_calls_count_against_the_tenant(redis_url: str, fake_upstream: FakeUpstream) -> None:

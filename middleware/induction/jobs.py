@@ -42,6 +42,7 @@ from middleware.induction.resilient import REDIS_DOWN, ResilientWorker, supervis
 from middleware.services import Services, build_services
 from middleware.store import keys
 from middleware.store.connection import create_jobs_redis
+from middleware.store.guard import described
 from middleware.store.personas import PersonaStore
 from middleware.store.preferences import PreferenceStore
 from middleware.store.segments import SegmentStore
@@ -91,7 +92,7 @@ async def run_user_job(queue: JobQueue, settings: Settings, job_id: str, body: J
     try:
         return await run_locked(queue, settings, job_id, body)
     except REDIS_DOWN as exc:
-        log.warning("job %s interrupted by a Redis outage (%s): queued again", job_id, type(exc).__name__)
+        log.warning("job %s interrupted by a Redis outage (%s): queued again", job_id, described(exc))
         raise Retry(defer=settings.jobs_retry_defer_s) from exc
 
 

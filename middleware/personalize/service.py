@@ -26,6 +26,7 @@ from middleware.metrics import Metrics
 from middleware.models import Persona
 from middleware.personalize.block import render_persona_block
 from middleware.personalize.contexts import ROUTER_HEAD, Route, Router, RouterSpec, choose
+from middleware.store.guard import described
 from middleware.store.personas import PersonaReadFailed, PersonaStore
 from middleware.tracing import TRACING_OFF, Tracing
 
@@ -167,7 +168,7 @@ class Personalizer:
         `quiet`: not logged (a read skipped while the store is known to be down)."""
         self._metrics.persona_read_failures.inc()
         if not quiet:
-            log.warning("persona read failed, continuing without persona: %s", type(exc).__name__)
+            log.warning("persona read failed, continuing without persona: %s", described(exc))
 
     @property
     def read_timeout_s(self) -> float:

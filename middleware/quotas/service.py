@@ -25,7 +25,7 @@ from middleware.metrics import Metrics
 from middleware.personalize.resolve import NOTHING, Resolved, Resolver, traced
 from middleware.quota_policy import LimitsTable, TenantLimits
 from middleware.quotas.usage import StreamUsage, tokens_in_body, tokens_used
-from middleware.store.guard import STORE_ERRORS
+from middleware.store.guard import STORE_ERRORS, described
 from middleware.store.policy import Posteriors
 from middleware.store.ratelimits import REASONS, RateLimitStore
 from middleware.store.write_behind import WriteBehind
@@ -68,7 +68,7 @@ class Lease:
         try:
             await self._quotas.store.release(self._tenant, self._token)
         except STORE_ERRORS as exc:  # the lease expires on its own
-            log.warning("could not release a concurrency slot: %s", type(exc).__name__)
+            log.warning("could not release a concurrency slot: %s", described(exc))
 
     def finish(self, tokens: int) -> None:
         """The call answered, having used `tokens`: count them and give back the slot, behind the answer."""
@@ -221,7 +221,7 @@ class Quotas:
 
     def _skipped(self, exc: BaseException) -> None:
         self._metrics.quota_store_failures.inc()
-        log.warning("quota check skipped, the store failed: %s", type(exc).__name__)
+        log.warning("quota check skipped, the store failed: %s", described(exc))
 
     def refuse(self, tenant: str, reason: str, retry_after_s: float) -> None:
         self._metrics.quota_refusals.labels(tenant, reason).inc()
@@ -255,7 +255,7 @@ class Quotas:
             await self.store.add_tokens(tenant, utc_day(time.time())[0], tokens)
         except STORE_ERRORS as exc:
             self._metrics.quota_store_failures.inc()
-            log.warning("tokens not counted, the store failed: %s", type(exc).__name__)
+            log.warning("tokens not counted, the store failed: %s", described(exc))
 
     def tokens_of(self, tenant: str, *usages: Any) -> int:
         """The tokens of upstream `usage` dicts (either API's shape) that count against the tenant's
@@ -285,7 +285,7 @@ class Quotas:
             wait_ms = await self.store.reserve_pending(tenant, user, comparison_id, limit=limit, ttl_s=ttl_s)
         except STORE_ERRORS as exc:
             self._metrics.quota_store_failures.inc()
-            log.warning("pending comparisons not checked, the store failed: %s", type(exc).__name__)
+            log.warning("pending comparisons not checked, the store failed: %s", described(exc))
             return
         if wait_ms:
             self.refuse(tenant, "max_pending_comparisons", wait_ms / 1000.0)
@@ -308,10 +308,10 @@ class Quotas:
         try:
             await self.store.keep_pending(tenant, user, comparison_id, expires_at_ms=expires_at_s * 1000)
         except STORE_ERRORS as exc:  # the entry would have expired with the comparison anyway
-            log.warning("pending comparison not kept: %s", type(exc).__name__)
+            log.warning("pending comparison not kept: %s", described(exc))
 
     async def drop_comparison(self, tenant: str, user: str, comparison_id: str) -> None:
         try:
             await self.store.drop_pending(tenant, user, comparison_id)
         except STORE_ERRORS as exc:  # the entry expires with the comparison
-            log.warning("pending comparison not dropped: %s", type(exc).__name__)
+            log.warning("pending comparison not dropped: %s", described(exc))

@@ -37,9 +37,16 @@ async def fail_closed(awaitable: Any) -> Any:
         raise unavailable(exc) from exc
 
 
+def described(exc: BaseException, limit: int = 200) -> str:
+    """A store fault for an operator's log: its type and what it says (one line, at most `limit`
+    characters; the type alone when it says nothing, as a timeout often does)."""
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}"[:limit] if text else type(exc).__name__
+
+
 def unavailable(exc: BaseException) -> StoreUnavailable:
     """The 503 for a store error (logged)."""
-    log.warning("store unavailable: %s", type(exc).__name__)
+    log.warning("store unavailable: %s", described(exc))
     return StoreUnavailable(UNAVAILABLE)
 
 

@@ -19,7 +19,7 @@ from middleware.errors import NotFound
 from middleware.models import Persona, PreferencePair
 from middleware.store import keys
 from middleware.store.durable import Replication
-from middleware.store.guard import STORE_ERRORS, fail_closed
+from middleware.store.guard import STORE_ERRORS, described, fail_closed
 
 log = logging.getLogger("middleware.store")
 
@@ -86,7 +86,7 @@ class PersonaStore:
             )
         except STORE_ERRORS as exc:
             self._open_until = time.monotonic() + self._breaker_s
-            raise PersonaReadFailed(str(exc) or type(exc).__name__) from exc
+            raise PersonaReadFailed(described(exc)) from exc
         return blob
 
     async def read_current(self, tenant: str, user: str) -> tuple[bytes | None, dict[bytes, bytes]]:
@@ -101,7 +101,7 @@ class PersonaStore:
             blob, contexts = await asyncio.wait_for(pipe.execute(), self._read_timeout_s)
         except STORE_ERRORS as exc:
             self._open_until = time.monotonic() + self._breaker_s
-            raise PersonaReadFailed(str(exc) or type(exc).__name__) from exc
+            raise PersonaReadFailed(described(exc)) from exc
         return blob, contexts
 
     # --- admin ---------------------------------------------------------------------------------------

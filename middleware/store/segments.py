@@ -21,7 +21,7 @@ import orjson
 from redis.asyncio import Redis
 
 from middleware.store import keys
-from middleware.store.guard import STORE_ERRORS, fail_closed
+from middleware.store.guard import STORE_ERRORS, described, fail_closed
 from middleware.store.personas import PersonaReadFailed
 from middleware.store.pipelines import Command, ScriptPipelines, as_dict
 from middleware.store.policy import Posteriors, policy_read_commands, posteriors_of
@@ -119,7 +119,7 @@ class PersonaReader:
                 replies = await self._pipelines.run(commands)
         except STORE_ERRORS as exc:
             self._open_until = time.monotonic() + self._breaker_s
-            raise PersonaReadFailed(str(exc) or type(exc).__name__) from exc
+            raise PersonaReadFailed(described(exc)) from exc
         return reads_of(replies, 0), posteriors_of(replies, policy_at) if policy else None
 
 

@@ -22,7 +22,7 @@ from typing import TypeVar
 
 from redis.asyncio import Redis
 
-from middleware.store.guard import STORE_ERRORS
+from middleware.store.guard import STORE_ERRORS, described
 from middleware.store.pipelines import Command, ScriptPipelines
 
 log = logging.getLogger("middleware.store")
@@ -90,6 +90,6 @@ class WriteBehind:
                 async with asyncio.timeout(self._timeout_s):
                     await self._pipelines.run(commands)
             except STORE_ERRORS as exc:
-                log.warning("%d write(s) after answers not stored: %s", len(commands), type(exc).__name__)
+                log.warning("%d write(s) after answers not stored: %s", len(commands), described(exc))
                 if self._on_failure is not None:
                     self._on_failure(len(commands))
