@@ -49,6 +49,7 @@ def check_promises(figures_summary: dict[str, object], refused: int, other: list
     assert s["writes_back_s"] is not None, s
     assert s["writes_found"] == s["writes_acknowledged"] and int(s["writes_acknowledged"]) > 0, s  # type: ignore[call-overload]
     assert s["job"] == "complete" and s["worker_alive"] is True, s
+    assert s["worker_stop_requests"] is not None, s  # stopped when asked (the summary says after how many)
 
 
 async def test_a_cluster_master_killed_under_load(

@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from arq.worker import Worker
 
+from middleware.induction.jobs import build_worker
 from middleware.induction.queue import JobQueue
 from tests.induction_fakes import InductionResponder, make_pairs
 from tests.jobs_support import job_settings, store_services
@@ -69,3 +71,35 @@ async def test_worker_survives_a_redis_restart_and_a_pause(
         assert worker.poll() is None
     finally:
         stop_process(worker)
+
+
+async def test_a_worker_asked_to_stop_while_redis_fails_stops(
+    redis_url: str, fake_upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A cancellation that arrives during a Redis read can come back as the client's own fault (its
+    # read timeout): the worker must still stop, not take it for an outage and poll on.
+    polling = asyncio.Event()
+    turned: list[bool] = []
+
+    async def poll_turning_cancel_into_timeout(self: Worker) -> None:
+        polling.set()
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            if turned:  # only the first: a worker that missed it still stops when cancelled again
+                raise
+            turned.append(True)
+            raise TimeoutError("Timeout reading from the queue's Redis") from None
+
+    monkeypatch.setattr(Worker, "_poll_iteration", poll_turning_cancel_into_timeout)
+    worker = build_worker(job_settings(redis_url, fake_upstream), handle_signals=False)
+    running = asyncio.create_task(worker.async_run())
+    try:
+        await asyncio.wait_for(polling.wait(), 10)
+        running.cancel()
+        done, _ = await asyncio.wait({running}, timeout=5)
+        assert done == {running} and running.cancelled()
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+        await worker.close()

@@ -54,6 +54,10 @@ class ResilientWorker(Worker):
         try:
             await super()._poll_iteration()
         except REDIS_DOWN as exc:
+            if _cancelled():
+                # Asked to stop while Redis was failing, and the cancellation came back as the fault
+                # (a client's own read timeout can take its place): stop, rather than poll on forever.
+                raise asyncio.CancelledError() from exc
             now = time.monotonic()
             if self._down_since is None:
                 self._down_since = now
@@ -73,6 +77,12 @@ class ResilientWorker(Worker):
             )
             self._down_since = None
             self._backoff.reset()
+
+
+def _cancelled() -> bool:
+    """Whether someone asked the running task to stop (a cancellation not yet taken back)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 async def supervise(make_worker: Callable[[], Worker]) -> None:

@@ -60,6 +60,8 @@ class Figures:
     job_state: str | None = None
     job_attempts: int = 0
     worker_alive: bool = False
+    # how many cancellations the worker took to stop at the end (1 expected; None: it never stopped)
+    worker_stop_requests: int | None = None
 
     def window(self) -> list[Call]:
         end = self.kill_at + (self.persona_back_s or 0.0)
@@ -84,6 +86,7 @@ class Figures:
             "job": self.job_state,
             "job_attempts": self.job_attempts,
             "worker_alive": self.worker_alive,
+            "worker_stop_requests": self.worker_stop_requests,
         }
 
 
@@ -212,13 +215,23 @@ async def drill(
         finally:
             stop.set()
             await admin.aclose()
-            worker_task.cancel()
-            await asyncio.gather(worker_task, return_exceptions=True)
+            figures.worker_stop_requests = await _stop(worker_task)
             # arq's close waits for its job tasks; a job deferred through the failover may still be in
             # its back-off: the figures are taken, so give up on a slow close instead of failing
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(worker.close(), 15)
     return figures
+
+
+async def _stop(task: asyncio.Task[None], tries: int = 3, wait_s: float = 10.0) -> int | None:
+    """Cancel the worker's task until it ends (bounded: a worker that ignores its stop fails the
+    drill in seconds, instead of holding it until its time limit); how many cancellations it took."""
+    for attempt in range(1, tries + 1):
+        task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=wait_s)
+        if done:
+            return attempt
+    return None
 
 
 def kill_master(current_master: Callable[[], RedisServer]) -> tuple[Callable[[], None], Callable[[], bool]]:

@@ -107,7 +107,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--delay-ms", type=float, default=0.0, help="delay before every answer")
     parser.add_argument("--backlog", type=int, default=4096)
     args = parser.parse_args(argv)
-    app = make_app(record=False, default_delay=args.delay_ms / 1000.0)
+    # its own process (the benchmarks'): delays exact to the microsecond
+    app = make_app(record=False, default_delay=args.delay_ms / 1000.0, exact_delays=True)
     uvicorn.run(
         app,
         host=args.host,
