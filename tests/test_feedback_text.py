@@ -1,6 +1,7 @@
 """The answer text a feedback record keeps from a stream (feedback/answers.py `answer_text`): the usual
 event shapes of the three APIs are read without parsing each event, and every stream, usual or not,
-reads the same text as parsing each of its events. And what a streamed answer keeps for it."""
+reads the same text as parsing each of its events (the unusual ones also the text written beside them).
+And what a streamed answer keeps for it."""
 
 from __future__ import annotations
 
@@ -77,43 +78,57 @@ def test_a_stream_cut_anywhere_reads_what_its_events_say() -> None:
             assert answer_text(body[:end]) == parsed(body[:end]), body[:end]
 
 
-UNUSUAL = [
+# (stream, the text its events say)
+UNUSUAL: list[tuple[bytes, str]] = [
     # keys in another order, spaces, choices' `message`, other deltas: parsed
-    b'data: {"choices":[{"delta":{"content":"a"},"index":0}],"id":"x"}\n\ndata: [DONE]\n\n',
-    b'data: {"id": "x", "choices": [{"index": 0, "delta": {"content": "a"}}]}\n\n',
-    b'data: {"id":"x","choices":[{"index":0,"delta":{"content":"a"},"message":{"content":"b"}}]}\n\n',
-    b'data: {"id":"x","choices":[{"index":0,"delta":{"role":"assistant","content":null,"tool_calls":[]}}]}\n\n'
-    b'data: {"id":"x","choices":[{"index":0,"delta":{"tool_calls":[{"index":0}],"content":"t"}}]}\n\n',
-    b'data: {"id":"x","choices":[{"index":0,"delta":{"content":[{"type":"text","text":"parts"}]}}]}\n\n',
+    (b'data: {"choices":[{"delta":{"content":"a"},"index":0}],"id":"x"}\n\ndata: [DONE]\n\n', 'a'),
+    (b'data: {"id": "x", "choices": [{"index": 0, "delta": {"content": "a"}}]}\n\n', 'a'),
+    (b'data: {"id":"x","choices":[{"index":0,"delta":{"content":"a"},"message":{"content":"b"}}]}\n\n', 'b'),
+    (
+        b'data: {"id":"x","choices":[{"index":0,"delta":{"role":"assistant","content":null,"tool_calls":[]}}]}\n\n'
+        b'data: {"id":"x","choices":[{"index":0,"delta":{"tool_calls":[{"index":0}],"content":"t"}}]}\n\n',
+        't',
+    ),
+    (b'data: {"id":"x","choices":[{"index":0,"delta":{"content":[{"type":"text","text":"parts"}]}}]}\n\n', 'parts'),
     # a choice after the first, an event without choices, a line that is no JSON, [DONE] midway
-    b'data: {"id":"x","choices":[{"index":0,"delta":{}},{"index":1,"delta":{"content":"no"}}]}\n\n',
-    b'data: {"id":"x","choices":[{"index":0,"delta":{"content":"a"}}]}\n\ndata: {"output_text":"b"}\n\n',
-    b'data: {"id":"x","choices":[{"index":0,"delta":{"content":"a"}}]}\n\ndata: {broken\n\n: ping\n\n',
-    b'data: {"id":"x","choices":[{"index":0,"delta":{"content":"a"}}]}\n\ndata: [DONE]\n\ndata: {"id":"y",'
-    b'"choices":[{"index":0,"delta":{"content":"b"}}]}\n\n',
+    (b'data: {"id":"x","choices":[{"index":0,"delta":{}},{"index":1,"delta":{"content":"no"}}]}\n\n', ''),
+    (b'data: {"id":"x","choices":[{"index":0,"delta":{"content":"a"}}]}\n\ndata: {"output_text":"b"}\n\n', 'ab'),
+    (b'data: {"id":"x","choices":[{"index":0,"delta":{"content":"a"}}]}\n\ndata: {broken\n\n: ping\n\n', 'a'),
+    (
+        b'data: {"id":"x","choices":[{"index":0,"delta":{"content":"a"}}]}\n\ndata: [DONE]\n\ndata: {"id":"y",'
+        b'"choices":[{"index":0,"delta":{"content":"b"}}]}\n\n',
+        'ab',
+    ),
     # line ends: CRLF, CR alone; text that looks like an event
-    b'data: {"id":"x","choices":[{"index":0,"delta":{"content":"a"}}]}\r\n\r\ndata: [DONE]\r\n\r\n',
-    b'data: {"id":"x","choices":[{"index":0,"delta":{"content":"a"}}]}\r\rdata: {"id":"x","choices":[{"inde'
-    b'x":0,"delta":{"content":"b"}}]}\r\r',
-    b'data: {"id":"x","choices":[{"index":0,"delta":{"content":"data: {\\"choices\\":[{"}}]}\n\n',
+    (b'data: {"id":"x","choices":[{"index":0,"delta":{"content":"a"}}]}\r\n\r\ndata: [DONE]\r\n\r\n', 'a'),
+    (
+        b'data: {"id":"x","choices":[{"index":0,"delta":{"content":"a"}}]}\r\rdata: {"id":"x","choices":[{"inde'
+        b'x":0,"delta":{"content":"b"}}]}\r\r',
+        'ab',
+    ),
+    (b'data: {"id":"x","choices":[{"index":0,"delta":{"content":"data: {\\"choices\\":[{"}}]}\n\n', 'data: {"choices":[{'),
     # bad escapes, a lone surrogate, bytes that are not UTF-8
-    b'data: {"id":"x","choices":[{"index":0,"delta":{"content":"\\x"}}]}\n\n',
-    b'data: {"id":"x","choices":[{"index":0,"delta":{"content":"\\ud83d"}}]}\n\n',
-    b'data: {"id":"x","choices":[{"index":0,"delta":{"content":"\xff"}}]}\n\n',
+    (b'data: {"id":"x","choices":[{"index":0,"delta":{"content":"\\x"}}]}\n\n', ''),
+    (b'data: {"id":"x","choices":[{"index":0,"delta":{"content":"\\ud83d"}}]}\n\n', ''),
+    (b'data: {"id":"x","choices":[{"index":0,"delta":{"content":"\xff"}}]}\n\n', ''),
     # typed events: an unknown type, a delta of an unusual shape, no type first, two kinds of deltas
-    b'data: {"type":"response.output_text.delta","delta":"a"}\n\ndata: {"type":"error","message":"x"}\n\n',
-    b'data: {"type":"response.output_text.delta","extra":{"a":1},"delta":"a"}\n\n',
-    b'data: {"delta":"a","type":"response.output_text.delta"}\n\n',
-    b'data: {"type":"response.output_text.delta","delta":"a"}\n\n'
-    b'data: {"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"b"}}\n\n',
-    b'data: {"type":"content_block_delta","index":0,"delta":{"type":"input_json_delta","partial_json":"{"}}\n\n',
-    b'data: {"type":"response.completed","response":{"output":[{"content":[{"text":"c"}]}]}}\n\n',
+    (b'data: {"type":"response.output_text.delta","delta":"a"}\n\ndata: {"type":"error","message":"x"}\n\n', 'a'),
+    (b'data: {"type":"response.output_text.delta","extra":{"a":1},"delta":"a"}\n\n', 'a'),
+    (b'data: {"delta":"a","type":"response.output_text.delta"}\n\n', 'a'),
+    (
+        b'data: {"type":"response.output_text.delta","delta":"a"}\n\n'
+        b'data: {"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"b"}}\n\n',
+        'ab',
+    ),
+    (b'data: {"type":"content_block_delta","index":0,"delta":{"type":"input_json_delta","partial_json":"{"}}\n\n', ''),
+    # response.completed repeats the deltas' text in its output: not read again
+    (b'data: {"type":"response.completed","response":{"output":[{"content":[{"text":"c"}]}]}}\n\n', ''),
 ]
 
 
 def test_unusual_streams_read_what_their_events_say() -> None:
-    for body in UNUSUAL:
-        assert answer_text(body) == parsed(body), body
+    for body, text in UNUSUAL:
+        assert answer_text(body) == text == parsed(body), body
 
 
 def test_generated_streams_read_what_their_events_say() -> None:
