@@ -17,8 +17,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, MutableMapping
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
 from typing import Any, Protocol, TypeVar
 
 import aiohttp
@@ -271,16 +270,25 @@ class PassthroughUpstream:
             yield stream_error_event(exc)
 
 
-@contextmanager
-def lean_errors(timed_out: str, broken: str) -> Iterator[None]:
+class lean_errors:  # named as the function it replaces: `with lean_errors(...)`
     """The lean client's errors as the proxy's: a timeout -> UpstreamTimeout(`timed_out`), a failed
-    connection -> UpstreamError(`broken`: what failed)."""
-    try:
-        yield
-    except TimeoutError as exc:
-        raise UpstreamTimeout(timed_out) from exc
-    except UpstreamConnectionError as exc:
-        raise UpstreamError(f"{broken}: {exc}") from exc
+    connection -> UpstreamError(`broken`: what failed). A class rather than a generator-based
+    context manager: it runs two or three times a call on the hot path (a third of the cost)."""
+
+    __slots__ = ("_broken", "_timed_out")
+
+    def __init__(self, timed_out: str, broken: str) -> None:
+        self._timed_out = timed_out
+        self._broken = broken
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        if isinstance(exc, TimeoutError):
+            raise UpstreamTimeout(self._timed_out) from exc
+        if isinstance(exc, UpstreamConnectionError):
+            raise UpstreamError(f"{self._broken}: {exc}") from exc
 
 
 async def traced(
