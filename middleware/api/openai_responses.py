@@ -10,7 +10,7 @@ OpenAI-compatible upstreams get the body as JSON bytes; provider-prefixed models
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
@@ -35,6 +35,7 @@ from middleware.personalize.placement import (
     response_id_of,
     restore_response,
     restore_response_bytes,
+    restore_stream,
     with_instructions,
 )
 from middleware.services import Services
@@ -235,7 +236,7 @@ async def _owned_call(request: Request, response_id: str, *, restore: bool) -> R
     if "text/event-stream" in (relayed.headers.get("content-type") or ""):
         # GET ...?stream=true replays the events: restore them on the way.
         restorer = ResponsesStreamRestorer(owner.app_chars)
-        relayed.body_iterator = _restore_replay(relayed.body_iterator, restorer)
+        relayed.body_iterator = restore_stream(relayed.body_iterator, restorer)
         return relayed
     # A Response object (or an error): restore `instructions` in the whole JSON.
     data = b"".join([c if isinstance(c, bytes) else str(c).encode() async for c in relayed.body_iterator])
@@ -244,14 +245,3 @@ async def _owned_call(request: Request, response_id: str, *, restore: bool) -> R
     headers = {k: v for k, v in relayed.headers.items() if k not in ("content-length", "content-type")}
     return Response(data, status_code=relayed.status_code, media_type="application/json", headers=headers)
 
-
-async def _restore_replay(
-    chunks: AsyncIterable[Any], restorer: ResponsesStreamRestorer
-) -> AsyncIterator[bytes]:
-    async for chunk in chunks:
-        out = restorer.feed(chunk if isinstance(chunk, bytes) else str(chunk).encode())
-        if out:
-            yield out
-    tail = restorer.flush()
-    if tail:
-        yield tail

@@ -9,7 +9,7 @@ block after the app's `system`, whose own blocks (and `cache_control` breakpoint
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator
 from typing import Any
 
 import orjson
@@ -288,11 +288,12 @@ def error_event(message: str, code: str, sequence_number: int | None) -> bytes:
 
 
 async def restore_stream(
-    chunks: AsyncIterator[bytes], restorer: ResponsesStreamRestorer
+    chunks: AsyncIterable[bytes | str | memoryview], restorer: ResponsesStreamRestorer
 ) -> AsyncIterator[bytes]:
-    """`chunks` through `restorer` (a convenience for callers without their own loop)."""
+    """`chunks` (a response body's, as starlette allows them: text encoded as UTF-8) through
+    `restorer` (for callers without their own loop: a stored response's events replayed)."""
     async for chunk in chunks:
-        out = restorer.feed(chunk)
+        out = restorer.feed(chunk.encode() if isinstance(chunk, str) else bytes(chunk))
         if out:
             yield out
     tail = restorer.flush()
