@@ -20,7 +20,7 @@ from typing import Any
 from arq.worker import Worker
 
 from middleware.errors import StoreUnavailable
-from middleware.store.guard import STORE_ERRORS
+from middleware.store.guard import STORE_ERRORS, described
 
 log = logging.getLogger("middleware.jobs")
 REDIS_DOWN = (*STORE_ERRORS, StoreUnavailable)
@@ -61,12 +61,12 @@ class ResilientWorker(Worker):
             now = time.monotonic()
             if self._down_since is None:
                 self._down_since = now
-                log.error("Redis unreachable (%s): the worker waits and reconnects with back-off", _name(exc))
+                log.error("Redis unreachable (%s): the worker waits and reconnects with back-off", described(exc))
             else:
                 log.warning(
                     "Redis still unreachable after %.1f s (%s); next try in %.1f s",
                     now - self._down_since,
-                    _name(exc),
+                    described(exc),
                     self._backoff.next_s,
                 )
             await self._backoff.wait()
@@ -98,7 +98,7 @@ async def supervise(make_worker: Callable[[], Worker]) -> None:
             return
         except REDIS_DOWN as exc:
             log.error(
-                "Redis unreachable (%s): starting the worker again in %.1f s", _name(exc), backoff.next_s
+                "Redis unreachable (%s): starting the worker again in %.1f s", described(exc), backoff.next_s
             )
         finally:
             await close_quietly(worker)
@@ -110,11 +110,7 @@ async def close_quietly(worker: Worker) -> None:
     try:
         await asyncio.wait_for(worker.close(), timeout=30)
     except (*REDIS_DOWN, asyncio.CancelledError) as exc:
-        log.warning("worker closed without Redis (%s)", _name(exc))
+        log.warning("worker closed without Redis (%s)", described(exc))
         if worker._pool is not None:
             await worker._pool.aclose(close_connection_pool=True)
             worker._pool = None
-
-
-def _name(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
