@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -280,3 +281,11 @@ async def asgi_cpu_ms(
         await app(scope, receive, send)
     elapsed = time.process_time() - started
     return elapsed * 1000.0 / count, set(statuses)
+
+
+def in_process_args(doc: str | None, *, calls: int, runs: int = 7) -> argparse.Namespace:
+    """`--runs` and `--calls` of a benchmark timed in one process (its docstring as the help)."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=runs)
+    parser.add_argument("--calls", type=int, default=calls)
+    return parser.parse_args()

@@ -12,7 +12,6 @@ loaded machine. No server, no sockets, no Redis.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import statistics
 import sys
@@ -27,6 +26,8 @@ import orjson
 from starlette.background import BackgroundTask
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's package and tests
+
+import _harness as h
 
 from middleware.api.chatlike import StreamedAnswer
 from middleware.config import Settings
@@ -153,10 +154,5 @@ async def main(runs: int, calls: int) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--runs", type=int, default=7)
-    parser.add_argument("--calls", type=int, default=3000)
-    args = parser.parse_args()
+    args = h.in_process_args(__doc__, calls=3000)
     asyncio.run(main(args.runs, args.calls))

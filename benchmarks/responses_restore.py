@@ -19,7 +19,6 @@ CPU time of the process (`time.process_time`), the median of the runs. No server
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
@@ -46,6 +45,7 @@ from tests.support.fake_upstream.models import Reply
 from tests.support.fake_upstream.responses_api import build_response, stream_events
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _harness as h
 from proxy_overhead import EXEMPLAR as BENCH_EXEMPLAR
 from proxy_overhead import PERSONA
 
@@ -134,10 +134,5 @@ def main(runs: int, calls: int) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--runs", type=int, default=7)
-    parser.add_argument("--calls", type=int, default=20000)
-    args = parser.parse_args()
+    args = h.in_process_args(__doc__, calls=20000)
     main(args.runs, args.calls)

@@ -8,7 +8,6 @@ event by event. The baseline, in the same run: every event's `data:` line parsed
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import timeit
@@ -19,6 +18,8 @@ from pathlib import Path
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's package and tests
+
+import _harness as h
 
 from middleware.quotas.usage import StreamUsage, tokens_used
 from tests.support.fake_upstream.models import Reply
@@ -87,8 +88,5 @@ def main(runs: int, calls: int) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", type=int, default=7)
-    parser.add_argument("--calls", type=int, default=5000)
-    args = parser.parse_args()
+    args = h.in_process_args(__doc__, calls=5000)
     main(args.runs, args.calls)
