@@ -16,6 +16,7 @@ import subprocess
 import time
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import httpx
 import openai
@@ -32,9 +33,11 @@ from middleware.store.connection import RedisUrlError, create_redis, parse_redis
 from middleware.store.evaluations import EvaluationStore
 from middleware.store.feedback import FeedbackStore
 from middleware.store.guard import STORE_ERRORS
+from middleware.store.personas import PersonaReadFailed
 from middleware.store.policy import PolicyStore
 from middleware.store.ratelimits import RateLimitStore
 from middleware.store.response_owners import ResponseOwner, ResponseOwners
+from middleware.store.segments import PersonaReader
 from middleware.store.users import export_user, forget_user
 from tests.induction_fakes import InductionResponder, make_pairs
 from tests.jobs_support import drain, job_settings, store_services
@@ -358,3 +361,16 @@ def test_the_cluster_example_runs_as_written() -> None:
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     assert "x-persona-version 1" in done.stdout and done.stdout.rstrip().endswith("ok")
+
+
+async def test_a_cluster_pipeline_broken_mid_failover_is_a_store_fault() -> None:
+    """redis-py's cluster pipeline can fail with an AttributeError mid-failover (a failed command
+    while it has no default node): the chat path's read fails open on it as on any store fault,
+    where it answered 500 before."""
+    cluster = mock.MagicMock(spec=aioredis.RedisCluster)
+    cluster.script_load = mock.AsyncMock(return_value="sha")
+    cluster.pipeline.return_value.execute = mock.AsyncMock(
+        side_effect=AttributeError("'NoneType' object has no attribute 'name'")
+    )
+    with pytest.raises(PersonaReadFailed, match="mid-failover"):
+        await PersonaReader(cluster).read(T, USERS[0], None)
