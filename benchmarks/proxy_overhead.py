@@ -296,34 +296,41 @@ TOPICS = (
 )
 
 
-def plant_contexts(redis_url: str, user: str) -> None:
-    """10 context personas and their router for `user`, as a refresh job stores them."""
-    import redis as redis_py
+def plant_contexts(redis_url: str, user: str, *, full_router: bool = False) -> None:
+    """10 context personas and their router for `user`, stored as a refresh job stores them
+    (`ContextStore`). The router is built from a few prompts per context (about 2 KB), or with
+    `full_router` from 40 prompts per context of varied words, so that its IDF table and centroids
+    reach their caps (about 96 KB; one induced from 400 real prompts measured 65 KB)."""
+    import asyncio
+    import random
 
-    from middleware.models import Persona, PreferencePair
+    from redis.asyncio import Redis
+
+    from middleware.models import PreferencePair
     from middleware.personalize.contexts import build_router
-    from middleware.store import keys
+    from middleware.store.contexts import ContextStore
 
     exemplar = PreferencePair.model_validate({**EXEMPLAR, "user_id": user})
     groups = {}
-    r = redis_py.Redis.from_url(redis_url)
+    rng = random.Random(7)
     for i, topic in enumerate(TOPICS):
-        name = f"ctx{i}"
         words = topic.split()
-        groups[name] = (
-            "tag",
-            [f"Question about {w} and {words[(j + 1) % len(words)]}" for j, w in enumerate(words)],
-        )
-        persona = Persona(
-            version=1,
-            version_id=f"bench{i:028d}",
-            text=f"{PERSONA} ({name})",
-            exemplars=[exemplar, exemplar],
-            created_at="2026-01-01T00:00:00Z",
-        )
-        r.hset(keys.contexts("bench", user), f"c:{name}", persona.model_dump_json())
-    r.hset(keys.contexts("bench", user), "router", build_router(groups).model_dump_json())  # type: ignore[arg-type]
-    r.close()
+        prompts = [f"Question about {w} and {words[(j + 1) % len(words)]}" for j, w in enumerate(words)]
+        if full_router:
+            prompts = [
+                f"{topic} " + " ".join(f"{words[k % len(words)]}{rng.randrange(300)}" for k in range(12))
+                for _ in range(40)
+            ]
+        groups[f"ctx{i}"] = ("tag", prompts)
+
+    async def store() -> None:
+        async with Redis.from_url(redis_url) as redis:
+            contexts = ContextStore(redis)
+            for name in groups:
+                await contexts.save("bench", user, name, f"{PERSONA} ({name})", [exemplar, exemplar])
+            await contexts.set_router("bench", user, build_router(groups).model_dump_json().encode())
+
+    asyncio.run(store())
 
 
 def contexts_cost(runs: int, seconds: float) -> None:

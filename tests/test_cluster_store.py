@@ -30,6 +30,7 @@ from middleware.induction.jobs import enqueue_due_refreshes
 from middleware.store import keys
 from middleware.store.comparisons import Claim, ComparisonStore
 from middleware.store.connection import RedisUrlError, create_redis, parse_redis_url
+from middleware.store.contexts import HEAD_BYTES
 from middleware.store.evaluations import EvaluationStore
 from middleware.store.feedback import FeedbackStore
 from middleware.store.guard import STORE_ERRORS
@@ -113,7 +114,11 @@ async def test_every_store_operation_runs_on_a_cluster(
             tokens_per_day=1000, day="20260101", ms_to_day_end=1000,
         )  # fmt: skip
         reason, _, reads, _ = await limits.admit_and_read(call, T, USERS[0], None)
-        assert reason == 0 and reads.own is not None and b"v1 of user-0" in reads.own
+        stored = await r.get(keys.persona_current(T, USERS[0]))
+        # the read brings the head of the blob; the whole of it is read on the user's slot
+        assert reason == 0 and reads.own == stored[:HEAD_BYTES] and len(stored) > HEAD_BYTES
+        whole = await PersonaReader(r).whole(reads, "own")
+        assert whole is not None and whole == stored and b"v1 of user-0" in whole
         # the segment resolution script's keys share the tenant's slot
         assert key_slot(keys.segment_members(T).encode()) == key_slot(
             keys.tenant_default_line(T).current.encode()

@@ -1,8 +1,9 @@
-"""The chat path decodes a persona once per version: it reads the version id at the head of the
-stored blob, and decodes and renders the rest only for a version it has not seen."""
+"""The chat path decodes a persona once per version: its round trip reads the head of each stored
+blob (the version id), and the rest is read, decoded and rendered only for a version it has not seen."""
 
 from __future__ import annotations
 
+from typing import Literal
 from unittest import mock
 
 import pytest
@@ -10,9 +11,15 @@ import pytest
 from middleware.config import Settings
 from middleware.metrics import Metrics
 from middleware.models import Message, Persona, PreferencePair
+from middleware.personalize.contexts import build_router
+from middleware.personalize.resolve import Resolver
 from middleware.personalize.service import Personalizer, version_id_of
+from middleware.store import keys
 from middleware.store.connection import redis_client
+from middleware.store.contexts import HEAD_BYTES, ContextStore
 from middleware.store.personas import PersonaStore
+from middleware.store.segments import PersonaReader
+from tests.contexts_data import CODE, COOKING, COOKING_CALL, UNRELATED_CALL
 
 T, U = "tenant-a", "alice"
 # Text that spells the head's own field names, quotes and backslashes included.
@@ -64,3 +71,97 @@ async def test_each_version_is_decoded_once_and_a_new_version_is_served_at_once(
     assert one[0].persona.text == "Likes short answers." and one[0].persona.provenance == {}
     assert two is not None and two.version_id == second.version_id and "Likes long answers." in two.block
     assert back is not None and back.version == first.version and "Likes short answers." in back.block
+
+
+async def test_the_chat_read_brings_heads_and_reads_each_new_version_whole_once(redis_url: str) -> None:
+    """The round trip brings back the first bytes of each blob (a router of tens of KB included);
+    a version the process has not decoded is read whole once, then served from the cache."""
+    settings = Settings(redis_url=redis_url)
+    # a third context (without a persona) of many rare terms makes the router's IDF table large
+    groups: dict[str, tuple[Literal["tag", "cluster"], list[str]]] = {
+        "cooking": ("tag", COOKING),
+        "code": ("tag", CODE),
+        "misc": ("cluster", [f"term{i} word{i} thing{i}" for i in range(400)]),
+    }
+    async with redis_client(settings) as redis:
+        personas, contexts = PersonaStore(redis), ContextStore(redis)
+        reader = PersonaReader(redis)
+        resolver = Resolver(Personalizer(personas, settings, Metrics()), reader)
+        await personas.save(T, U, "General taste.", [exemplar()], {})
+        cooking = await contexts.save(T, U, "cooking", "Cooking taste.", [exemplar()])
+        await contexts.save(T, U, "code", "Code taste.", [])
+        router_blob = build_router(groups).model_dump_json().encode()
+        await contexts.set_router(T, U, router_blob)
+
+        reads, _ = await reader.read(T, U, None)
+        assert len(router_blob) > 10_000
+        assert reads.contexts[b"router"] == router_blob[:HEAD_BYTES]
+        assert reads.own is not None and len(reads.own) == HEAD_BYTES
+        assert {len(head) for head in reads.contexts.values()} == {HEAD_BYTES}
+
+        with mock.patch.object(reader, "whole", wraps=reader.whole) as whole:
+            first = await resolver.of(reads, text=COOKING_CALL)
+            assert [call.args[1] for call in whole.call_args_list] == [b"router", b"c:cooking"], first
+            again = await resolver.of((await reader.read(T, U, None))[0], text=COOKING_CALL)
+            assert whole.call_count == 2  # router and persona decoded already
+            general = await resolver.of(reads, text=UNRELATED_CALL)
+            assert whole.call_args_list[-1].args[1] == "own" and whole.call_count == 3
+
+            newer = await contexts.save(T, U, "cooking", "Cooking taste, newer.", [])
+            fresh = await resolver.of((await reader.read(T, U, None))[0], text=COOKING_CALL)
+            assert whole.call_count == 4
+    assert (first.source, first.persona and first.persona.version_id) == ("user-context", cooking.version_id)
+    assert again.persona is first.persona
+    assert general.source == "user" and general.persona and "General taste." in general.persona.block
+    assert fresh.persona and fresh.persona.version_id == newer.version_id
+    assert "Cooking taste, newer." in fresh.persona.block
+
+
+async def test_a_blob_without_its_id_up_front_and_a_part_gone_since_the_read(redis_url: str) -> None:
+    """A blob in an older field order has no id in its head: it is read whole (each call). A part
+    gone between the round trip and its whole read falls back to the next persona in line."""
+    settings = Settings(redis_url=redis_url)
+    older = b'{"text":"Older field order.","version":3,"version_id":"' + b"e" * 32 + b'","created_at":""}'
+    async with redis_client(settings) as redis:
+        reader = PersonaReader(redis)
+        resolver = Resolver(Personalizer(PersonaStore(redis), settings, Metrics()), reader)
+        await redis.set(keys.persona_current(T, U), older)
+        with mock.patch.object(reader, "whole", wraps=reader.whole) as whole:
+            found = [await resolver.of((await reader.read(T, U, None))[0]) for _ in range(2)]
+            assert whole.call_count == 2
+            reads = (await reader.read(T, U, None))[0]._replace(
+                contexts={b"c:gone": b'{"version":1,"version_id":"' + b"d" * 32 + b'"'}
+            )
+            fallen = await resolver.of(reads, tag="gone")
+    assert [(f.source, f.version) for f in found] == [("user", 3), ("user", 3)]
+    assert found[0].persona and "Older field order." in found[0].persona.block
+    assert fallen.source == "user" and fallen.version == 3
+
+
+async def test_contexts_stored_before_their_heads_are_read_whole(redis_url: str) -> None:
+    """A contexts hash whose heads hash does not match it (stored before heads were written) is read
+    whole on that call, and routes as before; a switched-off context leaves both hashes alike."""
+    settings = Settings(redis_url=redis_url)
+    async with redis_client(settings) as redis:
+        contexts = ContextStore(redis)
+        reader = PersonaReader(redis)
+        resolver = Resolver(Personalizer(PersonaStore(redis), settings, Metrics()), reader)
+        cooking = await contexts.save(T, U, "cooking", "Cooking taste.", [])
+        await contexts.save(T, U, "code", "Code taste.", [])
+        await contexts.set_router(
+            T,
+            U,
+            build_router({"cooking": ("tag", COOKING), "code": ("tag", CODE)}).model_dump_json().encode(),
+        )
+        assert (await reader.read(T, U, None))[0].contexts_complete
+        await contexts.clear(T, U, "code")
+        cleared = (await reader.read(T, U, None))[0]
+        assert cleared.contexts_complete and set(cleared.contexts) == {b"c:cooking", b"router"}
+
+        await redis.delete(keys.context_heads(T, U))
+        older = (await reader.read(T, U, None))[0]
+        with mock.patch.object(reader, "complete", wraps=reader.complete) as complete:
+            found = await resolver.of(older, text=COOKING_CALL)
+            assert complete.call_count == 1
+    assert not older.contexts_complete and older.contexts == {}
+    assert found.source == "user-context" and found.persona and found.persona.version_id == cooking.version_id

@@ -3,11 +3,14 @@
 The order (docs/ARCHITECTURE.md "Segments"): the user's own persona for the routed context, the
 user's general persona, the persona of the user's segment (the one the request names, else the one
 the operator assigned), the tenant's default persona, nothing. Everything is read in one pipeline
-(`store/segments.py`), with the quota check when the tenant is metered (`quotas.Quotas`).
+(`store/segments.py`), with the quota check when the tenant is metered (`quotas.Quotas`): the heads
+of the blobs, resolved against the versions this process has decoded (`Personalizer`); a version
+it has not is read whole, once (`PersonaReader.whole`).
 """
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, NamedTuple
 
 from middleware.personalize.service import ActivePersona, Personalizer
@@ -47,13 +50,22 @@ class Resolver:
         self.personalizer = personalizer
         self._reader = reader
 
-    def of(self, reads: PersonaReads, *, tag: str | None = None, text: str = "") -> Resolved:
-        """The persona the reads resolve to. First step: the user's persona for the context the
-        call routes to (its `tag`, else its last user turn `text`; `Personalizer.route`)."""
-        found = self.personalizer.resolve(reads.own, reads.contexts, tag=tag, text=text)
-        if found is not None:
-            return Resolved(found, "user-context" if found.context is not None else "user", reads.segment)
-        shared = self.personalizer.from_blob(reads.shared)
+    async def of(self, reads: PersonaReads, *, tag: str | None = None, text: str = "") -> Resolved:
+        """The persona the reads resolve to (nothing when a part that had to be read whole could
+        not be). First step: the user's persona for the context the call routes to (its `tag`,
+        else its last user turn `text`; `Personalizer.route`)."""
+        personalizer = self.personalizer
+        try:
+            if not reads.contexts_complete:
+                reads = await self._reader.complete(reads)
+            whole = partial(self._reader.whole, reads)
+            found = await personalizer.resolve(reads.own, reads.contexts, whole, tag=tag, text=text)
+            if found is not None:
+                return Resolved(found, "user-context" if found.context is not None else "user", reads.segment)
+            shared = await personalizer.persona(reads.shared, whole, "shared")
+        except PersonaReadFailed as exc:
+            personalizer.read_failed(exc, quiet=exc.skipped)
+            return NOTHING
         if shared is not None:
             return Resolved(shared, reads.shared_source, reads.segment)
         return Resolved(None, "none", reads.segment)
@@ -77,4 +89,4 @@ class Resolver:
             except PersonaReadFailed as exc:
                 self.personalizer.read_failed(exc, quiet=exc.skipped)
                 return NOTHING, None
-            return traced(span, self.of(reads, tag=tag, text=text)), posteriors
+            return traced(span, await self.of(reads, tag=tag, text=text)), posteriors

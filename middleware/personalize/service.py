@@ -6,9 +6,11 @@ router, `middleware.personalize.contexts`); `resolve` picks the context persona 
 tag or its last user turn routes to one, else the general persona.
 
 The current-persona blob is written by `PersonaStore.save` as `{"version":N,"version_id":"...",
-"text":...}`: the version id is read from those first bytes without decoding the rest (text,
-exemplars, provenance id lists), and the decoded persona with its rendered block is cached by
-version id. A blob in an older field order is parsed to find its version id instead.
+"text":...}`, and the router's as `{"router_id":"...",...}`: the id is read from those first bytes
+(the head, all the chat path's round trip brings back: `store/segments.py`), and the decoded persona
+with its rendered block (the decoded router) is cached by it. A version not in the cache is read
+whole, once (`Whole`). A blob in an older field order has no id in its head: it is read whole and
+parsed to find its version id instead.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from __future__ import annotations
 import logging
 import re
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import NamedTuple
 
 import orjson
@@ -26,14 +28,20 @@ from middleware.metrics import Metrics
 from middleware.models import Persona
 from middleware.personalize.block import render_persona_block
 from middleware.personalize.contexts import ROUTER_HEAD, Route, Router, RouterSpec, choose
+from middleware.store.contexts import CONTEXT_PREFIX, ROUTER_FIELD
 from middleware.store.guard import described
 from middleware.store.personas import PersonaReadFailed, PersonaStore
+from middleware.store.segments import Part
 from middleware.tracing import TRACING_OFF, Tracing
 
 log = logging.getLogger("middleware.personalize")
 
 # The head of a stored persona blob (`Persona` dumps its version fields first).
 _HEAD_RE = re.compile(rb'\{"version":\d+,"version_id":"([0-9A-Za-z_-]{1,64})"')
+
+# A part of what a persona read found, read whole: "own", "shared" or a field of the context hash
+# (`store.segments.PersonaReads.whole_command`); None when it is gone.
+Whole = Callable[[Part], Awaitable[bytes | None]]
 
 
 class ActivePersona(NamedTuple):
@@ -83,40 +91,78 @@ class Personalizer:
             except PersonaReadFailed as exc:
                 self.read_failed(exc, quiet=exc.skipped)
                 return None
-            found = self.resolve(blob, contexts, tag=tag, text=text)
+
+            async def whole(part: Part) -> bytes | None:  # read whole already
+                return blob if part == "own" else contexts.get(part) if isinstance(part, bytes) else None
+
+            found = await self.resolve(blob, contexts, whole, tag=tag, text=text)
             if span is not None:
                 span.set_attribute("persona.version", found.version if found is not None else 0)
             return found
 
-    def resolve(
-        self, blob: bytes | None, contexts: Mapping[bytes, bytes], *, tag: str | None = None, text: str = ""
+    async def resolve(
+        self,
+        own: bytes | None,
+        contexts: Mapping[bytes, bytes],
+        whole: Whole,
+        *,
+        tag: str | None = None,
+        text: str = "",
     ) -> ActivePersona | None:
-        """The persona for a request from what the round trip read: the routed context's persona
-        (`route`), else the general one."""
-        route = self.route(contexts, tag=tag, text=text)
+        """The persona for a request from what the round trip read (heads or whole blobs: the own
+        persona's, and the context hash's): the routed context's persona (`route`), else the
+        general one. A version not decoded yet is read whole (`whole`)."""
+        route = await self.route(contexts, whole, tag=tag, text=text)
         self.count_route(route)
         if route.context is not None:
-            return self.from_blob(contexts[b"c:" + route.context.encode()], context=route.context)
-        return self.from_blob(blob)
+            field = CONTEXT_PREFIX + route.context.encode()
+            found = await self.persona(contexts[field], whole, field, context=route.context)
+            if found is not None:
+                return found
+        return await self.persona(own, whole, "own")
+
+    async def persona(
+        self, head: bytes | None, whole: Whole, part: Part, *, context: str | None = None
+    ) -> ActivePersona | None:
+        """The persona whose blob starts with `head`: decoded already, else read whole (`part`)."""
+        if not head:
+            return None
+        match = _HEAD_RE.match(head)
+        found = self._cache.get(match.group(1).decode()) if match is not None else None
+        if found is not None:
+            self._cache.move_to_end(found.version_id)
+            return found
+        return self.from_blob(await whole(part), context=context)
 
     def count_route(self, route: Route) -> None:
         self._metrics.persona_context_routed.labels(route.decision).inc()
 
-    def route(self, contexts: Mapping[bytes, bytes], *, tag: str | None, text: str) -> Route:
+    async def route(
+        self, contexts: Mapping[bytes, bytes], whole: Whole, *, tag: str | None, text: str
+    ) -> Route:
         """The context step of resolution, on the user's context hash as read (`keys.contexts`)."""
         if not contexts:
             return Route("general", None)
-        available = [f[2:].decode() for f in contexts if f.startswith(b"c:")]
-        router_blob = contexts.get(b"router")
-        router = self._router(router_blob) if router_blob and tag is None else None
+        available = [f[2:].decode() for f in contexts if f.startswith(CONTEXT_PREFIX)]
+        router_head = contexts.get(ROUTER_FIELD)
+        router = None
+        if router_head and tag is None:
+            router = self._cached_router(router_head)
+            if router is None:
+                blob = await whole(ROUTER_FIELD)
+                router = self._router(blob) if blob else None
         return choose(router, available, tag=tag, text=text, threshold=self._settings.context_route_threshold)
 
-    def _router(self, blob: bytes) -> Router | None:
-        head = ROUTER_HEAD.match(blob)
-        router_id = head.group(1).decode() if head else None
-        found = self._routers.get(router_id) if router_id is not None else None
+    def _cached_router(self, head: bytes) -> Router | None:
+        match = ROUTER_HEAD.match(head)
+        found = self._routers.get(match.group(1).decode()) if match is not None else None
         if found is not None:
-            self._routers.move_to_end(router_id)  # type: ignore[arg-type]
+            self._routers.move_to_end(found.spec.router_id)
+        return found
+
+    def _router(self, blob: bytes) -> Router | None:
+        found = self._cached_router(blob)
+        if found is not None:
             return found
         try:
             router = Router(RouterSpec.model_validate_json(blob))
@@ -129,8 +175,7 @@ class Personalizer:
         return router
 
     def from_blob(self, blob: bytes | None, *, context: str | None = None) -> ActivePersona | None:
-        """The rendered block of a current-persona blob read elsewhere (e.g. in one pipeline with the
-        quota check), or None."""
+        """The rendered block of a whole current-persona blob (decoded once per version), or None."""
         if not blob:
             return None
         version_id = version_id_of(blob)  # a few bytes, not the whole blob

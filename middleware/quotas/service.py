@@ -216,7 +216,7 @@ class Quotas:
             if reason:
                 self.refuse(tenant, REASONS[reason], wait_ms / 1000.0)
         with self._tracing.span("persona.read", tenant, user) as span:
-            resolved = resolver.of(reads, tag=tag, text=text)
+            resolved = await resolver.of(reads, tag=tag, text=text)
             return Lease(self, tenant, lease or None), traced(span, resolved), posteriors
 
     def _skipped(self, exc: BaseException) -> None:

@@ -2,8 +2,11 @@
 
 Each context has its own version line (`ctx:<name>:v<N>`, a sorted set and a counter, like the
 general persona's). The current persona of every context and the router's centroids live in one hash
-(`keys.contexts`), so the chat path reads all of it with one HGETALL in the pipeline that reads the
-general persona: the read stays one round trip.
+(`keys.contexts`), and the head of each (its first `HEAD_BYTES`, which hold its version id) in
+another (`keys.context_heads`), written with it in one transaction. The chat path reads the heads in
+the pipeline that reads the general persona's head (`store/segments.py`), and a blob whole only for
+a version its process has not decoded yet: a call reads a few hundred bytes where the blobs are tens
+of kilobytes (a router induced from real prompts, its IDF table and centroids, is 65 KB or more).
 """
 
 from __future__ import annotations
@@ -22,6 +25,9 @@ from middleware.store.guard import fail_closed
 
 ROUTER_FIELD = b"router"
 CONTEXT_PREFIX = b"c:"
+# The bytes at the head of a current blob the chat path reads: enough for its version id
+# (`Persona`'s `{"version":N,"version_id":"<up to 64>"`, `RouterSpec`'s `{"router_id":"<up to 64>"`).
+HEAD_BYTES = 128
 
 
 def _text(value: bytes | str) -> str:
@@ -56,7 +62,7 @@ class ContextStore:
         pipe = one_slot_pipeline(self._redis)
         pipe.set(keys.context_version(tenant, user, name, version), blob)
         pipe.zadd(keys.context_versions(tenant, user, name), {str(version): version})
-        pipe.hset(keys.contexts(tenant, user), f"c:{name}", blob)
+        self._put(pipe, tenant, user, f"c:{name}", blob)
         pipe.sadd(keys.context_names(tenant, user), name)
         await fail_closed(pipe.execute())
         # the tenant's user index lives in another slot: a second command, after the data
@@ -64,7 +70,15 @@ class ContextStore:
         return persona
 
     async def set_router(self, tenant: str, user: str, blob: bytes) -> None:
-        await fail_closed(self._redis.hset(keys.contexts(tenant, user), "router", blob))  # type: ignore[arg-type]
+        pipe = one_slot_pipeline(self._redis)
+        self._put(pipe, tenant, user, "router", blob)
+        await fail_closed(pipe.execute())
+
+    @staticmethod
+    def _put(pipe: Any, tenant: str, user: str, field: str, blob: bytes) -> None:
+        """A field of the contexts hash and its head (`keys.context_heads`), in `pipe`."""
+        pipe.hset(keys.contexts(tenant, user), field, blob)
+        pipe.hset(keys.context_heads(tenant, user), field, blob[:HEAD_BYTES])
 
     async def router_blob(self, tenant: str, user: str) -> bytes | None:
         blob = await fail_closed(self._redis.hget(keys.contexts(tenant, user), "router"))
@@ -100,9 +114,15 @@ class ContextStore:
             raise NotFound(
                 f"context {name!r} has no persona version {version} for this user", param="version"
             )
-        await fail_closed(self._redis.hset(keys.contexts(tenant, user), f"c:{name}", blob))
+        pipe = one_slot_pipeline(self._redis)
+        self._put(pipe, tenant, user, f"c:{name}", blob)
+        await fail_closed(pipe.execute())
         return Persona.model_validate_json(blob)
 
     async def clear(self, tenant: str, user: str, name: str) -> bool:
         """Switch context `name` off (the general persona answers for it); its versions stay."""
-        return bool(await fail_closed(self._redis.hdel(keys.contexts(tenant, user), f"c:{name}")))
+        pipe = one_slot_pipeline(self._redis)
+        pipe.hdel(keys.contexts(tenant, user), f"c:{name}")
+        pipe.hdel(keys.context_heads(tenant, user), f"c:{name}")
+        removed, _ = await fail_closed(pipe.execute())
+        return bool(removed)

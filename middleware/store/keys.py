@@ -12,7 +12,9 @@ match one user only. Ids without those characters keep the key they always had.
     pm:{t:u}:persona:versions      sorted set of version numbers
     pm:{t:u}:persona:seq           version counter
     pm:{t:u}:contexts              hash: `router` -> the context router, `c:<name>` -> the current
-                                   persona of context <name> (one HGETALL beside the persona GET)
+                                   persona of context <name>
+    pm:{t:u}:contexts:heads        hash: the same fields, each with the first bytes of its value
+                                   (its version id), written with it: what the chat path reads
     pm:{t:u}:contexts:names        set of the user's context names (every line ever stored)
     pm:{t:u}:ctx:<name>:v<N>       one context persona version (JSON blob)
     pm:{t:u}:ctx:<name>:versions   sorted set of the context's version numbers
@@ -140,6 +142,12 @@ def persona_seq(tenant: str, user: str) -> str:
 def contexts(tenant: str, user: str) -> str:
     """Hash: `router` -> the router's centroids, `c:<name>` -> context <name>'s current persona."""
     return f"{user_tag(tenant, user)}:contexts"
+
+
+def context_heads(tenant: str, user: str) -> str:
+    """Hash: the same fields as `contexts`, each with the head of its value (`contexts.HEAD_BYTES`:
+    where the version id is), written with it; what the chat path reads on every call."""
+    return f"{user_tag(tenant, user)}:contexts:heads"
 
 
 def context_names(tenant: str, user: str) -> str:

@@ -185,10 +185,10 @@ class RateLimitStore:
         *,
         policy: bool = False,
     ) -> tuple[int, int, PersonaReads, tuple[Posteriors, Posteriors] | None]:
-        """One round trip: the admission and the persona reads of the chat path (the user's current
-        persona and context hash, and the segment's or tenant default's, `store/segments.py`) and,
-        with `policy`, the user's and the tenant's auto-mode posteriors (`store/policy.py`; None
-        without)."""
+        """One round trip: the admission and the persona reads of the chat path (the heads of the
+        user's current persona and context hash, and of the segment's or tenant default's,
+        `store/segments.py`) and, with `policy`, the user's and the tenant's auto-mode posteriors
+        (`store/policy.py`; None without)."""
         # Each part's replies start where its commands do, read by the module that lists them.
         commands: list[Command] = [self._admit_command(call)]
         reads_at = len(commands)
@@ -199,7 +199,7 @@ class RateLimitStore:
         replies = await self._chat_pipelines.run(commands)
         reason, wait_ms = replies[0]
         posteriors = posteriors_of(replies, policy_at) if policy else None
-        return int(reason), int(wait_ms), reads_of(replies, reads_at), posteriors
+        return int(reason), int(wait_ms), reads_of(replies, reads_at, tenant, user), posteriors
 
     async def record_calls(self, tenant: str, calls: int, *, rpm: int, window_ms: int = WINDOW_MS) -> None:
         await self._record(keys=[keys.rate_log(tenant)], args=[calls, rpm, window_ms])

@@ -1,12 +1,20 @@
-"""A tenant's segments, who belongs to which, and the shared personas read on the chat path.
+"""A tenant's segments, who belongs to which, and the persona reads of the chat path.
 
 Every key here carries the tenant's `{segments:<tenant>}` hash tag (`keys.segments_tag`): the
 segment index, the operator's assignments (user -> segment), each segment's persona line and the
 tenant's default persona line. So one script (`RESOLVE`) on one slot finds, for a user with no
 persona of their own, the persona of the segment the request names or the operator assigned, else
-the tenant default. The user's own persona lives under the user's tag; the chat path sends its GET
-and this script (and the quota check, `store/ratelimits.py`) in one pipeline: one round trip on a
-single Redis or a Sentinel group, one per slot (done concurrently) on a Cluster.
+the tenant default. The user's own persona and context hash live under the user's tag (`HEADS`);
+the chat path sends both scripts (and the quota check, `store/ratelimits.py`) in one pipeline: one
+round trip on a single Redis or a Sentinel group, one per slot (done concurrently) on a Cluster.
+
+The round trip brings back heads, not blobs: the first `HEAD_BYTES` of each current persona and of
+the context router, which hold their version id (`Persona` and `RouterSpec` dump it first): GETRANGE
+for a persona, the heads hash for the contexts (`keys.context_heads`, written with the contexts
+hash: `store/contexts.py`). The proxy keeps each version decoded, so a call brings back a few hundred
+bytes where whole blobs would be tens of kilobytes; a version the process has not seen yet is read
+whole once (`PersonaReader.whole`). The contexts hash's length rides along: a heads hash that does
+not match it (contexts stored before heads were) has the whole contexts hash read instead.
 """
 
 from __future__ import annotations
@@ -15,12 +23,13 @@ import asyncio
 import time
 from collections.abc import Mapping, Sequence
 from types import MappingProxyType
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import orjson
 from redis.asyncio import Redis
 
 from middleware.store import keys
+from middleware.store.contexts import HEAD_BYTES
 from middleware.store.guard import STORE_ERRORS, described, fail_closed
 from middleware.store.personas import PersonaReadFailed
 from middleware.store.pipelines import Command, ScriptPipelines, as_dict
@@ -28,40 +37,57 @@ from middleware.store.policy import Posteriors, policy_read_commands, posteriors
 
 # KEYS[1] assignments hash, KEYS[2] the tenant default's current persona.
 # ARGV[1] user, ARGV[2] the segment the request names ('' for none), ARGV[3] the segments' key prefix
-# (same hash tag as KEYS, so the segment's key is on this slot). Returns {source, segment[, blob]}.
+# (same hash tag as KEYS, so the segment's key is on this slot), ARGV[4] head bytes (`HEAD_BYTES`).
+# Returns {source, segment[, the head of its current persona]}.
 RESOLVE = """
+local last = tonumber(ARGV[4]) - 1
 local segment = ARGV[2]
 if segment == '' then segment = redis.call('HGET', KEYS[1], ARGV[1]) or '' end
 if segment ~= '' then
-  local blob = redis.call('GET', ARGV[3] .. segment .. ':persona')
-  if blob then return {'segment', segment, blob} end
+  local head = redis.call('GETRANGE', ARGV[3] .. segment .. ':persona', 0, last)
+  if head ~= '' then return {'segment', segment, head} end
 end
-local blob = redis.call('GET', KEYS[2])
-if blob then return {'tenant', segment, blob} end
+local head = redis.call('GETRANGE', KEYS[2], 0, last)
+if head ~= '' then return {'tenant', segment, head} end
 return {'none', segment}
 """
 
+# A part of a persona read: the user's own persona, the shared one, or a field of the context hash.
+Part = Literal["own", "shared"] | bytes
+
 
 class PersonaReads(NamedTuple):
-    """What one chat call's persona read found: the user's own current blob, and the shared one
-    (a segment's or the tenant default's) with where it came from."""
+    """What one chat call's persona read found, as heads (`HEAD_BYTES` of each blob): the user's
+    own current persona, the shared one (a segment's or the tenant default's) with where it came
+    from, and the user's contexts (field -> head). `PersonaReader.whole` reads any of them whole."""
 
+    tenant: str
+    user: str
     own: bytes | None
     shared_source: str  # "segment" | "tenant" | "none"
     segment: str | None
     shared: bytes | None
-    # The user's context hash (`keys.contexts`: context personas and router), read beside `own`.
     contexts: Mapping[bytes, bytes] = MappingProxyType({})
+    # False: the heads hash did not match the contexts hash (`PersonaReader.complete` reads it whole)
+    contexts_complete: bool = True
 
-
-NO_READS = PersonaReads(None, "none", None, None)
+    def whole_command(self, part: Part) -> Command:
+        """The command that reads a part whole: "own", "shared" or a field of the context hash."""
+        if part == "own":
+            return ("GET", keys.persona_current(self.tenant, self.user))
+        if part == "shared":
+            if self.shared_source == "segment" and self.segment is not None:
+                return ("GET", keys.segment_line(self.tenant, self.segment).current)
+            return ("GET", keys.tenant_default_line(self.tenant).current)
+        return ("HGET", keys.contexts(self.tenant, self.user), part)
 
 
 def read_commands(resolve_sha: str, tenant: str, user: str, segment: str | None) -> list[Command]:
     """The persona reads of one chat call; their replies, in this order, are read by `reads_of`."""
     return [
-        ("GET", keys.persona_current(tenant, user)),
-        ("HGETALL", keys.contexts(tenant, user)),
+        ("GETRANGE", keys.persona_current(tenant, user), 0, HEAD_BYTES - 1),
+        ("HGETALL", keys.context_heads(tenant, user)),
+        ("HLEN", keys.contexts(tenant, user)),
         (
             "EVALSHA",
             resolve_sha,
@@ -71,23 +97,29 @@ def read_commands(resolve_sha: str, tenant: str, user: str, segment: str | None)
             user,
             segment or "",
             keys.segment_base(tenant, ""),
+            HEAD_BYTES,
         ),
     ]
 
 
-def reads_of(replies: Sequence[Any], at: int) -> PersonaReads:
+def reads_of(replies: Sequence[Any], at: int, tenant: str, user: str) -> PersonaReads:
     """What `read_commands` found: its replies, from `replies[at]` on, in the order it lists them
-    (the user's current persona, the context hash as a dict or HGETALL's flat reply, RESOLVE's)."""
-    own, contexts, resolved_reply = replies[at], replies[at + 1], replies[at + 2]
+    (the own persona's head, the context heads as a dict or HGETALL's flat reply, the contexts
+    hash's length, RESOLVE's)."""
+    own, heads, count, resolved_reply = replies[at : at + 4]
     source = resolved_reply[0].decode() if isinstance(resolved_reply[0], bytes) else str(resolved_reply[0])
     segment = resolved_reply[1].decode() if isinstance(resolved_reply[1], bytes) else resolved_reply[1]
     shared = resolved_reply[2] if len(resolved_reply) > 2 else None
-    return PersonaReads(own, source, segment or None, shared, as_dict(contexts))
+    contexts = as_dict(heads)
+    return PersonaReads(
+        tenant, user, own or None, source, segment or None, shared, contexts, len(contexts) == count
+    )
 
 
 class PersonaReader:
-    """The chat path's persona read when no quota check rides with it: the user's GET and the
-    `RESOLVE` script in one pipeline, bounded in time, skipped for `breaker_s` after a failure."""
+    """The chat path's persona read when no quota check rides with it: the heads and `RESOLVE` in
+    one pipeline, bounded in time, skipped for `breaker_s` after a failure; and, for either path,
+    the reading of a part whole (`whole`, `complete`)."""
 
     def __init__(
         self,
@@ -120,7 +152,27 @@ class PersonaReader:
         except STORE_ERRORS as exc:
             self._open_until = time.monotonic() + self._breaker_s
             raise PersonaReadFailed(described(exc)) from exc
-        return reads_of(replies, 0), posteriors_of(replies, policy_at) if policy else None
+        return reads_of(replies, 0, tenant, user), posteriors_of(replies, policy_at) if policy else None
+
+    async def whole(self, reads: PersonaReads, part: Part) -> bytes | None:
+        """A part of `reads` read whole (`PersonaReads.whole_command`; None: gone since), bounded in
+        time like the read. A version this process has not decoded yet comes this way, once."""
+        [blob] = await self._run([reads.whole_command(part)])
+        return blob if isinstance(blob, bytes) else None
+
+    async def complete(self, reads: PersonaReads) -> PersonaReads:
+        """`reads` with its contexts read whole, when its heads did not match them (contexts stored
+        before their heads were)."""
+        [found] = await self._run([("HGETALL", keys.contexts(reads.tenant, reads.user))])
+        return reads._replace(contexts=as_dict(found), contexts_complete=True)
+
+    async def _run(self, commands: list[Command]) -> list[Any]:
+        try:
+            async with asyncio.timeout(self._read_timeout_s):
+                return await self._pipelines.run(commands)
+        except STORE_ERRORS as exc:
+            self._open_until = time.monotonic() + self._breaker_s
+            raise PersonaReadFailed(described(exc)) from exc
 
 
 class SegmentStore:
