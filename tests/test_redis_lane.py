@@ -34,6 +34,8 @@ def lane_for(redis_url: str) -> RedisLane:
 
 
 async def test_the_calls_of_one_turn_go_in_one_write_and_each_gets_its_own_replies(redis_url: str) -> None:
+    """The first call on an idle lane goes out at once; the 19 that came in the same turn share
+    one write."""
     lane = lane_for(redis_url)
     await lane.execute([("SET", "lane:warm", "1")])  # connected
     writes: list[bytes] = []
@@ -52,10 +54,35 @@ async def test_the_calls_of_one_turn_go_in_one_write_and_each_gets_its_own_repli
             for i in range(20)
         )
     )
-    assert len(writes) == 1
+    assert len(writes) == 2
+    assert writes[0].count(b"lane:0") == 2 and b"lane:1\r" not in writes[0]
+    assert all(f"lane:{i}\r".encode() in writes[1] for i in range(1, 20))
     assert [r[:2] for r in replies] == [[b"OK", str(i).encode()] for i in range(20)]
     assert sorted(r[2] for r in replies) == list(range(1, 21))
     assert lane.connections_made == 1
+    lane.close()
+
+
+async def test_a_call_on_an_idle_lane_is_written_before_the_loop_turns(redis_url: str) -> None:
+    lane = lane_for(redis_url)
+    await lane.execute([("SET", "lane:warm", "1")])  # connected, and idle again
+    writes: list[bytes] = []
+    protocol = lane._protocol
+    assert protocol is not None and protocol.transport is not None
+    real_write = protocol.transport.write
+
+    def counting(data: bytes) -> None:
+        writes.append(data)
+        real_write(data)
+
+    protocol.transport.write = counting  # type: ignore[method-assign,assignment]
+    call = lane.execute([("GET", "lane:warm")])
+    reply = call.send(None)  # the call runs up to its wait for the reply: no turn of the loop yet
+    assert writes == [b"*2\r\n$3\r\nGET\r\n$9\r\nlane:warm\r\n"]
+    await asyncio.wait([reply])
+    with pytest.raises(StopIteration) as done:
+        call.send(None)
+    assert done.value.value == [b"1"]
     lane.close()
 
 
