@@ -33,11 +33,8 @@ def lane_for(redis_url: str) -> RedisLane:
     return RedisLane(host, int(port))
 
 
-async def test_the_calls_of_one_turn_go_in_one_write_and_each_gets_its_own_replies(redis_url: str) -> None:
-    """The first call on an idle lane goes out at once; the 19 that came in the same turn share
-    one write."""
-    lane = lane_for(redis_url)
-    await lane.execute([("SET", "lane:warm", "1")])  # connected
+def watch_writes(lane: RedisLane) -> list[bytes]:
+    """What the lane writes to its connection from now on, each write as it went out."""
     writes: list[bytes] = []
     protocol = lane._protocol
     assert protocol is not None and protocol.transport is not None
@@ -48,6 +45,15 @@ async def test_the_calls_of_one_turn_go_in_one_write_and_each_gets_its_own_repli
         real_write(data)
 
     protocol.transport.write = counting  # type: ignore[method-assign,assignment]
+    return writes
+
+
+async def test_the_calls_of_one_turn_go_in_one_write_and_each_gets_its_own_replies(redis_url: str) -> None:
+    """The first call on an idle lane goes out at once; the 19 that came in the same turn share
+    one write."""
+    lane = lane_for(redis_url)
+    await lane.execute([("SET", "lane:warm", "1")])  # connected
+    writes = watch_writes(lane)
     replies = await asyncio.gather(
         *(
             lane.execute([("SET", f"lane:{i}", str(i)), ("GET", f"lane:{i}"), ("INCR", "lane:n")])
@@ -66,16 +72,7 @@ async def test_the_calls_of_one_turn_go_in_one_write_and_each_gets_its_own_repli
 async def test_a_call_on_an_idle_lane_is_written_before_the_loop_turns(redis_url: str) -> None:
     lane = lane_for(redis_url)
     await lane.execute([("SET", "lane:warm", "1")])  # connected, and idle again
-    writes: list[bytes] = []
-    protocol = lane._protocol
-    assert protocol is not None and protocol.transport is not None
-    real_write = protocol.transport.write
-
-    def counting(data: bytes) -> None:
-        writes.append(data)
-        real_write(data)
-
-    protocol.transport.write = counting  # type: ignore[method-assign,assignment]
+    writes = watch_writes(lane)
     call = lane.execute([("GET", "lane:warm")])
     reply = call.send(None)  # the call runs up to its wait for the reply: no turn of the loop yet
     assert writes == [b"*2\r\n$3\r\nGET\r\n$9\r\nlane:warm\r\n"]

@@ -130,6 +130,9 @@ class PersonaReader:
     ) -> None:
         self._pipelines = ScriptPipelines(redis)
         self._resolve_sha = self._pipelines.add(RESOLVE)
+        # plain reads (`whole`, `complete`): no scripts to load first (on a cluster, one round trip
+        # per master), which would spend the read's time
+        self._plain = ScriptPipelines(redis)
         self._read_timeout_s = read_timeout_s
         self._breaker_s = breaker_s
         self._open_until = 0.0
@@ -169,7 +172,7 @@ class PersonaReader:
     async def _run(self, commands: list[Command]) -> list[Any]:
         try:
             async with asyncio.timeout(self._read_timeout_s):
-                return await self._pipelines.run(commands)
+                return await self._plain.run(commands)
         except STORE_ERRORS as exc:
             self._open_until = time.monotonic() + self._breaker_s
             raise PersonaReadFailed(described(exc)) from exc
