@@ -138,9 +138,10 @@ async def test_a_blob_without_its_id_up_front_and_a_part_gone_since_the_read(red
     assert fallen.source == "user" and fallen.version == 3
 
 
-async def test_contexts_stored_before_their_heads_are_read_whole(redis_url: str) -> None:
-    """A contexts hash whose heads hash does not match it (stored before heads were written) is read
-    whole on that call, and routes as before; a switched-off context leaves both hashes alike."""
+async def test_contexts_stored_before_their_heads_get_their_heads_on_the_first_call(redis_url: str) -> None:
+    """A contexts hash whose heads hash does not match it (stored before heads were written): that
+    call writes the heads from it and routes as before, and the next calls find them. A switched-off
+    context leaves both hashes alike."""
     settings = Settings(redis_url=redis_url)
     async with redis_client(settings) as redis:
         contexts = ContextStore(redis)
@@ -163,5 +164,10 @@ async def test_contexts_stored_before_their_heads_are_read_whole(redis_url: str)
         with mock.patch.object(reader, "complete", wraps=reader.complete) as complete:
             found = await resolver.of(older, text=COOKING_CALL)
             assert complete.call_count == 1
+            later = (await reader.read(T, U, None))[0]
+            assert later.contexts_complete and (await resolver.of(later, text=COOKING_CALL)) == found
+            assert complete.call_count == 1
+        stored = await redis.hgetall(keys.contexts(T, U))
     assert not older.contexts_complete and older.contexts == {}
+    assert later.contexts == {field: blob[:HEAD_BYTES] for field, blob in stored.items()}
     assert found.source == "user-context" and found.persona and found.persona.version_id == cooking.version_id

@@ -29,6 +29,23 @@ CONTEXT_PREFIX = b"c:"
 # (`Persona`'s `{"version":N,"version_id":"<up to 64>"`, `RouterSpec`'s `{"router_id":"<up to 64>"`).
 HEAD_BYTES = 128
 
+# KEYS[1] the contexts hash, KEYS[2] its heads hash. ARGV[1] head bytes. The heads hash made anew from
+# the contexts hash, as one atomic step (a save in between cannot leave a stale head behind); returns
+# it flat (field, head, ...). For contexts stored before their heads were: once per user, since the
+# heads then match (a script turning values into Lua strings is slow, tens of µs per KB-sized hash).
+WRITE_HEADS = """
+local last = tonumber(ARGV[1]) - 1
+local hash = redis.call('HGETALL', KEYS[1])
+redis.call('DEL', KEYS[2])
+local heads = {}
+for i = 1, #hash, 2 do
+  heads[i] = hash[i]
+  heads[i + 1] = string.sub(hash[i + 1], 1, last + 1)
+end
+if #heads > 0 then redis.call('HSET', KEYS[2], unpack(heads)) end
+return heads
+"""
+
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value

@@ -14,7 +14,8 @@ for a persona, the heads hash for the contexts (`keys.context_heads`, written wi
 hash: `store/contexts.py`). The proxy keeps each version decoded, so a call brings back a few hundred
 bytes where whole blobs would be tens of kilobytes; a version the process has not seen yet is read
 whole once (`PersonaReader.whole`). The contexts hash's length rides along: a heads hash that does
-not match it (contexts stored before heads were) has the whole contexts hash read instead.
+not match it (contexts stored before heads were) is written anew from it, once
+(`PersonaReader.complete`).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import orjson
 from redis.asyncio import Redis
 
 from middleware.store import keys
-from middleware.store.contexts import HEAD_BYTES
+from middleware.store.contexts import HEAD_BYTES, WRITE_HEADS
 from middleware.store.guard import STORE_ERRORS, described, fail_closed
 from middleware.store.personas import PersonaReadFailed
 from middleware.store.pipelines import Command, ScriptPipelines, as_dict
@@ -130,9 +131,10 @@ class PersonaReader:
     ) -> None:
         self._pipelines = ScriptPipelines(redis)
         self._resolve_sha = self._pipelines.add(RESOLVE)
-        # plain reads (`whole`, `complete`): no scripts to load first (on a cluster, one round trip
-        # per master), which would spend the read's time
+        # `whole` and `complete`: not RESOLVE to load first (on a cluster, one round trip per master),
+        # which would spend the read's time
         self._plain = ScriptPipelines(redis)
+        self._write_heads_sha = self._plain.add(WRITE_HEADS)
         self._read_timeout_s = read_timeout_s
         self._breaker_s = breaker_s
         self._open_until = 0.0
@@ -164,9 +166,22 @@ class PersonaReader:
         return blob if isinstance(blob, bytes) else None
 
     async def complete(self, reads: PersonaReads) -> PersonaReads:
-        """`reads` with its contexts read whole, when its heads did not match them (contexts stored
-        before their heads were)."""
-        [found] = await self._run([("HGETALL", keys.contexts(reads.tenant, reads.user))])
+        """`reads` with the heads of its contexts, when its heads hash did not match them (contexts
+        stored before their heads were): the heads hash is written anew from the contexts hash
+        (`WRITE_HEADS`), so the user's next calls find it whole."""
+        tenant, user = reads.tenant, reads.user
+        [found] = await self._run(
+            [
+                (
+                    "EVALSHA",
+                    self._write_heads_sha,
+                    2,
+                    keys.contexts(tenant, user),
+                    keys.context_heads(tenant, user),
+                    HEAD_BYTES,
+                )
+            ]
+        )
         return reads._replace(contexts=as_dict(found), contexts_complete=True)
 
     async def _run(self, commands: list[Command]) -> list[Any]:
