@@ -17,6 +17,7 @@ from middleware.personalize.service import Personalizer, version_id_of
 from middleware.store import keys
 from middleware.store.connection import redis_client
 from middleware.store.contexts import HEAD_BYTES, ContextStore
+from middleware.store.guard import resolved
 from middleware.store.personas import PersonaStore
 from middleware.store.segments import PersonaReader
 from tests.contexts_data import CODE, COOKING, COOKING_CALL, UNRELATED_CALL
@@ -167,7 +168,7 @@ async def test_contexts_stored_before_their_heads_get_their_heads_on_the_first_c
             later = (await reader.read(T, U, None))[0]
             assert later.contexts_complete and (await resolver.of(later, text=COOKING_CALL)) == found
             assert complete.call_count == 1
-        stored = await redis.hgetall(keys.contexts(T, U))
+        stored = await resolved(redis.hgetall(keys.contexts(T, U)))
     assert not older.contexts_complete and older.contexts == {}
     assert later.contexts == {field: blob[:HEAD_BYTES] for field, blob in stored.items()}
     assert found.source == "user-context" and found.persona and found.persona.version_id == cooking.version_id
