@@ -23,9 +23,11 @@ import openai
 import pytest
 import redis
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterPipeline
 from redis.crc import key_slot
 
 from middleware.config import Settings
+from middleware.errors import StoreUnavailable
 from middleware.induction.jobs import enqueue_due_refreshes
 from middleware.store import keys
 from middleware.store.comparisons import Claim, ComparisonStore
@@ -368,14 +370,18 @@ def test_the_cluster_example_runs_as_written() -> None:
     assert "x-persona-version 1" in done.stdout and done.stdout.rstrip().endswith("ok")
 
 
-async def test_a_cluster_pipeline_broken_mid_failover_is_a_store_fault() -> None:
+async def test_a_cluster_pipeline_broken_mid_failover_is_a_store_fault(
+    cluster_url: str, redis_cluster: LocalCluster, redis_url: str, fake_upstream: FakeUpstream
+) -> None:
     """redis-py's cluster pipeline can fail with an AttributeError mid-failover (a failed command
-    while it has no default node): the chat path's read fails open on it as on any store fault,
-    where it answered 500 before."""
-    cluster = mock.MagicMock(spec=aioredis.RedisCluster)
-    cluster.script_load = mock.AsyncMock(return_value="sha")
-    cluster.pipeline.return_value.execute = mock.AsyncMock(
-        side_effect=AttributeError("'NoneType' object has no attribute 'name'")
-    )
-    with pytest.raises(PersonaReadFailed, match="mid-failover"):
-        await PersonaReader(cluster).read(T, USERS[0], None)
+    while it has no default node): every pipeline of the cluster client fails as the store fails,
+    so the chat path's read fails open and a write answers 503, where both answered 500 before."""
+    settings = cluster_settings(cluster_url, redis_url, fake_upstream)
+    broken = AttributeError("'NoneType' object has no attribute 'name'")
+    async with store_services(settings) as services:
+        await services.personas.save(T, USERS[0], "a persona", [], {"source": "admin"})  # slots known
+        with mock.patch.object(ClusterPipeline, "_execute", side_effect=broken):
+            with pytest.raises(PersonaReadFailed, match="mid-failover"):
+                await PersonaReader(services.redis).read(T, USERS[0], None)
+            with pytest.raises(StoreUnavailable):
+                await services.contexts.clear(T, USERS[0], "cooking")

@@ -26,9 +26,10 @@ from typing import Any, Literal, cast
 from urllib.parse import parse_qsl, unquote
 
 from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
-from redis.asyncio.cluster import ClusterNode
+from redis.asyncio.cluster import ClusterNode, ClusterPipeline
 from redis.asyncio.connection import Connection
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+from redis.exceptions import RedisClusterException
 
 from middleware.config import Settings
 from middleware.store.guard import STORE_ERRORS
@@ -131,6 +132,24 @@ class _BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
     one instead of failing at once when all are in use."""
 
 
+class _FailoverSafePipeline(ClusterPipeline):
+    async def execute(self, raise_on_error: bool = True, allow_redirections: bool = True) -> list[Any]:
+        try:
+            return await super().execute(raise_on_error, allow_redirections)
+        except AttributeError as exc:
+            # redis-py 5.3, after a failed command while a failover has left the client no default
+            # node, reads that node's name off None: a store fault like any other (a 503, or fail open)
+            raise RedisClusterException(f"the cluster pipeline failed mid-failover: {exc!r}") from exc
+
+
+class _Cluster(RedisCluster):
+    """redis-py's cluster client whose pipelines fail as the store fails (`_FailoverSafePipeline`)."""
+
+    def pipeline(self, transaction: Any | None = None, shard_hint: Any | None = None) -> ClusterPipeline:
+        super().pipeline(transaction, shard_hint)  # redis-py's refusal of MULTI and shard hints
+        return _FailoverSafePipeline(self)  # type: ignore[abstract]  # as redis-py makes its own
+
+
 def create_redis(settings: Settings, url: str | None = None, *, caller_timeouts: bool = False) -> Redis:
     """The client for `url` (default: `PERSONA_REDIS_URL`).
 
@@ -142,7 +161,7 @@ def create_redis(settings: Settings, url: str | None = None, *, caller_timeouts:
     if caller_timeouts:
         kwargs["socket_timeout"] = None
     if target.topology == "cluster":
-        cluster = RedisCluster(
+        cluster = _Cluster(
             startup_nodes=[ClusterNode(host, port) for host, port in target.nodes],
             max_connections=settings.redis_max_connections,
             ssl=target.tls,

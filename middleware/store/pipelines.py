@@ -14,7 +14,7 @@ from typing import Any
 
 from hiredis import pack_command
 from redis.asyncio import Redis, RedisCluster
-from redis.exceptions import NoScriptError, RedisClusterException, ResponseError
+from redis.exceptions import NoScriptError, ResponseError
 
 from middleware.store.guard import resolved
 from middleware.store.lane import Command as Command  # a command as redis-py sends it: its name and arguments
@@ -84,10 +84,6 @@ async def send(redis: Redis, commands: Sequence[Command]) -> list[Any]:
             return list(await pipe.execute(raise_on_error=False))
         except NoScriptError as missing:  # the cluster pipeline raises it whatever it was asked
             return [missing]
-        except AttributeError as exc:
-            # redis-py 5.3's cluster pipeline, after a failed command while a failover has left it no
-            # default node, reads that node's name off None: a store fault like any other (fail open)
-            raise RedisClusterException(f"the cluster pipeline failed mid-failover: {exc!r}") from exc
     pool = redis.connection_pool
     connection = await pool.get_connection()
     try:
