@@ -199,13 +199,20 @@ async def test_a_chunked_stream_arrives_whole_and_in_order_with_back_pressure() 
     assert server.connections == 1
 
 
+async def answer_with_its_body(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Server
+) -> None:
+    """Read one request and answer `{"ok":<its body>}` (keep-alive, as every answer here)."""
+    body = await read_request(reader, server)
+    writer.write(answer(b'{"ok":' + (body or b"0") + b"}"))
+    await writer.drain()
+
+
 async def test_a_connection_the_server_closed_while_idle_is_replaced_without_an_error() -> None:
     async def one_answer_then_close(
         reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Server
     ) -> None:
-        body = await read_request(reader, server)
-        writer.write(answer(b'{"ok":' + (body or b"0") + b"}"))
-        await writer.drain()
+        await answer_with_its_body(reader, writer, server)
         # keep-alive was promised, yet the connection is closed once answered (an upstream whose idle
         # timeout is shorter than the client's)
 
@@ -225,9 +232,7 @@ async def test_a_reused_connection_closed_before_the_first_byte_is_retried_on_a_
     async def one_answer_then_drop_the_next(
         reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Server
     ) -> None:
-        body = await read_request(reader, server)
-        writer.write(answer(b'{"ok":' + (body or b"0") + b"}"))
-        await writer.drain()
+        await answer_with_its_body(reader, writer, server)
         # keep-alive was promised, but the next request is read and dropped unanswered (the server
         # closed the connection as it came)
         await read_request(reader, server)
@@ -432,7 +437,9 @@ async def test_one_base_under_two_keys_gets_a_client_per_key() -> None:
     # each request passed through carries the credentials of its own target.
     async with serving(echo_forever) as server:
         base = f"http://127.0.0.1:{server.port}"
-        settings = Settings(upstream_api_base=base, upstream_api_key=SecretStr("sk-openai"), embedded_redis=False)
+        settings = Settings(
+            upstream_api_base=base, upstream_api_key=SecretStr("sk-openai"), embedded_redis=False
+        )
         router = UpstreamRouter(settings, on_retry=lambda: None)
         openai_key = {"Authorization": "Bearer sk-openai"}
         openai = router.raw_client(base, openai_key)

@@ -128,11 +128,8 @@ class Personalizer:
         if not head:
             return None
         match = _HEAD_RE.match(head)
-        found = self._cache.get(match.group(1).decode()) if match is not None else None
-        if found is not None:
-            self._cache.move_to_end(found.version_id)
-            return found
-        return self.from_blob(await whole(part), context=context)
+        found = self._cached(match.group(1).decode() if match is not None else None)
+        return found if found is not None else self.from_blob(await whole(part), context=context)
 
     def count_route(self, route: Route) -> None:
         self._metrics.persona_context_routed.labels(route.decision).inc()
@@ -178,10 +175,8 @@ class Personalizer:
         """The rendered block of a whole current-persona blob (decoded once per version), or None."""
         if not blob:
             return None
-        version_id = version_id_of(blob)  # a few bytes, not the whole blob
-        found = self._cache.get(version_id) if version_id is not None else None
+        found = self._cached(version_id_of(blob))  # the id from a few bytes, not the whole blob
         if found is not None:
-            self._cache.move_to_end(found.version_id)
             return found
         persona = Persona.model_validate_json(blob)
         persona = persona.model_copy(update={"provenance": {}})
@@ -190,6 +185,13 @@ class Personalizer:
         while len(self._cache) > self._settings.persona_cache_size:
             self._cache.popitem(last=False)
         return active
+
+    def _cached(self, version_id: str | None) -> ActivePersona | None:
+        """The persona version decoded already (most recently used), or None."""
+        found = self._cache.get(version_id) if version_id is not None else None
+        if found is not None:
+            self._cache.move_to_end(found.version_id)
+        return found
 
     def block_without_exemplars(self, found: ActivePersona) -> str:
         """The block of `found` without its exemplars (the auto mode's `inject-no-exemplars` arm),

@@ -151,18 +151,13 @@ class PersonaReader:
         policy_at = len(commands)  # where the posteriors' replies start
         if policy:
             commands += policy_read_commands(tenant, user)
-        try:
-            async with asyncio.timeout(self._read_timeout_s):  # no task of its own, unlike wait_for
-                replies = await self._pipelines.run(commands)
-        except STORE_ERRORS as exc:
-            self._open_until = time.monotonic() + self._breaker_s
-            raise PersonaReadFailed(described(exc)) from exc
+        replies = await self._run(self._pipelines, commands)
         return reads_of(replies, 0, tenant, user), posteriors_of(replies, policy_at) if policy else None
 
     async def whole(self, reads: PersonaReads, part: Part) -> bytes | None:
         """A part of `reads` read whole (`PersonaReads.whole_command`; None: gone since), bounded in
         time like the read. A version this process has not decoded yet comes this way, once."""
-        [blob] = await self._run([reads.whole_command(part)])
+        [blob] = await self._run(self._plain, [reads.whole_command(part)])
         return blob if isinstance(blob, bytes) else None
 
     async def complete(self, reads: PersonaReads) -> PersonaReads:
@@ -171,6 +166,7 @@ class PersonaReader:
         (`WRITE_HEADS`), so the user's next calls find it whole."""
         tenant, user = reads.tenant, reads.user
         [found] = await self._run(
+            self._plain,
             [
                 (
                     "EVALSHA",
@@ -180,14 +176,15 @@ class PersonaReader:
                     keys.context_heads(tenant, user),
                     HEAD_BYTES,
                 )
-            ]
+            ],
         )
         return reads._replace(contexts=as_dict(found), contexts_complete=True)
 
-    async def _run(self, commands: list[Command]) -> list[Any]:
+    async def _run(self, pipelines: ScriptPipelines, commands: list[Command]) -> list[Any]:
+        """The replies, bounded in time; a failure opens the breaker and raises PersonaReadFailed."""
         try:
-            async with asyncio.timeout(self._read_timeout_s):
-                return await self._plain.run(commands)
+            async with asyncio.timeout(self._read_timeout_s):  # no task of its own, unlike wait_for
+                return await pipelines.run(commands)
         except STORE_ERRORS as exc:
             self._open_until = time.monotonic() + self._breaker_s
             raise PersonaReadFailed(described(exc)) from exc
