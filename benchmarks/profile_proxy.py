@@ -37,6 +37,8 @@ def top_functions(collapsed: Path, count: int = 30) -> list[tuple[str, float]]:
     total = 0
     for line in collapsed.read_text().splitlines():
         stack, _, samples = line.rpartition(" ")
+        if not samples.isdigit():
+            continue  # a frame name py-spy misread, with a line break inside it
         n = int(samples)
         total += n
         for frame in set(stack.split(";")):
