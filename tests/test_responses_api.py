@@ -129,6 +129,29 @@ def test_stream_restores_instructions_and_relays_every_other_event(
     assert "".join(e.delta for e in seen if e.type == "response.output_text.delta") == "fake answer to: tell me"
 
 
+def test_a_stored_response_replayed_as_a_stream_shows_the_apps_own_instructions(
+    proxy: RunningProxy, fake_upstream: FakeUpstream
+) -> None:
+    """GET /v1/responses/{id}?stream=true replays the events: the persona is restored out of them
+    as out of the stream that created it."""
+    give_persona(proxy, "replay-user")
+    created = client(proxy).responses.create(
+        model="fake-model", input="replay me", instructions=APP_INSTRUCTIONS, user="replay-user"
+    )
+    assert_persona_once_after(sent_bodies(fake_upstream)[-1]["instructions"], APP_INSTRUCTIONS)
+    replayed = list(client(proxy).responses.retrieve(created.id, stream=True))
+    asked = fake_upstream.requests[-1]
+    assert (asked.method, asked.path, asked.query) == ("GET", f"/v1/responses/{created.id}", "stream=true")
+    assert (replayed[0].type, replayed[-1].type) == ("response.created", "response.completed")
+    assert [e.sequence_number for e in replayed] == list(range(len(replayed)))
+    for event in replayed:
+        assert PERSONA_MARK not in event.model_dump_json()
+        if event.type in ("response.created", "response.in_progress", "response.completed"):
+            assert event.response.instructions == APP_INSTRUCTIONS
+    assert replayed[-1].response.output_text == "fake answer to: replay me"  # type: ignore[union-attr]
+    assert "".join(e.delta for e in replayed if e.type == "response.output_text.delta") == "fake answer to: replay me"
+
+
 def test_sdk_stream_helper(proxy: RunningProxy, fake_upstream: FakeUpstream) -> None:
     give_persona(proxy, "carol")
     with client(proxy).responses.stream(model="fake-model", input="stream it", instructions="Be brief.", user="carol") as stream:

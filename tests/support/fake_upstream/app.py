@@ -336,6 +336,8 @@ class FakeUpstreamApp:
         if found is None:
             message = f"Response with id '{response_id}' not found."
             await self._send_simple(send, rec, 404, error_body(404, message))
+        elif method == "GET" and not action and "stream=true" in rec.query.split("&"):
+            await self._replay(found, rec, send)  # the stored response's events, as when it streamed
         elif method == "GET" and not action:
             await self._send_simple(send, rec, 200, orjson.dumps(found))
         elif method == "DELETE" and not action:
@@ -353,6 +355,14 @@ class FakeUpstreamApp:
             await self._send_simple(send, rec, 200, orjson.dumps({**found, "status": "cancelled"}))
         else:
             await self._send_simple(send, rec, 404, error_body(404, f"no route {method} {path}"))
+
+    async def _replay(self, found: dict[str, Any], rec: RecordedRequest, send: Any) -> None:
+        rec.status = 200
+        await send({"type": "http.response.start", "status": 200, "headers": [*_SSE_HEADERS, *_api_headers()]})
+        for event in responses_api.stream_events(found):
+            await send({"type": "http.response.body", "body": event, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+        rec.completed = True
 
     async def _messages(self, body: dict[str, Any], rec: RecordedRequest, send: Any) -> None:
         reply = await self._resolve(body)
