@@ -134,6 +134,7 @@ async def test_moving_window_never_lets_more_than_r_through_in_any_window(redis_
                 refused += 1
                 assert 0 < wait_ms <= window_ms
             await asyncio.sleep(0.003)
+        assert await redis.llen(keys.rate_log("t")) == limit  # the log keeps R entries, no more
     finally:
         await redis.aclose()
     assert refused > 0

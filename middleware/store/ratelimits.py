@@ -64,8 +64,9 @@ if concurrency > 0 then
 end
 local function record(key, limit)
   if limit <= 0 then return end
-  for i = 1, cost do redis.call('LPUSH', key, now) end
-  redis.call('LTRIM', key, 0, limit - 1)
+  local length = 0
+  for i = 1, cost do length = redis.call('LPUSH', key, now) end
+  if length > limit then redis.call('LTRIM', key, 0, limit - 1) end
   redis.call('PEXPIRE', key, window)
 end
 record(KEYS[1], rpm)
@@ -105,9 +106,8 @@ return 0
 # the leases to give back. What the calls that ended since the last flush leave behind (`WriteBehind`).
 SETTLE = """
 local tokens = tonumber(ARGV[1])
-if tokens > 0 then
-  redis.call('INCRBY', KEYS[2], tokens)
-  redis.call('EXPIRE', KEYS[2], tonumber(ARGV[2]))
+if tokens > 0 and redis.call('INCRBY', KEYS[2], tokens) == tokens then
+  redis.call('EXPIRE', KEYS[2], tonumber(ARGV[2]))  -- the day's first tokens: the key outlives the day
 end
 if #ARGV > 2 then redis.call('ZREM', KEYS[1], unpack(ARGV, 3)) end
 return 0
@@ -127,6 +127,7 @@ class RateLimitStore:
         self._settle_sha = write_behind.script(SETTLE)
         # (tenant, day) -> tokens to add and leases to give back, until the next flush
         self._settling: dict[tuple[str, str], tuple[int, list[str]]] = {}
+        self._settle_now: AsyncScript = redis.register_script(SETTLE)
         self._reserve: AsyncScript = redis.register_script(RESERVE_PENDING)
         self._record: AsyncScript = redis.register_script(RECORD)
         # the hot path's admissions (alone, or with the persona reads): on the hot client
@@ -228,11 +229,9 @@ class RateLimitStore:
         return commands
 
     async def add_tokens(self, tenant: str, day: str, tokens: int) -> None:
-        key = keys.tokens_day(tenant, day)
-        pipe = self._redis.pipeline(transaction=False)
-        pipe.incrby(key, tokens)
-        pipe.expire(key, TOKENS_TTL_S)
-        await pipe.execute()
+        """Count `tokens` now (a call that is not answered through the write-behind)."""
+        day_keys = [keys.in_flight(tenant), keys.tokens_day(tenant, day)]
+        await self._settle_now(keys=day_keys, args=[tokens, TOKENS_TTL_S])
 
     async def tokens_used(self, tenant: str, day: str) -> int:
         value = await resolved(self._redis.get(keys.tokens_day(tenant, day)))
