@@ -35,8 +35,7 @@ from middleware.store.connection import RedisUrlError, create_redis, parse_redis
 from middleware.store.contexts import HEAD_BYTES
 from middleware.store.evaluations import EvaluationStore
 from middleware.store.feedback import FeedbackStore
-from middleware.store.guard import STORE_ERRORS
-from middleware.store.personas import PersonaReadFailed
+from middleware.store.guard import STORE_ERRORS, PersonaReadFailed
 from middleware.store.policy import PolicyStore
 from middleware.store.ratelimits import RateLimitStore
 from middleware.store.response_owners import ResponseOwner, ResponseOwners

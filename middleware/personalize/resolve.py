@@ -14,7 +14,7 @@ from functools import partial
 from typing import Any, NamedTuple
 
 from middleware.personalize.service import ActivePersona, Personalizer
-from middleware.store.personas import PersonaReadFailed
+from middleware.store.guard import PersonaReadFailed
 from middleware.store.policy import Posteriors
 from middleware.store.segments import PersonaReader, PersonaReads
 

@@ -29,8 +29,8 @@ from middleware.models import Persona
 from middleware.personalize.block import render_persona_block
 from middleware.personalize.contexts import ROUTER_HEAD, Route, Router, RouterSpec, choose
 from middleware.store.contexts import CONTEXT_PREFIX, ROUTER_FIELD
-from middleware.store.guard import described
-from middleware.store.personas import PersonaReadFailed, PersonaStore
+from middleware.store.guard import PersonaReadFailed, described
+from middleware.store.personas import PersonaStore
 from middleware.store.segments import Part
 from middleware.tracing import TRACING_OFF, Tracing
 

@@ -1,10 +1,13 @@
-"""Writes and admin reads fail closed: a Redis fault becomes a clear 503, never a silent loss."""
+"""Writes and admin reads fail closed: a Redis fault becomes a clear 503, never a silent loss. The
+chat path's persona reads fail open instead, behind a breaker (`ReadBreaker`)."""
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
-from collections.abc import Awaitable
+import time
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar, overload
 
 from redis.exceptions import RedisClusterException, RedisError
@@ -55,3 +58,39 @@ async def resolved(value: Awaitable[T] | T) -> T:
     if inspect.isawaitable(value):
         return await value
     return value
+
+
+class PersonaReadFailed(Exception):
+    """The persona could not be read in time; the caller goes on without one (fail open).
+
+    `skipped` is true when the read was not even tried because the store failed moments ago.
+    """
+
+    def __init__(self, message: str, *, skipped: bool = False) -> None:
+        super().__init__(message)
+        self.skipped = skipped
+
+
+class ReadBreaker:
+    """The guard of a read the chat path makes before going upstream: bounded by `timeout_s`, and
+    after a failure the reads are skipped for `open_s`, so an outage costs each call nothing rather
+    than a timeout. A failed or skipped read raises PersonaReadFailed."""
+
+    def __init__(self, timeout_s: float, open_s: float) -> None:
+        self.timeout_s = timeout_s
+        self._open_s = open_s
+        self._open_until = 0.0
+
+    def check(self) -> None:
+        """Raise PersonaReadFailed (skipped) while the breaker is open."""
+        if time.monotonic() < self._open_until:
+            raise PersonaReadFailed("persona store recently failed; read skipped", skipped=True)
+
+    async def read(self, read: Callable[[], Awaitable[T]]) -> T:
+        """`read()`, bounded in time; a store fault opens the breaker and raises PersonaReadFailed."""
+        try:
+            async with asyncio.timeout(self.timeout_s):  # no task of its own, unlike wait_for
+                return await read()
+        except STORE_ERRORS as exc:
+            self._open_until = time.monotonic() + self._open_s
+            raise PersonaReadFailed(described(exc)) from exc

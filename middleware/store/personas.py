@@ -6,9 +6,7 @@ GET, and a rollback restores a version exactly as it was stored.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -19,20 +17,9 @@ from middleware.errors import NotFound
 from middleware.models import Persona, PreferencePair
 from middleware.store import keys
 from middleware.store.durable import Replication
-from middleware.store.guard import STORE_ERRORS, described, fail_closed
+from middleware.store.guard import ReadBreaker, fail_closed, resolved
 
 log = logging.getLogger("middleware.store")
-
-
-class PersonaReadFailed(Exception):
-    """The persona could not be read in time; the caller goes on without one (fail open).
-
-    `skipped` is true when the read was not even tried because the store failed moments ago.
-    """
-
-    def __init__(self, message: str, *, skipped: bool = False) -> None:
-        super().__init__(message)
-        self.skipped = skipped
 
 
 # KEYS[1] persona version, KEYS[2] adapter. ARGV[1] blob. Store only if the version still exists
@@ -67,41 +54,25 @@ class PersonaStore:
         self._redis = redis
         self._replication = replication or Replication()
         self._save_version = redis.register_script(_SAVE_VERSION)
-        self._read_timeout_s = read_timeout_s
-        self._breaker_s = breaker_s
-        self._open_until = 0.0
+        self._breaker = ReadBreaker(read_timeout_s, breaker_s)
 
     # --- the hot path -----------------------------------------------------------------------------
     async def read_current_blob(self, tenant: str, user: str) -> bytes | None:
-        """One GET, bounded in time. Raises PersonaReadFailed instead of waiting on a sick Redis.
-
-        After a failure the read is skipped for `breaker_s`, so an outage costs each chat call
-        nothing rather than a timeout.
-        """
-        if time.monotonic() < self._open_until:
-            raise PersonaReadFailed("persona store recently failed; read skipped", skipped=True)
-        try:
-            blob: bytes | None = await asyncio.wait_for(
-                self._redis.get(keys.persona_current(tenant, user)), self._read_timeout_s
-            )
-        except STORE_ERRORS as exc:
-            self._open_until = time.monotonic() + self._breaker_s
-            raise PersonaReadFailed(described(exc)) from exc
+        """One GET, bounded in time; after a failure the read is skipped for a while (`ReadBreaker`).
+        Raises PersonaReadFailed instead of waiting on a sick Redis."""
+        self._breaker.check()
+        key = keys.persona_current(tenant, user)
+        blob: bytes | None = await self._breaker.read(lambda: resolved(self._redis.get(key)))
         return blob
 
     async def read_current(self, tenant: str, user: str) -> tuple[bytes | None, dict[bytes, bytes]]:
         """The current-persona blob and the user's context hash (`keys.contexts`): one pipeline, one
         round trip, bounded and guarded like `read_current_blob`."""
-        if time.monotonic() < self._open_until:
-            raise PersonaReadFailed("persona store recently failed; read skipped", skipped=True)
+        self._breaker.check()
         pipe = self._redis.pipeline(transaction=False)
         pipe.get(keys.persona_current(tenant, user))
         pipe.hgetall(keys.contexts(tenant, user))
-        try:
-            blob, contexts = await asyncio.wait_for(pipe.execute(), self._read_timeout_s)
-        except STORE_ERRORS as exc:
-            self._open_until = time.monotonic() + self._breaker_s
-            raise PersonaReadFailed(described(exc)) from exc
+        blob, contexts = await self._breaker.read(pipe.execute)
         return blob, contexts
 
     # --- admin ---------------------------------------------------------------------------------------

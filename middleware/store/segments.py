@@ -20,8 +20,6 @@ not match it (contexts stored before heads were) is written anew from it, once
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, Literal, NamedTuple
@@ -31,8 +29,7 @@ from redis.asyncio import Redis
 
 from middleware.store import keys
 from middleware.store.contexts import HEAD_BYTES, WRITE_HEADS
-from middleware.store.guard import STORE_ERRORS, described, fail_closed
-from middleware.store.personas import PersonaReadFailed
+from middleware.store.guard import ReadBreaker, fail_closed
 from middleware.store.pipelines import Command, ScriptPipelines, as_dict
 from middleware.store.policy import Posteriors, policy_read_commands, posteriors_of
 
@@ -135,18 +132,14 @@ class PersonaReader:
         # which would spend the read's time
         self._plain = ScriptPipelines(redis)
         self._write_heads_sha = self._plain.add(WRITE_HEADS)
-        self._read_timeout_s = read_timeout_s
-        self._breaker_s = breaker_s
-        self._open_until = 0.0
+        self._breaker = ReadBreaker(read_timeout_s, breaker_s)
 
     async def read(
         self, tenant: str, user: str, segment: str | None, *, policy: bool = False
     ) -> tuple[PersonaReads, tuple[Posteriors, Posteriors] | None]:
         """The persona reads and, with `policy`, the user's and the tenant's auto-mode posteriors
         (`store/policy.py`) in the same pipeline (None without)."""
-        if time.monotonic() < self._open_until:
-            raise PersonaReadFailed("persona store recently failed; read skipped", skipped=True)
-
+        self._breaker.check()
         commands = read_commands(self._resolve_sha, tenant, user, segment)
         policy_at = len(commands)  # where the posteriors' replies start
         if policy:
@@ -182,12 +175,7 @@ class PersonaReader:
 
     async def _run(self, pipelines: ScriptPipelines, commands: list[Command]) -> list[Any]:
         """The replies, bounded in time; a failure opens the breaker and raises PersonaReadFailed."""
-        try:
-            async with asyncio.timeout(self._read_timeout_s):  # no task of its own, unlike wait_for
-                return await pipelines.run(commands)
-        except STORE_ERRORS as exc:
-            self._open_until = time.monotonic() + self._breaker_s
-            raise PersonaReadFailed(described(exc)) from exc
+        return await self._breaker.read(lambda: pipelines.run(commands))
 
 
 class SegmentStore:
