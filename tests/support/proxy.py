@@ -93,5 +93,8 @@ def start_proxy(settings: Settings) -> RunningProxy:
 
 @pytest.fixture
 def proxy(redis_url: str, fake_upstream: FakeUpstream) -> Iterator[RunningProxy]:
-    with start_proxy(proxy_settings(redis_url, fake_upstream)) as running:
+    # A loaded machine (three test processes on two cores) must not make the 50 ms persona read time
+    # out and a call go on without its persona; what a timed-out read does is tested with proxies of
+    # their own, on a Redis a test may pause.
+    with start_proxy(proxy_settings(redis_url, fake_upstream, persona_read_timeout_s=2.0)) as running:
         yield running
