@@ -11,6 +11,7 @@ persona reads) and is counted in metrics.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import time
@@ -38,8 +39,14 @@ DAY_S = 86_400
 
 def utc_day(now: float) -> tuple[str, int]:
     """Today's UTC day as YYYYMMDD and the ms left until it ends."""
-    day_start = int(now // DAY_S) * DAY_S
-    return time.strftime("%Y%m%d", time.gmtime(now)), int((day_start + DAY_S - now) * 1000) + 1
+    day = int(now // DAY_S)
+    return _day_name(day), int(((day + 1) * DAY_S - now) * 1000) + 1
+
+
+@functools.lru_cache(maxsize=4)
+def _day_name(day: int) -> str:
+    """YYYYMMDD of the `day`th UTC day since 1970 (formatted once a day, not on every call)."""
+    return time.strftime("%Y%m%d", time.gmtime(day * DAY_S))
 
 
 class Lease:

@@ -57,6 +57,8 @@ one script on one slot (docs/ARCHITECTURE.md "Segments"):
 
 from __future__ import annotations
 
+import functools
+
 PREFIX = "pm"
 JOB_QUEUE = "pm:jobs:queue"
 
@@ -69,6 +71,7 @@ def escape_user(user: str) -> str:
     return user.translate(_USER_ESCAPES)
 
 
+@functools.lru_cache(maxsize=4096)  # a chat call builds several of a user's keys
 def user_tag(tenant: str, user: str) -> str:
     return f"{PREFIX}:{{{tenant}:{escape_user(user)}}}"
 
