@@ -71,8 +71,12 @@ def escape_user(user: str) -> str:
     return user.translate(_USER_ESCAPES)
 
 
-@functools.lru_cache(maxsize=4096)  # a chat call builds several of a user's keys
 def user_tag(tenant: str, user: str) -> str:
+    return _user_tag(tenant, user)
+
+
+@functools.lru_cache(maxsize=4096)  # a chat call builds several of a user's keys
+def _user_tag(tenant: str, user: str) -> str:
     return f"{PREFIX}:{{{tenant}:{escape_user(user)}}}"
 
 
