@@ -3,6 +3,8 @@ blob (the version id), and the rest is read, decoded and rendered only for a ver
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Literal
 from unittest import mock
 
@@ -17,10 +19,11 @@ from middleware.personalize.service import Personalizer, version_id_of
 from middleware.store import keys
 from middleware.store.connection import redis_client
 from middleware.store.contexts import HEAD_BYTES, ContextStore
-from middleware.store.guard import resolved
+from middleware.store.guard import PersonaReadFailed, resolved
 from middleware.store.personas import PersonaStore
 from middleware.store.segments import PersonaReader
 from tests.contexts_data import CODE, COOKING, COOKING_CALL, UNRELATED_CALL
+from tests.support.redis_server import RedisServer
 
 T, U = "tenant-a", "alice"
 # Text that spells the head's own field names, quotes and backslashes included.
@@ -172,3 +175,28 @@ async def test_contexts_stored_before_their_heads_get_their_heads_on_the_first_c
     assert not older.contexts_complete and older.contexts == {}
     assert later.contexts == {field: blob[:HEAD_BYTES] for field, blob in stored.items()}
     assert found.source == "user-context" and found.persona and found.persona.version_id == cooking.version_id
+
+
+async def test_a_stalled_store_costs_one_bounded_read_then_reads_are_skipped_until_the_breaker_closes(
+    fresh_redis: RedisServer,
+) -> None:
+    async with redis_client(Settings(redis_url=fresh_redis.url)) as redis:
+        store = PersonaStore(redis, read_timeout_s=0.05, breaker_s=0.3)
+        await store.save(T, U, "Likes short answers.", [exemplar()], {})
+        with fresh_redis.while_paused():
+            started = time.monotonic()
+            with pytest.raises(PersonaReadFailed) as first:
+                await store.read_current_blob(T, U)
+            assert not first.value.skipped and time.monotonic() - started < 1.0  # bounded, not hung
+            with pytest.raises(PersonaReadFailed) as second:
+                await store.read_current(T, U)
+            assert second.value.skipped  # not even tried: an outage costs the next calls nothing
+        deadline = time.monotonic() + 10
+        while True:  # the breaker closes after its 0.3 s, and the store answers again
+            try:
+                blob = await store.read_current_blob(T, U)
+                break
+            except PersonaReadFailed as exc:
+                assert exc.skipped and time.monotonic() < deadline
+                await asyncio.sleep(0.02)
+    assert blob is not None and b"Likes short answers." in blob
