@@ -92,6 +92,7 @@ class Metrics:
             ["decision"],
             registry=self.registry,
         )
+        self.context_routes = Children(self.persona_context_routed)  # by decision: three values
         self.persona_read_failures = Counter(
             "persona_read_failures",
             "Persona reads that failed or timed out (the chat went on without a persona)",

@@ -19,7 +19,7 @@ import logging
 import re
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import orjson
 
@@ -78,7 +78,6 @@ class Personalizer:
         self._cache: OrderedDict[str, ActivePersona] = OrderedDict()
         self._plain_blocks: OrderedDict[str, str] = OrderedDict()  # version id -> block, no exemplars
         self._routers: OrderedDict[str, Router] = OrderedDict()
-        self._routed: dict[str, Any] = {}  # decision -> its counter (`count_route`)
 
     async def current(
         self, tenant: str, user: str, *, tag: str | None = None, text: str = ""
@@ -133,11 +132,7 @@ class Personalizer:
         return found if found is not None else self.from_blob(await whole(part), context=context)
 
     def count_route(self, route: Route) -> None:
-        counter = self._routed.get(route.decision)
-        if counter is None:  # a labelled child, looked up once per decision
-            counter = self._metrics.persona_context_routed.labels(route.decision)
-            self._routed[route.decision] = counter
-        counter.inc()
+        self._metrics.context_routes(route.decision).inc()
 
     async def route(
         self, contexts: Mapping[bytes, bytes], whole: Whole, *, tag: str | None, text: str
