@@ -34,13 +34,13 @@ HEAD_BYTES = 128
 # it flat (field, head, ...). For contexts stored before their heads were: once per user, since the
 # heads then match (a script turning values into Lua strings is slow, tens of µs per KB-sized hash).
 WRITE_HEADS = """
-local last = tonumber(ARGV[1]) - 1
+local size = tonumber(ARGV[1])
 local hash = redis.call('HGETALL', KEYS[1])
 redis.call('DEL', KEYS[2])
 local heads = {}
 for i = 1, #hash, 2 do
   heads[i] = hash[i]
-  heads[i + 1] = string.sub(hash[i + 1], 1, last + 1)
+  heads[i + 1] = string.sub(hash[i + 1], 1, size)
 end
 if #heads > 0 then redis.call('HSET', KEYS[2], unpack(heads)) end
 return heads
