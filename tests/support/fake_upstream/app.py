@@ -215,6 +215,25 @@ class FakeUpstreamApp:
         await send({"type": "http.response.body", "body": payload})
         rec.completed = True
 
+    async def _send_events(
+        self,
+        send: Any,
+        rec: RecordedRequest,
+        headers: Sequence[tuple[bytes, bytes]],
+        events: Sequence[bytes],
+        cut: int | None = None,
+    ) -> None:
+        """An event stream, one event per chunk; with `cut`, the connection drops before event `cut`."""
+        rec.status = 200
+        await send({"type": "http.response.start", "status": 200, "headers": [*_SSE_HEADERS, *headers]})
+        for i, event in enumerate(events):
+            if cut is not None and i >= cut:
+                raise _DropConnection()
+            await send({"type": "http.response.body", "body": event, "more_body": True})
+            await asyncio.sleep(0)
+        await send({"type": "http.response.body", "body": b""})
+        rec.completed = True
+
     async def _send_error_reply(self, send: Any, rec: RecordedRequest, reply: Reply) -> None:
         payload = error_body(reply.status, reply.error_message, reply.error_type)
         await self._send_simple(send, rec, reply.status, payload, _extra(reply))
@@ -317,17 +336,8 @@ class FakeUpstreamApp:
             await self._send_simple(send, rec, 200, data, _extra(reply))
             return
         events = responses_api.stream_events(response)
-        rec.status = 200
-        start = [*_SSE_HEADERS, *_api_headers(), *_extra(reply)]
-        await send({"type": "http.response.start", "status": 200, "headers": start})
         cut = len(events) // 2 if reply is not None and reply.fail_mid_stream else None
-        for i, event in enumerate(events):
-            if cut is not None and i >= cut:
-                raise _DropConnection()
-            await send({"type": "http.response.body", "body": event, "more_body": True})
-            await asyncio.sleep(0)
-        await send({"type": "http.response.body", "body": b""})
-        rec.completed = True
+        await self._send_events(send, rec, [*_api_headers(), *_extra(reply)], events, cut)
 
     async def _stored_response(self, path: str, method: str, rec: RecordedRequest, send: Any) -> None:
         rest = path.split("/responses/", 1)[1]
@@ -337,7 +347,8 @@ class FakeUpstreamApp:
             message = f"Response with id '{response_id}' not found."
             await self._send_simple(send, rec, 404, error_body(404, message))
         elif method == "GET" and not action and "stream=true" in rec.query.split("&"):
-            await self._replay(found, rec, send)  # the stored response's events, as when it streamed
+            # the stored response's events, as when it streamed
+            await self._send_events(send, rec, _api_headers(), responses_api.stream_events(found))
         elif method == "GET" and not action:
             await self._send_simple(send, rec, 200, orjson.dumps(found))
         elif method == "DELETE" and not action:
@@ -356,14 +367,6 @@ class FakeUpstreamApp:
         else:
             await self._send_simple(send, rec, 404, error_body(404, f"no route {method} {path}"))
 
-    async def _replay(self, found: dict[str, Any], rec: RecordedRequest, send: Any) -> None:
-        rec.status = 200
-        await send({"type": "http.response.start", "status": 200, "headers": [*_SSE_HEADERS, *_api_headers()]})
-        for event in responses_api.stream_events(found):
-            await send({"type": "http.response.body", "body": event, "more_body": True})
-        await send({"type": "http.response.body", "body": b""})
-        rec.completed = True
-
     async def _messages(self, body: dict[str, Any], rec: RecordedRequest, send: Any) -> None:
         reply = await self._resolve(body)
         if reply is not None and reply.status != 200:
@@ -376,14 +379,8 @@ class FakeUpstreamApp:
         if not body.get("stream"):
             await self._send_simple(send, rec, 200, orjson.dumps(message), _extra(reply))
             return
-        rec.status = 200
-        start = [*_SSE_HEADERS, (b"request-id", f"req_{uuid.uuid4().hex}".encode()), *_extra(reply)]
-        await send({"type": "http.response.start", "status": 200, "headers": start})
-        for event in other_apis.message_events(message):
-            await send({"type": "http.response.body", "body": event, "more_body": True})
-            await asyncio.sleep(0)
-        await send({"type": "http.response.body", "body": b""})
-        rec.completed = True
+        headers = [(b"request-id", f"req_{uuid.uuid4().hex}".encode()), *_extra(reply)]
+        await self._send_events(send, rec, headers, other_apis.message_events(message))
 
     async def _respond_plain(
         self,
