@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -10,6 +11,7 @@ from typing import Any
 import pytest
 
 from middleware.errors import BudgetExceeded, LLMOutputError, NotEnoughData, UpstreamError
+from middleware.induction.context import run_all
 from middleware.induction.pipeline import Induction, split, time_order
 from middleware.services import Services
 from tests.induction_fakes import InductionResponder, make_pairs
@@ -251,3 +253,31 @@ async def test_implicit_pairs_weigh_less_and_are_counted(
     # The empty set is right on Q7 only: 1 of 2 in weight (1 + 0.5 + 0.5), not 1 of 3 pairs.
     assert prov["candidate_scores"][0] == {"exemplar_ids": [], "correct": 1, "accuracy": 0.5}
     assert prov["validation_accuracy"] == 1.0
+
+
+async def test_run_all_raises_the_first_failure_itself_and_leaves_the_caller_uncancelled() -> None:
+    """The calls of one induction step run together; the first failure stops the others and is
+    raised as it is, and the calling task goes on: its next await (a Redis read) is not cancelled,
+    whichever Python 3.11 it runs on."""
+    stopped = asyncio.Event()
+
+    async def slow() -> int:
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            stopped.set()
+            raise
+        return 1
+
+    async def fails() -> int:
+        await asyncio.sleep(0)
+        raise LLMOutputError("no valid answer")
+
+    with pytest.raises(LLMOutputError, match="no valid answer"):
+        await run_all([slow(), fails(), slow()])
+    assert stopped.is_set()
+    for _ in range(3):
+        await asyncio.sleep(0)  # would raise CancelledError if the failure had left one pending
+    assert await run_all([asyncio.sleep(0, result=n) for n in range(3)]) == [0, 1, 2]
+    task = asyncio.current_task()
+    assert task is not None and task.cancelling() == 0

@@ -90,19 +90,19 @@ def ab_values(pair: PreferencePair, chosen_is_a: bool) -> dict[str, Any]:
 
 
 async def run_all(coros: list[Coroutine[Any, Any, T]]) -> list[T]:
-    """Run concurrently; on the first failure cancel the rest and raise that failure itself."""
+    """Run concurrently; on the first failure cancel the rest and raise that failure itself.
+
+    Not a TaskGroup: before Python 3.11.3 (Debian 12 ships 3.11.2) a TaskGroup whose child failed
+    could leave its own cancellation of the calling task pending, to strike that task's next await
+    after the group had ended (the caller's next Redis read)."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
     try:
-        async with asyncio.TaskGroup() as group:
-            tasks = [group.create_task(c) for c in coros]
-    except BaseExceptionGroup as group_error:
-        raise first_leaf(group_error) from None
-    return [t.result() for t in tasks]
-
-
-def first_leaf(error: BaseException) -> BaseException:
-    while isinstance(error, BaseExceptionGroup):
-        error = error.exceptions[0]
-    return error
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)  # the rest have stopped when this returns
+        raise
 
 
 async def report(progress: Progress | None, **event: Any) -> None:
