@@ -7,6 +7,8 @@ Every field can be set from the environment with the `PERSONA_` prefix, e.g.
 
 from __future__ import annotations
 
+import hashlib
+from functools import cached_property
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
@@ -299,6 +301,13 @@ class Settings(BaseSettings):
             if not self.api_keys:
                 raise ValueError("PERSONA_API_KEYS must map at least one app key in production")
         return self
+
+    @cached_property
+    def app_key_tenants(self) -> dict[bytes, str]:
+        """The SHA-256 digest of each app key -> its tenant, built once: `identity.tenant_for_app_key`
+        finds a key in one lookup however many there are, and the time of that lookup depends on the
+        digest of what was sent, which says nothing about any key."""
+        return {hashlib.sha256(key.encode()).digest(): tenant for key, tenant in self.api_keys.items()}
 
     def public_models(self) -> list[str]:
         """The model names clients may ask for: configured models, then aliases, each once."""
