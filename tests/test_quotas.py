@@ -143,6 +143,43 @@ async def test_moving_window_never_lets_more_than_r_through_in_any_window(redis_
         assert admitted[k + limit][1] - admitted[k][0] >= window_ms / 1000.0 - 0.002
 
 
+async def test_a_lease_never_given_back_frees_its_slot_once_its_time_is_up(redis_url: str) -> None:
+    """Concurrency: the leases of calls whose process died mid-call (never given back) hold their
+    slots only until their time is up; then the next call is admitted in their place, while a call
+    still within its time keeps its slot (and keeps the set alive)."""
+    redis = Redis.from_url(redis_url)
+    store = RateLimitStore(redis)
+    dead_ms = 300
+
+    async def admit(lease: str, lease_ms: int = 60_000) -> tuple[int, int]:
+        return await store.admit(
+            store.admit_call(
+                "crashed", None, cost=1, rpm=0, user_rpm=0, concurrency=3, lease=lease, lease_ms=lease_ms,
+                tokens_per_day=0, day="d", ms_to_day_end=1,
+            )
+        )
+
+    try:
+        assert await admit("dead-1", dead_ms) == (0, 0)
+        assert await admit("dead-2", dead_ms) == (0, 0)
+        held_since = time.monotonic()
+        assert await admit("live") == (0, 0)
+        assert await admit("refused") == (3, 1000)
+        deadline = held_since + 5.0
+        while (answer := await admit("next")) != (0, 0) and time.monotonic() < deadline:
+            assert answer == (3, 1000)
+            await asyncio.sleep(0.02)
+        assert answer == (0, 0)
+        assert time.monotonic() - held_since >= dead_ms / 1000.0 - 0.05
+        # both dead leases are gone: one more call fills the last slot, the next is refused
+        assert await admit("next-2") == (0, 0)
+        assert await admit("refused-2") == (3, 1000)
+        members = await redis.zrange(keys.in_flight("crashed"), 0, -1)
+        assert sorted(members) == [b"live", b"next", b"next-2"]
+    finally:
+        await redis.aclose()
+
+
 @pytest.mark.parametrize("limited", [{"default": {"requests_per_minute": 5}}], indirect=True)
 def test_a_rerank_counts_one_call_per_variant(limited: RunningProxy, fake_upstream: FakeUpstream) -> None:
     headers = {"X-Persona-Mode": "rerank"}

@@ -57,8 +57,11 @@ if w > 0 then return {2, w} end
 local concurrency = tonumber(ARGV[4])
 if concurrency > 0 then
   local lease = tonumber(ARGV[6])
-  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
-  if redis.call('ZCARD', KEYS[3]) >= concurrency then return {3, 1000} end
+  -- leases past their time (a process that died mid-call) are dropped only when they would refuse
+  if redis.call('ZCARD', KEYS[3]) >= concurrency then
+    redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+    if redis.call('ZCARD', KEYS[3]) >= concurrency then return {3, 1000} end
+  end
   redis.call('ZADD', KEYS[3], now + lease, ARGV[5])
   redis.call('PEXPIRE', KEYS[3], lease)
 end
