@@ -1,4 +1,4 @@
-"""Run the benchmarks: `python -m benchmarks [proxy|features|induction|rerank|rerank-mode|chaos ...]` (all by default).
+"""Run the benchmarks: `python -m benchmarks [proxy|features|calls|induction|rerank|rerank-mode|chaos ...]` (all by default).
 
 Each benchmark is its own script and prints its own figures; arguments after `--` go to each.
 """
@@ -13,6 +13,7 @@ HERE = Path(__file__).resolve().parent
 SCRIPTS = {
     "proxy": "proxy_overhead.py",
     "features": "feature_costs.py",
+    "calls": "call_counts.py",
     "induction": "induction_cost.py",
     "rerank": "rerank_cost.py",
     "rerank-mode": "rerank_mode.py",
