@@ -4,6 +4,8 @@ tenants; only empty ids, ids over 256 characters and control characters are refu
 from __future__ import annotations
 
 import fnmatch
+import sys
+import unicodedata
 from typing import Any, cast
 
 import httpx
@@ -14,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from middleware.errors import InvalidUserId
-from middleware.identity import validate_user_id
+from middleware.identity import user_id_problem, validate_user_id
 from middleware.store import keys
 from tests.support.dropin import PERSONA_MARK, give_persona, user_url
 from tests.support.fake_upstream import FakeUpstream
@@ -63,6 +65,22 @@ def test_only_empty_long_and_control_characters_are_refused(user: str, why: str)
     with pytest.raises(InvalidUserId) as err:
         validate_user_id(user)
     assert why in str(err.value)
+
+
+def test_the_refused_characters_are_exactly_unicodes_controls_and_surrogates() -> None:
+    """Every code point is refused exactly when Unicode files it as a control character (Cc) or a
+    surrogate (Cs), and the message names the first such character and its kind."""
+    for code in range(sys.maxunicode + 1):
+        char = chr(code)
+        category = unicodedata.category(char)
+        problem = user_id_problem(f"ab{char}c")
+        if category == "Cc":
+            assert problem == f"the end-user id contains a control character (U+{code:04X})"
+        elif category == "Cs":
+            assert problem == f"the end-user id contains an unpaired surrogate (U+{code:04X})"
+        else:
+            assert problem is None, (hex(code), problem)
+    assert user_id_problem("ok\udc80then\x07") == "the end-user id contains an unpaired surrogate (U+DC80)"
 
 
 @pytest.mark.parametrize("user", REAL_IDS)

@@ -165,9 +165,9 @@ class StreamedAnswer(StreamingResponse):
             await self.background()
 
 
-def persona_mode(request: Request, *, rerank: bool = True, default: str = "inject") -> str:
+def persona_mode(headers: Mapping[str, str], *, rerank: bool = True, default: str = "inject") -> str:
     """X-Persona-Mode, or `default` (the tenant's mode in `PERSONA_POLICY`) when the request names none."""
-    named = request.headers.get(MODE_HEADER)
+    named = headers.get(MODE_HEADER)
     if named is None and default == "rerank" and not rerank:
         return "inject"  # a tenant's default rerank applies where the route reranks
     mode = (named if named is not None else default).strip().lower() or default
@@ -191,13 +191,14 @@ async def admit(
     """The prelude of every chat-like route (see the module's docstring). `validate` checks the
     decoded body; `rerank_cost` is what a rerank costs in upstream calls (None: refused here, 400)."""
     started = time.perf_counter()
-    tenant, token_user = app_caller(request.headers, services.settings, services.user_tokens)
+    headers = first_values(request.scope["headers"])
+    tenant, token_user = app_caller(headers, services.settings, services.user_tokens)
     body = validate(await json_body(request))
-    user = end_user_id(request.headers, body)
+    user = end_user_id(headers, body)
     if token_user is not None:  # a user token acts for its own user only
         user = bind_user(token_user, user)
-    mode = persona_mode(request, rerank=rerank_cost is not None, default=services.policy.default_mode(tenant))
-    tag = context_tag(request.headers, body)
+    mode = persona_mode(headers, rerank=rerank_cost is not None, default=services.policy.default_mode(tenant))
+    tag = context_tag(headers, body)
     quotas = services.quotas
     quotas.check_body(tenant, body)
     if mode == "auto" and user is None:
@@ -207,7 +208,7 @@ async def admit(
     if user is not None and mode != "off":
         # own for the routed context > own > segment (named by the request, else assigned) >
         # tenant default > none, and in auto mode the posteriors: one round trip
-        segment = request_segment(request.headers, body)
+        segment = request_segment(headers, body)
         text = routing_text(body.get("messages") if "messages" in body else body.get("input"))
         lease, resolved, posteriors = await quotas.admit_and_personalize(
             tenant, user, cost, services.resolver, segment=segment, tag=tag, text=text, policy=mode == "auto"
@@ -232,6 +233,13 @@ async def admit(
         lease = await quotas.admit(tenant, user, cost)
     prompt = body.get("messages", body.get("input"))
     return Admitted(tenant, user, body, mode, lease, found, started, source, prompt, arm)
+
+
+def first_values(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:
+    """A request's headers as one plain dict, for the several the prelude reads: the names as the
+    server gives them (lower case), and where a name repeats, its first value, as starlette's
+    `Headers.get` answers (which scans the list on every lookup)."""
+    return {name.decode("latin-1"): value.decode("latin-1") for name, value in reversed(raw)}
 
 
 def pending_answer(request: Request, services: Services, call: Admitted) -> PendingAnswer:

@@ -44,7 +44,7 @@ def valid_tag(tag: str) -> bool:
 
 def terms(text: str) -> Counter[str]:
     words = text[:ROUTE_TEXT_CHARS].lower().encode().translate(_SEPARATORS).decode(errors="ignore").split()
-    return Counter(w for w in words if len(w) > 1)
+    return Counter([w for w in words if len(w) > 1])  # a list: no generator resumed word by word
 
 
 def prompt_text(pair: PreferencePair) -> str:
@@ -66,7 +66,7 @@ def last_user_text(messages: Sequence[Any]) -> str:
 # --- vectors -------------------------------------------------------------------------------------------
 def _weights(counts: Counter[str], idf: dict[str, float], default_idf: float) -> dict[str, float]:
     vector = {t: (1.0 + math.log(c)) * idf.get(t, default_idf) for t, c in counts.items()}
-    norm = math.sqrt(sum(w * w for w in vector.values()))
+    norm = math.sqrt(sum([w * w for w in vector.values()]))
     return {t: w / norm for t, w in vector.items()} if norm else {}
 
 
