@@ -240,6 +240,24 @@ def spread(values: list[float], digits: int = 3) -> str:
     return f"{min(values):.{digits}f}-{max(values):.{digits}f}" if len(values) > 1 else "-"
 
 
+def post_scope(path: str, headers: list[tuple[bytes, bytes]]) -> dict[str, Any]:
+    """The ASGI scope of a POST to `path` with `headers`, as the server would hand it to the app."""
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": headers,
+        "client": ("127.0.0.1", 1234),
+        "server": ("127.0.0.1", 8080),
+    }
+
+
 async def asgi_cpu_ms(
     app: Any, path: str, headers: list[tuple[bytes, bytes]], body: bytes, count: int
 ) -> tuple[float, set[int]]:
@@ -264,21 +282,7 @@ async def asgi_cpu_ms(
             await asyncio.sleep(3600)  # the client stays; never reached in these calls
             raise AssertionError
 
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0"},
-            "http_version": "1.1",
-            "method": "POST",
-            "scheme": "http",
-            "path": path,
-            "raw_path": path.encode(),
-            "query_string": b"",
-            "root_path": "",
-            "headers": headers,
-            "client": ("127.0.0.1", 1234),
-            "server": ("127.0.0.1", 8080),
-        }
-        await app(scope, receive, send)
+        await app(post_scope(path, headers), receive, send)
     elapsed = time.process_time() - started
     return elapsed * 1000.0 / count, set(statuses)
 

@@ -71,21 +71,9 @@ def caller(
     app: Any, path: str, headers: list[tuple[bytes, bytes]], body: bytes
 ) -> Callable[[], Awaitable[int]]:
     """One POST of `body` to the ASGI `app`, its body in one message; returns the status."""
-    headers = [*headers, (b"content-length", str(len(body)).encode())]
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "headers": headers,
-        "client": ("127.0.0.1", 1234),
-        "server": ("127.0.0.1", 8080),
-    }
+    import _harness as h
+
+    scope = h.post_scope(path, [*headers, (b"content-length", str(len(body)).encode())])
     request = {"type": "http.request", "body": body, "more_body": False}
 
     async def call() -> int:
