@@ -19,6 +19,10 @@ from middleware.quota_policy import LimitsConfig
 PLACEHOLDER_SECRETS = {"", "changeme", "change-me", "admin", "secret", "password"}
 
 
+def _key_digest(key: str) -> bytes:
+    return hashlib.sha256(key.encode()).digest()
+
+
 QUANTIZE_MODES = ("off", "attention", "all")
 FEEDBACK_SIGNALS = ("thumbs_up", "thumbs_down", "regenerate", "copy", "edit", "follow_up", "dwell")
 
@@ -304,10 +308,14 @@ class Settings(BaseSettings):
 
     @cached_property
     def app_key_tenants(self) -> dict[bytes, str]:
-        """The SHA-256 digest of each app key -> its tenant, built once: `identity.tenant_for_app_key`
-        finds a key in one lookup however many there are, and the time of that lookup depends on the
-        digest of what was sent, which says nothing about any key."""
-        return {hashlib.sha256(key.encode()).digest(): tenant for key, tenant in self.api_keys.items()}
+        """The SHA-256 digest of each app key -> its tenant, built once (`tenant_of_app_key`)."""
+        return {_key_digest(key): tenant for key, tenant in self.api_keys.items()}
+
+    def tenant_of_app_key(self, token: str) -> str | None:
+        """The tenant of the app key `token`, or None: one lookup by its digest however many keys
+        there are, and the lookup's time depends on the digest of what was sent, which says nothing
+        about any key."""
+        return self.app_key_tenants.get(_key_digest(token))
 
     def public_models(self) -> list[str]:
         """The model names clients may ask for: configured models, then aliases, each once."""

@@ -1,13 +1,12 @@
 """Who is calling: app keys -> tenant, the admin key, and the end user's id.
 
-An app key is found by the SHA-256 digest of what was sent (`Settings.app_key_tenants`: one lookup
+An app key is found by the SHA-256 digest of what was sent (`Settings.tenant_of_app_key`: one lookup
 however many keys are configured, and its time tells nothing about any key); the admin key is compared
 in constant time. Keys are never logged.
 """
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import re
 from collections.abc import Mapping
@@ -59,7 +58,7 @@ def _tenant_of_key(token: str | None, settings: Settings) -> str:
         return settings.default_tenant
     if token is None:
         raise AuthenticationFailed("missing API key: send 'Authorization: Bearer <app key>'")
-    found = settings.app_key_tenants.get(hashlib.sha256(token.encode()).digest())
+    found = settings.tenant_of_app_key(token)
     if found is None:
         raise AuthenticationFailed("incorrect API key provided")
     return found
