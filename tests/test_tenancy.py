@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import httpx
 import openai
 import pytest
@@ -14,16 +12,7 @@ from middleware.config import Settings
 from middleware.errors import AuthenticationFailed
 from middleware.identity import tenant_for_app_key
 from tests.support.fake_upstream import FakeUpstream
-from tests.support.proxy import APP_KEY_A, APP_KEY_B, RunningProxy, proxy_settings, start_proxy
-
-
-@pytest.fixture
-def proxy(redis_url: str, fake_upstream: FakeUpstream) -> Iterator[RunningProxy]:
-    """Isolation, not latency, is under test: a persona read may take longer than the chat path's
-    default 50 ms on a loaded machine without the test reading that as "no persona"."""
-    with start_proxy(proxy_settings(redis_url, fake_upstream, persona_read_timeout_s=2.0)) as running:
-        yield running
-
+from tests.support.proxy import APP_KEY_A, APP_KEY_B, RunningProxy
 
 user_ids = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._:@+\-]{0,40}", fullmatch=True)
 
