@@ -11,7 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -82,6 +82,20 @@ def redis() -> RedisServer:
     return RedisServer()
 
 
+def proxy_environ(redis_url: str, upstream_base: str, **settings: str) -> dict[str, str]:
+    """The variables a benchmark's proxy runs with: this Redis and upstream, the bench app and admin
+    keys, and these PERSONA_ settings."""
+    return {
+        "PERSONA_REDIS_URL": redis_url,
+        "PERSONA_UPSTREAM_API_BASE": upstream_base,
+        "PERSONA_API_KEYS": json.dumps({APP_KEY: "bench"}),
+        "PERSONA_ADMIN_KEY": ADMIN_KEY,
+        "PERSONA_EMBEDDED_REDIS": "false",
+        "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+        **{f"PERSONA_{k.upper()}": v for k, v in settings.items()},
+    }
+
+
 @contextmanager
 def proxy(
     redis_url: str,
@@ -94,16 +108,7 @@ def proxy(
     """`persona serve` from the checkout at `root` (another checkout: a baseline in the same run), with
     these PERSONA_ settings plus any other variables in `environ` (OTEL_*), in `workers` processes."""
     port = free_port()
-    env = {
-        **(environ or {}),
-        "PERSONA_REDIS_URL": redis_url,
-        "PERSONA_UPSTREAM_API_BASE": upstream_base,
-        "PERSONA_API_KEYS": json.dumps({APP_KEY: "bench"}),
-        "PERSONA_ADMIN_KEY": ADMIN_KEY,
-        "PERSONA_EMBEDDED_REDIS": "false",
-        "LITELLM_LOCAL_MODEL_COST_MAP": "True",
-        **{f"PERSONA_{k.upper()}": v for k, v in settings.items()},
-    }
+    env = {**(environ or {}), **proxy_environ(redis_url, upstream_base, **settings)}
     args = [sys.executable, "-m", "middleware", "serve", "--port", str(port), "--log-level", "warning"]
     if workers > 1:
         args += ["--workers", str(workers)]
@@ -240,9 +245,12 @@ def spread(values: list[float], digits: int = 3) -> str:
     return f"{min(values):.{digits}f}-{max(values):.{digits}f}" if len(values) > 1 else "-"
 
 
-def post_scope(path: str, headers: list[tuple[bytes, bytes]]) -> dict[str, Any]:
-    """The ASGI scope of a POST to `path` with `headers`, as the server would hand it to the app."""
-    return {
+def asgi_post(
+    app: Any, path: str, headers: list[tuple[bytes, bytes]], body: bytes
+) -> Callable[[], Awaitable[int]]:
+    """One POST of `body` to `path` of the ASGI `app` in this process, as the server would hand it
+    over (the body in one message, the client staying): a call that returns the status answered."""
+    scope = {
         "type": "http",
         "asgi": {"version": "3.0"},
         "http_version": "1.1",
@@ -252,39 +260,47 @@ def post_scope(path: str, headers: list[tuple[bytes, bytes]]) -> dict[str, Any]:
         "raw_path": path.encode(),
         "query_string": b"",
         "root_path": "",
-        "headers": headers,
+        "headers": [*headers, (b"content-length", str(len(body)).encode())],
         "client": ("127.0.0.1", 1234),
         "server": ("127.0.0.1", 8080),
     }
+    request = {"type": "http.request", "body": body, "more_body": False}
 
-
-async def asgi_cpu_ms(
-    app: Any, path: str, headers: list[tuple[bytes, bytes]], body: bytes, count: int
-) -> tuple[float, set[int]]:
-    """POST `body` to `path` of the ASGI `app` in this process `count` times (each request's body in
-    one message, its client staying): CPU milliseconds per call, and the statuses answered."""
-    headers = [*headers, (b"content-length", str(len(body)).encode())]
-    statuses: list[int] = []
-
-    async def send(message: dict[str, Any]) -> None:
-        if message["type"] == "http.response.start":
-            statuses.append(message["status"])
-
-    started = time.process_time()
-    for _ in range(count):
+    async def call() -> int:
+        status = 0
         sent = False
 
         async def receive() -> dict[str, Any]:
             nonlocal sent
             if not sent:
                 sent = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            await asyncio.sleep(3600)  # the client stays; never reached in these calls
+                return request
+            await asyncio.Event().wait()  # the client stays; never reached in these calls
             raise AssertionError
 
-        await app(post_scope(path, headers), receive, send)
+        async def send(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+
+        await app(dict(scope), receive, send)  # the app may add to its scope
+        return status
+
+    return call
+
+
+async def asgi_cpu_ms(
+    app: Any, path: str, headers: list[tuple[bytes, bytes]], body: bytes, count: int
+) -> tuple[float, set[int]]:
+    """POST `body` to `path` of the ASGI `app` in this process `count` times (`asgi_post`): CPU
+    milliseconds per call, and the statuses answered."""
+    call = asgi_post(app, path, headers, body)
+    statuses: set[int] = set()
+    started = time.process_time()
+    for _ in range(count):
+        statuses.add(await call())
     elapsed = time.process_time() - started
-    return elapsed * 1000.0 / count, set(statuses)
+    return elapsed * 1000.0 / count, statuses
 
 
 def in_process_args(doc: str | None, *, calls: int, runs: int = 7) -> argparse.Namespace:

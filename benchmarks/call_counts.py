@@ -10,9 +10,9 @@ processes), not streamed, on uvloop as the server runs. For each row, after a wa
 a coroutine's or generator's resumption included) and calls of built-in (C) functions; the median of
 the rounds is printed (work done once per few calls, such as a flush shared by several answers,
 leaves a few calls of difference between rounds). Timings on a shared machine move by a quarter
-from one hour to the next; these counts move by a few calls in about 300, so a feature or a change
-that adds work to the hot path shows here however busy the machine is, and `--root DIR` counts
-another checkout (a baseline: `git archive REV | tar -x -C DIR`) for a before/after without pairing
+from one hour to the next; the built-in counts move by less than one call, the Python counts by up
+to ten in about 300, so a feature or a change that adds work to the hot path shows here however busy
+the machine is, and `--root DIR` counts another checkout (a baseline: `git archive REV | tar -x -C DIR`) for a before/after without pairing
 runs. A count is not a time (calls differ in cost): this says whether the work changed,
 `feature_costs.py` what it costs. Prints the table and writes it as JSON under benchmarks/out/.
 """
@@ -20,7 +20,6 @@ runs. A count is not a time (calls differ in cost): this says whether the work c
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import statistics
@@ -53,7 +52,7 @@ async def counted(call: Callable[[], Awaitable[int]], calls: int) -> tuple[float
 
 
 def settings_of(environ: dict[str, str]) -> Any:
-    """The Settings `persona serve` would build with these PERSONA_ variables (and no others)."""
+    """The Settings `persona serve` would build with these variables (and no other PERSONA_ ones)."""
     from middleware.config import Settings
 
     saved = dict(os.environ)
@@ -65,38 +64,6 @@ def settings_of(environ: dict[str, str]) -> Any:
     finally:
         os.environ.clear()
         os.environ.update(saved)
-
-
-def caller(
-    app: Any, path: str, headers: list[tuple[bytes, bytes]], body: bytes
-) -> Callable[[], Awaitable[int]]:
-    """One POST of `body` to the ASGI `app`, its body in one message; returns the status."""
-    import _harness as h
-
-    scope = h.post_scope(path, [*headers, (b"content-length", str(len(body)).encode())])
-    request = {"type": "http.request", "body": body, "more_body": False}
-
-    async def call() -> int:
-        status = 0
-        sent = False
-
-        async def receive() -> dict[str, Any]:
-            nonlocal sent
-            if not sent:
-                sent = True
-                return request
-            await asyncio.Event().wait()  # the client stays; never reached in these calls
-            raise AssertionError
-
-        async def send(message: dict[str, Any]) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-
-        await app(dict(scope), receive, send)
-        return status
-
-    return call
 
 
 async def measure(
@@ -111,21 +78,12 @@ async def measure(
     headers = [(b"content-type", b"application/json"), (b"authorization", f"Bearer {h.APP_KEY}".encode())]
     results: dict[str, list[tuple[float, float]]] = {}
     for config, env in fc.CONFIGS.items():
-        settings = settings_of(
-            {
-                "PERSONA_REDIS_URL": redis_url,
-                "PERSONA_UPSTREAM_API_BASE": upstream,
-                "PERSONA_API_KEYS": json.dumps({h.APP_KEY: "bench"}),
-                "PERSONA_ADMIN_KEY": h.ADMIN_KEY,
-                "PERSONA_EMBEDDED_REDIS": "false",
-                **{f"PERSONA_{k.upper()}": v for k, v in env.items()},
-            }
-        )
+        settings = settings_of(h.proxy_environ(redis_url, upstream, **env))
         app = create_app(settings)
         async with app.router.lifespan_context(app):
             for row, (row_config, body) in fc.ROWS.items():
                 if row_config == config:
-                    call = caller(app, "/v1/chat/completions", headers, json.dumps(body).encode())
+                    call = h.asgi_post(app, "/v1/chat/completions", headers, json.dumps(body).encode())
                     await counted(call, 50)  # warm-up: caches filled, connections made
                     results[row] = [await counted(call, calls) for _ in range(rounds)]
     return {row: results[row] for row in fc.ROWS}
